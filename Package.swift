@@ -1,0 +1,68 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "sheaf",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "sheaf", targets: ["sheaf"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // C glue: typed wrappers for libcurl's variadic setopt/getinfo family.
+        .target(name: "CCurlShim", linkerSettings: [.linkedLibrary("curl")]),
+        .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2",
+                       providers: [.apt(["libnghttp2-dev"])]),
+        .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0",
+                       providers: [.apt(["libxml2-dev"])]),
+
+        .target(name: "Upstream", dependencies: [
+            "CCurlShim", "CNGHTTP2",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "FanOut", dependencies: [
+            "Upstream",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
+        .target(name: "MultiStatus", dependencies: [
+            "CLibXML2", "FanOut", "Upstream",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
+        .target(name: "Config", dependencies: [
+            "Upstream",
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        .target(name: "Server", dependencies: [
+            "Config", "FanOut", "MultiStatus", "Upstream",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .executableTarget(name: "sheaf", dependencies: [
+            "Server", "Config",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+
+        .testTarget(name: "ConfigTests", dependencies: ["Config"]),
+        .testTarget(name: "MultiStatusTests", dependencies: ["MultiStatus", "FanOut", "Upstream"]),
+        .testTarget(name: "FanOutTests", dependencies: ["FanOut", "Upstream"]),
+        .testTarget(name: "EndToEndTests", dependencies: []),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,66 @@
+import CCurlShim
+import NIOCore
+
+/// One item on an HTTP/1.1 upstream: its easy handle's inputs and the response as libcurl
+/// delivers it. Touched only on the transport's curl thread, except `cancel()`.
+final class CurlExchange: UpstreamCall, @unchecked Sendable {
+    let request: UpstreamRequest
+    let deadline: NIODeadline
+    private var completion: (@Sendable (UpstreamResult) -> Void)?
+    unowned let transport: CurlTransport
+    let maxBodyBytes: Int
+
+    var easy: UnsafeMutableRawPointer?
+    var headerList: UnsafeMutablePointer<curl_slist>?
+    var headers: [(name: String, value: String)] = []
+    var body = ByteBuffer()
+    var truncated = false
+
+    init(request: UpstreamRequest, deadline: NIODeadline, transport: CurlTransport, maxBodyBytes: Int,
+         completion: @escaping @Sendable (UpstreamResult) -> Void) {
+        self.request = request
+        self.deadline = deadline
+        self.transport = transport
+        self.maxBodyBytes = maxBodyBytes
+        self.completion = completion
+    }
+
+    var isSettled: Bool { completion == nil }
+
+    func settle(_ result: UpstreamResult) {
+        guard let completion else { return }
+        self.completion = nil
+        completion(result)
+    }
+
+    func cancel() {
+        transport.cancel(self)
+    }
+
+    /// libcurl's header callback: a status line starts a new header block (after 1xx).
+    func headerLine(_ line: UnsafeBufferPointer<UInt8>) {
+        var end = line.count
+        while end > 0 && (line[end - 1] == 10 || line[end - 1] == 13) { end -= 1 }
+        if end == 0 { return }
+        let bytes = UnsafeBufferPointer(rebasing: line[0..<end])
+        if bytes.starts(with: "HTTP/".utf8) {
+            headers.removeAll(keepingCapacity: true)
+            return
+        }
+        guard let colon = bytes.firstIndex(of: 58) else { return }
+        let name = String(decoding: UnsafeBufferPointer(rebasing: bytes[0..<colon]), as: UTF8.self).lowercased()
+        var start = colon + 1
+        while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
+        headers.append((name, String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)))
+    }
+
+    func bodyBytes(_ bytes: UnsafeBufferPointer<UInt8>) {
+        let room = maxBodyBytes - body.readableBytes
+        if bytes.count <= room {
+            body.writeBytes(bytes)
+        } else {
+            if room > 0 { body.writeBytes(UnsafeBufferPointer(rebasing: bytes[0..<room])) }
+            truncated = true
+        }
+    }
+}

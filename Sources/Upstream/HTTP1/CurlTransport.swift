@@ -1,0 +1,243 @@
+import CCurlShim
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// libcurl wants one process-wide init before any handle exists; Swift runs this once, lazily.
+private let curlGlobalInit: Void = {
+    curl_global_init(Int(CURL_GLOBAL_DEFAULT))
+}()
+
+/// HTTP/1.1 upstream transport: a libcurl multi handle on a thread of its own, with a
+/// keep-alive pool of `connections` connections to the upstream. Other threads talk to it
+/// only through a locked inbox and `curl_multi_wakeup`.
+public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
+    public let configuration: UpstreamConfiguration
+    private let logger: Logger
+    private let lock = NIOLock()
+    private var inbox: [CurlExchange] = []
+    private var cancellations: [CurlExchange] = []
+    private var stopping = false
+    private let multi: UnsafeMutableRawPointer
+    private var thread: Thread?
+
+    // Curl thread only.
+    private var active: [UnsafeMutableRawPointer: CurlExchange] = [:]
+    private var spareHandles: [UnsafeMutableRawPointer] = []
+    /// CURLOPT_ERRORBUFFER per easy handle, freed with the handle when the thread ends.
+    private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
+
+    public init(configuration: UpstreamConfiguration, logger: Logger) {
+        _ = curlGlobalInit
+        self.configuration = configuration
+        self.logger = logger
+        self.multi = curl_multi_init()
+        let connections = max(1, configuration.connections)
+        sheaf_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, connections)
+        sheaf_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, connections)
+        sheaf_multi_setopt_long(multi, CURLMOPT_PIPELINING, Int(CURLPIPE_NOTHING))
+        let thread = Thread { [self] in self.run() }
+        thread.name = "sheaf-curl-\(configuration.name)"
+        self.thread = thread
+        thread.start()
+    }
+
+    public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+        let exchange = CurlExchange(request: request, deadline: .now() + configuration.timeout, transport: self,
+                                    maxBodyBytes: configuration.maxResponseBodyBytes, completion: completion)
+        let accepted = lock.withLock { () -> Bool in
+            guard !stopping else { return false }
+            inbox.append(exchange)
+            return true
+        }
+        if accepted {
+            curl_multi_wakeup(multi)
+        } else {
+            exchange.settle(.failure(UpstreamError(.cancelled, "Sheaf is shutting down")))
+        }
+        return exchange
+    }
+
+    func cancel(_ exchange: CurlExchange) {
+        lock.withLock { cancellations.append(exchange) }
+        curl_multi_wakeup(multi)
+    }
+
+    public func shutdown() {
+        lock.withLock { stopping = true }
+        curl_multi_wakeup(multi)
+    }
+
+    // MARK: the curl thread
+
+    private func run() {
+        while true {
+            let (incoming, cancelled, stop) = lock.withLock { () -> ([CurlExchange], [CurlExchange], Bool) in
+                defer {
+                    inbox.removeAll(keepingCapacity: true)
+                    cancellations.removeAll()
+                }
+                return (inbox, cancellations, stopping)
+            }
+            for exchange in incoming { start(exchange) }
+            for exchange in cancelled where !exchange.isSettled {
+                finish(exchange, .failure(UpstreamError(.cancelled, "cancelled")))
+            }
+            if stop {
+                for exchange in Array(active.values) {
+                    finish(exchange, .failure(UpstreamError(.cancelled, "Sheaf is shutting down")))
+                }
+                break
+            }
+            var running: Int32 = 0
+            curl_multi_perform(multi, &running)
+            collectFinished()
+            var events: Int32 = 0
+            curl_multi_poll(multi, nil, 0, 1000, &events)
+        }
+        for handle in spareHandles { curl_easy_cleanup(handle) }
+        for buffer in errorBuffers.values { buffer.deallocate() }
+        errorBuffers.removeAll()
+        spareHandles.removeAll()
+        curl_multi_cleanup(multi)
+    }
+
+    private func start(_ exchange: CurlExchange) {
+        let remaining = exchange.deadline - .now()
+        if remaining.nanoseconds <= 0 {
+            exchange.settle(.failure(timeoutError()))
+            return
+        }
+        guard let easy = spareHandles.popLast() ?? curl_easy_init() else {
+            exchange.settle(.failure(UpstreamError(.unreachable, "libcurl could not create a handle")))
+            return
+        }
+        exchange.easy = easy
+        configure(easy, for: exchange, timeoutMs: max(1, Int(remaining.nanoseconds / 1_000_000)))
+        active[easy] = exchange
+        curl_multi_add_handle(multi, easy)
+    }
+
+    private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange, timeoutMs: Int) {
+        let request = exchange.request
+        let url = configuration.endpoint.origin + request.path
+        sheaf_easy_setopt_string(easy, CURLOPT_URL, url)
+        sheaf_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
+        sheaf_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
+        sheaf_easy_setopt_long(easy, CURLOPT_TCP_NODELAY, 1)
+        sheaf_easy_setopt_long(easy, CURLOPT_TIMEOUT_MS, timeoutMs)
+        sheaf_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, Int(configuration.connectTimeout.nanoseconds / 1_000_000))
+        sheaf_easy_setopt_long(easy, CURLOPT_FOLLOWLOCATION, 0)
+        sheaf_easy_setopt_long(easy, CURLOPT_PROTOCOLS, Int(CURLPROTO_HTTP | CURLPROTO_HTTPS))
+        let errorBuffer = errorBuffers[easy] ?? {
+            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+            errorBuffers[easy] = buffer
+            return buffer
+        }()
+        errorBuffer[0] = 0
+        sheaf_easy_setopt_ptr(easy, CURLOPT_ERRORBUFFER, errorBuffer)
+        switch request.method {
+        case "GET": sheaf_easy_setopt_long(easy, CURLOPT_HTTPGET, 1)
+        case "HEAD": sheaf_easy_setopt_long(easy, CURLOPT_NOBODY, 1)
+        default: sheaf_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method)
+        }
+        if let body = request.body {
+            sheaf_easy_setopt_off_t(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.readableBytes))
+            body.withUnsafeReadableBytes { raw in
+                _ = sheaf_easy_setopt_ptr(easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress))
+            }
+        }
+        var list: UnsafeMutablePointer<curl_slist>?
+        for header in request.headers {
+            list = curl_slist_append(list, "\(header.name): \(header.value)")
+        }
+        // No "Expect: 100-continue" round trip; no default Accept the client did not ask for.
+        list = curl_slist_append(list, "Expect:")
+        if !request.headers.contains(where: { $0.name.lowercased() == "accept" }) {
+            list = curl_slist_append(list, "Accept:")
+        }
+        exchange.headerList = list
+        sheaf_easy_setopt_ptr(easy, CURLOPT_HTTPHEADER, list)
+        // Released when the transfer finishes (finish(_:_:)); `active` holds the exchange till then.
+        let me = Unmanaged.passUnretained(exchange).toOpaque()
+        sheaf_easy_setopt_ptr(easy, CURLOPT_PRIVATE, me)
+        sheaf_easy_setopt_ptr(easy, CURLOPT_WRITEDATA, me)
+        sheaf_easy_setopt_ptr(easy, CURLOPT_HEADERDATA, me)
+        sheaf_easy_setopt_data_callback(easy, CURLOPT_WRITEFUNCTION, curlWrite)
+        sheaf_easy_setopt_data_callback(easy, CURLOPT_HEADERFUNCTION, curlHeader)
+    }
+
+    private func collectFinished() {
+        var left: Int32 = 0
+        while let message = curl_multi_info_read(multi, &left) {
+            guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle,
+                  let exchange = active[easy] else { continue }
+            let code = sheaf_msg_result(message)
+            if code == CURLE_OK {
+                var status = 0
+                sheaf_easy_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
+                finish(exchange, .success(UpstreamResponse(status: status, headers: exchange.headers,
+                                                           body: exchange.body, bodyTruncated: exchange.truncated)))
+            } else {
+                finish(exchange, .failure(error(for: code, easy: easy)))
+            }
+        }
+    }
+
+    /// Removes the transfer from the multi handle (so a cancelled one stops for real) and settles it.
+    private func finish(_ exchange: CurlExchange, _ result: UpstreamResult) {
+        if let easy = exchange.easy {
+            curl_multi_remove_handle(multi, easy)
+            active.removeValue(forKey: easy)
+            curl_easy_reset(easy)
+            spareHandles.append(easy)
+            exchange.easy = nil
+        }
+        if let list = exchange.headerList {
+            curl_slist_free_all(list)
+            exchange.headerList = nil
+        }
+        exchange.settle(result)
+    }
+
+    /// The one place libcurl result codes become Sheaf errors.
+    private func error(for code: CURLcode, easy: UnsafeMutableRawPointer) -> UpstreamError {
+        let buffer = errorBuffers[easy]
+        let detail = buffer.map { $0[0] != 0 ? String(cString: $0) : nil } ?? nil ?? String(cString: curl_easy_strerror(code))
+        switch code {
+        case CURLE_OPERATION_TIMEDOUT:
+            return timeoutError()
+        case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST:
+            return UpstreamError(.unreachable, "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): \(detail)")
+        case CURLE_GOT_NOTHING, CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_PARTIAL_FILE:
+            return UpstreamError(.unreachable, "upstream \(configuration.name) connection failed: \(detail)")
+        default:
+            return UpstreamError(.protocolError, "upstream \(configuration.name): \(detail)")
+        }
+    }
+
+    private func timeoutError() -> UpstreamError {
+        UpstreamError(.timeout, "upstream \(configuration.name) did not answer within \(HTTP2Slot.format(configuration.timeout))")
+    }
+}
+
+// MARK: - C callbacks (non-capturing; the exchange comes back from user data)
+
+private let curlWrite: sheaf_curl_data_callback = { pointer, size, count, userData in
+    let exchange = Unmanaged<CurlExchange>.fromOpaque(userData!).takeUnretainedValue()
+    let length = size * count
+    pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
+        exchange.bodyBytes(UnsafeBufferPointer(start: bytes, count: length))
+    }
+    return length
+}
+
+private let curlHeader: sheaf_curl_data_callback = { pointer, size, count, userData in
+    let exchange = Unmanaged<CurlExchange>.fromOpaque(userData!).takeUnretainedValue()
+    let length = size * count
+    pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
+        exchange.headerLine(UnsafeBufferPointer(start: bytes, count: length))
+    }
+    return length
+}

@@ -1,0 +1,50 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// HTTP/2 upstream transport: `connections` slots, each owning one libnghttp2 client session
+/// on one NIO channel (replaced when the upstream sends GOAWAY or the connection drops).
+/// Items are spread round-robin over the slots; each slot queues what exceeds the upstream's
+/// SETTINGS_MAX_CONCURRENT_STREAMS.
+public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
+    public let configuration: UpstreamConfiguration
+    private let slots: [HTTP2Slot]
+    private let next = NIOLockedValueBox(0)
+
+    public init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger) {
+        self.configuration = configuration
+        var slots: [HTTP2Slot] = []
+        for index in 0..<max(1, configuration.connections) {
+            slots.append(HTTP2Slot(index: index, configuration: configuration, eventLoop: group.next(), logger: logger))
+        }
+        self.slots = slots
+    }
+
+    public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+        let slot = pickSlot()
+        let exchange = HTTP2Exchange(request: request, deadline: .now() + configuration.timeout,
+                                     slot: slot, completion: completion)
+        if slot.eventLoop.inEventLoop {
+            slot.enqueue(exchange)
+        } else {
+            slot.eventLoop.execute { slot.enqueue(exchange) }
+        }
+        return exchange
+    }
+
+    /// Round-robin: one batch spreads over every connection (and so over every event loop).
+    private func pickSlot() -> HTTP2Slot {
+        if slots.count == 1 { return slots[0] }
+        let n = next.withLockedValue { value -> Int in
+            value = value &+ 1
+            return value
+        }
+        return slots[n % slots.count]
+    }
+
+    public func shutdown() {
+        for slot in slots {
+            slot.eventLoop.execute { slot.shutdown() }
+        }
+    }
+}

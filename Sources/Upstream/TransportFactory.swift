@@ -1,0 +1,22 @@
+import Logging
+import NIOCore
+
+/// Errors building a transport from a configuration.
+public struct TransportUnavailable: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Builds the engine that speaks an upstream's protocol.
+public enum TransportFactory {
+    public static func make(_ configuration: UpstreamConfiguration, group: EventLoopGroup,
+                            logger: Logger) throws -> UpstreamTransport {
+        switch configuration.protocol {
+        case .h2c:
+            return HTTP2Transport(configuration: configuration, group: group, logger: logger)
+        case .http1:
+            return CurlTransport(configuration: configuration, logger: logger)
+        case .h2:
+            throw TransportUnavailable(description: "upstream \(configuration.name): protocol h2 (TLS) is not supported yet; use h2c or http1")
+        }
+    }
+}

@@ -1,0 +1,65 @@
+import NIOCore
+
+/// The wire protocol Sheaf speaks to one upstream.
+public enum UpstreamProtocol: String, Sendable, CaseIterable {
+    /// HTTP/2 over cleartext TCP with prior knowledge (RFC 9113 §3.3), on libnghttp2.
+    case h2c
+    /// HTTP/1.1 with keep-alive, on libcurl's multi interface.
+    case http1
+    /// HTTP/2 over TLS with ALPN. Reserved: not yet implemented (see ROADMAP "Upstream resilience").
+    case h2
+}
+
+/// Where an upstream lives: scheme, host, port and the base path every item path is appended to.
+public struct UpstreamEndpoint: Sendable, Equatable {
+    public var scheme: String
+    public var host: String
+    public var port: Int
+    /// Always starts with `/` and never ends with one (empty means the root).
+    public var basePath: String
+
+    public init(scheme: String, host: String, port: Int, basePath: String) {
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        var base = basePath
+        while base.hasSuffix("/") { base.removeLast() }
+        if !base.isEmpty && !base.hasPrefix("/") { base = "/" + base }
+        self.basePath = base
+    }
+
+    /// `host:port` as sent in `:authority` / `Host`, with IPv6 literals bracketed.
+    public var authority: String {
+        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+
+    /// The origin, e.g. `http://127.0.0.1:9090`.
+    public var origin: String { "\(scheme)://\(authority)" }
+}
+
+/// Everything one upstream transport needs; built by the `Config` module from YAML.
+public struct UpstreamConfiguration: Sendable {
+    public var name: String
+    public var endpoint: UpstreamEndpoint
+    public var `protocol`: UpstreamProtocol
+    /// Connections kept open to the upstream (HTTP/2: multiplexed; HTTP/1.1: keep-alive pool size).
+    public var connections: Int
+    /// Per-item deadline, from the moment the item is handed to the transport.
+    public var timeout: TimeAmount
+    /// Connect timeout for new connections.
+    public var connectTimeout: TimeAmount
+    /// Upstream response bodies larger than this are cut and flagged as truncated.
+    public var maxResponseBodyBytes: Int
+
+    public init(name: String, endpoint: UpstreamEndpoint, protocol: UpstreamProtocol = .h2c,
+                connections: Int = 2, timeout: TimeAmount = .seconds(5),
+                connectTimeout: TimeAmount = .seconds(2), maxResponseBodyBytes: Int = 1 << 20) {
+        self.name = name
+        self.endpoint = endpoint
+        self.protocol = `protocol`
+        self.connections = connections
+        self.timeout = timeout
+        self.connectTimeout = connectTimeout
+        self.maxResponseBodyBytes = maxResponseBodyBytes
+    }
+}
