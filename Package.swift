@@ -39,7 +39,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .target(name: "Config", dependencies: [
-            "Upstream",
+            "Upstream", "MultiStatus",
             .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "Server", dependencies: [

@@ -1,0 +1,340 @@
+import Foundation
+import MultiStatus
+import NIOCore
+import Upstream
+import Yams
+
+/// Reads config.yaml into a `SheafConfiguration`, collecting every problem with its line and
+/// column. `sheaf check` prints them; `sheaf serve` refuses to start on any.
+public enum ConfigLoader {
+    public static func load(path: String) throws(ConfigError) -> SheafConfiguration {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError(problems: [ConfigProblem(file: path, line: 1, column: 1, message: "cannot read the file")])
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigError(problems: [ConfigProblem(file: path, line: 1, column: 1, message: "the file is not UTF-8")])
+        }
+        return try parse(yaml: text, file: path)
+    }
+
+    public static func parse(yaml: String, file: String) throws(ConfigError) -> SheafConfiguration {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch let error as YamlError {
+            throw ConfigError(problems: [problem(from: error, file: file)])
+        } catch {
+            throw ConfigError(problems: [ConfigProblem(file: file, line: 1, column: 1, message: "\(error)")])
+        }
+        var reader = ConfigReader(file: file)
+        guard let root else {
+            reader.report(at: nil, "the file is empty; it needs at least upstreams and routes")
+            throw ConfigError(problems: reader.problems)
+        }
+        let configuration = reader.read(root)
+        guard reader.problems.isEmpty, let configuration else { throw ConfigError(problems: reader.problems) }
+        return configuration
+    }
+
+    private static func problem(from error: YamlError, file: String) -> ConfigProblem {
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
+             .composer(let context, let problem, let mark, _):
+            let text = context.map { "\($0.text): \(problem)" } ?? problem
+            return ConfigProblem(file: file, line: mark.line, column: mark.column, message: "YAML syntax: \(text)")
+        default:
+            return ConfigProblem(file: file, line: 1, column: 1, message: "YAML: \(error)")
+        }
+    }
+}
+
+/// Walks the YAML node tree; every check reports at the node it is about.
+struct ConfigReader {
+    let file: String
+    var problems: [ConfigProblem] = []
+
+    init(file: String) {
+        self.file = file
+    }
+
+    mutating func report(at node: Node?, _ message: String) {
+        let mark = node?.mark
+        problems.append(ConfigProblem(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, message: message))
+    }
+
+    /// The mapping's entries, after reporting unknown and duplicate keys.
+    mutating func entries(_ node: Node, allowed: [String], what: String) -> [String: (key: Node, value: Node)] {
+        guard case .mapping(let mapping) = node else {
+            report(at: node, "\(what) must be a mapping")
+            return [:]
+        }
+        var result: [String: (key: Node, value: Node)] = [:]
+        for (key, value) in mapping {
+            let name = key.string ?? ""
+            if !allowed.contains(name) {
+                report(at: key, "unknown key '\(name)' in \(what) (expected one of: \(allowed.joined(separator: ", ")))")
+            } else if let earlier = result[name] {
+                report(at: key, "duplicate key '\(name)' in \(what) (first at line \(earlier.key.mark?.line ?? 0))")
+            } else {
+                result[name] = (key, value)
+            }
+        }
+        return result
+    }
+
+    mutating func string(_ node: Node?, _ what: String) -> String? {
+        guard let node else { return nil }
+        guard case .scalar(let scalar) = node else {
+            report(at: node, "\(what) must be a string")
+            return nil
+        }
+        return scalar.string
+    }
+
+    mutating func integer(_ node: Node?, _ what: String, range: ClosedRange<Int>) -> Int? {
+        guard let node else { return nil }
+        guard case .scalar(let scalar) = node, let value = Int(scalar.string) else {
+            report(at: node, "\(what) must be a whole number")
+            return nil
+        }
+        guard range.contains(value) else {
+            report(at: node, "\(what) must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
+            return nil
+        }
+        return value
+    }
+
+    mutating func duration(_ node: Node?, _ what: String) -> TimeAmount? {
+        guard let text = string(node, what) else { return nil }
+        guard let value = ConfigValues.duration(text) else {
+            report(at: node, "\(what): \"\(text)\" is not a duration (write e.g. 250ms, 5s, 1m)")
+            return nil
+        }
+        return value
+    }
+
+    mutating func byteSize(_ node: Node?, _ what: String) -> Int? {
+        guard let text = string(node, what) else { return nil }
+        guard let value = ConfigValues.byteSize(text), value > 0 else {
+            report(at: node, "\(what): \"\(text)\" is not a size (write e.g. 65536, 512KiB, 8MiB)")
+            return nil
+        }
+        return value
+    }
+
+    mutating func httpMethod(_ node: Node?, _ what: String) -> String? {
+        guard let text = string(node, what) else { return nil }
+        guard !text.isEmpty, text.utf8.allSatisfy(ItemBuilder.isTokenByteForConfig) else {
+            report(at: node, "\(what): \"\(text)\" is not an HTTP method")
+            return nil
+        }
+        return text.uppercased()
+    }
+
+    mutating func hostPort(_ node: Node?, _ what: String) -> HostPort? {
+        guard let text = string(node, what) else { return nil }
+        guard let value = HostPort.parse(text) else {
+            report(at: node, "\(what): \"\(text)\" is not HOST:PORT")
+            return nil
+        }
+        return value
+    }
+
+    // MARK: the document
+
+    mutating func read(_ root: Node) -> SheafConfiguration? {
+        let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "upstreams", "routes"], what: "the top level")
+        let listen = top["listen"] == nil ? HostPort(host: "127.0.0.1", port: 8080) : hostPort(top["listen"]?.value, "listen")
+        var metricsPath = "/metrics"
+        if let entry = top["metrics_path"], let text = string(entry.value, "metrics_path") {
+            if text.hasPrefix("/") { metricsPath = text } else { report(at: entry.value, "metrics_path must start with '/'") }
+        }
+        let demo = hostPort(top["demo_upstream"]?.value, "demo_upstream")
+
+        var upstreams: [UpstreamConfiguration] = []
+        if let entry = top["upstreams"] {
+            if case .mapping(let mapping) = entry.value {
+                if mapping.count == 0 { report(at: entry.value, "upstreams must name at least one upstream") }
+                var seen: Set<String> = []
+                for (key, value) in mapping {
+                    let name = key.string ?? ""
+                    guard seen.insert(name).inserted else {
+                        report(at: key, "duplicate upstream '\(name)'")
+                        continue
+                    }
+                    if let upstream = readUpstream(name: name, key: key, value) { upstreams.append(upstream) }
+                }
+            } else {
+                report(at: entry.value, "upstreams must be a mapping of names to upstreams")
+            }
+        } else {
+            report(at: root, "missing key 'upstreams'")
+        }
+
+        var routes: [RouteConfiguration] = []
+        if let entry = top["routes"] {
+            if case .sequence(let sequence) = entry.value {
+                if sequence.count == 0 { report(at: entry.value, "routes must list at least one route") }
+                var seenNames: [String: Int] = [:]
+                var seenPaths: [String: (String, Int)] = [:]
+                var upstreamNames = Set(upstreams.map(\.name))
+                if case .mapping(let mapping) = top["upstreams"]?.value {
+                    upstreamNames.formUnion(mapping.compactMap { $0.key.string })
+                }
+                for node in sequence {
+                    guard let route = readRoute(node, upstreamNames: upstreamNames) else { continue }
+                    let line = node.mark?.line ?? 0
+                    if let earlier = seenNames[route.name] {
+                        report(at: node, "duplicate route name '\(route.name)' (first at line \(earlier))")
+                    }
+                    seenNames[route.name] = line
+                    let key = "\(route.method) \(route.path)"
+                    if let (other, otherLine) = seenPaths[key] {
+                        report(at: node, "duplicate route: \(key) is already handled by route '\(other)' (line \(otherLine))")
+                    }
+                    seenPaths[key] = (route.name, line)
+                    if route.path == metricsPath {
+                        report(at: node, "route '\(route.name)' uses the metrics path \(metricsPath)")
+                    }
+                    routes.append(route)
+                }
+            } else {
+                report(at: entry.value, "routes must be a list")
+            }
+        } else {
+            report(at: root, "missing key 'routes'")
+        }
+        guard let listen else { return nil }
+        return SheafConfiguration(listen: listen, metricsPath: metricsPath, demoUpstream: demo,
+                                  upstreams: upstreams, routes: routes)
+    }
+
+    private mutating func readUpstream(name: String, key: Node, _ node: Node) -> UpstreamConfiguration? {
+        let what = "upstream '\(name)'"
+        let fields = entries(node, allowed: ["url", "protocol", "connections", "timeout", "connect_timeout", "max_response_bytes"], what: what)
+        guard !fields.isEmpty || problems.isEmpty else { return nil }
+        var endpoint: UpstreamEndpoint?
+        if let entry = fields["url"] {
+            if let text = string(entry.value, "\(what) url") {
+                endpoint = readURL(text, at: entry.value, what: what)
+            }
+        } else {
+            report(at: key, "\(what) is missing 'url'")
+        }
+        var proto = UpstreamProtocol.h2c
+        if let entry = fields["protocol"], let text = string(entry.value, "\(what) protocol") {
+            if let value = UpstreamProtocol(rawValue: text) {
+                if value == .h2 {
+                    report(at: entry.value, "\(what): protocol h2 (HTTP/2 over TLS) is not supported yet; use h2c or http1")
+                }
+                proto = value
+            } else {
+                report(at: entry.value, "\(what): unknown protocol \"\(text)\" (expected h2c, http1 or h2)")
+            }
+        }
+        if let endpoint, endpoint.scheme == "https" {
+            report(at: fields["url"]?.value, "\(what): https upstreams need TLS, which is not supported yet; use http://")
+        }
+        var configuration = UpstreamConfiguration(name: name, endpoint: endpoint ?? UpstreamEndpoint(scheme: "http", host: "", port: 0, basePath: ""),
+                                                  protocol: proto)
+        if let v = integer(fields["connections"]?.value, "\(what) connections", range: 1...256) { configuration.connections = v }
+        if let v = duration(fields["timeout"]?.value, "\(what) timeout") { configuration.timeout = v }
+        if let v = duration(fields["connect_timeout"]?.value, "\(what) connect_timeout") { configuration.connectTimeout = v }
+        if let v = byteSize(fields["max_response_bytes"]?.value, "\(what) max_response_bytes") { configuration.maxResponseBodyBytes = v }
+        return endpoint == nil ? nil : configuration
+    }
+
+    private mutating func readURL(_ text: String, at node: Node, what: String) -> UpstreamEndpoint? {
+        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
+              let host = components.host, !host.isEmpty else {
+            report(at: node, "\(what): url \"\(text)\" must look like http://HOST:PORT/optional/base")
+            return nil
+        }
+        guard scheme == "http" || scheme == "https" else {
+            report(at: node, "\(what): url scheme must be http, got \"\(scheme)\"")
+            return nil
+        }
+        if components.user != nil || components.password != nil || components.query != nil || components.fragment != nil {
+            report(at: node, "\(what): url \"\(text)\" must not have credentials, a query or a fragment")
+            return nil
+        }
+        let port = components.port ?? (scheme == "https" ? 443 : 80)
+        return UpstreamEndpoint(scheme: scheme, host: host, port: port, basePath: components.percentEncodedPath)
+    }
+
+    private mutating func readRoute(_ node: Node, upstreamNames: Set<String>) -> RouteConfiguration? {
+        let before = problems.count
+        let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes"], what: "a route")
+        guard case .mapping = node else { return nil }
+        let name = string(fields["name"]?.value, "route name")
+        let what = "route '\(name ?? "?")'"
+        if fields["name"] == nil { report(at: node, "a route is missing 'name'") }
+        let method = httpMethod(fields["method"]?.value, "\(what) method")
+        if fields["method"] == nil { report(at: node, "\(what) is missing 'method'") }
+        var path: String?
+        if let entry = fields["path"], let text = string(entry.value, "\(what) path") {
+            if !text.hasPrefix("/") || text.contains("{") || text.contains("?") || text.contains(" ") {
+                report(at: entry.value, "\(what): path \"\(text)\" must be a plain absolute path such as /bulk/users")
+            } else {
+                path = text
+            }
+        } else if fields["path"] == nil {
+            report(at: node, "\(what) is missing 'path'")
+        }
+        var upstream: String?
+        if let entry = fields["upstream"], let text = string(entry.value, "\(what) upstream") {
+            if upstreamNames.contains(text) {
+                upstream = text
+            } else {
+                report(at: entry.value, "\(what): unknown upstream \"\(text)\" (defined: \(upstreamNames.sorted().joined(separator: ", ")))")
+            }
+        } else if fields["upstream"] == nil {
+            report(at: node, "\(what) is missing 'upstream'")
+        }
+        var fanOut: FanOutTemplate?
+        if let entry = fields["fan_out"] { fanOut = readFanOut(entry.value, what: what) }
+        var route = RouteConfiguration(name: name ?? "", method: method ?? "POST", path: path ?? "/", upstream: upstream ?? "", fanOut: fanOut)
+        if let v = integer(fields["concurrency"]?.value, "\(what) concurrency", range: 1...10_000) { route.concurrency = v }
+        if let v = integer(fields["max_items"]?.value, "\(what) max_items", range: 1...1_000_000) { route.maxItems = v }
+        if let v = byteSize(fields["max_body_bytes"]?.value, "\(what) max_body_bytes") { route.maxBodyBytes = v }
+        return problems.count == before ? route : nil
+    }
+
+    private mutating func readFanOut(_ node: Node, what: String) -> FanOutTemplate? {
+        let fields = entries(node, allowed: ["items", "method", "path", "headers"], what: "\(what) fan_out")
+        var pointer: JSONPointer?
+        if let entry = fields["items"], let text = string(entry.value, "\(what) fan_out.items") {
+            do { pointer = try JSONPointer(text) } catch { report(at: entry.value, "\(what) fan_out.items: \(error)") }
+        } else if fields["items"] == nil {
+            report(at: node, "\(what) fan_out is missing 'items' (a JSON Pointer such as /ids)")
+        }
+        let method = fields["method"] == nil ? "GET" : httpMethod(fields["method"]?.value, "\(what) fan_out.method")
+        var template: PathTemplate?
+        if let entry = fields["path"], let text = string(entry.value, "\(what) fan_out.path") {
+            do { template = try PathTemplate(text) } catch { report(at: entry.value, "\(what) fan_out.path: \(error)") }
+        } else if fields["path"] == nil {
+            report(at: node, "\(what) fan_out is missing 'path' (a template such as /users/{item})")
+        }
+        var headers: [(name: String, value: String)] = []
+        if let entry = fields["headers"] {
+            if case .mapping(let mapping) = entry.value {
+                for (key, value) in mapping {
+                    guard let name = key.string, !name.isEmpty, name.utf8.allSatisfy(ItemBuilder.isTokenByteForConfig) else {
+                        report(at: key, "\(what) fan_out.headers: not a valid header name")
+                        continue
+                    }
+                    guard let text = string(value, "\(what) fan_out.headers.\(name)"),
+                          text.utf8.allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) }) else {
+                        report(at: value, "\(what) fan_out.headers.\(name): value must be text without control characters")
+                        continue
+                    }
+                    headers.append((name, text))
+                }
+            } else {
+                report(at: entry.value, "\(what) fan_out.headers must be a mapping of names to values")
+            }
+        }
+        guard let pointer, let method, let template else { return nil }
+        return FanOutTemplate(items: pointer, method: method, path: template, headers: headers)
+    }
+}

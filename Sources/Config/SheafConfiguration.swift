@@ -1,0 +1,86 @@
+import MultiStatus
+import Upstream
+
+/// A host and port to listen on or connect to.
+public struct HostPort: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// `HOST:PORT` or `[IPv6]:PORT`.
+    public static func parse(_ text: String) -> HostPort? {
+        var host: Substring
+        var portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            portText = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+            if host.contains(":") { return nil }
+        }
+        guard !host.isEmpty, let port = Int(portText), (0...65535).contains(port) else { return nil }
+        return HostPort(host: String(host), port: port)
+    }
+}
+
+/// One route: which requests it takes, where its items go, and how the batch is bounded.
+public struct RouteConfiguration: Sendable {
+    public var name: String
+    public var method: String
+    public var path: String
+    public var upstream: String
+    /// Present: the body is fanned out by this template. Absent: the body is an explicit batch.
+    public var fanOut: FanOutTemplate?
+    /// Items in flight for one batch.
+    public var concurrency: Int
+    /// More items than this: 413.
+    public var maxItems: Int
+    /// A larger request body: 413.
+    public var maxBodyBytes: Int
+
+    public init(name: String, method: String, path: String, upstream: String, fanOut: FanOutTemplate? = nil,
+                concurrency: Int = 100, maxItems: Int = 1000, maxBodyBytes: Int = 8 << 20) {
+        self.name = name
+        self.method = method
+        self.path = path
+        self.upstream = upstream
+        self.fanOut = fanOut
+        self.concurrency = concurrency
+        self.maxItems = maxItems
+        self.maxBodyBytes = maxBodyBytes
+    }
+}
+
+/// The whole, validated `config.yaml`. Immutable: a reload builds a new one and swaps it whole.
+public struct SheafConfiguration: Sendable {
+    public var listen: HostPort
+    public var metricsPath: String
+    /// When set, `sheaf serve` also runs the demo upstream in-process on this address.
+    public var demoUpstream: HostPort?
+    public var upstreams: [UpstreamConfiguration]
+    public var routes: [RouteConfiguration]
+
+    public init(listen: HostPort, metricsPath: String = "/metrics", demoUpstream: HostPort? = nil,
+                upstreams: [UpstreamConfiguration], routes: [RouteConfiguration]) {
+        self.listen = listen
+        self.metricsPath = metricsPath
+        self.demoUpstream = demoUpstream
+        self.upstreams = upstreams
+        self.routes = routes
+    }
+
+    public func upstream(named name: String) -> UpstreamConfiguration? {
+        upstreams.first(where: { $0.name == name })
+    }
+}

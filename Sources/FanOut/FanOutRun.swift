@@ -1,0 +1,113 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import Upstream
+
+/// Runs one batch: starts items on the transport up to the concurrency cap, reports each
+/// item's outcome exactly once through `onResult` (on whichever thread settled it, in
+/// completion order), then calls `onFinish` once, after the last `onResult` has returned.
+public final class FanOutRun: @unchecked Sendable {
+    public typealias ResultHandler = @Sendable (_ index: Int, _ outcome: ItemOutcome) -> Void
+
+    private let items: [BatchItem]
+    private let transport: UpstreamTransport
+    private let onResult: ResultHandler
+    private let onFinish: @Sendable () -> Void
+    private let lock = NIOLock()
+    private var scheduler: FanOutScheduler
+    private var calls: [UpstreamCall?]
+    private var isSettled: [Bool]
+    private var launching = false
+    private var launchQueue: [Range<Int>] = []
+    private var cancelOutcome = ItemOutcome(status: 499, reason: "the client went away")
+
+    public init(items: [BatchItem], transport: UpstreamTransport, concurrency: Int,
+                onResult: @escaping ResultHandler, onFinish: @escaping @Sendable () -> Void) {
+        self.items = items
+        self.transport = transport
+        self.onResult = onResult
+        self.onFinish = onFinish
+        self.scheduler = FanOutScheduler(total: items.count, concurrency: concurrency)
+        self.calls = Array(repeating: nil, count: items.count)
+        self.isSettled = Array(repeating: false, count: items.count)
+    }
+
+    public func start() {
+        if items.isEmpty {
+            onFinish()
+            return
+        }
+        launch(lock.withLock { scheduler.claim() })
+    }
+
+    /// Stops the batch: in-flight calls are cancelled on the wire, unstarted items are not sent.
+    /// Every item still settles once, with `status` and `reason`.
+    public func cancel(status: Int, reason: String) {
+        let (never, inFlight) = lock.withLock { () -> (Range<Int>, [UpstreamCall]) in
+            cancelOutcome = ItemOutcome(status: status, reason: reason)
+            let never = scheduler.cancel()
+            return (never, calls.compactMap { $0 })
+        }
+        for call in inFlight { call.cancel() }
+        for index in never { settle(index, cancelOutcome) }
+    }
+
+    /// A trampoline: a transport that settles synchronously must not recurse once per item.
+    private func launch(_ first: Range<Int>) {
+        let proceed = lock.withLock { () -> Bool in
+            if launching {
+                launchQueue.append(first)
+                return false
+            }
+            launching = true
+            return true
+        }
+        guard proceed else { return }
+        var work = [first]
+        while true {
+            for range in work {
+                for index in range { start(index) }
+            }
+            work = lock.withLock {
+                let queued = launchQueue
+                launchQueue.removeAll()
+                if queued.isEmpty { launching = false }
+                return queued
+            }
+            if work.isEmpty { return }
+        }
+    }
+
+    private func start(_ index: Int) {
+        let item = items[index]
+        guard let request = item.request else {
+            settle(index, ItemOutcome(status: 400, reason: item.rejection ?? "invalid item"))
+            return
+        }
+        let call = transport.execute(request) { [self] result in
+            var outcome = ItemOutcome(result)
+            if case .failure(let error) = result, error.kind == .cancelled {
+                outcome = lock.withLock { cancelOutcome }
+            }
+            settle(index, outcome)
+        }
+        lock.withLock {
+            // The call may already have settled; keep a handle only to cancel live ones.
+            if !isSettled[index] { calls[index] = call }
+        }
+    }
+
+    private func settle(_ index: Int, _ outcome: ItemOutcome) {
+        onResult(index, outcome)
+        let (next, finished) = lock.withLock { () -> (Range<Int>, Bool) in
+            calls[index] = nil
+            isSettled[index] = true
+            let next = scheduler.settle()
+            return (next, scheduler.isFinished)
+        }
+        if finished {
+            onFinish()
+        } else if !next.isEmpty {
+            launch(next)
+        }
+    }
+}

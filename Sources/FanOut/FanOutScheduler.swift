@@ -1,0 +1,46 @@
+/// The fan-out's bookkeeping as a value: which item starts next, how many are in flight,
+/// when the batch is done. No I/O, no clock; `FanOutRun` performs what it decides.
+public struct FanOutScheduler: Sendable {
+    public let total: Int
+    public let concurrency: Int
+    public private(set) var nextIndex = 0
+    public private(set) var inFlight = 0
+    public private(set) var settled = 0
+    public private(set) var isCancelled = false
+
+    public init(total: Int, concurrency: Int) {
+        self.total = total
+        self.concurrency = max(1, concurrency)
+    }
+
+    public var isFinished: Bool { settled == total }
+
+    /// Claims the items to start now, up to the concurrency cap.
+    public mutating func claim() -> Range<Int> {
+        guard !isCancelled else { return nextIndex..<nextIndex }
+        let count = min(concurrency - inFlight, total - nextIndex)
+        guard count > 0 else { return nextIndex..<nextIndex }
+        let range = nextIndex..<(nextIndex + count)
+        nextIndex += count
+        inFlight += count
+        return range
+    }
+
+    /// One item settled; returns the items that may start in its place.
+    public mutating func settle() -> Range<Int> {
+        precondition(inFlight > 0 && settled < total, "an item settled twice")
+        inFlight -= 1
+        settled += 1
+        return claim()
+    }
+
+    /// Stops claiming; returns the items that were never started, which settle without a call.
+    public mutating func cancel() -> Range<Int> {
+        guard !isCancelled else { return total..<total }
+        isCancelled = true
+        let never = nextIndex..<total
+        inFlight += never.count
+        nextIndex = total
+        return never
+    }
+}

@@ -1,0 +1,129 @@
+/// Turns the path a client wrote for an item into the path sent upstream, or says why not.
+/// Items address paths on their route's upstream only: absolute URLs, `//host`, backslashes,
+/// encoded dot segments and dot segments that climb above the upstream's base path are refused.
+public enum ItemPath {
+    /// The normalized path (what the 207 reports as `href`) and the path sent upstream.
+    public struct Resolved: Sendable, Equatable {
+        public var href: String
+        public var upstreamPath: String
+    }
+
+    /// Why an item's url is refused; reported as the item's 400 reason.
+    public struct Rejection: Error, Sendable, Equatable, CustomStringConvertible, ExpressibleByStringInterpolation {
+        public var description: String
+        public init(stringLiteral value: String) { description = value }
+        public init(stringInterpolation: DefaultStringInterpolation) { description = String(stringInterpolation: stringInterpolation) }
+    }
+
+    public static func resolve(_ raw: String, basePath: String) -> Result<Resolved, Rejection> {
+        guard !raw.isEmpty else { return .failure("url is empty") }
+        let bytes = Array(raw.utf8)
+        if bytes[0] != UInt8(ascii: "/") {
+            if raw.contains("://") || raw.lowercased().hasPrefix("http:") || raw.lowercased().hasPrefix("https:") {
+                return .failure("url \"\(raw)\" is absolute; items address paths on the route's upstream only")
+            }
+            return .failure("url \"\(raw)\" must start with '/'")
+        }
+        if bytes.count > 1 && bytes[1] == UInt8(ascii: "/") {
+            return .failure("url \"\(raw)\" starts with '//' (a network-path reference to another host)")
+        }
+        var encoded: [UInt8] = []
+        encoded.reserveCapacity(bytes.count)
+        var i = 0
+        while i < bytes.count {
+            let byte = bytes[i]
+            switch byte {
+            case 0x00...0x20, 0x7F:
+                return .failure("url contains a space or control character at byte \(i)")
+            case UInt8(ascii: "\\"):
+                return .failure("url contains a backslash")
+            case UInt8(ascii: "#"):
+                return .failure("url contains a fragment ('#'), which is never sent to a server")
+            case UInt8(ascii: "%"):
+                guard i + 2 < bytes.count, isHex(bytes[i + 1]), isHex(bytes[i + 2]) else {
+                    return .failure("url has a '%' not followed by two hex digits at byte \(i)")
+                }
+                encoded.append(contentsOf: bytes[i...i + 2])
+                i += 3
+                continue
+            case 0x80...0xFF:
+                PercentEncoding.append(byte, to: &encoded)
+            case UInt8(ascii: "\""), UInt8(ascii: "<"), UInt8(ascii: ">"), UInt8(ascii: "^"),
+                 UInt8(ascii: "`"), UInt8(ascii: "{"), UInt8(ascii: "|"), UInt8(ascii: "}"):
+                PercentEncoding.append(byte, to: &encoded)
+            default:
+                encoded.append(byte)
+            }
+            i += 1
+        }
+        let text = String(decoding: encoded, as: UTF8.self)
+        let path: Substring
+        let query: Substring?
+        if let mark = text.firstIndex(of: "?") {
+            path = text[..<mark]
+            query = text[text.index(after: mark)...]
+        } else {
+            path = text[...]
+            query = nil
+        }
+        var output: [Substring] = []
+        let segments = path.dropFirst().split(separator: "/", omittingEmptySubsequences: false)
+        for (index, segment) in segments.enumerated() {
+            let isLast = index == segments.count - 1
+            let lowered = segment.lowercased()
+            if lowered.contains("%2e") && lowered.replacingOccurrences(of: "%2e", with: ".").allSatisfy({ $0 == "." })
+                && (lowered.count <= 6) {
+                return .failure("url contains an encoded dot segment (\"\(segment)\")")
+            }
+            if segment == "." {
+                if isLast { output.append("") }
+                continue
+            }
+            if segment == ".." {
+                guard !output.isEmpty else {
+                    return .failure("url \"\(raw)\" climbs out of the upstream's base path with '..'")
+                }
+                output.removeLast()
+                if isLast { output.append("") }
+                continue
+            }
+            output.append(segment)
+        }
+        var href = "/" + output.joined(separator: "/")
+        if let query { href += "?" + query }
+        return .success(Resolved(href: href, upstreamPath: basePath + href))
+    }
+
+    private static func isHex(_ byte: UInt8) -> Bool {
+        (0x30...0x39).contains(byte) || (0x41...0x46).contains(byte) || (0x61...0x66).contains(byte)
+    }
+}
+
+/// RFC 3986 percent-encoding.
+public enum PercentEncoding {
+    private static let hex: [UInt8] = Array("0123456789ABCDEF".utf8)
+
+    static func append(_ byte: UInt8, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "%"))
+        out.append(hex[Int(byte >> 4)])
+        out.append(hex[Int(byte & 0x0F)])
+    }
+
+    /// Encodes everything but RFC 3986 unreserved characters: safe as one path segment or
+    /// one query value (`/` and `?` included are encoded).
+    public static func encodeSegment(_ text: String) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(text.utf8.count)
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."),
+                 UInt8(ascii: "_"), UInt8(ascii: "~"):
+                out.append(byte)
+            default:
+                append(byte, to: &out)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -1,0 +1,106 @@
+import FanOut
+import NIOCore
+import Upstream
+
+/// Turns the fields of one requested item, from whichever batch format, into a `BatchItem`:
+/// one place for the rules every format shares (method token, ids unique, header syntax,
+/// hop-by-hop headers removed, url resolved against the upstream, each href used once).
+public struct ItemBuilder {
+    public let basePath: String
+    public private(set) var items: [BatchItem] = []
+    private var ids: Set<String> = []
+    private var hrefs: Set<String> = []
+
+    /// Connection-level headers (RFC 9110 §7.6.1) and those Sheaf sets itself are never forwarded.
+    static let hopByHop: Set<String> = [
+        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+        "upgrade", "host", "content-length", "http2-settings",
+    ]
+
+    public init(basePath: String, expectedCount: Int = 0) {
+        self.basePath = basePath
+        items.reserveCapacity(expectedCount)
+    }
+
+    public var count: Int { items.count }
+
+    /// One explicit item. `field` prefixes error fields, e.g. `requests[3]`.
+    public mutating func add(field: String, id: String?, method: String?, url: String?,
+                             headers: [(name: String, value: String)], body: ByteBuffer?,
+                             bodyIsJSON: Bool) throws(BatchError) {
+        let index = items.count
+        let id = id ?? String(index)
+        guard !id.isEmpty else { throw .badRequest(field: "\(field).id", "must not be empty") }
+        guard ids.insert(id).inserted else { throw .badRequest(field: "\(field).id", "duplicate id \"\(id)\"") }
+        guard let rawMethod = method else { throw .badRequest(field: "\(field).method", "missing") }
+        guard !rawMethod.isEmpty, rawMethod.utf8.allSatisfy(Self.isTokenByte) else {
+            throw .badRequest(field: "\(field).method", "\"\(rawMethod)\" is not an HTTP method")
+        }
+        guard let url else { throw .badRequest(field: "\(field).url", "missing") }
+        var forwarded: [(name: String, value: String)] = []
+        forwarded.reserveCapacity(headers.count + 1)
+        var hasContentType = false
+        for header in headers {
+            guard !header.name.isEmpty, header.name.utf8.allSatisfy(Self.isTokenByte) else {
+                throw .badRequest(field: "\(field).headers", "\"\(header.name)\" is not a valid header name")
+            }
+            guard header.value.utf8.allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) }) else {
+                throw .badRequest(field: "\(field).headers.\(header.name)", "value contains a control character (CR, LF or NUL)")
+            }
+            let lower = header.name.lowercased()
+            if Self.hopByHop.contains(lower) { continue }
+            if lower == "content-type" { hasContentType = true }
+            forwarded.append(header)
+        }
+        if bodyIsJSON && !hasContentType { forwarded.append(("content-type", "application/json")) }
+        let method = rawMethod.uppercased()
+        switch ItemPath.resolve(url, basePath: basePath) {
+        case .success(let resolved):
+            let request = UpstreamRequest(method: method, path: resolved.upstreamPath, headers: forwarded, body: body)
+            items.append(BatchItem(id: id, href: uniqueHref(resolved.href, id: id), request: request))
+        case .failure(let rejection):
+            let href = "/" + PercentEncoding.encodeSegment(url)
+            items.append(BatchItem(id: id, href: uniqueHref(href, id: id), rejection: rejection.description))
+        }
+    }
+
+    /// One item of a route template: the path is already built from encoded values.
+    public mutating func addTemplated(path: String, method: String, headers: [(name: String, value: String)]) {
+        let id = String(items.count)
+        switch ItemPath.resolve(path, basePath: basePath) {
+        case .success(let resolved):
+            let request = UpstreamRequest(method: method, path: resolved.upstreamPath, headers: headers)
+            items.append(BatchItem(id: id, href: uniqueHref(resolved.href, id: id), request: request))
+        case .failure(let rejection):
+            items.append(BatchItem(id: id, href: uniqueHref(path, id: id), rejection: rejection.description))
+        }
+    }
+
+    /// RFC 4918 §13: an href appears at most once. The first item (in request order) to address a
+    /// path gets it as is; every later one gets the path plus `#` and its (encoded) id.
+    private mutating func uniqueHref(_ href: String, id: String) -> String {
+        if hrefs.insert(href).inserted { return href }
+        let tagged = href + "#" + PercentEncoding.encodeSegment(id)
+        hrefs.insert(tagged)
+        return tagged
+    }
+
+    /// RFC 9110 §5.6.2 tchar.
+    static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"),
+             UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."),
+             UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            return true
+        default:
+            return false
+        }
+    }
+}
+
+extension ItemBuilder {
+    /// RFC 9110 token characters, for validating method and header names in configuration.
+    public static func isTokenByteForConfig(_ byte: UInt8) -> Bool { isTokenByte(byte) }
+}

@@ -1,0 +1,102 @@
+import FanOut
+
+/// A route's `fan_out.path`, e.g. `/users/{item}` or `/orgs/{org}/users/{id}`: literal text and
+/// placeholders. `{item}` is the array element itself; `{name}` is a field of an object element.
+/// Substituted values are percent-encoded as one segment, so a value cannot add a path level.
+public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
+    public enum Part: Sendable, Equatable {
+        case literal(String)
+        case placeholder(String)
+    }
+
+    /// Why a template is malformed.
+    public struct SyntaxError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public let parts: [Part]
+    public let description: String
+
+    public init(_ text: String) throws {
+        description = text
+        guard text.hasPrefix("/") else { throw SyntaxError(description: "path template \"\(text)\" must start with '/'") }
+        guard !text.hasPrefix("//") else { throw SyntaxError(description: "path template \"\(text)\" must not start with '//'") }
+        var parts: [Part] = []
+        var literal = ""
+        var name: String?
+        for c in text {
+            if var current = name {
+                if c == "}" {
+                    guard !current.isEmpty else { throw SyntaxError(description: "path template \"\(text)\" has an empty placeholder {}") }
+                    guard Self.isIdentifier(current) else {
+                        throw SyntaxError(description: "path template \"\(text)\": placeholder {\(current)} must be a name of letters, digits and '_'")
+                    }
+                    parts.append(.placeholder(current))
+                    name = nil
+                } else if c == "{" {
+                    throw SyntaxError(description: "path template \"\(text)\" has a '{' inside a placeholder")
+                } else {
+                    current.append(c)
+                    name = current
+                }
+            } else if c == "{" {
+                if !literal.isEmpty { parts.append(.literal(literal)); literal = "" }
+                name = ""
+            } else if c == "}" {
+                throw SyntaxError(description: "path template \"\(text)\" has a '}' without a matching '{'")
+            } else {
+                guard c.isASCII, let ascii = c.asciiValue, ascii > 0x20, ascii != 0x7F, c != "#", c != "\\" else {
+                    throw SyntaxError(description: "path template \"\(text)\" contains \"\(c)\"; write it percent-encoded")
+                }
+                literal.append(c)
+            }
+        }
+        if name != nil { throw SyntaxError(description: "path template \"\(text)\" has a '{' that is never closed") }
+        if !literal.isEmpty { parts.append(.literal(literal)) }
+        guard parts.contains(where: { if case .placeholder = $0 { return true } else { return false } }) else {
+            throw SyntaxError(description: "path template \"\(text)\" has no placeholder such as {item}")
+        }
+        self.parts = parts
+    }
+
+    private static func isIdentifier(_ name: String) -> Bool {
+        guard let first = name.first, first.isASCII, first.isLetter || first == "_" else { return false }
+        return name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }
+    }
+
+    /// Fills the template from one element; the error names the element's field that is wrong.
+    /// `where` is the JSON Pointer of the element, used in messages.
+    public func expand(_ element: JSONValue, at location: String) -> Result<String, BatchError> {
+        var path = ""
+        for part in parts {
+            switch part {
+            case .literal(let text):
+                path += text
+            case .placeholder(let name):
+                let value: JSONValue
+                let field: String
+                if name == "item" {
+                    value = element
+                    field = location
+                } else {
+                    field = location + "/" + name
+                    guard case .object = element else {
+                        return .failure(.badRequest(field: location, "must be an object with a field \"\(name)\" for {\(name)}, got \(element.typeName)"))
+                    }
+                    guard let member = element[name] else {
+                        return .failure(.badRequest(field: field, "missing (the path template uses {\(name)})"))
+                    }
+                    value = member
+                }
+                guard let text = value.scalarText else {
+                    return .failure(.badRequest(field: field, "must be a string or number for {\(name)}, got \(value.typeName)"))
+                }
+                guard !text.isEmpty, text != ".", text != ".." else {
+                    return .failure(.badRequest(field: field, "\"\(text)\" is not a usable path segment"))
+                }
+                path += PercentEncoding.encodeSegment(text)
+            }
+        }
+        return .success(path)
+    }
+}

@@ -1,0 +1,67 @@
+import FanOut
+import NIOCore
+
+/// The JSON 207:
+/// `{"results":[{"id":"a","href":"/users/1","status":200,"headers":{...},"body":...,"error":"..."}],
+///  "summary":{"total":3,"succeeded":1,"failed":2}}`.
+/// A JSON upstream body is embedded as JSON, other text as a string, binary as base64 with
+/// `"bodyEncoding":"base64"`; `"bodyTruncated":true` when the size cap cut it.
+public final class JSONMultiStatusEncoder: MultiStatusEncoder {
+    public let contentType = "application/json"
+    private var first = true
+
+    public init() {}
+
+    public func begin(into out: inout ByteBuffer) {
+        out.writeStaticString("{\"results\":[")
+    }
+
+    public func item(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
+        if first { first = false } else { out.writeInteger(UInt8(ascii: ",")) }
+        out.writeStaticString("{\"id\":")
+        JSONWriter.writeString(item.id, into: &out)
+        out.writeStaticString(",\"href\":")
+        JSONWriter.writeString(item.href, into: &out)
+        out.writeStaticString(",\"status\":")
+        out.writeString(String(outcome.status))
+        let headers = reportableHeaders(outcome.headers)
+        if !headers.isEmpty {
+            out.writeStaticString(",\"headers\":{")
+            for (i, header) in headers.enumerated() {
+                if i > 0 { out.writeInteger(UInt8(ascii: ",")) }
+                JSONWriter.writeString(header.name, into: &out)
+                out.writeInteger(UInt8(ascii: ":"))
+                JSONWriter.writeString(header.value, into: &out)
+            }
+            out.writeInteger(UInt8(ascii: "}"))
+        }
+        if let body = outcome.body {
+            switch BodyForm.classify(body, contentType: outcome.headers.first(where: { $0.name == "content-type" })?.value) {
+            case .none:
+                break
+            case .json:
+                out.writeStaticString(",\"body\":")
+                out.writeImmutableBuffer(body)
+            case .text:
+                out.writeStaticString(",\"body\":")
+                body.withUnsafeReadableBytes { raw in
+                    JSONWriter.writeString(bytes: raw.bindMemory(to: UInt8.self), into: &out)
+                }
+            case .binary:
+                out.writeStaticString(",\"body\":\"")
+                out.writeString(Base64.encode(body))
+                out.writeStaticString("\",\"bodyEncoding\":\"base64\"")
+            }
+            if outcome.bodyTruncated { out.writeStaticString(",\"bodyTruncated\":true") }
+        }
+        if let reason = outcome.reason {
+            out.writeStaticString(",\"error\":")
+            JSONWriter.writeString(reason, into: &out)
+        }
+        out.writeInteger(UInt8(ascii: "}"))
+    }
+
+    public func end(_ summary: BatchSummary, into out: inout ByteBuffer) {
+        out.writeString("],\"summary\":{\"total\":\(summary.total),\"succeeded\":\(summary.succeeded),\"failed\":\(summary.failed)}}")
+    }
+}

@@ -1,0 +1,76 @@
+import FanOut
+import NIOCore
+
+/// Counts for the end of a 207: every item is either succeeded (status < 400) or failed.
+public struct BatchSummary: Sendable, Equatable {
+    public var total = 0
+    public var succeeded = 0
+    public var failed = 0
+
+    public init() {}
+
+    public mutating func count(_ outcome: ItemOutcome) {
+        total += 1
+        if outcome.succeeded { succeeded += 1 } else { failed += 1 }
+    }
+}
+
+/// Writes a 207 body incrementally, so that it can be sent while items are still settling:
+/// `begin`, one `item` per settled item (in any order), then `end`. Not thread-safe; the
+/// caller serializes calls.
+public protocol MultiStatusEncoder: AnyObject {
+    /// The response's Content-Type.
+    var contentType: String { get }
+    func begin(into out: inout ByteBuffer)
+    func item(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer)
+    func end(_ summary: BatchSummary, into out: inout ByteBuffer)
+}
+
+/// The 207 formats Sheaf writes.
+public enum ResponseFormat: Sendable, Equatable {
+    /// RFC 4918 `DAV:multistatus`, with the media type the client asked for.
+    case xml(mediaType: String)
+    case json
+
+    public func makeEncoder() -> MultiStatusEncoder {
+        switch self {
+        case .xml(let mediaType): return XMLMultiStatusEncoder(mediaType: mediaType)
+        case .json: return JSONMultiStatusEncoder()
+        }
+    }
+}
+
+/// How an upstream body is carried inside the 207.
+enum BodyForm {
+    case none, json, text, binary
+
+    /// JSON when labelled JSON and valid; text when valid UTF-8 that XML 1.0 can carry;
+    /// otherwise binary (base64).
+    static func classify(_ body: ByteBuffer?, contentType: String?) -> BodyForm {
+        guard let body, body.readableBytes > 0 else { return .none }
+        return body.withUnsafeReadableBytes { raw -> BodyForm in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            if let contentType, MediaType.isJSON(contentType), JSONParser.isValid(bytes) { return .json }
+            for byte in bytes where byte < 0x20 && byte != 0x09 && byte != 0x0A && byte != 0x0D {
+                return .binary
+            }
+            return String(validating: bytes, as: UTF8.self) == nil ? .binary : .text
+        }
+    }
+}
+
+/// Upstream headers worth reporting: end-to-end ones, duplicates joined with ", ".
+func reportableHeaders(_ headers: [(name: String, value: String)]) -> [(name: String, value: String)] {
+    var out: [(name: String, value: String)] = []
+    out.reserveCapacity(headers.count)
+    for header in headers {
+        let name = header.name.lowercased()
+        if ItemBuilder.hopByHop.contains(name) { continue }
+        if let i = out.firstIndex(where: { $0.name == name }) {
+            out[i].value += ", " + header.value
+        } else {
+            out.append((name, header.value))
+        }
+    }
+    return out
+}

@@ -1,0 +1,260 @@
+/// A strict RFC 8259 parser over bytes, with a nesting limit for hostile input. It can also
+/// only validate (no values built), which is how upstream bodies are checked before they are
+/// embedded in a JSON 207 as JSON.
+public struct JSONParser {
+    /// Why a document is not JSON, with the byte offset where it went wrong.
+    public struct Error: Swift.Error, CustomStringConvertible, Equatable {
+        public var offset: Int
+        public var message: String
+        public var description: String { "\(message) at byte \(offset)" }
+    }
+
+    public static let maxDepth = 64
+
+    private let bytes: UnsafeBufferPointer<UInt8>
+    private var position = 0
+    private var depth = 0
+    private let build: Bool
+
+    private init(bytes: UnsafeBufferPointer<UInt8>, build: Bool) {
+        self.bytes = bytes
+        self.build = build
+    }
+
+    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>) throws -> JSONValue {
+        var parser = JSONParser(bytes: bytes, build: true)
+        return try parser.document()
+    }
+
+    public static func parse<C: Collection>(_ bytes: C) throws -> JSONValue where C.Element == UInt8 {
+        let array = Array(bytes)
+        return try array.withUnsafeBufferPointer { try parse($0) }
+    }
+
+    public static func parse(_ text: String) throws -> JSONValue {
+        try parse(Array(text.utf8))
+    }
+
+    /// True when the bytes are exactly one JSON value (surrounding white space allowed).
+    public static func isValid(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        var parser = JSONParser(bytes: bytes, build: false)
+        return (try? parser.document()) != nil
+    }
+
+    private mutating func document() throws -> JSONValue {
+        skipWhitespace()
+        let value = try parseValue()
+        skipWhitespace()
+        guard position == bytes.count else { throw fail("unexpected data after the JSON value") }
+        return value
+    }
+
+    private func fail(_ message: String) -> Error {
+        Error(offset: position, message: message)
+    }
+
+    private mutating func skipWhitespace() {
+        while position < bytes.count {
+            switch bytes[position] {
+            case 0x20, 0x09, 0x0A, 0x0D: position += 1
+            default: return
+            }
+        }
+    }
+
+    private mutating func parseValue() throws -> JSONValue {
+        guard position < bytes.count else { throw fail("unexpected end of JSON") }
+        switch bytes[position] {
+        case UInt8(ascii: "{"): return try parseObject()
+        case UInt8(ascii: "["): return try parseArray()
+        case UInt8(ascii: "\""): return .string(try parseString())
+        case UInt8(ascii: "t"): try literal("true"); return .bool(true)
+        case UInt8(ascii: "f"): try literal("false"); return .bool(false)
+        case UInt8(ascii: "n"): try literal("null"); return .null
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return try parseNumber()
+        default: throw fail("unexpected character '\(Character(Unicode.Scalar(bytes[position])))'")
+        }
+    }
+
+    private mutating func literal(_ word: StaticString) throws {
+        let count = word.utf8CodeUnitCount
+        guard position + count <= bytes.count else { throw fail("unexpected end of JSON") }
+        for i in 0..<count where bytes[position + i] != word.utf8Start[i] {
+            throw fail("invalid literal")
+        }
+        position += count
+    }
+
+    private mutating func enter() throws {
+        depth += 1
+        if depth > Self.maxDepth { throw fail("JSON nested deeper than \(Self.maxDepth) levels") }
+    }
+
+    private mutating func parseObject() throws -> JSONValue {
+        try enter()
+        position += 1
+        var members: [(key: String, value: JSONValue)] = []
+        skipWhitespace()
+        if position < bytes.count && bytes[position] == UInt8(ascii: "}") {
+            position += 1
+            depth -= 1
+            return .object(members)
+        }
+        while true {
+            skipWhitespace()
+            guard position < bytes.count, bytes[position] == UInt8(ascii: "\"") else { throw fail("expected a member name") }
+            let key = try parseString()
+            skipWhitespace()
+            guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw fail("expected ':'") }
+            position += 1
+            skipWhitespace()
+            let value = try parseValue()
+            if build { members.append((key, value)) }
+            skipWhitespace()
+            guard position < bytes.count else { throw fail("unexpected end of JSON") }
+            if bytes[position] == UInt8(ascii: ",") { position += 1; continue }
+            if bytes[position] == UInt8(ascii: "}") { position += 1; break }
+            throw fail("expected ',' or '}'")
+        }
+        depth -= 1
+        return .object(members)
+    }
+
+    private mutating func parseArray() throws -> JSONValue {
+        try enter()
+        position += 1
+        var elements: [JSONValue] = []
+        skipWhitespace()
+        if position < bytes.count && bytes[position] == UInt8(ascii: "]") {
+            position += 1
+            depth -= 1
+            return .array(elements)
+        }
+        while true {
+            skipWhitespace()
+            let value = try parseValue()
+            if build { elements.append(value) }
+            skipWhitespace()
+            guard position < bytes.count else { throw fail("unexpected end of JSON") }
+            if bytes[position] == UInt8(ascii: ",") { position += 1; continue }
+            if bytes[position] == UInt8(ascii: "]") { position += 1; break }
+            throw fail("expected ',' or ']'")
+        }
+        depth -= 1
+        return .array(elements)
+    }
+
+    private mutating func parseNumber() throws -> JSONValue {
+        let start = position
+        if bytes[position] == UInt8(ascii: "-") { position += 1 }
+        guard position < bytes.count else { throw fail("invalid number") }
+        if bytes[position] == UInt8(ascii: "0") {
+            position += 1
+        } else if isDigit(bytes[position]) {
+            while position < bytes.count && isDigit(bytes[position]) { position += 1 }
+        } else {
+            throw fail("invalid number")
+        }
+        if position < bytes.count && bytes[position] == UInt8(ascii: ".") {
+            position += 1
+            guard position < bytes.count, isDigit(bytes[position]) else { throw fail("invalid number") }
+            while position < bytes.count && isDigit(bytes[position]) { position += 1 }
+        }
+        if position < bytes.count && (bytes[position] | 0x20) == UInt8(ascii: "e") {
+            position += 1
+            if position < bytes.count && (bytes[position] == UInt8(ascii: "+") || bytes[position] == UInt8(ascii: "-")) { position += 1 }
+            guard position < bytes.count, isDigit(bytes[position]) else { throw fail("invalid number") }
+            while position < bytes.count && isDigit(bytes[position]) { position += 1 }
+        }
+        guard build else { return .null }
+        return .number(String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self))
+    }
+
+    private func isDigit(_ byte: UInt8) -> Bool { byte >= 0x30 && byte <= 0x39 }
+
+    private mutating func parseString() throws -> String {
+        position += 1
+        let start = position
+        var plain = true
+        // Fast path: no escapes, valid UTF-8 checked by String(validating:).
+        while position < bytes.count {
+            let byte = bytes[position]
+            if byte == UInt8(ascii: "\"") { break }
+            if byte == UInt8(ascii: "\\") { plain = false; break }
+            if byte < 0x20 { throw fail("control character in string") }
+            position += 1
+        }
+        guard position < bytes.count else { throw fail("unterminated string") }
+        if plain {
+            let slice = UnsafeBufferPointer(rebasing: bytes[start..<position])
+            position += 1
+            guard let text = String(validating: slice, as: UTF8.self) else { throw fail("invalid UTF-8 in string") }
+            return build ? text : ""
+        }
+        var out: [UInt8] = Array(UnsafeBufferPointer(rebasing: bytes[start..<position]))
+        while position < bytes.count {
+            let byte = bytes[position]
+            if byte == UInt8(ascii: "\"") {
+                position += 1
+                guard let text = String(validating: out, as: UTF8.self) else { throw fail("invalid UTF-8 in string") }
+                return text
+            }
+            if byte < 0x20 { throw fail("control character in string") }
+            if byte != UInt8(ascii: "\\") {
+                out.append(byte)
+                position += 1
+                continue
+            }
+            position += 1
+            guard position < bytes.count else { throw fail("unterminated string") }
+            let escape = bytes[position]
+            position += 1
+            switch escape {
+            case UInt8(ascii: "\""): out.append(0x22)
+            case UInt8(ascii: "\\"): out.append(0x5C)
+            case UInt8(ascii: "/"): out.append(0x2F)
+            case UInt8(ascii: "b"): out.append(0x08)
+            case UInt8(ascii: "f"): out.append(0x0C)
+            case UInt8(ascii: "n"): out.append(0x0A)
+            case UInt8(ascii: "r"): out.append(0x0D)
+            case UInt8(ascii: "t"): out.append(0x09)
+            case UInt8(ascii: "u"):
+                var scalar = try hex4()
+                if (0xD800..<0xDC00).contains(scalar) {
+                    guard position + 1 < bytes.count, bytes[position] == UInt8(ascii: "\\"), bytes[position + 1] == UInt8(ascii: "u") else {
+                        throw fail("unpaired surrogate in string")
+                    }
+                    position += 2
+                    let low = try hex4()
+                    guard (0xDC00..<0xE000).contains(low) else { throw fail("unpaired surrogate in string") }
+                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                } else if (0xDC00..<0xE000).contains(scalar) {
+                    throw fail("unpaired surrogate in string")
+                }
+                guard let unicode = Unicode.Scalar(scalar) else { throw fail("invalid \\u escape") }
+                out.append(contentsOf: Array(String(Character(unicode)).utf8))
+            default:
+                throw fail("invalid escape in string")
+            }
+        }
+        throw fail("unterminated string")
+    }
+
+    private mutating func hex4() throws -> UInt32 {
+        guard position + 4 <= bytes.count else { throw fail("invalid \\u escape") }
+        var value: UInt32 = 0
+        for _ in 0..<4 {
+            let byte = bytes[position]
+            let digit: UInt8
+            switch byte {
+            case 0x30...0x39: digit = byte - 0x30
+            case 0x41...0x46: digit = byte - 0x41 + 10
+            case 0x61...0x66: digit = byte - 0x61 + 10
+            default: throw fail("invalid \\u escape")
+            }
+            value = value << 4 | UInt32(digit)
+            position += 1
+        }
+        return value
+    }
+}
