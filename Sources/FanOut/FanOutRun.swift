@@ -6,7 +6,8 @@ import Upstream
 /// item's outcome exactly once through `onResult` (on whichever thread settled it, in
 /// completion order), then calls `onFinish` once, after the last `onResult` has returned.
 public final class FanOutRun: @unchecked Sendable {
-    public typealias ResultHandler = @Sendable (_ index: Int, _ outcome: ItemOutcome) -> Void
+    /// `nanoseconds`: from the item's start to its outcome.
+    public typealias ResultHandler = @Sendable (_ index: Int, _ outcome: ItemOutcome, _ nanoseconds: UInt64) -> Void
 
     private let items: [BatchItem]
     private let transport: UpstreamTransport
@@ -16,6 +17,8 @@ public final class FanOutRun: @unchecked Sendable {
     private var scheduler: FanOutScheduler
     private var calls: [UpstreamCall?]
     private var isSettled: [Bool]
+    /// Written by `start` and read by `settle` for one index each, never concurrently for one index.
+    private let startTimes: UnsafeMutableBufferPointer<UInt64>
     private var launching = false
     private var launchQueue: [Range<Int>] = []
     private var cancelOutcome = ItemOutcome(status: 499, reason: "the client went away")
@@ -29,6 +32,12 @@ public final class FanOutRun: @unchecked Sendable {
         self.scheduler = FanOutScheduler(total: items.count, concurrency: concurrency)
         self.calls = Array(repeating: nil, count: items.count)
         self.isSettled = Array(repeating: false, count: items.count)
+        self.startTimes = .allocate(capacity: items.count)
+        self.startTimes.initialize(repeating: 0)
+    }
+
+    deinit {
+        startTimes.deallocate()
     }
 
     public func start() {
@@ -78,6 +87,7 @@ public final class FanOutRun: @unchecked Sendable {
     }
 
     private func start(_ index: Int) {
+        startTimes[index] = NIODeadline.now().uptimeNanoseconds
         let item = items[index]
         guard let request = item.request else {
             settle(index, ItemOutcome(status: 400, reason: item.rejection ?? "invalid item"))
@@ -97,7 +107,9 @@ public final class FanOutRun: @unchecked Sendable {
     }
 
     private func settle(_ index: Int, _ outcome: ItemOutcome) {
-        onResult(index, outcome)
+        let started = startTimes[index]
+        let now = NIODeadline.now().uptimeNanoseconds
+        onResult(index, outcome, started == 0 || now < started ? 0 : now - started)
         let (next, finished) = lock.withLock { () -> (Range<Int>, Bool) in
             calls[index] = nil
             isSettled[index] = true

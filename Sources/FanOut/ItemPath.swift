@@ -94,6 +94,24 @@ public enum ItemPath {
         return .success(Resolved(href: href, upstreamPath: basePath + href))
     }
 
+    /// An href for an item whose url was refused: the url as written when it is an absolute
+    /// path (unsafe bytes percent-encoded), otherwise the whole url encoded under `/`, so that
+    /// every href in a 207 keeps the absolute-path form.
+    public static func reportableHref(_ raw: String) -> String {
+        guard raw.hasPrefix("/"), !raw.hasPrefix("//") else { return "/" + PercentEncoding.encodeSegment(raw) }
+        var out: [UInt8] = []
+        for byte in raw.utf8 {
+            switch byte {
+            case 0x00...0x20, 0x7F...0xFF, UInt8(ascii: "\""), UInt8(ascii: "<"), UInt8(ascii: ">"), UInt8(ascii: "\\"),
+                 UInt8(ascii: "^"), UInt8(ascii: "`"), UInt8(ascii: "{"), UInt8(ascii: "|"), UInt8(ascii: "}"), UInt8(ascii: "#"):
+                PercentEncoding.append(byte, to: &out)
+            default:
+                out.append(byte)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
     private static func isHex(_ byte: UInt8) -> Bool {
         (0x30...0x39).contains(byte) || (0x41...0x46).contains(byte) || (0x61...0x66).contains(byte)
     }

@@ -59,7 +59,7 @@ public struct ItemBuilder {
             let request = UpstreamRequest(method: method, path: resolved.upstreamPath, headers: forwarded, body: body)
             items.append(BatchItem(id: id, href: uniqueHref(resolved.href, id: id), request: request))
         case .failure(let rejection):
-            let href = "/" + PercentEncoding.encodeSegment(url)
+            let href = ItemPath.reportableHref(url)
             items.append(BatchItem(id: id, href: uniqueHref(href, id: id), rejection: rejection.description))
         }
     }

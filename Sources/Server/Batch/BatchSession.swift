@@ -1,0 +1,89 @@
+import FanOut
+import Logging
+import MultiStatus
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import Prometheus
+import Upstream
+
+/// One bulk request from decoded items to the last byte of its 207: starts the fan-out, encodes
+/// each outcome as it settles (completion order) straight into the response, ends with the
+/// summary. Every item is written exactly once; a client that goes away cancels what is in flight.
+final class BatchSession: @unchecked Sendable {
+    private let route: RouteRuntime
+    private let items: [BatchItem]
+    private let encoder: MultiStatusEncoder
+    private let writer: ResponseWriter
+    private let metrics: SheafMetrics
+    private let histogram: DurationHistogram
+    private let received: NIODeadline
+    private let logger: Logger
+    // Guarded by the writer's lock (all touched inside `writer.append`).
+    private var summary = BatchSummary()
+    private var statusCounts: [Int: Int] = [:]
+
+    init(route: RouteRuntime, items: [BatchItem], format: ResponseFormat, writer: ResponseWriter,
+         metrics: SheafMetrics, received: NIODeadline, logger: Logger) {
+        self.route = route
+        self.items = items
+        self.encoder = format.makeEncoder()
+        self.writer = writer
+        self.metrics = metrics
+        self.histogram = metrics.itemHistogram(route: route.configuration.name)
+        self.received = received
+        self.logger = logger
+    }
+
+    func run() {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: encoder.contentType)
+        headers.add(name: "x-sheaf-items", value: String(items.count))
+        writer.start(status: .multiStatus, headers: headers)
+        writer.append { out in encoder.begin(into: &out) }
+        metrics.itemsAccepted(items.count)
+
+        let run = FanOutRun(items: items, transport: route.transport, concurrency: route.configuration.concurrency,
+                            onResult: { [self] index, outcome, nanoseconds in
+                                self.settled(index, outcome, nanoseconds)
+                            }, onFinish: { [self] in
+                                self.finished()
+                            })
+        writer.onClientGone { [logger] in
+            logger.info("client went away; cancelling the batch")
+            run.cancel(status: 499, reason: "the client closed the connection before the batch completed")
+        }
+        run.start()
+    }
+
+    private func settled(_ index: Int, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
+        let item = items[index]
+        writer.append { out in
+            summary.count(outcome)
+            statusCounts[outcome.status, default: 0] += 1
+            encoder.item(item, outcome, into: &out)
+        }
+        histogram.recordNanoseconds(Int64(nanoseconds))
+        metrics.itemSettled()
+    }
+
+    private func finished() {
+        var final = BatchSummary()
+        var counts: [Int: Int] = [:]
+        writer.append { out in
+            encoder.end(summary, into: &out)
+            final = summary
+            counts = statusCounts
+        }
+        writer.finish()
+        let outcome = final.failed == 0 ? "complete" : (final.succeeded == 0 ? "failed" : "partial")
+        let elapsed = NIODeadline.now() - received
+        metrics.itemsCounted(route: route.configuration.name, statusCounts: counts)
+        metrics.batchFinished(route: route.configuration.name, outcome: outcome,
+                              duration: .nanoseconds(elapsed.nanoseconds))
+        logger.info("batch done", metadata: [
+            "items": "\(final.total)", "succeeded": "\(final.succeeded)", "failed": "\(final.failed)",
+            "ms": "\(elapsed.nanoseconds / 1_000_000)",
+        ])
+    }
+}

@@ -1,0 +1,130 @@
+import NIOCore
+import NIOHTTP1
+
+/// What a responder decides from a request head alone.
+public enum HeadDecision: Sendable {
+    /// Answer now (404, 405, 413, metrics, ...); the request body is read and dropped.
+    case respond(SimpleResponse)
+    /// Read the body up to `maxBodyBytes` (more: 413), then call `handler` with it.
+    case collect(maxBodyBytes: Int, handler: @Sendable (HTTPRequestHead, ByteBuffer, ResponseWriter) -> Void)
+}
+
+/// A complete, small response.
+public struct SimpleResponse: Sendable {
+    public var status: HTTPResponseStatus
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer
+    /// Close the HTTP/1.1 connection after this response (the request body was not read whole).
+    public var close: Bool
+
+    public init(status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer(), close: Bool = false) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.close = close
+    }
+}
+
+/// Routes request heads to decisions; implemented by Sheaf's batch service and the demo upstream.
+public protocol HTTPResponder: Sendable {
+    func decide(_ head: HTTPRequestHead) -> HeadDecision
+    /// The answer when a body is larger than allowed.
+    func tooLarge(_ head: HTTPRequestHead, limit: Int) -> SimpleResponse
+}
+
+/// Serves one HTTP/1.1 connection (requests one after another) or one HTTP/2 stream, with
+/// HTTP/1-style parts either way.
+final class HTTPRequestHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum State {
+        case idle
+        case collecting(HTTPRequestHead, limit: Int, body: ByteBuffer, handler: @Sendable (HTTPRequestHead, ByteBuffer, ResponseWriter) -> Void)
+        case discarding(SimpleResponse, keepAlive: Bool)
+        case responding(ResponseWriter)
+        case closing
+    }
+
+    private let responder: HTTPResponder
+    private var state = State.idle
+
+    init(responder: HTTPResponder) {
+        self.responder = responder
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            switch responder.decide(head) {
+            case .respond(let response):
+                state = .discarding(response, keepAlive: head.isKeepAlive)
+            case .collect(let limit, let handler):
+                if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limit {
+                    reject(context, responder.tooLarge(head, limit: limit))
+                    return
+                }
+                state = .collecting(head, limit: limit, body: context.channel.allocator.buffer(capacity: 0), handler: handler)
+            }
+        case .body(var part):
+            guard case .collecting(let head, let limit, var body, let handler) = state else { return }
+            state = .idle  // let `body` be uniquely referenced while it grows
+            if body.readableBytes + part.readableBytes > limit {
+                reject(context, responder.tooLarge(head, limit: limit))
+                return
+            }
+            body.writeBuffer(&part)
+            state = .collecting(head, limit: limit, body: body, handler: handler)
+        case .end:
+            switch state {
+            case .discarding(let response, let keepAlive):
+                state = .idle
+                send(context, response, keepAlive: keepAlive && !response.close)
+            case .collecting(let head, _, let body, let handler):
+                let writer = ResponseWriter(context: context, keepAlive: head.isKeepAlive) { [weak self] in
+                    self?.state = .idle
+                }
+                state = .responding(writer)
+                handler(head, body, writer)
+            default:
+                break
+            }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if case .responding(let writer) = state { writer.clientWentAway() }
+        state = .closing
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+
+    private func reject(_ context: ChannelHandlerContext, _ response: SimpleResponse) {
+        state = .closing
+        var response = response
+        response.close = true
+        send(context, response, keepAlive: false)
+    }
+
+    private func send(_ context: ChannelHandlerContext, _ response: SimpleResponse, keepAlive: Bool) {
+        var headers = response.headers
+        headers.replaceOrAdd(name: "content-length", value: String(response.body.readableBytes))
+        if !keepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))), promise: nil)
+        if response.body.readableBytes > 0 {
+            context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
+        }
+        let done = context.writeAndFlushPromise()
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: done)
+        if !keepAlive {
+            done.futureResult.whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+}
+
+extension ChannelHandlerContext {
+    fileprivate func writeAndFlushPromise() -> EventLoopPromise<Void> { eventLoop.makePromise() }
+}

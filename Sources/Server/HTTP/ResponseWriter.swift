@@ -1,0 +1,127 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+
+/// Writes one response, whole or streamed, from any thread. Streamed bytes written from other
+/// threads are coalesced: one event-loop task carries everything queued since the last one.
+public final class ResponseWriter: @unchecked Sendable {
+    private let context: ChannelHandlerContext
+    private let eventLoop: EventLoop
+    private let keepAlive: Bool
+    private let onDone: () -> Void
+    private let lock = NIOLock()
+    private var pending: ByteBuffer?
+    private var flushScheduled = false
+    private var finished = false
+    private var cancelHandler: (@Sendable () -> Void)?
+    private var wentAway = false
+
+    init(context: ChannelHandlerContext, keepAlive: Bool, onDone: @escaping () -> Void) {
+        self.context = context
+        self.eventLoop = context.eventLoop
+        self.allocator = context.channel.allocator
+        self.keepAlive = keepAlive
+        self.onDone = onDone
+    }
+
+    public let allocator: ByteBufferAllocator
+    public var loop: EventLoop { eventLoop }
+
+    /// Called once if the client disconnects before the response ends.
+    public func onClientGone(_ handler: @escaping @Sendable () -> Void) {
+        let gone = lock.withLock { () -> Bool in
+            cancelHandler = handler
+            return wentAway
+        }
+        if gone { handler() }
+    }
+
+    func clientWentAway() {
+        let handler = lock.withLock { () -> (@Sendable () -> Void)? in
+            wentAway = true
+            return finished ? nil : cancelHandler
+        }
+        handler?()
+    }
+
+    private func onLoop(_ body: @escaping () -> Void) {
+        if eventLoop.inEventLoop { body() } else { eventLoop.execute(body) }
+    }
+
+    /// A complete response.
+    public func respond(_ response: SimpleResponse) {
+        var headers = response.headers
+        headers.replaceOrAdd(name: "content-length", value: String(response.body.readableBytes))
+        start(status: response.status, headers: headers)
+        if response.body.readableBytes > 0 { write(response.body) }
+        finish()
+    }
+
+    /// Sends the head; without Content-Length, HTTP/1.1 uses chunked encoding and HTTP/2 DATA frames.
+    public func start(status: HTTPResponseStatus, headers: HTTPHeaders) {
+        var headers = headers
+        if !keepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
+        let head = HTTPResponseHead(version: .http1_1, status: status, headers: headers)
+        onLoop { [context] in
+            context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
+        }
+    }
+
+    /// Queues body bytes; they leave in the next event-loop tick together with whatever else queued.
+    public func write(_ bytes: ByteBuffer) {
+        var bytes = bytes
+        let schedule = lock.withLock { () -> Bool in
+            if pending == nil {
+                pending = bytes
+            } else {
+                pending!.writeBuffer(&bytes)
+            }
+            if flushScheduled { return false }
+            flushScheduled = true
+            return true
+        }
+        if schedule {
+            eventLoop.execute { [self] in self.flushPending() }
+        }
+    }
+
+    /// Appends to the queued bytes in place, under the writer's lock: callers that encode into
+    /// the response (the 207 encoders) are serialized by it and need no lock of their own.
+    public func append(_ body: (inout ByteBuffer) -> Void) {
+        let schedule = lock.withLock { () -> Bool in
+            if pending == nil { pending = allocator.buffer(capacity: 4096) }
+            body(&pending!)
+            if flushScheduled { return false }
+            flushScheduled = true
+            return true
+        }
+        if schedule {
+            eventLoop.execute { [self] in self.flushPending() }
+        }
+    }
+
+    private func flushPending() {
+        let chunk = lock.withLock { () -> ByteBuffer? in
+            flushScheduled = false
+            defer { pending = nil }
+            return pending
+        }
+        if let chunk, chunk.readableBytes > 0 {
+            context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: nil)
+        }
+    }
+
+    /// Ends the response (after every queued write).
+    public func finish() {
+        lock.withLock { finished = true }
+        onLoop { [self] in
+            self.flushPending()
+            let promise = self.eventLoop.makePromise(of: Void.self)
+            self.context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: promise)
+            if !self.keepAlive {
+                promise.futureResult.whenComplete { [context] _ in context.close(promise: nil) }
+            }
+            self.onDone()
+        }
+    }
+}

@@ -1,0 +1,105 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import Prometheus
+
+/// Sheaf's Prometheus metrics. Label sets are cached so the item path does one dictionary
+/// lookup under a lock per distinct (route, status) per batch, not a registry lookup per item.
+public final class SheafMetrics: @unchecked Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    private let lock = NIOLock()
+    private var batchCounters: [String: Counter] = [:]
+    private var itemCounters: [String: Counter] = [:]
+    private var itemHistograms: [String: DurationHistogram] = [:]
+    private var batchHistograms: [String: DurationHistogram] = [:]
+    private let inFlight: Gauge
+
+    static let itemBuckets: [Duration] = [
+        .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+        .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+        .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10),
+    ]
+    static let batchBuckets: [Duration] = [
+        .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+        .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5),
+        .seconds(10), .seconds(30), .seconds(60),
+    ]
+
+    private static func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "sheaf", metricName: metric, unitName: unit, helpText: help)
+    }
+
+    public init() {
+        inFlight = registry.makeGauge(descriptor: Self.name("items", "in_flight",
+            "Items accepted by Sheaf whose outcome is not known yet"))
+    }
+
+    /// A batch ended: outcome is complete, partial, failed, rejected or cancelled.
+    public func batchFinished(route: String, outcome: String, duration: Duration?) {
+        let (counter, histogram) = lock.withLock { () -> (Counter, DurationHistogram?) in
+            let key = route + "\u{0}" + outcome
+            let counter = batchCounters[key] ?? {
+                let c = registry.makeCounter(descriptor: Self.name("batches", "total", "Bulk requests by route and outcome"),
+                                             labels: [("route", route), ("outcome", outcome)])
+                batchCounters[key] = c
+                return c
+            }()
+            guard duration != nil else { return (counter, nil) }
+            let histogram = batchHistograms[route] ?? {
+                let h = registry.makeDurationHistogram(
+                    descriptor: Self.name("batch_duration", "seconds", "Time from a bulk request's arrival to the end of its 207"),
+                    labels: [("route", route)], buckets: Self.batchBuckets)
+                batchHistograms[route] = h
+                return h
+            }()
+            return (counter, histogram)
+        }
+        counter.increment()
+        if let duration { histogram?.record(duration) }
+    }
+
+    public func itemsAccepted(_ count: Int) {
+        inFlight.increment(by: Double(count))
+    }
+
+    /// One item got its outcome.
+    public func itemSettled() {
+        inFlight.decrement()
+    }
+
+    /// The latency histogram of a route's items; fetched once per batch, recorded into per item.
+    public func itemHistogram(route: String) -> DurationHistogram {
+        lock.withLock {
+            if let h = itemHistograms[route] { return h }
+            let h = registry.makeDurationHistogram(
+                descriptor: Self.name("item_duration", "seconds", "Time from an item's start to its outcome"),
+                labels: [("route", route)], buckets: Self.itemBuckets)
+            itemHistograms[route] = h
+            return h
+        }
+    }
+
+    /// Items by status, added once per batch from the batch's own tally.
+    public func itemsCounted(route: String, statusCounts: [Int: Int]) {
+        let counters = lock.withLock { () -> [(Counter, Int)] in
+            statusCounts.map { status, count in
+                let key = route + "\u{0}" + String(status)
+                let counter = itemCounters[key] ?? {
+                    let c = registry.makeCounter(
+                        descriptor: Self.name("items", "total", "Items by route and the status each item got (upstream's or Sheaf's)"),
+                        labels: [("route", route), ("status", String(status))])
+                    itemCounters[key] = c
+                    return c
+                }()
+                return (counter, count)
+            }
+        }
+        for (counter, count) in counters { counter.increment(by: Int64(count)) }
+    }
+
+    /// Prometheus text exposition format.
+    public func render() -> ByteBuffer {
+        var bytes: [UInt8] = []
+        registry.emit(into: &bytes)
+        return ByteBuffer(bytes: bytes)
+    }
+}

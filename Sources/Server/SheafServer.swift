@@ -1,0 +1,60 @@
+import Config
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Upstream
+
+/// The running proxy as one `Service`: upstream transports, the optional in-process demo
+/// upstream, and the front listener. Stops on graceful shutdown (SIGTERM / SIGINT).
+public final class SheafServer: Service, @unchecked Sendable {
+    private let configuration: SheafConfiguration
+    private let group: EventLoopGroup
+    private let logger: Logger
+    public let metrics = SheafMetrics()
+
+    public init(configuration: SheafConfiguration, group: EventLoopGroup, logger: Logger) {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        var demoChannel: Channel?
+        if let demo = configuration.demoUpstream {
+            demoChannel = try await HTTPListener.bind(host: demo.host, port: demo.port, group: group) {
+                HTTPRequestHandler(responder: DemoUpstream())
+            }
+            logger.info("demo upstream listening", metadata: ["address": "\(demo)", "protocols": "http/1.1, h2c"])
+        }
+        var transports: [String: UpstreamTransport] = [:]
+        for upstream in configuration.upstreams {
+            transports[upstream.name] = try TransportFactory.make(upstream, group: group, logger: logger)
+        }
+        let service = SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger)
+        let listen = configuration.listen
+        let channel: Channel
+        do {
+            channel = try await HTTPListener.bind(host: listen.host, port: listen.port, group: group) {
+                HTTPRequestHandler(responder: service)
+            }
+        } catch {
+            for transport in transports.values { transport.shutdown() }
+            try? await demoChannel?.close()
+            throw error
+        }
+        let bound = channel.localAddress?.port ?? listen.port
+        logger.info("sheaf listening", metadata: [
+            "address": "\(listen.host):\(bound)", "routes": "\(configuration.routes.count)",
+            "upstreams": "\(configuration.upstreams.count)",
+        ])
+        await withGracefulShutdownHandler {
+            try? await channel.closeFuture.get()
+        } onGracefulShutdown: {
+            channel.close(promise: nil)
+        }
+        logger.info("shutting down")
+        for transport in transports.values { transport.shutdown() }
+        try? await demoChannel?.close()
+    }
+}

@@ -1,0 +1,126 @@
+import Config
+import FanOut
+import Foundation
+import Logging
+import MultiStatus
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import Upstream
+
+/// A route with the transport its items travel on.
+struct RouteRuntime: Sendable {
+    let configuration: RouteConfiguration
+    let transport: UpstreamTransport
+}
+
+/// Sheaf's front door: matches routes, checks media types and sizes from the request head,
+/// decodes the batch, and hands it to a `BatchSession`. Also serves metrics and health.
+public final class SheafService: HTTPResponder, @unchecked Sendable {
+    private let configuration: SheafConfiguration
+    private let routesByPath: [String: [RouteRuntime]]
+    private let metrics: SheafMetrics
+    private let logger: Logger
+    private let requestCounter = NIOLockedValueBox(UInt64(0))
+
+    public init(configuration: SheafConfiguration, transports: [String: UpstreamTransport],
+                metrics: SheafMetrics, logger: Logger) {
+        self.configuration = configuration
+        var table: [String: [RouteRuntime]] = [:]
+        for route in configuration.routes {
+            guard let transport = transports[route.upstream] else { continue }
+            table[route.path, default: []].append(RouteRuntime(configuration: route, transport: transport))
+        }
+        self.routesByPath = table
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    public func tooLarge(_ head: HTTPRequestHead, limit: Int) -> SimpleResponse {
+        if let route = match(head)?.route { metrics.batchFinished(route: route.configuration.name, outcome: "rejected", duration: nil) }
+        return Problem.response(.payloadTooLarge, detail: "request body is larger than this route's max_body_bytes (\(limit) bytes)")
+    }
+
+    private func match(_ head: HTTPRequestHead) -> (route: RouteRuntime?, allowed: [String])? {
+        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
+        guard let candidates = routesByPath[path] else { return nil }
+        let method = head.method.rawValue
+        return (candidates.first(where: { $0.configuration.method == method }), candidates.map(\.configuration.method))
+    }
+
+    public func decide(_ head: HTTPRequestHead) -> HeadDecision {
+        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
+        if path == configuration.metricsPath {
+            guard head.method == .GET || head.method == .HEAD else {
+                return .respond(Problem.response(.methodNotAllowed, detail: "\(path) answers GET", extraHeaders: ["allow": "GET, HEAD"]))
+            }
+            return .respond(SimpleResponse(status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"],
+                                           body: metrics.render()))
+        }
+        if path == "/healthz" || path == "/readyz" {
+            return .respond(SimpleResponse(status: .ok, headers: ["content-type": "application/json"],
+                                           body: ByteBuffer(string: "{\"status\":\"ok\"}\n")))
+        }
+        guard let (found, allowed) = match(head) else {
+            return .respond(Problem.response(.notFound, detail: "no route for \(path)"))
+        }
+        guard let route = found else {
+            let allow = allowed.joined(separator: ", ")
+            return .respond(Problem.response(.methodNotAllowed, detail: "\(path) accepts \(allow), not \(head.method.rawValue)",
+                                             extraHeaders: ["allow": allow]))
+        }
+        let name = route.configuration.name
+        // 415 and 406 are known from the head alone: answer them before reading the body.
+        let contentType = head.headers.first(name: "content-type")
+        let isJSON = contentType.map(MediaType.isJSON) ?? false
+        let isXML = contentType.map(MediaType.isXML) ?? false
+        let readable = route.configuration.fanOut == nil ? (isJSON || isXML) : isJSON
+        guard readable else {
+            metrics.batchFinished(route: name, outcome: "rejected", duration: nil)
+            let expected = route.configuration.fanOut == nil ? "application/json or application/xml" : "application/json"
+            let got = contentType.map { "\"\($0)\"" } ?? "no Content-Type"
+            return .respond(Problem.response(.unsupportedMediaType, detail: "route \(name) reads \(expected), got \(got)",
+                                             field: "Content-Type", extraHeaders: ["accept-post": expected]))
+        }
+        guard let format = MediaType.negotiate(accept: head.headers[canonicalForm: "accept"].map(String.init).joined(separator: ","),
+                                               requestIsXML: isXML) else {
+            metrics.batchFinished(route: name, outcome: "rejected", duration: nil)
+            return .respond(Problem.response(.notAcceptable,
+                                             detail: "a 207 can be application/xml, text/xml or application/json; Accept allows none of them",
+                                             field: "Accept"))
+        }
+        let received = NIODeadline.now()
+        return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self] head, body, writer in
+            self.runBatch(route: route, body: body, isXML: isXML, format: format, writer: writer, received: received)
+        }
+    }
+
+    private func runBatch(route: RouteRuntime, body: ByteBuffer, isXML: Bool, format: ResponseFormat,
+                          writer: ResponseWriter, received: NIODeadline) {
+        let configuration = route.configuration
+        let basePath = route.transport.configuration.endpoint.basePath
+        let items: [BatchItem]
+        do throws(BatchError) {
+            if let template = configuration.fanOut {
+                items = try JSONBatchDecoder.decode(body, template: template, basePath: basePath, maxItems: configuration.maxItems)
+            } else if isXML {
+                items = try XMLBatchDecoder.decode(body, basePath: basePath, maxItems: configuration.maxItems)
+            } else {
+                items = try JSONBatchDecoder.decodeExplicit(body, basePath: basePath, maxItems: configuration.maxItems)
+            }
+        } catch {
+            metrics.batchFinished(route: configuration.name, outcome: "rejected", duration: nil)
+            writer.respond(Problem.response(error))
+            return
+        }
+        let id = requestCounter.withLockedValue { value -> UInt64 in
+            value += 1
+            return value
+        }
+        var logger = self.logger
+        logger[metadataKey: "request"] = "\(id)"
+        logger[metadataKey: "route"] = "\(configuration.name)"
+        BatchSession(route: route, items: items, format: format, writer: writer, metrics: metrics,
+                     received: received, logger: logger).run()
+    }
+}
