@@ -59,10 +59,15 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
 
-        .testTarget(name: "ConfigTests", dependencies: ["Config"]),
-        .testTarget(name: "MultiStatusTests", dependencies: ["MultiStatus", "FanOut", "Upstream"]),
-        .testTarget(name: "FanOutTests", dependencies: ["FanOut", "Upstream"]),
-        .testTarget(name: "EndToEndTests", dependencies: []),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "MultiStatus", "Upstream"]),
+        .testTarget(name: "MultiStatusTests", dependencies: [
+            "MultiStatus", "FanOut", "Upstream",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
+        .testTarget(name: "FanOutTests", dependencies: [
+            "FanOut", "Upstream",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
     ],
     swiftLanguageModes: [.v5]
 )

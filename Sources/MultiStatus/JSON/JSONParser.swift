@@ -102,7 +102,8 @@ public struct JSONParser {
         }
         while true {
             skipWhitespace()
-            guard position < bytes.count, bytes[position] == UInt8(ascii: "\"") else { throw fail("expected a member name") }
+            guard position < bytes.count else { throw fail("unexpected end of JSON") }
+            guard bytes[position] == UInt8(ascii: "\"") else { throw fail("expected a member name") }
             let key = try parseString()
             skipWhitespace()
             guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw fail("expected ':'") }

@@ -1,0 +1,46 @@
+# Sheaf: `make run` to try it, `make test` for the whole suite, `make bench` for the benchmark.
+SHELL := /bin/bash
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BUILD_PACKAGES := libcurl4-openssl-dev libnghttp2-dev libxml2-dev
+TEST_PACKAGES := nginx curl prometheus python3-pip
+BIN := .build/debug/sheaf
+RELEASE_BIN := .build/release/sheaf
+
+.PHONY: deps test-deps build release run test unit-test e2e-test bench clean
+
+# Debian packages the build needs, installed only when missing.
+deps:
+	@missing=""; for p in $(BUILD_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+# What the end-to-end tests drive: nginx as an upstream, curl as a client, promtool, httpx.
+test-deps: deps
+	@missing=""; for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+	@python3 -c "import httpx, h2, pytest" 2>/dev/null || python3 -m pip install -q "httpx[http2]" pytest || python3 -m pip install -q --break-system-packages "httpx[http2]" pytest
+
+build: deps
+	swift build
+
+release: deps
+	swift build -c release
+
+run: build
+	@echo
+	@echo "Sheaf on http://127.0.0.1:8080 with the demo upstream on 127.0.0.1:9090. Try:"
+	@echo "  curl -s -X POST http://127.0.0.1:8080/bulk/users -H 'Content-Type: application/json' -d '{\"ids\":[1,2,13,999]}'"
+	@echo "  curl -s -X POST http://127.0.0.1:8080/bulk/users -H 'Content-Type: application/json' -H 'Accept: application/xml' -d '{\"ids\":[1,2,13,999]}'"
+	@echo
+	$(BIN) serve --config config.yaml
+
+test: test-deps build
+	swift test
+	python3 -m pytest -q Tests/e2e
+
+bench: test-deps release
+	python3 bench/run.py
+
+clean:
+	rm -rf .build

@@ -1,0 +1,141 @@
+import Config
+import MultiStatus
+import Testing
+import Upstream
+
+private let valid = """
+listen: "127.0.0.1:8080"
+metrics_path: /metrics
+upstreams:
+  users:
+    url: http://127.0.0.1:9090/api
+    protocol: h2c
+    connections: 2
+    timeout: 5s
+  legacy:
+    url: http://localhost:8081
+    protocol: http1
+routes:
+  - name: users-by-id
+    method: POST
+    path: /bulk/users
+    upstream: users
+    fan_out:
+      items: /ids
+      method: GET
+      path: /users/{item}
+    concurrency: 100
+    max_items: 1000
+  - name: batch
+    method: POST
+    path: /batch
+    upstream: legacy
+"""
+
+private func problems(_ yaml: String) -> [ConfigProblem] {
+    do {
+        _ = try ConfigLoader.parse(yaml: yaml, file: "c.yaml")
+        return []
+    } catch {
+        return error.problems
+    }
+}
+
+@Test func validConfigurationIsTyped() throws {
+    let config = try ConfigLoader.parse(yaml: valid, file: "c.yaml")
+    #expect(config.listen == HostPort(host: "127.0.0.1", port: 8080))
+    #expect(config.upstreams.count == 2)
+    let users = try #require(config.upstream(named: "users"))
+    #expect(users.endpoint.basePath == "/api")
+    #expect(users.endpoint.port == 9090)
+    #expect(users.protocol == .h2c)
+    #expect(users.timeout == .seconds(5))
+    #expect(config.upstream(named: "legacy")?.endpoint.port == 8081)
+    #expect(config.upstream(named: "legacy")?.protocol == .http1)
+    #expect(config.routes.map(\.name) == ["users-by-id", "batch"])
+    #expect(config.routes[0].fanOut?.items == (try JSONPointer("/ids")))
+    #expect(config.routes[0].fanOut?.path.description == "/users/{item}")
+    #expect(config.routes[1].fanOut == nil)
+}
+
+@Test func unknownKeyIsReportedWithLineAndColumn() {
+    let yaml = valid.replacingOccurrences(of: "    connections: 2\n", with: "    connectons: 2\n")
+    let found = problems(yaml)
+    #expect(found.count == 1)
+    #expect(found.first?.line == 7)
+    #expect(found.first?.column == 5)
+    #expect(found.first?.description.hasPrefix("c.yaml:7:5: unknown key 'connectons'") == true)
+}
+
+@Test func unknownUpstreamNamesTheRoute() {
+    let yaml = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: nosuch")
+    let found = problems(yaml)
+    #expect(found.count == 1)
+    #expect(found.first?.message.contains("route 'batch': unknown upstream \"nosuch\"") == true)
+    #expect(found.first?.line == 26)
+    #expect(found.first?.column == 15)
+}
+
+@Test func badDurationAndBadTemplateAreBothReported() {
+    let yaml = valid
+        .replacingOccurrences(of: "timeout: 5s", with: "timeout: 5")
+        .replacingOccurrences(of: "/users/{item}", with: "/users/{item")
+    let found = problems(yaml)
+    #expect(found.count == 2)
+    #expect(found.contains { $0.message.contains("\"5\" is not a duration") && $0.line == 8 })
+    #expect(found.contains { $0.message.contains("never closed") && $0.line == 20 })
+}
+
+@Test func duplicateRoutesAreRefused() {
+    let yaml = valid + """
+
+  - name: again
+    method: POST
+    path: /bulk/users
+    upstream: users
+"""
+    let found = problems(yaml)
+    #expect(found.count == 1)
+    #expect(found.first?.message.contains("duplicate route: POST /bulk/users is already handled by route 'users-by-id'") == true)
+}
+
+@Test func tlsUpstreamsAreRefusedUntilSupported() {
+    let yaml = valid.replacingOccurrences(of: "protocol: h2c", with: "protocol: h2")
+    #expect(problems(yaml).first?.message.contains("protocol h2 (HTTP/2 over TLS) is not supported yet") == true)
+}
+
+@Test func yamlSyntaxErrorsHaveAPosition() {
+    let found = problems("listen: [\n")
+    #expect(found.count == 1)
+    #expect(found.first?.message.hasPrefix("YAML syntax") == true)
+}
+
+@Test func missingSectionsAreReported() {
+    let found = problems("listen: \"127.0.0.1:1\"\n")
+    #expect(found.map(\.message).contains("missing key 'upstreams'"))
+    #expect(found.map(\.message).contains("missing key 'routes'"))
+}
+
+@Test func durationsAndSizes() {
+    #expect(ConfigValues.duration("250ms") == .milliseconds(250))
+    #expect(ConfigValues.duration("1m30s") == .seconds(90))
+    #expect(ConfigValues.duration("1.5s") == .milliseconds(1500))
+    #expect(ConfigValues.duration("5") == nil)
+    #expect(ConfigValues.duration("-1s") == nil)
+    #expect(ConfigValues.byteSize("8MiB") == 8 << 20)
+    #expect(ConfigValues.byteSize("100kB") == 100_000)
+    #expect(ConfigValues.byteSize("12 parsecs") == nil)
+}
+
+@Test func hostPorts() {
+    #expect(HostPort.parse("[::1]:8080") == HostPort(host: "::1", port: 8080))
+    #expect(HostPort.parse("0.0.0.0:80") == HostPort(host: "0.0.0.0", port: 80))
+    #expect(HostPort.parse("localhost") == nil)
+    #expect(HostPort.parse("a:99999") == nil)
+}
+
+@Test func theShippedConfigIsValid() throws {
+    let config = try ConfigLoader.load(path: "config.yaml")
+    #expect(config.demoUpstream != nil)
+    #expect(!config.routes.isEmpty)
+}

@@ -1,0 +1,147 @@
+import Dispatch
+import FanOut
+import NIOConcurrencyHelpers
+import NIOCore
+import Testing
+import Upstream
+
+@Test func schedulerHonoursTheConcurrencyCap() {
+    var scheduler = FanOutScheduler(total: 5, concurrency: 2)
+    #expect(scheduler.claim() == 0..<2)
+    #expect(scheduler.claim().isEmpty)
+    #expect(scheduler.settle() == 2..<3)
+    #expect(scheduler.settle() == 3..<4)
+    #expect(scheduler.settle() == 4..<5)
+    #expect(scheduler.settle().isEmpty)
+    #expect(!scheduler.isFinished)
+    #expect(scheduler.settle().isEmpty)
+    #expect(scheduler.isFinished)
+}
+
+@Test func schedulerCancelReturnsWhatNeverStarted() {
+    var scheduler = FanOutScheduler(total: 10, concurrency: 3)
+    _ = scheduler.claim()
+    #expect(scheduler.cancel() == 3..<10)
+    #expect(scheduler.settle().isEmpty)
+    #expect(scheduler.cancel().isEmpty)
+}
+
+/// A transport that answers from a queue, out of order, and records the peak of calls in flight.
+final class FakeTransport: UpstreamTransport, @unchecked Sendable {
+    final class Call: UpstreamCall, @unchecked Sendable {
+        let cancelled = NIOLockedValueBox(false)
+        var onCancel: (() -> Void)?
+        func cancel() {
+            cancelled.withLockedValue { $0 = true }
+            onCancel?()
+        }
+    }
+
+    let configuration = UpstreamConfiguration(name: "fake", endpoint: UpstreamEndpoint(scheme: "http", host: "x", port: 1, basePath: ""))
+    let state = NIOLockedValueBox((inFlight: 0, peak: 0, calls: 0))
+    let synchronous: Bool
+    let hold: Bool
+    let queue = DispatchQueue(label: "fake", attributes: .concurrent)
+    let held = NIOLockedValueBox<[(Call, @Sendable (UpstreamResult) -> Void)]>([])
+
+    init(synchronous: Bool = false, hold: Bool = false) {
+        self.synchronous = synchronous
+        self.hold = hold
+    }
+
+    func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+        state.withLockedValue { s in
+            s.inFlight += 1
+            s.calls += 1
+            s.peak = max(s.peak, s.inFlight)
+        }
+        let call = Call()
+        let status = Int(request.path.split(separator: "/").last ?? "200") ?? 200
+        let finish: @Sendable (UpstreamResult) -> Void = { [state] result in
+            state.withLockedValue { $0.inFlight -= 1 }
+            completion(result)
+        }
+        if hold {
+            call.onCancel = { finish(.failure(UpstreamError(.cancelled, "cancelled"))) }
+            held.withLockedValue { $0.append((call, finish)) }
+        } else if synchronous {
+            finish(.success(UpstreamResponse(status: status, headers: [], body: ByteBuffer())))
+        } else {
+            queue.asyncAfter(deadline: .now() + .microseconds(Int.random(in: 0...500))) {
+                finish(.success(UpstreamResponse(status: status, headers: [], body: ByteBuffer())))
+            }
+        }
+        return call
+    }
+
+    func shutdown() {}
+}
+
+private func items(_ count: Int) -> [BatchItem] {
+    (0..<count).map { i in
+        if i % 7 == 3 { return BatchItem(id: "\(i)", href: "/bad/\(i)", rejection: "bad url") }
+        return BatchItem(id: "\(i)", href: "/i/\(i)", request: UpstreamRequest(method: "GET", path: "/i/\(200 + i % 5)"))
+    }
+}
+
+private func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurrency: Int) async -> [Int: ItemOutcome] {
+    let results = NIOLockedValueBox<[Int: ItemOutcome]>([:])
+    let duplicates = NIOLockedValueBox(0)
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+        let run = FanOutRun(items: items, transport: transport, concurrency: concurrency, onResult: { index, outcome, _ in
+            results.withLockedValue {
+                if $0[index] != nil { duplicates.withLockedValue { $0 += 1 } }
+                $0[index] = outcome
+            }
+        }, onFinish: { done.resume() })
+        run.start()
+    }
+    #expect(duplicates.withLockedValue { $0 } == 0)
+    return results.withLockedValue { $0 }
+}
+
+@Test func everyItemSettlesExactlyOnceUnderTheCap() async {
+    let transport = FakeTransport()
+    let batch = items(2000)
+    let results = await run(batch, transport, concurrency: 50)
+    #expect(results.count == 2000)
+    #expect(transport.state.withLockedValue { $0.peak } <= 50)
+    #expect(transport.state.withLockedValue { $0.calls } == batch.filter { $0.request != nil }.count)
+    for (index, item) in batch.enumerated() {
+        if item.rejection != nil {
+            #expect(results[index]?.status == 400)
+            #expect(results[index]?.reason == "bad url")
+        } else {
+            #expect(results[index]?.status == 200 + index % 5)
+        }
+    }
+}
+
+@Test func aTransportThatSettlesSynchronouslyDoesNotRecurse() async {
+    let results = await run(items(50_000), FakeTransport(synchronous: true), concurrency: 1)
+    #expect(results.count == 50_000)
+}
+
+@Test func emptyBatchFinishesAtOnce() async {
+    let results = await run([], FakeTransport(), concurrency: 10)
+    #expect(results.isEmpty)
+}
+
+@Test func cancellingSettlesEveryItemWithTheGivenStatus() async {
+    let transport = FakeTransport(hold: true)
+    let results = NIOLockedValueBox<[Int: ItemOutcome]>([:])
+    let batch = (0..<20).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/\($0)")) }
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+        let run = FanOutRun(items: batch, transport: transport, concurrency: 5, onResult: { index, outcome, _ in
+            results.withLockedValue { $0[index] = outcome }
+        }, onFinish: { done.resume() })
+        run.start()
+        #expect(transport.held.withLockedValue { $0.count } == 5)
+        run.cancel(status: 504, reason: "batch deadline passed")
+    }
+    let final = results.withLockedValue { $0 }
+    #expect(final.count == 20)
+    #expect(final.values.allSatisfy { $0.status == 504 && $0.reason == "batch deadline passed" })
+    #expect(transport.held.withLockedValue { $0.allSatisfy { $0.0.cancelled.withLockedValue { $0 } } })
+    #expect(transport.state.withLockedValue { $0.calls } == 5)
+}

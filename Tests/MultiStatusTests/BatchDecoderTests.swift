@@ -1,0 +1,162 @@
+import FanOut
+import MultiStatus
+import NIOCore
+import Testing
+
+private func template(_ path: String, items: String = "/ids") throws -> FanOutTemplate {
+    FanOutTemplate(items: try JSONPointer(items), method: "GET", path: try PathTemplate(path))
+}
+
+private func decodeError(_ body: () throws(BatchError) -> [BatchItem]) -> BatchError? {
+    do {
+        _ = try body()
+        return nil
+    } catch {
+        return error
+    }
+}
+
+@Test func templateFansOutEveryElementWithEncodedValues() throws {
+    let items = try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":[1,"a b","x/y","é"]}"#),
+                                            template: try template("/users/{item}"), basePath: "/api", maxItems: 10)
+    #expect(items.map(\.href) == ["/users/1", "/users/a%20b", "/users/x%2Fy", "/users/%C3%A9"])
+    #expect(items.map(\.id) == ["0", "1", "2", "3"])
+    #expect(items[0].request?.path == "/api/users/1")
+    #expect(items.allSatisfy { $0.request?.method == "GET" })
+}
+
+@Test func templateFieldsComeFromObjectElements() throws {
+    let items = try JSONBatchDecoder.decode(ByteBuffer(string: #"{"users":[{"org":"acme","id":7}]}"#),
+                                            template: try template("/orgs/{org}/users/{id}", items: "/users"), basePath: "", maxItems: 10)
+    #expect(items.first?.href == "/orgs/acme/users/7")
+}
+
+@Test func templateErrorsNameTheElementAndField() throws {
+    let t = try template("/orgs/{org}/users/{id}", items: "/users")
+    let missing = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: #"{"users":[{"org":"a","id":1},{"org":"b"}]}"#), template: t, basePath: "", maxItems: 10)
+    }
+    #expect(missing?.status == 400)
+    #expect(missing?.field == "/users/1/id")
+    let wrongType = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":[1,[2]]}"#), template: try! template("/u/{item}"), basePath: "", maxItems: 10)
+    }
+    #expect(wrongType?.description == "/ids/1: must be a string or number for {item}, got array")
+    let notArray = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":{}}"#), template: try! template("/u/{item}"), basePath: "", maxItems: 10)
+    }
+    #expect(notArray?.description == "/ids: must be an array, got object")
+    let dots = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":[".."]}"#), template: try! template("/u/{item}"), basePath: "", maxItems: 10)
+    }
+    #expect(dots?.field == "/ids/0")
+}
+
+@Test func tooManyItemsIs413() throws {
+    let error = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":[1,2,3]}"#), template: try! template("/u/{item}"), basePath: "", maxItems: 2)
+    }
+    #expect(error?.status == 413)
+}
+
+@Test func explicitBatchDecodesEveryField() throws {
+    let body = #"{"requests":[{"id":"a","method":"get","url":"/users/1","headers":{"Accept":"application/json","Connection":"close"}},{"method":"POST","url":"/docs","body":{"k":1}},{"method":"PUT","url":"/t","body":"raw"}]}"#
+    let items = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: body), basePath: "", maxItems: 10)
+    #expect(items.map(\.id) == ["a", "1", "2"])
+    #expect(items[0].request?.method == "GET")
+    #expect(items[0].request?.headers.map(\.name) == ["Accept"])  // hop-by-hop Connection dropped
+    #expect(items[1].request.map { String(buffer: $0.body!) } == #"{"k":1}"#)
+    #expect(items[1].request?.headers.contains { $0.name == "content-type" && $0.value == "application/json" } == true)
+    #expect(items[2].request.map { String(buffer: $0.body!) } == "raw")
+}
+
+@Test(arguments: [
+    (#"{"requests":[{"method":"GET","url":"/a"},{"url":"/b"}]}"#, "requests[1].method: missing"),
+    (#"{"requests":[{"method":"GET"}]}"#, "requests[0].url: missing"),
+    (#"{"requests":[{"id":"x","method":"GET","url":"/a"},{"id":"x","method":"GET","url":"/b"}]}"#, "requests[1].id: duplicate id \"x\""),
+    (#"{"requests":[{"method":"G T","url":"/a"}]}"#, "requests[0].method: \"G T\" is not an HTTP method"),
+    (#"{"requests":[{"method":"GET","url":"/a","headers":{"X":"a\r\nEvil: 1"}}]}"#, "requests[0].headers.X: value contains a control character (CR, LF or NUL)"),
+    (#"{"requests":[{"method":"GET","url":"/a","mehtod":"x"}]}"#, "requests[0].mehtod: unknown field (expected id, method, url, headers, body)"),
+    (#"{"requests":{}}"#, "requests: must be an array, got object"),
+    (#"{"reqs":[]}"#, "reqs: unknown field (a batch has only \"requests\")"),
+    (#"[1]"#, "body: must be a JSON object with a \"requests\" array, got array"),
+])
+func explicitBatchErrorsNameItemAndField(body: String, expected: String) {
+    let error = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: body), basePath: "", maxItems: 10)
+    }
+    #expect(error?.status == 400)
+    #expect(error?.description == expected)
+}
+
+@Test func itemsThatEscapeTheirUpstreamAreRejectedOneByOne() throws {
+    let body = #"{"requests":[{"method":"GET","url":"http://evil.example/x"},{"method":"GET","url":"//evil.example/x"},{"method":"GET","url":"/a/../../etc/passwd"},{"method":"GET","url":"/a/%2e%2e/b"},{"method":"GET","url":"/a/./b/../c?q=1"}]}"#
+    let items = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: body), basePath: "/api", maxItems: 10)
+    #expect(items.count == 5)
+    #expect(items[0].rejection?.contains("absolute") == true)
+    #expect(items[1].rejection?.contains("'//'") == true)
+    #expect(items[2].rejection?.contains("climbs out") == true)
+    #expect(items[3].rejection?.contains("encoded dot segment") == true)
+    #expect(items[4].request?.path == "/api/a/c?q=1")
+    #expect(items[4].href == "/a/c?q=1")
+    #expect(Set(items.map(\.href)).count == 5)
+    #expect(items.allSatisfy { $0.href.hasPrefix("/") && !$0.href.hasPrefix("//") })
+}
+
+@Test func duplicatePathsGetDistinctHrefs() throws {
+    let body = #"{"requests":[{"id":"a","method":"GET","url":"/u/1"},{"id":"b","method":"DELETE","url":"/u/1"},{"id":"c","method":"GET","url":"/u/./1"}]}"#
+    let items = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: body), basePath: "", maxItems: 10)
+    #expect(items.map(\.href) == ["/u/1", "/u/1#b", "/u/1#c"])
+}
+
+@Test func xmlBatchDecodes() throws {
+    let xml = """
+    <?xml version="1.0"?>
+    <S:batch xmlns:S="urn:sheaf" xmlns:D="DAV:" xmlns:x="urn:other">
+      <S:request id="a" method="DELETE"><D:href>/docs/a.pdf</D:href></S:request>
+      <x:ignored><S:request method="GET"><D:href>/nope</D:href></S:request></x:ignored>
+      <S:request id="b" method="PUT"><D:href> /docs/b.txt </D:href>
+        <S:header name="Content-Type">text/plain</S:header><S:body>hello &amp; bye</S:body></S:request>
+      <S:request method="POST"><D:href>/bin</D:href><S:body encoding="base64">AAEC</S:body></S:request>
+    </S:batch>
+    """
+    let items = try XMLBatchDecoder.decode(ByteBuffer(string: xml), basePath: "", maxItems: 10)
+    #expect(items.map(\.id) == ["a", "b", "2"])
+    #expect(items.map(\.href) == ["/docs/a.pdf", "/docs/b.txt", "/bin"])
+    #expect(items[1].request?.headers.first?.value == "text/plain")
+    #expect(items[1].request.map { String(buffer: $0.body!) } == "hello & bye")
+    #expect(items[2].request?.body?.readableBytesView.map { $0 } == [0, 1, 2])
+}
+
+@Test(arguments: [
+    ("<!DOCTYPE x [<!ENTITY e \"boom\">]><S:batch xmlns:S=\"urn:sheaf\"/>", "DTD"),
+    ("<S:batch xmlns:S=\"urn:sheaf\" xmlns:D=\"DAV:\"><S:request><D:href>/a</D:href></S:request></S:batch>", "requests[0].method: missing"),
+    ("<batch/>", "root element must be batch in namespace urn:sheaf"),
+    ("<S:batch xmlns:S=\"urn:sheaf\"><S:request method=\"GET\">", "not well-formed"),
+    ("<S:batch xmlns:S=\"urn:sheaf\"><S:thing/></S:batch>", "unknown element S:thing"),
+    ("<S:batch xmlns:S=\"urn:sheaf\" xmlns:D=\"DAV:\"><S:request method=\"GET\"><D:href>/a</D:href><S:header>v</S:header></S:request></S:batch>", "without a name"),
+])
+func xmlBatchErrors(xml: String, expected: String) {
+    let error = decodeError { () throws(BatchError) in
+        try XMLBatchDecoder.decode(ByteBuffer(string: xml), basePath: "", maxItems: 10)
+    }
+    #expect(error?.status == 400)
+    #expect(error?.description.contains(expected) == true, "\(String(describing: error))")
+}
+
+@Test func xmlBatchLimitIs413() {
+    let xml = "<S:batch xmlns:S=\"urn:sheaf\" xmlns:D=\"DAV:\">" + String(repeating: "<S:request method=\"GET\"><D:href>/a</D:href></S:request>", count: 3) + "</S:batch>"
+    let error = decodeError { () throws(BatchError) in
+        try XMLBatchDecoder.decode(ByteBuffer(string: xml), basePath: "", maxItems: 2)
+    }
+    #expect(error?.status == 413)
+}
+
+@Test func pathTemplateSyntax() {
+    #expect(throws: PathTemplate.SyntaxError.self) { try PathTemplate("users/{item}") }
+    #expect(throws: PathTemplate.SyntaxError.self) { try PathTemplate("/users/{}") }
+    #expect(throws: PathTemplate.SyntaxError.self) { try PathTemplate("/users/}") }
+    #expect(throws: PathTemplate.SyntaxError.self) { try PathTemplate("/users/all") }
+    #expect(throws: PathTemplate.SyntaxError.self) { try PathTemplate("/users/{a-b}") }
+    #expect((try? PathTemplate("/users/{item}?full=1")) != nil)
+}

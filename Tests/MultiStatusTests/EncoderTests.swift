@@ -1,0 +1,81 @@
+import FanOut
+import MultiStatus
+import NIOCore
+import Testing
+
+private func encode(_ format: ResponseFormat, _ entries: [(BatchItem, ItemOutcome)]) -> String {
+    let encoder = format.makeEncoder()
+    var out = ByteBuffer()
+    var summary = BatchSummary()
+    encoder.begin(into: &out)
+    for (item, outcome) in entries {
+        summary.count(outcome)
+        encoder.item(item, outcome, into: &out)
+    }
+    encoder.end(summary, into: &out)
+    return String(buffer: out)
+}
+
+private let item = BatchItem(id: "a<&>", href: "/docs/a%20b", rejection: "x")
+
+@Test func jsonEmbedsJSONTextAndBinaryBodies() throws {
+    let json = ItemOutcome(status: 200, headers: [("content-type", "application/json"), ("connection", "keep-alive")],
+                           body: ByteBuffer(string: #"{"id":1}"#))
+    let text = ItemOutcome(status: 404, headers: [("content-type", "text/plain")], body: ByteBuffer(string: "no \"such\""))
+    let binary = ItemOutcome(status: 200, headers: [("content-type", "application/octet-stream")], body: ByteBuffer(bytes: [0, 1, 2, 255]))
+    let failed = ItemOutcome(status: 504, reason: "upstream users did not answer within 5s")
+    let output = encode(.json, [(item, json), (item, text), (item, binary), (item, failed)])
+    let parsed = try JSONParser.parse(output)
+    guard case .array(let results) = parsed["results"] else { Issue.record("no results"); return }
+    #expect(results.count == 4)
+    #expect(results[0]["body"] == .object([(key: "id", value: .number("1"))]))
+    #expect(results[0]["headers"]?["connection"] == nil)
+    #expect(results[0]["status"] == .number("200"))
+    #expect(results[1]["body"] == .string("no \"such\""))
+    #expect(results[2]["body"] == .string("AAEC/w=="))
+    #expect(results[2]["bodyEncoding"] == .string("base64"))
+    #expect(results[3]["error"] == .string("upstream users did not answer within 5s"))
+    #expect(parsed["summary"] == .object([(key: "total", value: .number("4")), (key: "succeeded", value: .number("2")),
+                                          (key: "failed", value: .number("2"))]))
+}
+
+@Test func jsonThatIsNotValidIsEmbeddedAsText() throws {
+    let broken = ItemOutcome(status: 200, headers: [("content-type", "application/json")], body: ByteBuffer(string: "{\"a\":"))
+    let parsed = try JSONParser.parse(encode(.json, [(item, broken)]))
+    guard case .array(let results) = parsed["results"] else { Issue.record("no results"); return }
+    #expect(results[0]["body"] == .string("{\"a\":"))
+}
+
+@Test func xmlFollowsRFC4918Order() {
+    let redirect = ItemOutcome(status: 302, headers: [("location", "/users/5")])
+    let failed = ItemOutcome(status: 502, reason: "cannot connect & give up")
+    let output = encode(.xml(mediaType: "application/xml"), [(item, redirect), (item, failed)])
+    #expect(output.hasPrefix("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"))
+    #expect(output.contains("<D:multistatus xmlns:D=\"DAV:\" xmlns:S=\"urn:sheaf\">") || output.contains("<D:multistatus xmlns:S=\"urn:sheaf\" xmlns:D=\"DAV:\">"))
+    #expect(output.contains("<D:response><D:href>/docs/a%20b</D:href><D:status>HTTP/1.1 302 Found</D:status><D:location><D:href>/users/5</D:href></D:location><S:id>a&lt;&amp;&gt;</S:id></D:response>"))
+    #expect(output.contains("<D:status>HTTP/1.1 502 Bad Gateway</D:status><D:responsedescription>cannot connect &amp; give up</D:responsedescription>"))
+    #expect(output.contains("<S:summary total=\"2\" succeeded=\"1\" failed=\"1\"/></D:multistatus>"))
+}
+
+@Test func xmlCarriesBinaryAsBase64() {
+    let binary = ItemOutcome(status: 200, headers: [("content-type", "image/png")], body: ByteBuffer(bytes: [0, 1, 2, 255]))
+    let output = encode(.xml(mediaType: "text/xml"), [(item, binary)])
+    #expect(output.contains("<S:body content-type=\"image/png\" encoding=\"base64\">AAEC/w==</S:body>"))
+}
+
+@Test func statusLinesHaveReasonPhrases() {
+    #expect(HTTPStatus.line(404) == "HTTP/1.1 404 Not Found")
+    #expect(HTTPStatus.line(423) == "HTTP/1.1 423 Locked")
+    #expect(HTTPStatus.line(599) == "HTTP/1.1 599 Server Error")
+}
+
+@Test func negotiation() {
+    #expect(MediaType.negotiate(accept: nil, requestIsXML: false) == .json)
+    #expect(MediaType.negotiate(accept: "*/*", requestIsXML: true) == .xml(mediaType: "application/xml"))
+    #expect(MediaType.negotiate(accept: "text/xml", requestIsXML: false) == .xml(mediaType: "text/xml"))
+    #expect(MediaType.negotiate(accept: "application/json;q=0.5, application/xml", requestIsXML: false) == .xml(mediaType: "application/xml"))
+    #expect(MediaType.negotiate(accept: "application/xml;q=0, application/json", requestIsXML: true) == .json)
+    #expect(MediaType.negotiate(accept: "text/html", requestIsXML: false) == nil)
+    #expect(MediaType.isJSON("application/merge-patch+json; charset=utf-8"))
+    #expect(!MediaType.isJSON("text/plain"))
+}

@@ -1,0 +1,57 @@
+import MultiStatus
+import NIOCore
+import Testing
+
+@Test func parsesNestedDocumentsKeepingNumbersAndOrder() throws {
+    let value = try JSONParser.parse(#"{"b":[1,2.50,-3e2],"a":{"x":null,"y":true},"s":"h\u00e9\ud83d\ude00\n"}"#)
+    guard case .object(let members) = value else { Issue.record("not an object"); return }
+    #expect(members.map(\.key) == ["b", "a", "s"])
+    #expect(value["b"] == .array([.number("1"), .number("2.50"), .number("-3e2")]))
+    #expect(value["s"] == .string("hé😀\n"))
+    #expect(value.serialized == #"{"b":[1,2.50,-3e2],"a":{"x":null,"y":true},"s":"hé😀\n"}"#)
+}
+
+@Test(arguments: [
+    ("{", "unexpected end"), ("[1,]", "unexpected character"), ("01", "unexpected data"), ("\"a", "unterminated"),
+    ("{\"a\" 1}", "expected ':'"), ("\"\\ud800\"", "unpaired surrogate"), ("[1] x", "unexpected data"),
+    ("\"\u{01}\"", "control character"), ("tru", "unexpected end"),
+])
+func rejectsMalformedJSON(input: String, message: String) {
+    #expect {
+        try JSONParser.parse(input)
+    } throws: { error in
+        (error as? JSONParser.Error)?.message.contains(message) == true
+    }
+}
+
+@Test func limitsNestingDepth() {
+    let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
+    #expect(throws: JSONParser.Error.self) { try JSONParser.parse(deep) }
+    let fine = String(repeating: "[", count: 60) + String(repeating: "]", count: 60)
+    #expect((try? JSONParser.parse(fine)) != nil)
+}
+
+@Test func validatesWithoutBuilding() {
+    for (text, valid) in [("{\"a\":[1,2,{\"b\":\"c\"}]}", true), ("{\"a\":", false), ("", false), (" 3 ", true)] {
+        let ok = Array(text.utf8).withUnsafeBufferPointer { JSONParser.isValid($0) }
+        #expect(ok == valid, "\(text)")
+    }
+}
+
+@Test func writerEscapesStrings() {
+    var out = ByteBuffer()
+    JSONWriter.writeString("a\"b\\c\n\u{01}é", into: &out)
+    #expect(String(buffer: out) == #""a\"b\\c\n\u0001é""#)
+}
+
+@Test func jsonPointerResolves() throws {
+    let doc = try JSONParser.parse(#"{"data":{"ids":[10,20]},"a/b":1,"m~n":2}"#)
+    #expect(try JSONPointer("/data/ids/1").resolve(in: doc) == .number("20"))
+    #expect(try JSONPointer("/a~1b").resolve(in: doc) == .number("1"))
+    #expect(try JSONPointer("/m~0n").resolve(in: doc) == .number("2"))
+    #expect(try JSONPointer("").resolve(in: doc) == doc)
+    #expect(try JSONPointer("/data/ids/2").resolve(in: doc) == nil)
+    #expect(try JSONPointer("/data/ids/01").resolve(in: doc) == nil)
+    #expect(throws: JSONPointer.SyntaxError.self) { try JSONPointer("ids") }
+    #expect(throws: JSONPointer.SyntaxError.self) { try JSONPointer("/a~2") }
+}
