@@ -1,0 +1,232 @@
+"""End-to-end fixtures: the built `sheaf` binary, its demo upstream and nginx, each started on a
+free loopback port and stopped by process id."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("SHEAF_BIN", os.path.join(ROOT, ".build", "debug", "sheaf"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, proc, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+class Process:
+    """A child process with its output in a file; stopped by pid, SIGTERM then SIGKILL."""
+
+    def __init__(self, args, log_path, port=None):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        if port is not None:
+            wait_for_port(port, self.proc)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    path = tempfile.mkdtemp(prefix="sheaf-e2e-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo(workdir):
+    port = free_port()
+    p = Process([BIN, "demo-upstream", "--listen", f"127.0.0.1:{port}"], os.path.join(workdir, "demo.log"), port)
+    yield port
+    p.stop()
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    log_format sheaf '$connection $connection_requests $request_method $request_uri $server_protocol $status';
+    access_log {dir}/access.log sheaf;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    default_type application/json;
+    server {{
+        listen 127.0.0.1:{h2c} http2;
+        location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx"}}'; }}
+        location / {{ return 404 '{{"error":"not found"}}'; }}
+    }}
+    server {{
+        listen 127.0.0.1:{http1};
+        location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx"}}'; }}
+        location / {{ return 404 '{{"error":"not found"}}'; }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, "nginx")
+        os.makedirs(self.dir, exist_ok=True)
+        self.h2c = free_port()
+        self.http1 = free_port()
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(dir=self.dir, h2c=self.h2c, http1=self.http1))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.process = Process([nginx, "-p", self.dir, "-c", conf], os.path.join(self.dir, "stdout.log"), self.h2c)
+        wait_for_port(self.http1, self.process.proc)
+
+    def access_lines(self):
+        path = os.path.join(self.dir, "access.log")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return f.read().splitlines()
+
+
+@pytest.fixture(scope="session")
+def nginx(workdir):
+    n = Nginx(workdir)
+    yield n
+    n.process.stop()
+
+
+class Sheaf:
+    """`sheaf serve` with a config written for the test."""
+
+    def __init__(self, workdir, name, config):
+        self.port = free_port()
+        self.config_path = os.path.join(workdir, f"{name}.yaml")
+        with open(self.config_path, "w") as f:
+            f.write(f'listen: "127.0.0.1:{self.port}"\n' + textwrap.dedent(config))
+        self.process = Process([BIN, "serve", "--config", self.config_path], os.path.join(workdir, f"{name}.log"), self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        return self.process.stop()
+
+
+@pytest.fixture(scope="session")
+def sheaf(workdir, demo, nginx):
+    """One Sheaf in front of the demo upstream (h2c and HTTP/1.1) and nginx (h2c and HTTP/1.1)."""
+    s = Sheaf(workdir, "main", f"""
+        upstreams:
+          demo:
+            url: http://127.0.0.1:{demo}
+            protocol: h2c
+            timeout: 1s
+          demo1:
+            url: http://127.0.0.1:{demo}
+            protocol: http1
+            connections: 4
+            timeout: 1s
+          nginx:
+            url: http://127.0.0.1:{nginx.h2c}
+            protocol: h2c
+            connections: 2
+          nginx1:
+            url: http://127.0.0.1:{nginx.http1}
+            protocol: http1
+            connections: 6
+          nowhere:
+            url: http://127.0.0.1:{free_port()}
+            protocol: h2c
+          nowhere1:
+            url: http://127.0.0.1:{free_port()}
+            protocol: http1
+        routes:
+          - name: users
+            method: POST
+            path: /bulk/users
+            upstream: demo
+            fan_out: {{items: /ids, method: GET, path: "/users/{{item}}"}}
+            max_items: 20
+          - name: users1
+            method: POST
+            path: /bulk/users1
+            upstream: demo1
+            fan_out: {{items: /ids, method: GET, path: "/users/{{item}}"}}
+          - name: batch
+            method: POST
+            path: /batch
+            upstream: demo
+            max_body_bytes: 64KiB
+          - name: batch1
+            method: POST
+            path: /batch1
+            upstream: demo1
+          - name: nginx
+            method: POST
+            path: /nginx/users
+            upstream: nginx
+            fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}
+            concurrency: 200
+            max_items: 10000
+          - name: nginx1
+            method: POST
+            path: /nginx1/users
+            upstream: nginx1
+            fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}
+            concurrency: 200
+            max_items: 10000
+          - name: nowhere
+            method: POST
+            path: /nowhere
+            upstream: nowhere
+          - name: nowhere1
+            method: POST
+            path: /nowhere1
+            upstream: nowhere1
+          - name: delete
+            method: DELETE
+            path: /batch
+            upstream: demo
+        """)
+    yield s
+    s.stop()

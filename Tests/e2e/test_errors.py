@@ -1,0 +1,84 @@
+"""Bad requests get a specific 4xx with application/problem+json, and are not fanned out."""
+import json
+
+import httpx
+import pytest
+
+
+def problem(r, status):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    doc = json.loads(r.text)
+    assert doc["status"] == status
+    return doc
+
+
+def test_malformed_batch_names_item_and_field(sheaf):
+    body = {"requests": [{"method": "GET", "url": "/users/1"}, {"method": "GET", "url": "/users/2"},
+                         {"method": "GET", "url": "/users/3"}, {"url": "/users/4"}]}
+    doc = problem(httpx.post(sheaf.url + "/batch", json=body), 400)
+    assert doc["detail"] == "requests[3].method: missing"
+    assert doc["field"] == "requests[3].method"
+
+
+def test_invalid_json_and_xml(sheaf):
+    doc = problem(httpx.post(sheaf.url + "/batch", content=b'{"requests": [', headers={"content-type": "application/json"}), 400)
+    assert "not valid JSON" in doc["detail"]
+    doc = problem(httpx.post(sheaf.url + "/batch", content=b"<S:batch xmlns:S='urn:sheaf'>",
+                             headers={"content-type": "application/xml"}), 400)
+    assert "not well-formed XML" in doc["detail"]
+
+
+def test_xml_with_a_dtd_is_refused(sheaf):
+    bomb = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+            '<S:batch xmlns:S="urn:sheaf" xmlns:D="DAV:"><S:request method="GET"><D:href>/users/&lol2;</D:href></S:request></S:batch>')
+    doc = problem(httpx.post(sheaf.url + "/batch", content=bomb, headers={"content-type": "application/xml"}), 400)
+    assert "DTD" in doc["detail"]
+
+
+def test_too_many_items_is_413(sheaf):
+    doc = problem(httpx.post(sheaf.url + "/bulk/users", json={"ids": list(range(21))}), 413)
+    assert "max_items (20)" in doc["detail"]
+
+
+def test_too_large_body_is_413(sheaf):
+    big = json.dumps({"requests": [{"method": "GET", "url": "/users/1", "body": "x" * 70000}]})
+    doc = problem(httpx.post(sheaf.url + "/batch", content=big, headers={"content-type": "application/json"}), 413)
+    assert "max_body_bytes" in doc["detail"]
+
+
+def test_unreadable_body_type_is_415(sheaf):
+    doc = problem(httpx.post(sheaf.url + "/bulk/users", content=b"ids=1", headers={"content-type": "text/plain"}), 415)
+    assert "application/json" in doc["detail"]
+    problem(httpx.post(sheaf.url + "/bulk/users", content=b"<a/>", headers={"content-type": "application/xml"}), 415)
+
+
+def test_nothing_acceptable_is_406(sheaf):
+    doc = problem(httpx.post(sheaf.url + "/bulk/users", json={"ids": [1]}, headers={"accept": "text/html"}), 406)
+    assert "Accept" in doc["detail"]
+
+
+def test_unknown_path_is_404_and_wrong_method_is_405(sheaf):
+    problem(httpx.post(sheaf.url + "/nope", json={}), 404)
+    r = httpx.put(sheaf.url + "/batch", json={})
+    problem(r, 405)
+    assert set(m.strip() for m in r.headers["allow"].split(",")) == {"POST", "DELETE"}
+
+
+def test_bad_fan_out_element_is_400(sheaf):
+    doc = problem(httpx.post(sheaf.url + "/bulk/users", json={"ids": [1, {"x": 2}]}), 400)
+    assert doc["field"] == "/ids/1"
+    doc = problem(httpx.post(sheaf.url + "/bulk/users", json={"id": [1]}), 400)
+    assert doc["detail"] == "/ids: not found in the body"
+
+
+def test_server_survives_garbage(sheaf):
+    import socket
+    with socket.create_connection(("127.0.0.1", sheaf.port)) as s:
+        s.sendall(b"\x00\x01GARBAGE \r\n\r\n")
+        s.settimeout(5)
+        try:
+            s.recv(1024)
+        except OSError:
+            pass
+    assert httpx.post(sheaf.url + "/bulk/users", json={"ids": [1]}).status_code == 207

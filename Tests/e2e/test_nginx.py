@@ -1,0 +1,57 @@
+"""Against nginx with its default HTTP/2 settings (128 concurrent streams, GOAWAY every 1000
+requests): every item of batches up to 5000 is accounted for exactly once, and the upstream
+requests really travel over HTTP/2."""
+import httpx
+import pytest
+
+from helpers import parse_xml_207, results_by_id, status_code
+
+
+@pytest.mark.parametrize("n", [1, 100, 1000, 5000])
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_batches_over_h2c_account_for_every_item(sheaf, nginx, n, fmt):
+    before = len(nginx.access_lines())
+    ids = list(range(1, n + 1))
+    accept = "application/xml" if fmt == "xml" else "application/json"
+    r = httpx.post(sheaf.url + "/nginx/users", json=ids, headers={"accept": accept}, timeout=120)
+    assert r.status_code == 207
+    if fmt == "json":
+        doc, by_id = results_by_id(r.text)
+        assert len(by_id) == n
+        assert sorted(int(k) for k in by_id) == list(range(n))
+        for k, v in by_id.items():
+            assert v["status"] == 200, v
+            assert v["body"] == {"id": int(k) + 1, "via": "nginx"}
+        assert doc["summary"] == {"total": n, "succeeded": n, "failed": 0}
+    else:
+        _, responses = parse_xml_207(r.content)
+        assert len(responses) == n
+        assert sorted(int(h.rsplit("/", 1)[1]) for h, _, _, _ in responses) == ids
+        assert all(status_code(line) == 200 for _, line, _, _ in responses)
+    lines = nginx.access_lines()[before:]
+    assert len(lines) == n, "nginx saw a different number of requests than items"
+    assert all(line.endswith("HTTP/2.0 200") for line in lines), lines[:3]
+    # nginx ends each HTTP/2 connection with GOAWAY after 1000 requests (keepalive_requests):
+    # a 5000-item batch must have crossed several GOAWAYs without losing or doubling an item.
+    per_connection = {}
+    for line in lines:
+        conn, count = line.split()[:2]
+        per_connection[conn] = max(per_connection.get(conn, 0), int(count))
+    assert max(per_connection.values()) <= 1000
+    if n == 5000:
+        assert len(per_connection) >= 5
+
+
+def test_batch_over_http1_to_nginx(sheaf, nginx):
+    before = len(nginx.access_lines())
+    r = httpx.post(sheaf.url + "/nginx1/users", json=list(range(1, 1001)), timeout=120)
+    doc, by_id = results_by_id(r.text)
+    assert len(by_id) == 1000 and all(v["status"] == 200 for v in by_id.values())
+    lines = nginx.access_lines()[before:]
+    assert len(lines) == 1000 and all(line.endswith("HTTP/1.1 200") for line in lines)
+
+
+def test_not_found_items_come_back_as_404(sheaf, nginx):
+    r = httpx.post(sheaf.url + "/nginx/users", json=["12", "abc"], timeout=30)
+    _, by_id = results_by_id(r.text)
+    assert by_id["0"]["status"] == 200 and by_id["1"]["status"] == 404

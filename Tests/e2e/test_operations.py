@@ -1,0 +1,80 @@
+"""What an operator sees: `sheaf check`, the metrics endpoint, health, shutdown."""
+import os
+import shutil
+import subprocess
+
+import httpx
+import pytest
+
+from conftest import BIN, ROOT, Sheaf
+
+
+def test_check_accepts_the_shipped_config():
+    out = subprocess.run([BIN, "check", "--config", os.path.join(ROOT, "config.yaml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "OK" in out.stdout and out.stdout.count("\n") == 1
+
+
+def test_check_prints_every_problem_with_position(workdir):
+    path = os.path.join(workdir, "bad.yaml")
+    with open(path, "w") as f:
+        f.write("listen: \"127.0.0.1:1\"\n"
+                "upstreams:\n"
+                "  a:\n"
+                "    url: http://127.0.0.1:1\n"
+                "    timeout: soon\n"
+                "    colour: blue\n"
+                "routes:\n"
+                "  - name: r\n"
+                "    method: POST\n"
+                "    path: /x\n"
+                "    upstream: b\n")
+    out = subprocess.run([BIN, "check", "--config", path], capture_output=True, text=True)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert f"{path}:5:14: upstream 'a' timeout: \"soon\" is not a duration (write e.g. 250ms, 5s, 1m)" in lines
+    assert any(l.startswith(f"{path}:6:5: unknown key 'colour'") for l in lines)
+    assert any(l.startswith(f"{path}:11:15: route 'r': unknown upstream \"b\"") for l in lines)
+    serve = subprocess.run([BIN, "serve", "--config", path], capture_output=True, text=True, timeout=30)
+    assert serve.returncode == 1 and "unknown upstream" in serve.stderr
+
+
+def test_metrics_are_valid_prometheus_text(sheaf):
+    httpx.post(sheaf.url + "/bulk/users", json={"ids": [1, 13]})
+    r = httpx.get(sheaf.url + "/metrics")
+    assert r.status_code == 200
+    text = r.text
+    assert 'sheaf_items_total{route="users",status="200"}' in text
+    assert 'sheaf_items_total{route="users",status="403"}' in text
+    assert 'sheaf_batches_total{route="users",outcome="partial"}' in text
+    assert "sheaf_item_duration_seconds_bucket" in text and "sheaf_batch_duration_seconds_count" in text
+    assert "sheaf_items_in_flight" in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed")
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_health(sheaf):
+    assert httpx.get(sheaf.url + "/healthz").json() == {"status": "ok"}
+
+
+def test_default_config_serves_a_mixed_207_with_its_embedded_demo(workdir):
+    """What a newcomer runs: the shipped config.yaml, with ports moved so the test can run anywhere."""
+    from conftest import free_port
+    with open(os.path.join(ROOT, "config.yaml")) as f:
+        text = f.read()
+    demo = free_port()
+    text = text.replace("127.0.0.1:9090", f"127.0.0.1:{demo}")
+    body = "\n".join(l for l in text.splitlines() if not l.startswith("listen:"))
+    s = Sheaf(workdir, "default", body)
+    try:
+        r = httpx.post(s.url + "/bulk/users", json={"ids": [1, 2, 13, 999]}, timeout=30)
+        assert r.status_code == 207
+        assert sorted(x["status"] for x in r.json()["results"]) == [200, 200, 403, 404]
+        r = httpx.post(s.url + "/bulk/docs/delete", json={"names": ["a.pdf", "locked.doc", "nope"]},
+                       headers={"accept": "application/xml"}, timeout=30)
+        assert r.status_code == 207 and b"HTTP/1.1 423 Locked" in r.content
+    finally:
+        assert s.stop() == 0, "sheaf did not exit cleanly on SIGTERM"
