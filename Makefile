@@ -6,7 +6,7 @@ TEST_PACKAGES := nginx curl prometheus python3-pip
 BIN := .build/debug/sheaf
 RELEASE_BIN := .build/release/sheaf
 
-.PHONY: deps test-deps build release run test unit-test e2e-test bench clean
+.PHONY: deps test-deps bench-deps build release run test bench clean
 
 # Debian packages the build needs, installed only when missing.
 deps:
@@ -20,6 +20,12 @@ test-deps: deps
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 	@python3 -c "import httpx, h2, pytest" 2>/dev/null || python3 -m pip install -q "httpx[http2]" pytest || python3 -m pip install -q --break-system-packages "httpx[http2]" pytest
+
+# The benchmark's peers: h2load, nghttpx, and nginx's echo module for the 20 ms upstream.
+bench-deps: test-deps
+	@missing=""; for p in nghttp2-client nghttp2-proxy libnginx-mod-http-echo; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
 build: deps
 	swift build
@@ -39,7 +45,7 @@ test: test-deps build
 	swift test
 	python3 -m pytest -q Tests/e2e
 
-bench: test-deps release
+bench: bench-deps release
 	python3 bench/run.py
 
 clean:

@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""Sheaf's side-by-side benchmark: one command (`make bench`), everything on loopback, every
+process started here on a free port and stopped by pid, bounded in time.
+
+Measured in one run, against the same nginx (one worker):
+  1. Sheaf with an h2c upstream: batch wall time (N = 1, 100, 1000, 10000; JSON and XML),
+     Sheaf's CPU per item (/proc/PID/stat), items/s under sustained load (h2load posting
+     1000-item batches to Sheaf over h2c for a fixed time).
+  2. The floor: h2load -c1 -m100 straight at nginx: requests/s, h2load's CPU per request.
+  3. nghttpx (h2c front, h2 back, one worker) with h2load through it: its CPU per request.
+  4. The client alone: N requests sequentially, and over HTTP/1.1 with 6 connections.
+  5. With a 20 ms upstream: batch latency for N = 1, 100, 1000 against the 20 ms floor
+     and against the client alone.
+  6. Sheaf's peak RSS for a 100,000-item batch and at idle.
+Writes bench/results/latest.md and prints it; BENCHMARKS.md holds the recorded runs.
+"""
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BIN = os.environ.get("SHEAF_BIN", os.path.join(ROOT, ".build", "release", "sheaf"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+SUSTAIN_SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = 100  # bytes of JSON per item, roughly
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=20):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} not listening")
+
+
+def cpu_seconds(pid):
+    """user + system CPU of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_kib(pid, field="VmHWM"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def stop(proc):
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def med(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt(values, unit="", digits=1):
+    m, lo, hi = med(values)
+    return f"{m:.{digits}f}{unit} ({lo:.{digits}f}–{hi:.{digits}f})"
+
+
+NGINX = """
+load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log error;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
+    default_type application/json;
+    http2_max_concurrent_streams 1000;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{h2c} http2;
+        listen 127.0.0.1:{h1};
+        location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"name":"user number $1","email":"user$1@example.com","active":true}}'; }}
+        location ~ ^/slow/(\\d+)$ {{ echo_sleep 0.02; echo '{{"id":$1,"name":"user number $1","email":"user$1@example.com"}}'; }}
+    }}
+}}
+"""
+
+
+class Env:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="sheaf-bench-")
+        self.procs = []
+        self.h2c, self.h1 = free_port(), free_port()
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX.format(d=self.dir, h2c=self.h2c, h1=self.h1))
+        self.nginx = self.spawn(["nginx", "-p", self.dir, "-c", conf], self.h2c)
+        self.sheaf_port = free_port()
+        cfg = os.path.join(self.dir, "sheaf.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"""
+listen: "127.0.0.1:{self.sheaf_port}"
+upstreams:
+  nginx:
+    url: http://127.0.0.1:{self.h2c}
+    protocol: h2c
+    connections: 2
+    timeout: 30s
+routes:
+  - name: users
+    method: POST
+    path: /users
+    upstream: nginx
+    fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}
+    concurrency: 1000
+    max_items: 100000
+    max_body_bytes: 16MiB
+  - name: slow
+    method: POST
+    path: /slow
+    upstream: nginx
+    fan_out: {{items: "", method: GET, path: "/slow/{{item}}"}}
+    concurrency: 1000
+    max_items: 100000
+""")
+        self.sheaf = self.spawn([BIN, "serve", "--config", cfg, "--log-level", "warning"], self.sheaf_port)
+        self.nghttpx_port = free_port()
+        open(os.path.join(self.dir, "none.conf"), "w").close()
+        self.nghttpx = self.spawn(["nghttpx", f"--frontend=127.0.0.1,{self.nghttpx_port};no-tls",
+                                   f"--backend=127.0.0.1,{self.h2c};;proto=h2", "-n1", "--log-level=ERROR",
+                                   f"--errorlog-file={self.dir}/nghttpx.log", "--accesslog-file=/dev/null",
+                                   f"--pid-file={self.dir}/nghttpx.pid", "--no-ocsp",
+                                   "--backend-http2-max-concurrent-streams=1000",
+                                   f"--conf={self.dir}/none.conf"], self.nghttpx_port)
+
+    def spawn(self, args, port):
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, os.path.basename(args[0]) + ".err"), "w"))
+        self.procs.append(p)
+        wait_port(port, p)
+        return p
+
+    def close(self):
+        for p in reversed(self.procs):
+            stop(p)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def post_batch(port, path, n, accept="application/json", offset=1):
+    body = json.dumps(list(range(offset, offset + n))).encode()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    t = time.perf_counter()
+    c.request("POST", path, body=body, headers={"content-type": "application/json", "accept": accept})
+    r = c.getresponse()
+    data = r.read()
+    elapsed = time.perf_counter() - t
+    c.close()
+    assert r.status == 207, (r.status, data[:200])
+    return elapsed, data
+
+
+def h2load(args, timeout=600):
+    before = children_cpu()
+    out = subprocess.run(["h2load"] + args, capture_output=True, text=True, timeout=timeout)
+    cpu = children_cpu() - before
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out.stdout)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out.stdout)
+    if not m or not done:
+        raise RuntimeError(out.stdout + out.stderr)
+    return float(m.group(3)), int(done.group(2)), cpu
+
+
+def client_alone(port, path, n, connections):
+    """The client making the N requests itself over HTTP/1.1 keep-alive."""
+    ids = list(range(1, n + 1))
+    chunks = [ids[i::connections] for i in range(connections)]
+
+    def worker(chunk):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for i in chunk:
+            c.request("GET", f"{path}/{i}")
+            r = c.getresponse()
+            r.read()
+            assert r.status == 200
+        c.close()
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(c,)) for c in chunks]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t
+
+
+def main():
+    if not os.path.exists(BIN):
+        sys.exit(f"{BIN} missing: run `swift build -c release` (make bench does)")
+    env = Env()
+    rows = []
+    ratios = {}
+    try:
+        sheaf = env.sheaf.pid
+        time.sleep(0.5)
+        idle_rss = rss_kib(sheaf, "VmRSS")
+        # Warm up connections.
+        post_batch(env.sheaf_port, "/users", 1000)
+
+        # 1. Batch wall time and CPU per item.
+        rows.append("### 1. Sheaf, h2c upstream: one batch, wall time (median of %d, min–max)\n" % REPEAT)
+        rows.append("| items | JSON 207 | XML 207 | Sheaf CPU per item (JSON) |")
+        rows.append("| ---: | ---: | ---: | ---: |")
+        for n in (1, 100, 1000, 10000):
+            walls = {"json": [], "xml": []}
+            cpu_per = []
+            for _ in range(REPEAT):
+                for fmt_name, accept in (("json", "application/json"), ("xml", "application/xml")):
+                    c0 = cpu_seconds(sheaf)
+                    wall, _ = post_batch(env.sheaf_port, "/users", n, accept)
+                    c1 = cpu_seconds(sheaf)
+                    walls[fmt_name].append(wall * 1000)
+                    if fmt_name == "json" and n >= 1000:
+                        cpu_per.append((c1 - c0) / n * 1e6)
+            cpu_text = fmt(cpu_per, " µs") if cpu_per else "(too short to measure)"
+            rows.append(f"| {n} | {fmt(walls['json'], ' ms')} | {fmt(walls['xml'], ' ms')} | {cpu_text} |")
+
+        # Sustained load: h2load posting 1000-item batches to Sheaf for a fixed time.
+        body = os.path.join(env.dir, "batch.json")
+        with open(body, "w") as f:
+            json.dump(list(range(1, 1001)), f)
+        sustained = []
+        sheaf_cpu_item = []
+        for _ in range(REPEAT):
+            c0 = cpu_seconds(sheaf)
+            rps, ok, _ = h2load(["-c4", "-m1", "-D", str(SUSTAIN_SECONDS), "-d", body, "-H", "content-type: application/json",
+                                 f"http://127.0.0.1:{env.sheaf_port}/users"])
+            c1 = cpu_seconds(sheaf)
+            sustained.append(rps * 1000)
+            sheaf_cpu_item.append((c1 - c0) / (ok * 1000) * 1e6)
+        rows.append("")
+        rows.append(f"Sustained: 4 clients posting 1000-item batches back to back for {SUSTAIN_SECONDS} s (h2load over h2c): "
+                    f"**{fmt(sustained, ' items/s', 0)}**, Sheaf CPU **{fmt(sheaf_cpu_item, ' µs/item', 2)}**.")
+
+        # 2. The floor: h2load straight at nginx.
+        floor_rps, floor_cpu = [], []
+        for _ in range(REPEAT):
+            rps, ok, cpu = h2load(["-c1", "-m100", "-n", "100000", f"http://127.0.0.1:{env.h2c}/users/1"])
+            floor_rps.append(rps)
+            floor_cpu.append(cpu / ok * 1e6)
+
+        # 3. nghttpx as the per-request proxy, h2load through it.
+        px_rps, px_cpu = [], []
+        for _ in range(REPEAT):
+            c0 = cpu_seconds(env.nghttpx.pid)
+            rps, ok, _ = h2load(["-c1", "-m100", "-n", "50000", f"http://127.0.0.1:{env.nghttpx_port}/users/1"])
+            px_cpu.append((cpu_seconds(env.nghttpx.pid) - c0) / ok * 1e6)
+            px_rps.append(rps)
+        rows.append("")
+        rows.append("### 2–3. Per-request floor and a per-request proxy\n")
+        rows.append("| what | requests/s | CPU per request |")
+        rows.append("| --- | ---: | ---: |")
+        rows.append(f"| h2load -c1 -m100 straight at nginx (h2load's own CPU) | {fmt(floor_rps, '', 0)} | {fmt(floor_cpu, ' µs', 2)} |")
+        rows.append(f"| nghttpx (h2c front, h2 back, 1 worker), h2load through it (nghttpx's CPU) | {fmt(px_rps, '', 0)} | {fmt(px_cpu, ' µs', 2)} |")
+        rows.append(f"| Sheaf, sustained 1000-item batches (Sheaf's CPU) | {fmt(sustained, ' items/s', 0)} | {fmt(sheaf_cpu_item, ' µs', 2)} |")
+        ratios["Sheaf CPU per item / h2load CPU per request"] = statistics.median(sheaf_cpu_item) / statistics.median(floor_cpu)
+        ratios["Sheaf CPU per item / nghttpx CPU per proxied request"] = statistics.median(sheaf_cpu_item) / statistics.median(px_cpu)
+        ratios["Sheaf items/s / h2load requests/s at nginx"] = statistics.median(sustained) / statistics.median(floor_rps)
+
+        # 4–5. Latency with a 20 ms upstream, against the client alone.
+        rows.append("")
+        rows.append("### 4–5. With a 20 ms upstream (nginx echo_sleep 0.02): batch latency vs the client alone\n")
+        rows.append("| items | Sheaf batch (1 request) | client alone, sequential (keep-alive) | client alone, HTTP/1.1 × 6 connections |")
+        rows.append("| ---: | ---: | ---: | ---: |")
+        post_batch(env.sheaf_port, "/slow", 10)
+        for n in (1, 100, 1000):
+            sheaf_ms = [post_batch(env.sheaf_port, "/slow", n)[0] * 1000 for _ in range(REPEAT)]
+            seq = [client_alone(env.h1, "/slow", n, 1) * 1000 for _ in range(1 if n >= 100 else REPEAT)] if n <= 100 else None
+            six = [client_alone(env.h1, "/slow", n, 6) * 1000 for _ in range(1 if n >= 1000 else REPEAT)]
+            seq_text = fmt(seq, " ms", 0) if seq else f"≈ {n * 20} ms (n × 20 ms; not run)"
+            rows.append(f"| {n} | {fmt(sheaf_ms, ' ms')} | {seq_text} | {fmt(six, ' ms', 0)} |")
+            if n == 1000:
+                ratios["1000-item batch latency / 20 ms floor"] = statistics.median(sheaf_ms) / 20.0
+                ratios["client alone (6 × HTTP/1.1) / Sheaf, 1000 items"] = statistics.median(six) / statistics.median(sheaf_ms)
+
+        # 6. Memory: a 100,000-item batch.
+        before = rss_kib(sheaf, "VmRSS")
+        wall, data = post_batch(env.sheaf_port, "/users", 100_000)
+        peak = rss_kib(sheaf, "VmHWM")
+        rows.append("")
+        rows.append("### 6. Memory\n")
+        rows.append(f"Idle RSS after start: {idle_rss / 1024:.1f} MiB. Before the big batch: {before / 1024:.1f} MiB. "
+                    f"Peak RSS (VmHWM) after one 100,000-item batch ({wall:.2f} s, {len(data) / 1e6:.1f} MB of 207): "
+                    f"**{peak / 1024:.1f} MiB**, {(peak - idle_rss) / 1024:.1f} MiB above idle.")
+        ratios["peak RSS above idle, 100k items (MiB)"] = (peak - idle_rss) / 1024
+    finally:
+        env.close()
+
+    head = [
+        f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} cores, "
+        f"{cpu_model()}, {platform.system()} {platform.release()}; command: `make bench` "
+        f"(BENCH_REPEAT={REPEAT}, BENCH_SECONDS={SUSTAIN_SECONDS}).",
+        "",
+        "### Ratios (targets from issue 3)\n",
+        "| ratio | value | target |",
+        "| --- | ---: | --- |",
+    ]
+    targets = {
+        "Sheaf CPU per item / h2load CPU per request": "≤ 1.3",
+        "Sheaf CPU per item / nghttpx CPU per proxied request": "≤ 1.3",
+        "Sheaf items/s / h2load requests/s at nginx": "≥ 0.8",
+        "1000-item batch latency / 20 ms floor": "≤ 1.5",
+        "client alone (6 × HTTP/1.1) / Sheaf, 1000 items": "≥ 50",
+        "peak RSS above idle, 100k items (MiB)": "≤ 64",
+    }
+    for k, v in ratios.items():
+        head.append(f"| {k} | {v:.2f} | {targets[k]} |")
+    report = "\n".join(head + [""] + rows) + "\n"
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "results", "latest.md"), "w") as f:
+        f.write(report)
+    print(report)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
