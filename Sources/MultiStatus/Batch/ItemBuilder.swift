@@ -64,16 +64,13 @@ public struct ItemBuilder {
         }
     }
 
-    /// One item of a route template: the path is already built from encoded values.
+    /// One item of a route template. The path needs no normalization: `PathTemplate` refuses dot
+    /// segments and bad escapes in its literal text, and substituted values are encoded segments
+    /// that are never `.` or `..`.
     public mutating func addTemplated(path: String, method: String, headers: [(name: String, value: String)]) {
         let id = String(items.count)
-        switch ItemPath.resolve(path, basePath: basePath) {
-        case .success(let resolved):
-            let request = UpstreamRequest(method: method, path: resolved.upstreamPath, headers: headers)
-            items.append(BatchItem(id: id, href: uniqueHref(resolved.href, id: id), request: request))
-        case .failure(let rejection):
-            items.append(BatchItem(id: id, href: uniqueHref(path, id: id), rejection: rejection.description))
-        }
+        let request = UpstreamRequest(method: method, path: basePath + path, headers: headers)
+        items.append(BatchItem(id: id, href: uniqueHref(path, id: id), request: request))
     }
 
     /// RFC 4918 §13: an href appears at most once. The first item (in request order) to address a

@@ -52,6 +52,19 @@ public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
             }
         }
         if name != nil { throw SyntaxError(description: "path template \"\(text)\" has a '{' that is never closed") }
+        // Expanded paths skip per-item normalization, so the literal text must already be clean.
+        let pathPart = text.split(separator: "?", maxSplits: 1).first ?? ""
+        for segment in pathPart.split(separator: "/", omittingEmptySubsequences: false).dropFirst() where segment == "." || segment == ".." {
+            throw SyntaxError(description: "path template \"\(text)\" contains a dot segment")
+        }
+        var bytes = Array(text.utf8)[...]
+        while let percent = bytes.firstIndex(of: UInt8(ascii: "%")) {
+            let rest = bytes[(percent + 1)...]
+            guard rest.count >= 2, rest.prefix(2).allSatisfy({ $0 < 128 && Character(Unicode.Scalar($0)).isHexDigit }) else {
+                throw SyntaxError(description: "path template \"\(text)\" has a '%' not followed by two hex digits")
+            }
+            bytes = rest
+        }
         if !literal.isEmpty { parts.append(.literal(literal)) }
         guard parts.contains(where: { if case .placeholder = $0 { return true } else { return false } }) else {
             throw SyntaxError(description: "path template \"\(text)\" has no placeholder such as {item}")

@@ -2,10 +2,17 @@ import Foundation
 
 /// Content-Type and Accept handling for bulk requests and 207 responses.
 public enum MediaType {
-    /// The type/subtype of a Content-Type value, lower-cased, parameters dropped.
+    /// The type/subtype of a Content-Type value, lower-cased, parameters dropped. Byte-level:
+    /// it runs once per upstream response.
     public static func essence(_ value: String) -> String {
-        let main = value.split(separator: ";", maxSplits: 1).first ?? ""
-        return main.trimmingCharacters(in: .whitespaces).lowercased()
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(32)
+        for byte in value.utf8 {
+            if byte == UInt8(ascii: ";") { break }
+            if byte == 0x20 || byte == 0x09 { continue }
+            bytes.append(byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte)
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     public static func isJSON(_ value: String) -> Bool {

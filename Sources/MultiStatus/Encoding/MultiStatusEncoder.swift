@@ -54,7 +54,7 @@ enum BodyForm {
             for byte in bytes where byte < 0x20 && byte != 0x09 && byte != 0x0A && byte != 0x0D {
                 return .binary
             }
-            return String(validating: bytes, as: UTF8.self) == nil ? .binary : .text
+            return JSONParser.isValidUTF8(bytes) ? .text : .binary
         }
     }
 }
@@ -64,7 +64,8 @@ func reportableHeaders(_ headers: [(name: String, value: String)]) -> [(name: St
     var out: [(name: String, value: String)] = []
     out.reserveCapacity(headers.count)
     for header in headers {
-        let name = header.name.lowercased()
+        // Both transports deliver lower-case names (HTTP/2 requires it; the curl engine lowers them).
+        let name = header.name
         if ItemBuilder.hopByHop.contains(name) { continue }
         if let i = out.firstIndex(where: { $0.name == name }) {
             out[i].value += ", " + header.value

@@ -189,8 +189,12 @@ public struct JSONParser {
         if plain {
             let slice = UnsafeBufferPointer(rebasing: bytes[start..<position])
             position += 1
+            guard build else {
+                guard Self.isValidUTF8(slice) else { throw fail("invalid UTF-8 in string") }
+                return ""
+            }
             guard let text = String(validating: slice, as: UTF8.self) else { throw fail("invalid UTF-8 in string") }
-            return build ? text : ""
+            return text
         }
         var out: [UInt8] = Array(UnsafeBufferPointer(rebasing: bytes[start..<position]))
         while position < bytes.count {
@@ -239,6 +243,34 @@ public struct JSONParser {
             }
         }
         throw fail("unterminated string")
+    }
+
+    /// UTF-8 well-formedness (RFC 3629) without building a String.
+    static func isValidUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        var i = 0
+        let n = bytes.count
+        while i < n {
+            let b = bytes[i]
+            if b < 0x80 { i += 1; continue }
+            let length: Int
+            var minimum: UInt32
+            var scalar: UInt32
+            switch b {
+            case 0xC2...0xDF: length = 2; minimum = 0x80; scalar = UInt32(b & 0x1F)
+            case 0xE0...0xEF: length = 3; minimum = 0x800; scalar = UInt32(b & 0x0F)
+            case 0xF0...0xF4: length = 4; minimum = 0x10000; scalar = UInt32(b & 0x07)
+            default: return false
+            }
+            guard i + length <= n else { return false }
+            for k in 1..<length {
+                let c = bytes[i + k]
+                guard c & 0xC0 == 0x80 else { return false }
+                scalar = scalar << 6 | UInt32(c & 0x3F)
+            }
+            if scalar < minimum || scalar > 0x10FFFF || (0xD800...0xDFFF).contains(scalar) { return false }
+            i += length
+        }
+        return true
     }
 
     private mutating func hex4() throws -> UInt32 {

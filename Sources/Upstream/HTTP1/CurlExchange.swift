@@ -48,7 +48,9 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             return
         }
         guard let colon = bytes.firstIndex(of: 58) else { return }
-        let name = String(decoding: UnsafeBufferPointer(rebasing: bytes[0..<colon]), as: UTF8.self).lowercased()
+        var lowered = Array(UnsafeBufferPointer(rebasing: bytes[0..<colon]))
+        for i in lowered.indices where lowered[i] >= 0x41 && lowered[i] <= 0x5A { lowered[i] |= 0x20 }
+        let name = lowered.withUnsafeBufferPointer { HeaderName.intern($0) }
         var start = colon + 1
         while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
         headers.append((name, String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)))

@@ -123,26 +123,26 @@ final class HTTP2Connection {
             return
         }
         let request = exchange.request
-        let endpoint = slot.configuration.endpoint
-        var fields: [(String, String)] = [
-            (":method", request.method), (":scheme", endpoint.scheme),
-            (":authority", endpoint.authority), (":path", request.path),
-        ]
-        fields.reserveCapacity(4 + request.headers.count + 1)
-        for header in request.headers { fields.append((header.name.lowercased(), header.value)) }
-        if let body = request.body { fields.append(("content-length", String(body.readableBytes))) }
-
+        // One buffer holds every name and value; nghttp2 copies them during submit_request.
         var storage: [UInt8] = []
-        storage.reserveCapacity(fields.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count })
         var spans: [(Int, Int, Int, Int)] = []
-        spans.reserveCapacity(fields.count)
-        for (name, value) in fields {
+        spans.reserveCapacity(5 + request.headers.count)
+        storage.reserveCapacity(slot.fixedPseudoHeaders.count + request.path.utf8.count + 64)
+        func add(name: String, value: String, lowercase: Bool = false) {
             let n = storage.count
             storage.append(contentsOf: name.utf8)
+            if lowercase {
+                for i in n..<storage.count where storage[i] >= 0x41 && storage[i] <= 0x5A { storage[i] |= 0x20 }
+            }
             let v = storage.count
             storage.append(contentsOf: value.utf8)
             spans.append((n, v - n, v, storage.count - v))
         }
+        add(name: ":method", value: request.method)
+        add(name: ":path", value: request.path)
+        for (name, value) in slot.fixedPseudoHeaders { add(name: name, value: value) }
+        for header in request.headers { add(name: header.name, value: header.value, lowercase: true) }
+        if let body = request.body { add(name: "content-length", value: String(body.readableBytes)) }
         let streamID: Int32 = storage.withUnsafeMutableBufferPointer { raw -> Int32 in
             let base = raw.baseAddress ?? UnsafeMutablePointer<UInt8>.allocate(capacity: 0)
             var nva = spans.map { span in
@@ -280,7 +280,7 @@ final class HTTP2Connection {
         }
         // Headers of a 1xx interim response, and trailers after the body, are not kept.
         guard exchange.status >= 200, exchange.body.readableBytes == 0 else { return }
-        exchange.headers.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+        exchange.headers.append((HeaderName.intern(name), String(decoding: value, as: UTF8.self)))
     }
 
     private static func parseStatus(_ value: UnsafeBufferPointer<UInt8>) -> Int {

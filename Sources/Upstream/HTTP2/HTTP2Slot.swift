@@ -15,7 +15,11 @@ final class HTTP2Slot {
     private var timer: RepeatedTask?
     private var isShutDown = false
 
+    /// `:scheme` and `:authority`, the same for every request of this upstream.
+    let fixedPseudoHeaders: [(String, String)]
+
     init(index: Int, configuration: UpstreamConfiguration, eventLoop: EventLoop, logger: Logger) {
+        self.fixedPseudoHeaders = [(":scheme", configuration.endpoint.scheme), (":authority", configuration.endpoint.authority)]
         self.index = index
         self.configuration = configuration
         self.eventLoop = eventLoop

@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""Profiles Sheaf under the benchmark's sustained load with `perf record -e cpu-clock`
+(hardware counters are often unavailable on VMs). Usage: python3 bench/profile.py [seconds]"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import run  # noqa: E402
+
+seconds = sys.argv[1] if len(sys.argv) > 1 else "6"
+env = run.Env()
+try:
+    run.post_batch(env.sheaf_port, "/users", 1000)
+    body = os.path.join(env.dir, "batch.json")
+    with open(body, "w") as f:
+        json.dump(list(range(1, 1001)), f)
+    load = subprocess.Popen(["h2load", "-c4", "-m1", "-D", str(int(seconds) + 2), "-d", body, "-H",
+                             "content-type: application/json", f"http://127.0.0.1:{env.sheaf_port}/users"],
+                            stdout=subprocess.DEVNULL)
+    time.sleep(1)
+    subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-o", "/tmp/sheaf.perf",
+                    "-p", str(env.sheaf.pid), "--", "sleep", seconds], check=True)
+    load.wait()
+finally:
+    env.close()
+print("perf report -i /tmp/sheaf.perf --no-children --percent-limit 0.7 --stdio -g none")
