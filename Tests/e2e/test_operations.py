@@ -78,3 +78,26 @@ def test_default_config_serves_a_mixed_207_with_its_embedded_demo(workdir):
         assert r.status_code == 207 and b"HTTP/1.1 423 Locked" in r.content
     finally:
         assert s.stop() == 0, "sheaf did not exit cleanly on SIGTERM"
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+
+def test_memory_does_not_grow_across_batches(sheaf):
+    """A leaked batch keeps its items (~150 KB per 1000-item batch here); 60 batches would add
+    several MiB. After a warm-up, resident memory must stay flat."""
+    with httpx.Client(timeout=60) as client:
+        def batch():
+            r = client.post(sheaf.url + "/nginx/users", json=list(range(1, 1001)))
+            assert r.status_code == 207
+        for _ in range(20):
+            batch()
+        before = rss_kib(sheaf.process.pid)
+        for _ in range(60):
+            batch()
+        after = rss_kib(sheaf.process.pid)
+    assert after - before < 4096, f"RSS grew by {after - before} KiB over 60 batches"

@@ -113,7 +113,12 @@ public final class ResponseWriter: @unchecked Sendable {
 
     /// Ends the response (after every queued write).
     public func finish() {
-        lock.withLock { finished = true }
+        lock.withLock {
+            finished = true
+            // The handler usually captures the batch that owns this writer: release it, or the
+            // batch, its items and this writer would keep each other alive.
+            cancelHandler = nil
+        }
         onLoop { [self] in
             self.flushPending()
             let promise = self.eventLoop.makePromise(of: Void.self)
