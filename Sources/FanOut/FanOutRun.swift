@@ -48,6 +48,16 @@ public final class FanOutRun: @unchecked Sendable {
         launch(lock.withLock { scheduler.claim() })
     }
 
+    /// Backpressure: stop starting items (the response is not being read fast enough).
+    public func pause() {
+        lock.withLock { scheduler.pause() }
+    }
+
+    public func resume() {
+        let next = lock.withLock { scheduler.resume() }
+        if !next.isEmpty { launch(next) }
+    }
+
     /// Stops the batch: in-flight calls are cancelled on the wire, unstarted items are not sent.
     /// Every item still settles once, with `status` and `reason`.
     public func cancel(status: Int, reason: String) {

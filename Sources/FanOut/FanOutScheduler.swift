@@ -7,6 +7,8 @@ public struct FanOutScheduler: Sendable {
     public private(set) var inFlight = 0
     public private(set) var settled = 0
     public private(set) var isCancelled = false
+    /// While paused (the client is not reading), nothing new starts; in-flight items still settle.
+    public private(set) var isPaused = false
 
     public init(total: Int, concurrency: Int) {
         self.total = total
@@ -17,7 +19,7 @@ public struct FanOutScheduler: Sendable {
 
     /// Claims the items to start now, up to the concurrency cap.
     public mutating func claim() -> Range<Int> {
-        guard !isCancelled else { return nextIndex..<nextIndex }
+        guard !isCancelled, !isPaused else { return nextIndex..<nextIndex }
         let count = min(concurrency - inFlight, total - nextIndex)
         guard count > 0 else { return nextIndex..<nextIndex }
         let range = nextIndex..<(nextIndex + count)
@@ -31,6 +33,16 @@ public struct FanOutScheduler: Sendable {
         precondition(inFlight > 0 && settled < total, "an item settled twice")
         inFlight -= 1
         settled += 1
+        return claim()
+    }
+
+    public mutating func pause() {
+        isPaused = true
+    }
+
+    /// Returns the items that may start now.
+    public mutating func resume() -> Range<Int> {
+        isPaused = false
         return claim()
     }
 

@@ -145,3 +145,13 @@ private func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurren
     #expect(transport.held.withLockedValue { $0.allSatisfy { $0.0.cancelled.withLockedValue { $0 } } })
     #expect(transport.state.withLockedValue { $0.calls } == 5)
 }
+
+@Test func pausedSchedulerStartsNothingUntilResumed() {
+    var scheduler = FanOutScheduler(total: 6, concurrency: 2)
+    #expect(scheduler.claim() == 0..<2)
+    scheduler.pause()
+    #expect(scheduler.settle().isEmpty)
+    #expect(scheduler.settle().isEmpty)
+    #expect(scheduler.inFlight == 0)
+    #expect(scheduler.resume() == 2..<4)
+}

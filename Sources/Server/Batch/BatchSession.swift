@@ -49,6 +49,10 @@ final class BatchSession: @unchecked Sendable {
                             }, onFinish: { [self] in
                                 self.finished()
                             })
+        // Memory stays bounded by concurrency, not by batch size, when the client reads slowly.
+        writer.onWritabilityChange { writable in
+            if writable { run.resume() } else { run.pause() }
+        }
         writer.onClientGone { [logger] in
             logger.info("client went away; cancelling the batch")
             run.cancel(status: 499, reason: "the client closed the connection before the batch completed")

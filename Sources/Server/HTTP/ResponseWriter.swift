@@ -36,6 +36,19 @@ public final class ResponseWriter: @unchecked Sendable {
         if gone { handler() }
     }
 
+    private var writabilityHandler: (@Sendable (Bool) -> Void)?
+
+    /// Called on the event loop when the connection's outbound buffer crosses its water marks:
+    /// false means stop producing, true means go on.
+    public func onWritabilityChange(_ handler: @escaping @Sendable (Bool) -> Void) {
+        lock.withLock { writabilityHandler = handler }
+    }
+
+    func writabilityChanged(_ isWritable: Bool) {
+        let handler = lock.withLock { finished ? nil : writabilityHandler }
+        handler?(isWritable)
+    }
+
     func clientWentAway() {
         let handler = lock.withLock { () -> (@Sendable () -> Void)? in
             wentAway = true
@@ -118,6 +131,7 @@ public final class ResponseWriter: @unchecked Sendable {
             // The handler usually captures the batch that owns this writer: release it, or the
             // batch, its items and this writer would keep each other alive.
             cancelHandler = nil
+            writabilityHandler = nil
         }
         onLoop { [self] in
             self.flushPending()
