@@ -224,6 +224,15 @@ def h2load(args, timeout=600):
     return float(m.group(3)), int(done.group(2)), cpu
 
 
+def h2load_wall(args):
+    """Wall time in ms of one h2load run (connection set-up included)."""
+    out = subprocess.run(["h2load"] + args, capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r"finished in ([\d.]+)(m?s)", out)
+    if not m:
+        raise RuntimeError(out)
+    return float(m.group(1)) * (1 if m.group(2) == "ms" else 1000)
+
+
 def client_alone(port, path, n, connections):
     """The client making the N requests itself over HTTP/1.1 keep-alive."""
     ids = list(range(1, n + 1))
@@ -323,16 +332,18 @@ def main():
         # 4–5. Latency with a 20 ms upstream, against the client alone.
         rows.append("")
         rows.append("### 4–5. With a 20 ms upstream (nginx echo_sleep 0.02): batch latency vs the client alone\n")
-        rows.append("| items | Sheaf batch (1 request) | client alone, sequential (keep-alive) | client alone, HTTP/1.1 × 6 connections |")
-        rows.append("| ---: | ---: | ---: | ---: |")
+        rows.append("| items | Sheaf batch (1 request) | h2load straight at nginx (-c1 -mN) | client alone, sequential (keep-alive) | client alone, HTTP/1.1 × 6 connections |")
+        rows.append("| ---: | ---: | ---: | ---: | ---: |")
         post_batch(env.sheaf_port, "/slow", 10)
         for n in (1, 100, 1000):
             sheaf_ms = [post_batch(env.sheaf_port, "/slow", n)[0] * 1000 for _ in range(REPEAT)]
+            direct = [h2load_wall(["-c1", f"-m{n}", f"-n{n}", f"http://127.0.0.1:{env.h2c}/slow/1"]) for _ in range(REPEAT)]
             seq = [client_alone(env.h1, "/slow", n, 1) * 1000 for _ in range(1 if n >= 100 else REPEAT)] if n <= 100 else None
             six = [client_alone(env.h1, "/slow", n, 6) * 1000 for _ in range(1 if n >= 1000 else REPEAT)]
             seq_text = fmt(seq, " ms", 0) if seq else f"≈ {n * 20} ms (n × 20 ms; not run)"
-            rows.append(f"| {n} | {fmt(sheaf_ms, ' ms')} | {seq_text} | {fmt(six, ' ms', 0)} |")
+            rows.append(f"| {n} | {fmt(sheaf_ms, ' ms')} | {fmt(direct, ' ms')} | {seq_text} | {fmt(six, ' ms', 0)} |")
             if n == 1000:
+                ratios["1000-item batch latency / h2load's own 1000 concurrent requests"] = statistics.median(sheaf_ms) / statistics.median(direct)
                 ratios["1000-item batch latency / 20 ms floor"] = statistics.median(sheaf_ms) / 20.0
                 ratios["client alone (6 × HTTP/1.1) / Sheaf, 1000 items"] = statistics.median(six) / statistics.median(sheaf_ms)
 
@@ -363,6 +374,7 @@ def main():
         "Sheaf CPU per item / nghttpx CPU per proxied request": "≤ 1.3",
         "Sheaf items/s / h2load requests/s at nginx": "≥ 0.8",
         "1000-item batch latency / 20 ms floor": "≤ 1.5",
+        "1000-item batch latency / h2load's own 1000 concurrent requests": "(context)",
         "client alone (6 × HTTP/1.1) / Sheaf, 1000 items": "≥ 50",
         "peak RSS above idle, 100k items (MiB)": "≤ 64",
     }

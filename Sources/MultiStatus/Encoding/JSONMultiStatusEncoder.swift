@@ -24,17 +24,15 @@ public final class JSONMultiStatusEncoder: MultiStatusEncoder {
         JSONWriter.writeString(item.href, into: &out)
         out.writeStaticString(",\"status\":")
         out.writeString(String(outcome.status))
-        let headers = reportableHeaders(outcome.headers)
-        if !headers.isEmpty {
-            out.writeStaticString(",\"headers\":{")
-            for (i, header) in headers.enumerated() {
-                if i > 0 { out.writeInteger(UInt8(ascii: ",")) }
-                JSONWriter.writeString(header.name, into: &out)
-                out.writeInteger(UInt8(ascii: ":"))
-                JSONWriter.writeString(header.value, into: &out)
-            }
-            out.writeInteger(UInt8(ascii: "}"))
+        var wroteHeader = false
+        forEachReportableHeader(outcome.headers) { name, value in
+            out.writeStaticString(wroteHeader ? "," : ",\"headers\":{")
+            wroteHeader = true
+            JSONWriter.writeString(name, into: &out)
+            out.writeInteger(UInt8(ascii: ":"))
+            JSONWriter.writeString(value, into: &out)
         }
+        if wroteHeader { out.writeInteger(UInt8(ascii: "}")) }
         if let body = outcome.body {
             switch BodyForm.classify(body, contentType: outcome.headers.first(where: { $0.name == "content-type" })?.value) {
             case .none:

@@ -59,19 +59,23 @@ enum BodyForm {
     }
 }
 
-/// Upstream headers worth reporting: end-to-end ones, duplicates joined with ", ".
-func reportableHeaders(_ headers: [(name: String, value: String)]) -> [(name: String, value: String)] {
-    var out: [(name: String, value: String)] = []
-    out.reserveCapacity(headers.count)
-    for header in headers {
+/// Calls `body` with each end-to-end upstream header, duplicates joined with ", ", in order of
+/// first appearance. Allocates nothing unless a name repeats.
+func forEachReportableHeader(_ headers: [(name: String, value: String)], _ body: (String, String) -> Void) {
+    for i in headers.indices {
         // Both transports deliver lower-case names (HTTP/2 requires it; the curl engine lowers them).
-        let name = header.name
+        let name = headers[i].name
         if ItemBuilder.hopByHop.contains(name) { continue }
-        if let i = out.firstIndex(where: { $0.name == name }) {
-            out[i].value += ", " + header.value
-        } else {
-            out.append((name, header.value))
+        var seenEarlier = false
+        for j in 0..<i where headers[j].name == name {
+            seenEarlier = true
+            break
         }
+        if seenEarlier { continue }
+        var value = headers[i].value
+        for j in (i + 1)..<headers.count where headers[j].name == name {
+            value += ", " + headers[j].value
+        }
+        body(name, value)
     }
-    return out
 }

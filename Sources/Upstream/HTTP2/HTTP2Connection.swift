@@ -22,6 +22,9 @@ final class HTTP2Connection {
     private var settled: [(HTTP2Exchange, UpstreamResult)] = []
     private var retries: [HTTP2Exchange] = []
     private var closeReason: String?
+    private var nvStorage: [UInt8] = []
+    private var nvSpans: [(Int, Int, Int, Int)] = []
+    private var nva: [nghttp2_nv] = []
 
     init(slot: HTTP2Slot) {
         self.slot = slot
@@ -124,36 +127,26 @@ final class HTTP2Connection {
         }
         let request = exchange.request
         // One buffer holds every name and value; nghttp2 copies them during submit_request.
-        var storage: [UInt8] = []
-        var spans: [(Int, Int, Int, Int)] = []
-        spans.reserveCapacity(5 + request.headers.count)
-        storage.reserveCapacity(slot.fixedPseudoHeaders.count + request.path.utf8.count + 64)
-        func add(name: String, value: String, lowercase: Bool = false) {
-            let n = storage.count
-            storage.append(contentsOf: name.utf8)
-            if lowercase {
-                for i in n..<storage.count where storage[i] >= 0x41 && storage[i] <= 0x5A { storage[i] |= 0x20 }
-            }
-            let v = storage.count
-            storage.append(contentsOf: value.utf8)
-            spans.append((n, v - n, v, storage.count - v))
-        }
-        add(name: ":method", value: request.method)
-        add(name: ":path", value: request.path)
-        for (name, value) in slot.fixedPseudoHeaders { add(name: name, value: value) }
-        for header in request.headers { add(name: header.name, value: header.value, lowercase: true) }
-        if let body = request.body { add(name: "content-length", value: String(body.readableBytes)) }
-        let streamID: Int32 = storage.withUnsafeMutableBufferPointer { raw -> Int32 in
-            let base = raw.baseAddress ?? UnsafeMutablePointer<UInt8>.allocate(capacity: 0)
-            var nva = spans.map { span in
-                nghttp2_nv(name: base + span.0, value: base + span.2, namelen: span.1, valuelen: span.3,
-                           flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+        // The buffers live on the connection and are reused for every request.
+        nvStorage.removeAll(keepingCapacity: true)
+        nvSpans.removeAll(keepingCapacity: true)
+        addField(":method", request.method)
+        addField(":path", request.path)
+        for (name, value) in slot.fixedPseudoHeaders { addField(name, value) }
+        for header in request.headers { addField(header.name, header.value, lowercase: true) }
+        if let body = request.body { addField("content-length", String(body.readableBytes)) }
+        let streamID: Int32 = nvStorage.withUnsafeMutableBufferPointer { raw -> Int32 in
+            let base = raw.baseAddress!
+            nva.removeAll(keepingCapacity: true)
+            for span in nvSpans {
+                nva.append(nghttp2_nv(name: base + span.0, value: base + span.2, namelen: span.1, valuelen: span.3,
+                                      flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
             }
             if request.body != nil {
                 var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: readRequestBody)
-                return nghttp2_submit_request(session, nil, &nva, nva.count, &provider, nil)
+                return nghttp2_submit_request(session, nil, nva, nva.count, &provider, nil)
             }
-            return nghttp2_submit_request(session, nil, &nva, nva.count, nil, nil)
+            return nghttp2_submit_request(session, nil, nva, nva.count, nil, nil)
         }
         if streamID < 0 {
             if streamID == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE.rawValue {
@@ -171,6 +164,17 @@ final class HTTP2Connection {
         exchange.streamID = streamID
         exchange.connection = self
         streams[streamID] = exchange
+    }
+
+    private func addField(_ name: String, _ value: String, lowercase: Bool = false) {
+        let n = nvStorage.count
+        nvStorage.append(contentsOf: name.utf8)
+        if lowercase {
+            for i in n..<nvStorage.count where nvStorage[i] >= 0x41 && nvStorage[i] <= 0x5A { nvStorage[i] |= 0x20 }
+        }
+        let v = nvStorage.count
+        nvStorage.append(contentsOf: value.utf8)
+        nvSpans.append((n, v - n, v, nvStorage.count - v))
     }
 
     func cancelStream(of exchange: HTTP2Exchange) {
