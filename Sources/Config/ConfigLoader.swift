@@ -143,7 +143,7 @@ struct ConfigReader {
     // MARK: the document
 
     mutating func read(_ root: Node) -> SheafConfiguration? {
-        let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "upstreams", "routes"], what: "the top level")
+        let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "upstreams", "routes"], what: "the top level")
         let listen = top["listen"] == nil ? HostPort(host: "127.0.0.1", port: 8080) : hostPort(top["listen"]?.value, "listen")
         var metricsPath = "/metrics"
         if let entry = top["metrics_path"], let text = string(entry.value, "metrics_path") {
@@ -205,8 +205,10 @@ struct ConfigReader {
             report(at: root, "missing key 'routes'")
         }
         guard let listen else { return nil }
-        return SheafConfiguration(listen: listen, metricsPath: metricsPath, demoUpstream: demo,
-                                  upstreams: upstreams, routes: routes)
+        var configuration = SheafConfiguration(listen: listen, metricsPath: metricsPath, demoUpstream: demo,
+                                               upstreams: upstreams, routes: routes)
+        if let drain = duration(top["drain_timeout"]?.value, "drain_timeout") { configuration.drainTimeout = drain }
+        return configuration
     }
 
     private mutating func readUpstream(name: String, key: Node, _ node: Node) -> UpstreamConfiguration? {

@@ -1,4 +1,5 @@
 import MultiStatus
+import NIOCore
 import Upstream
 
 /// A host and port to listen on or connect to.
@@ -68,6 +69,8 @@ public struct SheafConfiguration: Sendable {
     public var metricsPath: String
     /// When set, `sheaf serve` also runs the demo upstream in-process on this address.
     public var demoUpstream: HostPort?
+    /// On SIGTERM / SIGINT: stop accepting, then wait this long for batches in flight to finish.
+    public var drainTimeout: TimeAmount = .seconds(10)
     public var upstreams: [UpstreamConfiguration]
     public var routes: [RouteConfiguration]
 

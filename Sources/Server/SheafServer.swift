@@ -53,7 +53,15 @@ public final class SheafServer: Service, @unchecked Sendable {
         } onGracefulShutdown: {
             channel.close(promise: nil)
         }
-        logger.info("shutting down")
+        // Drain: the listener is closed; let batches in flight finish before the transports go.
+        let deadline = NIODeadline.now() + configuration.drainTimeout
+        if service.activeBatches > 0 {
+            logger.info("draining", metadata: ["batches": "\(service.activeBatches)"])
+        }
+        while service.activeBatches > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(nanoseconds: 20_000_000)
+        }
+        logger.info("shutting down", metadata: ["unfinished batches": "\(service.activeBatches)"])
         for transport in transports.values { transport.shutdown() }
         try? await demoChannel?.close()
     }

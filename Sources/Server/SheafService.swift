@@ -22,6 +22,10 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     private let metrics: SheafMetrics
     private let logger: Logger
     private let requestCounter = NIOLockedValueBox(UInt64(0))
+    private let active = NIOLockedValueBox(0)
+
+    /// Batches being fanned out or written right now; shutdown waits for this to reach zero.
+    public var activeBatches: Int { active.withLockedValue { $0 } }
 
     public init(configuration: SheafConfiguration, transports: [String: UpstreamTransport],
                 metrics: SheafMetrics, logger: Logger) {
@@ -120,7 +124,10 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         var logger = self.logger
         logger[metadataKey: "request"] = "\(id)"
         logger[metadataKey: "route"] = "\(configuration.name)"
+        active.withLockedValue { $0 += 1 }
         BatchSession(route: route, items: items, format: format, writer: writer, metrics: metrics,
-                     received: received, logger: logger).run()
+                     received: received, logger: logger) { [active] in
+            active.withLockedValue { $0 -= 1 }
+        }.run()
     }
 }

@@ -58,6 +58,8 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
         case timeout
         /// Sheaf cancelled the call (client gone, batch stopped).
         case cancelled
+        /// The transport was shut down before the call could finish: reported as 503.
+        case shuttingDown
     }
     public var kind: Kind
     public var message: String
@@ -75,6 +77,7 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
         case .unreachable, .protocolError: return 502
         case .timeout: return 504
         case .cancelled: return 499
+        case .shuttingDown: return 503
         }
     }
 }

@@ -101,3 +101,35 @@ def test_memory_does_not_grow_across_batches(sheaf):
             batch()
         after = rss_kib(sheaf.process.pid)
     assert after - before < 4096, f"RSS grew by {after - before} KiB over 60 batches"
+
+
+def test_sigterm_drains_batches_in_flight(workdir, demo):
+    import signal
+    import threading
+    import time
+    s = Sheaf(workdir, "drain", f"""
+        drain_timeout: 5s
+        upstreams:
+          demo: {{url: "http://127.0.0.1:{demo}", protocol: h2c}}
+        routes:
+          - name: slow
+            method: POST
+            path: /slow
+            upstream: demo
+        """)
+    result = {}
+
+    def client():
+        body = {"requests": [{"method": "GET", "url": f"/users/{i}?delay_ms=1200"} for i in range(1, 6)]}
+        r = httpx.post(s.url + "/slow", json=body, timeout=30)
+        result["status"] = r.status_code
+        result["statuses"] = sorted(x["status"] for x in r.json()["results"])
+
+    t = threading.Thread(target=client)
+    t.start()
+    time.sleep(0.4)
+    os.kill(s.process.pid, signal.SIGTERM)
+    t.join(timeout=30)
+    assert s.process.proc.wait(timeout=15) == 0
+    assert result == {"status": 207, "statuses": [200] * 5}
+    assert "draining" in s.process.output()

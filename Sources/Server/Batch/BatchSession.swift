@@ -19,12 +19,14 @@ final class BatchSession: @unchecked Sendable {
     private let histogram: DurationHistogram
     private let received: NIODeadline
     private let logger: Logger
+    private let onDone: @Sendable () -> Void
     // Guarded by the writer's lock (all touched inside `writer.append`).
     private var summary = BatchSummary()
     private var statusCounts: [Int: Int] = [:]
 
     init(route: RouteRuntime, items: [BatchItem], format: ResponseFormat, writer: ResponseWriter,
-         metrics: SheafMetrics, received: NIODeadline, logger: Logger) {
+         metrics: SheafMetrics, received: NIODeadline, logger: Logger, onDone: @escaping @Sendable () -> Void) {
+        self.onDone = onDone
         self.route = route
         self.items = items
         self.encoder = format.makeEncoder()
@@ -80,6 +82,7 @@ final class BatchSession: @unchecked Sendable {
             counts = statusCounts
         }
         writer.finish()
+        onDone()
         let outcome = final.failed == 0 ? "complete" : (final.succeeded == 0 ? "failed" : "partial")
         let elapsed = NIODeadline.now() - received
         metrics.itemsCounted(route: route.configuration.name, statusCounts: counts)

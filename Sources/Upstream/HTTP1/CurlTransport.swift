@@ -54,7 +54,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         if accepted {
             curl_multi_wakeup(multi)
         } else {
-            exchange.settle(.failure(UpstreamError(.cancelled, "Sheaf is shutting down")))
+            exchange.settle(.failure(UpstreamError(.shuttingDown, "Sheaf is shutting down")))
         }
         return exchange
     }
@@ -86,7 +86,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             }
             if stop {
                 for exchange in Array(active.values) {
-                    finish(exchange, .failure(UpstreamError(.cancelled, "Sheaf is shutting down")))
+                    finish(exchange, .failure(UpstreamError(.shuttingDown, "Sheaf is shutting down")))
                 }
                 break
             }

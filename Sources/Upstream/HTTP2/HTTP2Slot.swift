@@ -33,7 +33,7 @@ final class HTTP2Slot {
 
     func enqueue(_ exchange: HTTP2Exchange) {
         if isShutDown {
-            exchange.settle(.failure(UpstreamError(.cancelled, "Sheaf is shutting down")))
+            exchange.settle(.failure(UpstreamError(.shuttingDown, "Sheaf is shutting down")))
             return
         }
         pending.append(exchange)
@@ -160,7 +160,7 @@ final class HTTP2Slot {
         timer?.cancel()
         timer = nil
         while let exchange = pending.popFirst() {
-            exchange.settle(.failure(UpstreamError(.cancelled, "Sheaf is shutting down")))
+            exchange.settle(.failure(UpstreamError(.shuttingDown, "Sheaf is shutting down")))
         }
         current?.close()
         for connection in draining.values { connection.close() }
