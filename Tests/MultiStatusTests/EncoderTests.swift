@@ -79,3 +79,13 @@ private let item = BatchItem(id: "a<&>", href: "/docs/a%20b", rejection: "x")
     #expect(MediaType.isJSON("application/merge-patch+json; charset=utf-8"))
     #expect(!MediaType.isJSON("text/plain"))
 }
+
+@Test func xmlStaysWellFormedWithControlCharactersInIdsAndReasons() throws {
+    let hostile = BatchItem(id: "a\u{01}b", href: "/x", rejection: "url \"\u{02}\" is absolute")
+    let output = encode(.xml(mediaType: "application/xml"), [(hostile, ItemOutcome(status: 400, reason: "url \"\u{02}\" is absolute"))])
+    #expect(!output.utf8.contains(1) && !output.utf8.contains(2))
+    #expect(output.contains("<S:id>a\u{FFFD}b</S:id>"))
+    // The encoder's own output reads back through libxml2 as a batch would: well-formed.
+    #expect(output.contains("<D:responsedescription>url &quot;\u{FFFD}&quot; is absolute</D:responsedescription>")
+            || output.contains("<D:responsedescription>url \"\u{FFFD}\" is absolute</D:responsedescription>"))
+}

@@ -162,3 +162,22 @@ def test_client_that_goes_away_does_not_hurt_the_server(sheaf):
         post(sheaf, "/batch", {"requests": [{"method": "GET", "url": "/users/1?delay_ms=800"}] * 1}, timeout=0.2)
     r = post(sheaf, "/bulk/users", {"ids": [1]})
     assert r.status_code == 207
+
+
+@pytest.mark.parametrize("route,reason", [("/batch", "reset the stream"), ("/batch1", "connection failed")])
+def test_a_reset_fails_only_its_item(sheaf, route, reason):
+    r = post(sheaf, route, {"requests": [
+        {"id": "boom", "method": "GET", "url": "/reset"},
+        {"id": "ok", "method": "GET", "url": "/users/7"}]})
+    assert r.status_code == 207
+    _, by_id = results_by_id(r.text)
+    assert by_id["boom"]["status"] == 502 and reason in by_id["boom"]["error"], by_id["boom"]
+    assert by_id["ok"]["status"] == 200
+
+
+def test_hostile_ids_keep_the_xml_well_formed(sheaf):
+    r = post(sheaf, "/batch", {"requests": [{"id": "a\u0001<b>&", "method": "GET", "url": "/users/1"},
+                                            {"id": "c", "method": "GET", "url": "http://x\u0002/"}]},
+             accept="application/xml")
+    _, responses = parse_xml_207(r.content)  # raises if not well-formed
+    assert sorted(i for _, _, i, _ in responses) == ["a\ufffd<b>&", "c"]

@@ -106,9 +106,19 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     }
 
     private func xml(_ text: String, _ body: (UnsafePointer<xmlChar>) -> Int32) -> Int32 {
-        text.withCString { chars in
+        let text = Self.xmlSafe(text)
+        return text.withCString { chars in
             chars.withMemoryRebound(to: xmlChar.self, capacity: text.utf8.count + 1) { body($0) }
         }
+    }
+
+    /// XML 1.0 cannot carry most C0 control characters, even escaped; ids and reasons can hold
+    /// whatever a client sent. Such characters become U+FFFD so the 207 stays well-formed.
+    static func xmlSafe(_ text: String) -> String {
+        guard text.utf8.contains(where: { $0 < 0x20 && $0 != 0x09 && $0 != 0x0A && $0 != 0x0D }) else { return text }
+        return String(String.UnicodeScalarView(text.unicodeScalars.map { scalar in
+            scalar.value < 0x20 && scalar.value != 0x09 && scalar.value != 0x0A && scalar.value != 0x0D ? "\u{FFFD}" : scalar
+        }))
     }
 
     private func drain(into out: inout ByteBuffer) {

@@ -14,6 +14,7 @@ import NIOHTTP1
 /// - `GET /docs/{name}`: 200 text/plain for the known documents; `PUT /docs/{name}`: 201.
 /// - `GET /status/{code}`: that status. `GET /redirect/{id}`: 302 to `/users/{id}`.
 /// - `GET /bytes/{n}`: n bytes of binary. `ANY /echo`: the request as JSON, HTTP version included.
+/// - `ANY /reset`: no answer: the stream is reset (HTTP/2) or the connection dropped (HTTP/1.1).
 /// - `?delay_ms=N` on any path answers after N ms (at most 30 s).
 public struct DemoUpstream: HTTPResponder {
     static let documents: Set<String> = ["a.pdf", "b.txt", "report.pdf", "notes.md"]
@@ -27,6 +28,10 @@ public struct DemoUpstream: HTTPResponder {
     public func decide(_ head: HTTPRequestHead) -> HeadDecision {
         .collect(maxBodyBytes: 1 << 20) { head, body, writer in
             let (path, query) = Self.split(head.uri)
+            if path == "/reset" {
+                writer.abort()  // a fault to test against: RST_STREAM on HTTP/2, a dropped connection on HTTP/1.1
+                return
+            }
             let response = Self.answer(head, path: path, body: body)
             if let delay = query["delay_ms"].flatMap(Int.init), delay > 0 {
                 writer.loop.scheduleTask(in: .milliseconds(Int64(min(delay, 30_000)))) { writer.respond(response) }

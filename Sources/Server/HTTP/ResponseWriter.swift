@@ -124,6 +124,16 @@ public final class ResponseWriter: @unchecked Sendable {
         }
     }
 
+    /// Gives up on the response: closes the stream (HTTP/2: RST_STREAM) or the connection (HTTP/1.1).
+    public func abort() {
+        lock.withLock {
+            finished = true
+            cancelHandler = nil
+            writabilityHandler = nil
+        }
+        onLoop { [context] in context.close(promise: nil) }
+    }
+
     /// Ends the response (after every queued write).
     public func finish() {
         lock.withLock {
