@@ -167,6 +167,14 @@ def sheaf(workdir, demo, nginx):
             protocol: http1
             connections: 4
             timeout: 1s
+          tiny:
+            url: http://127.0.0.1:{demo}
+            protocol: h2c
+            max_response_bytes: 100
+          tiny1:
+            url: http://127.0.0.1:{demo}
+            protocol: http1
+            max_response_bytes: 100
           nginx:
             url: http://127.0.0.1:{nginx.h2c}
             protocol: h2c
@@ -231,6 +239,14 @@ def sheaf(workdir, demo, nginx):
             method: POST
             path: /nowhere1
             upstream: nowhere1
+          - name: tiny
+            method: PROPFIND
+            path: /tiny
+            upstream: tiny
+          - name: tiny1
+            method: PROPFIND
+            path: /tiny1
+            upstream: tiny1
           - name: delete
             method: DELETE
             path: /batch

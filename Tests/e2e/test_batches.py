@@ -181,3 +181,17 @@ def test_hostile_ids_keep_the_xml_well_formed(sheaf):
              accept="application/xml")
     _, responses = parse_xml_207(r.content)  # raises if not well-formed
     assert sorted(i for _, _, i, _ in responses) == ["a\ufffd<b>&", "c"]
+
+
+@pytest.mark.parametrize("route", ["/tiny", "/tiny1"])
+def test_any_method_token_and_capped_upstream_bodies(sheaf, route):
+    """A route can use any method (PROPFIND here); bodies above max_response_bytes are cut and flagged."""
+    r = httpx.request("PROPFIND", sheaf.url + route, json={"requests": [
+        {"id": "big", "method": "GET", "url": "/bytes/500"}, {"id": "small", "method": "GET", "url": "/bytes/50"}]}, timeout=30)
+    assert r.status_code == 207
+    _, by_id = results_by_id(r.text)
+    import base64
+    big = base64.b64decode(by_id["big"]["body"])
+    assert len(big) == 100 and by_id["big"]["bodyTruncated"] is True
+    assert len(base64.b64decode(by_id["small"]["body"])) == 50 and "bodyTruncated" not in by_id["small"]
+    assert bytes((i * 7 + 1) & 0xFF for i in range(100)) == big
