@@ -49,6 +49,7 @@ public struct UpstreamResponse: Sendable {
 
 /// Why an item got no upstream response. Each kind maps to the status Sheaf reports.
 public struct UpstreamError: Error, Sendable, CustomStringConvertible {
+    /// What went wrong, which decides the status Sheaf reports.
     public enum Kind: Sendable, Equatable {
         /// Could not connect, or the connection broke: reported as 502.
         case unreachable

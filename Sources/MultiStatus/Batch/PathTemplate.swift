@@ -4,6 +4,7 @@ import FanOut
 /// placeholders. `{item}` is the array element itself; `{name}` is a field of an object element.
 /// Substituted values are percent-encoded as one segment, so a value cannot add a path level.
 public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
+    /// A piece of a template: text kept as written, or a placeholder filled per element.
     public enum Part: Sendable, Equatable {
         case literal(String)
         case placeholder(String)
