@@ -143,7 +143,7 @@ struct ConfigReader {
     // MARK: the document
 
     mutating func read(_ root: Node) -> SheafConfiguration? {
-        let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "upstreams", "routes"], what: "the top level")
+        let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "client_timeout", "upstreams", "routes"], what: "the top level")
         let listen = top["listen"] == nil ? HostPort(host: "127.0.0.1", port: 8080) : hostPort(top["listen"]?.value, "listen")
         var metricsPath = "/metrics"
         if let entry = top["metrics_path"], let text = string(entry.value, "metrics_path") {
@@ -208,6 +208,7 @@ struct ConfigReader {
         var configuration = SheafConfiguration(listen: listen, metricsPath: metricsPath, demoUpstream: demo,
                                                upstreams: upstreams, routes: routes)
         if let drain = duration(top["drain_timeout"]?.value, "drain_timeout") { configuration.drainTimeout = drain }
+        if let client = duration(top["client_timeout"]?.value, "client_timeout") { configuration.clientTimeout = client }
         return configuration
     }
 

@@ -71,6 +71,8 @@ public struct SheafConfiguration: Sendable {
     public var demoUpstream: HostPort?
     /// On SIGTERM / SIGINT: stop accepting, then wait this long for batches in flight to finish.
     public var drainTimeout: TimeAmount = .seconds(10)
+    /// Idle client connections, and request bodies still arriving, are cut after this long.
+    public var clientTimeout: TimeAmount = .seconds(60)
     public var upstreams: [UpstreamConfiguration]
     public var routes: [RouteConfiguration]
 

@@ -22,9 +22,7 @@ public final class SheafServer: Service, @unchecked Sendable {
     public func run() async throws {
         var demoChannel: Channel?
         if let demo = configuration.demoUpstream {
-            demoChannel = try await HTTPListener.bind(host: demo.host, port: demo.port, group: group) {
-                HTTPRequestHandler(responder: DemoUpstream())
-            }
+            demoChannel = try await HTTPListener.bind(host: demo.host, port: demo.port, group: group, responder: DemoUpstream())
             logger.info("demo upstream listening", metadata: ["address": "\(demo)", "protocols": "http/1.1, h2c"])
         }
         var transports: [String: UpstreamTransport] = [:]
@@ -35,9 +33,8 @@ public final class SheafServer: Service, @unchecked Sendable {
         let listen = configuration.listen
         let channel: Channel
         do {
-            channel = try await HTTPListener.bind(host: listen.host, port: listen.port, group: group) {
-                HTTPRequestHandler(responder: service)
-            }
+            channel = try await HTTPListener.bind(host: listen.host, port: listen.port, group: group,
+                                                  clientTimeout: configuration.clientTimeout, responder: service)
         } catch {
             for transport in transports.values { transport.shutdown() }
             try? await demoChannel?.close()

@@ -133,3 +133,36 @@ def test_sigterm_drains_batches_in_flight(workdir, demo):
     assert s.process.proc.wait(timeout=15) == 0
     assert result == {"status": 207, "statuses": [200] * 5}
     assert "draining" in s.process.output()
+
+
+def test_client_timeout_closes_idle_and_trickling_connections_not_busy_ones(workdir, demo):
+    import socket
+    import time
+    s = Sheaf(workdir, "timeouts", f"""
+        client_timeout: 1s
+        upstreams:
+          demo: {{url: "http://127.0.0.1:{demo}", protocol: h2c}}
+        routes:
+          - name: slow
+            method: POST
+            path: /slow
+            upstream: demo
+        """)
+    try:
+        # A connection that never sends a request is closed.
+        with socket.create_connection(("127.0.0.1", s.port)) as c:
+            c.settimeout(10)
+            start = time.monotonic()
+            assert c.recv(100) == b""
+            assert 0.8 < time.monotonic() - start < 5
+        # A body that stops arriving gets 408.
+        with socket.create_connection(("127.0.0.1", s.port)) as c:
+            c.settimeout(10)
+            c.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"req")
+            answer = c.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+        # A batch that runs longer than the timeout, silent meanwhile, is not cut.
+        r = httpx.post(s.url + "/slow", json={"requests": [{"method": "GET", "url": "/users/1?delay_ms=2500"}]}, timeout=30)
+        assert r.status_code == 207 and r.json()["results"][0]["status"] == 200
+    finally:
+        s.stop()

@@ -130,9 +130,7 @@ public final class DemoUpstreamServer: Service, @unchecked Sendable {
     }
 
     public func run() async throws {
-        let channel = try await HTTPListener.bind(host: host, port: port, group: group) {
-            HTTPRequestHandler(responder: DemoUpstream())
-        }
+        let channel = try await HTTPListener.bind(host: host, port: port, group: group, responder: DemoUpstream())
         logger.info("demo upstream listening", metadata: ["address": "\(host):\(port)", "protocols": "http/1.1, h2c"])
         await withGracefulShutdownHandler {
             try? await channel.closeFuture.get()

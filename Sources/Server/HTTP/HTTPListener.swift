@@ -3,8 +3,10 @@ import NIOPosix
 
 /// Binds a TCP listener that speaks HTTP/1.1 and h2c on the same port.
 public enum HTTPListener {
-    public static func bind(host: String, port: Int, group: EventLoopGroup,
-                            makeHandler: @escaping @Sendable () -> ChannelHandler) async throws -> Channel {
+    /// `clientTimeout`: a connection silent and serving nothing this long is closed, and a request
+    /// whose body has not fully arrived this long after its head gets 408.
+    public static func bind(host: String, port: Int, group: EventLoopGroup, clientTimeout: TimeAmount = .seconds(60),
+                            responder: HTTPResponder) async throws -> Channel {
         try await ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -12,7 +14,14 @@ public enum HTTPListener {
             .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ProtocolSniffer(makeHandler: makeHandler))
+                    let activity = ConnectionActivity()
+                    try channel.pipeline.syncOperations.addHandlers([
+                        IdleStateHandler(allTimeout: clientTimeout),
+                        IdleConnectionCloser(activity: activity),
+                        ProtocolSniffer {
+                            HTTPRequestHandler(responder: responder, activity: activity, bodyTimeout: clientTimeout)
+                        },
+                    ])
                 }
             }
             .bind(host: host, port: port)

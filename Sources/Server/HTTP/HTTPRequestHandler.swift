@@ -47,15 +47,43 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     }
 
     private let responder: HTTPResponder
+    private let activity: ConnectionActivity
+    private let bodyTimeout: TimeAmount
     private var state = State.idle
+    private var counted = false
+    private var bodyTimer: Scheduled<Void>?
 
-    init(responder: HTTPResponder) {
+    init(responder: HTTPResponder, activity: ConnectionActivity, bodyTimeout: TimeAmount) {
         self.responder = responder
+        self.activity = activity
+        self.bodyTimeout = bodyTimeout
+    }
+
+    private func begin(_ context: ChannelHandlerContext) {
+        if !counted {
+            counted = true
+            activity.inProgress += 1
+        }
+        // A body that trickles in (or never comes) must not hold the connection forever.
+        bodyTimer = context.eventLoop.scheduleTask(in: bodyTimeout) { [weak self] in
+            guard let self, case .collecting = self.state else { return }
+            self.reject(context, Problem.response(.requestTimeout, detail: "the request body did not arrive within \(self.bodyTimeout.nanoseconds / 1_000_000_000)s"))
+        }
+    }
+
+    private func done() {
+        bodyTimer?.cancel()
+        bodyTimer = nil
+        if counted {
+            counted = false
+            activity.inProgress -= 1
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
+            begin(context)
             switch responder.decide(head) {
             case .respond(let response):
                 state = .discarding(response, keepAlive: head.isKeepAlive)
@@ -76,6 +104,8 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             body.writeBuffer(&part)
             state = .collecting(head, limit: limit, body: body, handler: handler)
         case .end:
+            bodyTimer?.cancel()
+            bodyTimer = nil
             switch state {
             case .discarding(let response, let keepAlive):
                 state = .idle
@@ -83,6 +113,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             case .collecting(let head, _, let body, let handler):
                 let writer = ResponseWriter(context: context, keepAlive: head.isKeepAlive) { [weak self] in
                     self?.state = .idle
+                    self?.done()
                 }
                 state = .responding(writer)
                 handler(head, body, writer)
@@ -95,6 +126,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         if case .responding(let writer) = state { writer.clientWentAway() }
         state = .closing
+        done()
         context.fireChannelInactive()
     }
 
@@ -122,10 +154,11 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         if response.body.readableBytes > 0 {
             context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
-        let done = context.writeAndFlushPromise()
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: done)
+        let written = context.writeAndFlushPromise()
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
+        done()
         if !keepAlive {
-            done.futureResult.whenComplete { _ in context.close(promise: nil) }
+            written.futureResult.whenComplete { _ in context.close(promise: nil) }
         }
     }
 }
