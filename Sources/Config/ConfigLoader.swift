@@ -267,7 +267,7 @@ struct ConfigReader {
 
     private mutating func readRoute(_ node: Node, upstreamNames: Set<String>) -> RouteConfiguration? {
         let before = problems.count
-        let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes"], what: "a route")
+        let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes", "deadline"], what: "a route")
         guard case .mapping = node else { return nil }
         let name = string(fields["name"]?.value, "route name")
         let what = "route '\(name ?? "?")'"
@@ -300,6 +300,7 @@ struct ConfigReader {
         if let v = integer(fields["concurrency"]?.value, "\(what) concurrency", range: 1...10_000) { route.concurrency = v }
         if let v = integer(fields["max_items"]?.value, "\(what) max_items", range: 1...1_000_000) { route.maxItems = v }
         if let v = byteSize(fields["max_body_bytes"]?.value, "\(what) max_body_bytes") { route.maxBodyBytes = v }
+        if let v = duration(fields["deadline"]?.value, "\(what) deadline") { route.deadline = v }
         return problems.count == before ? route : nil
     }
 

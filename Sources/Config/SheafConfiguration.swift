@@ -49,6 +49,9 @@ public struct RouteConfiguration: Sendable {
     public var maxItems: Int
     /// A larger request body: 413.
     public var maxBodyBytes: Int
+    /// When set, items still running this long after the batch started are cancelled on the
+    /// wire and reported 504; items not yet started are not sent.
+    public var deadline: TimeAmount?
 
     public init(name: String, method: String, path: String, upstream: String, fanOut: FanOutTemplate? = nil,
                 concurrency: Int = 100, maxItems: Int = 1000, maxBodyBytes: Int = 8 << 20) {

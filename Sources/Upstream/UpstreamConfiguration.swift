@@ -63,3 +63,11 @@ public struct UpstreamConfiguration: Sendable {
         self.maxResponseBodyBytes = maxResponseBodyBytes
     }
 }
+
+extension TimeAmount {
+    /// `5s`, `250ms`: durations as config.yaml writes them, for messages.
+    public var configText: String {
+        let ms = nanoseconds / 1_000_000
+        return ms % 1000 == 0 ? "\(ms / 1000)s" : "\(ms)ms"
+    }
+}

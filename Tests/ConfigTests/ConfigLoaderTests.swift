@@ -26,6 +26,7 @@ routes:
       path: /users/{item}
     concurrency: 100
     max_items: 1000
+    deadline: 2500ms
   - name: batch
     method: POST
     path: /batch
@@ -56,6 +57,8 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     #expect(config.routes[0].fanOut?.items == (try JSONPointer("/ids")))
     #expect(config.routes[0].fanOut?.path.description == "/users/{item}")
     #expect(config.routes[1].fanOut == nil)
+    #expect(config.routes[0].deadline == .milliseconds(2500))
+    #expect(config.routes[1].deadline == nil)
 }
 
 @Test func unknownKeyIsReportedWithLineAndColumn() {
@@ -72,7 +75,7 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     let found = problems(yaml)
     #expect(found.count == 1)
     #expect(found.first?.message.contains("route 'batch': unknown upstream \"nosuch\"") == true)
-    #expect(found.first?.line == 26)
+    #expect(found.first?.line == 27)
     #expect(found.first?.column == 15)
 }
 

@@ -81,10 +81,11 @@ def demo(workdir):
 
 
 NGINX_CONF = """
+load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
 worker_processes 1;
 daemon off;
 pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
+error_log {dir}/error.log info;
 events {{ worker_connections 4096; }}
 http {{
     log_format sheaf '$connection $connection_requests $request_method $request_uri $server_protocol $status';
@@ -98,11 +99,13 @@ http {{
     server {{
         listen 127.0.0.1:{h2c} http2;
         location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx"}}'; }}
+        location ~ ^/sleep/(\\d+)$ {{ echo_sleep 2; echo '{{"id":$1}}'; }}
         location ~ ^/big/(\\d+)$ {{ return 200 '{{"id":$1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}'; }}
         location / {{ return 404 '{{"error":"not found"}}'; }}
     }}
     server {{
         listen 127.0.0.1:{http1};
+        location ~ ^/sleep/(\\d+)$ {{ echo_sleep 2; echo '{{"id":$1}}'; }}
         location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx"}}'; }}
         location / {{ return 404 '{{"error":"not found"}}'; }}
     }}
@@ -122,6 +125,13 @@ class Nginx:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.process = Process([nginx, "-p", self.dir, "-c", conf], os.path.join(self.dir, "stdout.log"), self.h2c)
         wait_for_port(self.http1, self.process.proc)
+
+    def error_lines(self):
+        path = os.path.join(self.dir, "error.log")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return f.read().splitlines()
 
     def access_lines(self):
         path = os.path.join(self.dir, "access.log")
@@ -183,6 +193,10 @@ def sheaf(workdir, demo, nginx):
             url: http://127.0.0.1:{nginx.http1}
             protocol: http1
             connections: 6
+          nginx1-pair:
+            url: http://127.0.0.1:{nginx.http1}
+            protocol: http1
+            connections: 2
           nowhere:
             url: http://127.0.0.1:{free_port()}
             protocol: h2c
@@ -224,6 +238,20 @@ def sheaf(workdir, demo, nginx):
             fan_out: {{items: "", method: GET, path: "/big/{{item}}"}}
             concurrency: 100
             max_items: 10000
+          - name: deadline
+            method: POST
+            path: /nginx/sleep
+            upstream: nginx
+            fan_out: {{items: "", method: GET, path: "/sleep/{{item}}"}}
+            concurrency: 4
+            deadline: 500ms
+          - name: deadline1
+            method: POST
+            path: /nginx1/sleep
+            upstream: nginx1-pair
+            fan_out: {{items: "", method: GET, path: "/sleep/{{item}}"}}
+            concurrency: 4
+            deadline: 500ms
           - name: nginx1
             method: POST
             path: /nginx1/users

@@ -97,3 +97,46 @@ def test_slow_reader_pauses_the_fan_out_and_loses_nothing(sheaf, nginx):
     _, by_id = results_by_id(out.decode())
     assert len(by_id) == n and all(v["status"] == 200 for v in by_id.values())
     assert all(v["body"]["pad"] == "x" * 2000 for v in by_id.values())
+
+
+def test_batch_deadline_cancels_http2_streams_on_the_wire(sheaf, nginx):
+    """deadline: 500ms, items that take 2 s, concurrency 4: the 207 comes at the deadline with
+    every item 504, and nginx sees each of the 4 running streams reset by Sheaf (RST_STREAM
+    CANCEL, which nginx logs as "client canceled stream") instead of running to the end."""
+    import time
+    errors_before = len(nginx.error_lines())
+    start = time.monotonic()
+    r = httpx.post(sheaf.url + "/nginx/sleep", json=list(range(1, 11)), timeout=30)
+    elapsed = time.monotonic() - start
+    assert r.status_code == 207
+    _, by_id = results_by_id(r.text)
+    assert len(by_id) == 10
+    assert all(v["status"] == 504 and "batch deadline (500ms)" in v["error"] for v in by_id.values())
+    assert 0.4 < elapsed < 1.9, elapsed
+    deadline = time.monotonic() + 5
+    cancelled = []
+    while len(cancelled) < 4 and time.monotonic() < deadline:
+        cancelled = [l for l in nginx.error_lines()[errors_before:] if "client canceled stream" in l and "/sleep/" in l]
+        time.sleep(0.05)
+    assert len(cancelled) == 4, cancelled
+
+
+def test_batch_deadline_removes_http1_transfers(sheaf, nginx):
+    """Over HTTP/1.1 (2 keep-alive connections, concurrency 4): at the deadline the 2 running
+    transfers are removed from the curl multi handle, which closes their connections, and the 2
+    waiting for a connection are never sent. nginx only notices a closed HTTP/1.1 connection after
+    its 2 s sleep, so the test waits for that."""
+    import time
+    access_before = len(nginx.access_lines())
+    errors_before = len(nginx.error_lines())
+    r = httpx.post(sheaf.url + "/nginx1/sleep", json=list(range(1, 11)), timeout=30)
+    _, by_id = results_by_id(r.text)
+    assert all(v["status"] == 504 for v in by_id.values()) and len(by_id) == 10
+    time.sleep(2.8)
+    sent = [l for l in nginx.access_lines()[access_before:] if "/sleep/" in l]
+    assert len(sent) == 2, sent  # without cancellation curl would have sent the 2 queued ones too
+    # The removed transfers' connections were closed by curl: nginx notices when it answers
+    # (as a plain close or a reset, depending on timing).
+    ended = ("closed keepalive connection", "reset by peer", "prematurely closed", "broken pipe")
+    closed = [l for l in nginx.error_lines()[errors_before:] if any(e in l.lower() for e in ended)]
+    assert len(closed) >= 2, nginx.error_lines()[errors_before:]

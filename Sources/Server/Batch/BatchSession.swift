@@ -22,6 +22,7 @@ final class BatchSession: @unchecked Sendable {
     private let onDone: @Sendable () -> Void
     // Guarded by the writer's lock (all touched inside `writer.append`).
     private var summary = BatchSummary()
+    private var deadlineTimer: Scheduled<Void>?
     private var statusCounts: [Int: Int] = [:]
 
     init(route: RouteRuntime, items: [BatchItem], format: ResponseFormat, writer: ResponseWriter,
@@ -59,6 +60,14 @@ final class BatchSession: @unchecked Sendable {
             logger.info("client went away; cancelling the batch")
             run.cancel(status: 499, reason: "the client closed the connection before the batch completed")
         }
+        if let deadline = route.configuration.deadline {
+            let text = deadline.configText
+            let timer = writer.loop.scheduleTask(in: deadline) { [logger] in
+                logger.info("batch deadline passed; cancelling what is still running", metadata: ["deadline": "\(text)"])
+                run.cancel(status: 504, reason: "the batch deadline (\(text)) passed before this item finished")
+            }
+            writer.append { _ in deadlineTimer = timer }
+        }
         run.start()
     }
 
@@ -77,6 +86,8 @@ final class BatchSession: @unchecked Sendable {
         var final = BatchSummary()
         var counts: [Int: Int] = [:]
         writer.append { out in
+            deadlineTimer?.cancel()
+            deadlineTimer = nil
             encoder.end(summary, into: &out)
             final = summary
             counts = statusCounts

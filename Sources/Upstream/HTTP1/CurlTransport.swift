@@ -218,7 +218,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     }
 
     private func timeoutError() -> UpstreamError {
-        UpstreamError(.timeout, "upstream \(configuration.name) did not answer within \(HTTP2Slot.format(configuration.timeout))")
+        UpstreamError(.timeout, "upstream \(configuration.name) did not answer within \(configuration.timeout.configText)")
     }
 }
 

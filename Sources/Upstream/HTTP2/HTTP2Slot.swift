@@ -147,12 +147,7 @@ final class HTTP2Slot {
     }
 
     func timeoutError() -> UpstreamError {
-        UpstreamError(.timeout, "upstream \(configuration.name) did not answer within \(Self.format(configuration.timeout))")
-    }
-
-    static func format(_ amount: TimeAmount) -> String {
-        let ms = amount.nanoseconds / 1_000_000
-        return ms % 1000 == 0 ? "\(ms / 1000)s" : "\(ms)ms"
+        UpstreamError(.timeout, "upstream \(configuration.name) did not answer within \(configuration.timeout.configText)")
     }
 
     func shutdown() {
