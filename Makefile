@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_PACKAGES := libcurl4-openssl-dev libnghttp2-dev libxml2-dev
-TEST_PACKAGES := nginx curl prometheus python3-pip
+TEST_PACKAGES := nginx libnginx-mod-http-echo curl prometheus python3-pip
 BIN := .build/debug/sheaf
 RELEASE_BIN := .build/release/sheaf
 
@@ -21,9 +21,9 @@ test-deps: deps
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 	@python3 -c "import httpx, h2, pytest" 2>/dev/null || python3 -m pip install -q "httpx[http2]" pytest || python3 -m pip install -q --break-system-packages "httpx[http2]" pytest
 
-# The benchmark's peers: h2load, nghttpx, and nginx's echo module for the 20 ms upstream.
+# The benchmark's peers: h2load and nghttpx (nginx and its echo module come with test-deps).
 bench-deps: test-deps
-	@missing=""; for p in nghttp2-client nghttp2-proxy libnginx-mod-http-echo; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in nghttp2-client nghttp2-proxy; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
