@@ -4,28 +4,26 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_PACKAGES := libcurl4-openssl-dev libnghttp2-dev libxml2-dev
 TEST_PACKAGES := nginx libnginx-mod-http-echo curl prometheus python3-pip
 BIN := .build/debug/sheaf
-RELEASE_BIN := .build/release/sheaf
+
+# $(call install_missing,PACKAGES): apt-get install only the packages dpkg does not have yet.
+install_missing = missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
 .PHONY: deps test-deps bench-deps build release run test bench clean
 
 # Debian packages the build needs, installed only when missing.
 deps:
-	@missing=""; for p in $(BUILD_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+	@$(call install_missing,$(BUILD_PACKAGES))
 
 # What the end-to-end tests drive: nginx as an upstream, curl as a client, promtool, httpx.
 test-deps: deps
-	@missing=""; for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+	@$(call install_missing,$(TEST_PACKAGES))
 	@python3 -c "import httpx, h2, pytest" 2>/dev/null || python3 -m pip install -q "httpx[http2]" pytest || python3 -m pip install -q --break-system-packages "httpx[http2]" pytest
 
 # The benchmark's peers: h2load and nghttpx (nginx and its echo module come with test-deps).
 bench-deps: test-deps
-	@missing=""; for p in nghttp2-client nghttp2-proxy; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+	@$(call install_missing,nghttp2-client nghttp2-proxy)
 
 build: deps
 	swift build
