@@ -56,8 +56,12 @@ def test_metrics_are_valid_prometheus_text(sheaf):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_health(sheaf):
-    assert httpx.get(sheaf.url + "/healthz").json() == {"status": "ok"}
+def test_health_and_head_on_one_keep_alive_connection(sheaf):
+    with httpx.Client(timeout=10) as client:
+        head = client.head(sheaf.url + "/metrics")
+        assert head.status_code == 200 and int(head.headers["content-length"]) > 0 and head.content == b""
+        assert client.get(sheaf.url + "/healthz").json() == {"status": "ok"}
+        assert client.get(sheaf.url + "/readyz").status_code == 200
 
 
 def test_default_config_serves_a_mixed_207_with_its_embedded_demo(workdir):

@@ -86,6 +86,12 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             begin(context)
             switch responder.decide(head) {
             case .respond(let response):
+                var response = response
+                if head.method == .HEAD {
+                    // Same headers (Content-Length included) as GET would get, no body.
+                    response.headers.replaceOrAdd(name: "content-length", value: String(response.body.readableBytes))
+                    response.body = ByteBuffer()
+                }
                 state = .discarding(response, keepAlive: head.isKeepAlive)
             case .collect(let limit, let handler):
                 if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limit {
@@ -148,7 +154,9 @@ final class HTTPRequestHandler: ChannelInboundHandler {
 
     private func send(_ context: ChannelHandlerContext, _ response: SimpleResponse, keepAlive: Bool) {
         var headers = response.headers
-        headers.replaceOrAdd(name: "content-length", value: String(response.body.readableBytes))
+        if !headers.contains(name: "content-length") {
+            headers.add(name: "content-length", value: String(response.body.readableBytes))
+        }
         if !keepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))), promise: nil)
         if response.body.readableBytes > 0 {
