@@ -22,7 +22,11 @@ public final class SheafServer: Service, @unchecked Sendable {
     public func run() async throws {
         var demoChannel: Channel?
         if let demo = configuration.demoUpstream {
-            demoChannel = try await HTTPListener.bind(host: demo.host, port: demo.port, group: group, responder: DemoUpstream())
+            do {
+                demoChannel = try await HTTPListener.bind(host: demo.host, port: demo.port, group: group, responder: DemoUpstream())
+            } catch {
+                throw ListenError(description: "cannot listen on \(demo) for the demo upstream: \(error)")
+            }
             logger.info("demo upstream listening", metadata: ["address": "\(demo)", "protocols": "http/1.1, h2c"])
         }
         var transports: [String: UpstreamTransport] = [:]
@@ -38,7 +42,7 @@ public final class SheafServer: Service, @unchecked Sendable {
         } catch {
             for transport in transports.values { transport.shutdown() }
             try? await demoChannel?.close()
-            throw error
+            throw ListenError(description: "cannot listen on \(listen): \(error)")
         }
         let bound = channel.localAddress?.port ?? listen.port
         logger.info("sheaf listening", metadata: [
@@ -62,4 +66,9 @@ public final class SheafServer: Service, @unchecked Sendable {
         for transport in transports.values { transport.shutdown() }
         try? await demoChannel?.close()
     }
+}
+
+/// A listener could not be bound (address in use, no permission, ...).
+public struct ListenError: Error, CustomStringConvertible {
+    public var description: String
 }
