@@ -52,6 +52,9 @@ public struct RouteConfiguration: Sendable {
     /// When set, items still running this long after the batch started are cancelled on the
     /// wire and reported 504; items not yet started are not sent.
     public var deadline: TimeAmount?
+    /// Headers of the bulk request copied onto every item (e.g. Authorization), unless the item
+    /// sets them itself.
+    public var forwardHeaders: [String] = []
 
     public init(name: String, method: String, path: String, upstream: String, fanOut: FanOutTemplate? = nil,
                 concurrency: Int = 100, maxItems: Int = 1000, maxBodyBytes: Int = 8 << 20) {

@@ -94,23 +94,30 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
                                              field: "Accept"))
         }
         let received = NIODeadline.now()
-        return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self] head, body, writer in
-            self.runBatch(route: route, body: body, isXML: isXML, format: format, writer: writer, received: received)
+        var inherited: [(name: String, value: String)] = []
+        for name in route.configuration.forwardHeaders {
+            for value in head.headers[name] { inherited.append((name, value)) }
+        }
+        return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self, inherited] head, body, writer in
+            self.runBatch(route: route, body: body, isXML: isXML, format: format, inherited: inherited,
+                          writer: writer, received: received)
         }
     }
 
     private func runBatch(route: RouteRuntime, body: ByteBuffer, isXML: Bool, format: ResponseFormat,
-                          writer: ResponseWriter, received: NIODeadline) {
+                          inherited: [(name: String, value: String)], writer: ResponseWriter, received: NIODeadline) {
         let configuration = route.configuration
         let basePath = route.transport.configuration.endpoint.basePath
         let items: [BatchItem]
         do throws(BatchError) {
             if let template = configuration.fanOut {
-                items = try JSONBatchDecoder.decode(body, template: template, basePath: basePath, maxItems: configuration.maxItems)
+                items = try JSONBatchDecoder.decode(body, template: template, basePath: basePath,
+                                                    maxItems: configuration.maxItems, inherited: inherited)
             } else if isXML {
-                items = try XMLBatchDecoder.decode(body, basePath: basePath, maxItems: configuration.maxItems)
+                items = try XMLBatchDecoder.decode(body, basePath: basePath, maxItems: configuration.maxItems, inherited: inherited)
             } else {
-                items = try JSONBatchDecoder.decodeExplicit(body, basePath: basePath, maxItems: configuration.maxItems)
+                items = try JSONBatchDecoder.decodeExplicit(body, basePath: basePath, maxItems: configuration.maxItems,
+                                                            inherited: inherited)
             }
         } catch {
             metrics.batchFinished(route: configuration.name, outcome: "rejected", duration: nil)

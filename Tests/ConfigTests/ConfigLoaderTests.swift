@@ -142,3 +142,13 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     #expect(config.demoUpstream != nil)
     #expect(!config.routes.isEmpty)
 }
+
+@Test func forwardHeadersAreValidated() throws {
+    let good = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    forward_headers: [Authorization, X-Tenant]")
+    #expect(try ConfigLoader.parse(yaml: good, file: "c.yaml").routes[1].forwardHeaders == ["Authorization", "X-Tenant"])
+    let bad = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    forward_headers: [Connection, \"a b\"]")
+    let found = problems(bad)
+    #expect(found.count == 2)
+    #expect(found.first?.message.contains("Connection is a hop-by-hop header") == true)
+    #expect(found.last?.message.contains("\"a b\" is not a header name") == true)
+}

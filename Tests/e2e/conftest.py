@@ -275,6 +275,11 @@ def sheaf(workdir, demo, nginx):
             method: PROPFIND
             path: /tiny1
             upstream: tiny1
+          - name: forward
+            method: POST
+            path: /forward
+            upstream: demo1
+            forward_headers: [Authorization, X-Tenant]
           - name: delete
             method: DELETE
             path: /batch

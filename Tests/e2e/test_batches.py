@@ -195,3 +195,15 @@ def test_any_method_token_and_capped_upstream_bodies(sheaf, route):
     assert len(big) == 100 and by_id["big"]["bodyTruncated"] is True
     assert len(base64.b64decode(by_id["small"]["body"])) == 50 and "bodyTruncated" not in by_id["small"]
     assert bytes((i * 7 + 1) & 0xFF for i in range(100)) == big
+
+
+def test_forward_headers_copy_only_the_allowlisted_ones(sheaf):
+    r = httpx.post(sheaf.url + "/forward", json={"requests": [
+        {"id": "plain", "method": "GET", "url": "/echo"},
+        {"id": "own", "method": "GET", "url": "/echo", "headers": {"authorization": "Basic aXRlbQ=="}}]},
+        headers={"Authorization": "Bearer abc", "X-Tenant": "t1", "X-Other": "not me"}, timeout=30)
+    _, by_id = results_by_id(r.text)
+    plain, own = by_id["plain"]["body"]["headers"], by_id["own"]["body"]["headers"]
+    assert plain["authorization"] == "Bearer abc" and plain["x-tenant"] == "t1"
+    assert own["authorization"] == "Basic aXRlbQ==" and own["x-tenant"] == "t1"
+    assert "x-other" not in plain and "x-other" not in own

@@ -17,9 +17,23 @@ public struct ItemBuilder {
         "upgrade", "host", "content-length", "http2-settings",
     ]
 
-    public init(basePath: String, expectedCount: Int = 0) {
+    /// Headers of the bulk request that every item inherits (a route's `forward_headers`),
+    /// unless the item sets the same header itself.
+    public let inherited: [(name: String, value: String)]
+
+    public init(basePath: String, expectedCount: Int = 0, inherited: [(name: String, value: String)] = []) {
         self.basePath = basePath
+        self.inherited = inherited
         items.reserveCapacity(expectedCount)
+    }
+
+    private func withInherited(_ headers: [(name: String, value: String)]) -> [(name: String, value: String)] {
+        guard !inherited.isEmpty else { return headers }
+        var out = headers
+        for header in inherited where !headers.contains(where: { $0.name.lowercased() == header.name.lowercased() }) {
+            out.append(header)
+        }
+        return out
     }
 
     public var count: Int { items.count }
@@ -56,7 +70,7 @@ public struct ItemBuilder {
         let method = rawMethod.uppercased()
         switch ItemPath.resolve(url, basePath: basePath) {
         case .success(let resolved):
-            let request = UpstreamRequest(method: method, path: resolved.upstreamPath, headers: forwarded, body: body)
+            let request = UpstreamRequest(method: method, path: resolved.upstreamPath, headers: withInherited(forwarded), body: body)
             items.append(BatchItem(id: id, href: uniqueHref(resolved.href, id: id), request: request))
         case .failure(let rejection):
             let href = ItemPath.reportableHref(url)
@@ -69,7 +83,7 @@ public struct ItemBuilder {
     /// that are never `.` or `..`.
     public mutating func addTemplated(path: String, method: String, headers: [(name: String, value: String)]) {
         let id = String(items.count)
-        let request = UpstreamRequest(method: method, path: basePath + path, headers: headers)
+        let request = UpstreamRequest(method: method, path: basePath + path, headers: withInherited(headers))
         items.append(BatchItem(id: id, href: uniqueHref(path, id: id), request: request))
     }
 
@@ -100,4 +114,7 @@ public struct ItemBuilder {
 extension ItemBuilder {
     /// RFC 9110 token characters, for validating method and header names in configuration.
     public static func isTokenByteForConfig(_ byte: UInt8) -> Bool { isTokenByte(byte) }
+
+    /// Connection-level headers, which never travel to an upstream.
+    public static func isHopByHop(_ name: String) -> Bool { hopByHop.contains(name.lowercased()) }
 }

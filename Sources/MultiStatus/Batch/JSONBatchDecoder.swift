@@ -18,7 +18,7 @@ public enum JSONBatchDecoder {
 
     /// The template form: one upstream request per element of the array at `template.items`.
     public static func decode(_ body: ByteBuffer, template: FanOutTemplate, basePath: String,
-                              maxItems: Int) throws(BatchError) -> [BatchItem] {
+                              maxItems: Int, inherited: [(name: String, value: String)] = []) throws(BatchError) -> [BatchItem] {
         let document = try parse(body)
         let pointer = template.items.description
         guard let target = template.items.resolve(in: document) else {
@@ -31,7 +31,7 @@ public enum JSONBatchDecoder {
             throw BatchError(status: 413, field: pointer.isEmpty ? "body" : pointer,
                              "\(elements.count) items, more than this route's max_items (\(maxItems))")
         }
-        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count)
+        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, inherited: inherited)
         for (index, element) in elements.enumerated() {
             switch template.path.expand(element, at: "\(pointer)/\(index)") {
             case .success(let path):
@@ -44,7 +44,8 @@ public enum JSONBatchDecoder {
     }
 
     /// The explicit form: `{"requests":[{"id":"a","method":"GET","url":"/users/1","headers":{},"body":...}]}`.
-    public static func decodeExplicit(_ body: ByteBuffer, basePath: String, maxItems: Int) throws(BatchError) -> [BatchItem] {
+    public static func decodeExplicit(_ body: ByteBuffer, basePath: String, maxItems: Int,
+                                      inherited: [(name: String, value: String)] = []) throws(BatchError) -> [BatchItem] {
         let document = try parse(body)
         guard case .object(let members) = document else {
             throw .badRequest(field: "body", "must be a JSON object with a \"requests\" array, got \(document.typeName)")
@@ -59,7 +60,7 @@ public enum JSONBatchDecoder {
         guard elements.count <= maxItems else {
             throw BatchError(status: 413, field: "requests", "\(elements.count) items, more than this route's max_items (\(maxItems))")
         }
-        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count)
+        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, inherited: inherited)
         for (index, element) in elements.enumerated() {
             let field = "requests[\(index)]"
             guard case .object(let fields) = element else {

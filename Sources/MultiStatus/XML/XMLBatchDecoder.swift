@@ -35,7 +35,8 @@ public enum XMLBatchDecoder {
         case none, href, header(String), body(base64: Bool)
     }
 
-    public static func decode(_ body: ByteBuffer, basePath: String, maxItems: Int) throws(BatchError) -> [BatchItem] {
+    public static func decode(_ body: ByteBuffer, basePath: String, maxItems: Int,
+                              inherited: [(name: String, value: String)] = []) throws(BatchError) -> [BatchItem] {
         _ = libxmlInitialized
         let sink = ErrorSink()
         let result: Result<[BatchItem], BatchError> = body.withUnsafeReadableBytes { raw in
@@ -55,7 +56,7 @@ public enum XMLBatchDecoder {
                 sink.line = xmlTextReaderLocatorLineNumber(locator)
             }, context)
             return Result { () throws(BatchError) -> [BatchItem] in
-                try walk(reader, sink: sink, basePath: basePath, maxItems: maxItems)
+                try walk(reader, sink: sink, builder: ItemBuilder(basePath: basePath, inherited: inherited), maxItems: maxItems)
             }
         }
         return try result.get()
@@ -65,9 +66,9 @@ public enum XMLBatchDecoder {
         pointer.map { String(cString: $0) }
     }
 
-    private static func walk(_ reader: xmlTextReaderPtr, sink: ErrorSink, basePath: String,
+    private static func walk(_ reader: xmlTextReaderPtr, sink: ErrorSink, builder: ItemBuilder,
                              maxItems: Int) throws(BatchError) -> [BatchItem] {
-        var builder = ItemBuilder(basePath: basePath)
+        var builder = builder
         var sawRoot = false
         var pending: Pending?
         var capture = Capture.none
