@@ -63,6 +63,12 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
 
+        .testTarget(name: "ServerTests", dependencies: [
+            "Server",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "MultiStatus", "Upstream"]),
         .testTarget(name: "MultiStatusTests", dependencies: [
             "MultiStatus", "FanOut", "Upstream",
