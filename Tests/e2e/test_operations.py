@@ -170,3 +170,51 @@ def test_client_timeout_closes_idle_and_trickling_connections_not_busy_ones(work
         assert r.status_code == 207 and r.json()["results"][0]["status"] == 200
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("protocol", ["h2c", "http1"])
+def test_upstream_dying_mid_batch_fails_only_with_reasons(workdir, protocol):
+    """The upstream process is killed while items are in flight: every item still gets exactly
+    one outcome, 502 with what happened, and the batch ends promptly."""
+    import signal
+    import threading
+    import time
+    from conftest import Process, free_port
+    port = free_port()
+    upstream = Process([BIN, "demo-upstream", "--listen", f"127.0.0.1:{port}"], os.path.join(workdir, f"doomed-{protocol}.log"), port)
+    s = Sheaf(workdir, f"doomed-{protocol}", f"""
+        upstreams:
+          demo: {{url: "http://127.0.0.1:{port}", protocol: {protocol}, connections: 2, timeout: 10s}}
+        routes:
+          - name: doomed
+            method: POST
+            path: /doomed
+            upstream: demo
+            concurrency: 5
+        """)
+    try:
+        result = {}
+
+        def client():
+            body = {"requests": [{"method": "GET", "url": f"/users/{i}?delay_ms=1500"} for i in range(1, 21)]}
+            start = time.monotonic()
+            r = httpx.post(s.url + "/doomed", json=body, timeout=30)
+            result["elapsed"] = time.monotonic() - start
+            result["response"] = r
+
+        t = threading.Thread(target=client)
+        t.start()
+        time.sleep(0.5)
+        os.kill(upstream.pid, signal.SIGKILL)
+        t.join(timeout=30)
+        r = result["response"]
+        assert r.status_code == 207
+        doc = r.json()
+        assert doc["summary"] == {"total": 20, "succeeded": 0, "failed": 20}
+        for item in doc["results"]:
+            assert item["status"] == 502, item
+            assert item["error"], item
+        assert result["elapsed"] < 8
+    finally:
+        s.stop()
+        upstream.stop()
