@@ -60,14 +60,17 @@ public final class FanOutRun: @unchecked Sendable {
 
     /// Stops the batch: in-flight calls are cancelled on the wire, unstarted items are not sent.
     /// Every item still settles once, with `status` and `reason`.
+    /// Only the first cancellation counts (a deadline and a departing client may race).
     public func cancel(status: Int, reason: String) {
-        let (never, inFlight) = lock.withLock { () -> (Range<Int>, [UpstreamCall]) in
-            cancelOutcome = ItemOutcome(status: status, reason: reason)
-            let never = scheduler.cancel()
-            return (never, calls.compactMap { $0 })
+        let outcome = ItemOutcome(status: status, reason: reason)
+        let work = lock.withLock { () -> (Range<Int>, [UpstreamCall])? in
+            guard !scheduler.isCancelled else { return nil }
+            cancelOutcome = outcome
+            return (scheduler.cancel(), calls.compactMap { $0 })
         }
+        guard let (never, inFlight) = work else { return }
         for call in inFlight { call.cancel() }
-        for index in never { settle(index, cancelOutcome) }
+        for index in never { settle(index, outcome) }
     }
 
     /// A trampoline: a transport that settles synchronously must not recurse once per item.

@@ -155,3 +155,18 @@ private func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurren
     #expect(scheduler.inFlight == 0)
     #expect(scheduler.resume() == 2..<4)
 }
+
+@Test func onlyTheFirstCancellationCounts() async {
+    let transport = FakeTransport(hold: true)
+    let results = NIOLockedValueBox<[Int: ItemOutcome]>([:])
+    let batch = (0..<6).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/\($0)")) }
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+        let run = FanOutRun(items: batch, transport: transport, concurrency: 2, onResult: { index, outcome, _ in
+            results.withLockedValue { $0[index] = outcome }
+        }, onFinish: { done.resume() })
+        run.start()
+        run.cancel(status: 504, reason: "deadline")
+        run.cancel(status: 499, reason: "client gone")
+    }
+    #expect(results.withLockedValue { $0.values.map(\.status) } == Array(repeating: 504, count: 6))
+}
