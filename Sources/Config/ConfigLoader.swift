@@ -267,7 +267,7 @@ struct ConfigReader {
 
     private mutating func readRoute(_ node: Node, upstreamNames: Set<String>) -> RouteConfiguration? {
         let before = problems.count
-        let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes", "deadline", "forward_headers"], what: "a route")
+        let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes", "deadline", "forward_headers", "order"], what: "a route")
         guard case .mapping = node else { return nil }
         let name = string(fields["name"]?.value, "route name")
         let what = "route '\(name ?? "?")'"
@@ -301,6 +301,13 @@ struct ConfigReader {
         if let v = integer(fields["max_items"]?.value, "\(what) max_items", range: 1...1_000_000) { route.maxItems = v }
         if let v = byteSize(fields["max_body_bytes"]?.value, "\(what) max_body_bytes") { route.maxBodyBytes = v }
         if let v = duration(fields["deadline"]?.value, "\(what) deadline") { route.deadline = v }
+        if let entry = fields["order"], let text = string(entry.value, "\(what) order") {
+            switch text {
+            case "completion": route.requestOrder = false
+            case "request": route.requestOrder = true
+            default: report(at: entry.value, "\(what) order: \"\(text)\" is not completion or request")
+            }
+        }
         if let entry = fields["forward_headers"] {
             if case .sequence(let names) = entry.value {
                 for node in names {

@@ -55,6 +55,8 @@ public struct RouteConfiguration: Sendable {
     /// Headers of the bulk request copied onto every item (e.g. Authorization), unless the item
     /// sets them itself.
     public var forwardHeaders: [String] = []
+    /// Write the 207's responses in request order instead of completion order.
+    public var requestOrder = false
 
     public init(name: String, method: String, path: String, upstream: String, fanOut: FanOutTemplate? = nil,
                 concurrency: Int = 100, maxItems: Int = 1000, maxBodyBytes: Int = 8 << 20) {

@@ -3,8 +3,10 @@ import NIOCore
 import Upstream
 
 /// Runs one batch: starts items on the transport up to the concurrency cap, reports each
-/// item's outcome exactly once through `onResult` (on whichever thread settled it, in
-/// completion order), then calls `onFinish` once, after the last `onResult` has returned.
+/// item's outcome exactly once through `onResult` (on whichever thread settled it; in completion
+/// order, or in request order when `ordered`), then calls `onFinish` once, after the last
+/// `onResult` has returned. `onResult` calls never overlap in request order; in completion order
+/// they may, from different threads.
 public final class FanOutRun: @unchecked Sendable {
     /// `nanoseconds`: from the item's start to its outcome.
     public typealias ResultHandler = @Sendable (_ index: Int, _ outcome: ItemOutcome, _ nanoseconds: UInt64) -> Void
@@ -22,14 +24,23 @@ public final class FanOutRun: @unchecked Sendable {
     private var launching = false
     private var launchQueue: [Range<Int>] = []
     private var cancelOutcome = ItemOutcome(status: 499, reason: "the client went away")
+    // Request order: outcomes that settled ahead of their turn, and who is writing.
+    private let ordered: Bool
+    private var held: [Int: (ItemOutcome, UInt64)] = [:]
+    private var nextToWrite = 0
+    private var writing = false
+    private var finishReported = false
 
-    public init(items: [BatchItem], transport: UpstreamTransport, concurrency: Int,
+    /// With `ordered`, at most `4 × concurrency` items run ahead of the first one not yet reported.
+    public init(items: [BatchItem], transport: UpstreamTransport, concurrency: Int, ordered: Bool = false,
                 onResult: @escaping ResultHandler, onFinish: @escaping @Sendable () -> Void) {
         self.items = items
         self.transport = transport
         self.onResult = onResult
         self.onFinish = onFinish
-        self.scheduler = FanOutScheduler(total: items.count, concurrency: concurrency)
+        self.ordered = ordered
+        self.scheduler = FanOutScheduler(total: items.count, concurrency: concurrency,
+                                         window: ordered ? 4 * max(1, concurrency) : nil)
         self.calls = Array(repeating: nil, count: items.count)
         self.isSettled = Array(repeating: false, count: items.count)
         self.startTimes = .allocate(capacity: items.count)
@@ -122,7 +133,12 @@ public final class FanOutRun: @unchecked Sendable {
     private func settle(_ index: Int, _ outcome: ItemOutcome) {
         let started = startTimes[index]
         let now = NIODeadline.now().uptimeNanoseconds
-        onResult(index, outcome, started == 0 || now < started ? 0 : now - started)
+        let nanoseconds = started == 0 || now < started ? 0 : now - started
+        if ordered {
+            settleInOrder(index, outcome, nanoseconds)
+            return
+        }
+        onResult(index, outcome, nanoseconds)
         let (next, finished) = lock.withLock { () -> (Range<Int>, Bool) in
             calls[index] = nil
             isSettled[index] = true
@@ -133,6 +149,51 @@ public final class FanOutRun: @unchecked Sendable {
             onFinish()
         } else if !next.isEmpty {
             launch(next)
+        }
+    }
+
+    private func settleInOrder(_ index: Int, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
+        let next = lock.withLock { () -> Range<Int> in
+            calls[index] = nil
+            isSettled[index] = true
+            held[index] = (outcome, nanoseconds)
+            return scheduler.settle()
+        }
+        if !next.isEmpty { launch(next) }
+        writeInOrder()
+    }
+
+    /// One thread at a time reports the contiguous run of settled items; others only add to `held`.
+    private func writeInOrder() {
+        let proceed = lock.withLock { () -> Bool in
+            if writing { return false }
+            writing = true
+            return true
+        }
+        guard proceed else { return }
+        while true {
+            let (run, first, finished) = lock.withLock { () -> ([(ItemOutcome, UInt64)], Int, Bool) in
+                var run: [(ItemOutcome, UInt64)] = []
+                let first = nextToWrite
+                while let entry = held.removeValue(forKey: nextToWrite) {
+                    run.append(entry)
+                    nextToWrite += 1
+                }
+                if run.isEmpty {
+                    writing = false
+                    let finished = nextToWrite == items.count && !finishReported
+                    if finished { finishReported = true }
+                    return (run, first, finished)
+                }
+                return (run, first, false)
+            }
+            if run.isEmpty {
+                if finished { onFinish() }
+                return
+            }
+            for (offset, entry) in run.enumerated() { onResult(first + offset, entry.0, entry.1) }
+            let next = lock.withLock { scheduler.wrote(upTo: first + run.count) }
+            if !next.isEmpty { launch(next) }
         }
     }
 }

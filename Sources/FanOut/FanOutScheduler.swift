@@ -9,10 +9,16 @@ public struct FanOutScheduler: Sendable {
     public private(set) var isCancelled = false
     /// While paused (the client is not reading), nothing new starts; in-flight items still settle.
     public private(set) var isPaused = false
+    /// Request-order output: how far past the first item not yet written an item may start, so
+    /// that a slow item holds back at most this many finished ones. Nil: completion order.
+    public let window: Int?
+    /// Items written to the response so far, in request order (request-order output only).
+    public private(set) var written = 0
 
-    public init(total: Int, concurrency: Int) {
+    public init(total: Int, concurrency: Int, window: Int? = nil) {
         self.total = total
         self.concurrency = max(1, concurrency)
+        self.window = window.map { max($0, 1) }
     }
 
     public var isFinished: Bool { settled == total }
@@ -20,7 +26,8 @@ public struct FanOutScheduler: Sendable {
     /// Claims the items to start now, up to the concurrency cap.
     public mutating func claim() -> Range<Int> {
         guard !isCancelled, !isPaused else { return nextIndex..<nextIndex }
-        let count = min(concurrency - inFlight, total - nextIndex)
+        var count = min(concurrency - inFlight, total - nextIndex)
+        if let window { count = min(count, written + window - nextIndex) }
         guard count > 0 else { return nextIndex..<nextIndex }
         let range = nextIndex..<(nextIndex + count)
         nextIndex += count
@@ -33,6 +40,12 @@ public struct FanOutScheduler: Sendable {
         precondition(inFlight > 0 && settled < total, "an item settled twice")
         inFlight -= 1
         settled += 1
+        return claim()
+    }
+
+    /// The first `count` items are written; returns the items that may start now.
+    public mutating func wrote(upTo count: Int) -> Range<Int> {
+        written = count
         return claim()
     }
 

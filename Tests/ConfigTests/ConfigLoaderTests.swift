@@ -152,3 +152,11 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     #expect(found.first?.message.contains("Connection is a hop-by-hop header") == true)
     #expect(found.last?.message.contains("\"a b\" is not a header name") == true)
 }
+
+@Test func orderIsCompletionOrRequest() throws {
+    let ordered = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    order: request")
+    #expect(try ConfigLoader.parse(yaml: ordered, file: "c.yaml").routes[1].requestOrder)
+    #expect(try !ConfigLoader.parse(yaml: valid, file: "c.yaml").routes[1].requestOrder)
+    let bad = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    order: random")
+    #expect(problems(bad).first?.message == "route 'batch' order: \"random\" is not completion or request")
+}

@@ -170,3 +170,29 @@ private func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurren
     }
     #expect(results.withLockedValue { $0.values.map(\.status) } == Array(repeating: 504, count: 6))
 }
+
+@Test func aWindowLimitsHowFarAheadItemsStart() {
+    var scheduler = FanOutScheduler(total: 10, concurrency: 4, window: 3)
+    #expect(scheduler.claim() == 0..<3)
+    #expect(scheduler.settle().isEmpty)  // item 1 or 2 finished, but item 0 is not written yet
+    #expect(scheduler.wrote(upTo: 1) == 3..<4)
+    #expect(scheduler.wrote(upTo: 3) == 4..<5)  // the concurrency cap (3 still in flight) binds now
+}
+
+@Test func requestOrderReportsInOrderWithinTheWindow() async {
+    let transport = FakeTransport()
+    let reported = NIOLockedValueBox<[Int]>([])
+    let overlapping = NIOLockedValueBox((now: 0, max: 0))
+    let batch = (0..<3000).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/200")) }
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+        let run = FanOutRun(items: batch, transport: transport, concurrency: 20, ordered: true, onResult: { index, outcome, _ in
+            overlapping.withLockedValue { $0.now += 1; $0.max = max($0.max, $0.now) }
+            reported.withLockedValue { $0.append(index) }
+            overlapping.withLockedValue { $0.now -= 1 }
+        }, onFinish: { done.resume() })
+        run.start()
+    }
+    #expect(reported.withLockedValue { $0 } == Array(0..<3000))
+    #expect(overlapping.withLockedValue { $0.max } == 1)
+    #expect(transport.state.withLockedValue { $0.peak } <= 20)
+}

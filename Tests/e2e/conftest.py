@@ -275,6 +275,11 @@ def sheaf(workdir, demo, nginx):
             method: PROPFIND
             path: /tiny1
             upstream: tiny1
+          - name: ordered
+            method: POST
+            path: /ordered
+            upstream: demo
+            order: request
           - name: forward
             method: POST
             path: /forward

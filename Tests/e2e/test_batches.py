@@ -207,3 +207,19 @@ def test_forward_headers_copy_only_the_allowlisted_ones(sheaf):
     assert plain["authorization"] == "Bearer abc" and plain["x-tenant"] == "t1"
     assert own["authorization"] == "Basic aXRlbQ==" and own["x-tenant"] == "t1"
     assert "x-other" not in plain and "x-other" not in own
+
+
+@pytest.mark.parametrize("accept", ["application/json", "application/xml"])
+def test_request_order_output(sheaf, accept):
+    """order: request writes responses in the order of the batch even when later items finish first."""
+    reqs = [{"id": f"i{i}", "method": "GET", "url": f"/users/{i}?delay_ms={(6 - i) * 60}"} for i in range(1, 7)]
+    r = post(sheaf, "/ordered", {"requests": reqs}, accept=accept)
+    assert r.status_code == 207
+    if accept == "application/json":
+        ids = [x["id"] for x in r.json()["results"]]
+    else:
+        ids = [i for _, _, i, _ in parse_xml_207(r.content)[1]]
+    assert ids == [f"i{i}" for i in range(1, 7)]
+    # The same batch on a completion-order route comes back fastest-first.
+    r = post(sheaf, "/batch", {"requests": reqs})
+    assert [x["id"] for x in r.json()["results"]][0] == "i6"

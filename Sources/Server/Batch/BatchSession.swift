@@ -47,6 +47,7 @@ final class BatchSession: @unchecked Sendable {
         metrics.itemsAccepted(items.count)
 
         let run = FanOutRun(items: items, transport: route.transport, concurrency: route.configuration.concurrency,
+                            ordered: route.configuration.requestOrder,
                             onResult: { [self] index, outcome, nanoseconds in
                                 self.settled(index, outcome, nanoseconds)
                             }, onFinish: { [self] in
