@@ -131,6 +131,14 @@ public final class FanOutRun: @unchecked Sendable {
     }
 
     private func settle(_ index: Int, _ outcome: ItemOutcome) {
+        // Each item leaves once: a second outcome for one item (a transport bug) is dropped.
+        let first = lock.withLock { () -> Bool in
+            guard !isSettled[index] else { return false }
+            isSettled[index] = true
+            calls[index] = nil
+            return true
+        }
+        guard first else { return }
         let started = startTimes[index]
         let now = NIODeadline.now().uptimeNanoseconds
         let nanoseconds = started == 0 || now < started ? 0 : now - started
@@ -140,8 +148,6 @@ public final class FanOutRun: @unchecked Sendable {
         }
         onResult(index, outcome, nanoseconds)
         let (next, finished) = lock.withLock { () -> (Range<Int>, Bool) in
-            calls[index] = nil
-            isSettled[index] = true
             let next = scheduler.settle()
             return (next, scheduler.isFinished)
         }
@@ -154,8 +160,6 @@ public final class FanOutRun: @unchecked Sendable {
 
     private func settleInOrder(_ index: Int, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
         let next = lock.withLock { () -> Range<Int> in
-            calls[index] = nil
-            isSettled[index] = true
             held[index] = (outcome, nanoseconds)
             return scheduler.settle()
         }

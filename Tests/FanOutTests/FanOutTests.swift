@@ -196,3 +196,32 @@ private func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurren
     #expect(overlapping.withLockedValue { $0.max } == 1)
     #expect(transport.state.withLockedValue { $0.peak } <= 20)
 }
+
+/// A broken transport that answers every call twice.
+final class StutteringTransport: UpstreamTransport, @unchecked Sendable {
+    final class Call: UpstreamCall, @unchecked Sendable { func cancel() {} }
+    let configuration = UpstreamConfiguration(name: "twice", endpoint: UpstreamEndpoint(scheme: "http", host: "x", port: 1, basePath: ""))
+    func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+        DispatchQueue.global().async {
+            completion(.success(UpstreamResponse(status: 200, headers: [], body: ByteBuffer())))
+            completion(.success(UpstreamResponse(status: 201, headers: [], body: ByteBuffer())))
+        }
+        return Call()
+    }
+    func shutdown() {}
+}
+
+@Test(arguments: [false, true])
+func aTransportThatAnswersTwiceStillYieldsOneOutcomePerItem(ordered: Bool) async {
+    let counts = NIOLockedValueBox<[Int: Int]>([:])
+    let batch = (0..<200).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/")) }
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+        let run = FanOutRun(items: batch, transport: StutteringTransport(), concurrency: 10, ordered: ordered, onResult: { index, _, _ in
+            counts.withLockedValue { $0[index, default: 0] += 1 }
+        }, onFinish: { done.resume() })
+        run.start()
+    }
+    try? await Task.sleep(nanoseconds: 50_000_000)
+    #expect(counts.withLockedValue { $0.count } == 200)
+    #expect(counts.withLockedValue { $0.values.allSatisfy { $0 == 1 } })
+}
