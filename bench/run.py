@@ -39,6 +39,11 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = 100  # bytes of JSON per item, roughly
 
 
+def tool(name):
+    """A peer's path; nginx and nghttpx live in /usr/sbin, which a user's PATH may lack."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin") or name
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,7 +154,7 @@ class Env:
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
             f.write(NGINX.format(d=self.dir, h2c=self.h2c, h1=self.h1))
-        self.nginx = self.spawn(["nginx", "-p", self.dir, "-c", conf], self.h2c)
+        self.nginx = self.spawn([tool("nginx"), "-p", self.dir, "-c", conf], self.h2c)
         self.sheaf_port = free_port()
         cfg = os.path.join(self.dir, "sheaf.yaml")
         with open(cfg, "w") as f:
@@ -181,7 +186,7 @@ routes:
         self.sheaf = self.spawn([BIN, "serve", "--config", cfg, "--log-level", "warning"], self.sheaf_port)
         self.nghttpx_port = free_port()
         open(os.path.join(self.dir, "none.conf"), "w").close()
-        self.nghttpx = self.spawn(["nghttpx", f"--frontend=127.0.0.1,{self.nghttpx_port};no-tls",
+        self.nghttpx = self.spawn([tool("nghttpx"), f"--frontend=127.0.0.1,{self.nghttpx_port};no-tls",
                                    f"--backend=127.0.0.1,{self.h2c};;proto=h2", "-n1", "--log-level=ERROR",
                                    f"--errorlog-file={self.dir}/nghttpx.log", "--accesslog-file=/dev/null",
                                    f"--pid-file={self.dir}/nghttpx.pid", "--no-ocsp",
