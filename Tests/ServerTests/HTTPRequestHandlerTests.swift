@@ -22,7 +22,7 @@ private struct Stub: HTTPResponder {
 
 private func channel(timeout: TimeAmount = .seconds(5)) throws -> (EmbeddedChannel, ConnectionActivity) {
     let activity = ConnectionActivity()
-    let channel = EmbeddedChannel(handler: HTTPRequestHandler(responder: Stub(), activity: activity, bodyTimeout: timeout))
+    let channel = EmbeddedChannel(handler: HTTPRequestHandler(responder: Stub(), activity: activity, clientTimeout: timeout))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
     return (channel, activity)
 }
@@ -116,5 +116,19 @@ private func response(_ channel: EmbeddedChannel) throws -> (HTTPResponseHead?, 
     #expect(channel.isActive)
     activity.inProgress = 0
     channel.pipeline.fireUserInboundEventTriggered(IdleStateHandler.IdleStateEvent.all)
+    #expect(!channel.isActive)
+}
+
+@Test func aRequestHeadMustArriveWithinTheClientTimeout() throws {
+    let (channel, _) = try channel(timeout: .seconds(3))
+    channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+    try channel.writeInbound(head(.GET, "/anything"))
+    try channel.writeInbound(HTTPServerRequestPart.end(nil))
+    channel.embeddedEventLoop.run()
+    #expect(try response(channel).0?.status == .ok)
+    // The timer starts again after the answer: 2.9 s of silence is fine, 3 s is not.
+    channel.embeddedEventLoop.advanceTime(by: .milliseconds(2900))
+    #expect(channel.isActive)
+    channel.embeddedEventLoop.advanceTime(by: .milliseconds(200))
     #expect(!channel.isActive)
 }

@@ -165,6 +165,24 @@ def test_client_timeout_closes_idle_and_trickling_connections_not_busy_ones(work
             c.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"req")
             answer = c.recv(4096)
             assert answer.startswith(b"HTTP/1.1 408"), answer
+        # A head trickled in byte by byte (each byte would restart an idle timer) is cut too.
+        with socket.create_connection(("127.0.0.1", s.port)) as c:
+            c.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            start = time.monotonic()
+            closed_after = None
+            while time.monotonic() - start < 6:
+                try:
+                    c.sendall(b"a")
+                    c.settimeout(0.2)
+                    if c.recv(100) == b"":
+                        closed_after = time.monotonic() - start
+                        break
+                except socket.timeout:
+                    continue
+                except OSError:
+                    closed_after = time.monotonic() - start
+                    break
+            assert closed_after is not None and closed_after < 3, closed_after
         # A batch that runs longer than the timeout, silent meanwhile, is not cut.
         r = httpx.post(s.url + "/slow", json={"requests": [{"method": "GET", "url": "/users/1?delay_ms=2500"}]}, timeout=30)
         assert r.status_code == 207 and r.json()["results"][0]["status"] == 200

@@ -19,7 +19,7 @@ public enum HTTPListener {
                         IdleStateHandler(allTimeout: clientTimeout),
                         IdleConnectionCloser(activity: activity),
                         ProtocolSniffer {
-                            HTTPRequestHandler(responder: responder, activity: activity, bodyTimeout: clientTimeout)
+                            HTTPRequestHandler(responder: responder, activity: activity, clientTimeout: clientTimeout)
                         },
                     ])
                 }

@@ -48,15 +48,17 @@ final class HTTPRequestHandler: ChannelInboundHandler {
 
     private let responder: HTTPResponder
     private let activity: ConnectionActivity
-    private let bodyTimeout: TimeAmount
+    private let clientTimeout: TimeAmount
     private var state = State.idle
     private var counted = false
     private var bodyTimer: Scheduled<Void>?
+    private var headTimer: Scheduled<Void>?
+    private var context: ChannelHandlerContext?
 
-    init(responder: HTTPResponder, activity: ConnectionActivity, bodyTimeout: TimeAmount) {
+    init(responder: HTTPResponder, activity: ConnectionActivity, clientTimeout: TimeAmount) {
         self.responder = responder
         self.activity = activity
-        self.bodyTimeout = bodyTimeout
+        self.clientTimeout = clientTimeout
     }
 
     private func begin(_ context: ChannelHandlerContext) {
@@ -65,9 +67,9 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             activity.inProgress += 1
         }
         // A body that trickles in (or never comes) must not hold the connection forever.
-        bodyTimer = context.eventLoop.scheduleTask(in: bodyTimeout) { [weak self] in
+        bodyTimer = context.eventLoop.scheduleTask(in: clientTimeout) { [weak self] in
             guard let self, case .collecting = self.state else { return }
-            self.reject(context, Problem.response(.requestTimeout, detail: "the request body did not arrive within \(self.bodyTimeout.nanoseconds / 1_000_000_000)s"))
+            self.reject(context, Problem.response(.requestTimeout, detail: "the request body did not arrive within \(self.clientTimeout.nanoseconds / 1_000_000_000)s"))
         }
     }
 
@@ -78,11 +80,43 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             counted = false
             activity.inProgress -= 1
         }
+        armHeadTimer()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        armHeadTimer()
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        armHeadTimer()
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        headTimer?.cancel()
+        bodyTimer?.cancel()
+        self.context = nil
+    }
+
+    /// The next request head must arrive within the client timeout, however its bytes trickle in
+    /// (the connection idle timer restarts on every byte, this one does not).
+    private func armHeadTimer() {
+        headTimer?.cancel()
+        headTimer = nil
+        guard let context, context.channel.isActive else { return }
+        if case .closing = state { return }
+        headTimer = context.eventLoop.scheduleTask(in: clientTimeout) { [weak self] in
+            guard let self, case .idle = self.state else { return }
+            context.close(promise: nil)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
+            headTimer?.cancel()
+            headTimer = nil
             begin(context)
             switch responder.decide(head) {
             case .respond(let response):
