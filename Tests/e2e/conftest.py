@@ -126,19 +126,18 @@ class Nginx:
         self.process = Process([nginx, "-p", self.dir, "-c", conf], os.path.join(self.dir, "stdout.log"), self.h2c)
         wait_for_port(self.http1, self.process.proc)
 
-    def error_lines(self):
-        path = os.path.join(self.dir, "error.log")
+    def _lines(self, name):
+        path = os.path.join(self.dir, name)
         if not os.path.exists(path):
             return []
         with open(path) as f:
             return f.read().splitlines()
 
+    def error_lines(self):
+        return self._lines("error.log")
+
     def access_lines(self):
-        path = os.path.join(self.dir, "access.log")
-        if not os.path.exists(path):
-            return []
-        with open(path) as f:
-            return f.read().splitlines()
+        return self._lines("access.log")
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +145,21 @@ def nginx(workdir):
     n = Nginx(workdir)
     yield n
     n.process.stop()
+
+
+def one_route_sheaf(workdir, name, upstream_port, top="", upstream="protocol: h2c", path="/slow"):
+    """A Sheaf of its own (for tests that stop or starve it): one explicit-batch route to one upstream."""
+    return Sheaf(workdir, name, f"""
+        {top}
+        upstreams:
+          demo: {{url: "http://127.0.0.1:{upstream_port}", {upstream}}}
+        routes:
+          - name: only
+            method: POST
+            path: {path}
+            upstream: demo
+            concurrency: 5
+        """)
 
 
 class Sheaf:

@@ -6,7 +6,7 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import BIN, ROOT, Sheaf
+from conftest import BIN, ROOT, Sheaf, one_route_sheaf
 
 
 def test_check_accepts_the_shipped_config():
@@ -111,16 +111,7 @@ def test_sigterm_drains_batches_in_flight(workdir, demo):
     import signal
     import threading
     import time
-    s = Sheaf(workdir, "drain", f"""
-        drain_timeout: 5s
-        upstreams:
-          demo: {{url: "http://127.0.0.1:{demo}", protocol: h2c}}
-        routes:
-          - name: slow
-            method: POST
-            path: /slow
-            upstream: demo
-        """)
+    s = one_route_sheaf(workdir, "drain", demo, top="drain_timeout: 5s")
     result = {}
 
     def client():
@@ -142,16 +133,7 @@ def test_sigterm_drains_batches_in_flight(workdir, demo):
 def test_client_timeout_closes_idle_and_trickling_connections_not_busy_ones(workdir, demo):
     import socket
     import time
-    s = Sheaf(workdir, "timeouts", f"""
-        client_timeout: 1s
-        upstreams:
-          demo: {{url: "http://127.0.0.1:{demo}", protocol: h2c}}
-        routes:
-          - name: slow
-            method: POST
-            path: /slow
-            upstream: demo
-        """)
+    s = one_route_sheaf(workdir, "timeouts", demo, top="client_timeout: 1s")
     try:
         # A connection that never sends a request is closed.
         with socket.create_connection(("127.0.0.1", s.port)) as c:
@@ -200,16 +182,8 @@ def test_upstream_dying_mid_batch_fails_only_with_reasons(workdir, protocol):
     from conftest import Process, free_port
     port = free_port()
     upstream = Process([BIN, "demo-upstream", "--listen", f"127.0.0.1:{port}"], os.path.join(workdir, f"doomed-{protocol}.log"), port)
-    s = Sheaf(workdir, f"doomed-{protocol}", f"""
-        upstreams:
-          demo: {{url: "http://127.0.0.1:{port}", protocol: {protocol}, connections: 2, timeout: 10s}}
-        routes:
-          - name: doomed
-            method: POST
-            path: /doomed
-            upstream: demo
-            concurrency: 5
-        """)
+    s = one_route_sheaf(workdir, f"doomed-{protocol}", port, upstream=f"protocol: {protocol}, connections: 2, timeout: 10s",
+                        path="/doomed")
     try:
         result = {}
 
