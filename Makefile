@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_PACKAGES := libcurl4-openssl-dev libnghttp2-dev libxml2-dev
-TEST_PACKAGES := nginx libnginx-mod-http-echo curl prometheus python3-pip
+TEST_PACKAGES := nginx libnginx-mod-http-echo curl openssl prometheus python3-pip
 BIN := .build/debug/sheaf
 
 # $(call install_missing,PACKAGES): apt-get install only the packages dpkg does not have yet.

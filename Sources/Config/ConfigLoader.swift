@@ -214,7 +214,7 @@ struct ConfigReader {
 
     private mutating func readUpstream(name: String, key: Node, _ node: Node) -> UpstreamConfiguration? {
         let what = "upstream '\(name)'"
-        let fields = entries(node, allowed: ["url", "protocol", "connections", "timeout", "connect_timeout", "max_response_bytes"], what: what)
+        let fields = entries(node, allowed: ["url", "protocol", "connections", "timeout", "connect_timeout", "max_response_bytes", "ca_file"], what: what)
         guard !fields.isEmpty || problems.isEmpty else { return nil }
         var endpoint: UpstreamEndpoint?
         if let entry = fields["url"] {
@@ -235,8 +235,8 @@ struct ConfigReader {
                 report(at: entry.value, "\(what): unknown protocol \"\(text)\" (expected h2c, http1 or h2)")
             }
         }
-        if let endpoint, endpoint.scheme == "https" {
-            report(at: fields["url"]?.value, "\(what): https upstreams need TLS, which is not supported yet; use http://")
+        if let endpoint, endpoint.scheme == "https", proto == .h2c {
+            report(at: fields["url"]?.value, "\(what): https needs protocol http1 (h2c is cleartext HTTP/2; HTTP/2 over TLS is not supported yet)")
         }
         var configuration = UpstreamConfiguration(name: name, endpoint: endpoint ?? UpstreamEndpoint(scheme: "http", host: "", port: 0, basePath: ""),
                                                   protocol: proto)
@@ -244,6 +244,15 @@ struct ConfigReader {
         if let v = duration(fields["timeout"]?.value, "\(what) timeout") { configuration.timeout = v }
         if let v = duration(fields["connect_timeout"]?.value, "\(what) connect_timeout") { configuration.connectTimeout = v }
         if let v = byteSize(fields["max_response_bytes"]?.value, "\(what) max_response_bytes") { configuration.maxResponseBodyBytes = v }
+        if let entry = fields["ca_file"], let path = string(entry.value, "\(what) ca_file") {
+            if !FileManager.default.isReadableFile(atPath: path) {
+                report(at: entry.value, "\(what) ca_file: cannot read \"\(path)\"")
+            } else if endpoint?.scheme != "https" {
+                report(at: entry.value, "\(what) ca_file only applies to an https url")
+            } else {
+                configuration.caFile = path
+            }
+        }
         return endpoint == nil ? nil : configuration
     }
 

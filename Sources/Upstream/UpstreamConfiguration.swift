@@ -50,6 +50,8 @@ public struct UpstreamConfiguration: Sendable {
     public var connectTimeout: TimeAmount
     /// Upstream response bodies larger than this are cut and flagged as truncated.
     public var maxResponseBodyBytes: Int
+    /// PEM bundle of CAs to trust for an `https` upstream instead of the system's store.
+    public var caFile: String?
 
     public init(name: String, endpoint: UpstreamEndpoint, protocol: UpstreamProtocol = .h2c,
                 connections: Int = 2, timeout: TimeAmount = .seconds(5),

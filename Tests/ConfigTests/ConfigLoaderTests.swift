@@ -160,3 +160,14 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     let bad = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    order: random")
     #expect(problems(bad).first?.message == "route 'batch' order: \"random\" is not completion or request")
 }
+
+@Test func httpsNeedsHTTP1AndAReadableCAFile() throws {
+    let https1 = valid.replacingOccurrences(of: "url: http://localhost:8081", with: "url: https://localhost:8443")
+    #expect(try ConfigLoader.parse(yaml: https1, file: "c.yaml").upstream(named: "legacy")?.endpoint.scheme == "https")
+    let httpsH2c = valid.replacingOccurrences(of: "url: http://127.0.0.1:9090/api", with: "url: https://127.0.0.1:9090/api")
+    #expect(problems(httpsH2c).first?.message.contains("https needs protocol http1") == true)
+    let missingCA = https1.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    ca_file: /nonexistent/ca.pem")
+    #expect(problems(missingCA).first?.message == "upstream 'legacy' ca_file: cannot read \"/nonexistent/ca.pem\"")
+    let caOnHTTP = valid.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    ca_file: Package.swift")
+    #expect(problems(caOnHTTP).first?.message == "upstream 'legacy' ca_file only applies to an https url")
+}

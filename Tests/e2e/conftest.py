@@ -104,6 +104,12 @@ http {{
         location / {{ return 404 '{{"error":"not found"}}'; }}
     }}
     server {{
+        listen 127.0.0.1:{https} ssl;
+        ssl_certificate {dir}/server.pem;
+        ssl_certificate_key {dir}/server.key;
+        location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx-tls"}}'; }}
+    }}
+    server {{
         listen 127.0.0.1:{http1};
         location ~ ^/sleep/(\\d+)$ {{ echo_sleep 2; echo '{{"id":$1}}'; }}
         location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx"}}'; }}
@@ -113,15 +119,31 @@ http {{
 """
 
 
+def make_test_ca(directory):
+    """A throw-away CA and a certificate for 127.0.0.1 signed by it (server.pem / server.key)."""
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=Sheaf test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    with open(os.path.join(directory, "san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+    return os.path.join(directory, "ca.pem")
+
+
 class Nginx:
     def __init__(self, workdir):
         self.dir = os.path.join(workdir, "nginx")
         os.makedirs(self.dir, exist_ok=True)
         self.h2c = free_port()
         self.http1 = free_port()
+        self.https = free_port()
+        self.ca = make_test_ca(self.dir)
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=self.dir, h2c=self.h2c, http1=self.http1))
+            f.write(NGINX_CONF.format(dir=self.dir, h2c=self.h2c, http1=self.http1, https=self.https))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.process = Process([nginx, "-p", self.dir, "-c", conf], os.path.join(self.dir, "stdout.log"), self.h2c)
         wait_for_port(self.http1, self.process.proc)
@@ -211,6 +233,13 @@ def sheaf(workdir, demo, nginx):
             url: http://127.0.0.1:{nginx.http1}
             protocol: http1
             connections: 2
+          tls:
+            url: https://127.0.0.1:{nginx.https}
+            protocol: http1
+            ca_file: {nginx.ca}
+          tls-untrusted:
+            url: https://127.0.0.1:{nginx.https}
+            protocol: http1
           nowhere:
             url: http://127.0.0.1:{free_port()}
             protocol: h2c
@@ -289,6 +318,16 @@ def sheaf(workdir, demo, nginx):
             method: PROPFIND
             path: /tiny1
             upstream: tiny1
+          - name: tls
+            method: POST
+            path: /tls/users
+            upstream: tls
+            fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}
+          - name: tls-untrusted
+            method: POST
+            path: /tls-untrusted/users
+            upstream: tls-untrusted
+            fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}
           - name: ordered
             method: POST
             path: /ordered

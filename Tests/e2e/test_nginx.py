@@ -140,3 +140,16 @@ def test_batch_deadline_removes_http1_transfers(sheaf, nginx):
     ended = ("closed keepalive connection", "reset by peer", "prematurely closed", "broken pipe")
     closed = [l for l in nginx.error_lines()[errors_before:] if any(e in l.lower() for e in ended)]
     assert len(closed) >= 2, nginx.error_lines()[errors_before:]
+
+
+def test_https_upstream_over_http1(sheaf, nginx):
+    """An HTTPS upstream through libcurl: trusted with the route's ca_file, refused (502, with the
+    TLS reason) when the certificate does not chain to a trusted CA."""
+    r = httpx.post(sheaf.url + "/tls/users", json=[1, 2, 3], timeout=30)
+    _, by_id = results_by_id(r.text)
+    assert [by_id[k]["status"] for k in "012"] == [200, 200, 200]
+    assert by_id["0"]["body"] == {"id": 1, "via": "nginx-tls"}
+    r = httpx.post(sheaf.url + "/tls-untrusted/users", json=[1], timeout=30)
+    _, by_id = results_by_id(r.text)
+    assert by_id["0"]["status"] == 502
+    assert "TLS with upstream tls-untrusted" in by_id["0"]["error"] and "certificate" in by_id["0"]["error"]

@@ -130,6 +130,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         sheaf_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, Int(configuration.connectTimeout.nanoseconds / 1_000_000))
         sheaf_easy_setopt_long(easy, CURLOPT_FOLLOWLOCATION, 0)
         sheaf_easy_setopt_long(easy, CURLOPT_PROTOCOLS, Int(CURLPROTO_HTTP | CURLPROTO_HTTPS))
+        if let caFile = configuration.caFile {
+            sheaf_easy_setopt_string(easy, CURLOPT_CAINFO, caFile)
+        }
         let errorBuffer = errorBuffers[easy] ?? {
             let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
             errorBuffers[easy] = buffer
@@ -208,6 +211,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         switch code {
         case CURLE_OPERATION_TIMEDOUT:
             return timeoutError()
+        case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CONNECT_ERROR, CURLE_SSL_CACERT_BADFILE, CURLE_SSL_CERTPROBLEM:
+            return UpstreamError(.unreachable, "TLS with upstream \(configuration.name) at \(configuration.endpoint.authority) failed: \(detail)")
         case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST:
             return UpstreamError(.unreachable, "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): \(detail)")
         case CURLE_GOT_NOTHING, CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_PARTIAL_FILE:
