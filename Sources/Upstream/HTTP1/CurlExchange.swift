@@ -57,12 +57,6 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     }
 
     func bodyBytes(_ bytes: UnsafeBufferPointer<UInt8>) {
-        let room = maxBodyBytes - body.readableBytes
-        if bytes.count <= room {
-            body.writeBytes(bytes)
-        } else {
-            if room > 0 { body.writeBytes(UnsafeBufferPointer(rebasing: bytes[0..<room])) }
-            truncated = true
-        }
+        if !body.writeCapped(bytes, limit: maxBodyBytes) { truncated = true }
     }
 }

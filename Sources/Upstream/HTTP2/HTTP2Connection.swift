@@ -300,21 +300,14 @@ final class HTTP2Connection {
     fileprivate func data(stream: Int32, bytes: UnsafeBufferPointer<UInt8>) {
         guard let exchange = streams[stream] else { return }
         exchange.sawResponseBytes = true
-        let room = slot.configuration.maxResponseBodyBytes - exchange.body.readableBytes
-        if bytes.count <= room {
-            exchange.body.writeBytes(bytes)
-        } else {
-            if room > 0 { exchange.body.writeBytes(UnsafeBufferPointer(rebasing: bytes[0..<room])) }
-            exchange.truncated = true
-        }
+        if !exchange.body.writeCapped(bytes, limit: slot.configuration.maxResponseBodyBytes) { exchange.truncated = true }
     }
 
     fileprivate func streamClosed(stream: Int32, errorCode: UInt32) {
         guard let exchange = streams.removeValue(forKey: stream) else { return }
         exchange.connection = nil
         if errorCode == 0 && exchange.status >= 200 {
-            settled.append((exchange, .success(UpstreamResponse(status: exchange.status, headers: exchange.headers,
-                                                                  body: exchange.body, bodyTruncated: exchange.truncated))))
+            settled.append((exchange, .success(exchange.response)))
         } else if (errorCode == NGHTTP2_REFUSED_STREAM.rawValue || stream > lastProcessedStreamID)
                     && !exchange.sawResponseBytes && exchange.requeues < 3 {
             // RFC 9113 §8.7: a refused stream, or one past GOAWAY's last stream id, was not processed.

@@ -51,8 +51,9 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
         completion(result)
     }
 
-    func settleWithResponse() {
-        settle(.success(UpstreamResponse(status: status, headers: headers, body: body, bodyTruncated: truncated)))
+    /// The response as received so far.
+    var response: UpstreamResponse {
+        UpstreamResponse(status: status, headers: headers, body: body, bodyTruncated: truncated)
     }
 
     func cancel() {

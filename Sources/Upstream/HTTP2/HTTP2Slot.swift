@@ -4,7 +4,6 @@ import NIOCore
 /// One connection position of an HTTP/2 pool, confined to one event loop: the current
 /// connection, the ones draining after GOAWAY, and the queue of items waiting for a stream.
 final class HTTP2Slot {
-    let index: Int
     let configuration: UpstreamConfiguration
     let eventLoop: EventLoop
     let logger: Logger
@@ -18,9 +17,8 @@ final class HTTP2Slot {
     /// `:scheme` and `:authority`, the same for every request of this upstream.
     let fixedPseudoHeaders: [(String, String)]
 
-    init(index: Int, configuration: UpstreamConfiguration, eventLoop: EventLoop, logger: Logger) {
+    init(configuration: UpstreamConfiguration, eventLoop: EventLoop, logger: Logger) {
         self.fixedPseudoHeaders = [(":scheme", configuration.endpoint.scheme), (":authority", configuration.endpoint.authority)]
-        self.index = index
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger

@@ -13,11 +13,9 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
 
     public init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger) {
         self.configuration = configuration
-        var slots: [HTTP2Slot] = []
-        for index in 0..<max(1, configuration.connections) {
-            slots.append(HTTP2Slot(index: index, configuration: configuration, eventLoop: group.next(), logger: logger))
+        self.slots = (0..<max(1, configuration.connections)).map { _ in
+            HTTP2Slot(configuration: configuration, eventLoop: group.next(), logger: logger)
         }
-        self.slots = slots
     }
 
     public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {

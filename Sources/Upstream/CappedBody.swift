@@ -1,0 +1,15 @@
+import NIOCore
+
+extension ByteBuffer {
+    /// Appends what fits under `limit` readable bytes; returns false when bytes had to be dropped.
+    /// Both transports capture response bodies through this (`max_response_bytes`).
+    mutating func writeCapped(_ bytes: UnsafeBufferPointer<UInt8>, limit: Int) -> Bool {
+        let room = limit - readableBytes
+        if bytes.count <= room {
+            writeBytes(bytes)
+            return true
+        }
+        if room > 0 { writeBytes(UnsafeBufferPointer(rebasing: bytes[0..<room])) }
+        return false
+    }
+}
