@@ -104,40 +104,34 @@ struct ConfigReader {
         return value
     }
 
-    mutating func duration(_ node: Node?, _ what: String) -> TimeAmount? {
+    /// A scalar read by `parse`; when it does not parse, the problem says what was expected.
+    private mutating func parsed<T>(_ node: Node?, _ what: String, expected: String, _ parse: (String) -> T?) -> T? {
         guard let text = string(node, what) else { return nil }
-        guard let value = ConfigValues.duration(text) else {
-            report(at: node, "\(what): \"\(text)\" is not a duration (write e.g. 250ms, 5s, 1m)")
+        guard let value = parse(text) else {
+            report(at: node, "\(what): \"\(text)\" is not \(expected)")
             return nil
         }
         return value
+    }
+
+    mutating func duration(_ node: Node?, _ what: String) -> TimeAmount? {
+        parsed(node, what, expected: "a duration (write e.g. 250ms, 5s, 1m)", ConfigValues.duration)
     }
 
     mutating func byteSize(_ node: Node?, _ what: String) -> Int? {
-        guard let text = string(node, what) else { return nil }
-        guard let value = ConfigValues.byteSize(text), value > 0 else {
-            report(at: node, "\(what): \"\(text)\" is not a size (write e.g. 65536, 512KiB, 8MiB)")
-            return nil
+        parsed(node, what, expected: "a size (write e.g. 65536, 512KiB, 8MiB)") { text in
+            ConfigValues.byteSize(text).flatMap { $0 > 0 ? $0 : nil }
         }
-        return value
     }
 
     mutating func httpMethod(_ node: Node?, _ what: String) -> String? {
-        guard let text = string(node, what) else { return nil }
-        guard !text.isEmpty, text.utf8.allSatisfy(ItemBuilder.isTokenByteForConfig) else {
-            report(at: node, "\(what): \"\(text)\" is not an HTTP method")
-            return nil
+        parsed(node, what, expected: "an HTTP method") { text in
+            !text.isEmpty && text.utf8.allSatisfy(ItemBuilder.isTokenByteForConfig) ? text.uppercased() : nil
         }
-        return text.uppercased()
     }
 
     mutating func hostPort(_ node: Node?, _ what: String) -> HostPort? {
-        guard let text = string(node, what) else { return nil }
-        guard let value = HostPort.parse(text) else {
-            report(at: node, "\(what): \"\(text)\" is not HOST:PORT")
-            return nil
-        }
-        return value
+        parsed(node, what, expected: "HOST:PORT", HostPort.parse)
     }
 
     // MARK: the document
