@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
     ],
     targets: [
         // C glue: typed wrappers for libcurl's variadic setopt/getinfo family.
@@ -68,6 +69,13 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
+        // Both engines against scripted upstreams (raw HTTP/2 frames, raw HTTP/1.1) in process.
+        .testTarget(name: "UpstreamTests", dependencies: [
+            "Upstream", "FanOut", "CNGHTTP2",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "MultiStatus", "Upstream"]),
         .testTarget(name: "MultiStatusTests", dependencies: [

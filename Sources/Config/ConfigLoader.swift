@@ -208,7 +208,8 @@ struct ConfigReader {
 
     private mutating func readUpstream(name: String, key: Node, _ node: Node) -> UpstreamConfiguration? {
         let what = "upstream '\(name)'"
-        let fields = entries(node, allowed: ["url", "protocol", "connections", "timeout", "connect_timeout", "max_response_bytes", "ca_file"], what: what)
+        let fields = entries(node, allowed: ["url", "protocol", "connections", "timeout", "connect_timeout", "max_response_bytes", "ca_file",
+                                                    "max_request_header_bytes", "ping_interval", "ping_timeout"], what: what)
         guard !fields.isEmpty || problems.isEmpty else { return nil }
         var endpoint: UpstreamEndpoint?
         if let entry = fields["url"] {
@@ -238,6 +239,11 @@ struct ConfigReader {
         if let v = duration(fields["timeout"]?.value, "\(what) timeout") { configuration.timeout = v }
         if let v = duration(fields["connect_timeout"]?.value, "\(what) connect_timeout") { configuration.connectTimeout = v }
         if let v = byteSize(fields["max_response_bytes"]?.value, "\(what) max_response_bytes") { configuration.maxResponseBodyBytes = v }
+        if let v = byteSize(fields["max_request_header_bytes"]?.value, "\(what) max_request_header_bytes") {
+            configuration.maxRequestHeaderBytes = v
+        }
+        if let v = duration(fields["ping_interval"]?.value, "\(what) ping_interval") { configuration.pingInterval = v }
+        if let v = duration(fields["ping_timeout"]?.value, "\(what) ping_timeout") { configuration.pingTimeout = v }
         if let entry = fields["ca_file"], let path = string(entry.value, "\(what) ca_file") {
             if !FileManager.default.isReadableFile(atPath: path) {
                 report(at: entry.value, "\(what) ca_file: cannot read \"\(path)\"")

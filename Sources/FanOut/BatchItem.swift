@@ -35,23 +35,26 @@ public struct ItemOutcome: Sendable {
     public var bodyTruncated: Bool
     /// Set when Sheaf assigned the status (400, 502, 504, ...): what happened, for a human.
     public var reason: String?
+    /// Times the item's request went on the wire; reported when above 1 (a re-send).
+    public var attempts: Int
 
     public init(status: Int, headers: [(name: String, value: String)] = [], body: ByteBuffer? = nil,
-                bodyTruncated: Bool = false, reason: String? = nil) {
+                bodyTruncated: Bool = false, reason: String? = nil, attempts: Int = 1) {
         self.status = status
         self.headers = headers
         self.body = body
         self.bodyTruncated = bodyTruncated
         self.reason = reason
+        self.attempts = attempts
     }
 
     public init(_ result: UpstreamResult) {
         switch result {
         case .success(let response):
             self.init(status: response.status, headers: response.headers, body: response.body,
-                      bodyTruncated: response.bodyTruncated)
+                      bodyTruncated: response.bodyTruncated, attempts: response.attempts)
         case .failure(let error):
-            self.init(status: error.status, reason: error.message)
+            self.init(status: error.status, reason: error.message, attempts: error.attempts)
         }
     }
 

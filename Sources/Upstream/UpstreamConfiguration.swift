@@ -52,6 +52,13 @@ public struct UpstreamConfiguration: Sendable {
     public var maxResponseBodyBytes: Int
     /// PEM bundle of CAs to trust for an `https` upstream instead of the system's store.
     public var caFile: String?
+    /// Items whose request head (RFC 9113 §6.5.2 size) is larger are answered 431, not sent.
+    public var maxRequestHeaderBytes: Int = 64 << 10
+    /// HTTP/2: a PING goes out when a connection with open streams has read nothing this long,
+    /// and this often on an idle pooled connection.
+    public var pingInterval: TimeAmount = .seconds(5)
+    /// HTTP/2: a PING unanswered this long retires the connection (a dead path that keeps TCP open).
+    public var pingTimeout: TimeAmount = .seconds(3)
 
     public init(name: String, endpoint: UpstreamEndpoint, protocol: UpstreamProtocol = .h2c,
                 connections: Int = 2, timeout: TimeAmount = .seconds(5),

@@ -16,6 +16,20 @@ public struct UpstreamRequest: Sendable {
         self.body = body
     }
 
+    /// The size of the request's header list as RFC 9113 §6.5.2 counts it (each field's name
+    /// and value plus 32 octets), pseudo-headers included. Both engines refuse an item above the
+    /// upstream's `max_request_header_bytes` with the same 431, so an item never depends on the
+    /// protocol it happens to travel on.
+    public func headerListSize(authority: String, scheme: String) -> Int {
+        var size = 32 + 7 + method.utf8.count      // :method
+        size += 32 + 5 + path.utf8.count           // :path
+        size += 32 + 7 + scheme.utf8.count         // :scheme
+        size += 32 + 10 + authority.utf8.count     // :authority
+        for header in headers { size += 32 + header.name.utf8.count + header.value.utf8.count }
+        if let body { size += 32 + 14 + String(body.readableBytes).utf8.count }
+        return size
+    }
+
     /// RFC 9110 §9.2.2: safe to send again when the upstream may not have seen it.
     public var isIdempotent: Bool {
         switch method {
@@ -33,12 +47,17 @@ public struct UpstreamResponse: Sendable {
     public var body: ByteBuffer
     /// True when the body was cut at the configured size cap.
     public var bodyTruncated: Bool
+    /// Times the request went on the wire: above 1 when the transport sent it again after a
+    /// connection closed or the upstream refused it unprocessed.
+    public var attempts: Int
 
-    public init(status: Int, headers: [(name: String, value: String)], body: ByteBuffer, bodyTruncated: Bool = false) {
+    public init(status: Int, headers: [(name: String, value: String)], body: ByteBuffer, bodyTruncated: Bool = false,
+                attempts: Int = 1) {
         self.status = status
         self.headers = headers
         self.body = body
         self.bodyTruncated = bodyTruncated
+        self.attempts = attempts
     }
 
     /// First value of a header, by lower-case name.
@@ -61,13 +80,18 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
         case cancelled
         /// The transport was shut down before the call could finish: reported as 503.
         case shuttingDown
+        /// The request's head is larger than the upstream accepts: not sent, reported as 431.
+        case requestHeadTooLarge
     }
     public var kind: Kind
     public var message: String
+    /// Times the request went on the wire before it failed (0 when it never left).
+    public var attempts: Int
 
-    public init(_ kind: Kind, _ message: String) {
+    public init(_ kind: Kind, _ message: String, attempts: Int = 1) {
         self.kind = kind
         self.message = message
+        self.attempts = attempts
     }
 
     public var description: String { message }
@@ -79,11 +103,28 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
         case .timeout: return 504
         case .cancelled: return 499
         case .shuttingDown: return 503
+        case .requestHeadTooLarge: return 431
         }
     }
 }
 
 public typealias UpstreamResult = Result<UpstreamResponse, UpstreamError>
+
+extension UpstreamConfiguration {
+    /// The 431 both engines give an item whose head is over `maxRequestHeaderBytes` (or a lower
+    /// limit the peer announced), before anything is sent; nil when it fits.
+    public func headTooLarge(_ request: UpstreamRequest, peerLimit: Int? = nil) -> UpstreamError? {
+        let size = request.headerListSize(authority: endpoint.authority, scheme: endpoint.scheme)
+        let limit = min(maxRequestHeaderBytes, peerLimit ?? Int.max)
+        guard size > limit else { return nil }
+        let whose = limit == maxRequestHeaderBytes
+            ? "upstream \(name)'s max_request_header_bytes (\(limit))"
+            : "the \(limit) bytes upstream \(name) accepts (its SETTINGS_MAX_HEADER_LIST_SIZE)"
+        return UpstreamError(.requestHeadTooLarge,
+                             "the request head is \(size) bytes (RFC 9113 §6.5.2 count), more than \(whose); not sent",
+                             attempts: 0)
+    }
+}
 
 /// A call in flight; `cancel()` removes it from the wire (RST_STREAM / curl_multi_remove_handle)
 /// and settles it with `.cancelled` unless it already settled.

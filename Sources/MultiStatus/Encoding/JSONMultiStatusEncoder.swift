@@ -56,6 +56,10 @@ public final class JSONMultiStatusEncoder: MultiStatusEncoder {
             out.writeStaticString(",\"error\":")
             JSONWriter.writeString(reason, into: &out)
         }
+        if outcome.attempts > 1 {
+            out.writeStaticString(",\"attempts\":")
+            out.writeString(String(outcome.attempts))
+        }
         out.writeInteger(UInt8(ascii: "}"))
     }
 

@@ -44,6 +44,7 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
             end()
         }
         element("S", "id", item.id)
+        if outcome.attempts > 1 { element("S", "attempts", String(outcome.attempts)) }
         if let body = outcome.body {
             let contentType = outcome.headers.first(where: { $0.name == "content-type" })?.value
             let form = BodyForm.classify(body, contentType: contentType)
