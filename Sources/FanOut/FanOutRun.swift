@@ -15,11 +15,27 @@ public final class FanOutRun: @unchecked Sendable {
     private let transport: UpstreamTransport
     private let onResult: ResultHandler
     private let onFinish: @Sendable () -> Void
+    /// Defence in depth against a transport that loses an item: an item with no outcome
+    /// `grace` after its transport's timeout settles 502 "item lost by the transport".
+    public struct Watchdog: Sendable {
+        public var eventLoop: EventLoop
+        public var grace: TimeAmount
+        public init(eventLoop: EventLoop, grace: TimeAmount = .seconds(2)) {
+            self.eventLoop = eventLoop
+            self.grace = grace
+        }
+    }
+
     private let lock = NIOLock()
     private var scheduler: FanOutScheduler
+    private let watchdog: Watchdog?
+    private var watchdogTask: RepeatedTask?
+    /// Every item below this index has settled (the watchdog's scan starts here).
+    private var oldestUnsettled = 0
+    private var lost = 0
     private var calls: [UpstreamCall?]
     private var isSettled: [Bool]
-    /// Written by `start` and read by `settle` for one index each, never concurrently for one index.
+    /// Written by `start` under the lock; read by `settle` for its own index and by the watchdog.
     private let startTimes: UnsafeMutableBufferPointer<UInt64>
     private var launching = false
     private var launchQueue: [Range<Int>] = []
@@ -33,7 +49,9 @@ public final class FanOutRun: @unchecked Sendable {
 
     /// With `ordered`, at most `4 × concurrency` items run ahead of the first one not yet reported.
     public init(items: [BatchItem], transport: UpstreamTransport, concurrency: Int, ordered: Bool = false,
+                watchdog: Watchdog? = nil,
                 onResult: @escaping ResultHandler, onFinish: @escaping @Sendable () -> Void) {
+        self.watchdog = watchdog
         self.items = items
         self.transport = transport
         self.onResult = onResult
@@ -51,12 +69,49 @@ public final class FanOutRun: @unchecked Sendable {
         startTimes.deallocate()
     }
 
+    /// Items the watchdog had to settle because the transport never reported them.
+    public var lostItems: Int { lock.withLock { lost } }
+
     public func start() {
         if items.isEmpty {
             onFinish()
             return
         }
+        if let watchdog {
+            let limit = transport.configuration.timeout + watchdog.grace
+            let every = TimeAmount.nanoseconds(max(min(limit.nanoseconds / 4, 1_000_000_000), 10_000_000))
+            // Holds the run until the last item settles (the task is cancelled then).
+            let task = watchdog.eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { [self] _ in
+                self.settleLost(olderThan: limit)
+            }
+            lock.withLock { watchdogTask = task }
+        }
         launch(lock.withLock { scheduler.claim() })
+    }
+
+    private func settleLost(olderThan limit: TimeAmount) {
+        let now = NIODeadline.now().uptimeNanoseconds
+        let horizon = UInt64(max(limit.nanoseconds, 0))
+        let (overdue, lostCalls) = lock.withLock { () -> ([Int], [UpstreamCall]) in
+            while oldestUnsettled < items.count && isSettled[oldestUnsettled] { oldestUnsettled += 1 }
+            var overdue: [Int] = []
+            var lostCalls: [UpstreamCall] = []
+            var index = oldestUnsettled
+            // Items start in index order, so the overdue ones come first among those started.
+            while index < scheduler.nextIndex {
+                defer { index += 1 }
+                if isSettled[index] { continue }
+                let started = startTimes[index]
+                guard started != 0, now > started, now - started > horizon else { break }
+                overdue.append(index)
+                if let call = calls[index] { lostCalls.append(call) }
+            }
+            lost += overdue.count
+            return (overdue, lostCalls)
+        }
+        for call in lostCalls { call.cancel() }
+        let reason = "item lost by the transport: no outcome within \(limit.configText) of its start"
+        for index in overdue { settle(index, ItemOutcome(status: 502, reason: reason)) }
     }
 
     /// Backpressure: stop starting items (the response is not being read fast enough).
@@ -81,7 +136,22 @@ public final class FanOutRun: @unchecked Sendable {
         }
         guard let (never, inFlight) = work else { return }
         for call in inFlight { call.cancel() }
-        for index in never { settle(index, outcome) }
+        settleNeverStarted(never, outcome)
+    }
+
+    /// Items that never started settle in slices, one event-loop task each when there is a
+    /// loop, so a cancelled 80k-item batch does not hold its loop (and its other clients) at once.
+    private func settleNeverStarted(_ range: Range<Int>, _ outcome: ItemOutcome) {
+        let slice = 2048
+        let now = range.prefix(slice)
+        for index in now { settle(index, outcome) }
+        let rest = now.upperBound..<range.upperBound
+        guard !rest.isEmpty else { return }
+        if let loop = watchdog?.eventLoop {
+            loop.execute { [self] in self.settleNeverStarted(rest, outcome) }
+        } else {
+            settleNeverStarted(rest, outcome)
+        }
     }
 
     /// A trampoline: a transport that settles synchronously must not recurse once per item.
@@ -111,7 +181,16 @@ public final class FanOutRun: @unchecked Sendable {
     }
 
     private func start(_ index: Int) {
-        startTimes[index] = NIODeadline.now().uptimeNanoseconds
+        // A cancel may land between the claim and this start: then the item is not sent.
+        let cancelled = lock.withLock { () -> ItemOutcome? in
+            if scheduler.isCancelled { return cancelOutcome }
+            startTimes[index] = NIODeadline.now().uptimeNanoseconds
+            return nil
+        }
+        if let cancelled {
+            settle(index, cancelled)
+            return
+        }
         let item = items[index]
         guard let request = item.request else {
             settle(index, ItemOutcome(status: 400, reason: item.rejection ?? "invalid item"))
@@ -124,10 +203,14 @@ public final class FanOutRun: @unchecked Sendable {
             }
             settle(index, outcome)
         }
-        lock.withLock {
+        let missedCancel = lock.withLock { () -> Bool in
             // The call may already have settled; keep a handle only to cancel live ones.
-            if !isSettled[index] { calls[index] = call }
+            guard !isSettled[index] else { return false }
+            calls[index] = call
+            return scheduler.isCancelled
         }
+        // The cancel collected the calls before this one was stored: cancel it here.
+        if missedCancel { call.cancel() }
     }
 
     private func settle(_ index: Int, _ outcome: ItemOutcome) {
@@ -152,10 +235,19 @@ public final class FanOutRun: @unchecked Sendable {
             return (next, scheduler.isFinished)
         }
         if finished {
+            stopWatchdog()
             onFinish()
         } else if !next.isEmpty {
             launch(next)
         }
+    }
+
+    private func stopWatchdog() {
+        let task = lock.withLock { () -> RepeatedTask? in
+            defer { watchdogTask = nil }
+            return watchdogTask
+        }
+        task?.cancel()
     }
 
     private func settleInOrder(_ index: Int, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
@@ -192,7 +284,10 @@ public final class FanOutRun: @unchecked Sendable {
                 return (run, first, false)
             }
             if run.isEmpty {
-                if finished { onFinish() }
+                if finished {
+                    stopWatchdog()
+                    onFinish()
+                }
                 return
             }
             for (offset, entry) in run.enumerated() { onResult(first + offset, entry.0, entry.1) }
