@@ -40,7 +40,7 @@ public final class SheafServer: Service, @unchecked Sendable {
             channel = try await HTTPListener.bind(host: listen.host, port: listen.port, group: group,
                                                   clientTimeout: configuration.clientTimeout, responder: service)
         } catch {
-            for transport in transports.values { transport.shutdown() }
+            for transport in transports.values { await transport.shutdown() }
             try? await demoChannel?.close()
             throw ListenError(description: "cannot listen on \(listen): \(error)")
         }
@@ -63,7 +63,13 @@ public final class SheafServer: Service, @unchecked Sendable {
             try? await Task.sleep(nanoseconds: 20_000_000)
         }
         logger.info("shutting down", metadata: ["unfinished batches": "\(service.activeBatches)"])
-        for transport in transports.values { transport.shutdown() }
+        // Every call still running settles 503 here, so every unfinished 207 can end.
+        for transport in transports.values { await transport.shutdown() }
+        // Let those 207s' last bytes reach their clients before the event loops stop.
+        let flushDeadline = NIODeadline.now() + .seconds(2)
+        while service.activeBatches > 0 && NIODeadline.now() < flushDeadline {
+            try? await Task.sleep(nanoseconds: 10_000_000)
+        }
         try? await demoChannel?.close()
     }
 }

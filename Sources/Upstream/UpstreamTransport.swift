@@ -139,6 +139,7 @@ public protocol UpstreamCall: AnyObject, Sendable {
 public protocol UpstreamTransport: AnyObject, Sendable {
     var configuration: UpstreamConfiguration { get }
     func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall
-    /// Fails queued calls, closes connections, and stops threads.
-    func shutdown()
+    /// Fails queued calls and every call still running (503), closes connections, stops
+    /// threads; returns when every call has settled.
+    func shutdown() async
 }

@@ -93,8 +93,7 @@ final class BatchSession: @unchecked Sendable {
             final = summary
             counts = statusCounts
         }
-        writer.finish()
-        onDone()
+        writer.finish(written: onDone)
         let outcome = final.failed == 0 ? "complete" : (final.succeeded == 0 ? "failed" : "partial")
         let elapsed = NIODeadline.now() - received
         metrics.itemsCounted(route: route.configuration.name, statusCounts: counts)

@@ -134,8 +134,9 @@ public final class ResponseWriter: @unchecked Sendable {
         onLoop { [context] in context.close(promise: nil) }
     }
 
-    /// Ends the response (after every queued write).
-    public func finish() {
+    /// Ends the response (after every queued write); `written` runs once the end has been
+    /// handed to the socket (or the connection failed).
+    public func finish(written: (@Sendable () -> Void)? = nil) {
         lock.withLock {
             finished = true
             // The handler usually captures the batch that owns this writer: release it, or the
@@ -147,8 +148,10 @@ public final class ResponseWriter: @unchecked Sendable {
             self.flushPending()
             let promise = self.eventLoop.makePromise(of: Void.self)
             self.context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: promise)
-            if !self.keepAlive {
-                promise.futureResult.whenComplete { [context] _ in context.close(promise: nil) }
+            let keepAlive = self.keepAlive
+            promise.futureResult.whenComplete { [context] _ in
+                if !keepAlive { context.close(promise: nil) }
+                written?()
             }
             self.onDone()
         }

@@ -1,41 +1,51 @@
 import CNGHTTP2
-import Foundation
 import NIOCore
 import NIOPosix
 
 /// One TCP connection to an h2c upstream driven by a libnghttp2 client session: bytes from the
 /// channel go into `nghttp2_session_mem_recv`, frames come out of `nghttp2_session_mem_send`.
+/// Its lifecycle decisions live in `HTTP2ConnectionStateMachine`; this class performs them.
 /// Touched only on its slot's event loop.
+///
+/// nghttp2 may close streams inside any call into it (`mem_recv`, `mem_send`, a submit): a
+/// request head it cannot send, HEADERS queued when a GOAWAY came in, a stream that ends as its
+/// last DATA leaves. So every call goes through `perform`, which parks what callbacks decide and
+/// delivers it as soon as nghttp2 returns. Nothing waits for the next read to be reported.
 final class HTTP2Connection {
     unowned let slot: HTTP2Slot
     private var channel: Channel?
     private var session: OpaquePointer?
+    private var machine: HTTP2ConnectionStateMachine
     private var streams: [Int32: HTTP2Exchange] = [:]
-    private(set) var isReady = false
-    private var goingAway = false
-    private var reportedGoingAway = false
-    private var lastProcessedStreamID = Int32.max
-    private var maxStreams = 100
-    /// True while nghttp2 calls back into us or while settling: frames are written once, afterwards.
-    private var holdFlush = false
+    /// True while inside nghttp2: callbacks park their outcomes instead of delivering them.
+    private var inSession = false
+    private var parkedOutcomes: [(HTTP2Exchange, UpstreamResult)] = []
+    private var parkedResends: [HTTP2Exchange] = []
+    private var parkedActions: [HTTP2ConnectionStateMachine.Action] = []
+    /// Why nghttp2 could not send a stream's frames (`on_frame_not_send`), by stream id.
+    private var notSent: [Int32: String] = [:]
+    /// What nghttp2 found wrong in the peer's frames, for the close reason.
+    private var peerError: String?
     private var flushScheduled = false
-    private var settled: [(HTTP2Exchange, UpstreamResult)] = []
-    private var retries: [HTTP2Exchange] = []
-    private var closeReason: String?
     private var nvStorage: [UInt8] = []
     private var nvSpans: [(Int, Int, Int, Int)] = []
     private var nva: [nghttp2_nv] = []
 
     init(slot: HTTP2Slot) {
         self.slot = slot
+        self.machine = HTTP2ConnectionStateMachine(upstream: slot.configuration.name,
+                                                   pingInterval: slot.configuration.pingInterval,
+                                                   pingTimeout: slot.configuration.pingTimeout, now: .now())
     }
 
     deinit {
         if let session { nghttp2_session_del(session) }
     }
 
-    var activeStreams: Int { streams.count }
-    var hasStreamCapacity: Bool { isReady && streams.count < maxStreams }
+    var openStreams: Int { streams.count }
+    var canOpenStream: Bool { machine.canOpenStream }
+    var peerMaxHeaderListSize: Int? { machine.peerMaxHeaderListSize }
+    var peerMaxConcurrentStreams: Int? { machine.sawSettings ? machine.maxConcurrentStreams : nil }
 
     // MARK: lifecycle
 
@@ -57,8 +67,16 @@ final class HTTP2Connection {
     }
 
     /// The TCP connection is up: create the session, send the preface and our SETTINGS.
+    /// Streams wait for the peer's SETTINGS (its limits are not known before).
     func activate(channel: Channel) {
+        slot.eventLoop.preconditionInEventLoop()
         self.channel = channel
+        machine.channelActive(now: .now())
+        if machine.closeReason != nil {
+            // Closed (Sheaf shutting down) while the TCP connect was still under way.
+            channel.close(promise: nil)
+            return
+        }
         var callbacks: OpaquePointer?
         nghttp2_session_callbacks_new(&callbacks)
         defer { nghttp2_session_callbacks_del(callbacks) }
@@ -66,12 +84,13 @@ final class HTTP2Connection {
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, onDataChunk)
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, onStreamClose)
         nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, onFrameReceived)
-        // Released in deinit or in channelClosed(); the connection outlives its session.
+        nghttp2_session_callbacks_set_on_frame_not_send_callback(callbacks, onFrameNotSent)
+        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks, onInvalidFrame)
+        // Unretained: the session is deleted (channelClosed / deinit) before the connection goes.
         let me = Unmanaged.passUnretained(self).toOpaque()
         var session: OpaquePointer?
         guard nghttp2_session_client_new(&session, callbacks, me) == 0, let session else {
-            closeReason = "nghttp2 session could not be created"
-            channel.close(promise: nil)
+            handle(machine.close("nghttp2 session could not be created"))
             return
         }
         self.session = session
@@ -79,33 +98,32 @@ final class HTTP2Connection {
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: 1 << 24),
         ]
-        nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
-        // A large connection window: many streams' bodies in flight without WINDOW_UPDATE stalls.
-        nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, 1 << 30)
-        isReady = true
+        perform { session in
+            nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
+            // A large connection window: many streams' bodies in flight without WINDOW_UPDATE stalls.
+            nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, 1 << 30)
+        }
         flush()
-        slot.connectionReady(self)
     }
 
-    func close() {
-        channel?.close(promise: nil)
+    /// Closes the channel; `channelClosed` then settles what is open.
+    func close(reason: String) {
+        handle(machine.close(reason))
     }
 
-    /// The channel went inactive: settle or requeue what is still open, free the session.
+    /// The channel went inactive: every open stream is sent again or fails, the session is freed.
     func channelClosed() {
-        isReady = false
-        let reason = closeReason ?? "upstream \(slot.configuration.name) closed the connection before the response completed"
-        var requeue: [HTTP2Exchange] = []
-        for (_, exchange) in streams.sorted(by: { $0.key < $1.key }) {
+        slot.eventLoop.preconditionInEventLoop()
+        let established = machine.sawSettings
+        let reason = machine.channelInactive()
+        var resend: [HTTP2Exchange] = []
+        var failures: [(HTTP2Exchange, UpstreamError)] = []
+        for (id, exchange) in streams.sorted(by: { $0.key < $1.key }) {
             exchange.connection = nil
-            // Not processed by the upstream (beyond GOAWAY's last stream, or no byte of answer to an
-            // idempotent request): safe to send again on a fresh connection.
-            let unprocessed = exchange.streamID > lastProcessedStreamID
-                || (!exchange.sawResponseBytes && exchange.request.isIdempotent)
-            if unprocessed && exchange.requeues < 3 {
-                requeue.append(exchange)
-            } else {
-                exchange.settle(.failure(UpstreamError(.unreachable, reason)))
+            switch machine.disposition(streamID: id, sawResponseBytes: exchange.sawResponseBytes,
+                                       idempotent: exchange.request.isIdempotent, sends: exchange.sends, reason: reason) {
+            case .resend: resend.append(exchange)
+            case .fail(let kind, let message): failures.append((exchange, UpstreamError(kind, message)))
             }
         }
         streams.removeAll()
@@ -114,17 +132,13 @@ final class HTTP2Connection {
             self.session = nil
         }
         channel = nil
-        slot.requeue(requeue)
-        slot.connectionClosed(self)
+        slot.connectionClosed(self, reason: reason, established: established, resend: resend, failures: failures)
     }
 
     // MARK: requests
 
+    /// Opens a stream for the exchange. The frames leave with the next flush.
     func submit(_ exchange: HTTP2Exchange) {
-        guard let session else {
-            slot.requeue([exchange])
-            return
-        }
         let request = exchange.request
         // One buffer holds every name and value; nghttp2 copies them during submit_request.
         // The buffers live on the connection and are reused for every request.
@@ -135,35 +149,40 @@ final class HTTP2Connection {
         for (name, value) in slot.fixedPseudoHeaders { addField(name, value) }
         for header in request.headers { addField(header.name, header.value, lowercase: true) }
         if let body = request.body { addField("content-length", String(body.readableBytes)) }
-        let streamID: Int32 = nvStorage.withUnsafeMutableBufferPointer { raw -> Int32 in
-            let base = raw.baseAddress!
-            nva.removeAll(keepingCapacity: true)
-            for span in nvSpans {
-                nva.append(nghttp2_nv(name: base + span.0, value: base + span.2, namelen: span.1, valuelen: span.3,
-                                      flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+        let streamID: Int32? = perform { session in
+            nvStorage.withUnsafeMutableBufferPointer { raw -> Int32 in
+                let base = raw.baseAddress!
+                nva.removeAll(keepingCapacity: true)
+                for span in nvSpans {
+                    nva.append(nghttp2_nv(name: base + span.0, value: base + span.2, namelen: span.1, valuelen: span.3,
+                                          flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                }
+                if request.body != nil {
+                    var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: readRequestBody)
+                    return nghttp2_submit_request(session, nil, nva, nva.count, &provider, nil)
+                }
+                return nghttp2_submit_request(session, nil, nva, nva.count, nil, nil)
             }
-            if request.body != nil {
-                var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: readRequestBody)
-                return nghttp2_submit_request(session, nil, nva, nva.count, &provider, nil)
-            }
-            return nghttp2_submit_request(session, nil, nva, nva.count, nil, nil)
+        }
+        guard let streamID else {
+            slot.resend([exchange])
+            return
         }
         if streamID < 0 {
             if streamID == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE.rawValue {
                 // Stream ids exhausted: this connection is done; the item goes to a fresh one.
-                goingAway = true
-                isReady = false
-                slot.requeue([exchange])
-                reportGoingAwayIfNeeded()
+                slot.resend([exchange])
+                handle(machine.streamIDsExhausted())
             } else {
-                exchange.settle(.failure(UpstreamError(.protocolError,
-                    "cannot send request to upstream: \(String(cString: nghttp2_strerror(streamID)))")))
+                exchange.fail(.protocolError, "cannot send request to upstream \(slot.configuration.name): \(String(cString: nghttp2_strerror(streamID)))")
             }
             return
         }
+        exchange.sends += 1
         exchange.streamID = streamID
         exchange.connection = self
         streams[streamID] = exchange
+        machine.streamOpened()
     }
 
     private func addField(_ name: String, _ value: String, lowercase: Bool = false) {
@@ -177,70 +196,66 @@ final class HTTP2Connection {
         nvSpans.append((n, v - n, v, nvStorage.count - v))
     }
 
+    /// RST_STREAM(CANCEL) for an exchange Sheaf no longer wants; the caller settles it.
     func cancelStream(of exchange: HTTP2Exchange) {
-        guard let session, streams.removeValue(forKey: exchange.streamID) != nil else { return }
-        nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), exchange.streamID, NGHTTP2_CANCEL.rawValue)
+        guard streams.removeValue(forKey: exchange.streamID) != nil else { return }
         exchange.connection = nil
+        perform { session in
+            _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), exchange.streamID, NGHTTP2_CANCEL.rawValue)
+        }
+        handle(machine.streamClosed())
         scheduleFlush()
     }
 
-    func expireStreams(now: NIODeadline) {
-        guard let session, !streams.isEmpty else { return }
+    /// The slot's periodic check: streams past their deadline are reset and time out; the state
+    /// machine decides on PINGs and on giving up on a silent peer.
+    func tick(now: NIODeadline) {
         var expired: [HTTP2Exchange] = []
-        for (id, exchange) in streams where exchange.deadline <= now {
-            nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_CANCEL.rawValue)
-            expired.append(exchange)
+        for (_, exchange) in streams where exchange.deadline <= now { expired.append(exchange) }
+        if !expired.isEmpty {
+            perform { session in
+                for exchange in expired {
+                    _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), exchange.streamID, NGHTTP2_CANCEL.rawValue)
+                }
+            }
+            var after = HTTP2ConnectionStateMachine.Action.none
+            for exchange in expired {
+                streams.removeValue(forKey: exchange.streamID)
+                exchange.connection = nil
+                let action = machine.streamClosed()
+                if action != .none { after = action }
+            }
+            for exchange in expired { exchange.settle(.failure(slot.timeoutError())) }
+            flush()
+            handle(after)
         }
-        guard !expired.isEmpty else { return }
-        for exchange in expired {
-            streams.removeValue(forKey: exchange.streamID)
-            exchange.connection = nil
-        }
-        holdFlush = true
-        for exchange in expired { exchange.settle(.failure(slot.timeoutError())) }
-        holdFlush = false
-        flush()
-        slot.streamCapacityAvailable(self)
+        handle(machine.tick(now: now))
     }
 
     // MARK: I/O
 
     func receive(_ buffer: ByteBuffer) {
-        guard let session else { return }
-        holdFlush = true
-        let consumed = buffer.withUnsafeReadableBytes { raw in
-            nghttp2_session_mem_recv(session, raw.bindMemory(to: UInt8.self).baseAddress, raw.count)
-        }
-        if consumed < 0 {
-            holdFlush = false
-            closeReason = "HTTP/2 protocol error from upstream \(slot.configuration.name): \(String(cString: nghttp2_strerror(Int32(consumed))))"
-            close()
+        let first = buffer.withUnsafeReadableBytes { machine.bytesReceived(startingWith: $0, now: .now()) }
+        if first != .none {
+            handle(first)
             return
         }
-        let done = settled
-        settled.removeAll(keepingCapacity: true)
-        if !retries.isEmpty {
-            slot.requeue(retries)
-            retries.removeAll()
+        let consumed: Int? = perform { session in
+            buffer.withUnsafeReadableBytes { raw in
+                nghttp2_session_mem_recv(session, raw.bindMemory(to: UInt8.self).baseAddress, raw.count)
+            }
         }
-        reportGoingAwayIfNeeded()
-        // Completions may start the next items; their HEADERS leave in the one flush below.
-        for (exchange, result) in done { exchange.settle(result) }
-        holdFlush = false
+        if let consumed, consumed < 0 {
+            handle(machine.close("HTTP/2 protocol error from upstream \(slot.configuration.name): \(peerError ?? String(cString: nghttp2_strerror(Int32(consumed))))"))
+            return
+        }
+        // Completions delivered above may have started the next items: one write carries them.
         flush()
-        slot.streamCapacityAvailable(self)
-    }
-
-    private func reportGoingAwayIfNeeded() {
-        guard goingAway, !reportedGoingAway else { return }
-        reportedGoingAway = true
-        isReady = false
-        slot.connectionGoingAway(self)
     }
 
     /// Coalesce the frames of everything submitted in this event-loop tick into one write.
     func scheduleFlush() {
-        guard !holdFlush, !flushScheduled else { return }
+        guard !flushScheduled else { return }
         flushScheduled = true
         slot.eventLoop.execute { [self] in
             self.flushScheduled = false
@@ -249,27 +264,88 @@ final class HTTP2Connection {
     }
 
     func flush() {
-        guard !holdFlush, let session, let channel else { return }
-        var out: ByteBuffer?
-        while true {
-            var data: UnsafePointer<UInt8>?
-            let n = nghttp2_session_mem_send(session, &data)
-            if n < 0 {
-                closeReason = "HTTP/2 session error: \(String(cString: nghttp2_strerror(Int32(n))))"
-                close()
-                return
+        guard let channel, session != nil else { return }
+        var failure: Int?
+        var finished = false
+        let out: ByteBuffer? = perform { session in
+            var out: ByteBuffer?
+            while true {
+                var data: UnsafePointer<UInt8>?
+                let n = nghttp2_session_mem_send(session, &data)
+                if n < 0 {
+                    failure = n
+                    break
+                }
+                if n == 0 { break }
+                if out == nil { out = channel.allocator.buffer(capacity: max(n, 16_384)) }
+                out!.writeBytes(UnsafeRawBufferPointer(start: data, count: n))
             }
-            if n == 0 { break }
-            if out == nil { out = channel.allocator.buffer(capacity: max(n, 16_384)) }
-            out!.writeBytes(UnsafeRawBufferPointer(start: data, count: n))
-        }
+            finished = nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0
+            return out
+        } ?? nil
+        // Written outside nghttp2: a failed write closes the channel, and that frees the session.
         if let out { channel.writeAndFlush(out, promise: nil) }
-        if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
-            close()
+        if let failure {
+            handle(machine.close("HTTP/2 session error: \(String(cString: nghttp2_strerror(Int32(failure))))"))
+        } else if finished {
+            handle(machine.close(peerError.map { "upstream \(slot.configuration.name) broke HTTP/2: \($0)" }
+                                 ?? "upstream \(slot.configuration.name) HTTP/2 session ended"))
         }
     }
 
-    // MARK: nghttp2 events
+    // MARK: the one way into nghttp2
+
+    /// Runs `body` against the session (nil when there is none), then delivers every outcome
+    /// and decision that callbacks parked meanwhile.
+    @discardableResult
+    private func perform<T>(_ body: (OpaquePointer) -> T) -> T? {
+        slot.eventLoop.preconditionInEventLoop()
+        guard let session else { return nil }
+        if inSession { return body(session) }
+        inSession = true
+        let result = body(session)
+        inSession = false
+        deliverParked()
+        return result
+    }
+
+    private func deliverParked() {
+        while !parkedOutcomes.isEmpty || !parkedResends.isEmpty || !parkedActions.isEmpty {
+            let resends = parkedResends
+            let actions = parkedActions
+            let outcomes = parkedOutcomes
+            parkedResends.removeAll()
+            parkedActions.removeAll()
+            parkedOutcomes.removeAll()
+            if !resends.isEmpty { slot.resend(resends) }
+            for action in actions { handle(action) }
+            for (exchange, result) in outcomes { exchange.settle(result) }
+        }
+    }
+
+    /// Performs a state-machine action now, or parks it while nghttp2 is running.
+    private func handle(_ action: HTTP2ConnectionStateMachine.Action) {
+        if inSession {
+            if action != .none { parkedActions.append(action) }
+            return
+        }
+        switch action {
+        case .none:
+            break
+        case .startStreams:
+            slot.streamCapacityAvailable(self)
+        case .drain:
+            slot.connectionDraining(self)
+        case .sendPing:
+            perform { session in _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil) }
+            flush()
+        case .close:
+            slot.connectionDraining(self)
+            channel?.close(promise: nil)
+        }
+    }
+
+    // MARK: nghttp2 events (inside `perform`)
 
     fileprivate func header(stream: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         guard let exchange = streams[stream] else { return }
@@ -304,31 +380,59 @@ final class HTTP2Connection {
     }
 
     fileprivate func streamClosed(stream: Int32, errorCode: UInt32) {
+        let unsent = notSent.removeValue(forKey: stream)
         guard let exchange = streams.removeValue(forKey: stream) else { return }
         exchange.connection = nil
+        let action = machine.streamClosed()
+        if action != .none && parkedActions.last != action { parkedActions.append(action) }
+        let name = slot.configuration.name
         if errorCode == 0 && exchange.status >= 200 {
-            settled.append((exchange, .success(exchange.response)))
-        } else if (errorCode == NGHTTP2_REFUSED_STREAM.rawValue || stream > lastProcessedStreamID)
-                    && !exchange.sawResponseBytes && exchange.requeues < 3 {
+            parkedOutcomes.append((exchange, .success(exchange.response)))
+        } else if (errorCode == NGHTTP2_REFUSED_STREAM.rawValue || stream > machine.lastProcessedStreamID)
+                    && !exchange.sawResponseBytes && exchange.sends < HTTP2ConnectionStateMachine.maxSends {
             // RFC 9113 §8.7: a refused stream, or one past GOAWAY's last stream id, was not processed.
-            retries.append(exchange)
+            parkedResends.append(exchange)
+        } else if let unsent {
+            parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError,
+                "could not send the request to upstream \(name) over HTTP/2: \(unsent)"))))
         } else {
             let reason = errorCode == 0
-                ? "upstream \(slot.configuration.name) ended the stream without a response"
-                : "upstream \(slot.configuration.name) reset the stream: \(String(cString: nghttp2_http2_strerror(errorCode)))"
-            settled.append((exchange, .failure(UpstreamError(.protocolError, reason))))
+                ? "upstream \(name) ended the stream without a response"
+                : "upstream \(name) reset the stream: \(String(cString: nghttp2_http2_strerror(errorCode)))"
+            parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError, reason))))
         }
     }
 
-    fileprivate func goaway(lastStreamID: Int32) {
-        goingAway = true
-        lastProcessedStreamID = min(lastProcessedStreamID, lastStreamID)
+    fileprivate func frameNotSent(stream: Int32, type: UInt8, libraryError: Int32) {
+        guard stream > 0 else { return }
+        var reason = String(cString: nghttp2_strerror(libraryError))
+        if type == UInt8(NGHTTP2_HEADERS.rawValue) && libraryError == NGHTTP2_ERR_FRAME_SIZE_ERROR.rawValue {
+            reason = "the request head does not fit in an HTTP/2 header block (\(reason))"
+        }
+        notSent[stream] = reason
+    }
+
+    fileprivate func invalidFrame(type: UInt8, libraryError: Int32) {
+        if peerError == nil {
+            peerError = "invalid frame of type \(type): \(String(cString: nghttp2_strerror(libraryError)))"
+        }
+    }
+
+    fileprivate func goaway(lastStreamID: Int32, errorCode: UInt32, debug: String) {
+        parkedActions.append(machine.goawayReceived(lastStreamID: lastStreamID, errorCode: errorCode,
+                                                    errorName: String(cString: nghttp2_http2_strerror(errorCode)), debug: debug))
     }
 
     fileprivate func settingsReceived() {
         guard let session else { return }
-        let remote = nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
-        maxStreams = Int(min(remote, 10_000))
+        let streams = nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+        let headerList = nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE)
+        parkedActions.append(machine.settingsReceived(maxConcurrentStreams: Int(streams),
+                                                      maxHeaderListSize: headerList == UInt32.max ? nil : Int(headerList)))
+    }
+
+    fileprivate func pingAcknowledged() {
+        machine.pingAcknowledged(now: .now())
     }
 
     fileprivate func requestBody(stream: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int) -> (Int, Bool)? {
@@ -373,11 +477,30 @@ private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, err
 private let onFrameReceived: nghttp2_on_frame_recv_callback = { _, frame, userData in
     guard let frame else { return 0 }
     let type = frame.pointee.hd.type
+    let isAck = frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0
     if type == UInt8(NGHTTP2_GOAWAY.rawValue) {
-        owner(userData).goaway(lastStreamID: frame.pointee.goaway.last_stream_id)
-    } else if type == UInt8(NGHTTP2_SETTINGS.rawValue) && frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0 {
+        let goaway = frame.pointee.goaway
+        var debug = ""
+        if let data = goaway.opaque_data, goaway.opaque_data_len > 0 {
+            debug = String(decoding: UnsafeBufferPointer(start: data, count: min(goaway.opaque_data_len, 200)), as: UTF8.self)
+        }
+        owner(userData).goaway(lastStreamID: goaway.last_stream_id, errorCode: goaway.error_code, debug: debug)
+    } else if type == UInt8(NGHTTP2_SETTINGS.rawValue) && !isAck {
         owner(userData).settingsReceived()
+    } else if type == UInt8(NGHTTP2_PING.rawValue) && isAck {
+        owner(userData).pingAcknowledged()
     }
+    return 0
+}
+
+private let onFrameNotSent: nghttp2_on_frame_not_send_callback = { _, frame, libraryError, userData in
+    guard let frame else { return 0 }
+    owner(userData).frameNotSent(stream: frame.pointee.hd.stream_id, type: frame.pointee.hd.type, libraryError: libraryError)
+    return 0
+}
+
+private let onInvalidFrame: nghttp2_on_invalid_frame_recv_callback = { _, frame, libraryError, userData in
+    owner(userData).invalidFrame(type: frame?.pointee.hd.type ?? 0, libraryError: libraryError)
     return 0
 }
 
@@ -413,6 +536,6 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        context.close(promise: nil)
+        connection.close(reason: "upstream \(connection.slot.configuration.name) connection failed: \(error)")
     }
 }

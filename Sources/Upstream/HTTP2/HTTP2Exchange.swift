@@ -14,8 +14,10 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     var body: ByteBuffer
     var truncated = false
     var sawResponseBytes = false
-    /// Times this exchange went back to the queue because the upstream never processed it.
-    var requeues = 0
+    /// Times the request was put on a stream (re-sends after a connection closed under it count).
+    var sends = 0
+    /// In its slot's queue (which skips settled exchanges lazily, so cancelling one costs O(1)).
+    var isQueued = false
     /// Read position in `request.body` for the DATA frames nghttp2 asks for.
     var bodySent = 0
     var streamID: Int32 = -1
@@ -33,7 +35,7 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     var isSettled: Bool { completion == nil }
 
     /// Forget what an attempt received, before sending it again elsewhere.
-    func resetForRetry() {
+    func resetForResend() {
         status = 0
         headers.removeAll(keepingCapacity: true)
         body.clear()
@@ -42,13 +44,24 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
         bodySent = 0
         streamID = -1
         connection = nil
-        requeues += 1
     }
 
+    /// Every outcome leaves through here, stamped with the number of sends.
     func settle(_ result: UpstreamResult) {
         guard let completion else { return }
         self.completion = nil
-        completion(result)
+        switch result {
+        case .success(var response):
+            response.attempts = sends
+            completion(.success(response))
+        case .failure(var error):
+            error.attempts = sends
+            completion(.failure(error))
+        }
+    }
+
+    func fail(_ kind: UpstreamError.Kind, _ message: String) {
+        settle(.failure(UpstreamError(kind, message)))
     }
 
     /// The response as received so far.

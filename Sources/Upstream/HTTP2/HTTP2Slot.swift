@@ -2,7 +2,12 @@ import Logging
 import NIOCore
 
 /// One connection position of an HTTP/2 pool, confined to one event loop: the current
-/// connection, the ones draining after GOAWAY, and the queue of items waiting for a stream.
+/// connection, the ones draining (GOAWAY, or closing), and the queue of items waiting for a
+/// stream.
+///
+/// The queue is FIFO, which is deadline order (every item of an upstream has the same timeout).
+/// A cancelled item stays in it, settled, and is skipped when it comes up: cancelling costs
+/// O(1) per item however long the queue.
 final class HTTP2Slot {
     let configuration: UpstreamConfiguration
     let eventLoop: EventLoop
@@ -11,8 +16,14 @@ final class HTTP2Slot {
     private var current: HTTP2Connection?
     private var draining: [ObjectIdentifier: HTTP2Connection] = [:]
     private var pending = CircularBuffer<HTTP2Exchange>()
-    private var timer: RepeatedTask?
-    private var isShutDown = false
+    /// Live (unsettled) exchanges in `pending`.
+    private var queued = 0
+    private(set) var isShutDown = false
+    private var tickTask: Scheduled<Void>?
+    private var nextTick: NIODeadline?
+    private var pumping = false
+    private var pumpAgain = false
+    private var closed: EventLoopPromise<Void>?
 
     /// `:scheme` and `:authority`, the same for every request of this upstream.
     let fixedPseudoHeaders: [(String, String)]
@@ -24,70 +35,112 @@ final class HTTP2Slot {
         self.logger = logger
     }
 
+    private var connections: [HTTP2Connection] {
+        (current.map { [$0] } ?? []) + draining.values
+    }
+
     /// Items queued or on the wire in this slot.
     var outstanding: Int {
-        pending.count + (current?.activeStreams ?? 0) + draining.values.reduce(0) { $0 + $1.activeStreams }
+        queued + (current?.openStreams ?? 0) + draining.values.reduce(0) { $0 + $1.openStreams }
     }
 
     func enqueue(_ exchange: HTTP2Exchange) {
+        eventLoop.preconditionInEventLoop()
         if isShutDown {
-            exchange.settle(.failure(UpstreamError(.shuttingDown, "Sheaf is shutting down")))
+            exchange.fail(.shuttingDown, "Sheaf is shutting down")
             return
         }
+        if let tooLarge = configuration.headTooLarge(exchange.request, peerLimit: current?.peerMaxHeaderListSize) {
+            exchange.settle(.failure(tooLarge))
+            return
+        }
+        exchange.isQueued = true
         pending.append(exchange)
-        startTimerIfNeeded()
+        queued += 1
+        scheduleTick()
         pump()
     }
 
-    /// Put items the upstream never processed back at the front of the queue.
-    func requeue(_ exchanges: [HTTP2Exchange]) {
+    /// Items the upstream never processed go back to the front of the queue, oldest first.
+    func resend(_ exchanges: [HTTP2Exchange]) {
         for exchange in exchanges.reversed() where !exchange.isSettled {
-            exchange.resetForRetry()
+            if isShutDown {
+                exchange.fail(.shuttingDown, "Sheaf shut down before the item finished")
+                continue
+            }
+            exchange.resetForResend()
+            exchange.isQueued = true
             pending.prepend(exchange)
+            queued += 1
         }
+        pump()
     }
 
-    /// Move queued items onto streams while the current connection has room.
+    private func popLive() -> HTTP2Exchange? {
+        while let exchange = pending.popFirst() {
+            guard exchange.isQueued else { continue }  // cancelled while queued
+            exchange.isQueued = false
+            queued -= 1
+            return exchange
+        }
+        return nil
+    }
+
+    /// Moves queued items onto streams while the current connection has room. Re-entrant calls
+    /// (a completion that starts the next item) fold into the loop instead of recursing.
     func pump() {
-        guard !pending.isEmpty, !isShutDown else { return }
-        guard let connection = current else {
-            connect()
+        guard !isShutDown else { return }
+        if pumping {
+            pumpAgain = true
             return
         }
-        guard connection.isReady else { return }
-        var submitted = false
-        while connection.hasStreamCapacity, let exchange = pending.popFirst() {
-            connection.submit(exchange)
-            submitted = true
-            if !connection.isReady { break }  // submit can discover the session is no longer usable
-        }
-        if submitted { connection.scheduleFlush() }
-        if current == nil && !pending.isEmpty { connect() }
+        pumping = true
+        defer { pumping = false }
+        repeat {
+            pumpAgain = false
+            guard queued > 0 else { return }
+            guard let connection = current else {
+                connect()
+                return
+            }
+            var submitted = false
+            while connection.canOpenStream, let exchange = popLive() {
+                if let tooLarge = configuration.headTooLarge(exchange.request, peerLimit: connection.peerMaxHeaderListSize) {
+                    exchange.settle(.failure(tooLarge))
+                    continue
+                }
+                connection.submit(exchange)
+                submitted = true
+            }
+            if submitted { connection.scheduleFlush() }
+        } while pumpAgain
     }
 
     private func connect() {
         let connection = HTTP2Connection(slot: self)
         current = connection
         connection.start()
+        scheduleTick()
     }
 
     // MARK: events from connections
 
-    func connectionReady(_ connection: HTTP2Connection) {
-        pump()
+    /// The peer's SETTINGS arrived, or streams closed and freed room.
+    func streamCapacityAvailable(_ connection: HTTP2Connection) {
+        if connection === current { pump() }
     }
 
     func connectionFailedToConnect(_ connection: HTTP2Connection, error: Error) {
         if current === connection { current = nil }
+        draining.removeValue(forKey: ObjectIdentifier(connection))
         let message = "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): \(error)"
         logger.warning("upstream connect failed", metadata: ["upstream": "\(configuration.name)", "error": "\(error)"])
-        while let exchange = pending.popFirst() {
-            exchange.settle(.failure(UpstreamError(.unreachable, message)))
-        }
+        failQueued(.unreachable, message)
+        closedIfDone()
     }
 
-    /// GOAWAY received (or the session cannot open more streams): stop using it, open a fresh one.
-    func connectionGoingAway(_ connection: HTTP2Connection) {
+    /// GOAWAY received, stream ids exhausted, or the connection is closing: no new streams on it.
+    func connectionDraining(_ connection: HTTP2Connection) {
         if current === connection {
             current = nil
             draining[ObjectIdentifier(connection)] = connection
@@ -95,26 +148,50 @@ final class HTTP2Slot {
         pump()
     }
 
-    func connectionClosed(_ connection: HTTP2Connection) {
+    /// The connection is gone. `resend` go back to the queue; `failures` settle. A connection that
+    /// never got the peer's SETTINGS fails the queue with its reason (the peer does not speak h2c,
+    /// or refuses us): reconnecting in a loop would only hide that.
+    func connectionClosed(_ connection: HTTP2Connection, reason: String, established: Bool,
+                          resend: [HTTP2Exchange], failures: [(HTTP2Exchange, UpstreamError)]) {
         if current === connection { current = nil }
         draining.removeValue(forKey: ObjectIdentifier(connection))
-        pump()
+        if !established && !isShutDown {
+            logger.warning("upstream connection failed before HTTP/2 SETTINGS",
+                           metadata: ["upstream": "\(configuration.name)", "reason": "\(reason)"])
+            failQueued(.unreachable, reason)
+        }
+        let shutdownMessage = "Sheaf shut down before the item finished"
+        for (exchange, error) in failures {
+            if isShutDown {
+                exchange.fail(.shuttingDown, shutdownMessage)
+            } else {
+                exchange.settle(.failure(error))
+            }
+        }
+        if !resend.isEmpty {
+            logger.debug("re-sending items the upstream did not process",
+                         metadata: ["upstream": "\(configuration.name)", "items": "\(resend.count)"])
+        }
+        self.resend(resend)
+        closedIfDone()
     }
 
-    func streamCapacityAvailable(_ connection: HTTP2Connection) {
-        if connection === current { pump() }
+    private func failQueued(_ kind: UpstreamError.Kind, _ message: String) {
+        while let exchange = popLive() { exchange.fail(kind, message) }
+        pending.removeAll()
     }
 
-    // MARK: cancellation, deadlines
+    // MARK: cancellation, deadlines, liveness
 
     func cancel(_ exchange: HTTP2Exchange) {
         guard !exchange.isSettled else { return }
         if let connection = exchange.connection {
             connection.cancelStream(of: exchange)
-        } else if let position = pending.firstIndex(where: { $0 === exchange }) {
-            pending.remove(at: position)
+        } else if exchange.isQueued {
+            exchange.isQueued = false
+            queued -= 1
         }
-        exchange.settle(.failure(UpstreamError(.cancelled, "cancelled")))
+        exchange.fail(.cancelled, "cancelled")
     }
 
     private var tickInterval: TimeAmount {
@@ -122,40 +199,71 @@ final class HTTP2Slot {
         return .nanoseconds(min(max(twentieth, 5_000_000), 50_000_000))
     }
 
-    private func startTimerIfNeeded() {
-        guard timer == nil else { return }
-        timer = eventLoop.scheduleRepeatedTask(initialDelay: tickInterval, delay: tickInterval) { [unowned self] task in
+    /// Ticks run fast while items are outstanding (deadlines), slowly while connections idle
+    /// (PINGs), and not at all when the slot holds nothing.
+    private func scheduleTick() {
+        guard !isShutDown else { return }
+        let busy = outstanding > 0
+        guard busy || current != nil || !draining.isEmpty else { return }
+        let idle = TimeAmount.nanoseconds(min(configuration.pingInterval.nanoseconds, configuration.pingTimeout.nanoseconds) / 2)
+        let at = NIODeadline.now() + (busy ? tickInterval : max(idle, tickInterval))
+        if let nextTick, nextTick <= at { return }
+        tickTask?.cancel()
+        nextTick = at
+        tickTask = eventLoop.scheduleTask(deadline: at) { [weak self] in
+            guard let self else { return }
+            self.nextTick = nil
+            self.tickTask = nil
             self.tick()
         }
     }
 
     private func tick() {
         let now = NIODeadline.now()
-        // Every item of one upstream has the same timeout, so the queue is in deadline order.
-        while let first = pending.first, first.deadline <= now {
+        while let first = pending.first, !first.isQueued || first.deadline <= now {
             pending.removeFirst()
-            first.settle(.failure(timeoutError()))
+            guard first.isQueued else { continue }
+            first.isQueued = false
+            queued -= 1
+            first.settle(.failure(timeoutError(queued: true)))
         }
-        current?.expireStreams(now: now)
-        for connection in draining.values { connection.expireStreams(now: now) }
-        if outstanding == 0 {
-            timer?.cancel()
-            timer = nil
-        }
+        for connection in connections { connection.tick(now: now) }
+        scheduleTick()
     }
 
-    func timeoutError() -> UpstreamError {
-        UpstreamError(.timeout, "upstream \(configuration.name) did not answer within \(configuration.timeout.configText)")
+    /// The 504 of an item whose timeout passed; a queued one says what it was waiting for.
+    func timeoutError(queued: Bool = false) -> UpstreamError {
+        var message = "upstream \(configuration.name) did not answer within \(configuration.timeout.configText)"
+        if queued {
+            if let limit = current?.peerMaxConcurrentStreams, limit == 0 {
+                message += " (waiting for a stream: it allows 0 concurrent streams)"
+            } else if current == nil || current?.peerMaxConcurrentStreams == nil {
+                message += " (waiting for a connection)"
+            } else {
+                message += " (waiting for a stream)"
+            }
+        }
+        return UpstreamError(.timeout, message)
     }
 
-    func shutdown() {
+    /// Fails what is queued, closes every connection (their streams then fail with 503), and
+    /// completes when the last one has closed.
+    func shutdown() -> EventLoopFuture<Void> {
+        eventLoop.preconditionInEventLoop()
         isShutDown = true
-        timer?.cancel()
-        timer = nil
-        while let exchange = pending.popFirst() {
-            exchange.settle(.failure(UpstreamError(.shuttingDown, "Sheaf is shutting down")))
-        }
-        current?.close()
-        for connection in draining.values { connection.close() }
+        tickTask?.cancel()
+        tickTask = nil
+        failQueued(.shuttingDown, "Sheaf is shutting down")
+        let promise = eventLoop.makePromise(of: Void.self)
+        closed = promise
+        for connection in connections { connection.close(reason: "Sheaf is shutting down") }
+        closedIfDone()
+        return promise.futureResult
+    }
+
+    private func closedIfDone() {
+        guard isShutDown, current == nil, draining.isEmpty, let closed else { return }
+        self.closed = nil
+        closed.succeed()
     }
 }

@@ -40,9 +40,9 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
         return slots[n % slots.count]
     }
 
-    public func shutdown() {
+    public func shutdown() async {
         for slot in slots {
-            slot.eventLoop.execute { slot.shutdown() }
+            try? await slot.eventLoop.flatSubmit { slot.shutdown() }.get()
         }
     }
 }

@@ -1,0 +1,204 @@
+import NIOCore
+
+/// The life of one HTTP/2 upstream connection as a value: connecting → awaiting the peer's
+/// SETTINGS → active → draining (GOAWAY received, or stream ids exhausted) → closed.
+/// It decides when streams may open, when to PING and when a silent peer is given up on, and
+/// what becomes of a stream still open when the connection ends. No I/O and no clock of its
+/// own: `HTTP2Connection` feeds it events with the time and performs the actions it returns.
+struct HTTP2ConnectionStateMachine {
+    enum State: Equatable {
+        case connecting
+        case awaitingSettings
+        case active
+        case draining
+        case closed
+    }
+
+    /// What the owner must do after an event.
+    enum Action: Equatable {
+        case none
+        /// Streams may open (the peer's SETTINGS arrived, or a stream closed and freed room).
+        case startStreams
+        /// No new streams here any more; open a fresh connection for what is queued.
+        case drain
+        /// Send a PING; its ACK proves the path is alive.
+        case sendPing
+        /// Close the channel; open streams then settle by `disposition(...)`.
+        case close(reason: String)
+    }
+
+    /// What becomes of a stream that is still open when its connection ends.
+    enum Disposition: Equatable {
+        /// The upstream never processed it: send it again on a fresh connection.
+        case resend
+        /// Report this failure for the item.
+        case fail(UpstreamError.Kind, String)
+    }
+
+    let upstream: String
+    let pingInterval: TimeAmount
+    let pingTimeout: TimeAmount
+    /// Sends of one item at most (the first one included) after connections closed under it.
+    static let maxSends = 4
+
+    private(set) var state = State.connecting
+    /// RFC 9113 §6.5.2 leaves it unlimited until SETTINGS; streams wait for SETTINGS anyway.
+    private(set) var maxConcurrentStreams = 100
+    /// The peer's SETTINGS_MAX_HEADER_LIST_SIZE, when it announced one.
+    private(set) var peerMaxHeaderListSize: Int?
+    private(set) var openStreams = 0
+    /// Streams above this id were never processed by the peer (its GOAWAY said so).
+    private(set) var lastProcessedStreamID = Int32.max
+    /// Why the connection is ending, once something decided it.
+    private(set) var closeReason: String?
+    private var lastRead: NIODeadline
+    private var pingSentAt: NIODeadline?
+    private var sawBytes = false
+
+    init(upstream: String, pingInterval: TimeAmount, pingTimeout: TimeAmount, now: NIODeadline) {
+        self.upstream = upstream
+        self.pingInterval = pingInterval
+        self.pingTimeout = pingTimeout
+        self.lastRead = now
+    }
+
+    var canOpenStream: Bool { state == .active && closeReason == nil && openStreams < maxConcurrentStreams }
+    /// Set once the peer's SETTINGS arrived: a connection that ends before that never worked,
+    /// and what waits for it fails with the reason instead of reconnecting in a loop.
+    private(set) var sawSettings = false
+
+    // MARK: events
+
+    /// TCP is up; the preface and SETTINGS are on their way.
+    mutating func channelActive(now: NIODeadline) {
+        guard state == .connecting else { return }
+        state = .awaitingSettings
+        lastRead = now
+    }
+
+    /// Bytes arrived. The first ones tell whether the peer speaks HTTP/2 at all.
+    mutating func bytesReceived(startingWith prefix: UnsafeRawBufferPointer, now: NIODeadline) -> Action {
+        lastRead = now
+        guard !sawBytes else { return .none }
+        sawBytes = true
+        if prefix.starts(with: "HTTP/".utf8) {
+            return close("upstream \(upstream) answered the HTTP/2 connection preface with HTTP/1.x: it does not speak h2c (set protocol: http1)")
+        }
+        return .none
+    }
+
+    /// A non-ACK SETTINGS frame from the peer.
+    mutating func settingsReceived(maxConcurrentStreams: Int?, maxHeaderListSize: Int?) -> Action {
+        if let maxConcurrentStreams { self.maxConcurrentStreams = min(maxConcurrentStreams, 10_000) }
+        if let maxHeaderListSize { peerMaxHeaderListSize = maxHeaderListSize }
+        switch state {
+        case .awaitingSettings:
+            sawSettings = true
+            state = .active
+            return .startStreams
+        case .active:
+            return .startStreams
+        case .connecting, .draining, .closed:
+            return .none
+        }
+    }
+
+    /// GOAWAY: streams above `lastStreamID` were not processed. With an error code the peer has
+    /// failed the connection: nothing more will come, so the connection closes now.
+    mutating func goawayReceived(lastStreamID: Int32, errorCode: UInt32, errorName: String, debug: String) -> Action {
+        lastProcessedStreamID = min(lastProcessedStreamID, lastStreamID)
+        guard state != .closed else { return .none }
+        if errorCode != 0 {
+            let detail = debug.isEmpty ? "" : " (\"\(debug)\")"
+            return close("upstream \(upstream) failed the connection: GOAWAY \(errorName)\(detail)")
+        }
+        return enterDraining()
+    }
+
+    /// The session can open no more streams (ids exhausted).
+    mutating func streamIDsExhausted() -> Action {
+        enterDraining()
+    }
+
+    private mutating func enterDraining() -> Action {
+        guard state == .active || state == .awaitingSettings else { return .none }
+        state = .draining
+        if openStreams == 0 { return close("upstream \(upstream) connection drained") }
+        return .drain
+    }
+
+    mutating func streamOpened() {
+        openStreams += 1
+    }
+
+    mutating func streamClosed() -> Action {
+        openStreams -= 1
+        switch state {
+        case .active: return .startStreams
+        case .draining where openStreams == 0: return close("upstream \(upstream) connection drained")
+        default: return .none
+        }
+    }
+
+    mutating func pingAcknowledged(now: NIODeadline) {
+        pingSentAt = nil
+        lastRead = now
+    }
+
+    /// The periodic check: PING a connection that has read nothing for `pingInterval` (idle or
+    /// not); retire one whose PING went unanswered for `pingTimeout`.
+    mutating func tick(now: NIODeadline) -> Action {
+        switch state {
+        case .awaitingSettings:
+            // A peer that accepted TCP but never sends SETTINGS is as dead as a silent one.
+            if now - lastRead >= pingInterval + pingTimeout {
+                return close("upstream \(upstream) sent no HTTP/2 SETTINGS within \((pingInterval + pingTimeout).configText)")
+            }
+            return .none
+        case .active, .draining:
+            if let sent = pingSentAt {
+                guard now - sent >= pingTimeout else { return .none }
+                return close("upstream \(upstream) stopped answering: no PING ACK within \(pingTimeout.configText); connection retired")
+            }
+            guard now - lastRead >= pingInterval else { return .none }
+            pingSentAt = now
+            return .sendPing
+        case .connecting, .closed:
+            return .none
+        }
+    }
+
+    /// Records why the connection ends (the first reason wins) and asks for the close.
+    mutating func close(_ reason: String) -> Action {
+        guard state != .closed else { return .none }
+        if closeReason == nil { closeReason = reason }
+        return .close(reason: closeReason!)
+    }
+
+    /// The channel is gone. Returns the reason every stream still open fails with.
+    mutating func channelInactive() -> String {
+        let reason: String
+        if let closeReason {
+            reason = closeReason
+        } else if state == .connecting || state == .awaitingSettings {
+            reason = sawBytes
+                ? "upstream \(upstream) closed the connection before its HTTP/2 SETTINGS"
+                : "upstream \(upstream) closed the connection without answering the HTTP/2 preface: it does not speak h2c (prior knowledge)"
+        } else {
+            reason = "upstream \(upstream) closed the connection before the response completed"
+        }
+        closeReason = reason
+        state = .closed
+        return reason
+    }
+
+    /// What becomes of a stream still open when the connection ended with `reason`.
+    /// Sent again: streams the peer's GOAWAY disowned, and idempotent requests of which no byte
+    /// of answer came (RFC 9110 §9.2.2), at most `maxSends` times in all.
+    func disposition(streamID: Int32, sawResponseBytes: Bool, idempotent: Bool, sends: Int,
+                     reason: String) -> Disposition {
+        let unprocessed = streamID > lastProcessedStreamID || (!sawResponseBytes && idempotent)
+        if unprocessed && sends < Self.maxSends { return .resend }
+        return .fail(.unreachable, reason)
+    }
+}
