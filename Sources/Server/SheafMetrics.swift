@@ -11,6 +11,8 @@ public final class SheafMetrics: @unchecked Sendable {
     private var itemCounters: [String: Counter] = [:]
     private var itemHistograms: [String: DurationHistogram] = [:]
     private var batchHistograms: [String: DurationHistogram] = [:]
+    private var resendCounters: [String: Counter] = [:]
+    private var lostCounters: [String: Counter] = [:]
     private let inFlight: Gauge
 
     static let itemBuckets: [Duration] = [
@@ -94,6 +96,31 @@ public final class SheafMetrics: @unchecked Sendable {
             }
         }
         for (counter, count) in counters { counter.increment(by: Int64(count)) }
+    }
+
+    /// Re-sends (items sent again after a connection closed under them unprocessed) and items
+    /// the fan-out watchdog settled because their transport lost them, added once per batch.
+    public func transportTally(upstream: String, resends: Int, lost: Int) {
+        guard resends > 0 || lost > 0 else { return }
+        let (resent, lostCounter) = lock.withLock { () -> (Counter, Counter) in
+            let resent = resendCounters[upstream] ?? {
+                let c = registry.makeCounter(
+                    descriptor: Self.name("upstream_resends", "total", "Item requests sent again to an upstream after it left them unprocessed"),
+                    labels: [("upstream", upstream)])
+                resendCounters[upstream] = c
+                return c
+            }()
+            let lostCounter = lostCounters[upstream] ?? {
+                let c = registry.makeCounter(
+                    descriptor: Self.name("items_lost", "total", "Items a transport never reported, settled 502 by the fan-out watchdog"),
+                    labels: [("upstream", upstream)])
+                lostCounters[upstream] = c
+                return c
+            }()
+            return (resent, lostCounter)
+        }
+        if resends > 0 { resent.increment(by: Int64(resends)) }
+        if lost > 0 { lostCounter.increment(by: Int64(lost)) }
     }
 
     /// Prometheus text exposition format.

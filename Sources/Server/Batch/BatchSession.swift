@@ -24,6 +24,8 @@ final class BatchSession: @unchecked Sendable {
     private var summary = BatchSummary()
     private var deadlineTimer: Scheduled<Void>?
     private var statusCounts: [Int: Int] = [:]
+    private var resends = 0
+    private var fanOut: FanOutRun?
 
     init(route: RouteRuntime, items: [BatchItem], format: ResponseFormat, writer: ResponseWriter,
          metrics: SheafMetrics, received: NIODeadline, logger: Logger, onDone: @escaping @Sendable () -> Void) {
@@ -48,6 +50,7 @@ final class BatchSession: @unchecked Sendable {
 
         let run = FanOutRun(items: items, transport: route.transport, concurrency: route.configuration.concurrency,
                             ordered: route.configuration.requestOrder,
+                            watchdog: FanOutRun.Watchdog(eventLoop: writer.loop),
                             onResult: { [self] index, outcome, nanoseconds in
                                 self.settled(index, outcome, nanoseconds)
                             }, onFinish: { [self] in
@@ -69,6 +72,7 @@ final class BatchSession: @unchecked Sendable {
             }
             writer.append { _ in deadlineTimer = timer }
         }
+        writer.append { _ in self.fanOut = run }
         run.start()
     }
 
@@ -77,6 +81,7 @@ final class BatchSession: @unchecked Sendable {
         writer.append { out in
             summary.count(outcome)
             statusCounts[outcome.status, default: 0] += 1
+            if outcome.attempts > 1 { resends += outcome.attempts - 1 }
             encoder.item(item, outcome, into: &out)
         }
         histogram.recordNanoseconds(Int64(nanoseconds))
@@ -86,17 +91,23 @@ final class BatchSession: @unchecked Sendable {
     private func finished() {
         var final = BatchSummary()
         var counts: [Int: Int] = [:]
+        var resent = 0
+        var lost = 0
         writer.append { out in
             deadlineTimer?.cancel()
             deadlineTimer = nil
             encoder.end(summary, into: &out)
             final = summary
             counts = statusCounts
+            resent = resends
+            lost = fanOut?.lostItems ?? 0
+            fanOut = nil
         }
         writer.finish(written: onDone)
         let outcome = final.failed == 0 ? "complete" : (final.succeeded == 0 ? "failed" : "partial")
         let elapsed = NIODeadline.now() - received
         metrics.itemsCounted(route: route.configuration.name, statusCounts: counts)
+        metrics.transportTally(upstream: route.configuration.upstream, resends: resent, lost: lost)
         metrics.batchFinished(route: route.configuration.name, outcome: outcome,
                               duration: .nanoseconds(elapsed.nanoseconds))
         logger.info("batch done", metadata: [

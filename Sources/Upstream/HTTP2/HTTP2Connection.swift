@@ -111,6 +111,10 @@ final class HTTP2Connection {
         handle(machine.close(reason))
     }
 
+    func socketFailed(_ error: Error) {
+        handle(machine.connectionError("\(error)"))
+    }
+
     /// The channel went inactive: every open stream is sent again or fails, the session is freed.
     func channelClosed() {
         slot.eventLoop.preconditionInEventLoop()
@@ -536,6 +540,6 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        connection.close(reason: "upstream \(connection.slot.configuration.name) connection failed: \(error)")
+        connection.socketFailed(error)
     }
 }

@@ -168,6 +168,15 @@ struct HTTP2ConnectionStateMachine {
         }
     }
 
+    /// The socket failed (reset, refused write...). Before SETTINGS that means the peer does not
+    /// take HTTP/2 with prior knowledge, which is what the user needs to hear.
+    mutating func connectionError(_ detail: String) -> Action {
+        if !sawSettings && (state == .connecting || state == .awaitingSettings) {
+            return close("upstream \(upstream) dropped the connection without answering the HTTP/2 preface (\(detail)): it does not speak h2c (prior knowledge)")
+        }
+        return close("upstream \(upstream) connection failed: \(detail)")
+    }
+
     /// Records why the connection ends (the first reason wins) and asks for the close.
     mutating func close(_ reason: String) -> Action {
         guard state != .closed else { return .none }

@@ -1,0 +1,365 @@
+import Dispatch
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+import Upstream
+
+/// What a batch of calls came to: each item's results (exactly one is the promise) and how long
+/// the whole took.
+struct Outcomes {
+    var results: [[UpstreamResult]]
+    var seconds: Double
+
+    var allSettledOnce: Bool { results.allSatisfy { $0.count == 1 } }
+    func status(_ i: Int) -> Int? {
+        guard results[i].count == 1 else { return nil }
+        switch results[i][0] {
+        case .success(let r): return r.status
+        case .failure(let e): return e.status
+        }
+    }
+    func reason(_ i: Int) -> String {
+        guard let first = results[i].first, case .failure(let e) = first else { return "" }
+        return e.message
+    }
+    func attempts(_ i: Int) -> Int {
+        switch results[i].first {
+        case .success(let r)?: return r.attempts
+        case .failure(let e)?: return e.attempts
+        case nil: return -1
+        }
+    }
+}
+
+/// Runs requests on a transport and waits, at most `within` seconds, for every one to settle;
+/// then waits a little more to catch a second outcome for any item.
+func runCalls(_ transport: UpstreamTransport, _ requests: [UpstreamRequest], within: Double = 5) async -> Outcomes {
+    let box = NIOLockedValueBox([[UpstreamResult]](repeating: [], count: requests.count))
+    let start = DispatchTime.now().uptimeNanoseconds
+    for (i, request) in requests.enumerated() {
+        _ = transport.execute(request) { result in box.withLockedValue { $0[i].append(result) } }
+    }
+    let deadline = start + UInt64(within * 1e9)
+    var end = start
+    while DispatchTime.now().uptimeNanoseconds < deadline {
+        if box.withLockedValue({ $0.allSatisfy { !$0.isEmpty } }) { break }
+        try? await Task.sleep(nanoseconds: 5_000_000)
+    }
+    end = DispatchTime.now().uptimeNanoseconds
+    try? await Task.sleep(nanoseconds: 50_000_000)
+    return Outcomes(results: box.withLockedValue { $0 }, seconds: Double(end - start) / 1e9)
+}
+
+func h2Configuration(port: Int, timeout: TimeAmount = .seconds(2), connections: Int = 1,
+                     _ tweak: (inout UpstreamConfiguration) -> Void = { _ in }) -> UpstreamConfiguration {
+    var configuration = UpstreamConfiguration(name: "scripted", endpoint: UpstreamEndpoint(scheme: "http", host: "127.0.0.1", port: port, basePath: ""),
+                                              protocol: .h2c, connections: connections, timeout: timeout)
+    tweak(&configuration)
+    return configuration
+}
+
+/// A scripted server, an HTTP/2 transport to it, and their teardown.
+func withH2(_ script: ScriptedHTTP2Server.Script = .init(), timeout: TimeAmount = .seconds(2),
+            tweak: (inout UpstreamConfiguration) -> Void = { _ in },
+            _ body: (HTTP2Transport, ScriptedHTTP2Server) async throws -> Void) async throws {
+    let server = try ScriptedHTTP2Server(script)
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let transport = HTTP2Transport(configuration: h2Configuration(port: server.port, timeout: timeout, tweak), group: group,
+                                   logger: Logger(label: "test"))
+    try await body(transport, server)
+    await transport.shutdown()
+    await server.stop()
+    try await group.shutdownGracefully()
+}
+
+func get(_ path: String, headers: [(name: String, value: String)] = []) -> UpstreamRequest {
+    UpstreamRequest(method: "GET", path: path, headers: headers)
+}
+
+func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
+    UpstreamRequest(method: "POST", path: path, body: ByteBuffer(repeating: UInt8(ascii: "x"), count: bytes))
+}
+
+@Suite(.serialized) struct HTTP2EngineTests {
+    @Test func aRefusedStreamIsSentAgainAndSaysSo() async throws {
+        try await withH2 { transport, _ in
+            let out = await runCalls(transport, [get("/refuse-once"), get("/ok")])
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 200 && out.attempts(0) == 2)
+            #expect(out.status(1) == 200 && out.attempts(1) == 1)
+        }
+    }
+
+    @Test func aConnectionClosedWithoutAnAnswerResendsAnIdempotentItemAndCountsIt() async throws {
+        try await withH2 { transport, _ in
+            let out = await runCalls(transport, [UpstreamRequest(method: "DELETE", path: "/close-once")])
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 404)
+            #expect(out.attempts(0) == 2)
+        }
+    }
+
+    @Test func goawayMidBatchResendsWhatThePeerDisownedAndNothingIsDoubled() async throws {
+        try await withH2 { transport, server in
+            var requests = (0..<12).map { _ in get("/slow/100") }
+            requests[8] = get("/goaway")
+            let out = await runCalls(transport, requests)
+            #expect(out.allSettledOnce)
+            #expect((0..<12).allSatisfy { out.status($0) == 200 })
+            #expect((0..<12).contains { out.attempts($0) == 2 })
+            let record = server.record.withLockedValue { $0 }
+            #expect(record.connections == 2)
+            // Every item processed exactly once by the upstream.
+            #expect(record.processed.count == 12)
+        }
+    }
+
+    @Test func goawayOnAnIdleConnectionMovesTheNextBatchToAFreshOne() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.goawayWhenIdleAfter = .milliseconds(50)
+        try await withH2(script) { transport, server in
+            let first = await runCalls(transport, [get("/ok"), get("/ok")])
+            #expect(first.allSettledOnce && first.status(0) == 200)
+            try await Task.sleep(nanoseconds: 300_000_000)
+            let second = await runCalls(transport, [get("/ok"), get("/ok")])
+            #expect(second.allSettledOnce)
+            #expect(second.status(0) == 200 && second.status(1) == 200)
+            #expect(server.record.withLockedValue { $0.connections } == 2)
+        }
+    }
+
+    @Test(arguments: ["/early", "/early-rst"])
+    func anAnswerBeforeTheBodyIsReadSettlesAtOnce(path: String) async throws {
+        try await withH2 { transport, _ in
+            // Larger than the 65,535-byte initial window: the last DATA leaves after the answer came.
+            let out = await runCalls(transport, [post(path, bytes: 200_000), post(path, bytes: 10)], within: 3)
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 200 && out.status(1) == 200)
+            #expect(out.seconds < 1.5)
+        }
+    }
+
+    @Test func aSilentConnectionIsRetiredByPing() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.silentConnections = [0]
+        try await withH2(script, timeout: .seconds(2), tweak: {
+            $0.pingInterval = .milliseconds(200)
+            $0.pingTimeout = .milliseconds(200)
+        }) { transport, server in
+            // The GET moves to a fresh connection; the POST may have been processed: 502, named.
+            let first = await runCalls(transport, [get("/ok"), post("/ok")])
+            #expect(first.allSettledOnce)
+            #expect(first.status(0) == 200 && first.attempts(0) == 2)
+            #expect(first.status(1) == 502)
+            #expect(first.reason(1).contains("no PING ACK within 200ms"))
+            #expect(first.seconds < 1.5)
+            let second = await runCalls(transport, [get("/ok"), post("/ok")])
+            #expect(second.allSettledOnce)
+            #expect(second.status(0) == 200 && second.status(1) == 200)
+            let record = server.record.withLockedValue { $0 }
+            #expect(record.connections == 2)
+        }
+    }
+
+    @Test func anIdlePooledConnectionIsPingedAndRetiredWhenSilent() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.silentAfterAnswers = [0: 1]
+        try await withH2(script, timeout: .seconds(2), tweak: {
+            $0.pingInterval = .milliseconds(100)
+            $0.pingTimeout = .milliseconds(100)
+        }) { transport, server in
+            // The first connection answers one item, then the path to it dies while it idles.
+            let first = await runCalls(transport, [get("/ok")])
+            #expect(first.status(0) == 200)
+            try await Task.sleep(nanoseconds: 500_000_000)
+            let out = await runCalls(transport, [post("/ok")])
+            #expect(out.allSettledOnce && out.status(0) == 200 && out.attempts(0) == 1)
+            #expect(server.record.withLockedValue { $0.connections } == 2)
+        }
+    }
+
+    @Test func aPeerThatNeverSendsSettingsFailsItsItemsWithTheReason() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.mutedConnections = [0]
+        try await withH2(script, timeout: .seconds(3), tweak: {
+            $0.pingInterval = .milliseconds(100)
+            $0.pingTimeout = .milliseconds(100)
+        }) { transport, _ in
+            let out = await runCalls(transport, [post("/ok"), get("/ok")])
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 502)
+            #expect(out.reason(0).contains("sent no HTTP/2 SETTINGS"))
+            #expect(out.seconds < 2)
+        }
+    }
+
+    @Test func aMalformedFrameFailsTheConnectionsItemsAtOnce() async throws {
+        try await withH2(timeout: .seconds(5)) { transport, _ in
+            let out = await runCalls(transport, [post("/silent"), post("/silent"), post("/malformed")])
+            #expect(out.allSettledOnce)
+            #expect((0..<3).allSatisfy { out.status($0) == 502 })
+            #expect(out.seconds < 2)
+        }
+    }
+
+    @Test func aConnectionErrorFromThePeerSettlesEveryStreamAtOnce() async throws {
+        try await withH2(timeout: .seconds(5)) { transport, _ in
+            var requests = (0..<10).map { _ in post("/silent") }
+            requests.append(post("/kill"))
+            let out = await runCalls(transport, requests)
+            #expect(out.allSettledOnce)
+            #expect((0..<11).allSatisfy { out.status($0) == 502 })
+            #expect(out.reason(0).contains("GOAWAY COMPRESSION_ERROR"))
+            #expect(out.reason(0).contains("too large header field"))
+            #expect(out.seconds < 2)
+        }
+    }
+
+    @Test(arguments: [UInt32(1), 0])
+    func maxConcurrentStreamsIsHonoured(limit: UInt32) async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.settings = [(0x3, limit)]
+        try await withH2(script, timeout: .milliseconds(800)) { transport, server in
+            let out = await runCalls(transport, (0..<5).map { _ in get("/slow/20") })
+            #expect(out.allSettledOnce)
+            if limit == 0 {
+                #expect((0..<5).allSatisfy { out.status($0) == 504 })
+                #expect(out.reason(0).contains("allows 0 concurrent streams"))
+                #expect(server.record.withLockedValue { $0.requests.count } == 0)
+            } else {
+                #expect((0..<5).allSatisfy { out.status($0) == 200 })
+                #expect(server.record.withLockedValue { $0.maxOpenStreams } == 1)
+            }
+        }
+    }
+
+    @Test func streamsWaitForThePeersSettings() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.settingsDelay = .milliseconds(200)
+        script.settings = [(0x3, 2)]
+        try await withH2(script) { transport, server in
+            let out = await runCalls(transport, (0..<4).map { _ in get("/slow/50") })
+            #expect(out.allSettledOnce && (0..<4).allSatisfy { out.status($0) == 200 })
+            let record = server.record.withLockedValue { $0 }
+            #expect(record.headersBeforeSettings == 0)
+            #expect(record.maxOpenStreams <= 2)
+        }
+    }
+
+    @Test(arguments: Array(UInt32(0)...13))
+    func aResetFailsOnlyItsItemAndNamesTheCode(code: UInt32) async throws {
+        try await withH2 { transport, _ in
+            let out = await runCalls(transport, [post("/reset/\(code)"), get("/ok")])
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 502)
+            #expect(out.status(1) == 200)
+            #expect(out.reason(0).contains(code == 0 ? "ended the stream without a response" : "reset the stream"))
+        }
+    }
+
+    @Test func anHTTP1OnlyServerIsNamedForWhatItIs() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.answerWithHTTP1 = true
+        try await withH2(script) { transport, _ in
+            let out = await runCalls(transport, [get("/ok"), post("/ok")])
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 502 && out.status(1) == 502)
+            #expect(out.reason(0).contains("answered the HTTP/2 connection preface with HTTP/1.x"))
+        }
+    }
+
+    @Test func aServerThatClosesAtOnceIsNamedForWhatItIs() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.closeAtOnce = true
+        try await withH2(script) { transport, _ in
+            let out = await runCalls(transport, [get("/ok")])
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 502)
+            #expect(out.reason(0).contains("does not speak h2c"))
+        }
+    }
+
+    @Test func aHeadOverTheCapIs431AndTheOthersGoOn() async throws {
+        try await withH2 { transport, server in
+            let big = get("/ok", headers: [("x-big", String(repeating: "a", count: 70_000))])
+            let out = await runCalls(transport, [big, get("/ok")])
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 431)
+            #expect(out.reason(0).contains("max_request_header_bytes"))
+            #expect(out.status(1) == 200)
+            #expect(server.record.withLockedValue { $0.requests.count } == 1)
+        }
+    }
+
+    @Test func aHeadNghttp2CannotSendSettlesAtOnce() async throws {
+        try await withH2(timeout: .seconds(5), tweak: { $0.maxRequestHeaderBytes = 1 << 20 }) { transport, _ in
+            let big = get("/ok", headers: [("x-big", String(repeating: "a", count: 70_000))])
+            let out = await runCalls(transport, [big, get("/ok")])
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 502)
+            #expect(out.reason(0).contains("does not fit in an HTTP/2 header block"))
+            #expect(out.status(1) == 200)
+            #expect(out.seconds < 2)
+        }
+    }
+
+    @Test func thePeersHeaderListLimitIsHonoured() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.settings = [(0x6, 4096)]
+        try await withH2(script) { transport, _ in
+            _ = await runCalls(transport, [get("/ok")])  // the connection learns the peer's limit
+            let out = await runCalls(transport, [get("/ok", headers: [("x-big", String(repeating: "a", count: 5000))]), get("/ok")])
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 431)
+            #expect(out.reason(0).contains("SETTINGS_MAX_HEADER_LIST_SIZE"))
+            #expect(out.status(1) == 200)
+        }
+    }
+
+    @Test func shutdownSettlesEverythingWith503() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.settings = [(0x3, 2)]
+        let server = try ScriptedHTTP2Server(script)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let transport = HTTP2Transport(configuration: h2Configuration(port: server.port, timeout: .seconds(10)), group: group,
+                                       logger: Logger(label: "test"))
+        let box = NIOLockedValueBox([[UpstreamResult]](repeating: [], count: 6))
+        for i in 0..<6 {
+            _ = transport.execute(i < 3 ? get("/silent") : post("/silent")) { r in box.withLockedValue { $0[i].append(r) } }
+        }
+        try await Task.sleep(nanoseconds: 200_000_000)
+        await transport.shutdown()
+        let results = box.withLockedValue { $0 }
+        #expect(results.allSatisfy { $0.count == 1 })
+        for r in results {
+            if case .failure(let e) = r.first { #expect(e.status == 503) } else { Issue.record("not a failure") }
+        }
+        let late = NIOLockedValueBox([UpstreamResult]())
+        _ = transport.execute(get("/ok")) { r in late.withLockedValue { $0.append(r) } }
+        try await Task.sleep(nanoseconds: 50_000_000)
+        #expect(late.withLockedValue { $0.count } == 1)
+        await server.stop()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func cancellingQueuedItemsSendsNoneOfThem() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.settings = [(0x3, 1)]
+        try await withH2(script, timeout: .seconds(10)) { transport, server in
+            let box = NIOLockedValueBox([[UpstreamResult]](repeating: [], count: 2001))
+            var calls: [UpstreamCall] = []
+            for i in 0..<2001 {
+                calls.append(transport.execute(get(i == 0 ? "/silent" : "/ok")) { r in box.withLockedValue { $0[i].append(r) } })
+            }
+            try await Task.sleep(nanoseconds: 200_000_000)
+            for call in calls.reversed() { call.cancel() }
+            try await Task.sleep(nanoseconds: 300_000_000)
+            let results = box.withLockedValue { $0 }
+            #expect(results.allSatisfy { $0.count == 1 })
+            #expect(results.allSatisfy { if case .failure(let e) = $0.first { return e.kind == .cancelled } else { return false } })
+            #expect(server.record.withLockedValue { $0.requests.count } == 1)
+        }
+    }
+}
