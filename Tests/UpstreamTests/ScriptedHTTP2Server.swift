@@ -190,8 +190,9 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             guard var entry = open[stream] else { return }
             entry.body += payload.count
             open[stream] = entry
-            if !payload.isEmpty {
-                // Read the body: give the window back (stream and connection).
+            if !payload.isEmpty && flags & 0x1 == 0 {
+                // Read the body: give the window back (stream and connection). Nothing follows
+                // the last DATA, so a client that waits for more bytes to report it waits forever.
                 write(type: 8, flags: 0, stream: 0, be32(UInt32(payload.count)))
                 write(type: 8, flags: 0, stream: stream, be32(UInt32(payload.count)))
             }
@@ -249,14 +250,15 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
                 if inflateFlags & Int32(NGHTTP2_HD_INFLATE_EMIT.rawValue) == 0 && remaining == 0 { break }
             }
         }
-        let path = fields.first(where: { $0.0 == ":path" })?.1 ?? ""
+        let fullPath = fields.first(where: { $0.0 == ":path" })?.1 ?? ""
+        let path = fullPath.split(separator: "?", maxSplits: 1).first.map(String.init) ?? fullPath
         let method = fields.first(where: { $0.0 == ":method" })?.1 ?? ""
         highestStream = max(highestStream, stream)
-        open[stream] = (path, method, 0, false, endStream)
+        open[stream] = (fullPath, method, 0, false, endStream)
         let openCount = open.count
         let beforeSettings = !settingsSent
         server.record.withLockedValue {
-            $0.requests.append(.init(connection: index, stream: stream, method: method, path: path, headers: fields, bodyBytes: 0))
+            $0.requests.append(.init(connection: index, stream: stream, method: method, path: fullPath, headers: fields, bodyBytes: 0))
             $0.maxOpenStreams = max($0.maxOpenStreams, openCount)
             if beforeSettings { $0.headersBeforeSettings += 1 }
         }
@@ -287,14 +289,16 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
 
     func requestComplete(_ stream: UInt32) {
         guard let entry = open[stream], !entry.answered else { return }
-        let path = entry.path
+        // The query only makes a path unique (for the "-once" faults); it never picks the fate.
+        let fullPath = entry.path
+        let path = fullPath.split(separator: "?", maxSplits: 1).first.map(String.init) ?? fullPath
         if let last = goawayLast, stream > last { return }
         if path == "/ok" || path == "/goaway" || path.hasPrefix("/early") { answer(stream, status: 200) }
         else if path.hasPrefix("/status/") { answer(stream, status: Int(path.dropFirst(8)) ?? 500) }
         else if path.hasPrefix("/slow/") {
             let ms = Int64(path.dropFirst(6)) ?? 100
             context.eventLoop.scheduleTask(in: .milliseconds(ms)) { self.answer(stream, status: 200) }
-        } else if path == "/refuse" || (path == "/refuse-once" && server.firstTime("refuse:\(path)")) {
+        } else if path == "/refuse" || (path == "/refuse-once" && server.firstTime("refuse:\(fullPath)")) {
             open.removeValue(forKey: stream)
             write(type: 3, flags: 0, stream: stream, be32(7))
         } else if path == "/refuse-once" {
@@ -303,7 +307,7 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             open.removeValue(forKey: stream)
             write(type: 3, flags: 0, stream: stream, be32(UInt32(path.dropFirst(7)) ?? 2))
         } else if path == "/close-once" {
-            if server.firstTime("close-once") {
+            if server.firstTime("close:\(fullPath)") {
                 context.close(promise: nil)
             } else {
                 answer(stream, status: 404)

@@ -122,8 +122,13 @@ final class HTTP2Connection {
         let reason = machine.channelInactive()
         var resend: [HTTP2Exchange] = []
         var failures: [(HTTP2Exchange, UpstreamError)] = []
+        var outcomesOnClose: [HTTP2Exchange] = []
         for (id, exchange) in streams.sorted(by: { $0.key < $1.key }) {
             exchange.connection = nil
+            if exchange.responseComplete {
+                outcomesOnClose.append(exchange)
+                continue
+            }
             switch machine.disposition(streamID: id, sawResponseBytes: exchange.sawResponseBytes,
                                        idempotent: exchange.request.isIdempotent, sends: exchange.sends, reason: reason) {
             case .resend: resend.append(exchange)
@@ -137,6 +142,7 @@ final class HTTP2Connection {
         }
         channel = nil
         slot.connectionClosed(self, reason: reason, established: established, resend: resend, failures: failures)
+        for exchange in outcomesOnClose { exchange.settle(.success(exchange.response)) }
     }
 
     // MARK: requests
@@ -229,7 +235,9 @@ final class HTTP2Connection {
                 let action = machine.streamClosed()
                 if action != .none { after = action }
             }
-            for exchange in expired { exchange.settle(.failure(slot.timeoutError())) }
+            for exchange in expired {
+                exchange.settle(exchange.responseComplete ? .success(exchange.response) : .failure(slot.timeoutError()))
+            }
             flush()
             handle(after)
         }
@@ -435,6 +443,11 @@ final class HTTP2Connection {
                                                       maxHeaderListSize: headerList == UInt32.max ? nil : Int(headerList)))
     }
 
+    fileprivate func endOfResponse(stream: Int32) {
+        guard let exchange = streams[stream], exchange.status >= 200 else { return }
+        exchange.responseComplete = true
+    }
+
     fileprivate func pingAcknowledged() {
         machine.pingAcknowledged(now: .now())
     }
@@ -482,7 +495,11 @@ private let onFrameReceived: nghttp2_on_frame_recv_callback = { _, frame, userDa
     guard let frame else { return 0 }
     let type = frame.pointee.hd.type
     let isAck = frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0
-    if type == UInt8(NGHTTP2_GOAWAY.rawValue) {
+    if type <= UInt8(NGHTTP2_HEADERS.rawValue) {  // DATA or HEADERS
+        if frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0 {
+            owner(userData).endOfResponse(stream: frame.pointee.hd.stream_id)
+        }
+    } else if type == UInt8(NGHTTP2_GOAWAY.rawValue) {
         let goaway = frame.pointee.goaway
         var debug = ""
         if let data = goaway.opaque_data, goaway.opaque_data_len > 0 {

@@ -14,6 +14,9 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     var body: ByteBuffer
     var truncated = false
     var sawResponseBytes = false
+    /// The peer ended its side (END_STREAM) with a final status: the answer is whole even if our
+    /// upload is still going (RFC 9113 §8.1 lets a server answer before reading the body).
+    var responseComplete = false
     /// Times the request was put on a stream (re-sends after a connection closed under it count).
     var sends = 0
     /// In its slot's queue (which skips settled exchanges lazily, so cancelling one costs O(1)).
@@ -41,6 +44,7 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
         body.clear()
         truncated = false
         sawResponseBytes = false
+        responseComplete = false
         bodySent = 0
         streamID = -1
         connection = nil

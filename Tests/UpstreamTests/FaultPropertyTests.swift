@@ -1,0 +1,67 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PropertyBased
+import Testing
+import Upstream
+
+/// A fault an item may meet on the scripted upstream, and the status it must end with.
+enum ItemFault: CaseIterable, Sendable {
+    case ok, notFound, unavailable, silent, reset, refusedOnce, refusedAlways, earlyAnswer, closedOnce
+
+    func path(_ i: Int) -> String {
+        switch self {
+        case .ok: return "/ok?i=\(i)"
+        case .notFound: return "/status/404?i=\(i)"
+        case .unavailable: return "/status/503?i=\(i)"
+        case .silent: return "/silent?i=\(i)"
+        case .reset: return "/reset/2?i=\(i)"
+        case .refusedOnce: return "/refuse-once?i=\(i)"
+        case .refusedAlways: return "/refuse?i=\(i)"
+        case .earlyAnswer: return "/early?i=\(i)"
+        case .closedOnce: return "/close-once?i=\(i)"
+        }
+    }
+
+    var expectedStatus: Int {
+        switch self {
+        case .ok, .refusedOnce, .earlyAnswer: return 200
+        case .notFound, .closedOnce: return 404
+        case .unavailable: return 503
+        case .silent: return 504
+        case .reset, .refusedAlways: return 502
+        }
+    }
+}
+
+@Test func everyItemSettlesOnceWithItsFaultsStatusOverHTTP2() async throws {
+    let server = try ScriptedHTTP2Server()
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    let timeout = TimeAmount.milliseconds(400)
+    let transport = HTTP2Transport(configuration: h2Configuration(port: server.port, timeout: timeout, connections: 2),
+                                   group: group, logger: Logger(label: "test"))
+    var batchNumber = 0
+    await propertyCheck(count: 12, input: Gen.element(of: ItemFault.allCases).compactMap { $0 }.array(of: 1...40)) { generated in
+        batchNumber += 1
+        // One dropped connection per batch: an item caught under four of them in a row has
+        // used its sends and fails 502 by design, which would make the expected status depend on timing.
+        var faults = generated
+        if let first = faults.firstIndex(of: .closedOnce) {
+            for i in faults.indices where i > first && faults[i] == .closedOnce { faults[i] = .ok }
+        }
+        let requests = faults.enumerated().map { i, fault in
+            fault == .earlyAnswer
+                ? UpstreamRequest(method: "PUT", path: fault.path(batchNumber * 1000 + i), body: ByteBuffer(repeating: 1, count: 100_000))
+                : get(fault.path(batchNumber * 1000 + i))
+        }
+        let out = await runCalls(transport, requests, within: 0.4 + 1)
+        #expect(out.allSettledOnce, "\(faults)")
+        for (i, fault) in faults.enumerated() {
+            #expect(out.status(i) == fault.expectedStatus, "item \(i) \(fault): \(out.reason(i))")
+        }
+        #expect(out.seconds < 0.4 + 1)
+    }
+    await transport.shutdown()
+    await server.stop()
+    try await group.shutdownGracefully()
+}
