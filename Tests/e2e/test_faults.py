@@ -1,0 +1,94 @@
+"""Every item exactly once when the upstream or a signal misbehaves: the built binary against the
+demo upstream and nginx. (Faults nginx cannot produce are scripted in Tests/UpstreamTests.)"""
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import Sheaf, one_route_sheaf
+
+
+@pytest.mark.parametrize("protocol", ["h2c", "http1"])
+def test_sigterm_past_drain_timeout_ends_every_207_with_503s(workdir, demo, protocol):
+    """Items still running when drain_timeout passes get 503, and the 207 is whole."""
+    s = one_route_sheaf(workdir, f"term-{protocol}", demo, top="drain_timeout: 300ms",
+                        upstream=f"protocol: {protocol}, timeout: 10s")
+    result = {}
+
+    def client():
+        body = {"requests": [{"method": "GET", "url": f"/users/{i}?delay_ms=2000"} for i in range(1, 11)]}
+        r = httpx.post(s.url + "/slow", json=body, timeout=30)
+        result["status"] = r.status_code
+        result["results"] = r.json()["results"]
+
+    t = threading.Thread(target=client)
+    t.start()
+    time.sleep(0.3)
+    os.kill(s.process.pid, signal.SIGTERM)
+    t.join(timeout=30)
+    assert s.process.proc.wait(timeout=15) == 0
+    assert result.get("status") == 207
+    items = result["results"]
+    assert sorted(x["id"] for x in items) == sorted(str(i) for i in range(10))
+    assert [x["status"] for x in items] == [503] * 10
+    assert all("shut" in x["error"] for x in items)
+    assert "Cannot schedule tasks" not in s.process.output()
+
+
+def test_h2c_against_an_http1_only_server_says_so(workdir, nginx):
+    s = Sheaf(workdir, "h2c-to-http1", f"""
+        upstreams:
+          legacy: {{url: "http://127.0.0.1:{nginx.http1}", protocol: h2c}}
+        routes:
+          - {{name: r, method: POST, path: /b, upstream: legacy}}
+        """)
+    try:
+        body = {"requests": [{"method": "GET", "url": f"/users/{i}"} for i in range(3)]}
+        r = httpx.post(s.url + "/b", json=body, timeout=30)
+        assert r.status_code == 207
+        items = r.json()["results"]
+        assert [x["status"] for x in items] == [502] * 3
+        assert all("does not speak h2c" in x["error"] and "protocol: http1" in x["error"] for x in items), items
+    finally:
+        s.stop()
+
+
+def test_one_item_that_kills_the_connection_does_not_strand_its_neighbours(workdir, nginx):
+    """nginx fails the whole h2 connection over one too-large header; the others settle at once."""
+    s = Sheaf(workdir, "neighbours", f"""
+        upstreams:
+          nginx: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c, timeout: 10s, max_request_header_bytes: 1MiB}}
+        routes:
+          - {{name: r, method: POST, path: /b, upstream: nginx, concurrency: 200}}
+        """)
+    try:
+        body = {"requests": [{"id": f"slow{i}", "method": "POST", "url": f"/sleep/{i}", "body": "x"} for i in range(20)]}
+        body["requests"].append({"id": "big", "method": "POST", "url": "/users/1", "headers": {"X-Big": "a" * 40000}, "body": "x"})
+        started = time.monotonic()
+        r = httpx.post(s.url + "/b", json=body, timeout=30)
+        elapsed = time.monotonic() - started
+        assert r.status_code == 207
+        items = {x["id"]: x for x in r.json()["results"]}
+        assert len(items) == 21 and len(r.json()["results"]) == 21
+        # Far less than the 10 s item timeout: nothing waited for it.
+        assert elapsed < 5, elapsed
+        failed = [x for x in items.values() if x["status"] == 502]
+        assert items["big"]["status"] in (502, 431), items["big"]
+        assert all("GOAWAY" in x["error"] or "closed" in x["error"] for x in failed), failed
+        assert all(x["status"] in (200, 502) for k, x in items.items() if k != "big")
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("route", ["/ordered", "/batch1"])
+def test_a_head_over_the_cap_is_431_for_that_item_on_both_engines(sheaf, route):
+    body = {"requests": [{"id": "big", "method": "GET", "url": "/users/1", "headers": {"X-Big": "a" * 70000}},
+                         {"id": "ok", "method": "GET", "url": "/users/2"}]}
+    r = httpx.post(sheaf.url + route, json=body, timeout=30)
+    assert r.status_code == 207
+    items = {x["id"]: x for x in r.json()["results"]}
+    assert items["big"]["status"] == 431 and "max_request_header_bytes" in items["big"]["error"]
+    assert items["ok"]["status"] == 200
