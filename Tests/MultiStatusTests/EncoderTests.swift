@@ -89,3 +89,15 @@ private let item = BatchItem(id: "a<&>", href: "/docs/a%20b", rejection: "x")
     #expect(output.contains("<D:responsedescription>url &quot;\u{FFFD}&quot; is absolute</D:responsedescription>")
             || output.contains("<D:responsedescription>url \"\u{FFFD}\" is absolute</D:responsedescription>"))
 }
+
+@Test func attemptsAreReportedOnlyWhenAnItemWasSentMoreThanOnce() throws {
+    let once = ItemOutcome(status: 200, attempts: 1)
+    let twice = ItemOutcome(status: 404, attempts: 2)
+    let json = try JSONParser.parse(encode(.json, [(item, once), (item, twice)]))
+    guard case .array(let results) = json["results"] else { Issue.record("no results"); return }
+    #expect(results[0]["attempts"] == nil)
+    #expect(results[1]["attempts"] == .number("2"))
+    let xml = encode(.xml(mediaType: "application/xml"), [(item, once), (item, twice)])
+    #expect(xml.components(separatedBy: "<S:attempts>").count == 2)
+    #expect(xml.contains("<S:attempts>2</S:attempts>"))
+}

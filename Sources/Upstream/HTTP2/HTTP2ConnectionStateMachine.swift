@@ -54,6 +54,10 @@ struct HTTP2ConnectionStateMachine {
     private var lastRead: NIODeadline
     private var pingSentAt: NIODeadline?
     private var sawBytes = false
+    /// The peer's GOAWAY carried an error: what it processed may be what failed it, so only the
+    /// streams it disowned are sent again (an item that kills connections must not kill fresh
+    /// ones together with its neighbours).
+    private var peerFailedConnection = false
 
     init(upstream: String, pingInterval: TimeAmount, pingTimeout: TimeAmount, now: NIODeadline) {
         self.upstream = upstream
@@ -109,6 +113,7 @@ struct HTTP2ConnectionStateMachine {
         lastProcessedStreamID = min(lastProcessedStreamID, lastStreamID)
         guard state != .closed else { return .none }
         if errorCode != 0 {
+            peerFailedConnection = true
             let detail = debug.isEmpty ? "" : " (\"\(debug)\")"
             return close("upstream \(upstream) failed the connection: GOAWAY \(errorName)\(detail)")
         }
@@ -206,7 +211,7 @@ struct HTTP2ConnectionStateMachine {
     /// of answer came (RFC 9110 §9.2.2), at most `maxSends` times in all.
     func disposition(streamID: Int32, sawResponseBytes: Bool, idempotent: Bool, sends: Int,
                      reason: String) -> Disposition {
-        let unprocessed = streamID > lastProcessedStreamID || (!sawResponseBytes && idempotent)
+        let unprocessed = streamID > lastProcessedStreamID || (!peerFailedConnection && !sawResponseBytes && idempotent)
         if unprocessed && sends < Self.maxSends { return .resend }
         return .fail(.unreachable, reason)
     }

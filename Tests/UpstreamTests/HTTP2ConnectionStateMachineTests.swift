@@ -1,0 +1,97 @@
+import NIOCore
+import Testing
+@testable import Upstream
+
+/// The connection's lifecycle without a socket or a clock: events in, actions out.
+struct HTTP2ConnectionStateMachineTests {
+    let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+
+    func machine() -> HTTP2ConnectionStateMachine {
+        var m = HTTP2ConnectionStateMachine(upstream: "u", pingInterval: .seconds(5), pingTimeout: .seconds(3), now: t0)
+        m.channelActive(now: t0)
+        return m
+    }
+
+    @Test func noStreamOpensBeforeThePeersSettings() {
+        var m = machine()
+        #expect(m.state == .awaitingSettings && !m.canOpenStream)
+        #expect(m.settingsReceived(maxConcurrentStreams: 2, maxHeaderListSize: 8192) == .startStreams)
+        #expect(m.canOpenStream && m.peerMaxHeaderListSize == 8192)
+        m.streamOpened(); m.streamOpened()
+        #expect(!m.canOpenStream)
+        #expect(m.streamClosed() == .startStreams && m.canOpenStream)
+    }
+
+    @Test func anHTTP1AnswerToThePrefaceClosesWithTheReason() {
+        var m = machine()
+        let action = Array("HTTP/1.1 400 Bad Request\r\n".utf8).withUnsafeBytes { m.bytesReceived(startingWith: $0, now: t0) }
+        guard case .close(let reason) = action else { Issue.record("expected close, got \(action)"); return }
+        #expect(reason.contains("does not speak h2c"))
+        #expect(m.channelInactive() == reason)
+    }
+
+    @Test func aCleanGoawayDrainsThenClosesWhenTheLastStreamEnds() {
+        var m = machine()
+        _ = m.settingsReceived(maxConcurrentStreams: 100, maxHeaderListSize: nil)
+        m.streamOpened(); m.streamOpened()
+        #expect(m.goawayReceived(lastStreamID: 1, errorCode: 0, errorName: "NO_ERROR", debug: "") == .drain)
+        #expect(!m.canOpenStream)
+        #expect(m.streamClosed() == .none)
+        guard case .close = m.streamClosed() else { Issue.record("expected close"); return }
+        // Stream 3 was beyond the last stream id: sent again whatever its method.
+        #expect(m.disposition(streamID: 3, sawResponseBytes: false, idempotent: false, sends: 1, reason: "r") == .resend)
+        #expect(m.disposition(streamID: 1, sawResponseBytes: false, idempotent: false, sends: 1, reason: "r") == .fail(.unreachable, "r"))
+    }
+
+    @Test func aGoawayWithAnErrorClosesAtOnceAndResendsOnlyWhatWasDisowned() {
+        var m = machine()
+        _ = m.settingsReceived(maxConcurrentStreams: 100, maxHeaderListSize: nil)
+        m.streamOpened()
+        let action = m.goawayReceived(lastStreamID: 5, errorCode: 11, errorName: "ENHANCE_YOUR_CALM", debug: "too big")
+        #expect(action == .close(reason: "upstream u failed the connection: GOAWAY ENHANCE_YOUR_CALM (\"too big\")"))
+        #expect(m.disposition(streamID: 5, sawResponseBytes: false, idempotent: true, sends: 1, reason: "r") == .fail(.unreachable, "r"))
+        #expect(m.disposition(streamID: 7, sawResponseBytes: false, idempotent: true, sends: 1, reason: "r") == .resend)
+    }
+
+    @Test func idempotentItemsWithoutAnswerAreResentAtMostFourTimesInAll() {
+        var m = machine()
+        _ = m.settingsReceived(maxConcurrentStreams: 100, maxHeaderListSize: nil)
+        let reason = m.channelInactive()
+        #expect(m.disposition(streamID: 1, sawResponseBytes: false, idempotent: true, sends: 3, reason: reason) == .resend)
+        #expect(m.disposition(streamID: 1, sawResponseBytes: false, idempotent: true, sends: 4, reason: reason) == .fail(.unreachable, reason))
+        #expect(m.disposition(streamID: 1, sawResponseBytes: true, idempotent: true, sends: 1, reason: reason) == .fail(.unreachable, reason))
+        #expect(m.disposition(streamID: 1, sawResponseBytes: false, idempotent: false, sends: 1, reason: reason) == .fail(.unreachable, reason))
+    }
+
+    @Test func silencePingsAndAnUnansweredPingRetiresTheConnection() {
+        var m = machine()
+        _ = m.settingsReceived(maxConcurrentStreams: 100, maxHeaderListSize: nil)
+        #expect(m.tick(now: t0 + .seconds(4)) == .none)
+        #expect(m.tick(now: t0 + .seconds(5)) == .sendPing)
+        #expect(m.tick(now: t0 + .seconds(6)) == .none)  // one PING at a time
+        guard case .close(let reason) = m.tick(now: t0 + .seconds(8)) else { Issue.record("expected close"); return }
+        #expect(reason.contains("no PING ACK within 3s"))
+    }
+
+    @Test func anAnsweredPingKeepsTheConnection() {
+        var m = machine()
+        _ = m.settingsReceived(maxConcurrentStreams: 100, maxHeaderListSize: nil)
+        #expect(m.tick(now: t0 + .seconds(5)) == .sendPing)
+        m.pingAcknowledged(now: t0 + .seconds(6))
+        #expect(m.tick(now: t0 + .seconds(9)) == .none)
+        #expect(m.tick(now: t0 + .seconds(11)) == .sendPing)
+    }
+
+    @Test func aPeerThatNeverSendsSettingsIsGivenUpOn() {
+        var m = machine()
+        #expect(m.tick(now: t0 + .seconds(7)) == .none)
+        guard case .close(let reason) = m.tick(now: t0 + .seconds(8)) else { Issue.record("expected close"); return }
+        #expect(reason.contains("sent no HTTP/2 SETTINGS within 8s"))
+    }
+
+    @Test func aSilentCloseBeforeSettingsSaysThePeerDoesNotSpeakH2c() {
+        var m = machine()
+        #expect(m.channelInactive().contains("does not speak h2c"))
+        #expect(!m.sawSettings)
+    }
+}
