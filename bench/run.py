@@ -12,6 +12,8 @@ Measured in one run, against the same nginx (one worker):
   5. With a 20 ms upstream: batch latency for N = 1, 100, 1000 against the 20 ms floor
      and against the client alone.
   6. Sheaf's peak RSS for a 100,000-item batch and at idle.
+  7. A client hanging up on an 80,000-item batch: /healthz latency while Sheaf cancels it
+     (`python3 bench/run.py cancel` runs this row alone, for 10k and 80k items).
 Writes bench/results/latest.md and prints it; BENCHMARKS.md holds the recorded runs.
 """
 import http.client
@@ -182,6 +184,14 @@ routes:
     fan_out: {{items: "", method: GET, path: "/slow/{{item}}"}}
     concurrency: 1000
     max_items: 100000
+  - name: cancel
+    method: POST
+    path: /cancel
+    upstream: nginx
+    fan_out: {{items: "", method: GET, path: "/slow/{{item}}"}}
+    concurrency: 100000
+    max_items: 100000
+    max_body_bytes: 16MiB
 """)
         self.sheaf = self.spawn([BIN, "serve", "--config", cfg, "--log-level", "warning"], self.sheaf_port)
         self.nghttpx_port = free_port()
@@ -261,7 +271,75 @@ def client_alone(port, path, n, connections):
     return time.perf_counter() - t
 
 
+def metric_sum(port, name, label):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def cancel_row(env, n=80_000):
+    """A client posts an n-item batch (almost all of it queued behind the upstream's stream
+    limit), then hangs up. While Sheaf cancels, a second client polls /healthz every 10 ms.
+    Reports the health checks' worst latency and how the items ended (499 vs 504)."""
+    port = env.sheaf_port
+    before = {s: metric_sum(port, "sheaf_items_total", f'route="cancel",status="{s}"') for s in ("499", "504")}
+    body = json.dumps(list(range(1, n + 1))).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /cancel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    sock.recv(4096)  # the 207's head: the fan-out runs
+    time.sleep(1.0)
+    latencies = []
+    stop_polling = threading.Event()
+
+    def poll():
+        while not stop_polling.is_set():
+            t = time.perf_counter()
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            c.request("GET", "/healthz")
+            c.getresponse().read()
+            c.close()
+            latencies.append((time.perf_counter() - t) * 1000)
+            time.sleep(0.01)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.2)
+    closed_at = time.perf_counter()
+    sock.close()
+    settled_after = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if metric_sum(port, "sheaf_items_in_flight", "") == 0 and metric_sum(port, "sheaf_items_in_flight", "") == 0:
+            settled_after = time.perf_counter() - closed_at
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    stop_polling.set()
+    poller.join()
+    after = {s: metric_sum(port, "sheaf_items_total", f'route="cancel",status="{s}"') for s in ("499", "504")}
+    lat = sorted(latencies)
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return (f"| {n} | {lat[-1]:.1f} ms | {p99:.1f} ms | {len(lat)} | "
+            f"{(settled_after * 1000 if settled_after else float('nan')):.0f} ms | "
+            f"{after['499'] - before['499']:.0f} | {after['504'] - before['504']:.0f} |")
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "cancel":
+        env = Env()
+        try:
+            post_batch(env.sheaf_port, "/users", 1000)
+            print("| items | worst /healthz | p99 /healthz | checks | all settled after hang-up | 499 | 504 |")
+            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            for n in (10_000, 80_000):
+                print(cancel_row(env, n))
+        finally:
+            env.close()
+        return
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} missing: run `swift build -c release` (make bench does)")
     env = Env()
@@ -362,6 +440,13 @@ def main():
                     f"Peak RSS (VmHWM) after one 100,000-item batch ({wall:.2f} s, {len(data) / 1e6:.1f} MB of 207): "
                     f"**{peak / 1024:.1f} MiB**, {(peak - idle_rss) / 1024:.1f} MiB above idle.")
         ratios["peak RSS above idle, 100k items (MiB)"] = (peak - idle_rss) / 1024
+
+        # 7. A client hangs up on a huge queued batch: health checks keep answering.
+        rows.append("")
+        rows.append("### 7. Cancelling a queued batch: a client hangs up on N items queued behind nginx's stream limit\n")
+        rows.append("| items | worst /healthz | p99 /healthz | checks | all settled after hang-up | 499 | 504 |")
+        rows.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        rows.append(cancel_row(env, 80_000))
     finally:
         env.close()
 

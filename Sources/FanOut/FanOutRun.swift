@@ -135,7 +135,10 @@ public final class FanOutRun: @unchecked Sendable {
             return (scheduler.cancel(), calls.compactMap { $0 })
         }
         guard let (never, inFlight) = work else { return }
-        for call in inFlight { call.cancel() }
+        // Latest first: those are the ones still queued in the transport. Cancelling the oldest
+        // (on the wire) first would free streams for queued items, which would go out only to
+        // be reset a moment later.
+        for call in inFlight.reversed() { call.cancel() }
         settleNeverStarted(never, outcome)
     }
 

@@ -354,6 +354,7 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
                 calls.append(transport.execute(get(i == 0 ? "/silent" : "/ok")) { r in box.withLockedValue { $0[i].append(r) } })
             }
             try await Task.sleep(nanoseconds: 200_000_000)
+            // In the order FanOutRun cancels a batch: the latest (queued) first.
             for call in calls.reversed() { call.cancel() }
             try await Task.sleep(nanoseconds: 300_000_000)
             let results = box.withLockedValue { $0 }
