@@ -73,6 +73,7 @@ let package = Package(
         // Both engines against scripted upstreams (raw HTTP/2 frames, raw HTTP/1.1) in process.
         .testTarget(name: "UpstreamTests", dependencies: [
             "Upstream", "FanOut", "CNGHTTP2",
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "PropertyBased", package: "swift-property-based"),

@@ -140,15 +140,19 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         }()
         errorBuffer[0] = 0
         sheaf_easy_setopt_ptr(easy, CURLOPT_ERRORBUFFER, errorBuffer)
-        switch request.method {
-        case "GET": sheaf_easy_setopt_long(easy, CURLOPT_HTTPGET, 1)
-        case "HEAD": sheaf_easy_setopt_long(easy, CURLOPT_NOBODY, 1)
-        default: sheaf_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method)
-        }
         if let body = request.body {
+            // POSTFIELDS is how curl sends a body, and it turns the request into a POST:
+            // CUSTOMREQUEST puts the item's own method back on the request line.
             sheaf_easy_setopt_off_t(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.readableBytes))
             body.withUnsafeReadableBytes { raw in
                 _ = sheaf_easy_setopt_ptr(easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress))
+            }
+            sheaf_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method)
+        } else {
+            switch request.method {
+            case "GET": sheaf_easy_setopt_long(easy, CURLOPT_HTTPGET, 1)
+            case "HEAD": sheaf_easy_setopt_long(easy, CURLOPT_NOBODY, 1)
+            default: sheaf_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method)
             }
         }
         var list: UnsafeMutablePointer<curl_slist>?
@@ -177,7 +181,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle,
                   let exchange = active[easy] else { continue }
             let code = sheaf_msg_result(message)
-            if code == CURLE_OK {
+            // A transfer stopped at the end of a HEAD's answer (see CurlExchange.endsAtHead) is whole.
+            if code == CURLE_OK || exchange.stoppedAtHead {
                 var status = 0
                 sheaf_easy_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
                 finish(exchange, .success(UpstreamResponse(status: status, headers: exchange.headers,
@@ -241,8 +246,9 @@ private let curlWrite: sheaf_curl_data_callback = { pointer, size, count, userDa
 private let curlHeader: sheaf_curl_data_callback = { pointer, size, count, userData in
     let exchange = Unmanaged<CurlExchange>.fromOpaque(userData!).takeUnretainedValue()
     let length = size * count
-    pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
+    let proceed = pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
         exchange.headerLine(UnsafeBufferPointer(start: bytes, count: length))
-    }
-    return length
+    } ?? true
+    // Any other count than `length` makes curl end the transfer.
+    return proceed ? length : 0
 }
