@@ -159,10 +159,11 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         for header in request.headers {
             list = curl_slist_append(list, "\(header.name): \(header.value)")
         }
-        // No "Expect: 100-continue" round trip; no default Accept the client did not ask for.
+        // No "Expect: 100-continue" round trip. No Accept or Content-Type the item does not have:
+        // curl adds "Accept: */*", and labels a body application/x-www-form-urlencoded.
         list = curl_slist_append(list, "Expect:")
-        if !request.headers.contains(where: { $0.name.lowercased() == "accept" }) {
-            list = curl_slist_append(list, "Accept:")
+        for name in ["accept", "content-type"] where !request.headers.contains(where: { $0.name.lowercased() == name }) {
+            list = curl_slist_append(list, "\(name):")
         }
         exchange.headerList = list
         sheaf_easy_setopt_ptr(easy, CURLOPT_HTTPHEADER, list)
