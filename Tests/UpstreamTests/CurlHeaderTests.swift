@@ -17,4 +17,17 @@ extension CurlTransportTests {
         #expect(received.first?.values("content-type") == [])
         #expect(received.last?.values("content-type") == ["application/json"])
     }
+
+    /// A header with an empty value goes out empty: in curl's header list "Name:" means "do not
+    /// send Name", so the engine must write it as "Name;".
+    @Test func curlSendsHeadersWithEmptyValues() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let request = UpstreamRequest(method: "GET", path: "/ok", headers: [("X-Empty", ""), ("X-Full", "v"), ("Accept", "")])
+        #expect(harness.execute(request).settlements.response()?.status == 200)
+        let received = try #require(harness.awaitRequests(1).first)
+        #expect(received.values("x-empty") == [""])
+        #expect(received.values("x-full") == ["v"])
+        #expect(received.values("accept") == [""])
+    }
 }

@@ -157,7 +157,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         }
         var list: UnsafeMutablePointer<curl_slist>?
         for header in request.headers {
-            list = curl_slist_append(list, "\(header.name): \(header.value)")
+            // curl drops "Name:" with a blank value (that is how one removes its own headers);
+            // "Name;" is its syntax for a header sent empty.
+            let blank = header.value.allSatisfy { $0 == " " || $0 == "\t" }
+            list = curl_slist_append(list, blank ? "\(header.name);" : "\(header.name): \(header.value)")
         }
         // No "Expect: 100-continue" round trip. No Accept or Content-Type the item does not have:
         // curl adds "Accept: */*", and labels a body application/x-www-form-urlencoded.
