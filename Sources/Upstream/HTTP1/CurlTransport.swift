@@ -215,8 +215,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     /// The one place libcurl result codes become Sheaf errors.
     private func error(for code: CURLcode, easy: UnsafeMutableRawPointer) -> UpstreamError {
-        let buffer = errorBuffers[easy]
-        let detail = buffer.map { $0[0] != 0 ? String(cString: $0) : nil } ?? nil ?? String(cString: curl_easy_strerror(code))
+        // curl's message for this transfer when it wrote one, else the generic text for the code.
+        let detail = errorBuffers[easy].flatMap { $0[0] != 0 ? String(cString: $0) : nil }
+            ?? String(cString: curl_easy_strerror(code))
         switch code {
         case CURLE_OPERATION_TIMEDOUT:
             return timeoutError()
