@@ -109,6 +109,11 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             exchange.settle(.failure(timeoutError()))
             return
         }
+        // The same limit, and the same 431, as on HTTP/2: an item's fate does not depend on the protocol.
+        if let tooLarge = configuration.headTooLarge(exchange.request) {
+            exchange.settle(.failure(tooLarge))
+            return
+        }
         guard let easy = spareHandles.popLast() ?? curl_easy_init() else {
             exchange.settle(.failure(UpstreamError(.unreachable, "libcurl could not create a handle")))
             return
