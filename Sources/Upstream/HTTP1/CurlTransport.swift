@@ -24,6 +24,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     // Curl thread only.
     private var active: [UnsafeMutableRawPointer: CurlExchange] = [:]
+    /// Every started exchange in hand-over order, which is deadline order: all items of one
+    /// upstream have the same timeout. Settled ones leave when they reach the front.
+    private var byDeadline = CircularBuffer<CurlExchange>()
     private var spareHandles: [UnsafeMutableRawPointer] = []
     /// CURLOPT_ERRORBUFFER per easy handle, freed with the handle when the thread ends.
     private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
@@ -93,8 +96,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             var running: Int32 = 0
             curl_multi_perform(multi, &running)
             collectFinished()
+            let wait = expireOverdue()
             var events: Int32 = 0
-            curl_multi_poll(multi, nil, 0, 1000, &events)
+            curl_multi_poll(multi, nil, 0, wait, &events)
         }
         for handle in spareHandles { curl_easy_cleanup(handle) }
         for buffer in errorBuffers.values { buffer.deallocate() }
@@ -104,8 +108,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     }
 
     private func start(_ exchange: CurlExchange) {
-        let remaining = exchange.deadline - .now()
-        if remaining.nanoseconds <= 0 {
+        if exchange.deadline <= .now() {
             exchange.settle(.failure(timeoutError()))
             return
         }
@@ -119,19 +122,35 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             return
         }
         exchange.easy = easy
-        configure(easy, for: exchange, timeoutMs: max(1, Int(remaining.nanoseconds / 1_000_000)))
+        configure(easy, for: exchange)
         active[easy] = exchange
+        byDeadline.append(exchange)
         curl_multi_add_handle(multi, easy)
     }
 
-    private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange, timeoutMs: Int) {
+    /// Settles every exchange whose deadline has passed, on a connection or still waiting for
+    /// one, and returns how long the curl thread may sleep until the next deadline, in ms.
+    /// (Not CURLOPT_TIMEOUT_MS: curl starts that clock again when a queued transfer gets its
+    /// connection, so an item behind `connections` others could time out twice late.)
+    private func expireOverdue() -> Int32 {
+        let longestSleep: Int64 = 1000
+        let now = NIODeadline.now()
+        while let first = byDeadline.first, first.isSettled || first.deadline <= now {
+            byDeadline.removeFirst()
+            if !first.isSettled { finish(first, .failure(timeoutError())) }
+        }
+        guard let next = byDeadline.first else { return Int32(longestSleep) }
+        // Rounded up: waking before the deadline would only go round the loop once more.
+        return Int32(min(longestSleep, ((next.deadline - now).nanoseconds + 999_999) / 1_000_000))
+    }
+
+    private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange) {
         let request = exchange.request
         let url = configuration.endpoint.origin + request.path
         sheaf_easy_setopt_string(easy, CURLOPT_URL, url)
         sheaf_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
         sheaf_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
         sheaf_easy_setopt_long(easy, CURLOPT_TCP_NODELAY, 1)
-        sheaf_easy_setopt_long(easy, CURLOPT_TIMEOUT_MS, timeoutMs)
         sheaf_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, Int(configuration.connectTimeout.nanoseconds / 1_000_000))
         sheaf_easy_setopt_long(easy, CURLOPT_FOLLOWLOCATION, 0)
         sheaf_easy_setopt_long(easy, CURLOPT_PROTOCOLS, Int(CURLPROTO_HTTP | CURLPROTO_HTTPS))
