@@ -33,27 +33,27 @@ final class Settlements: @unchecked Sendable {
     }
 
     /// The first settlement's error; records a failure when it succeeded or never came.
-    func error(within timeout: TimeAmount = .seconds(2)) -> UpstreamError? {
+    func error(within timeout: TimeAmount = .seconds(2), sourceLocation: SourceLocation = #_sourceLocation) -> UpstreamError? {
         switch first(within: timeout)?.result {
         case .failure(let error): return error
         case .success(let response):
-            Issue.record("expected a failure, got status \(response.status)")
+            Issue.record("expected a failure, got status \(response.status)", sourceLocation: sourceLocation)
             return nil
         case nil:
-            Issue.record("the call did not settle within \(timeout.configText)")
+            Issue.record("the call did not settle within \(timeout.configText)", sourceLocation: sourceLocation)
             return nil
         }
     }
 
     /// The first settlement's response; records a failure when it failed or never came.
-    func response(within timeout: TimeAmount = .seconds(2)) -> UpstreamResponse? {
+    func response(within timeout: TimeAmount = .seconds(2), sourceLocation: SourceLocation = #_sourceLocation) -> UpstreamResponse? {
         switch first(within: timeout)?.result {
         case .success(let response): return response
         case .failure(let error):
-            Issue.record("expected a response, got \(error.kind): \(error.message)")
+            Issue.record("expected a response, got \(error.kind): \(error.message)", sourceLocation: sourceLocation)
             return nil
         case nil:
-            Issue.record("the call did not settle within \(timeout.configText)")
+            Issue.record("the call did not settle within \(timeout.configText)", sourceLocation: sourceLocation)
             return nil
         }
     }
