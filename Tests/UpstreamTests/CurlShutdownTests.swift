@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import Testing
 import Upstream
@@ -22,4 +23,29 @@ extension CurlTransportTests {
         }
     }
 
+    /// Once shutdown() is called nothing may reach the multi handle, which the curl thread cleans
+    /// up on its way out: execute() settles at once with the 503 (never sent), and cancel() does
+    /// nothing, so a call in flight at shutdown gets the 503, not "cancelled", exactly once.
+    @Test func curlCallsAfterShutdownSettleAtOnce() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let inFlight = harness.execute(UpstreamRequest(method: "GET", path: "/silent"))
+        harness.awaitRequests(1)
+        harness.transport.shutdown()
+        inFlight.call.cancel()
+        let error = inFlight.settlements.error(within: .seconds(1))
+        #expect(error?.kind == .shuttingDown)
+        #expect(error?.message == "Sheaf is shutting down")
+        // The curl thread settles its calls last thing before it cleans up and ends.
+        usleep(20_000)
+        let late = harness.execute(UpstreamRequest(method: "GET", path: "/ok"))
+        #expect(late.settlements.count == 1, "execute() after shutdown() did not settle at once")
+        let refused = late.settlements.error(within: .zero)
+        #expect(refused?.kind == .shuttingDown)
+        #expect(refused?.attempts == 0)
+        late.call.cancel()
+        inFlight.call.cancel()
+        harness.transport.shutdown()
+        #expect(harness.server.requests.map(\.target) == ["/silent"])
+    }
 }

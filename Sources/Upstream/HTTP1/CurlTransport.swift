@@ -15,12 +15,16 @@ private let curlGlobalInit: Void = {
 public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     public let configuration: UpstreamConfiguration
     private let logger: Logger
+    private let multi: UnsafeMutableRawPointer
+    private var thread: Thread?
+
+    // Under `lock`.
     private let lock = NIOLock()
     private var inbox: [CurlExchange] = []
     private var cancellations: [CurlExchange] = []
     private var stopping = false
-    private let multi: UnsafeMutableRawPointer
-    private var thread: Thread?
+    /// False once the curl thread is about to clean `multi` up: nothing may wake it after that.
+    private var multiAlive = true
 
     // Curl thread only.
     private var active: [UnsafeMutableRawPointer: CurlExchange] = [:]
@@ -52,24 +56,37 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         let accepted = lock.withLock { () -> Bool in
             guard !stopping else { return false }
             inbox.append(exchange)
+            wakeCurlThread()
             return true
         }
-        if accepted {
-            curl_multi_wakeup(multi)
-        } else {
-            exchange.settle(.failure(UpstreamError(.shuttingDown, "Sheaf is shutting down")))
-        }
+        if !accepted { exchange.settle(.failure(Self.shuttingDownError(attempts: 0))) }
         return exchange
     }
 
     func cancel(_ exchange: CurlExchange) {
-        lock.withLock { cancellations.append(exchange) }
-        curl_multi_wakeup(multi)
+        lock.withLock {
+            // After shutdown() the curl thread settles every open call itself, with the 503.
+            guard !stopping else { return }
+            cancellations.append(exchange)
+            wakeCurlThread()
+        }
     }
 
     public func shutdown() {
-        lock.withLock { stopping = true }
-        curl_multi_wakeup(multi)
+        lock.withLock {
+            stopping = true
+            wakeCurlThread()
+        }
+    }
+
+    /// Called with `lock` held, which the curl thread also takes to mark `multi` gone: so a
+    /// wakeup can never reach a multi handle that is being, or has been, cleaned up.
+    private func wakeCurlThread() {
+        if multiAlive { curl_multi_wakeup(multi) }
+    }
+
+    private static func shuttingDownError(attempts: Int = 1) -> UpstreamError {
+        UpstreamError(.shuttingDown, "Sheaf is shutting down", attempts: attempts)
     }
 
     // MARK: the curl thread
@@ -83,13 +100,19 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 }
                 return (inbox, cancellations, stopping)
             }
-            for exchange in incoming { start(exchange) }
+            if !stop {
+                for exchange in incoming { start(exchange) }
+            }
+            // Cancelled before shutdown(): cancel() takes no more once `stopping` is set.
             for exchange in cancelled where !exchange.isSettled {
                 finish(exchange, .failure(UpstreamError(.cancelled, "cancelled")))
             }
             if stop {
-                for exchange in Array(active.values) {
-                    finish(exchange, .failure(UpstreamError(.shuttingDown, "Sheaf is shutting down")))
+                for exchange in incoming where !exchange.isSettled {
+                    exchange.settle(.failure(Self.shuttingDownError(attempts: 0)))
+                }
+                for exchange in byDeadline where !exchange.isSettled {
+                    finish(exchange, .failure(Self.shuttingDownError()))
                 }
                 break
             }
@@ -100,6 +123,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             var events: Int32 = 0
             curl_multi_poll(multi, nil, 0, wait, &events)
         }
+        lock.withLock { multiAlive = false }
         for handle in spareHandles { curl_easy_cleanup(handle) }
         for buffer in errorBuffers.values { buffer.deallocate() }
         errorBuffers.removeAll()
