@@ -29,8 +29,14 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     // Curl thread only.
     private var active: [UnsafeMutableRawPointer: CurlExchange] = [:]
     /// Every started exchange in hand-over order, which is deadline order: all items of one
-    /// upstream have the same timeout. Settled ones leave when they reach the front.
-    private var byDeadline = CircularBuffer<CurlExchange>()
+    /// upstream have the same timeout. Settled ones leave when they reach the front; the
+    /// reference is weak so that they do not keep their bodies alive until then (`active`
+    /// holds the unsettled ones).
+    private var byDeadline = CircularBuffer<Deadline>()
+    private struct Deadline {
+        let at: NIODeadline
+        weak var exchange: CurlExchange?
+    }
     private var spareHandles: [UnsafeMutableRawPointer] = []
     /// CURLOPT_ERRORBUFFER per easy handle, freed with the handle when the thread ends.
     private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
@@ -111,8 +117,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 for exchange in incoming where !exchange.isSettled {
                     exchange.settle(.failure(Self.shuttingDownError(attempts: 0)))
                 }
-                for exchange in byDeadline where !exchange.isSettled {
-                    finish(exchange, .failure(Self.shuttingDownError()))
+                for entry in byDeadline {
+                    if let exchange = entry.exchange, !exchange.isSettled {
+                        finish(exchange, .failure(Self.shuttingDownError()))
+                    }
                 }
                 break
             }
@@ -148,7 +156,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         exchange.easy = easy
         configure(easy, for: exchange)
         active[easy] = exchange
-        byDeadline.append(exchange)
+        byDeadline.append(Deadline(at: exchange.deadline, exchange: exchange))
         curl_multi_add_handle(multi, easy)
     }
 
@@ -159,13 +167,20 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     private func expireOverdue() -> Int32 {
         let longestSleep: Int64 = 1000
         let now = NIODeadline.now()
-        while let first = byDeadline.first, first.isSettled || first.deadline <= now {
+        while let first = byDeadline.first {
+            guard let exchange = first.exchange, !exchange.isSettled else {
+                byDeadline.removeFirst()
+                continue
+            }
+            if first.at > now {
+                // Rounded up: waking before the deadline would only go round the loop once more.
+                let milliseconds = ((first.at - now).nanoseconds + 999_999) / 1_000_000
+                return Int32(min(longestSleep, milliseconds))
+            }
             byDeadline.removeFirst()
-            if !first.isSettled { finish(first, .failure(timeoutError())) }
+            finish(exchange, .failure(timeoutError()))
         }
-        guard let next = byDeadline.first else { return Int32(longestSleep) }
-        // Rounded up: waking before the deadline would only go round the loop once more.
-        return Int32(min(longestSleep, ((next.deadline - now).nanoseconds + 999_999) / 1_000_000))
+        return Int32(longestSleep)
     }
 
     private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange) {
@@ -268,6 +283,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             ?? String(cString: curl_easy_strerror(code))
         switch code {
         case CURLE_OPERATION_TIMEDOUT:
+            // CURLOPT_CONNECTTIMEOUT_MS ran out: item deadlines are the curl thread's own (expireOverdue).
             return timeoutError()
         case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CONNECT_ERROR, CURLE_SSL_CACERT_BADFILE, CURLE_SSL_CERTPROBLEM:
             return UpstreamError(.unreachable, "TLS with upstream \(configuration.name) at \(configuration.endpoint.authority) failed: \(detail)")
