@@ -14,5 +14,7 @@ extension CurlTransportTests {
         let half = harness.execute(UpstreamRequest(method: "GET", path: "/half")).settlements.error()
         #expect(half?.kind == .unreachable)
         #expect(half?.message == "upstream legacy connection failed: transfer closed with 90 bytes remaining to read")
+        // The upstream's own error status is an answer, not a failure.
+        #expect(harness.execute(UpstreamRequest(method: "GET", path: "/status/503")).settlements.response()?.status == 503)
     }
 }

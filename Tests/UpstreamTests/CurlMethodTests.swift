@@ -20,6 +20,7 @@ extension CurlTransportTests {
         let received = try #require(harness.awaitRequests(1).first)
         #expect(received.method == method)
         #expect(received.target == "/ok")
+        #expect(received.version == "HTTP/1.1")
         #expect(received.body == Array((body ?? "").utf8))
         #expect(received.values("content-length") == (body.map { [String($0.utf8.count)] } ?? []))
         #expect(received.values("transfer-encoding").isEmpty)

@@ -21,6 +21,8 @@ extension CurlTransportTests {
             #expect(error?.status == 503)
             #expect(error?.message == "Sheaf is shutting down")
         }
+        // The /ok and the first /silent: the others never had the connection.
+        #expect(harness.server.requests.count == 2)
     }
 
     /// Once shutdown() is called nothing may reach the multi handle, which the curl thread cleans

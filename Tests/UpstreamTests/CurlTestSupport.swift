@@ -32,30 +32,32 @@ final class Settlements: @unchecked Sendable {
         return lock.withLock { results[0] }
     }
 
-    /// The first settlement's error; records a failure when it succeeded or never came.
+    /// The first settlement's error; records an issue when it succeeded or never came.
     func error(within timeout: TimeAmount = .seconds(2), sourceLocation: SourceLocation = #_sourceLocation) -> UpstreamError? {
-        switch first(within: timeout)?.result {
-        case .failure(let error): return error
-        case .success(let response):
-            Issue.record("expected a failure, got status \(response.status)", sourceLocation: sourceLocation)
+        guard let result = settled(within: timeout, sourceLocation) else { return nil }
+        guard case .failure(let error) = result else {
+            Issue.record("expected a failure, got a response", sourceLocation: sourceLocation)
             return nil
-        case nil:
-            Issue.record("the call did not settle within \(timeout.configText)", sourceLocation: sourceLocation)
+        }
+        return error
+    }
+
+    /// The first settlement's response; records an issue when it failed or never came.
+    func response(within timeout: TimeAmount = .seconds(2), sourceLocation: SourceLocation = #_sourceLocation) -> UpstreamResponse? {
+        do {
+            return try settled(within: timeout, sourceLocation)?.get()
+        } catch {
+            Issue.record("expected a response, got \(error.kind): \(error.message)", sourceLocation: sourceLocation)
             return nil
         }
     }
 
-    /// The first settlement's response; records a failure when it failed or never came.
-    func response(within timeout: TimeAmount = .seconds(2), sourceLocation: SourceLocation = #_sourceLocation) -> UpstreamResponse? {
-        switch first(within: timeout)?.result {
-        case .success(let response): return response
-        case .failure(let error):
-            Issue.record("expected a response, got \(error.kind): \(error.message)", sourceLocation: sourceLocation)
-            return nil
-        case nil:
+    private func settled(within timeout: TimeAmount, _ sourceLocation: SourceLocation) -> UpstreamResult? {
+        guard let first = first(within: timeout) else {
             Issue.record("the call did not settle within \(timeout.configText)", sourceLocation: sourceLocation)
             return nil
         }
+        return first.result
     }
 }
 

@@ -3,7 +3,7 @@ import NIOCore
 import NIOPosix
 
 /// An HTTP/1.1 upstream in the test process, on 127.0.0.1 and a free port, that records every
-/// request byte for byte and answers by path:
+/// request as it came (request line, headers as sent, body bytes) and answers by path:
 ///
 /// - `/ok`: 200 with the body `ok` (headers only for HEAD);
 /// - `/status/N`: status N with an empty body;
@@ -15,7 +15,7 @@ import NIOPosix
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
 /// wire: one request head per `\r\n\r\n`, a body only as long as its `Content-Length`.
-final class ScriptedHTTP1Server: @unchecked Sendable {
+final class ScriptedHTTP1Server: Sendable {
     /// One request as it arrived.
     struct Request: Sendable {
         var method: String
