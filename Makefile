@@ -40,7 +40,7 @@ run: build
 	$(BIN) serve --config config.yaml
 
 test: test-deps build
-	swift test
+	swift test --no-parallel
 	python3 -m pytest -q Tests/e2e
 
 bench: bench-deps release

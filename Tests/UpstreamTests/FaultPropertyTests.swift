@@ -65,3 +65,53 @@ enum ItemFault: CaseIterable, Sendable {
     await server.stop()
     try await group.shutdownGracefully()
 }
+
+/// A fault the scripted HTTP/1.1 upstream can play, and the status it must end with.
+enum HTTP1Fault: CaseIterable, Sendable {
+    case ok, notFound, unavailable, slow, silent, closed, halfBody
+
+    func path(_ i: Int) -> String {
+        switch self {
+        case .ok: return "/ok?i=\(i)"
+        case .notFound: return "/status/404?i=\(i)"
+        case .unavailable: return "/status/503?i=\(i)"
+        case .slow: return "/slow/50?i=\(i)"
+        case .silent: return "/silent?i=\(i)"
+        case .closed: return "/close?i=\(i)"
+        case .halfBody: return "/half?i=\(i)"
+        }
+    }
+
+    var expectedStatus: Int {
+        switch self {
+        case .ok, .slow: return 200
+        case .notFound: return 404
+        case .unavailable: return 503
+        case .silent: return 504
+        case .closed, .halfBody: return 502
+        }
+    }
+}
+
+@Test func everyItemSettlesOnceWithItsFaultsStatusOverHTTP1() async throws {
+    let server = try ScriptedHTTP1Server()
+    var configuration = UpstreamConfiguration(name: "scripted1", endpoint: UpstreamEndpoint(scheme: "http", host: "127.0.0.1", port: server.port, basePath: ""),
+                                              protocol: .http1, connections: 32, timeout: .milliseconds(400))
+    configuration.connectTimeout = .seconds(1)
+    let transport = CurlTransport(configuration: configuration, logger: Logger(label: "test"))
+    var batchNumber = 0
+    await propertyCheck(count: 10, input: Gen.element(of: HTTP1Fault.allCases).compactMap { $0 }.array(of: 1...24)) { faults in
+        batchNumber += 1
+        let requests = faults.enumerated().map { i, fault in get(fault.path(batchNumber * 1000 + i)) }
+        // More connections than items: an item's timeout runs from hand-over, so one queued
+        // behind silent ones would time out too, and its status would depend on the order.
+        let out = await runCalls(transport, requests, within: 0.4 + 1)
+        #expect(out.allSettledOnce, "\(faults)")
+        for (i, fault) in faults.enumerated() {
+            #expect(out.status(i) == fault.expectedStatus, "item \(i) \(fault): \(out.reason(i))")
+        }
+        #expect(out.seconds < 0.4 + 1)
+    }
+    await transport.shutdown()
+    try server.stop()
+}

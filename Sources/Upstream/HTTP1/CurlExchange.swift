@@ -15,6 +15,14 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     var headers: [(name: String, value: String)] = []
     var body = ByteBuffer()
     var truncated = false
+    /// A HEAD with a body: it cannot go out under CURLOPT_NOBODY (curl then sends no body), and
+    /// without it curl waits for the body the answer's Content-Length announces. So the header
+    /// callback ends the transfer once the final answer's head is in (the connection closes).
+    let endsAtHead: Bool
+    /// True once the transfer was ended on purpose after the final answer's head.
+    private(set) var stoppedAtHead = false
+    /// The header block being read answers with 1xx: another head follows.
+    private var interimHead = false
 
     init(request: UpstreamRequest, deadline: NIODeadline, transport: CurlTransport, maxBodyBytes: Int,
          completion: @escaping @Sendable (UpstreamResult) -> Void) {
@@ -23,6 +31,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         self.transport = transport
         self.maxBodyBytes = maxBodyBytes
         self.completion = completion
+        self.endsAtHead = request.method == "HEAD" && request.body != nil
     }
 
     var isSettled: Bool { completion == nil }
@@ -37,23 +46,35 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         transport.cancel(self)
     }
 
-    /// libcurl's header callback: a status line starts a new header block (after 1xx).
-    func headerLine(_ line: UnsafeBufferPointer<UInt8>) {
+    /// libcurl's header callback: a status line starts a new header block (after 1xx), an empty
+    /// line ends one. Returns false to end the transfer (see `endsAtHead`).
+    func headerLine(_ line: UnsafeBufferPointer<UInt8>) -> Bool {
         var end = line.count
         while end > 0 && (line[end - 1] == 10 || line[end - 1] == 13) { end -= 1 }
-        if end == 0 { return }
+        if end == 0 {
+            if endsAtHead && !interimHead {
+                stoppedAtHead = true
+                return false
+            }
+            return true
+        }
         let bytes = UnsafeBufferPointer(rebasing: line[0..<end])
         if bytes.starts(with: "HTTP/".utf8) {
             headers.removeAll(keepingCapacity: true)
-            return
+            // "HTTP/1.1 1xx ...": the status code's first digit follows the first space.
+            if let space = bytes.firstIndex(of: 32), space + 1 < end {
+                interimHead = bytes[space + 1] == UInt8(ascii: "1")
+            }
+            return true
         }
-        guard let colon = bytes.firstIndex(of: 58) else { return }
+        guard let colon = bytes.firstIndex(of: 58) else { return true }
         var lowered = Array(UnsafeBufferPointer(rebasing: bytes[0..<colon]))
         for i in lowered.indices where lowered[i] >= 0x41 && lowered[i] <= 0x5A { lowered[i] |= 0x20 }
         let name = lowered.withUnsafeBufferPointer { HeaderName.intern($0) }
         var start = colon + 1
         while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
         headers.append((name, String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)))
+        return true
     }
 
     func bodyBytes(_ bytes: UnsafeBufferPointer<UInt8>) {

@@ -15,15 +15,29 @@ private let curlGlobalInit: Void = {
 public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     public let configuration: UpstreamConfiguration
     private let logger: Logger
+    private let multi: UnsafeMutableRawPointer
+    private var thread: Thread?
+
+    // Under `lock`.
     private let lock = NIOLock()
     private var inbox: [CurlExchange] = []
     private var cancellations: [CurlExchange] = []
     private var stopping = false
-    private let multi: UnsafeMutableRawPointer
-    private var thread: Thread?
+    /// False once the curl thread is about to clean `multi` up: nothing may wake it after that.
+    private var multiAlive = true
+    private var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
 
     // Curl thread only.
     private var active: [UnsafeMutableRawPointer: CurlExchange] = [:]
+    /// Every started exchange in hand-over order, which is deadline order: all items of one
+    /// upstream have the same timeout. Settled ones leave when they reach the front; the
+    /// reference is weak so that they do not keep their bodies alive until then (`active`
+    /// holds the unsettled ones).
+    private var byDeadline = CircularBuffer<Deadline>()
+    private struct Deadline {
+        let at: NIODeadline
+        weak var exchange: CurlExchange?
+    }
     private var spareHandles: [UnsafeMutableRawPointer] = []
     /// CURLOPT_ERRORBUFFER per easy handle, freed with the handle when the thread ends.
     private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
@@ -49,24 +63,52 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         let accepted = lock.withLock { () -> Bool in
             guard !stopping else { return false }
             inbox.append(exchange)
+            wakeCurlThread()
             return true
         }
-        if accepted {
-            curl_multi_wakeup(multi)
-        } else {
-            exchange.settle(.failure(UpstreamError(.shuttingDown, "Sheaf is shutting down")))
-        }
+        if !accepted { exchange.settle(.failure(Self.shuttingDownError(attempts: 0))) }
         return exchange
     }
 
     func cancel(_ exchange: CurlExchange) {
-        lock.withLock { cancellations.append(exchange) }
-        curl_multi_wakeup(multi)
+        lock.withLock {
+            // After shutdown() the curl thread settles every open call itself, with the 503.
+            guard !stopping else { return }
+            cancellations.append(exchange)
+            wakeCurlThread()
+        }
     }
 
-    public func shutdown() {
-        lock.withLock { stopping = true }
-        curl_multi_wakeup(multi)
+    /// Returns once the curl thread has settled every open call with the 503 and ended.
+    public func shutdown() async {
+        beginShutdown()
+        await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+            let ended = lock.withLock { () -> Bool in
+                if !multiAlive { return true }
+                shutdownWaiters.append(waiter)
+                return false
+            }
+            if ended { waiter.resume() }
+        }
+    }
+
+    /// Stops taking calls and tells the curl thread to settle every open one with the 503 and
+    /// end; does not wait for it (`shutdown()` does).
+    public func beginShutdown() {
+        lock.withLock {
+            stopping = true
+            wakeCurlThread()
+        }
+    }
+
+    /// Called with `lock` held, which the curl thread also takes to mark `multi` gone: so a
+    /// wakeup can never reach a multi handle that is being, or has been, cleaned up.
+    private func wakeCurlThread() {
+        if multiAlive { curl_multi_wakeup(multi) }
+    }
+
+    private static func shuttingDownError(attempts: Int = 1) -> UpstreamError {
+        UpstreamError(.shuttingDown, "Sheaf is shutting down", attempts: attempts)
     }
 
     // MARK: the curl thread
@@ -80,33 +122,52 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 }
                 return (inbox, cancellations, stopping)
             }
-            for exchange in incoming { start(exchange) }
+            if !stop {
+                for exchange in incoming { start(exchange) }
+            }
+            // Cancelled before shutdown(): cancel() takes no more once `stopping` is set.
             for exchange in cancelled where !exchange.isSettled {
                 finish(exchange, .failure(UpstreamError(.cancelled, "cancelled")))
             }
             if stop {
-                for exchange in Array(active.values) {
-                    finish(exchange, .failure(UpstreamError(.shuttingDown, "Sheaf is shutting down")))
+                for exchange in incoming where !exchange.isSettled {
+                    exchange.settle(.failure(Self.shuttingDownError(attempts: 0)))
+                }
+                for entry in byDeadline {
+                    if let exchange = entry.exchange, !exchange.isSettled {
+                        finish(exchange, .failure(Self.shuttingDownError()))
+                    }
                 }
                 break
             }
             var running: Int32 = 0
             curl_multi_perform(multi, &running)
             collectFinished()
+            let wait = expireOverdue()
             var events: Int32 = 0
-            curl_multi_poll(multi, nil, 0, 1000, &events)
+            curl_multi_poll(multi, nil, 0, wait, &events)
+        }
+        let waiters = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+            multiAlive = false
+            defer { shutdownWaiters.removeAll() }
+            return shutdownWaiters
         }
         for handle in spareHandles { curl_easy_cleanup(handle) }
         for buffer in errorBuffers.values { buffer.deallocate() }
         errorBuffers.removeAll()
         spareHandles.removeAll()
         curl_multi_cleanup(multi)
+        for waiter in waiters { waiter.resume() }
     }
 
     private func start(_ exchange: CurlExchange) {
-        let remaining = exchange.deadline - .now()
-        if remaining.nanoseconds <= 0 {
+        if exchange.deadline <= .now() {
             exchange.settle(.failure(timeoutError()))
+            return
+        }
+        // The same limit, and the same 431, as on HTTP/2: an item's fate does not depend on the protocol.
+        if let tooLarge = configuration.headTooLarge(exchange.request) {
+            exchange.settle(.failure(tooLarge))
             return
         }
         guard let easy = spareHandles.popLast() ?? curl_easy_init() else {
@@ -114,19 +175,42 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             return
         }
         exchange.easy = easy
-        configure(easy, for: exchange, timeoutMs: max(1, Int(remaining.nanoseconds / 1_000_000)))
+        configure(easy, for: exchange)
         active[easy] = exchange
+        byDeadline.append(Deadline(at: exchange.deadline, exchange: exchange))
         curl_multi_add_handle(multi, easy)
     }
 
-    private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange, timeoutMs: Int) {
+    /// Settles every exchange whose deadline has passed, on a connection or still waiting for
+    /// one, and returns how long the curl thread may sleep until the next deadline, in ms.
+    /// (Not CURLOPT_TIMEOUT_MS: curl starts that clock again when a queued transfer gets its
+    /// connection, so an item behind `connections` others could time out twice late.)
+    private func expireOverdue() -> Int32 {
+        let longestSleep: Int64 = 1000
+        let now = NIODeadline.now()
+        while let first = byDeadline.first {
+            guard let exchange = first.exchange, !exchange.isSettled else {
+                byDeadline.removeFirst()
+                continue
+            }
+            if first.at > now {
+                // Rounded up: waking before the deadline would only go round the loop once more.
+                let milliseconds = ((first.at - now).nanoseconds + 999_999) / 1_000_000
+                return Int32(min(longestSleep, milliseconds))
+            }
+            byDeadline.removeFirst()
+            finish(exchange, .failure(timeoutError()))
+        }
+        return Int32(longestSleep)
+    }
+
+    private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange) {
         let request = exchange.request
         let url = configuration.endpoint.origin + request.path
         sheaf_easy_setopt_string(easy, CURLOPT_URL, url)
         sheaf_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
         sheaf_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
         sheaf_easy_setopt_long(easy, CURLOPT_TCP_NODELAY, 1)
-        sheaf_easy_setopt_long(easy, CURLOPT_TIMEOUT_MS, timeoutMs)
         sheaf_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, Int(configuration.connectTimeout.nanoseconds / 1_000_000))
         sheaf_easy_setopt_long(easy, CURLOPT_FOLLOWLOCATION, 0)
         sheaf_easy_setopt_long(easy, CURLOPT_PROTOCOLS, Int(CURLPROTO_HTTP | CURLPROTO_HTTPS))
@@ -140,25 +224,33 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         }()
         errorBuffer[0] = 0
         sheaf_easy_setopt_ptr(easy, CURLOPT_ERRORBUFFER, errorBuffer)
-        switch request.method {
-        case "GET": sheaf_easy_setopt_long(easy, CURLOPT_HTTPGET, 1)
-        case "HEAD": sheaf_easy_setopt_long(easy, CURLOPT_NOBODY, 1)
-        default: sheaf_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method)
-        }
         if let body = request.body {
+            // POSTFIELDS is how curl sends a body, and it turns the request into a POST:
+            // CUSTOMREQUEST puts the item's own method back on the request line.
             sheaf_easy_setopt_off_t(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.readableBytes))
             body.withUnsafeReadableBytes { raw in
                 _ = sheaf_easy_setopt_ptr(easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress))
             }
+            sheaf_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method)
+        } else {
+            switch request.method {
+            case "GET": sheaf_easy_setopt_long(easy, CURLOPT_HTTPGET, 1)
+            case "HEAD": sheaf_easy_setopt_long(easy, CURLOPT_NOBODY, 1)
+            default: sheaf_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method)
+            }
         }
         var list: UnsafeMutablePointer<curl_slist>?
         for header in request.headers {
-            list = curl_slist_append(list, "\(header.name): \(header.value)")
+            // curl drops "Name:" with a blank value (that is how one removes its own headers);
+            // "Name;" is its syntax for a header sent empty.
+            let blank = header.value.allSatisfy { $0 == " " || $0 == "\t" }
+            list = curl_slist_append(list, blank ? "\(header.name);" : "\(header.name): \(header.value)")
         }
-        // No "Expect: 100-continue" round trip; no default Accept the client did not ask for.
+        // No "Expect: 100-continue" round trip. No Accept or Content-Type the item does not have:
+        // curl adds "Accept: */*", and labels a body application/x-www-form-urlencoded.
         list = curl_slist_append(list, "Expect:")
-        if !request.headers.contains(where: { $0.name.lowercased() == "accept" }) {
-            list = curl_slist_append(list, "Accept:")
+        for name in ["accept", "content-type"] where !request.headers.contains(where: { $0.name.lowercased() == name }) {
+            list = curl_slist_append(list, "\(name):")
         }
         exchange.headerList = list
         sheaf_easy_setopt_ptr(easy, CURLOPT_HTTPHEADER, list)
@@ -177,7 +269,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle,
                   let exchange = active[easy] else { continue }
             let code = sheaf_msg_result(message)
-            if code == CURLE_OK {
+            // A transfer stopped at the end of a HEAD's answer (see CurlExchange.endsAtHead) is whole.
+            if code == CURLE_OK || exchange.stoppedAtHead {
                 var status = 0
                 sheaf_easy_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
                 finish(exchange, .success(UpstreamResponse(status: status, headers: exchange.headers,
@@ -206,10 +299,12 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     /// The one place libcurl result codes become Sheaf errors.
     private func error(for code: CURLcode, easy: UnsafeMutableRawPointer) -> UpstreamError {
-        let buffer = errorBuffers[easy]
-        let detail = buffer.map { $0[0] != 0 ? String(cString: $0) : nil } ?? nil ?? String(cString: curl_easy_strerror(code))
+        // curl's message for this transfer when it wrote one, else the generic text for the code.
+        let detail = errorBuffers[easy].flatMap { $0[0] != 0 ? String(cString: $0) : nil }
+            ?? String(cString: curl_easy_strerror(code))
         switch code {
         case CURLE_OPERATION_TIMEDOUT:
+            // CURLOPT_CONNECTTIMEOUT_MS ran out: item deadlines are the curl thread's own (expireOverdue).
             return timeoutError()
         case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CONNECT_ERROR, CURLE_SSL_CACERT_BADFILE, CURLE_SSL_CERTPROBLEM:
             return UpstreamError(.unreachable, "TLS with upstream \(configuration.name) at \(configuration.endpoint.authority) failed: \(detail)")
@@ -241,8 +336,9 @@ private let curlWrite: sheaf_curl_data_callback = { pointer, size, count, userDa
 private let curlHeader: sheaf_curl_data_callback = { pointer, size, count, userData in
     let exchange = Unmanaged<CurlExchange>.fromOpaque(userData!).takeUnretainedValue()
     let length = size * count
-    pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
+    let proceed = pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
         exchange.headerLine(UnsafeBufferPointer(start: bytes, count: length))
-    }
-    return length
+    } ?? true
+    // Any other count than `length` makes curl end the transfer.
+    return proceed ? length : 0
 }

@@ -1,0 +1,33 @@
+import NIOCore
+import Testing
+import Upstream
+
+extension CurlTransportTests {
+    /// A body goes out with the Content-Type the item has, or none, as on HTTP/2: curl would
+    /// label a POSTFIELDS body application/x-www-form-urlencoded on its own.
+    @Test func curlSendsNoContentTypeUnlessTheItemHasOne() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let bare = UpstreamRequest(method: "POST", path: "/ok", body: ByteBuffer(string: "a=1"))
+        let typed = UpstreamRequest(method: "PUT", path: "/ok", headers: [("Content-Type", "application/json")],
+                                    body: ByteBuffer(string: "{}"))
+        #expect(harness.execute(bare).settlements.response()?.status == 200)
+        #expect(harness.execute(typed).settlements.response()?.status == 200)
+        let received = harness.awaitRequests(2)
+        #expect(received.first?.values("content-type") == [])
+        #expect(received.last?.values("content-type") == ["application/json"])
+    }
+
+    /// A header with an empty value goes out empty: in curl's header list "Name:" means "do not
+    /// send Name", so the engine must write it as "Name;".
+    @Test func curlSendsHeadersWithEmptyValues() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let request = UpstreamRequest(method: "GET", path: "/ok", headers: [("X-Empty", ""), ("X-Full", "v"), ("Accept", "")])
+        #expect(harness.execute(request).settlements.response()?.status == 200)
+        let received = try #require(harness.awaitRequests(1).first)
+        #expect(received.values("x-empty") == [""])
+        #expect(received.values("x-full") == ["v"])
+        #expect(received.values("accept") == [""])
+    }
+}

@@ -1,0 +1,161 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// An HTTP/1.1 upstream in the test process, on 127.0.0.1 and a free port, that records every
+/// request as it came (request line, headers as sent, body bytes) and answers by path:
+///
+/// - `/ok`: 200 with the body `ok` (headers only for HEAD);
+/// - `/status/N`: status N with an empty body;
+/// - `/silent`: reads the request and never answers, keeping the connection open;
+/// - `/close`: closes the connection without answering;
+/// - `/slow/MS`: `/ok`'s answer after MS milliseconds;
+/// - `/half`: promises 100 body bytes, sends 10, then closes;
+/// - anything else: 404.
+///
+/// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
+/// wire: one request head per `\r\n\r\n`, a body only as long as its `Content-Length`.
+final class ScriptedHTTP1Server: Sendable {
+    /// One request as it arrived.
+    struct Request: Sendable {
+        var method: String
+        var target: String
+        var version: String
+        /// In arrival order, names as sent.
+        var headers: [(name: String, value: String)]
+        var body: [UInt8]
+
+        /// Values of every header named `name`, compared case-insensitively.
+        func values(_ name: String) -> [String] {
+            headers.filter { $0.name.lowercased() == name.lowercased() }.map(\.value)
+        }
+    }
+
+    let port: Int
+    private let group: MultiThreadedEventLoopGroup
+    private let log = RequestLog()
+    private let stopped = NIOLockedValueBox(false)
+
+    init() throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let log = self.log
+        let channel: Channel
+        do {
+            channel = try ServerBootstrap(group: group)
+                .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { child in
+                    child.eventLoop.makeCompletedFuture {
+                        try child.pipeline.syncOperations.addHandler(ScriptedConnection(log: log))
+                    }
+                }
+                .bind(host: "127.0.0.1", port: 0).wait()
+        } catch {
+            try? group.syncShutdownGracefully()
+            throw error
+        }
+        self.group = group
+        self.port = channel.localAddress?.port ?? 0
+    }
+
+    /// Requests received so far, in arrival order.
+    var requests: [Request] { log.requests.withLockedValue { $0 } }
+
+    /// Closes the listener and every connection and ends the server's thread; idempotent.
+    func stop() throws {
+        let first = stopped.withLockedValue { wasStopped in
+            defer { wasStopped = true }
+            return !wasStopped
+        }
+        if first { try group.syncShutdownGracefully() }
+    }
+
+    /// What the connections write to and the tests read from.
+    fileprivate final class RequestLog: Sendable {
+        let requests = NIOLockedValueBox<[Request]>([])
+    }
+}
+
+/// One accepted connection: gathers bytes until a whole request is in, then answers it.
+private final class ScriptedConnection: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let log: ScriptedHTTP1Server.RequestLog
+    private var pending: [UInt8] = []
+    /// Set once an answer means to stop reading this connection (`/silent`, `/close`, `/half`).
+    private var done = false
+
+    init(log: ScriptedHTTP1Server.RequestLog) {
+        self.log = log
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        pending += buffer.readBytes(length: buffer.readableBytes) ?? []
+        while !done, let request = takeRequest() {
+            log.requests.withLockedValue { $0.append(request) }
+            answer(request, context: context)
+        }
+    }
+
+    /// The first whole request in `pending`, removed from it; nil while more bytes are needed.
+    private func takeRequest() -> ScriptedHTTP1Server.Request? {
+        let terminator: [UInt8] = Array("\r\n\r\n".utf8)
+        guard let headEnd = pending.firstRange(of: terminator) else { return nil }
+        let lines = String(decoding: pending[..<headEnd.lowerBound], as: UTF8.self)
+            .split(separator: "\r\n", omittingEmptySubsequences: false)
+        let requestLine = lines.first.map { $0.split(separator: " ").map(String.init) } ?? []
+        var headers: [(name: String, value: String)] = []
+        for line in lines.dropFirst() {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let value = line[line.index(after: colon)...].trimmingPrefix(while: { $0 == " " || $0 == "\t" })
+            headers.append((String(line[..<colon]), String(value)))
+        }
+        let length = headers.first { $0.name.lowercased() == "content-length" }.flatMap { Int($0.value) } ?? 0
+        guard pending.count - headEnd.upperBound >= length else { return nil }
+        let body = Array(pending[headEnd.upperBound..<headEnd.upperBound + length])
+        pending.removeFirst(headEnd.upperBound + length)
+        return ScriptedHTTP1Server.Request(
+            method: requestLine.count > 0 ? requestLine[0] : "", target: requestLine.count > 1 ? requestLine[1] : "",
+            version: requestLine.count > 2 ? requestLine[2] : "", headers: headers, body: body)
+    }
+
+    private func answer(_ request: ScriptedHTTP1Server.Request, context: ChannelHandlerContext) {
+        // A query only makes a target unique (property tests); it never picks the answer.
+        let path = request.target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.target
+        let parts = path.split(separator: "/").map(String.init)
+        let isHead = request.method == "HEAD"
+        switch (parts.first ?? "", parts.count) {
+        case ("ok", 1):
+            send(status: 200, body: "ok", headOnly: isHead, context: context)
+        case ("status", 2) where Int(parts[1]) != nil:
+            send(status: Int(parts[1])!, body: "", headOnly: isHead, context: context)
+        case ("slow", 2) where Int(parts[1]) != nil:
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: .milliseconds(Int64(parts[1])!)) {
+                let (connection, context) = bound.value
+                connection.send(status: 200, body: "ok", headOnly: isHead, context: context)
+            }
+        case ("silent", 1):
+            done = true
+        case ("close", 1):
+            done = true
+            context.close(promise: nil)
+        case ("half", 1):
+            done = true
+            write("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", context: context)
+            context.close(promise: nil)
+        default:
+            send(status: 404, body: "", headOnly: isHead, context: context)
+        }
+    }
+
+    private func send(status: Int, body: String, headOnly: Bool, context: ChannelHandlerContext) {
+        write("HTTP/1.1 \(status) Scripted\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + (headOnly ? "" : body),
+              context: context)
+    }
+
+    private func write(_ text: String, context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: text)), promise: nil)
+    }
+}
