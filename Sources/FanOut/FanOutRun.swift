@@ -109,9 +109,10 @@ public final class FanOutRun: @unchecked Sendable {
             lost += overdue.count
             return (overdue, lostCalls)
         }
-        for call in lostCalls { call.cancel() }
+        // Settled before the calls are cancelled: a cancel may settle at once, as "cancelled".
         let reason = "item lost by the transport: no outcome within \(limit.configText) of its start"
         for index in overdue { settle(index, ItemOutcome(status: 502, reason: reason)) }
+        for call in lostCalls { call.cancel() }
     }
 
     /// Backpressure: stop starting items (the response is not being read fast enough).

@@ -59,9 +59,13 @@ final class CancellingTransport: UpstreamTransport, @unchecked Sendable {
     #expect(transport.inner.held.withLockedValue { $0.allSatisfy { $0.0.cancelled.withLockedValue { $0 } } })
 }
 
-/// A transport that loses some calls: never answers them.
+/// A transport that loses some calls: never answers them, until they are cancelled (then it
+/// settles them as cancelled at once, as the real engines do on their own loop).
 final class LosingTransport: UpstreamTransport, @unchecked Sendable {
-    final class Call: UpstreamCall, @unchecked Sendable { func cancel() {} }
+    final class Call: UpstreamCall, @unchecked Sendable {
+        var onCancel: (() -> Void)?
+        func cancel() { onCancel?() }
+    }
     let configuration: UpstreamConfiguration
     init(timeout: TimeAmount) {
         var configuration = UpstreamConfiguration(name: "lossy", endpoint: UpstreamEndpoint(scheme: "http", host: "x", port: 1, basePath: ""))
@@ -69,10 +73,13 @@ final class LosingTransport: UpstreamTransport, @unchecked Sendable {
         self.configuration = configuration
     }
     func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+        let call = Call()
         if !request.path.hasSuffix("/lost") {
             DispatchQueue.global().async { completion(.success(UpstreamResponse(status: 200, headers: [], body: ByteBuffer()))) }
+        } else {
+            call.onCancel = { completion(.failure(UpstreamError(.cancelled, "cancelled"))) }
         }
-        return Call()
+        return call
     }
     func shutdown() {}
 }
