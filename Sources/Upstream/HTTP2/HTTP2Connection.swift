@@ -22,8 +22,8 @@ final class HTTP2Connection {
     private var parkedOutcomes: [(HTTP2Exchange, UpstreamResult)] = []
     private var parkedResends: [HTTP2Exchange] = []
     private var parkedActions: [HTTP2ConnectionStateMachine.Action] = []
-    /// Why nghttp2 could not send a stream's frames (`on_frame_not_send`), by stream id.
-    private var notSent: [Int32: String] = [:]
+    /// Why nghttp2 could not send a stream's HEADERS (`on_frame_not_send`), by stream id.
+    private var notSent: [Int32: (reason: String, code: Int32)] = [:]
     /// What nghttp2 found wrong in the peer's frames, for the close reason.
     private var peerError: String?
     private var flushScheduled = false
@@ -258,7 +258,7 @@ final class HTTP2Connection {
             }
         }
         if let consumed, consumed < 0 {
-            handle(machine.close("HTTP/2 protocol error from upstream \(slot.configuration.name): \(peerError ?? String(cString: nghttp2_strerror(Int32(consumed))))"))
+            handle(machine.peerViolatedProtocol("HTTP/2 protocol error from upstream \(slot.configuration.name): \(peerError ?? String(cString: nghttp2_strerror(Int32(consumed))))"))
             return
         }
         // Completions delivered above may have started the next items: one write carries them.
@@ -300,8 +300,9 @@ final class HTTP2Connection {
         if let failure {
             handle(machine.close("HTTP/2 session error: \(String(cString: nghttp2_strerror(Int32(failure))))"))
         } else if finished {
-            handle(machine.close(peerError.map { "upstream \(slot.configuration.name) broke HTTP/2: \($0)" }
-                                 ?? "upstream \(slot.configuration.name) HTTP/2 session ended"))
+            // nghttp2 ended the session itself: the peer broke the protocol.
+            handle(machine.peerViolatedProtocol(peerError.map { "upstream \(slot.configuration.name) broke HTTP/2: \($0)" }
+                                 ?? "upstream \(slot.configuration.name) broke HTTP/2: the session ended on a protocol error"))
         }
     }
 
@@ -352,7 +353,9 @@ final class HTTP2Connection {
             perform { session in _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil) }
             flush()
         case .close:
-            slot.connectionDraining(self)
+            // Once it had worked, its queue moves to a fresh connection now; before SETTINGS,
+            // the queue fails with the reason when the channel is gone (no reconnect loop).
+            if machine.sawSettings { slot.connectionDraining(self) }
             channel?.close(promise: nil)
         }
     }
@@ -398,15 +401,22 @@ final class HTTP2Connection {
         let action = machine.streamClosed()
         if action != .none && parkedActions.last != action { parkedActions.append(action) }
         let name = slot.configuration.name
-        if errorCode == 0 && exchange.status >= 200 {
+        if let unsent {
+            // The request never left: not an attempt. HEADERS that a GOAWAY overtook go to a
+            // fresh connection; a head nghttp2 cannot send fails now (sending it again would too).
+            exchange.sends -= 1
+            if unsent.code == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED.rawValue && exchange.sends < HTTP2ConnectionStateMachine.maxSends {
+                parkedResends.append(exchange)
+            } else {
+                parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError,
+                    "could not send the request to upstream \(name) over HTTP/2: \(unsent.reason)"))))
+            }
+        } else if errorCode == 0 && exchange.status >= 200 {
             parkedOutcomes.append((exchange, .success(exchange.response)))
         } else if (errorCode == NGHTTP2_REFUSED_STREAM.rawValue || stream > machine.lastProcessedStreamID)
                     && !exchange.sawResponseBytes && exchange.sends < HTTP2ConnectionStateMachine.maxSends {
             // RFC 9113 §8.7: a refused stream, or one past GOAWAY's last stream id, was not processed.
             parkedResends.append(exchange)
-        } else if let unsent {
-            parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError,
-                "could not send the request to upstream \(name) over HTTP/2: \(unsent)"))))
         } else {
             let reason = errorCode == 0
                 ? "upstream \(name) ended the stream without a response"
@@ -416,12 +426,12 @@ final class HTTP2Connection {
     }
 
     fileprivate func frameNotSent(stream: Int32, type: UInt8, libraryError: Int32) {
-        guard stream > 0 else { return }
+        guard stream > 0, type == UInt8(NGHTTP2_HEADERS.rawValue) else { return }
         var reason = String(cString: nghttp2_strerror(libraryError))
         if type == UInt8(NGHTTP2_HEADERS.rawValue) && libraryError == NGHTTP2_ERR_FRAME_SIZE_ERROR.rawValue {
             reason = "the request head does not fit in an HTTP/2 header block (\(reason))"
         }
-        notSent[stream] = reason
+        notSent[stream] = (reason, libraryError)
     }
 
     fileprivate func invalidFrame(type: UInt8, libraryError: Int32) {

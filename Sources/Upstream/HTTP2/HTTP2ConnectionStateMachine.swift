@@ -54,8 +54,8 @@ struct HTTP2ConnectionStateMachine {
     private var lastRead: NIODeadline
     private var pingSentAt: NIODeadline?
     private var sawBytes = false
-    /// The peer's GOAWAY carried an error: what it processed may be what failed it, so only the
-    /// streams it disowned are sent again (an item that kills connections must not kill fresh
+    /// The peer's GOAWAY carried an error, or it broke the protocol: what it processed may be
+    /// what failed it, so only the streams it disowned are sent again (an item that kills connections must not kill fresh
     /// ones together with its neighbours).
     private var peerFailedConnection = false
 
@@ -171,6 +171,14 @@ struct HTTP2ConnectionStateMachine {
         case .connecting, .closed:
             return .none
         }
+    }
+
+    /// The peer broke the protocol (a malformed frame; nghttp2 ended the session). As with a
+    /// GOAWAY carrying an error, what it processed may be what broke it: nothing is re-sent but
+    /// the streams it never saw.
+    mutating func peerViolatedProtocol(_ reason: String) -> Action {
+        peerFailedConnection = true
+        return close(reason)
     }
 
     /// The socket failed (reset, refused write...). Before SETTINGS that means the peer does not
