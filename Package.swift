@@ -65,7 +65,8 @@ let package = Package(
         ]),
 
         .testTarget(name: "ServerTests", dependencies: [
-            "Server",
+            "Server", "Config",
+            .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -36,9 +36,11 @@ public final class SheafServer: Service, @unchecked Sendable {
         let service = SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger)
         let listen = configuration.listen
         let channel: Channel
+        let front = FrontConnections()
         do {
             channel = try await HTTPListener.bind(host: listen.host, port: listen.port, group: group,
-                                                  clientTimeout: configuration.clientTimeout, responder: service)
+                                                  clientTimeout: configuration.clientTimeout, connections: front,
+                                                  responder: service)
         } catch {
             for transport in transports.values { await transport.shutdown() }
             try? await demoChannel?.close()
@@ -52,6 +54,10 @@ public final class SheafServer: Service, @unchecked Sendable {
         await withGracefulShutdownHandler {
             try? await channel.closeFuture.get()
         } onGracefulShutdown: {
+            // Stop taking work: /readyz 503, the listener closed, keep-alive connections told
+            // (Connection: close on HTTP/1.1, GOAWAY on h2c) and closed once what they serve ends.
+            service.startDraining()
+            front.drain()
             channel.close(promise: nil)
         }
         // Drain: the listener is closed; let batches in flight finish before the transports go.
@@ -67,9 +73,10 @@ public final class SheafServer: Service, @unchecked Sendable {
         for transport in transports.values { await transport.shutdown() }
         // Let those 207s' last bytes reach their clients before the event loops stop.
         let flushDeadline = NIODeadline.now() + .seconds(2)
-        while service.activeBatches > 0 && NIODeadline.now() < flushDeadline {
+        while (service.activeBatches > 0 || front.count > 0) && NIODeadline.now() < flushDeadline {
             try? await Task.sleep(nanoseconds: 10_000_000)
         }
+        front.closeAll()
         try? await demoChannel?.close()
     }
 }

@@ -24,8 +24,15 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     private let requestCounter = NIOLockedValueBox(UInt64(0))
     private let active = NIOLockedValueBox(0)
 
+    private let draining = NIOLockedValueBox(false)
+
     /// Batches being fanned out or written right now; shutdown waits for this to reach zero.
     public var activeBatches: Int { active.withLockedValue { $0 } }
+
+    /// From now on `/readyz` answers 503, so a load balancer stops sending new work.
+    public func startDraining() {
+        draining.withLockedValue { $0 = true }
+    }
 
     public init(configuration: SheafConfiguration, transports: [String: UpstreamTransport],
                 metrics: SheafMetrics, logger: Logger) {
@@ -60,6 +67,10 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
             }
             return .respond(SimpleResponse(status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"],
                                            body: metrics.render()))
+        }
+        if path == "/readyz" && draining.withLockedValue({ $0 }) {
+            return .respond(SimpleResponse(status: .serviceUnavailable, headers: ["content-type": "application/json"],
+                                           body: ByteBuffer(string: "{\"status\":\"draining\"}\n")))
         }
         if path == "/healthz" || path == "/readyz" {
             return .respond(SimpleResponse(status: .ok, headers: ["content-type": "application/json"],

@@ -111,10 +111,10 @@ private func response(_ channel: EmbeddedChannel) throws -> (HTTPResponseHead?, 
     let activity = ConnectionActivity()
     let channel = EmbeddedChannel(handler: IdleConnectionCloser(activity: activity))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-    activity.inProgress = 1
+    activity.started()
     channel.pipeline.fireUserInboundEventTriggered(IdleStateHandler.IdleStateEvent.all)
     #expect(channel.isActive)
-    activity.inProgress = 0
+    activity.finished()
     channel.pipeline.fireUserInboundEventTriggered(IdleStateHandler.IdleStateEvent.all)
     #expect(!channel.isActive)
 }

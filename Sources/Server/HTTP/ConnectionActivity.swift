@@ -1,10 +1,26 @@
 import NIOCore
+import NIOHTTP2
 
 /// Requests a client connection is serving right now (HTTP/2 streams share their connection's
-/// event loop, so a plain counter on that loop is enough). Lets the idle timer tell an idle
-/// connection from one whose batch is still running.
+/// event loop, so a plain counter on that loop is enough), and since when it has served none.
+/// Lets the idle timers tell an idle connection from one whose batch is still running.
 final class ConnectionActivity {
-    var inProgress = 0
+    private(set) var inProgress = 0
+    private(set) var idleSince = NIODeadline.now()
+    /// Called when the last request in progress ends (a draining connection closes then).
+    var onIdle: (() -> Void)?
+
+    func started() {
+        inProgress += 1
+    }
+
+    func finished() {
+        inProgress -= 1
+        if inProgress == 0 {
+            idleSince = .now()
+            onIdle?()
+        }
+    }
 }
 
 /// Closes a client connection that has been silent in both directions for the idle timeout
@@ -23,5 +39,66 @@ final class IdleConnectionCloser: ChannelInboundHandler {
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// The h2c front connection's own timers and drain, after `NIOHTTP2Handler`:
+/// - `client_timeout` counts from the moment the connection last served no stream, whatever
+///   else the client sends (PINGs, SETTINGS, WINDOW_UPDATEs keep the byte-level idle timer
+///   alive; they must not keep an idle connection open);
+/// - on drain (`ChannelShouldQuiesceEvent`) it sends GOAWAY, and closes as soon as no stream runs.
+final class HTTP2FrontConnectionGuard: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+
+    private let activity: ConnectionActivity
+    private let clientTimeout: TimeAmount
+    private var check: RepeatedTask?
+    private var draining = false
+
+    init(activity: ConnectionActivity, clientTimeout: TimeAmount) {
+        self.activity = activity
+        self.clientTimeout = clientTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let every = TimeAmount.nanoseconds(max(clientTimeout.nanoseconds / 4, 10_000_000))
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        check = context.eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { [activity, clientTimeout] _ in
+            guard activity.inProgress == 0, NIODeadline.now() - activity.idleSince >= clientTimeout else { return }
+            Self.goAway(loopBound.value, close: true)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        check?.cancel()
+        check = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        check?.cancel()
+        check = nil
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent, !draining {
+            draining = true
+            Self.goAway(context, close: activity.inProgress == 0)
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            // On the next tick: the last stream's final frames are still on their way down from
+            // its stream channel. The second GOAWAY is written after them; the close after it.
+            activity.onIdle = {
+                loopBound.value.eventLoop.execute { Self.goAway(loopBound.value, close: true) }
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private static func goAway(_ context: ChannelHandlerContext, close: Bool) {
+        let frame = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
+        context.writeAndFlush(NIOAny(frame)).whenComplete { _ in
+            if close { context.close(promise: nil) }
+        }
     }
 }

@@ -5,9 +5,17 @@ import NIOPosix
 public enum HTTPListener {
     /// `clientTimeout`: a connection silent and serving nothing this long is closed, and a request
     /// whose body has not fully arrived this long after its head gets 408.
+    /// `connections`: when given, tracks the accepted connections so that its `drain()` reaches them.
     public static func bind(host: String, port: Int, group: EventLoopGroup, clientTimeout: TimeAmount = .seconds(60),
-                            responder: HTTPResponder) async throws -> Channel {
+                            connections: FrontConnections? = nil, responder: HTTPResponder) async throws -> Channel {
         try await ServerBootstrap(group: group)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let connections {
+                        try channel.pipeline.syncOperations.addHandler(connections.makeServerChannelHandler(listener: channel))
+                    }
+                }
+            }
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
@@ -18,7 +26,7 @@ public enum HTTPListener {
                     try channel.pipeline.syncOperations.addHandlers([
                         IdleStateHandler(allTimeout: clientTimeout),
                         IdleConnectionCloser(activity: activity),
-                        ProtocolSniffer {
+                        ProtocolSniffer(clientTimeout: clientTimeout, activity: activity) {
                             HTTPRequestHandler(responder: responder, activity: activity, clientTimeout: clientTimeout)
                         },
                     ])

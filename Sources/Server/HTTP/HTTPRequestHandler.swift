@@ -43,8 +43,15 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         case collecting(HTTPRequestHead, limit: Int, body: ByteBuffer, handler: @Sendable (HTTPRequestHead, ByteBuffer, ResponseWriter) -> Void)
         case discarding(SimpleResponse, keepAlive: Bool)
         case responding(ResponseWriter)
+        /// Answered before the body was read; reading (and dropping) a bounded rest so the
+        /// client sees the answer instead of a reset, then closing.
+        case lingering(dropped: Int)
         case closing
     }
+
+    /// A body the answer does not need is read and dropped up to this size; beyond, or chunked,
+    /// the answer goes out at once and the connection closes.
+    static let discardLimit = 64 << 10
 
     private let responder: HTTPResponder
     private let activity: ConnectionActivity
@@ -64,12 +71,19 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     private func begin(_ context: ChannelHandlerContext) {
         if !counted {
             counted = true
-            activity.inProgress += 1
+            activity.started()
         }
         // A body that trickles in (or never comes) must not hold the connection forever.
         bodyTimer = context.eventLoop.scheduleTask(in: clientTimeout) { [weak self] in
-            guard let self, case .collecting = self.state else { return }
-            self.reject(context, Problem.response(.requestTimeout, detail: "the request body did not arrive within \(self.clientTimeout.nanoseconds / 1_000_000_000)s"))
+            guard let self else { return }
+            switch self.state {
+            case .collecting:
+                self.reject(context, Problem.response(.requestTimeout, detail: "the request body did not arrive within \(self.clientTimeout.nanoseconds / 1_000_000_000)s"))
+            case .discarding(let response, _):
+                self.reject(context, response)
+            default:
+                break
+            }
         }
     }
 
@@ -78,7 +92,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         bodyTimer = nil
         if counted {
             counted = false
-            activity.inProgress -= 1
+            activity.finished()
         }
         armHeadTimer()
     }
@@ -115,6 +129,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
+            if case .lingering = state { return }  // answered and closing: nothing more is served
             headTimer?.cancel()
             headTimer = nil
             begin(context)
@@ -126,15 +141,31 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                     response.headers.replaceOrAdd(name: "content-length", value: String(response.body.readableBytes))
                     response.body = ByteBuffer()
                 }
+                let declared = head.headers.first(name: "content-length").flatMap(Int.init)
+                let chunked = head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
+                if head.headers.contains(name: "expect") || chunked || (declared ?? 0) > Self.discardLimit {
+                    // The answer does not depend on the body: do not wait for one that may be
+                    // large, slow or (after Expect: 100-continue) never sent. Answer and close.
+                    reject(context, response)
+                    return
+                }
                 state = .discarding(response, keepAlive: head.isKeepAlive)
             case .collect(let limit, let handler):
                 if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limit {
                     reject(context, responder.tooLarge(head, limit: limit))
                     return
                 }
+                if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+                    context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+                }
                 state = .collecting(head, limit: limit, body: context.channel.allocator.buffer(capacity: 0), handler: handler)
             }
         case .body(var part):
+            if case .lingering(let dropped) = state {
+                state = .lingering(dropped: dropped + part.readableBytes)
+                if dropped + part.readableBytes > Self.discardLimit { context.close(promise: nil) }
+                return
+            }
             guard case .collecting(let head, let limit, var body, let handler) = state else { return }
             state = .idle  // let `body` be uniquely referenced while it grows
             if body.readableBytes + part.readableBytes > limit {
@@ -179,14 +210,18 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
+    /// Answers, then closes: the request's body is not read whole. HTTP/1.1 half-closes and
+    /// lingers, dropping what still arrives (bounded in bytes and time), so the client reads the
+    /// answer instead of a reset; an HTTP/2 stream just ends.
     private func reject(_ context: ChannelHandlerContext, _ response: SimpleResponse) {
-        state = .closing
         var response = response
         response.close = true
-        send(context, response, keepAlive: false)
+        let isStream = context.channel.parent != nil
+        state = isStream ? .closing : .lingering(dropped: 0)
+        send(context, response, keepAlive: false, linger: !isStream)
     }
 
-    private func send(_ context: ChannelHandlerContext, _ response: SimpleResponse, keepAlive: Bool) {
+    private func send(_ context: ChannelHandlerContext, _ response: SimpleResponse, keepAlive: Bool, linger: Bool = false) {
         var headers = response.headers
         if !headers.contains(name: "content-length") {
             headers.add(name: "content-length", value: String(response.body.readableBytes))
@@ -199,7 +234,12 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         let written = context.writeAndFlushPromise()
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
         done()
-        if !keepAlive {
+        if linger {
+            written.futureResult.whenComplete { _ in
+                context.close(mode: .output, promise: nil)
+                context.eventLoop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
+            }
+        } else if !keepAlive {
             written.futureResult.whenComplete { _ in context.close(promise: nil) }
         }
     }

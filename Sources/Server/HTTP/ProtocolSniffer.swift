@@ -13,9 +13,37 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
     private static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
     private var buffered: ByteBuffer?
     private let makeHandler: @Sendable () -> ChannelHandler
+    private let clientTimeout: TimeAmount
+    private let activity: ConnectionActivity
+    private var deadline: Scheduled<Void>?
 
-    init(makeHandler: @escaping @Sendable () -> ChannelHandler) {
+    init(clientTimeout: TimeAmount, activity: ConnectionActivity, makeHandler: @escaping @Sendable () -> ChannelHandler) {
+        self.clientTimeout = clientTimeout
+        self.activity = activity
         self.makeHandler = makeHandler
+    }
+
+    /// The first bytes must tell the protocol within the client timeout, however slowly they
+    /// trickle (each byte restarts the connection's idle timer; this one it does not).
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        deadline = context.eventLoop.scheduleTask(in: clientTimeout) {
+            loopBound.value.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+    }
+
+    /// Draining before the protocol is known: nothing is running here, close.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -57,6 +85,9 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
         ]
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = 1 << 20
+        defer {
+            try? context.pipeline.syncOperations.addHandler(HTTP2FrontConnectionGuard(activity: activity, clientTimeout: clientTimeout))
+        }
         _ = try context.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: connection, streamConfiguration: stream
         ) { streamChannel in
