@@ -13,6 +13,7 @@ public final class SheafMetrics: @unchecked Sendable {
     private var batchHistograms: [String: DurationHistogram] = [:]
     private var resendCounters: [String: Counter] = [:]
     private var lostCounters: [String: Counter] = [:]
+    private var stallCounters: [String: Counter] = [:]
     private let inFlight: Gauge
 
     static let itemBuckets: [Duration] = [
@@ -121,6 +122,19 @@ public final class SheafMetrics: @unchecked Sendable {
         }
         if resends > 0 { resent.increment(by: Int64(resends)) }
         if lost > 0 { lostCounter.increment(by: Int64(lost)) }
+    }
+
+    /// A client stopped reading its 207 for client_timeout: the batch was cancelled, the connection closed.
+    public func clientStalled(route: String) {
+        let counter = lock.withLock { () -> Counter in
+            if let c = stallCounters[route] { return c }
+            let c = registry.makeCounter(
+                descriptor: Self.name("client_stalls", "total", "Bulk requests cancelled because the client took no byte of the 207 for client_timeout"),
+                labels: [("route", route)])
+            stallCounters[route] = c
+            return c
+        }
+        counter.increment()
     }
 
     /// Prometheus text exposition format.

@@ -60,6 +60,11 @@ final class BatchSession: @unchecked Sendable {
         writer.onWritabilityChange { writable in
             if writable { run.resume() } else { run.pause() }
         }
+        writer.onClientStalled { [logger, metrics, route] in
+            logger.warning("the client took no byte of the 207 for client_timeout; cancelling the batch and closing")
+            metrics.clientStalled(route: route.configuration.name)
+            run.cancel(status: 499, reason: "the client stopped reading the response for client_timeout")
+        }
         writer.onClientGone { [logger] in
             logger.info("client went away; cancelling the batch")
             run.cancel(status: 499, reason: "the client closed the connection before the batch completed")

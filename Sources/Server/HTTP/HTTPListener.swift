@@ -26,8 +26,9 @@ public enum HTTPListener {
                     try channel.pipeline.syncOperations.addHandlers([
                         IdleStateHandler(allTimeout: clientTimeout),
                         IdleConnectionCloser(activity: activity),
-                        ProtocolSniffer(clientTimeout: clientTimeout, activity: activity) {
-                            HTTPRequestHandler(responder: responder, activity: activity, clientTimeout: clientTimeout)
+                        ProtocolSniffer(clientTimeout: clientTimeout, activity: activity) { onHTTP2Stream in
+                            HTTPRequestHandler(responder: responder, activity: activity, clientTimeout: clientTimeout,
+                                               onHTTP2Stream: onHTTP2Stream)
                         },
                     ])
                 }

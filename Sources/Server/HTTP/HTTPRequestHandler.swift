@@ -62,10 +62,15 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     private var headTimer: Scheduled<Void>?
     private var context: ChannelHandlerContext?
 
-    init(responder: HTTPResponder, activity: ConnectionActivity, clientTimeout: TimeAmount) {
+    /// Serving one stream of an HTTP/2 connection (its channel's parent is the connection),
+    /// rather than an HTTP/1.1 connection (whose parent is the listener).
+    private let onHTTP2Stream: Bool
+
+    init(responder: HTTPResponder, activity: ConnectionActivity, clientTimeout: TimeAmount, onHTTP2Stream: Bool = false) {
         self.responder = responder
         self.activity = activity
         self.clientTimeout = clientTimeout
+        self.onHTTP2Stream = onHTTP2Stream
     }
 
     private func begin(_ context: ChannelHandlerContext) {
@@ -182,7 +187,9 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                 state = .idle
                 send(context, response, keepAlive: keepAlive && !response.close)
             case .collecting(let head, _, let body, let handler):
-                let writer = ResponseWriter(context: context, keepAlive: head.isKeepAlive) { [weak self] in
+                let connection = onHTTP2Stream ? (context.channel.parent ?? context.channel) : context.channel
+                let writer = ResponseWriter(context: context, keepAlive: head.isKeepAlive, stallTimeout: clientTimeout,
+                                            connection: connection) { [weak self] in
                     self?.state = .idle
                     self?.done()
                 }
@@ -216,9 +223,8 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     private func reject(_ context: ChannelHandlerContext, _ response: SimpleResponse) {
         var response = response
         response.close = true
-        let isStream = context.channel.parent != nil
-        state = isStream ? .closing : .lingering(dropped: 0)
-        send(context, response, keepAlive: false, linger: !isStream)
+        state = onHTTP2Stream ? .closing : .lingering(dropped: 0)
+        send(context, response, keepAlive: false, linger: !onHTTP2Stream)
     }
 
     private func send(_ context: ChannelHandlerContext, _ response: SimpleResponse, keepAlive: Bool, linger: Bool = false) {

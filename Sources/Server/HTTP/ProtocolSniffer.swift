@@ -12,12 +12,13 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
 
     private static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
     private var buffered: ByteBuffer?
-    private let makeHandler: @Sendable () -> ChannelHandler
+    /// Makes the request handler; its argument says whether it serves an HTTP/2 stream.
+    private let makeHandler: @Sendable (_ onHTTP2Stream: Bool) -> ChannelHandler
     private let clientTimeout: TimeAmount
     private let activity: ConnectionActivity
     private var deadline: Scheduled<Void>?
 
-    init(clientTimeout: TimeAmount, activity: ConnectionActivity, makeHandler: @escaping @Sendable () -> ChannelHandler) {
+    init(clientTimeout: TimeAmount, activity: ConnectionActivity, makeHandler: @escaping @Sendable (_ onHTTP2Stream: Bool) -> ChannelHandler) {
         self.clientTimeout = clientTimeout
         self.activity = activity
         self.makeHandler = makeHandler
@@ -64,7 +65,7 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
                 try configureHTTP2(context)
             } else {
                 try context.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
-                try context.pipeline.syncOperations.addHandler(makeHandler())
+                try context.pipeline.syncOperations.addHandler(makeHandler(false))
             }
         } catch {
             context.close(promise: nil)
@@ -93,7 +94,7 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
         ) { streamChannel in
             streamChannel.eventLoop.makeCompletedFuture {
                 try streamChannel.pipeline.syncOperations.addHandlers([
-                    HTTP2FramePayloadToHTTP1ServerCodec(), makeHandler(),
+                    HTTP2FramePayloadToHTTP1ServerCodec(), makeHandler(true),
                 ])
             }
         }

@@ -16,12 +16,44 @@ public final class ResponseWriter: @unchecked Sendable {
     private var cancelHandler: (@Sendable () -> Void)?
     private var wentAway = false
 
-    init(context: ChannelHandlerContext, keepAlive: Bool, onDone: @escaping () -> Void) {
+    /// A client that takes no byte of a pending response this long is given up on (nginx's
+    /// `send_timeout`): the stall handler runs and the connection closes.
+    private let stallTimeout: TimeAmount
+    private var stallTimer: Scheduled<Void>?
+    private var stallHandler: (@Sendable () -> Void)?
+
+    /// The client's connection: the channel itself on HTTP/1.1, the parent of an HTTP/2 stream.
+    private let connection: Channel?
+
+    init(context: ChannelHandlerContext, keepAlive: Bool, stallTimeout: TimeAmount = .seconds(60), connection: Channel? = nil,
+         onDone: @escaping () -> Void) {
+        self.connection = connection
         self.context = context
         self.eventLoop = context.eventLoop
         self.allocator = context.channel.allocator
         self.keepAlive = keepAlive
+        self.stallTimeout = stallTimeout
         self.onDone = onDone
+    }
+
+    /// Called once if the client stops taking bytes (the connection stays unwritable) for the
+    /// stall timeout while the response is unfinished; the connection is closed right after.
+    public func onClientStalled(_ handler: @escaping @Sendable () -> Void) {
+        lock.withLock { stallHandler = handler }
+    }
+
+    private func stalled() {
+        stallTimer = nil
+        let handler = lock.withLock { () -> (@Sendable () -> Void)? in
+            guard !finished else { return nil }
+            defer { stallHandler = nil }
+            return stallHandler
+        }
+        guard let handler else { return }
+        handler()
+        abort()
+        // An HTTP/2 stream's client is the whole connection: it reads none of it.
+        connection?.close(promise: nil)
     }
 
     public let allocator: ByteBufferAllocator
@@ -46,6 +78,12 @@ public final class ResponseWriter: @unchecked Sendable {
 
     func writabilityChanged(_ isWritable: Bool) {
         let handler = lock.withLock { finished ? nil : writabilityHandler }
+        if isWritable {
+            stallTimer?.cancel()
+            stallTimer = nil
+        } else if stallTimer == nil && handler != nil {
+            stallTimer = eventLoop.scheduleTask(in: stallTimeout) { [self] in self.stalled() }
+        }
         handler?(isWritable)
     }
 
@@ -130,8 +168,13 @@ public final class ResponseWriter: @unchecked Sendable {
             finished = true
             cancelHandler = nil
             writabilityHandler = nil
+            stallHandler = nil
         }
-        onLoop { [context] in context.close(promise: nil) }
+        onLoop { [self] in
+            self.stallTimer?.cancel()
+            self.stallTimer = nil
+            self.context.close(promise: nil)
+        }
     }
 
     /// Ends the response (after every queued write); `written` runs once the end has been
@@ -143,8 +186,11 @@ public final class ResponseWriter: @unchecked Sendable {
             // batch, its items and this writer would keep each other alive.
             cancelHandler = nil
             writabilityHandler = nil
+            stallHandler = nil
         }
         onLoop { [self] in
+            self.stallTimer?.cancel()
+            self.stallTimer = nil
             self.flushPending()
             let promise = self.eventLoop.makePromise(of: Void.self)
             self.context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: promise)
