@@ -160,3 +160,18 @@ func xmlBatchErrors(xml: String, expected: String) {
     #expect(throws: PathTemplate.SyntaxError.self) { try PathTemplate("/users/{a-b}") }
     #expect((try? PathTemplate("/users/{item}?full=1")) != nil)
 }
+
+@Test func explicitUrlsWithEncodedSlashesAreRefusedItemByItem() throws {
+    let body = #"{"requests":[{"method":"GET","url":"/x/..%2f..%2fsecret"},{"method":"GET","url":"/%2e%2e%2fsecret"},{"method":"GET","url":"/users/1?next=%2Fhome"}]}"#
+    let items = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: body), basePath: "/api", maxItems: 10)
+    #expect(items[0].rejection == "url contains an encoded slash (\"%2f\"), which upstreams may decode into a path separator")
+    #expect(items[1].rejection == "url contains an encoded slash (\"%2f\"), which upstreams may decode into a path separator")
+    #expect(items[2].request?.path == "/api/users/1?next=%2Fhome")
+}
+
+// Templated paths do not go through ItemPath: there %2F is Sheaf's own encoding of a value as one segment.
+@Test func templatedValuesKeepSlashesInsideOneSegment() throws {
+    let items = try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":["a/b","x\\y"]}"#),
+                                            template: try template("/users/{item}"), basePath: "/api", maxItems: 10)
+    #expect(items.map { $0.request?.path } == ["/api/users/a%2Fb", "/api/users/x%5Cy"])
+}
