@@ -175,3 +175,15 @@ func xmlBatchErrors(xml: String, expected: String) {
                                             template: try template("/users/{item}"), basePath: "/api", maxItems: 10)
     #expect(items.map { $0.request?.path } == ["/api/users/a%2Fb", "/api/users/x%5Cy"])
 }
+
+// An upstream that decodes %2F would see `../../secret` in `/users/..%2F..%2Fsecret` and climb out.
+@Test(arguments: ["../../secret", "a/../../b", "./x", "..\\x", "a/.."])
+func templatedValuesThatHideDotSegmentsAreRefused(value: String) throws {
+    let body = ByteBuffer(string: "{\"ids\":[1,\(JSONValue.string(value).serialized)]}")
+    let error = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(body, template: try! template("/users/{item}"), basePath: "/api", maxItems: 10)
+    }
+    #expect(error?.status == 400)
+    #expect(error?.field == "/ids/1")
+    #expect(error?.message.contains("dot segment") == true, "\(String(describing: error))")
+}
