@@ -44,8 +44,9 @@ public enum ResponseFormat: Sendable, Equatable {
 enum BodyForm {
     case none, json, text, binary
 
-    /// JSON when labelled JSON and valid; text when valid UTF-8 that XML 1.0 can carry;
-    /// otherwise binary (base64).
+    /// JSON when labelled JSON and valid; text when valid UTF-8 without C0 control characters
+    /// other than tab, LF and CR (the XML 207 replaces U+FFFE and U+FFFF with U+FFFD); otherwise
+    /// binary (base64).
     static func classify(_ body: ByteBuffer?, contentType: String?) -> BodyForm {
         guard let body, body.readableBytes > 0 else { return .none }
         return body.withUnsafeReadableBytes { raw -> BodyForm in
