@@ -158,3 +158,18 @@ private let hostileOutcomes = [
     #expect(results[5]["body"] == .string("Qf/+Qg=="))
     #expect(results[5]["bodyEncoding"] == .string("base64"))
 }
+
+// RFC 9110 §12.5.1: the most specific range that matches a type gives its q-value, so an
+// explicit q=0 is not undone by a wildcard.
+@Test func aWildcardDoesNotOverrideAnExplicitRefusal() {
+    #expect(MediaType.negotiate(accept: "application/json;q=0, */*", requestIsXML: false) == .xml(mediaType: "application/xml"))
+    #expect(MediaType.negotiate(accept: "*/*, application/json;q=0", requestIsXML: false) == .xml(mediaType: "application/xml"))
+    #expect(MediaType.negotiate(accept: "application/json;q=0, application/*", requestIsXML: false) == .xml(mediaType: "application/xml"))
+    #expect(MediaType.negotiate(accept: "application/xml;q=0, */*", requestIsXML: true) == .json)
+    #expect(MediaType.negotiate(accept: "application/*;q=0, */*", requestIsXML: false) == .xml(mediaType: "text/xml"))
+    #expect(MediaType.negotiate(accept: "text/xml;q=0, text/*", requestIsXML: false) == nil)
+    #expect(MediaType.negotiate(accept: "application/json;q=0, application/xml;q=0, text/xml;q=0, */*", requestIsXML: false) == nil)
+    #expect(MediaType.negotiate(accept: "*/*;q=0.1, application/json;q=0.5", requestIsXML: true) == .json)
+    #expect(MediaType.negotiate(accept: "application/*", requestIsXML: true) == .xml(mediaType: "application/xml"))
+    #expect(MediaType.negotiate(accept: "text/*", requestIsXML: false) == .xml(mediaType: "text/xml"))
+}
