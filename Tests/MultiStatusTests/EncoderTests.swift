@@ -173,3 +173,17 @@ private let hostileOutcomes = [
     #expect(MediaType.negotiate(accept: "application/*", requestIsXML: true) == .xml(mediaType: "application/xml"))
     #expect(MediaType.negotiate(accept: "text/*", requestIsXML: false) == .xml(mediaType: "text/xml"))
 }
+
+@Test func repeatedHeadersStayDistinctInJSON() throws {
+    let cookie = "a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT; Path=/"
+    let outcome = ItemOutcome(status: 200, headers: [("set-cookie", cookie), ("content-type", "text/plain"), ("set-cookie", "b=2"),
+                                                     ("connection", "close"), ("vary", "accept"), ("set-cookie", "c=3")])
+    let parsed = try JSONParser.parse(encode(.json, [(item, outcome)]))
+    guard case .array(let results) = parsed["results"], case .object(let headers) = results[0]["headers"] else {
+        Issue.record("no headers"); return
+    }
+    #expect(headers.map(\.key) == ["set-cookie", "content-type", "vary"])
+    #expect(results[0]["headers"]?["set-cookie"] == .array([.string(cookie), .string("b=2"), .string("c=3")]))
+    #expect(results[0]["headers"]?["content-type"] == .string("text/plain"))
+    #expect(results[0]["headers"]?["vary"] == .string("accept"))
+}
