@@ -187,3 +187,28 @@ func templatedValuesThatHideDotSegmentsAreRefused(value: String) throws {
     #expect(error?.field == "/ids/1")
     #expect(error?.message.contains("dot segment") == true, "\(String(describing: error))")
 }
+
+@Test(arguments: ["!!!!", "AAE", "A=AA", "AA=A", "AAEC!", "AAECAQ==AAEC"])
+func xmlBodyThatIsNotBase64IsRefused(encoded: String) {
+    let xml = "<S:batch xmlns:S=\"urn:sheaf\" xmlns:D=\"DAV:\"><S:request method=\"PUT\"><D:href>/a</D:href>"
+        + "<S:body encoding=\"base64\">\(encoded)</S:body></S:request></S:batch>"
+    let error = decodeError { () throws(BatchError) in
+        try XMLBatchDecoder.decode(ByteBuffer(string: xml), basePath: "", maxItems: 10)
+    }
+    #expect(error?.status == 400)
+    #expect(error?.description == "requests[0].body: not valid base64")
+}
+
+@Test func xmlBase64BodyMayBeWrappedOverLines() throws {
+    let xml = "<S:batch xmlns:S=\"urn:sheaf\" xmlns:D=\"DAV:\"><S:request method=\"PUT\"><D:href>/a</D:href>"
+        + "<S:body encoding=\"base64\">\n  AAEC\r\n  /w==\n</S:body></S:request></S:batch>"
+    let items = try XMLBatchDecoder.decode(ByteBuffer(string: xml), basePath: "", maxItems: 10)
+    #expect(items[0].request?.body?.readableBytesView.map { $0 } == [0, 1, 2, 255])
+}
+
+@Test func base64RoundTripsEveryTailLength() {
+    for length in 0...8 {
+        let bytes = (0..<length).map { UInt8(truncatingIfNeeded: $0 * 97 + 251) }
+        #expect(Base64.decode(Base64.encode(ByteBuffer(bytes: bytes))) == bytes, "\(length) bytes")
+    }
+}
