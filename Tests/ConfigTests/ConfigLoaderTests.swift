@@ -171,3 +171,26 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     let caOnHTTP = valid.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    ca_file: Package.swift")
     #expect(problems(caOnHTTP).first?.message == "upstream 'legacy' ca_file only applies to an https url")
 }
+
+@Test func fanOutHeadersRefuseHopByHopNames() throws {
+    let headers = """
+          path: /users/{item}
+          headers:
+            X-Api-Version: "2"
+            Host: internal.example
+            content-length: "5"
+            Connection: close
+            Transfer-Encoding: chunked
+    """
+    let yaml = valid.replacingOccurrences(of: "      path: /users/{item}", with: headers)
+    let found = problems(yaml)
+    #expect(found.map(\.description) == [
+        "c.yaml:23:9: route 'users-by-id' fan_out.headers: Host is a hop-by-hop header and is never forwarded",
+        "c.yaml:24:9: route 'users-by-id' fan_out.headers: content-length is a hop-by-hop header and is never forwarded",
+        "c.yaml:25:9: route 'users-by-id' fan_out.headers: Connection is a hop-by-hop header and is never forwarded",
+        "c.yaml:26:9: route 'users-by-id' fan_out.headers: Transfer-Encoding is a hop-by-hop header and is never forwarded",
+    ])
+    let fine = valid.replacingOccurrences(of: "      path: /users/{item}", with: "      path: /users/{item}\n      headers:\n        X-Api-Version: \"2\"")
+    let headersSent = try ConfigLoader.parse(yaml: fine, file: "c.yaml").routes[0].fanOut?.headers
+    #expect(headersSent?.map(\.name) == ["X-Api-Version"])
+}
