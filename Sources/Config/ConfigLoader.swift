@@ -106,12 +106,22 @@ struct ConfigReader {
 
     /// A scalar read by `parse`; when it does not parse, the problem says what was expected.
     private mutating func parsed<T>(_ node: Node?, _ what: String, expected: String, _ parse: (String) -> T?) -> T? {
+        parsed(node, what, expected: expected) { parse($0).map { .success($0) } ?? .failure(.malformed) }
+    }
+
+    /// A scalar read by `parse`; the problem says what was expected, or that the value is too large.
+    private mutating func parsed<T>(_ node: Node?, _ what: String, expected: String,
+                                    _ parse: (String) -> Result<T, ConfigValues.Failure>) -> T? {
         guard let text = string(node, what) else { return nil }
-        guard let value = parse(text) else {
+        switch parse(text) {
+        case .success(let value):
+            return value
+        case .failure(.malformed):
             report(at: node, "\(what): \"\(text)\" is not \(expected)")
-            return nil
+        case .failure(.tooLarge(let maximum)):
+            report(at: node, "\(what): \"\(text)\" is too large (at most \(maximum))")
         }
-        return value
+        return nil
     }
 
     mutating func duration(_ node: Node?, _ what: String) -> TimeAmount? {
@@ -120,7 +130,7 @@ struct ConfigReader {
 
     mutating func byteSize(_ node: Node?, _ what: String) -> Int? {
         parsed(node, what, expected: "a size (write e.g. 65536, 512KiB, 8MiB)") { text in
-            ConfigValues.byteSize(text).flatMap { $0 > 0 ? $0 : nil }
+            ConfigValues.byteSize(text).flatMap { $0 > 0 ? .success($0) : .failure(.malformed) }
         }
     }
 
