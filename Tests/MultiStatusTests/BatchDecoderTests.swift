@@ -212,3 +212,59 @@ func xmlBodyThatIsNotBase64IsRefused(encoded: String) {
         #expect(Base64.decode(Base64.encode(ByteBuffer(bytes: bytes))) == bytes, "\(length) bytes")
     }
 }
+
+@Test func oneItemOverMaxItemsIs413NamingTheArray() throws {
+    let templated = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":[1,2,3]}"#), template: try! template("/u/{item}"), basePath: "", maxItems: 2)
+    }
+    #expect(templated?.status == 413)
+    #expect(templated?.description == "/ids: more items than this route's max_items (2)")
+    let explicit = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: #"{"requests":[{},{},{}]}"#), basePath: "", maxItems: 2)
+    }
+    #expect(explicit?.status == 413)
+    #expect(explicit?.description == "requests: more items than this route's max_items (2)")
+    #expect(try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":[1,2]}"#), template: try template("/u/{item}"),
+                                        basePath: "", maxItems: 2).count == 2)
+}
+
+// Each body below is cut off after ten times max_items elements, so it is not JSON at all: a
+// decoder that read it in full would answer 400; one that stops at max_items + 1 answers 413.
+@Test func parsingStopsOnceTheItemArrayPassesMaxItems() throws {
+    let elements = (0..<100).map(String.init).joined(separator: ",")
+    let templated = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":["# + elements + ",{\"unterminated"),
+                                    template: try! template("/u/{item}"), basePath: "", maxItems: 10)
+    }
+    #expect(templated?.status == 413)
+    #expect(templated?.field == "/ids")
+    let rootArray = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: "[" + elements + ",{"), template: try! template("/u/{item}", items: ""),
+                                    basePath: "", maxItems: 10)
+    }
+    #expect(rootArray?.status == 413)
+    #expect(rootArray?.field == "body")
+    let requests = String(repeating: #"{"method":"GET","url":"/a"},"#, count: 100)
+    let explicit = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: #"{"requests":["# + requests + #"{"method":"#), basePath: "", maxItems: 10)
+    }
+    #expect(explicit?.status == 413)
+    #expect(explicit?.field == "requests")
+}
+
+// Only the array the pointer names is counted: other arrays, and a same-named array deeper
+// down, may be longer than max_items.
+@Test func onlyTheItemArrayIsCounted() throws {
+    let body = #"{"ids":[1,2,3,4],"data":{"other":[1,2,3],"ids":[5,6]}}"#
+    let items = try JSONBatchDecoder.decode(ByteBuffer(string: body), template: try template("/u/{item}", items: "/data/ids"),
+                                            basePath: "", maxItems: 2)
+    #expect(items.map(\.href) == ["/u/5", "/u/6"])
+    let groups = #"{"groups":[[1,2,3,4],[7,8]]}"#
+    let second = try JSONBatchDecoder.decode(ByteBuffer(string: groups), template: try template("/u/{item}", items: "/groups/1"),
+                                             basePath: "", maxItems: 2)
+    #expect(second.map(\.href) == ["/u/7", "/u/8"])
+    let first = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: groups), template: try! template("/u/{item}", items: "/groups/0"), basePath: "", maxItems: 2)
+    }
+    #expect(first?.status == 413)
+}

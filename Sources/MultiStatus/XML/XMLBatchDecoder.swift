@@ -140,7 +140,7 @@ public enum XMLBatchDecoder {
                         throw .badRequest(field: "body", "unknown element S:\(local) in S:batch (expected S:request)")
                     }
                     guard index < maxItems else {
-                        throw BatchError(status: 413, field: "requests", "more items than this route's max_items (\(maxItems))")
+                        throw .tooManyItems(field: "requests", maxItems: maxItems)
                     }
                     let field = "requests[\(index)]"
                     index += 1
