@@ -117,7 +117,7 @@ private func isWellFormedXML(_ text: String) -> Bool {
 
 /// Code points XML 1.0 forbids (and a valid one, U+FFFD's neighbour U+FFFC, that must pass), in
 /// every place text enters a 207.
-private let forbidden = "\u{FFFE}\u{FFFF}\u{01}\u{1F}\u{FFFC}"
+private let forbidden = "\u{FFFE}\u{FFFF}\u{01}\u{1F}\u{00}x\u{FFFC}"
 private let hostileItem = BatchItem(id: "a\(forbidden)", href: "/x", rejection: "x")
 private let hostileOutcomes = [
     ItemOutcome(status: 400, reason: "url \"/x\(forbidden)\" is absolute"),
@@ -133,8 +133,8 @@ private let hostileOutcomes = [
     #expect(isWellFormedXML(output), "\(output)")
     let bytes = Array(output.utf8)
     #expect(!output.unicodeScalars.contains { $0 == "\u{FFFE}" || $0 == "\u{FFFF}" || $0 == "\u{01}" || $0 == "\u{1F}" })
-    #expect(!bytes.contains(0x01) && !bytes.contains(0x1F))
-    let replaced = "\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFC}"
+    #expect(!bytes.contains(0x00) && !bytes.contains(0x01) && !bytes.contains(0x1F))
+    let replaced = "\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}x\u{FFFC}"
     #expect(output.contains("<S:id>a\(replaced)</S:id>"))
     #expect(output.contains("<D:responsedescription>url &quot;/x\(replaced)&quot; is absolute</D:responsedescription>"))
     #expect(output.contains("<S:body content-type=\"text/plain\">text\u{FFFD}\u{FFFD}</S:body>"))
@@ -151,7 +151,7 @@ private let hostileOutcomes = [
     guard case .array(let results) = parsed["results"] else { Issue.record("no results"); return }
     #expect(results[0]["id"] == .string("a\(forbidden)"))
     #expect(results[0]["error"] == .string("url \"/x\(forbidden)\" is absolute"))
-    #expect(output.contains("\\u0001\\u001f"))
+    #expect(output.contains("\\u0001\\u001f\\u0000x"))
     #expect(results[1]["body"] == .string("text\u{FFFE}\u{FFFF}"))
     #expect(results[2]["body"] == .object([(key: "k", value: .string("\u{FFFF}\u{FFFE}"))]))
     #expect(results[4]["body"] == .string("QQE="))

@@ -61,7 +61,7 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
                     }
                 } else {
                     body.withUnsafeReadableBytes { raw in
-                        _ = Self.withXMLText(raw.bindMemory(to: UInt8.self)) { xmlTextWriterWriteString(writer, $0) }
+                        _ = Self.withXMLText(raw.bindMemory(to: UInt8.self), nulTerminated: false) { xmlTextWriterWriteString(writer, $0) }
                     }
                 }
                 end()
@@ -107,19 +107,27 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     }
 
     private func xml(_ text: String, _ body: (UnsafePointer<xmlChar>) -> Int32) -> Int32 {
-        var text = text
-        return text.withUTF8 { Self.withXMLText($0, body) }
+        let count = text.utf8.count
+        return text.withCString { chars in
+            chars.withMemoryRebound(to: UInt8.self, capacity: count + 1) {
+                Self.withXMLText(UnsafeBufferPointer(start: $0, count: count), nulTerminated: true, body)
+            }
+        }
     }
 
     /// Every text that enters the 207 passes here: ids, reasons and urls can hold whatever a
     /// client sent, headers and bodies whatever an upstream sent, and libxml2's writer escapes
     /// markup but copies any code point. XML 1.0 (§2.2 Char) cannot carry C0 controls other than
     /// tab, LF and CR, nor U+FFFE or U+FFFF, even escaped; those and invalid UTF-8 become U+FFFD
-    /// so the 207 stays well-formed. `body` gets the text NUL-terminated, as libxml2 wants it.
-    static func withXMLText<R>(_ bytes: UnsafeBufferPointer<UInt8>, _ body: (UnsafePointer<xmlChar>) -> R) -> R {
+    /// so the 207 stays well-formed. `body` gets the text NUL-terminated, as libxml2 wants it:
+    /// clean text that already has a NUL after it (`nulTerminated`) is passed without a copy.
+    static func withXMLText<R>(_ bytes: UnsafeBufferPointer<UInt8>, nulTerminated: Bool,
+                               _ body: (UnsafePointer<xmlChar>) -> R) -> R {
+        let clean = isXMLText(bytes)
+        if clean, nulTerminated, let base = bytes.baseAddress { return body(base) }
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count + 1)
-        if isXMLText(bytes) {
+        if clean {
             out.append(contentsOf: bytes)
         } else {
             for scalar in String(decoding: bytes, as: UTF8.self).unicodeScalars {
