@@ -81,8 +81,9 @@ let package = Package(
             .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "MultiStatus", "Upstream"]),
+        // libxml2 directly, to check that every XML 207 the encoder writes is well-formed.
         .testTarget(name: "MultiStatusTests", dependencies: [
-            "MultiStatus", "FanOut", "Upstream",
+            "MultiStatus", "FanOut", "Upstream", "CLibXML2",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .testTarget(name: "FanOutTests", dependencies: [

@@ -106,12 +106,22 @@ struct ConfigReader {
 
     /// A scalar read by `parse`; when it does not parse, the problem says what was expected.
     private mutating func parsed<T>(_ node: Node?, _ what: String, expected: String, _ parse: (String) -> T?) -> T? {
+        parsed(node, what, expected: expected) { parse($0).map { .success($0) } ?? .failure(.malformed) }
+    }
+
+    /// A scalar read by `parse`; the problem says what was expected, or that the value is too large.
+    private mutating func parsed<T>(_ node: Node?, _ what: String, expected: String,
+                                    _ parse: (String) -> Result<T, ConfigValues.Failure>) -> T? {
         guard let text = string(node, what) else { return nil }
-        guard let value = parse(text) else {
+        switch parse(text) {
+        case .success(let value):
+            return value
+        case .failure(.malformed):
             report(at: node, "\(what): \"\(text)\" is not \(expected)")
-            return nil
+        case .failure(.tooLarge(let maximum)):
+            report(at: node, "\(what): \"\(text)\" is too large (at most \(maximum))")
         }
-        return value
+        return nil
     }
 
     mutating func duration(_ node: Node?, _ what: String) -> TimeAmount? {
@@ -120,8 +130,22 @@ struct ConfigReader {
 
     mutating func byteSize(_ node: Node?, _ what: String) -> Int? {
         parsed(node, what, expected: "a size (write e.g. 65536, 512KiB, 8MiB)") { text in
-            ConfigValues.byteSize(text).flatMap { $0 > 0 ? $0 : nil }
+            ConfigValues.byteSize(text).flatMap { $0 > 0 ? .success($0) : .failure(.malformed) }
         }
+    }
+
+    /// A header name Sheaf may send upstream: a token, and none of the hop-by-hop headers the
+    /// item builder strips from explicit items (the same list).
+    mutating func headerName(_ name: String, at node: Node, _ what: String) -> String? {
+        guard !name.isEmpty, name.utf8.allSatisfy(ItemBuilder.isTokenByteForConfig) else {
+            report(at: node, "\(what): \"\(name)\" is not a header name")
+            return nil
+        }
+        guard !ItemBuilder.isHopByHop(name) else {
+            report(at: node, "\(what): \(name) is a hop-by-hop header and is never forwarded")
+            return nil
+        }
+        return name
     }
 
     mutating func httpMethod(_ node: Node?, _ what: String) -> String? {
@@ -320,12 +344,7 @@ struct ConfigReader {
         if let entry = fields["forward_headers"] {
             if case .sequence(let names) = entry.value {
                 for node in names {
-                    guard let name = string(node, "\(what) forward_headers") else { continue }
-                    if name.isEmpty || !name.utf8.allSatisfy(ItemBuilder.isTokenByteForConfig) {
-                        report(at: node, "\(what) forward_headers: \"\(name)\" is not a header name")
-                    } else if ItemBuilder.isHopByHop(name) {
-                        report(at: node, "\(what) forward_headers: \(name) is a hop-by-hop header and is never forwarded")
-                    } else {
+                    if let text = string(node, "\(what) forward_headers"), let name = headerName(text, at: node, "\(what) forward_headers") {
                         route.forwardHeaders.append(name)
                     }
                 }
@@ -355,10 +374,9 @@ struct ConfigReader {
         if let entry = fields["headers"] {
             if case .mapping(let mapping) = entry.value {
                 for (key, value) in mapping {
-                    guard let name = key.string, !name.isEmpty, name.utf8.allSatisfy(ItemBuilder.isTokenByteForConfig) else {
-                        report(at: key, "\(what) fan_out.headers: not a valid header name")
-                        continue
-                    }
+                    // Sent as written on every item, so they need the filter explicit items get.
+                    guard let text = string(key, "\(what) fan_out.headers name"),
+                          let name = headerName(text, at: key, "\(what) fan_out.headers") else { continue }
                     guard let text = string(value, "\(what) fan_out.headers.\(name)"),
                           text.utf8.allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) }) else {
                         report(at: value, "\(what) fan_out.headers.\(name): value must be text without control characters")

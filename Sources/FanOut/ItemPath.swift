@@ -1,6 +1,7 @@
 /// Turns the path a client wrote for an item into the path sent upstream, or says why not.
 /// Items address paths on their route's upstream only: absolute URLs, `//host`, backslashes,
-/// encoded dot segments and dot segments that climb above the upstream's base path are refused.
+/// encoded slashes and backslashes in the path, encoded dot segments and dot segments that climb
+/// above the upstream's base path are refused.
 public enum ItemPath {
     /// The normalized path (what the 207 reports as `href`) and the path sent upstream.
     public struct Resolved: Sendable, Equatable {
@@ -29,6 +30,7 @@ public enum ItemPath {
         }
         var encoded: [UInt8] = []
         encoded.reserveCapacity(bytes.count)
+        var inQuery = false
         var i = 0
         while i < bytes.count {
             let byte = bytes[i]
@@ -43,9 +45,18 @@ public enum ItemPath {
                 guard i + 2 < bytes.count, isHex(bytes[i + 1]), isHex(bytes[i + 2]) else {
                     return .failure("url has a '%' not followed by two hex digits at byte \(i)")
                 }
+                // Upstreams such as nginx decode %2F (some also %5C) before resolving dot
+                // segments, so `..%2F..%2F` would climb past the base path this check guards.
+                if !inQuery, let separator = encodedSeparator(bytes[i + 1], bytes[i + 2]) {
+                    let sequence = String(decoding: bytes[i...i + 2], as: UTF8.self)
+                    return .failure("url contains an encoded \(separator) (\"\(sequence)\"), which upstreams may decode into a path separator")
+                }
                 encoded.append(contentsOf: bytes[i...i + 2])
                 i += 3
                 continue
+            case UInt8(ascii: "?"):
+                inQuery = true
+                encoded.append(byte)
             case 0x80...0xFF:
                 PercentEncoding.append(byte, to: &encoded)
             case UInt8(ascii: "\""), UInt8(ascii: "<"), UInt8(ascii: ">"), UInt8(ascii: "^"),
@@ -110,6 +121,15 @@ public enum ItemPath {
             }
         }
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// `slash` for `%2F`, `backslash` for `%5C` (either case), nil for any other escape.
+    private static func encodedSeparator(_ high: UInt8, _ low: UInt8) -> String? {
+        switch (high, low | 0x20) {
+        case (UInt8(ascii: "2"), UInt8(ascii: "f")): return "slash"
+        case (UInt8(ascii: "5"), UInt8(ascii: "c")): return "backslash"
+        default: return nil
+        }
     }
 
     private static func isHex(_ byte: UInt8) -> Bool {

@@ -120,14 +120,14 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
 }
 
 @Test func durationsAndSizes() {
-    #expect(ConfigValues.duration("250ms") == .milliseconds(250))
-    #expect(ConfigValues.duration("1m30s") == .seconds(90))
-    #expect(ConfigValues.duration("1.5s") == .milliseconds(1500))
-    #expect(ConfigValues.duration("5") == nil)
-    #expect(ConfigValues.duration("-1s") == nil)
-    #expect(ConfigValues.byteSize("8MiB") == 8 << 20)
-    #expect(ConfigValues.byteSize("100kB") == 100_000)
-    #expect(ConfigValues.byteSize("12 parsecs") == nil)
+    #expect(ConfigValues.duration("250ms") == .success(.milliseconds(250)))
+    #expect(ConfigValues.duration("1m30s") == .success(.seconds(90)))
+    #expect(ConfigValues.duration("1.5s") == .success(.milliseconds(1500)))
+    #expect(ConfigValues.duration("5") == .failure(.malformed))
+    #expect(ConfigValues.duration("-1s") == .failure(.malformed))
+    #expect(ConfigValues.byteSize("8MiB") == .success(8 << 20))
+    #expect(ConfigValues.byteSize("100kB") == .success(100_000))
+    #expect(ConfigValues.byteSize("12 parsecs") == .failure(.malformed))
 }
 
 @Test func hostPorts() {
@@ -170,4 +170,49 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     #expect(problems(missingCA).first?.message == "upstream 'legacy' ca_file: cannot read \"/nonexistent/ca.pem\"")
     let caOnHTTP = valid.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    ca_file: Package.swift")
     #expect(problems(caOnHTTP).first?.message == "upstream 'legacy' ca_file only applies to an https url")
+}
+
+@Test func fanOutHeadersRefuseHopByHopNames() throws {
+    let headers = """
+          path: /users/{item}
+          headers:
+            X-Api-Version: "2"
+            Host: internal.example
+            content-length: "5"
+            Connection: close
+            Transfer-Encoding: chunked
+    """
+    let yaml = valid.replacingOccurrences(of: "      path: /users/{item}", with: headers)
+    let found = problems(yaml)
+    #expect(found.map(\.description) == [
+        "c.yaml:23:9: route 'users-by-id' fan_out.headers: Host is a hop-by-hop header and is never forwarded",
+        "c.yaml:24:9: route 'users-by-id' fan_out.headers: content-length is a hop-by-hop header and is never forwarded",
+        "c.yaml:25:9: route 'users-by-id' fan_out.headers: Connection is a hop-by-hop header and is never forwarded",
+        "c.yaml:26:9: route 'users-by-id' fan_out.headers: Transfer-Encoding is a hop-by-hop header and is never forwarded",
+    ])
+    let fine = valid.replacingOccurrences(of: "      path: /users/{item}", with: "      path: /users/{item}\n      headers:\n        X-Api-Version: \"2\"")
+    let headersSent = try ConfigLoader.parse(yaml: fine, file: "c.yaml").routes[0].fanOut?.headers
+    #expect(headersSent?.map(\.name) == ["X-Api-Version"])
+}
+
+@Test(arguments: [
+    ("    timeout: 5s", "    timeout: 99999999999999999999s", 8, 14, "upstream 'users' timeout: \"99999999999999999999s\" is too large (at most 1000000h)"),
+    ("    timeout: 5s", "    timeout: 9999999999h", 8, 14, "upstream 'users' timeout: \"9999999999h\" is too large (at most 1000000h)"),
+    ("    timeout: 5s", "    timeout: 1e400s", 8, 14, "upstream 'users' timeout: \"1e400s\" is not a duration (write e.g. 250ms, 5s, 1m)"),
+    ("    timeout: 5s", "    max_response_bytes: 99999999999999GiB", 8, 25, "upstream 'users' max_response_bytes: \"99999999999999GiB\" is too large (at most 9223372036854775807 bytes)"),
+    ("    timeout: 5s", "    max_response_bytes: 99999999999999999999", 8, 25, "upstream 'users' max_response_bytes: \"99999999999999999999\" is too large (at most 9223372036854775807 bytes)"),
+    ("    deadline: 2500ms", "    max_body_bytes: 9999999999999999MB", 23, 21, "route 'users-by-id' max_body_bytes: \"9999999999999999MB\" is too large (at most 9223372036854775807 bytes)"),
+    ("    timeout: 5s", "    timeout: 1000000h1ms", 8, 14, "upstream 'users' timeout: \"1000000h1ms\" is too large (at most 1000000h)"),
+    ("    deadline: 2500ms", "    deadline: 5000000000000000m", 23, 15, "route 'users-by-id' deadline: \"5000000000000000m\" is too large (at most 1000000h)"),
+])
+func hugeDurationsAndSizesAreProblemsNotCrashes(line: String, replacement: String, row: Int, column: Int, message: String) {
+    let found = problems(valid.replacingOccurrences(of: line, with: replacement))
+    #expect(found.map(\.description) == ["c.yaml:\(row):\(column): \(message)"])
+}
+
+@Test func theLargestValuesAreAccepted() throws {
+    let yaml = valid.replacingOccurrences(of: "    timeout: 5s", with: "    timeout: 1000000h\n    max_response_bytes: 9223372036854775807")
+    let users = try #require(try ConfigLoader.parse(yaml: yaml, file: "c.yaml").upstream(named: "users"))
+    #expect(users.timeout == .hours(1_000_000))
+    #expect(users.maxResponseBodyBytes == Int.max)
 }

@@ -160,3 +160,111 @@ func xmlBatchErrors(xml: String, expected: String) {
     #expect(throws: PathTemplate.SyntaxError.self) { try PathTemplate("/users/{a-b}") }
     #expect((try? PathTemplate("/users/{item}?full=1")) != nil)
 }
+
+@Test func explicitUrlsWithEncodedSlashesAreRefusedItemByItem() throws {
+    let body = #"{"requests":[{"method":"GET","url":"/x/..%2f..%2fsecret"},{"method":"GET","url":"/%2e%2e%2fsecret"},{"method":"GET","url":"/users/1?next=%2Fhome"}]}"#
+    let items = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: body), basePath: "/api", maxItems: 10)
+    #expect(items[0].rejection == "url contains an encoded slash (\"%2f\"), which upstreams may decode into a path separator")
+    #expect(items[1].rejection == "url contains an encoded slash (\"%2f\"), which upstreams may decode into a path separator")
+    #expect(items[2].request?.path == "/api/users/1?next=%2Fhome")
+}
+
+// Templated paths do not go through ItemPath: there %2F is Sheaf's own encoding of a value as one segment.
+@Test func templatedValuesKeepSlashesInsideOneSegment() throws {
+    let items = try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":["a/b","x\\y"]}"#),
+                                            template: try template("/users/{item}"), basePath: "/api", maxItems: 10)
+    #expect(items.map { $0.request?.path } == ["/api/users/a%2Fb", "/api/users/x%5Cy"])
+}
+
+// An upstream that decodes %2F would see `../../secret` in `/users/..%2F..%2Fsecret` and climb out.
+@Test(arguments: ["../../secret", "a/../../b", "./x", "..\\x", "a/.."])
+func templatedValuesThatHideDotSegmentsAreRefused(value: String) throws {
+    let body = ByteBuffer(string: "{\"ids\":[1,\(JSONValue.string(value).serialized)]}")
+    let error = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(body, template: try! template("/users/{item}"), basePath: "/api", maxItems: 10)
+    }
+    #expect(error?.status == 400)
+    #expect(error?.field == "/ids/1")
+    #expect(error?.message.contains("dot segment") == true, "\(String(describing: error))")
+}
+
+@Test(arguments: ["!!!!", "AAE", "A=AA", "AA=A", "AAEC!", "AAECAQ==AAEC"])
+func xmlBodyThatIsNotBase64IsRefused(encoded: String) {
+    let xml = "<S:batch xmlns:S=\"urn:sheaf\" xmlns:D=\"DAV:\"><S:request method=\"PUT\"><D:href>/a</D:href>"
+        + "<S:body encoding=\"base64\">\(encoded)</S:body></S:request></S:batch>"
+    let error = decodeError { () throws(BatchError) in
+        try XMLBatchDecoder.decode(ByteBuffer(string: xml), basePath: "", maxItems: 10)
+    }
+    #expect(error?.status == 400)
+    #expect(error?.description == "requests[0].body: not valid base64")
+}
+
+@Test func xmlBase64BodyMayBeWrappedOverLines() throws {
+    let xml = "<S:batch xmlns:S=\"urn:sheaf\" xmlns:D=\"DAV:\"><S:request method=\"PUT\"><D:href>/a</D:href>"
+        + "<S:body encoding=\"base64\">\n  AAEC\r\n  /w==\n</S:body></S:request></S:batch>"
+    let items = try XMLBatchDecoder.decode(ByteBuffer(string: xml), basePath: "", maxItems: 10)
+    #expect(items[0].request?.body?.readableBytesView.map { $0 } == [0, 1, 2, 255])
+}
+
+@Test func base64RoundTripsEveryTailLength() {
+    for length in 0...8 {
+        let bytes = (0..<length).map { UInt8(truncatingIfNeeded: $0 * 97 + 251) }
+        #expect(Base64.decode(Base64.encode(ByteBuffer(bytes: bytes))) == bytes, "\(length) bytes")
+    }
+}
+
+@Test func oneItemOverMaxItemsIs413NamingTheArray() throws {
+    let templated = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":[1,2,3]}"#), template: try! template("/u/{item}"), basePath: "", maxItems: 2)
+    }
+    #expect(templated?.status == 413)
+    #expect(templated?.description == "/ids: more items than this route's max_items (2)")
+    let explicit = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: #"{"requests":[{},{},{}]}"#), basePath: "", maxItems: 2)
+    }
+    #expect(explicit?.status == 413)
+    #expect(explicit?.description == "requests: more items than this route's max_items (2)")
+    #expect(try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":[1,2]}"#), template: try template("/u/{item}"),
+                                        basePath: "", maxItems: 2).count == 2)
+}
+
+// Each body below is cut off after ten times max_items elements, so it is not JSON at all: a
+// decoder that read it in full would answer 400; one that stops at max_items + 1 answers 413.
+@Test func parsingStopsOnceTheItemArrayPassesMaxItems() throws {
+    let elements = (0..<100).map(String.init).joined(separator: ",")
+    let templated = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":["# + elements + ",{\"unterminated"),
+                                    template: try! template("/u/{item}"), basePath: "", maxItems: 10)
+    }
+    #expect(templated?.status == 413)
+    #expect(templated?.field == "/ids")
+    let rootArray = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: "[" + elements + ",{"), template: try! template("/u/{item}", items: ""),
+                                    basePath: "", maxItems: 10)
+    }
+    #expect(rootArray?.status == 413)
+    #expect(rootArray?.field == "body")
+    let requests = String(repeating: #"{"method":"GET","url":"/a"},"#, count: 100)
+    let explicit = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: #"{"requests":["# + requests + #"{"method":"#), basePath: "", maxItems: 10)
+    }
+    #expect(explicit?.status == 413)
+    #expect(explicit?.field == "requests")
+}
+
+// Only the array the pointer names is counted: other arrays, and a same-named array deeper
+// down, may be longer than max_items.
+@Test func onlyTheItemArrayIsCounted() throws {
+    let body = #"{"ids":[1,2,3,4],"data":{"other":[1,2,3],"ids":[5,6]}}"#
+    let items = try JSONBatchDecoder.decode(ByteBuffer(string: body), template: try template("/u/{item}", items: "/data/ids"),
+                                            basePath: "", maxItems: 2)
+    #expect(items.map(\.href) == ["/u/5", "/u/6"])
+    let groups = #"{"groups":[[1,2,3,4],[7,8]]}"#
+    let second = try JSONBatchDecoder.decode(ByteBuffer(string: groups), template: try template("/u/{item}", items: "/groups/1"),
+                                             basePath: "", maxItems: 2)
+    #expect(second.map(\.href) == ["/u/7", "/u/8"])
+    let first = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decode(ByteBuffer(string: groups), template: try! template("/u/{item}", items: "/groups/0"), basePath: "", maxItems: 2)
+    }
+    #expect(first?.status == 413)
+}

@@ -1,3 +1,4 @@
+import CLibXML2
 import FanOut
 import MultiStatus
 import NIOCore
@@ -85,7 +86,7 @@ private let item = BatchItem(id: "a<&>", href: "/docs/a%20b", rejection: "x")
     let output = encode(.xml(mediaType: "application/xml"), [(hostile, ItemOutcome(status: 400, reason: "url \"\u{02}\" is absolute"))])
     #expect(!output.utf8.contains(1) && !output.utf8.contains(2))
     #expect(output.contains("<S:id>a\u{FFFD}b</S:id>"))
-    // The encoder's own output reads back through libxml2 as a batch would: well-formed.
+    #expect(isWellFormedXML(output))
     #expect(output.contains("<D:responsedescription>url &quot;\u{FFFD}&quot; is absolute</D:responsedescription>")
             || output.contains("<D:responsedescription>url \"\u{FFFD}\" is absolute</D:responsedescription>"))
 }
@@ -100,4 +101,89 @@ private let item = BatchItem(id: "a<&>", href: "/docs/a%20b", rejection: "x")
     let xml = encode(.xml(mediaType: "application/xml"), [(item, once), (item, twice)])
     #expect(xml.components(separatedBy: "<S:attempts>").count == 2)
     #expect(xml.contains("<S:attempts>2</S:attempts>"))
+}
+
+/// True when libxml2 parses the text as a well-formed XML document (no recovery).
+private func isWellFormedXML(_ text: String) -> Bool {
+    let options = Int32(XML_PARSE_NONET.rawValue | XML_PARSE_NOERROR.rawValue | XML_PARSE_NOWARNING.rawValue)
+    return Array(text.utf8).withUnsafeBufferPointer { raw in
+        raw.withMemoryRebound(to: CChar.self) { chars in
+            guard let document = xmlReadMemory(chars.baseAddress, Int32(chars.count), nil, nil, options) else { return false }
+            xmlFreeDoc(document)
+            return true
+        }
+    }
+}
+
+/// Code points XML 1.0 forbids (and a valid one, U+FFFD's neighbour U+FFFC, that must pass), in
+/// every place text enters a 207.
+private let forbidden = "\u{FFFE}\u{FFFF}\u{01}\u{1F}\u{00}x\u{FFFC}"
+private let hostileItem = BatchItem(id: "a\(forbidden)", href: "/x", rejection: "x")
+private let hostileOutcomes = [
+    ItemOutcome(status: 400, reason: "url \"/x\(forbidden)\" is absolute"),
+    ItemOutcome(status: 200, headers: [("content-type", "text/plain")], body: ByteBuffer(string: "text\u{FFFE}\u{FFFF}")),
+    ItemOutcome(status: 200, headers: [("content-type", "application/json")], body: ByteBuffer(string: "{\"k\":\"\u{FFFF}\u{FFFE}\"}")),
+    ItemOutcome(status: 302, headers: [("location", "/moved\u{FFFF}")]),
+    ItemOutcome(status: 200, headers: [("content-type", "text/plain\u{FFFE}")], body: ByteBuffer(bytes: [0x41, 0x01])),
+    ItemOutcome(status: 200, headers: [("content-type", "text/plain")], body: ByteBuffer(bytes: [0x41, 0xFF, 0xFE, 0x42])),
+]
+
+@Test func xmlIsWellFormedWhateverTheIdsReasonsAndBodiesHold() throws {
+    let output = encode(.xml(mediaType: "application/xml"), hostileOutcomes.map { (hostileItem, $0) })
+    #expect(isWellFormedXML(output), "\(output)")
+    let bytes = Array(output.utf8)
+    #expect(!output.unicodeScalars.contains { $0 == "\u{FFFE}" || $0 == "\u{FFFF}" || $0 == "\u{01}" || $0 == "\u{1F}" })
+    #expect(!bytes.contains(0x00) && !bytes.contains(0x01) && !bytes.contains(0x1F))
+    let replaced = "\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}x\u{FFFC}"
+    #expect(output.contains("<S:id>a\(replaced)</S:id>"))
+    #expect(output.contains("<D:responsedescription>url &quot;/x\(replaced)&quot; is absolute</D:responsedescription>"))
+    #expect(output.contains("<S:body content-type=\"text/plain\">text\u{FFFD}\u{FFFD}</S:body>"))
+    #expect(output.contains("<S:body content-type=\"application/json\">{&quot;k&quot;:&quot;\u{FFFD}\u{FFFD}&quot;}</S:body>"))
+    #expect(output.contains("<D:location><D:href>/moved\u{FFFD}</D:href></D:location>"))
+    // Bytes XML cannot carry as text (a control character, invalid UTF-8) travel as base64.
+    #expect(output.contains("<S:body content-type=\"text/plain\u{FFFD}\" encoding=\"base64\">QQE=</S:body>"))
+    #expect(output.contains("<S:body content-type=\"text/plain\" encoding=\"base64\">Qf/+Qg==</S:body>"))
+}
+
+@Test func jsonIsValidWhateverTheIdsReasonsAndBodiesHold() throws {
+    let output = encode(.json, hostileOutcomes.map { (hostileItem, $0) })
+    let parsed = try JSONParser.parse(output)
+    guard case .array(let results) = parsed["results"] else { Issue.record("no results"); return }
+    #expect(results[0]["id"] == .string("a\(forbidden)"))
+    #expect(results[0]["error"] == .string("url \"/x\(forbidden)\" is absolute"))
+    #expect(output.contains("\\u0001\\u001f\\u0000x"))
+    #expect(results[1]["body"] == .string("text\u{FFFE}\u{FFFF}"))
+    #expect(results[2]["body"] == .object([(key: "k", value: .string("\u{FFFF}\u{FFFE}"))]))
+    #expect(results[4]["body"] == .string("QQE="))
+    #expect(results[5]["body"] == .string("Qf/+Qg=="))
+    #expect(results[5]["bodyEncoding"] == .string("base64"))
+}
+
+// RFC 9110 §12.5.1: the most specific range that matches a type gives its q-value, so an
+// explicit q=0 is not undone by a wildcard.
+@Test func aWildcardDoesNotOverrideAnExplicitRefusal() {
+    #expect(MediaType.negotiate(accept: "application/json;q=0, */*", requestIsXML: false) == .xml(mediaType: "application/xml"))
+    #expect(MediaType.negotiate(accept: "*/*, application/json;q=0", requestIsXML: false) == .xml(mediaType: "application/xml"))
+    #expect(MediaType.negotiate(accept: "application/json;q=0, application/*", requestIsXML: false) == .xml(mediaType: "application/xml"))
+    #expect(MediaType.negotiate(accept: "application/xml;q=0, */*", requestIsXML: true) == .json)
+    #expect(MediaType.negotiate(accept: "application/*;q=0, */*", requestIsXML: false) == .xml(mediaType: "text/xml"))
+    #expect(MediaType.negotiate(accept: "text/xml;q=0, text/*", requestIsXML: false) == nil)
+    #expect(MediaType.negotiate(accept: "application/json;q=0, application/xml;q=0, text/xml;q=0, */*", requestIsXML: false) == nil)
+    #expect(MediaType.negotiate(accept: "*/*;q=0.1, application/json;q=0.5", requestIsXML: true) == .json)
+    #expect(MediaType.negotiate(accept: "application/*", requestIsXML: true) == .xml(mediaType: "application/xml"))
+    #expect(MediaType.negotiate(accept: "text/*", requestIsXML: false) == .xml(mediaType: "text/xml"))
+}
+
+@Test func repeatedHeadersStayDistinctInJSON() throws {
+    let cookie = "a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT; Path=/"
+    let outcome = ItemOutcome(status: 200, headers: [("set-cookie", cookie), ("content-type", "text/plain"), ("set-cookie", "b=2"),
+                                                     ("connection", "close"), ("vary", "accept"), ("set-cookie", "c=3")])
+    let parsed = try JSONParser.parse(encode(.json, [(item, outcome)]))
+    guard case .array(let results) = parsed["results"], case .object(let headers) = results[0]["headers"] else {
+        Issue.record("no headers"); return
+    }
+    #expect(headers.map(\.key) == ["set-cookie", "content-type", "vary"])
+    #expect(results[0]["headers"]?["set-cookie"] == .array([.string(cookie), .string("b=2"), .string("c=3")]))
+    #expect(results[0]["headers"]?["content-type"] == .string("text/plain"))
+    #expect(results[0]["headers"]?["vary"] == .string("accept"))
 }

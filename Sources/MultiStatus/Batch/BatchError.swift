@@ -16,6 +16,12 @@ public struct BatchError: Error, Sendable, Equatable, CustomStringConvertible {
         BatchError(status: 400, field: field, message)
     }
 
+    /// The 413 for a batch with more items than its route's `max_items`; `field` names the item
+    /// array. Said without a count: decoders stop reading at the first item too many.
+    public static func tooManyItems(field: String, maxItems: Int) -> BatchError {
+        BatchError(status: 413, field: field, "more items than this route's max_items (\(maxItems))")
+    }
+
     public var description: String {
         guard let field else { return message }
         return "\(field): \(message)"

@@ -4,11 +4,15 @@ import NIOCore
 /// Decodes the two JSON request forms: a route template over an array in the body, and the
 /// explicit `{"requests":[...]}` batch.
 public enum JSONBatchDecoder {
-    static func parse(_ body: ByteBuffer) throws(BatchError) -> JSONValue {
+    /// Parses the body, stopping with the 413 as soon as the item array (at `items`, JSON
+    /// Pointer tokens) has more than `maxItems` elements: the rest is never read.
+    static func parse(_ body: ByteBuffer, items: [String], field: String, maxItems: Int) throws(BatchError) -> JSONValue {
         do {
             return try body.withUnsafeReadableBytes { raw in
-                try JSONParser.parse(raw.bindMemory(to: UInt8.self))
+                try JSONParser.parse(raw.bindMemory(to: UInt8.self), countingArrayAt: items, upTo: maxItems)
             }
+        } catch is JSONParser.TooManyElements {
+            throw .tooManyItems(field: field, maxItems: maxItems)
         } catch let error as JSONParser.Error {
             throw .badRequest("body is not valid JSON: \(error)")
         } catch {
@@ -19,17 +23,14 @@ public enum JSONBatchDecoder {
     /// The template form: one upstream request per element of the array at `template.items`.
     public static func decode(_ body: ByteBuffer, template: FanOutTemplate, basePath: String,
                               maxItems: Int, inherited: [(name: String, value: String)] = []) throws(BatchError) -> [BatchItem] {
-        let document = try parse(body)
         let pointer = template.items.description
+        let field = pointer.isEmpty ? "body" : pointer
+        let document = try parse(body, items: template.items.tokens, field: field, maxItems: maxItems)
         guard let target = template.items.resolve(in: document) else {
-            throw .badRequest(field: pointer.isEmpty ? "body" : pointer, "not found in the body")
+            throw .badRequest(field: field, "not found in the body")
         }
         guard case .array(let elements) = target else {
-            throw .badRequest(field: pointer.isEmpty ? "body" : pointer, "must be an array, got \(target.typeName)")
-        }
-        guard elements.count <= maxItems else {
-            throw BatchError(status: 413, field: pointer.isEmpty ? "body" : pointer,
-                             "\(elements.count) items, more than this route's max_items (\(maxItems))")
+            throw .badRequest(field: field, "must be an array, got \(target.typeName)")
         }
         var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, inherited: inherited)
         for (index, element) in elements.enumerated() {
@@ -46,7 +47,7 @@ public enum JSONBatchDecoder {
     /// The explicit form: `{"requests":[{"id":"a","method":"GET","url":"/users/1","headers":{},"body":...}]}`.
     public static func decodeExplicit(_ body: ByteBuffer, basePath: String, maxItems: Int,
                                       inherited: [(name: String, value: String)] = []) throws(BatchError) -> [BatchItem] {
-        let document = try parse(body)
+        let document = try parse(body, items: ["requests"], field: "requests", maxItems: maxItems)
         guard case .object(let members) = document else {
             throw .badRequest(field: "body", "must be a JSON object with a \"requests\" array, got \(document.typeName)")
         }
@@ -56,9 +57,6 @@ public enum JSONBatchDecoder {
         guard let requests = document["requests"] else { throw .badRequest(field: "requests", "missing") }
         guard case .array(let elements) = requests else {
             throw .badRequest(field: "requests", "must be an array, got \(requests.typeName)")
-        }
-        guard elements.count <= maxItems else {
-            throw BatchError(status: 413, field: "requests", "\(elements.count) items, more than this route's max_items (\(maxItems))")
         }
         var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, inherited: inherited)
         for (index, element) in elements.enumerated() {

@@ -108,6 +108,12 @@ public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
                 guard !text.isEmpty, text != ".", text != ".." else {
                     return .failure(.badRequest(field: field, "\"\(text)\" is not a usable path segment"))
                 }
+                // The value is sent as one segment with '/' and '\' encoded, but an upstream that
+                // decodes %2F or %5C (nginx does) would resolve `../` pieces inside it.
+                let pieces = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "/" || $0 == "\\" })
+                guard !pieces.contains(where: { $0 == "." || $0 == ".." }) else {
+                    return .failure(.badRequest(field: field, "\"\(text)\" contains a dot segment between slashes, which upstreams that decode %2F would resolve"))
+                }
                 path += PercentEncoding.encodeSegment(text)
             }
         }

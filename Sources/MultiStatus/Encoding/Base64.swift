@@ -1,6 +1,6 @@
 import NIOCore
 
-/// RFC 4648 base64, for binary upstream bodies inside a 207.
+/// RFC 4648 base64: binary upstream bodies inside a 207, binary item bodies in an XML batch.
 public enum Base64 {
     private static let alphabet: [UInt8] = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 
@@ -25,5 +25,45 @@ public enum Base64 {
             }
             return String(decoding: out, as: UTF8.self)
         }
+    }
+
+    /// Decodes padded base64. ASCII white space is skipped (a wrapped body has line breaks);
+    /// anything else outside the alphabet, padding that is misplaced or missing, or data after
+    /// the padding makes it nil, never a silently shorter result.
+    public static func decode(_ text: String) -> [UInt8]? {
+        var out: [UInt8] = []
+        out.reserveCapacity(text.utf8.count / 4 * 3)
+        var group: UInt32 = 0
+        var count = 0
+        var padding = 0
+        for byte in text.utf8 {
+            let value: UInt32
+            switch byte {
+            case 0x20, 0x09, 0x0A, 0x0D: continue
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = UInt32(byte - UInt8(ascii: "A"))
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): value = UInt32(byte - UInt8(ascii: "a")) + 26
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = UInt32(byte - UInt8(ascii: "0")) + 52
+            case UInt8(ascii: "+"): value = 62
+            case UInt8(ascii: "/"): value = 63
+            case UInt8(ascii: "="):
+                // Padding fills the last one or two places of a group of four, nothing else.
+                guard count >= 2 else { return nil }
+                padding += 1
+                value = 0
+            default: return nil
+            }
+            if padding > 0 && byte != UInt8(ascii: "=") { return nil }
+            group = group << 6 | value
+            count += 1
+            if count == 4 {
+                out.append(UInt8(group >> 16))
+                if padding < 2 { out.append(UInt8(group >> 8 & 0xFF)) }
+                if padding < 1 { out.append(UInt8(group & 0xFF)) }
+                group = 0
+                count = 0
+            }
+        }
+        guard count == 0 else { return nil }
+        return out
     }
 }

@@ -4,6 +4,7 @@ import NIOCore
 /// The JSON 207:
 /// `{"results":[{"id":"a","href":"/users/1","status":200,"headers":{...},"body":...,"error":"..."}],
 ///  "summary":{"total":3,"succeeded":1,"failed":2}}`.
+/// A header maps to its value, or to an array of its values when the upstream sent it more than once.
 /// A JSON upstream body is embedded as JSON, other text as a string, binary as base64 with
 /// `"bodyEncoding":"base64"`; `"bodyTruncated":true` when the size cap cut it.
 public final class JSONMultiStatusEncoder: MultiStatusEncoder {
@@ -25,12 +26,16 @@ public final class JSONMultiStatusEncoder: MultiStatusEncoder {
         out.writeStaticString(",\"status\":")
         out.writeString(String(outcome.status))
         var wroteHeader = false
-        forEachReportableHeader(outcome.headers) { name, value in
+        forEachReportableHeader(outcome.headers) { name, values in
             out.writeStaticString(wroteHeader ? "," : ",\"headers\":{")
             wroteHeader = true
             JSONWriter.writeString(name, into: &out)
             out.writeInteger(UInt8(ascii: ":"))
-            JSONWriter.writeString(value, into: &out)
+            if values.isRepeated {
+                JSONWriter.write(.array(values.map(JSONValue.string)), into: &out)
+            } else {
+                JSONWriter.writeString(values.first, into: &out)
+            }
         }
         if wroteHeader { out.writeInteger(UInt8(ascii: "}")) }
         if let body = outcome.body {

@@ -29,30 +29,55 @@ public enum MediaType {
     /// No Accept, or a wildcard that covers it, mirrors the request body's format.
     /// Returns nil when nothing Sheaf writes is acceptable (answer 406).
     public static func negotiate(accept: String?, requestIsXML: Bool) -> ResponseFormat? {
-        let mirror: ResponseFormat = requestIsXML ? .xml(mediaType: "application/xml") : .json
-        guard let accept, !accept.trimmingCharacters(in: .whitespaces).isEmpty else { return mirror }
+        guard let accept, !accept.trimmingCharacters(in: .whitespaces).isEmpty else {
+            return requestIsXML ? .xml(mediaType: "application/xml") : .json
+        }
+        let ranges = accept.split(separator: ",").enumerated().map { AcceptRange($0.element, order: $0.offset) }
+        // The mirror comes first, so that it wins when one wildcard accepts several types equally.
+        let json = (type: "application/json", format: ResponseFormat.json)
+        let xml = (type: "application/xml", format: ResponseFormat.xml(mediaType: "application/xml"))
+        let offers = (requestIsXML ? [xml, json] : [json, xml]) + [(type: "text/xml", format: .xml(mediaType: "text/xml"))]
         var best: (q: Double, order: Int, format: ResponseFormat)?
-        for (order, range) in accept.split(separator: ",").enumerated() {
-            let pieces = range.split(separator: ";")
-            let type = pieces.first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
-            var q = 1.0
-            for parameter in pieces.dropFirst() {
-                let pair = parameter.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-                if pair.count == 2, pair[0].lowercased() == "q", let value = Double(pair[1]) { q = value }
-            }
-            guard q > 0 else { continue }
-            let format: ResponseFormat?
-            switch type {
-            case "application/xml": format = .xml(mediaType: "application/xml")
-            case "text/xml": format = .xml(mediaType: "text/xml")
-            case "application/json": format = .json
-            case "*/*", "application/*": format = mirror
-            case "text/*": format = .xml(mediaType: "text/xml")
-            default: format = nil
-            }
-            guard let format else { continue }
-            if best == nil || q > best!.q { best = (q, order, format) }
+        for offer in offers {
+            // The most specific range that matches a type gives its q-value, so `*/*` does not
+            // undo an explicit `application/json;q=0`.
+            guard let range = ranges.filter({ $0.matches(offer.type) }).max(by: { $0.specificity < $1.specificity }),
+                  range.q > 0 else { continue }
+            if let current = best, range.q < current.q || (range.q == current.q && range.order >= current.order) { continue }
+            best = (range.q, range.order, offer.format)
         }
         return best?.format
+    }
+}
+
+/// One media range of an Accept header, e.g. `application/*;q=0.5`.
+private struct AcceptRange {
+    var type: String
+    var q = 1.0
+    /// Where it stands in the header; the earlier range wins between equal q-values.
+    var order: Int
+
+    init(_ text: Substring, order: Int) {
+        let pieces = text.split(separator: ";")
+        type = pieces.first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+        self.order = order
+        for parameter in pieces.dropFirst() {
+            let pair = parameter.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            if pair.count == 2, pair[0].lowercased() == "q", let value = Double(pair[1]) { q = value }
+        }
+    }
+
+    /// `*/*` 0, `type/*` 1, `type/subtype` 2.
+    var specificity: Int {
+        if type == "*/*" { return 0 }
+        return type.hasSuffix("/*") ? 1 : 2
+    }
+
+    func matches(_ mediaType: String) -> Bool {
+        switch specificity {
+        case 0: return true
+        case 1: return mediaType.hasPrefix(type.dropLast())
+        default: return mediaType == type
+        }
     }
 }

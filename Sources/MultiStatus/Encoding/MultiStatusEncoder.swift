@@ -44,8 +44,9 @@ public enum ResponseFormat: Sendable, Equatable {
 enum BodyForm {
     case none, json, text, binary
 
-    /// JSON when labelled JSON and valid; text when valid UTF-8 that XML 1.0 can carry;
-    /// otherwise binary (base64).
+    /// JSON when labelled JSON and valid; text when valid UTF-8 without C0 control characters
+    /// other than tab, LF and CR (the XML 207 replaces U+FFFE and U+FFFF with U+FFFD); otherwise
+    /// binary (base64).
     static func classify(_ body: ByteBuffer?, contentType: String?) -> BodyForm {
         guard let body, body.readableBytes > 0 else { return .none }
         return body.withUnsafeReadableBytes { raw -> BodyForm in
@@ -59,9 +60,9 @@ enum BodyForm {
     }
 }
 
-/// Calls `body` with each end-to-end upstream header, duplicates joined with ", ", in order of
-/// first appearance. Allocates nothing unless a name repeats.
-func forEachReportableHeader(_ headers: [(name: String, value: String)], _ body: (String, String) -> Void) {
+/// Calls `body` with each end-to-end upstream header name, in order of first appearance, and
+/// its values. Allocates nothing.
+func forEachReportableHeader(_ headers: [(name: String, value: String)], _ body: (String, HeaderValues) -> Void) {
     for i in headers.indices {
         // Both transports deliver lower-case names (HTTP/2 requires it; the curl engine lowers them).
         let name = headers[i].name
@@ -72,10 +73,35 @@ func forEachReportableHeader(_ headers: [(name: String, value: String)], _ body:
             break
         }
         if seenEarlier { continue }
-        var value = headers[i].value
-        for j in (i + 1)..<headers.count where headers[j].name == name {
-            value += ", " + headers[j].value
+        body(name, HeaderValues(headers, from: i))
+    }
+}
+
+/// The values one header name has in an upstream response, in the order they came. They are
+/// kept apart, never joined with ", ": a `set-cookie` holds commas of its own (in `Expires`).
+struct HeaderValues: Sequence, IteratorProtocol {
+    private let headers: [(name: String, value: String)]
+    private let name: String
+    private var index: Int
+    /// The value of the name's first occurrence.
+    let first: String
+    /// True when the name occurs more than once.
+    let isRepeated: Bool
+
+    init(_ headers: [(name: String, value: String)], from index: Int) {
+        self.headers = headers
+        self.index = index
+        let name = headers[index].name
+        self.name = name
+        first = headers[index].value
+        isRepeated = headers[(index + 1)...].contains { $0.name == name }
+    }
+
+    mutating func next() -> String? {
+        while index < headers.count {
+            defer { index += 1 }
+            if headers[index].name == name { return headers[index].value }
         }
-        body(name, value)
+        return nil
     }
 }

@@ -60,9 +60,9 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
                         }
                     }
                 } else {
-                    var bytes = Array(body.readableBytesView)
-                    bytes.append(0)
-                    _ = xmlTextWriterWriteString(writer, bytes)
+                    body.withUnsafeReadableBytes { raw in
+                        _ = Self.withXMLText(raw.bindMemory(to: UInt8.self), nulTerminated: false) { xmlTextWriterWriteString(writer, $0) }
+                    }
                 }
                 end()
             }
@@ -107,19 +107,53 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     }
 
     private func xml(_ text: String, _ body: (UnsafePointer<xmlChar>) -> Int32) -> Int32 {
-        let text = Self.xmlSafe(text)
+        let count = text.utf8.count
         return text.withCString { chars in
-            chars.withMemoryRebound(to: xmlChar.self, capacity: text.utf8.count + 1) { body($0) }
+            chars.withMemoryRebound(to: UInt8.self, capacity: count + 1) {
+                Self.withXMLText(UnsafeBufferPointer(start: $0, count: count), nulTerminated: true, body)
+            }
         }
     }
 
-    /// XML 1.0 cannot carry most C0 control characters, even escaped; ids and reasons can hold
-    /// whatever a client sent. Such characters become U+FFFD so the 207 stays well-formed.
-    static func xmlSafe(_ text: String) -> String {
-        guard text.utf8.contains(where: { $0 < 0x20 && $0 != 0x09 && $0 != 0x0A && $0 != 0x0D }) else { return text }
-        return String(String.UnicodeScalarView(text.unicodeScalars.map { scalar in
-            scalar.value < 0x20 && scalar.value != 0x09 && scalar.value != 0x0A && scalar.value != 0x0D ? "\u{FFFD}" : scalar
-        }))
+    /// Every text that enters the 207 passes here: ids, reasons and urls can hold whatever a
+    /// client sent, headers and bodies whatever an upstream sent, and libxml2's writer escapes
+    /// markup but copies any code point. XML 1.0 (§2.2 Char) cannot carry C0 controls other than
+    /// tab, LF and CR, nor U+FFFE or U+FFFF, even escaped; those and invalid UTF-8 become U+FFFD
+    /// so the 207 stays well-formed. `body` gets the text NUL-terminated, as libxml2 wants it:
+    /// clean text that already has a NUL after it (`nulTerminated`) is passed without a copy.
+    static func withXMLText<R>(_ bytes: UnsafeBufferPointer<UInt8>, nulTerminated: Bool,
+                               _ body: (UnsafePointer<xmlChar>) -> R) -> R {
+        let clean = isXMLText(bytes)
+        if clean, nulTerminated, let base = bytes.baseAddress { return body(base) }
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count + 1)
+        if clean {
+            out.append(contentsOf: bytes)
+        } else {
+            for scalar in String(decoding: bytes, as: UTF8.self).unicodeScalars {
+                UTF8.encode(isXMLChar(scalar.value) ? scalar : "\u{FFFD}") { out.append($0) }
+            }
+        }
+        out.append(0)
+        return out.withUnsafeBufferPointer { body($0.baseAddress!) }
+    }
+
+    /// The common case, checked without decoding: valid UTF-8 with no code point XML forbids.
+    private static func isXMLText(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        for i in bytes.indices {
+            let byte = bytes[i]
+            if byte < 0x20 && byte != 0x09 && byte != 0x0A && byte != 0x0D { return false }
+            // U+FFFE and U+FFFF are EF BF BE and EF BF BF.
+            if byte == 0xEF, i + 2 < bytes.count, bytes[i + 1] == 0xBF, bytes[i + 2] & 0xFE == 0xBE { return false }
+        }
+        return JSONParser.isValidUTF8(bytes)
+    }
+
+    private static func isXMLChar(_ value: UInt32) -> Bool {
+        switch value {
+        case 0x09, 0x0A, 0x0D, 0x20...0xD7FF, 0xE000...0xFFFD, 0x10000...0x10FFFF: return true
+        default: return false
+        }
     }
 
     private func drain(into out: inout ByteBuffer) {

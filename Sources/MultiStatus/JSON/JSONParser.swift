@@ -1,6 +1,7 @@
 /// A strict RFC 8259 parser over bytes, with a nesting limit for hostile input. It can also
 /// only validate (no values built), which is how upstream bodies are checked before they are
-/// embedded in a JSON 207 as JSON.
+/// embedded in a JSON 207 as JSON, and it can stop as soon as one array grows past a limit,
+/// which is how a batch with too many items is refused without reading all of it.
 public struct JSONParser {
     /// Why a document is not JSON, with the byte offset where it went wrong.
     public struct Error: Swift.Error, CustomStringConvertible, Equatable {
@@ -9,20 +10,35 @@ public struct JSONParser {
         public var description: String { "\(message) at byte \(offset)" }
     }
 
+    /// Thrown by `parse(_:countingArrayAt:upTo:)` at the first element past the limit.
+    public struct TooManyElements: Swift.Error, Equatable {
+        public var limit: Int
+    }
+
     public static let maxDepth = 64
 
     private let bytes: UnsafeBufferPointer<UInt8>
     private var position = 0
     private var depth = 0
     private let build: Bool
+    /// The reference tokens (as in a JSON Pointer) of the array to count, and its limit.
+    private let counted: (path: [String], limit: Int)?
 
-    private init(bytes: UnsafeBufferPointer<UInt8>, build: Bool) {
+    private init(bytes: UnsafeBufferPointer<UInt8>, build: Bool, counted: (path: [String], limit: Int)? = nil) {
         self.bytes = bytes
         self.build = build
+        self.counted = counted
     }
 
     public static func parse(_ bytes: UnsafeBufferPointer<UInt8>) throws -> JSONValue {
         var parser = JSONParser(bytes: bytes, build: true)
+        return try parser.document()
+    }
+
+    /// Parses like `parse(_:)`, but throws `TooManyElements` as soon as the array that `path`
+    /// (JSON Pointer tokens; empty for the root) names has more than `limit` elements.
+    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>, countingArrayAt path: [String], upTo limit: Int) throws -> JSONValue {
+        var parser = JSONParser(bytes: bytes, build: true, counted: (path, limit))
         return try parser.document()
     }
 
@@ -43,7 +59,7 @@ public struct JSONParser {
 
     private mutating func document() throws -> JSONValue {
         skipWhitespace()
-        let value = try parseValue()
+        let value = try parseValue(onPath: counted == nil ? nil : 0)
         skipWhitespace()
         guard position == bytes.count else { throw fail("unexpected data after the JSON value") }
         return value
@@ -62,11 +78,13 @@ public struct JSONParser {
         }
     }
 
-    private mutating func parseValue() throws -> JSONValue {
+    /// `onPath` is how many tokens of the counted array's path lead to this value, nil when the
+    /// value is not on that path.
+    private mutating func parseValue(onPath: Int? = nil) throws -> JSONValue {
         guard position < bytes.count else { throw fail("unexpected end of JSON") }
         switch bytes[position] {
-        case UInt8(ascii: "{"): return try parseObject()
-        case UInt8(ascii: "["): return try parseArray()
+        case UInt8(ascii: "{"): return try parseObject(onPath: onPath)
+        case UInt8(ascii: "["): return try parseArray(onPath: onPath)
         case UInt8(ascii: "\""): return .string(try parseString())
         case UInt8(ascii: "t"): try literal("true"); return .bool(true)
         case UInt8(ascii: "f"): try literal("false"); return .bool(false)
@@ -90,7 +108,14 @@ public struct JSONParser {
         if depth > Self.maxDepth { throw fail("JSON nested deeper than \(Self.maxDepth) levels") }
     }
 
-    private mutating func parseObject() throws -> JSONValue {
+    /// The path token at `onPath`, when the path goes deeper than this value.
+    private func nextToken(_ onPath: Int?) -> String? {
+        guard let onPath, let counted, onPath < counted.path.count else { return nil }
+        return counted.path[onPath]
+    }
+
+    private mutating func parseObject(onPath: Int?) throws -> JSONValue {
+        var token = nextToken(onPath)
         try enter()
         position += 1
         var members: [(key: String, value: JSONValue)] = []
@@ -109,7 +134,10 @@ public struct JSONParser {
             guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw fail("expected ':'") }
             position += 1
             skipWhitespace()
-            let value = try parseValue()
+            // Like JSONPointer.resolve, follow the first member with the name only.
+            let follows = key == token
+            if follows { token = nil }
+            let value = try parseValue(onPath: follows ? onPath.map { $0 + 1 } : nil)
             if build { members.append((key, value)) }
             skipWhitespace()
             guard position < bytes.count else { throw fail("unexpected end of JSON") }
@@ -121,7 +149,9 @@ public struct JSONParser {
         return .object(members)
     }
 
-    private mutating func parseArray() throws -> JSONValue {
+    private mutating func parseArray(onPath: Int?) throws -> JSONValue {
+        let token = nextToken(onPath)
+        let limit = onPath != nil && token == nil ? counted?.limit : nil
         try enter()
         position += 1
         var elements: [JSONValue] = []
@@ -131,9 +161,12 @@ public struct JSONParser {
             depth -= 1
             return .array(elements)
         }
+        var count = 0
         while true {
             skipWhitespace()
-            let value = try parseValue()
+            let value = try parseValue(onPath: token != nil && token == String(count) ? onPath.map { $0 + 1 } : nil)
+            count += 1
+            if let limit, count > limit { throw TooManyElements(limit: limit) }
             if build { elements.append(value) }
             skipWhitespace()
             guard position < bytes.count else { throw fail("unexpected end of JSON") }

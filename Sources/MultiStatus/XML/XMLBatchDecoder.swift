@@ -87,10 +87,10 @@ public enum XMLBatchDecoder {
             case .body(let base64):
                 var buffer = ByteBuffer()
                 if base64 {
-                    guard let data = Data(base64Encoded: text, options: .ignoreUnknownCharacters) else {
+                    guard let bytes = Base64.decode(text) else {
                         throw .badRequest(field: "\(item.field).body", "not valid base64")
                     }
-                    buffer.writeBytes(data)
+                    buffer.writeBytes(bytes)
                 } else {
                     buffer.writeString(text)
                 }
@@ -140,7 +140,7 @@ public enum XMLBatchDecoder {
                         throw .badRequest(field: "body", "unknown element S:\(local) in S:batch (expected S:request)")
                     }
                     guard index < maxItems else {
-                        throw BatchError(status: 413, field: "requests", "more items than this route's max_items (\(maxItems))")
+                        throw .tooManyItems(field: "requests", maxItems: maxItems)
                     }
                     let field = "requests[\(index)]"
                     index += 1
