@@ -161,7 +161,9 @@ struct ConfigReader {
     // MARK: the document
 
     mutating func read(_ root: Node) -> SheafConfiguration? {
-        let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "client_timeout", "upstreams", "routes"], what: "the top level")
+        let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "client_timeout",
+                                       "max_connections_per_client", "max_streams_per_connection", "upstreams", "routes"],
+                          what: "the top level")
         let listen = top["listen"] == nil ? HostPort(host: "127.0.0.1", port: 8080) : hostPort(top["listen"]?.value, "listen")
         var metricsPath = "/metrics"
         if let entry = top["metrics_path"], let text = string(entry.value, "metrics_path") {
@@ -227,6 +229,12 @@ struct ConfigReader {
                                                upstreams: upstreams, routes: routes)
         if let drain = duration(top["drain_timeout"]?.value, "drain_timeout") { configuration.drainTimeout = drain }
         if let client = duration(top["client_timeout"]?.value, "client_timeout") { configuration.clientTimeout = client }
+        if let v = integer(top["max_connections_per_client"]?.value, "max_connections_per_client", range: 0...1_000_000) {
+            configuration.maxConnectionsPerClient = v
+        }
+        if let v = integer(top["max_streams_per_connection"]?.value, "max_streams_per_connection", range: 1...10_000) {
+            configuration.maxStreamsPerConnection = v
+        }
         return configuration
     }
 

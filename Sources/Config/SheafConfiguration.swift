@@ -81,6 +81,10 @@ public struct SheafConfiguration: Sendable {
     public var drainTimeout: TimeAmount = .seconds(10)
     /// Idle client connections, and request bodies still arriving, are cut after this long.
     public var clientTimeout: TimeAmount = .seconds(60)
+    /// Open connections one client address may hold; more are refused at accept (0: no limit).
+    public var maxConnectionsPerClient = 256
+    /// h2c front: concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    public var maxStreamsPerConnection = 256
     public var upstreams: [UpstreamConfiguration]
     public var routes: [RouteConfiguration]
 

@@ -15,6 +15,7 @@ public final class SheafMetrics: @unchecked Sendable {
     private var lostCounters: [String: Counter] = [:]
     private var stallCounters: [String: Counter] = [:]
     private let inFlight: Gauge
+    private let refusedConnections: Counter
 
     static let itemBuckets: [Duration] = [
         .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
@@ -34,6 +35,8 @@ public final class SheafMetrics: @unchecked Sendable {
     public init() {
         inFlight = registry.makeGauge(descriptor: Self.name("items", "in_flight",
             "Items accepted by Sheaf whose outcome is not known yet"))
+        refusedConnections = registry.makeCounter(descriptor: Self.name("connections_refused", "total",
+            "Client connections refused at accept because their address held max_connections_per_client"))
     }
 
     /// A batch ended: outcome is complete, partial, failed, rejected or cancelled.
@@ -135,6 +138,11 @@ public final class SheafMetrics: @unchecked Sendable {
             return c
         }
         counter.increment()
+    }
+
+    /// A client connection refused at accept: its address already held max_connections_per_client.
+    public func connectionRefused() {
+        refusedConnections.increment()
     }
 
     /// Prometheus text exposition format.

@@ -36,10 +36,13 @@ public final class SheafServer: Service, @unchecked Sendable {
         let service = SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger)
         let listen = configuration.listen
         let channel: Channel
-        let front = FrontConnections()
+        let front = FrontConnections(maxPerClient: configuration.maxConnectionsPerClient) { [metrics] in
+            metrics.connectionRefused()
+        }
         do {
             channel = try await HTTPListener.bind(host: listen.host, port: listen.port, group: group,
                                                   clientTimeout: configuration.clientTimeout, connections: front,
+                                                  maxStreams: configuration.maxStreamsPerConnection,
                                                   responder: service)
         } catch {
             for transport in transports.values { await transport.shutdown() }

@@ -278,3 +278,30 @@ def _wait_for_stalls(s, count, started):
     assert metric(s.url, "sheaf_client_stalls_total") >= count, "not every non-reading client was cut"
     # client_timeout is 2 s: cut after it, not long after.
     assert 2 <= took < 15, took
+
+
+def test_connections_per_client_are_limited(workdir, demo):
+    s = one_route_sheaf(workdir, "per-client", demo, top="max_connections_per_client: 3")
+    try:
+        time.sleep(0.3)  # the start-up probe's connection has closed on Sheaf's side too
+        held = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(3)]
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", s.port))
+        assert closed_within(extra, 3) is not None, "a fourth connection from one address was kept"
+        for sock in held:  # the three admitted ones still serve
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_head(sock).startswith(b"HTTP/1.1 200")
+        held[0].close()
+        time.sleep(0.2)
+        again = socket.create_connection(("127.0.0.1", s.port))
+        again.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_head(again).startswith(b"HTTP/1.1 200")
+        for sock in held[1:]:
+            sock.close()
+        again.close()
+        time.sleep(0.2)
+        import httpx
+        text = httpx.get(s.url + "/metrics", timeout=10).text
+        assert "sheaf_connections_refused_total 1" in text
+    finally:
+        s.stop()

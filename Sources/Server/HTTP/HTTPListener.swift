@@ -6,27 +6,23 @@ public enum HTTPListener {
     /// `clientTimeout`: a connection silent and serving nothing this long is closed, and a request
     /// whose body has not fully arrived this long after its head gets 408.
     /// `connections`: when given, tracks the accepted connections so that its `drain()` reaches them.
+    /// `maxStreams`: h2c SETTINGS_MAX_CONCURRENT_STREAMS.
     public static func bind(host: String, port: Int, group: EventLoopGroup, clientTimeout: TimeAmount = .seconds(60),
-                            connections: FrontConnections? = nil, responder: HTTPResponder) async throws -> Channel {
+                            connections: FrontConnections? = nil, maxStreams: Int = 256,
+                            responder: HTTPResponder) async throws -> Channel {
         try await ServerBootstrap(group: group)
-            .serverChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if let connections {
-                        try channel.pipeline.syncOperations.addHandler(connections.makeServerChannelHandler(listener: channel))
-                    }
-                }
-            }
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try connections?.admit(channel)
                     let activity = ConnectionActivity()
                     try channel.pipeline.syncOperations.addHandlers([
                         IdleStateHandler(allTimeout: clientTimeout),
                         IdleConnectionCloser(activity: activity),
-                        ProtocolSniffer(clientTimeout: clientTimeout, activity: activity) { onHTTP2Stream in
+                        ProtocolSniffer(clientTimeout: clientTimeout, activity: activity, maxStreams: maxStreams) { onHTTP2Stream in
                             HTTPRequestHandler(responder: responder, activity: activity, clientTimeout: clientTimeout,
                                                onHTTP2Stream: onHTTP2Stream)
                         },

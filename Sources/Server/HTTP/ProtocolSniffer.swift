@@ -18,9 +18,12 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
     private let activity: ConnectionActivity
     private var deadline: Scheduled<Void>?
 
-    init(clientTimeout: TimeAmount, activity: ConnectionActivity, makeHandler: @escaping @Sendable (_ onHTTP2Stream: Bool) -> ChannelHandler) {
+    private let maxStreams: Int
+
+    init(clientTimeout: TimeAmount, activity: ConnectionActivity, maxStreams: Int = 256, makeHandler: @escaping @Sendable (_ onHTTP2Stream: Bool) -> ChannelHandler) {
         self.clientTimeout = clientTimeout
         self.activity = activity
+        self.maxStreams = maxStreams
         self.makeHandler = makeHandler
     }
 
@@ -80,7 +83,7 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
         let makeHandler = self.makeHandler
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.initialSettings = [
-            HTTP2Setting(parameter: .maxConcurrentStreams, value: 256),
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: maxStreams),
             HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
             HTTP2Setting(parameter: .maxHeaderListSize, value: 64 << 10),
         ]
