@@ -25,6 +25,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     private let active = NIOLockedValueBox(0)
 
     private let draining = NIOLockedValueBox(false)
+    private let memory = MemoryReturn()
 
     /// Batches being fanned out or written right now; shutdown waits for this to reach zero.
     public var activeBatches: Int { active.withLockedValue { $0 } }
@@ -143,9 +144,14 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         logger[metadataKey: "request"] = "\(id)"
         logger[metadataKey: "route"] = "\(configuration.name)"
         active.withLockedValue { $0 += 1 }
+        let count = items.count
         BatchSession(route: route, items: items, format: format, writer: writer, metrics: metrics,
-                     received: received, logger: logger) { [active] in
-            active.withLockedValue { $0 -= 1 }
+                     received: received, logger: logger) { [active, memory] in
+            let idle = active.withLockedValue { value -> Bool in
+                value -= 1
+                return value == 0
+            }
+            memory.batchEnded(items: count, idle: idle)
         }.run()
     }
 }

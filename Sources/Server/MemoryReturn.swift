@@ -1,0 +1,49 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import NIOConcurrencyHelpers
+
+/// Gives memory freed by big batches back to the system once Sheaf is idle. glibc keeps freed
+/// heap in its arenas; after a 100k-item burst that is hundreds of MiB an operator sees as RSS
+/// for as long as the process lives. `malloc_trim` returns it; it runs off the event loops, at
+/// most once per quiet period, and only after batches big enough to matter.
+final class MemoryReturn: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var itemsSinceTrim = 0
+    private var scheduled = false
+    private let queue = DispatchQueue(label: "sheaf-memory-return", qos: .background)
+    /// Items handled since the last trim before one is worth it.
+    private let threshold: Int
+
+    /// glibc's `malloc_trim` (malloc.h is not in Swift's Glibc module); nil on other C libraries.
+    private static let mallocTrim: (@convention(c) (Int) -> Int32)? = {
+        #if canImport(Glibc)
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)
+        #else
+        return nil
+        #endif
+    }()
+
+    init(threshold: Int = 1_000) {
+        self.threshold = threshold
+    }
+
+    /// A batch of `items` ended; `idle` says no other batch is running.
+    func batchEnded(items: Int, idle: Bool) {
+        let trim = lock.withLock { () -> Bool in
+            itemsSinceTrim += items
+            guard idle, !scheduled, itemsSinceTrim >= threshold else { return false }
+            scheduled = true
+            itemsSinceTrim = 0
+            return true
+        }
+        guard trim else { return }
+        // A short pause: a client sending batches back to back would reuse that memory at once.
+        queue.asyncAfter(deadline: .now() + .seconds(1)) { [self] in
+            _ = Self.mallocTrim?(0)
+            lock.withLock { scheduled = false }
+        }
+    }
+}
