@@ -162,7 +162,8 @@ struct ConfigReader {
 
     mutating func read(_ root: Node) -> SheafConfiguration? {
         let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "client_timeout",
-                                       "max_connections_per_client", "max_streams_per_connection", "upstreams", "routes"],
+                                       "max_connections_per_client", "max_streams_per_connection", "max_buffered_output",
+                                       "upstreams", "routes"],
                           what: "the top level")
         let listen = top["listen"] == nil ? HostPort(host: "127.0.0.1", port: 8080) : hostPort(top["listen"]?.value, "listen")
         var metricsPath = "/metrics"
@@ -232,6 +233,7 @@ struct ConfigReader {
         if let v = integer(top["max_connections_per_client"]?.value, "max_connections_per_client", range: 0...1_000_000) {
             configuration.maxConnectionsPerClient = v
         }
+        if let v = byteSize(top["max_buffered_output"]?.value, "max_buffered_output") { configuration.maxBufferedOutput = v }
         if let v = integer(top["max_streams_per_connection"]?.value, "max_streams_per_connection", range: 1...10_000) {
             configuration.maxStreamsPerConnection = v
         }

@@ -83,6 +83,9 @@ public struct SheafConfiguration: Sendable {
     public var clientTimeout: TimeAmount = .seconds(60)
     /// Open connections one client address may hold; more are refused at accept (0: no limit).
     public var maxConnectionsPerClient = 256
+    /// Encoded 207 bytes a client connection may have waiting for its socket; past it, its
+    /// batches stop reading upstream bodies (HTTP/2 flow control, paused curl transfers).
+    public var maxBufferedOutput = 4 << 20
     /// h2c front: concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
     public var maxStreamsPerConnection = 256
     public var upstreams: [UpstreamConfiguration]

@@ -33,6 +33,8 @@ public final class FanOutRun: @unchecked Sendable {
     /// Every item below this index has settled (the watchdog's scan starts here).
     private var oldestUnsettled = 0
     private var lost = 0
+    private var writabilityPaused = false
+    private var readingSuspended = false
     private var calls: [UpstreamCall?]
     private var isSettled: [Bool]
     /// Written by `start` under the lock; read by `settle` for its own index and by the watchdog.
@@ -117,11 +119,40 @@ public final class FanOutRun: @unchecked Sendable {
 
     /// Backpressure: stop starting items (the response is not being read fast enough).
     public func pause() {
-        lock.withLock { scheduler.pause() }
+        lock.withLock {
+            writabilityPaused = true
+            scheduler.pause()
+        }
     }
 
     public func resume() {
-        let next = lock.withLock { scheduler.resume() }
+        let next = lock.withLock { () -> Range<Int> in
+            writabilityPaused = false
+            return readingSuspended ? scheduler.nextIndex..<scheduler.nextIndex : scheduler.resume()
+        }
+        if !next.isEmpty { launch(next) }
+    }
+
+    /// Harder backpressure (the client's unsent output passed its budget): nothing new starts,
+    /// and calls in flight stop taking their response bodies off the upstream.
+    public func suspendReading() {
+        let live = lock.withLock { () -> [UpstreamCall] in
+            guard !readingSuspended else { return [] }
+            readingSuspended = true
+            scheduler.pause()
+            return calls.compactMap { $0 }
+        }
+        for call in live { call.suspendReading() }
+    }
+
+    public func resumeReading() {
+        let (live, next) = lock.withLock { () -> ([UpstreamCall], Range<Int>) in
+            guard readingSuspended else { return ([], scheduler.nextIndex..<scheduler.nextIndex) }
+            readingSuspended = false
+            let next = writabilityPaused ? scheduler.nextIndex..<scheduler.nextIndex : scheduler.resume()
+            return (calls.compactMap { $0 }, next)
+        }
+        for call in live { call.resumeReading() }
         if !next.isEmpty { launch(next) }
     }
 
@@ -139,14 +170,14 @@ public final class FanOutRun: @unchecked Sendable {
         // Latest first: those are the ones still queued in the transport. Cancelling the oldest
         // (on the wire) first would free streams for queued items, which would go out only to
         // be reset a moment later.
-        for call in inFlight.reversed() { call.cancel() }
+        transport.cancel(inFlight.reversed())
         settleNeverStarted(never, outcome)
     }
 
     /// Items that never started settle in slices, one event-loop task each when there is a
     /// loop, so a cancelled 80k-item batch does not hold its loop (and its other clients) at once.
     private func settleNeverStarted(_ range: Range<Int>, _ outcome: ItemOutcome) {
-        let slice = 2048
+        let slice = 512
         let now = range.prefix(slice)
         for index in now { settle(index, outcome) }
         let rest = now.upperBound..<range.upperBound
@@ -207,14 +238,15 @@ public final class FanOutRun: @unchecked Sendable {
             }
             settle(index, outcome)
         }
-        let missedCancel = lock.withLock { () -> Bool in
+        let (missedCancel, suspend) = lock.withLock { () -> (Bool, Bool) in
             // The call may already have settled; keep a handle only to cancel live ones.
-            guard !isSettled[index] else { return false }
+            guard !isSettled[index] else { return (false, false) }
             calls[index] = call
-            return scheduler.isCancelled
+            return (scheduler.isCancelled, readingSuspended)
         }
         // The cancel collected the calls before this one was stored: cancel it here.
         if missedCancel { call.cancel() }
+        if suspend { call.suspendReading() }
     }
 
     private func settle(_ index: Int, _ outcome: ItemOutcome) {

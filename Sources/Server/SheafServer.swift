@@ -43,6 +43,7 @@ public final class SheafServer: Service, @unchecked Sendable {
             channel = try await HTTPListener.bind(host: listen.host, port: listen.port, group: group,
                                                   clientTimeout: configuration.clientTimeout, connections: front,
                                                   maxStreams: configuration.maxStreamsPerConnection,
+                                                  outputBudget: configuration.maxBufferedOutput,
                                                   responder: service)
         } catch {
             for transport in transports.values { await transport.shutdown() }

@@ -130,6 +130,25 @@ extension UpstreamConfiguration {
 /// and settles it with `.cancelled` unless it already settled.
 public protocol UpstreamCall: AnyObject, Sendable {
     func cancel()
+    /// Backpressure from a client that reads slowly: stop taking the response body off the
+    /// upstream (HTTP/2: no WINDOW_UPDATE for the stream; HTTP/1.1: the transfer is paused), so
+    /// the upstream holds the bytes, not Sheaf. The item's timeout still runs.
+    func suspendReading()
+    /// Take the response body again.
+    func resumeReading()
+}
+
+extension UpstreamTransport {
+    /// One call at a time; engines that can do better override it.
+    public func cancel(_ calls: [UpstreamCall]) {
+        for call in calls { call.cancel() }
+    }
+}
+
+extension UpstreamCall {
+    /// A call that has nothing to suspend (a test double, an item already settled) ignores it.
+    public func suspendReading() {}
+    public func resumeReading() {}
 }
 
 /// The one interface the fan-out engine sees. Two engines stand behind it: HTTP/2 on
@@ -142,4 +161,7 @@ public protocol UpstreamTransport: AnyObject, Sendable {
     /// Fails queued calls and every call still running (503), closes connections, stops
     /// threads; returns when every call has settled.
     func shutdown() async
+    /// Cancels many calls of this transport at once (a batch whose client went away), without
+    /// holding an event loop for all of them in one go.
+    func cancel(_ calls: [UpstreamCall])
 }

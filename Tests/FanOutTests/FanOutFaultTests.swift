@@ -111,3 +111,27 @@ final class LosingTransport: UpstreamTransport, @unchecked Sendable {
         }
     }
 }
+
+@Test func suspendingReadingHoldsInFlightCallsAndStartsNothingNew() async {
+    let transport = FakeTransport(hold: true)
+    let batch = (0..<10).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/\($0)")) }
+    let results = NIOLockedValueBox(0)
+    let run = FanOutRun(items: batch, transport: transport, concurrency: 4, onResult: { _, _, _ in
+        results.withLockedValue { $0 += 1 }
+    }, onFinish: {})
+    run.start()
+    run.suspendReading()
+    let held = transport.held.withLockedValue { $0 }
+    #expect(held.count == 4)
+    #expect(held.allSatisfy { $0.0.suspended.withLockedValue { $0 } })
+    // One call finishes anyway (its body had already arrived): nothing new starts.
+    held[0].1(.success(UpstreamResponse(status: 200, headers: [], body: ByteBuffer())))
+    #expect(transport.state.withLockedValue { $0.calls } == 4)
+    run.pause()   // the socket is unwritable too
+    run.resumeReading()
+    #expect(held.dropFirst().allSatisfy { !$0.0.suspended.withLockedValue { $0 } })  // the live ones
+    #expect(transport.state.withLockedValue { $0.calls } == 4)  // still paused for writability
+    run.resume()
+    #expect(transport.state.withLockedValue { $0.calls } == 5)
+    run.cancel(status: 499, reason: "done")
+}

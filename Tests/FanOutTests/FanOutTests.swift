@@ -30,11 +30,14 @@ import Upstream
 final class FakeTransport: UpstreamTransport, @unchecked Sendable {
     final class Call: UpstreamCall, @unchecked Sendable {
         let cancelled = NIOLockedValueBox(false)
+        let suspended = NIOLockedValueBox(false)
         var onCancel: (() -> Void)?
         func cancel() {
             cancelled.withLockedValue { $0 = true }
             onCancel?()
         }
+        func suspendReading() { suspended.withLockedValue { $0 = true } }
+        func resumeReading() { suspended.withLockedValue { $0 = false } }
     }
 
     let configuration = UpstreamConfiguration(name: "fake", endpoint: UpstreamEndpoint(scheme: "http", host: "x", port: 1, basePath: ""))

@@ -347,6 +347,31 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         try await group.shutdownGracefully()
     }
 
+    @Test func aSuspendedStreamHoldsTheUpstreamAtItsWindowUntilResumed() async throws {
+        try await withH2(timeout: .seconds(5), tweak: { $0.maxResponseBodyBytes = 2 << 20 }) { transport, server in
+            let box = NIOLockedValueBox([UpstreamResult]())
+            let call = transport.execute(get("/bytes/1048576")) { r in box.withLockedValue { $0.append(r) } }
+            call.suspendReading()
+            try await Task.sleep(nanoseconds: 400_000_000)
+            #expect(box.withLockedValue { $0.isEmpty })
+            let held = server.record.withLockedValue { $0.bodyBytesSent }
+            // No more than the 256 KiB stream window Sheaf offers (plus nothing: it gave none back).
+            #expect(held > 0 && held <= 256 << 10)
+            call.resumeReading()
+            let deadline = ContinuousClock.now + .seconds(3)
+            while box.withLockedValue({ $0.isEmpty }) && ContinuousClock.now < deadline {
+                try await Task.sleep(nanoseconds: 10_000_000)
+            }
+            let results = box.withLockedValue { $0 }
+            #expect(results.count == 1)
+            if case .success(let response)? = results.first {
+                #expect(response.status == 200 && response.body.readableBytes == 1_048_576)
+            } else {
+                Issue.record("no response: \(results)")
+            }
+        }
+    }
+
     @Test func cancellingQueuedItemsSendsNoneOfThem() async throws {
         var script = ScriptedHTTP2Server.Script()
         script.settings = [(0x3, 1)]

@@ -136,6 +136,13 @@ private final class ScriptedConnection: ChannelInboundHandler {
                 let (connection, context) = bound.value
                 connection.send(status: 200, body: "ok", headOnly: isHead, context: context)
             }
+        case ("bytes", 2) where Int(parts[1]) != nil:
+            // After a moment, so that a test can suspend the call before the body comes.
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: .milliseconds(50)) {
+                let (connection, context) = bound.value
+                connection.send(status: 200, body: String(repeating: "a", count: Int(parts[1])!), headOnly: isHead, context: context)
+            }
         case ("silent", 1):
             done = true
         case ("close", 1):

@@ -19,6 +19,8 @@ import NIOPosix
 /// - `/kill`: GOAWAY COMPRESSION_ERROR covering every stream so far, and silence (as nginx does
 ///   while it finishes what it started)
 /// - `/malformed`: a DATA frame on stream 0 (a connection error)
+/// - `/bytes/N`: N bytes of body, sent as the client's flow-control windows allow (the count
+///   sent so far is in `Record.bodyBytesSent`)
 ///
 /// Connection-wide behaviour comes from `Script`.
 final class ScriptedHTTP2Server: @unchecked Sendable {
@@ -62,6 +64,7 @@ final class ScriptedHTTP2Server: @unchecked Sendable {
         var maxOpenStreams = 0
         var pingsReceived = 0
         var resets: [(UInt32, UInt32)] = []
+        var bodyBytesSent = 0
     }
 
     let script: Script
@@ -111,6 +114,12 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
     var inflater: OpaquePointer?
     var open: [UInt32: (path: String, method: String, body: Int, answered: Bool, complete: Bool)] = [:]
     var ackPending = false
+    /// Flow control for what this server sends (RFC 9113 §6.9): the client's windows.
+    var connectionWindow = 65_535
+    var initialStreamWindow = 65_535
+    var streamWindows: [UInt32: Int] = [:]
+    /// Bodies still to send, by stream.
+    var bodiesLeft: [UInt32: Int] = [:]
     var headerBlock: [UInt8] = []
     var headerStream: UInt32 = 0
     var headerEndStream = false
@@ -215,8 +224,20 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             let code = payload.count >= 4 ? UInt32(payload[0]) << 24 | UInt32(payload[1]) << 16 | UInt32(payload[2]) << 8 | UInt32(payload[3]) : 0
             server.record.withLockedValue { $0.resets.append((stream, code)) }
             open.removeValue(forKey: stream)
+        case 0x8:  // WINDOW_UPDATE
+            guard payload.count >= 4 else { return }
+            let increment = Int(UInt32(payload[0] & 0x7f) << 24 | UInt32(payload[1]) << 16 | UInt32(payload[2]) << 8 | UInt32(payload[3]))
+            if stream == 0 { connectionWindow += increment } else { streamWindows[stream, default: initialStreamWindow] += increment }
+            sendBodies()
         case 0x4:  // SETTINGS
             if flags & 0x1 == 0 {
+                var i = 0
+                while i + 6 <= payload.count {
+                    let id = UInt16(payload[i]) << 8 | UInt16(payload[i + 1])
+                    let value = Int(UInt32(payload[i + 2]) << 24 | UInt32(payload[i + 3]) << 16 | UInt32(payload[i + 4]) << 8 | UInt32(payload[i + 5]))
+                    if id == 0x4 { initialStreamWindow = value }
+                    i += 6
+                }
                 if settingsSent { write(type: 4, flags: 0x1, stream: 0, []) } else { ackPending = true }
             }
         case 0x6:  // PING
@@ -303,6 +324,15 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             write(type: 3, flags: 0, stream: stream, be32(7))
         } else if path == "/refuse-once" {
             answer(stream, status: 200)
+        } else if path.hasPrefix("/bytes/") {
+            open[stream]!.answered = true
+            answers += 1
+            var block: [UInt8] = []
+            literal(":status", "200", into: &block)
+            literal("content-type", "application/octet-stream", into: &block)
+            write(type: 1, flags: 0x4, stream: stream, block)
+            bodiesLeft[stream] = Int(path.dropFirst(7)) ?? 0
+            sendBodies()
         } else if path.hasPrefix("/reset/") {
             open.removeValue(forKey: stream)
             write(type: 3, flags: 0, stream: stream, be32(UInt32(path.dropFirst(7)) ?? 2))
@@ -332,6 +362,29 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
         lastAnswered = max(lastAnswered, stream)
         if goawayLast != nil { closeWhenAnswered() }
         scheduleIdleGoaway()
+    }
+
+    /// Sends what the windows allow of every pending body, in 16 KiB DATA frames.
+    func sendBodies() {
+        for (stream, left) in bodiesLeft.sorted(by: { $0.key < $1.key }) {
+            var left = left
+            var window = streamWindows[stream, default: initialStreamWindow]
+            while left > 0 && window > 0 && connectionWindow > 0 {
+                let n = min(16_384, left, window, connectionWindow)
+                left -= n
+                window -= n
+                connectionWindow -= n
+                write(type: 0, flags: left == 0 ? 0x1 : 0, stream: stream, [UInt8](repeating: 0x61, count: n))
+                server.record.withLockedValue { $0.bodyBytesSent += n }
+            }
+            streamWindows[stream] = window
+            if left == 0 {
+                bodiesLeft.removeValue(forKey: stream)
+                open.removeValue(forKey: stream)
+            } else {
+                bodiesLeft[stream] = left
+            }
+        }
     }
 
     func closeWhenAnswered() {

@@ -5,10 +5,16 @@ import NIOHTTP2
 /// event loop, so a plain counter on that loop is enough), and since when it has served none.
 /// Lets the idle timers tell an idle connection from one whose batch is still running.
 final class ConnectionActivity {
+    /// Unsent encoded output of all the connection's responses.
+    let budget: OutputBudget
     private(set) var inProgress = 0
     private(set) var idleSince = NIODeadline.now()
     /// Called when the last request in progress ends (a draining connection closes then).
     var onIdle: (() -> Void)?
+
+    init(outputBudget: Int = 4 << 20) {
+        budget = OutputBudget(limit: outputBudget)
+    }
 
     func started() {
         inProgress += 1

@@ -6,9 +6,10 @@ public enum HTTPListener {
     /// `clientTimeout`: a connection silent and serving nothing this long is closed, and a request
     /// whose body has not fully arrived this long after its head gets 408.
     /// `connections`: when given, tracks the accepted connections so that its `drain()` reaches them.
-    /// `maxStreams`: h2c SETTINGS_MAX_CONCURRENT_STREAMS.
+    /// `maxStreams`: h2c SETTINGS_MAX_CONCURRENT_STREAMS. `outputBudget`: unsent encoded bytes a
+    /// connection may have before its batches stop reading upstream bodies.
     public static func bind(host: String, port: Int, group: EventLoopGroup, clientTimeout: TimeAmount = .seconds(60),
-                            connections: FrontConnections? = nil, maxStreams: Int = 256,
+                            connections: FrontConnections? = nil, maxStreams: Int = 256, outputBudget: Int = 4 << 20,
                             responder: HTTPResponder) async throws -> Channel {
         try await ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
@@ -18,7 +19,7 @@ public enum HTTPListener {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try connections?.admit(channel)
-                    let activity = ConnectionActivity()
+                    let activity = ConnectionActivity(outputBudget: outputBudget)
                     try channel.pipeline.syncOperations.addHandlers([
                         IdleStateHandler(allTimeout: clientTimeout),
                         IdleConnectionCloser(activity: activity),

@@ -189,7 +189,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             case .collecting(let head, _, let body, let handler):
                 let connection = onHTTP2Stream ? (context.channel.parent ?? context.channel) : context.channel
                 let writer = ResponseWriter(context: context, keepAlive: head.isKeepAlive, stallTimeout: clientTimeout,
-                                            connection: connection) { [weak self] in
+                                            connection: connection, budget: activity.budget) { [weak self] in
                     self?.state = .idle
                     self?.done()
                 }

@@ -24,16 +24,26 @@ public final class ResponseWriter: @unchecked Sendable {
 
     /// The client's connection: the channel itself on HTTP/1.1, the parent of an HTTP/2 stream.
     private let connection: Channel?
+    /// The connection's unsent-output budget (every byte this writer queues counts until the
+    /// socket has taken it).
+    private let budget: OutputBudget?
 
     init(context: ChannelHandlerContext, keepAlive: Bool, stallTimeout: TimeAmount = .seconds(60), connection: Channel? = nil,
-         onDone: @escaping () -> Void) {
+         budget: OutputBudget? = nil, onDone: @escaping () -> Void) {
         self.connection = connection
+        self.budget = budget
         self.context = context
         self.eventLoop = context.eventLoop
         self.allocator = context.channel.allocator
         self.keepAlive = keepAlive
         self.stallTimeout = stallTimeout
         self.onDone = onDone
+    }
+
+    /// Called with true when the connection's unsent output passes its budget, false when it
+    /// has room again: the batch stops and resumes reading upstream bodies.
+    public func onOutputBudget(_ handler: @escaping @Sendable (_ full: Bool) -> Void) {
+        budget?.register(self, handler)
     }
 
     /// Called once if the client stops taking bytes (the connection stays unwritable) for the
@@ -121,6 +131,7 @@ public final class ResponseWriter: @unchecked Sendable {
     /// Queues body bytes; they leave in the next event-loop tick together with whatever else queued.
     public func write(_ bytes: ByteBuffer) {
         var bytes = bytes
+        budget?.add(bytes.readableBytes)
         let schedule = lock.withLock { () -> Bool in
             if pending == nil {
                 pending = bytes
@@ -139,13 +150,16 @@ public final class ResponseWriter: @unchecked Sendable {
     /// Appends to the queued bytes in place, under the writer's lock: callers that encode into
     /// the response (the 207 encoders) are serialized by it and need no lock of their own.
     public func append(_ body: (inout ByteBuffer) -> Void) {
-        let schedule = lock.withLock { () -> Bool in
+        let (schedule, added) = lock.withLock { () -> (Bool, Int) in
             if pending == nil { pending = allocator.buffer(capacity: 4096) }
+            let before = pending!.readableBytes
             body(&pending!)
-            if flushScheduled { return false }
+            let added = pending!.readableBytes - before
+            if flushScheduled { return (false, added) }
             flushScheduled = true
-            return true
+            return (true, added)
         }
+        budget?.add(added)
         if schedule {
             eventLoop.execute { [self] in self.flushPending() }
         }
@@ -158,12 +172,25 @@ public final class ResponseWriter: @unchecked Sendable {
             return pending
         }
         if let chunk, chunk.readableBytes > 0 {
-            context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: nil)
+            guard let budget else {
+                context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: nil)
+                return
+            }
+            let count = chunk.readableBytes
+            let written = eventLoop.makePromise(of: Void.self)
+            written.futureResult.whenComplete { _ in budget.remove(count) }
+            context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: written)
         }
     }
 
     /// Gives up on the response: closes the stream (HTTP/2: RST_STREAM) or the connection (HTTP/1.1).
     public func abort() {
+        let dropped = lock.withLock { () -> Int in
+            defer { pending = nil }
+            return pending?.readableBytes ?? 0
+        }
+        budget?.remove(dropped)
+        budget?.unregister(self)
         lock.withLock {
             finished = true
             cancelHandler = nil
@@ -180,6 +207,7 @@ public final class ResponseWriter: @unchecked Sendable {
     /// Ends the response (after every queued write); `written` runs once the end has been
     /// handed to the socket (or the connection failed).
     public func finish(written: (@Sendable () -> Void)? = nil) {
+        budget?.unregister(self)
         lock.withLock {
             finished = true
             // The handler usually captures the batch that owns this writer: release it, or the

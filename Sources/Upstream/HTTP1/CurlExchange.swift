@@ -46,6 +46,19 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         transport.cancel(self)
     }
 
+    func suspendReading() {
+        transport.setReading(self, suspended: true)
+    }
+
+    func resumeReading() {
+        transport.setReading(self, suspended: false)
+    }
+
+    // Curl thread only: the write callback pauses the transfer while `readingSuspended`.
+    var readingSuspended = false
+    /// curl holds the transfer paused (CURL_WRITEFUNC_PAUSE was returned) until `curl_easy_pause`.
+    var paused = false
+
     /// libcurl's header callback: a status line starts a new header block (after 1xx), an empty
     /// line ends one. Returns false to end the transfer (see `endsAtHead`).
     func headerLine(_ line: UnsafeBufferPointer<UInt8>) -> Bool {

@@ -22,6 +22,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     private let lock = NIOLock()
     private var inbox: [CurlExchange] = []
     private var cancellations: [CurlExchange] = []
+    private var readingChanges: [(CurlExchange, suspended: Bool)] = []
     private var stopping = false
     /// False once the curl thread is about to clean `multi` up: nothing may wake it after that.
     private var multiAlive = true
@@ -70,6 +71,15 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         return exchange
     }
 
+    /// Backpressure: the curl thread pauses (or resumes) the transfer's receiving.
+    func setReading(_ exchange: CurlExchange, suspended: Bool) {
+        lock.withLock {
+            guard !stopping else { return }
+            readingChanges.append((exchange, suspended))
+            wakeCurlThread()
+        }
+    }
+
     func cancel(_ exchange: CurlExchange) {
         lock.withLock {
             // After shutdown() the curl thread settles every open call itself, with the 503.
@@ -115,15 +125,24 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     private func run() {
         while true {
-            let (incoming, cancelled, stop) = lock.withLock { () -> ([CurlExchange], [CurlExchange], Bool) in
+            let (incoming, cancelled, changes, stop) = lock.withLock {
+                () -> ([CurlExchange], [CurlExchange], [(CurlExchange, suspended: Bool)], Bool) in
                 defer {
                     inbox.removeAll(keepingCapacity: true)
                     cancellations.removeAll()
+                    readingChanges.removeAll()
                 }
-                return (inbox, cancellations, stopping)
+                return (inbox, cancellations, readingChanges, stopping)
             }
             if !stop {
                 for exchange in incoming { start(exchange) }
+            }
+            for (exchange, suspended) in changes where !exchange.isSettled {
+                exchange.readingSuspended = suspended
+                if !suspended, exchange.paused, let easy = exchange.easy {
+                    exchange.paused = false
+                    curl_easy_pause(easy, 0)  // CURLPAUSE_CONT
+                }
             }
             // Cancelled before shutdown(): cancel() takes no more once `stopping` is set.
             for exchange in cancelled where !exchange.isSettled {
@@ -327,6 +346,11 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 private let curlWrite: sheaf_curl_data_callback = { pointer, size, count, userData in
     let exchange = Unmanaged<CurlExchange>.fromOpaque(userData!).takeUnretainedValue()
     let length = size * count
+    if exchange.readingSuspended {
+        // curl keeps these bytes and hands them over again when the transfer is resumed.
+        exchange.paused = true
+        return Int(CURL_WRITEFUNC_PAUSE)
+    }
     pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
         exchange.bodyBytes(UnsafeBufferPointer(start: bytes, count: length))
     }

@@ -31,6 +31,9 @@ final class HTTP2Connection {
     private var nvSpans: [(Int, Int, Int, Int)] = []
     private var nva: [nghttp2_nv] = []
 
+    /// The per-stream flow-control window offered to upstreams.
+    static let streamWindow = 256 << 10
+
     init(slot: HTTP2Slot) {
         self.slot = slot
         self.machine = HTTP2ConnectionStateMachine(upstream: slot.configuration.name,
@@ -88,15 +91,22 @@ final class HTTP2Connection {
         nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks, onInvalidFrame)
         // Unretained: the session is deleted (channelClosed / deinit) before the connection goes.
         let me = Unmanaged.passUnretained(self).toOpaque()
+        // Windows are given back by hand (`nghttp2_session_consume`), so that a stream whose
+        // client reads slowly stops the upstream instead of filling Sheaf's memory.
+        var options: OpaquePointer?
+        nghttp2_option_new(&options)
+        defer { nghttp2_option_del(options) }
+        nghttp2_option_set_no_auto_window_update(options, 1)
         var session: OpaquePointer?
-        guard nghttp2_session_client_new(&session, callbacks, me) == 0, let session else {
+        guard nghttp2_session_client_new2(&session, callbacks, me, options) == 0, let session else {
             handle(machine.close("nghttp2 session could not be created"))
             return
         }
         self.session = session
         var settings = [
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
-            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: 1 << 24),
+            // What one stream may send ahead of Sheaf taking it: the most a suspended stream holds.
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(Self.streamWindow)),
         ]
         perform { session in
             nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
@@ -206,10 +216,28 @@ final class HTTP2Connection {
         nvSpans.append((n, v - n, v, nvStorage.count - v))
     }
 
+    /// The exchange takes its body again: the bytes it held back go back to the upstream's window.
+    func giveBackWindow(of exchange: HTTP2Exchange) {
+        guard exchange.unconsumed > 0, streams[exchange.streamID] === exchange else { return }
+        let count = exchange.unconsumed
+        exchange.unconsumed = 0
+        perform { session in _ = nghttp2_session_consume(session, exchange.streamID, count) }
+        scheduleFlush()
+    }
+
+    /// A stream that ends while suspended still owes the connection-level window its bytes.
+    private func returnUnconsumed(of exchange: HTTP2Exchange) {
+        guard exchange.unconsumed > 0 else { return }
+        let count = exchange.unconsumed
+        exchange.unconsumed = 0
+        perform { session in _ = nghttp2_session_consume_connection(session, count) }
+    }
+
     /// RST_STREAM(CANCEL) for an exchange Sheaf no longer wants; the caller settles it.
     func cancelStream(of exchange: HTTP2Exchange) {
         guard streams.removeValue(forKey: exchange.streamID) != nil else { return }
         exchange.connection = nil
+        returnUnconsumed(of: exchange)
         perform { session in
             _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), exchange.streamID, NGHTTP2_CANCEL.rawValue)
         }
@@ -232,6 +260,7 @@ final class HTTP2Connection {
             for exchange in expired {
                 streams.removeValue(forKey: exchange.streamID)
                 exchange.connection = nil
+                returnUnconsumed(of: exchange)
                 let action = machine.streamClosed()
                 if action != .none { after = action }
             }
@@ -389,7 +418,17 @@ final class HTTP2Connection {
     }
 
     fileprivate func data(stream: Int32, bytes: UnsafeBufferPointer<UInt8>) {
-        guard let exchange = streams[stream] else { return }
+        guard let exchange = streams[stream] else {
+            // A stream Sheaf let go of (reset, timed out): its bytes still count against the
+            // connection's window.
+            if let session { nghttp2_session_consume_connection(session, bytes.count) }
+            return
+        }
+        if exchange.readingSuspended {
+            exchange.unconsumed += bytes.count
+        } else if let session {
+            nghttp2_session_consume(session, stream, bytes.count)
+        }
         exchange.sawResponseBytes = true
         if !exchange.body.writeCapped(bytes, limit: slot.configuration.maxResponseBodyBytes) { exchange.truncated = true }
     }
@@ -398,6 +437,7 @@ final class HTTP2Connection {
         let unsent = notSent.removeValue(forKey: stream)
         guard let exchange = streams.removeValue(forKey: stream) else { return }
         exchange.connection = nil
+        returnUnconsumed(of: exchange)
         let action = machine.streamClosed()
         if action != .none && parkedActions.last != action { parkedActions.append(action) }
         let name = slot.configuration.name

@@ -21,6 +21,11 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     var sends = 0
     /// In its slot's queue (which skips settled exchanges lazily, so cancelling one costs O(1)).
     var isQueued = false
+    /// The fan-out asked to stop taking the body (its client reads slowly); the bytes received
+    /// meanwhile are not given back to the stream's flow-control window until it resumes.
+    var readingSuspended = false
+    /// Body bytes received but not yet returned to the upstream's window (`nghttp2_session_consume`).
+    var unconsumed = 0
     /// Read position in `request.body` for the DATA frames nghttp2 asks for.
     var bodySent = 0
     var streamID: Int32 = -1
@@ -45,6 +50,7 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
         truncated = false
         sawResponseBytes = false
         responseComplete = false
+        unconsumed = 0
         bodySent = 0
         streamID = -1
         connection = nil
@@ -74,11 +80,29 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     }
 
     func cancel() {
+        onSlotLoop { $0.cancel(self) }
+    }
+
+    func suspendReading() {
+        onSlotLoop { _ in self.setReading(suspended: true) }
+    }
+
+    func resumeReading() {
+        onSlotLoop { _ in self.setReading(suspended: false) }
+    }
+
+    private func setReading(suspended: Bool) {
+        guard !isSettled, readingSuspended != suspended else { return }
+        readingSuspended = suspended
+        if !suspended { connection?.giveBackWindow(of: self) }
+    }
+
+    private func onSlotLoop(_ body: @escaping (HTTP2Slot) -> Void) {
         let slot = self.slot
         if slot.eventLoop.inEventLoop {
-            slot.cancel(self)
+            body(slot)
         } else {
-            slot.eventLoop.execute { slot.cancel(self) }
+            slot.eventLoop.execute { body(slot) }
         }
     }
 }

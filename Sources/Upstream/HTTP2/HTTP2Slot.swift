@@ -194,6 +194,16 @@ final class HTTP2Slot {
         exchange.fail(.cancelled, "cancelled")
     }
 
+    /// Cancels a slice now and schedules the rest as a new task, so the loop serves I/O between
+    /// slices (tasks queued while a batch of tasks runs wait for the next select).
+    func cancel(_ exchanges: ArraySlice<HTTP2Exchange>) {
+        let slice = 256
+        for exchange in exchanges.prefix(slice) { cancel(exchange) }
+        let rest = exchanges.dropFirst(slice)
+        guard !rest.isEmpty else { return }
+        eventLoop.execute { self.cancel(rest) }
+    }
+
     private var tickInterval: TimeAmount {
         let twentieth = configuration.timeout.nanoseconds / 20
         return .nanoseconds(min(max(twentieth, 5_000_000), 50_000_000))

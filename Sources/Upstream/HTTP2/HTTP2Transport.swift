@@ -40,6 +40,22 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
         return slots[n % slots.count]
     }
 
+    /// Cancels per slot, on the slot's loop, in slices that each yield to I/O: cancelling an
+    /// 80k-item batch must not keep health checks (or other clients) waiting.
+    public func cancel(_ calls: [UpstreamCall]) {
+        var bySlot: [ObjectIdentifier: (HTTP2Slot, [HTTP2Exchange])] = [:]
+        for call in calls {
+            guard let exchange = call as? HTTP2Exchange else {
+                call.cancel()
+                continue
+            }
+            bySlot[ObjectIdentifier(exchange.slot), default: (exchange.slot, [])].1.append(exchange)
+        }
+        for (slot, exchanges) in bySlot.values {
+            slot.eventLoop.execute { slot.cancel(exchanges[...]) }
+        }
+    }
+
     public func shutdown() async {
         for slot in slots {
             try? await slot.eventLoop.flatSubmit { slot.shutdown() }.get()
