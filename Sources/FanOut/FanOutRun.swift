@@ -136,23 +136,31 @@ public final class FanOutRun: @unchecked Sendable {
     /// Harder backpressure (the client's unsent output passed its budget): nothing new starts,
     /// and calls in flight stop taking their response bodies off the upstream.
     public func suspendReading() {
-        let live = lock.withLock { () -> [UpstreamCall] in
-            guard !readingSuspended else { return [] }
-            readingSuspended = true
-            scheduler.pause()
-            return calls.compactMap { $0 }
-        }
-        for call in live { call.suspendReading() }
+        updateReading { true }
     }
 
     public func resumeReading() {
-        let (live, next) = lock.withLock { () -> ([UpstreamCall], Range<Int>) in
-            guard readingSuspended else { return ([], scheduler.nextIndex..<scheduler.nextIndex) }
-            readingSuspended = false
-            let next = writabilityPaused ? scheduler.nextIndex..<scheduler.nextIndex : scheduler.resume()
-            return (calls.compactMap { $0 }, next)
+        updateReading { false }
+    }
+
+    /// Brings reading to the state `suspended` reports *now*, read under this run's lock: so
+    /// reports of changes that race from different threads end in the latest state, whatever
+    /// their order. The calls are told under the lock too, for the same reason.
+    public func updateReading(suspended: () -> Bool) {
+        let next = lock.withLock { () -> Range<Int> in
+            let none = scheduler.nextIndex..<scheduler.nextIndex
+            let want = suspended()
+            guard want != readingSuspended else { return none }
+            readingSuspended = want
+            for case let call? in calls {
+                if want { call.suspendReading() } else { call.resumeReading() }
+            }
+            if want {
+                scheduler.pause()
+                return none
+            }
+            return writabilityPaused ? none : scheduler.resume()
         }
-        for call in live { call.resumeReading() }
         if !next.isEmpty { launch(next) }
     }
 
@@ -238,15 +246,16 @@ public final class FanOutRun: @unchecked Sendable {
             }
             settle(index, outcome)
         }
-        let (missedCancel, suspend) = lock.withLock { () -> (Bool, Bool) in
+        let missedCancel = lock.withLock { () -> Bool in
             // The call may already have settled; keep a handle only to cancel live ones.
-            guard !isSettled[index] else { return (false, false) }
+            guard !isSettled[index] else { return false }
             calls[index] = call
-            return (scheduler.isCancelled, readingSuspended)
+            // Under the lock, like `updateReading`, so a resume cannot overtake it.
+            if readingSuspended { call.suspendReading() }
+            return scheduler.isCancelled
         }
         // The cancel collected the calls before this one was stored: cancel it here.
         if missedCancel { call.cancel() }
-        if suspend { call.suspendReading() }
     }
 
     private func settle(_ index: Int, _ outcome: ItemOutcome) {

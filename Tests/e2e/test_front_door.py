@@ -201,7 +201,7 @@ NON_READING_CONFIG = """
 
 # Each item's body (1 MiB) is held once as received and once encoded (base64, 1.33×) at most;
 # 20 in flight per batch, 4 batches: about 4 × 20 × 2.4 MiB. The bound leaves room for allocator slack.
-RSS_BOUND_MIB = 400
+RSS_BOUND_MIB = 200
 
 
 @pytest.mark.parametrize("protocol", ["h2c", "http1"])
@@ -305,3 +305,89 @@ def test_connections_per_client_are_limited(workdir, demo):
         assert "sheaf_connections_refused_total 1" in text
     finally:
         s.stop()
+
+
+def test_a_batch_held_back_from_its_start_is_still_cut(workdir, nginx):
+    """Stream 1's 207 (20 MiB) fills the socket and the connection's output budget, and ends
+    unread; stream 3 then starts held back (no upstream body read, nothing written): the client
+    still gets cut after client_timeout."""
+    from conftest import Sheaf
+    s = Sheaf(workdir, "held-back", f"""
+        client_timeout: 2s
+        max_buffered_output: 64KiB
+        upstreams:
+          nginx: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c}}
+        routes:
+          - name: big
+            method: POST
+            path: /big
+            upstream: nginx
+            fan_out: {{items: "", method: GET, path: "/blob/{{item}}"}}
+        """)
+    try:
+        sock = socket.create_connection(("127.0.0.1", s.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        conn.increment_flow_control_window(1 << 30)
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: (1 << 31) - 1})
+
+        def post(stream, n):
+            body = ("[" + ",".join(str(i) for i in range(n)) + "]").encode()
+            conn.send_headers(stream, [(":method", "POST"), (":path", "/big"), (":scheme", "http"), (":authority", "x"),
+                                       ("content-type", "application/json"), ("content-length", str(len(body)))])
+            conn.send_data(stream, body, end_stream=True)
+            sock.sendall(conn.data_to_send())
+
+        post(1, 20)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and metric(s.url, "sheaf_batches_total") < 1:
+            time.sleep(0.1)  # stream 1's batch is over; its 207 sits unread
+        assert metric(s.url, "sheaf_client_stalls_total") == 0
+        post(3, 2)
+        started = time.monotonic()
+        while time.monotonic() < started + 15 and metric(s.url, "sheaf_client_stalls_total") < 1:
+            time.sleep(0.2)
+        assert metric(s.url, "sheaf_client_stalls_total") >= 1, "the held-back batch was never cut"
+        assert time.monotonic() - started >= 1.5
+        time.sleep(0.5)
+        assert not sheaf_holds(s, sock)
+    finally:
+        s.stop()
+
+
+def test_max_streams_per_connection_is_announced(workdir, demo):
+    s = one_route_sheaf(workdir, "streams", demo, top="max_streams_per_connection: 7")
+    try:
+        sock, conn = h2_client(s.port)
+        sock.settimeout(3)
+        while conn.remote_settings.max_concurrent_streams != 7:
+            data = sock.recv(65536)
+            assert data, "closed before SETTINGS"
+            conn.receive_data(data)
+        assert conn.remote_settings.max_concurrent_streams == 7
+    finally:
+        s.stop()
+
+
+def test_sigterm_closes_idle_http1_keep_alive_connections_and_ends_busy_ones_after_their_207(workdir, demo):
+    s = one_route_sheaf(workdir, "drain-h1", demo, top="drain_timeout: 10s")
+    idle = socket.create_connection(("127.0.0.1", s.port))
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_head(idle).startswith(b"HTTP/1.1 200")
+    busy = socket.create_connection(("127.0.0.1", s.port))
+    body = b'{"requests":[{"method":"GET","url":"/users/1?delay_ms=1500"}]}'
+    busy.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    time.sleep(0.3)
+    os.kill(s.process.pid, signal.SIGTERM)
+    assert closed_within(idle, 2) is not None, "an idle keep-alive connection stayed open while draining"
+    busy.settimeout(10)
+    data = b""
+    while True:
+        chunk = busy.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 207") and b'"status":200' in data and data.rstrip().endswith(b"0")
+    assert s.process.proc.wait(timeout=15) == 0

@@ -62,9 +62,7 @@ final class BatchSession: @unchecked Sendable {
         }
         // A client whose unsent output passed the connection's budget: the upstreams hold the
         // bytes (flow control, paused transfers) until it catches up.
-        writer.onOutputBudget { full in
-            if full { run.suspendReading() } else { run.resumeReading() }
-        }
+        writer.onOutputBudget { isFull in run.updateReading(suspended: isFull) }
         writer.onClientStalled { [logger, metrics, route] in
             logger.warning("the client took no byte of the 207 for client_timeout; cancelling the batch and closing")
             metrics.clientStalled(route: route.configuration.name)

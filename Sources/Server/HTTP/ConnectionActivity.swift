@@ -11,6 +11,8 @@ final class ConnectionActivity {
     private(set) var idleSince = NIODeadline.now()
     /// Called when the last request in progress ends (a draining connection closes then).
     var onIdle: (() -> Void)?
+    /// The h2c connection sent GOAWAY for a drain: streams the client opens anyway get 503.
+    var draining = false
 
     init(outputBudget: Int = 4 << 20) {
         budget = OutputBudget(limit: outputBudget)
@@ -71,7 +73,10 @@ final class HTTP2FrontConnectionGuard: ChannelInboundHandler {
         let every = TimeAmount.nanoseconds(max(clientTimeout.nanoseconds / 4, 10_000_000))
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
         check = context.eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { [activity, clientTimeout] _ in
-            guard activity.inProgress == 0, NIODeadline.now() - activity.idleSince >= clientTimeout else { return }
+            // Idle means no stream running and every byte of the last answers taken by the socket:
+            // a slow reader still draining a 207's tail is not cut off.
+            guard activity.inProgress == 0, activity.budget.isEmpty,
+                  NIODeadline.now() - activity.idleSince >= clientTimeout else { return }
             Self.goAway(loopBound.value, close: true)
         }
     }
@@ -90,6 +95,7 @@ final class HTTP2FrontConnectionGuard: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent, !draining {
             draining = true
+            activity.draining = true
             Self.goAway(context, close: activity.inProgress == 0)
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             // On the next tick: the last stream's final frames are still on their way down from

@@ -138,6 +138,12 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             headTimer?.cancel()
             headTimer = nil
             begin(context)
+            if activity.draining {
+                // A stream opened after the drain's GOAWAY: no new work now.
+                reject(context, Problem.response(.serviceUnavailable, detail: "Sheaf is shutting down; retry elsewhere",
+                                                 extraHeaders: ["retry-after": "1"]))
+                return
+            }
             switch responder.decide(head) {
             case .respond(let response):
                 var response = response
@@ -241,10 +247,9 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
         done()
         if linger {
-            written.futureResult.whenComplete { _ in
-                context.close(mode: .output, promise: nil)
-                context.eventLoop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
-            }
+            // The linger ends 2 s from now, whether or not the client ever reads the answer.
+            context.eventLoop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
+            written.futureResult.whenComplete { _ in context.close(mode: .output, promise: nil) }
         } else if !keepAlive {
             written.futureResult.whenComplete { _ in context.close(promise: nil) }
         }

@@ -40,16 +40,48 @@ public final class ResponseWriter: @unchecked Sendable {
         self.onDone = onDone
     }
 
-    /// Called with true when the connection's unsent output passes its budget, false when it
-    /// has room again: the batch stops and resumes reading upstream bodies.
-    public func onOutputBudget(_ handler: @escaping @Sendable (_ full: Bool) -> Void) {
-        budget?.register(self, handler)
+    /// Called when the connection's unsent output passes its budget or has room again; the
+    /// handler reads the current state with `isFull` (under its own lock, so that changes
+    /// reported from different threads cannot be applied out of order).
+    public func onOutputBudget(_ handler: @escaping @Sendable (_ isFull: @escaping @Sendable () -> Bool) -> Void) {
+        guard let budget else { return }
+        budget.register(self) { [weak self] in
+            handler { budget.isFull }
+            self?.onLoop { self?.blockedChanged() }
+        }
+    }
+
+    /// On the loop: the client is blocked while its socket is unwritable or its connection's
+    /// output budget is full. Blocked, a stall timer runs; every write the socket completes
+    /// restarts it (nginx's `send_timeout`: no byte taken for the timeout).
+    private var unwritable = false
+
+    private func blockedChanged() {
+        let blocked = unwritable || (budget?.isFull ?? false)
+        let open = lock.withLock { !finished && stallHandler != nil }
+        if blocked && open {
+            if stallTimer == nil { armStallTimer() }
+        } else {
+            stallTimer?.cancel()
+            stallTimer = nil
+        }
+    }
+
+    private func armStallTimer() {
+        stallTimer?.cancel()
+        stallTimer = eventLoop.scheduleTask(in: stallTimeout) { [self] in self.stalled() }
+    }
+
+    /// The socket took a chunk: the client is reading, however slowly.
+    private func madeProgress() {
+        if stallTimer != nil { armStallTimer() }
     }
 
     /// Called once if the client stops taking bytes (the connection stays unwritable) for the
     /// stall timeout while the response is unfinished; the connection is closed right after.
     public func onClientStalled(_ handler: @escaping @Sendable () -> Void) {
         lock.withLock { stallHandler = handler }
+        onLoop { [self] in self.blockedChanged() }  // already blocked: the timer starts now
     }
 
     private func stalled() {
@@ -88,12 +120,8 @@ public final class ResponseWriter: @unchecked Sendable {
 
     func writabilityChanged(_ isWritable: Bool) {
         let handler = lock.withLock { finished ? nil : writabilityHandler }
-        if isWritable {
-            stallTimer?.cancel()
-            stallTimer = nil
-        } else if stallTimer == nil && handler != nil {
-            stallTimer = eventLoop.scheduleTask(in: stallTimeout) { [self] in self.stalled() }
-        }
+        unwritable = !isWritable
+        blockedChanged()
         handler?(isWritable)
     }
 
@@ -178,7 +206,10 @@ public final class ResponseWriter: @unchecked Sendable {
             }
             let count = chunk.readableBytes
             let written = eventLoop.makePromise(of: Void.self)
-            written.futureResult.whenComplete { _ in budget.remove(count) }
+            written.futureResult.whenComplete { [self] _ in
+                budget.remove(count)
+                self.madeProgress()
+            }
             context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: written)
         }
     }

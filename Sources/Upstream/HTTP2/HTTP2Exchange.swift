@@ -83,12 +83,14 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
         onSlotLoop { $0.cancel(self) }
     }
 
+    // Always a task of its own, even on the slot's loop: the fan-out calls these under its lock,
+    // and giving the window back goes into nghttp2, which may settle items.
     func suspendReading() {
-        onSlotLoop { _ in self.setReading(suspended: true) }
+        slot.eventLoop.execute { self.setReading(suspended: true) }
     }
 
     func resumeReading() {
-        onSlotLoop { _ in self.setReading(suspended: false) }
+        slot.eventLoop.execute { self.setReading(suspended: false) }
     }
 
     private func setReading(suspended: Bool) {
