@@ -191,7 +191,8 @@ public final class FanOutRun: @unchecked Sendable {
         let rest = now.upperBound..<range.upperBound
         guard !rest.isEmpty else { return }
         if let loop = watchdog?.eventLoop {
-            loop.execute { [self] in self.settleNeverStarted(rest, outcome) }
+            // Scheduled ahead, not `execute`d: NIO runs tasks queued by tasks before it polls.
+            loop.scheduleTask(in: .microseconds(50)) { [self] in self.settleNeverStarted(rest, outcome) }
         } else {
             settleNeverStarted(rest, outcome)
         }

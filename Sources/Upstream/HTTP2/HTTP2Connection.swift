@@ -31,8 +31,13 @@ final class HTTP2Connection {
     private var nvSpans: [(Int, Int, Int, Int)] = []
     private var nva: [nghttp2_nv] = []
 
-    /// The per-stream flow-control window offered to upstreams.
-    static let streamWindow = 256 << 10
+    /// The per-stream flow-control window offered to the upstream: one whole body
+    /// (`max_response_bytes`, within 64 KiB–16 MiB). An answer then arrives without waiting for
+    /// WINDOW_UPDATEs (streams finish one by one instead of all creeping along together and
+    /// holding every body at once), and a suspended stream holds no more than one body.
+    private var streamWindow: Int {
+        min(max(slot.configuration.maxResponseBodyBytes, 64 << 10), 16 << 20)
+    }
 
     init(slot: HTTP2Slot) {
         self.slot = slot
@@ -106,7 +111,7 @@ final class HTTP2Connection {
         var settings = [
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
             // What one stream may send ahead of Sheaf taking it: the most a suspended stream holds.
-            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(Self.streamWindow)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(streamWindow)),
         ]
         perform { session in
             nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)

@@ -194,14 +194,14 @@ final class HTTP2Slot {
         exchange.fail(.cancelled, "cancelled")
     }
 
-    /// Cancels a slice now and schedules the rest as a new task, so the loop serves I/O between
-    /// slices (tasks queued while a batch of tasks runs wait for the next select).
+    /// Cancels a slice now and the rest a moment later. Not `execute`: NIO runs tasks queued by
+    /// tasks before it polls again, so only a task scheduled ahead lets I/O in between slices.
     func cancel(_ exchanges: ArraySlice<HTTP2Exchange>) {
         let slice = 256
         for exchange in exchanges.prefix(slice) { cancel(exchange) }
         let rest = exchanges.dropFirst(slice)
         guard !rest.isEmpty else { return }
-        eventLoop.execute { self.cancel(rest) }
+        eventLoop.scheduleTask(in: .microseconds(50)) { self.cancel(rest) }
     }
 
     private var tickInterval: TimeAmount {
