@@ -107,21 +107,10 @@ public final class SheafMetrics: @unchecked Sendable {
     public func transportTally(upstream: String, resends: Int, lost: Int) {
         guard resends > 0 || lost > 0 else { return }
         let (resent, lostCounter) = lock.withLock { () -> (Counter, Counter) in
-            let resent = resendCounters[upstream] ?? {
-                let c = registry.makeCounter(
-                    descriptor: Self.name("upstream_resends", "total", "Item requests sent again to an upstream after it left them unprocessed"),
-                    labels: [("upstream", upstream)])
-                resendCounters[upstream] = c
-                return c
-            }()
-            let lostCounter = lostCounters[upstream] ?? {
-                let c = registry.makeCounter(
-                    descriptor: Self.name("items_lost", "total", "Items a transport never reported, settled 502 by the fan-out watchdog"),
-                    labels: [("upstream", upstream)])
-                lostCounters[upstream] = c
-                return c
-            }()
-            return (resent, lostCounter)
+            (cachedCounter(&resendCounters, "upstream_resends", "Item requests sent again to an upstream after it left them unprocessed",
+                           label: ("upstream", upstream)),
+             cachedCounter(&lostCounters, "items_lost", "Items a transport never reported, settled 502 by the fan-out watchdog",
+                           label: ("upstream", upstream)))
         }
         if resends > 0 { resent.increment(by: Int64(resends)) }
         if lost > 0 { lostCounter.increment(by: Int64(lost)) }
@@ -129,13 +118,9 @@ public final class SheafMetrics: @unchecked Sendable {
 
     /// A client stopped reading its 207 for client_timeout: the batch was cancelled, the connection closed.
     public func clientStalled(route: String) {
-        let counter = lock.withLock { () -> Counter in
-            if let c = stallCounters[route] { return c }
-            let c = registry.makeCounter(
-                descriptor: Self.name("client_stalls", "total", "Bulk requests cancelled because the client took no byte of the 207 for client_timeout"),
-                labels: [("route", route)])
-            stallCounters[route] = c
-            return c
+        let counter = lock.withLock {
+            cachedCounter(&stallCounters, "client_stalls", "Bulk requests cancelled because the client took no byte of the 207 for client_timeout",
+                          label: ("route", route))
         }
         counter.increment()
     }
@@ -143,6 +128,15 @@ public final class SheafMetrics: @unchecked Sendable {
     /// A client connection refused at accept: its address already held max_connections_per_client.
     public func connectionRefused() {
         refusedConnections.increment()
+    }
+
+    /// The counter of `metric` for one label value, made on first use. Called under `lock`.
+    private func cachedCounter(_ cache: inout [String: Counter], _ metric: String, _ help: String,
+                               label: (String, String)) -> Counter {
+        if let counter = cache[label.1] { return counter }
+        let counter = registry.makeCounter(descriptor: Self.name(metric, "total", help), labels: [label])
+        cache[label.1] = counter
+        return counter
     }
 
     /// Prometheus text exposition format.
