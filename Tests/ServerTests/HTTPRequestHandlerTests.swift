@@ -132,3 +132,23 @@ private func response(_ channel: EmbeddedChannel) throws -> (HTTPResponseHead?, 
     channel.embeddedEventLoop.advanceTime(by: .milliseconds(200))
     #expect(!channel.isActive)
 }
+
+/// Two requests in one read (HTTP/1.1 pipelining) through NIO's real HTTP/1 pipeline: the second
+/// is handed over while the first one's answer is still being written; both are answered.
+@Test(arguments: [
+    "GET /x HTTP/1.1\r\nHost: a\r\n\r\nPOST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+    "POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcPOST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+    "POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+])
+func pipelinedRequestsAreEachAnswered(requests: String) throws {
+    let activity = ConnectionActivity()
+    let channel = EmbeddedChannel()
+    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: true)
+    try channel.pipeline.syncOperations.addHandler(HTTPRequestHandler(responder: Stub(), activity: activity, clientTimeout: .seconds(5)))
+    try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+    try channel.writeInbound(ByteBuffer(string: requests))
+    var out = ""
+    while let chunk = try channel.readOutbound(as: ByteBuffer.self) { out += String(buffer: chunk) }
+    #expect(out.components(separatedBy: "HTTP/1.1 200 OK").count == 3, "\(out)")
+    #expect(activity.inProgress == 0)
+}

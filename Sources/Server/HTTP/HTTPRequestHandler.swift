@@ -134,7 +134,10 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            if case .lingering = state { return }  // answered and closing: nothing more is served
+            switch state {
+            case .lingering, .closing: return  // answered and closing: nothing more is served
+            default: break
+            }
             headTimer?.cancel()
             headTimer = nil
             begin(context)
@@ -244,8 +247,9 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
         let written = context.writeAndFlushPromise()
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
         done()
+        if !keepAlive, case .idle = state { state = .closing }  // a pipelined request after this one is not served
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
         if linger {
             // The linger ends 2 s from now, whether or not the client ever reads the answer.
             context.eventLoop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
