@@ -253,15 +253,15 @@ struct ConfigReader {
         } else {
             report(at: key, "\(what) is missing 'url'")
         }
-        var proto = UpstreamProtocol.h2c
+        var proto = UpstreamProtocol.auto
         if let entry = fields["protocol"], let text = string(entry.value, "\(what) protocol") {
             if let value = UpstreamProtocol(rawValue: text) {
                 if value == .h2 {
-                    report(at: entry.value, "\(what): protocol h2 (HTTP/2 over TLS) is not supported yet; use h2c or http1")
+                    report(at: entry.value, "\(what): protocol h2 (HTTP/2 over TLS) is not supported yet; use auto, h2c or http1")
                 }
                 proto = value
             } else {
-                report(at: entry.value, "\(what): unknown protocol \"\(text)\" (expected h2c, http1 or h2)")
+                report(at: entry.value, "\(what): unknown protocol \"\(text)\" (expected auto, h2c, http1 or h2)")
             }
         }
         if let endpoint, endpoint.scheme == "https", proto == .h2c {

@@ -2,6 +2,9 @@ import NIOCore
 
 /// The wire protocol Sheaf speaks to one upstream.
 public enum UpstreamProtocol: String, Sendable, CaseIterable {
+    /// The default. `http://`: h2c first, HTTP/1.1 from the moment the upstream shows it does not
+    /// speak h2c (`AutoTransport`). `https://`: HTTP/1.1 over TLS until HTTP/2 over TLS exists.
+    case auto
     /// HTTP/2 over cleartext TCP with prior knowledge (RFC 9113 §3.3), on libnghttp2.
     case h2c
     /// HTTP/1.1 with keep-alive, on libcurl's multi interface.

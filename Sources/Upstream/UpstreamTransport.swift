@@ -82,6 +82,10 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
         case shuttingDown
         /// The request's head is larger than the upstream accepts: not sent, reported as 431.
         case requestHeadTooLarge
+        /// The upstream does not speak the protocol tried (an HTTP/1.x answer to the h2c preface,
+        /// or a close without any answer): nothing was sent, reported as 502 (`protocol: auto`
+        /// sends the item again over HTTP/1.1).
+        case protocolMismatch
     }
     public var kind: Kind
     public var message: String
@@ -99,7 +103,7 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
     /// The HTTP status Sheaf reports for this failure.
     public var status: Int {
         switch kind {
-        case .unreachable, .protocolError: return 502
+        case .unreachable, .protocolError, .protocolMismatch: return 502
         case .timeout: return 504
         case .cancelled: return 499
         case .shuttingDown: return 503

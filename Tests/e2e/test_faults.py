@@ -92,3 +92,28 @@ def test_a_head_over_the_cap_is_431_for_that_item_on_both_engines(sheaf, route):
     items = {x["id"]: x for x in r.json()["results"]}
     assert items["big"]["status"] == 431 and "max_request_header_bytes" in items["big"]["error"]
     assert items["ok"]["status"] == 200
+
+
+def test_the_default_protocol_finds_an_http1_only_upstream(workdir, nginx):
+    """No `protocol` key: Sheaf tries h2c, hears HTTP/1.x, and uses HTTP/1.1 from then on; no
+    item is lost or doubled on the way, and the switch is logged once."""
+    s = Sheaf(workdir, "auto-http1", f"""
+        upstreams:
+          legacy: {{url: "http://127.0.0.1:{nginx.http1}"}}
+        routes:
+          - name: r
+            method: POST
+            path: /b
+            upstream: legacy
+            fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}
+        """)
+    try:
+        for _ in range(2):
+            r = httpx.post(s.url + "/b", json=list(range(20)), timeout=30)
+            assert r.status_code == 207
+            items = r.json()["results"]
+            assert sorted(int(x["id"]) for x in items) == list(range(20))
+            assert all(x["status"] == 200 and x["body"]["via"] == "nginx" for x in items), items
+        assert s.process.output().count("does not speak h2c; using HTTP/1.1") == 1
+    finally:
+        s.stop()

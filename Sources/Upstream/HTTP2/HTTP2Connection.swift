@@ -135,6 +135,7 @@ final class HTTP2Connection {
         slot.eventLoop.preconditionInEventLoop()
         let established = machine.sawSettings
         let reason = machine.channelInactive()
+        let mismatch = machine.peerIsNotH2C
         var resend: [HTTP2Exchange] = []
         var failures: [(HTTP2Exchange, UpstreamError)] = []
         var outcomesOnClose: [HTTP2Exchange] = []
@@ -156,7 +157,7 @@ final class HTTP2Connection {
             self.session = nil
         }
         channel = nil
-        slot.connectionClosed(self, reason: reason, established: established, resend: resend, failures: failures)
+        slot.connectionClosed(self, reason: reason, established: established, notH2C: mismatch, resend: resend, failures: failures)
         for exchange in outcomesOnClose { exchange.settle(.success(exchange.response)) }
     }
 

@@ -67,6 +67,10 @@ struct HTTP2ConnectionStateMachine {
     }
 
     var canOpenStream: Bool { state == .active && closeReason == nil && openStreams < maxConcurrentStreams }
+    /// Set when the peer showed it does not speak h2c (an HTTP/1.x answer to the preface, or a
+    /// close without any answer): what waits for it fails with `.protocolMismatch`.
+    private(set) var peerIsNotH2C = false
+
     /// Set once the peer's SETTINGS arrived: a connection that ends before that never worked,
     /// and what waits for it fails with the reason instead of reconnecting in a loop.
     private(set) var sawSettings = false
@@ -86,6 +90,7 @@ struct HTTP2ConnectionStateMachine {
         guard !sawBytes else { return .none }
         sawBytes = true
         if prefix.starts(with: "HTTP/".utf8) {
+            peerIsNotH2C = true
             return close("upstream \(upstream) answered the HTTP/2 connection preface with HTTP/1.x: it does not speak h2c (set protocol: http1)")
         }
         return .none
@@ -185,6 +190,7 @@ struct HTTP2ConnectionStateMachine {
     /// take HTTP/2 with prior knowledge, which is what the user needs to hear.
     mutating func connectionError(_ detail: String) -> Action {
         if !sawSettings && (state == .connecting || state == .awaitingSettings) {
+            if !sawBytes { peerIsNotH2C = true }
             return close("upstream \(upstream) dropped the connection without answering the HTTP/2 preface (\(detail)): it does not speak h2c (prior knowledge)")
         }
         return close("upstream \(upstream) connection failed: \(detail)")
@@ -203,6 +209,7 @@ struct HTTP2ConnectionStateMachine {
         if let closeReason {
             reason = closeReason
         } else if state == .connecting || state == .awaitingSettings {
+            if !sawBytes { peerIsNotH2C = true }
             reason = sawBytes
                 ? "upstream \(upstream) closed the connection before its HTTP/2 SETTINGS"
                 : "upstream \(upstream) closed the connection without answering the HTTP/2 preface: it does not speak h2c (prior knowledge)"

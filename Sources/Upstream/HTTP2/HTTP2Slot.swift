@@ -151,14 +151,14 @@ final class HTTP2Slot {
     /// The connection is gone. `resend` go back to the queue; `failures` settle. A connection that
     /// never got the peer's SETTINGS fails the queue with its reason (the peer does not speak h2c,
     /// or refuses us): reconnecting in a loop would only hide that.
-    func connectionClosed(_ connection: HTTP2Connection, reason: String, established: Bool,
+    func connectionClosed(_ connection: HTTP2Connection, reason: String, established: Bool, notH2C: Bool = false,
                           resend: [HTTP2Exchange], failures: [(HTTP2Exchange, UpstreamError)]) {
         if current === connection { current = nil }
         draining.removeValue(forKey: ObjectIdentifier(connection))
         if !established && !isShutDown {
             logger.warning("upstream connection failed before HTTP/2 SETTINGS",
                            metadata: ["upstream": "\(configuration.name)", "reason": "\(reason)"])
-            failQueued(.unreachable, reason)
+            failQueued(notH2C ? .protocolMismatch : .unreachable, reason)
         }
         let shutdownMessage = "Sheaf shut down before the item finished"
         for (exchange, error) in failures {

@@ -1,0 +1,136 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// `protocol: auto` on an `http://` upstream: HTTP/2 with prior knowledge first; when the upstream
+/// shows it does not speak it (an HTTP/1.x answer to the preface, or a close without any answer),
+/// HTTP/1.1 from then on, and the items caught by the discovery go out again over HTTP/1.1 (none
+/// of them was sent). The decision is per upstream, logged once when it changes, and made again
+/// when HTTP/1.1 connections to the upstream fail.
+public final class AutoTransport: UpstreamTransport, @unchecked Sendable {
+    public let configuration: UpstreamConfiguration
+    private let logger: Logger
+    private let h2c: HTTP2Transport
+    private let lock = NIOLock()
+    private var http1: CurlTransport?
+    private var usesHTTP1 = false
+
+    public init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        self.h2c = HTTP2Transport(configuration: configuration, group: group, logger: logger)
+    }
+
+    /// Which protocol the upstream gets now (for tests and logs).
+    public var currentProtocol: UpstreamProtocol { lock.withLock { usesHTTP1 ? .http1 : .h2c } }
+
+    public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+        let call = AutoCall()
+        send(request, call: call, completion: completion)
+        return call
+    }
+
+    private func send(_ request: UpstreamRequest, call: AutoCall, completion: @escaping @Sendable (UpstreamResult) -> Void) {
+        let http1 = lock.withLock { usesHTTP1 ? curl() : nil }
+        let inner: UpstreamCall
+        if let http1 {
+            inner = http1.execute(request) { [self] result in
+                if case .failure(let error) = result, error.kind == .unreachable { rethink(after: error) }
+                completion(result)
+            }
+        } else {
+            inner = h2c.execute(request) { [self] result in
+                guard case .failure(let error) = result, error.kind == .protocolMismatch else {
+                    completion(result)
+                    return
+                }
+                useHTTP1(because: error)
+                send(request, call: call, completion: completion)
+            }
+        }
+        call.attach(inner)
+    }
+
+    /// Under `lock`.
+    private func curl() -> CurlTransport {
+        if let http1 { return http1 }
+        let transport = CurlTransport(configuration: configuration, logger: logger)
+        http1 = transport
+        return transport
+    }
+
+    private func useHTTP1(because error: UpstreamError) {
+        let changed = lock.withLock { () -> Bool in
+            defer { usesHTTP1 = true }
+            return !usesHTTP1
+        }
+        if changed {
+            logger.info("upstream does not speak h2c; using HTTP/1.1",
+                        metadata: ["upstream": "\(configuration.name)", "reason": "\(error.message)"])
+        }
+    }
+
+    /// HTTP/1.1 connections fail: the upstream may have been replaced by one that speaks h2c.
+    /// The next item tries h2c again (and comes back here if it still does not).
+    private func rethink(after error: UpstreamError) {
+        let changed = lock.withLock { () -> Bool in
+            defer { usesHTTP1 = false }
+            return usesHTTP1
+        }
+        if changed {
+            logger.info("upstream connection failed; trying h2c again",
+                        metadata: ["upstream": "\(configuration.name)", "reason": "\(error.message)"])
+        }
+    }
+
+    public func cancel(_ calls: [UpstreamCall]) {
+        for call in calls { call.cancel() }
+    }
+
+    public func shutdown() async {
+        await h2c.shutdown()
+        if let http1 = lock.withLock({ http1 }) { await http1.shutdown() }
+    }
+}
+
+/// The call `AutoTransport` hands out: it follows its item from the h2c attempt to HTTP/1.1, so a
+/// cancel or a backpressure signal reaches whichever engine holds the item now.
+final class AutoCall: UpstreamCall, @unchecked Sendable {
+    private let lock = NIOLock()
+    private var inner: UpstreamCall?
+    private var cancelled = false
+    private var suspended = false
+
+    func attach(_ call: UpstreamCall) {
+        let (cancel, suspend) = lock.withLock { () -> (Bool, Bool) in
+            inner = call
+            return (cancelled, suspended)
+        }
+        if cancel { call.cancel() }
+        if suspend { call.suspendReading() }
+    }
+
+    func cancel() {
+        let call = lock.withLock { () -> UpstreamCall? in
+            cancelled = true
+            return inner
+        }
+        call?.cancel()
+    }
+
+    func suspendReading() {
+        let call = lock.withLock { () -> UpstreamCall? in
+            suspended = true
+            return inner
+        }
+        call?.suspendReading()
+    }
+
+    func resumeReading() {
+        let call = lock.withLock { () -> UpstreamCall? in
+            suspended = false
+            return inner
+        }
+        call?.resumeReading()
+    }
+}
