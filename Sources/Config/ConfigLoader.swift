@@ -256,16 +256,16 @@ struct ConfigReader {
         var proto = UpstreamProtocol.auto
         if let entry = fields["protocol"], let text = string(entry.value, "\(what) protocol") {
             if let value = UpstreamProtocol(rawValue: text) {
-                if value == .h2 {
-                    report(at: entry.value, "\(what): protocol h2 (HTTP/2 over TLS) is not supported yet; use auto, h2c or http1")
-                }
                 proto = value
             } else {
                 report(at: entry.value, "\(what): unknown protocol \"\(text)\" (expected auto, h2c, http1 or h2)")
             }
         }
+        if let endpoint, endpoint.scheme == "http", proto == .h2 {
+            report(at: fields["url"]?.value, "\(what): protocol h2 is HTTP/2 over TLS and needs an https url (use h2c for cleartext)")
+        }
         if let endpoint, endpoint.scheme == "https", proto == .h2c {
-            report(at: fields["url"]?.value, "\(what): https needs protocol http1 (h2c is cleartext HTTP/2; HTTP/2 over TLS is not supported yet)")
+            report(at: fields["url"]?.value, "\(what): h2c is cleartext HTTP/2; an https url takes protocol h2, http1 or auto")
         }
         var configuration = UpstreamConfiguration(name: name, endpoint: endpoint ?? UpstreamEndpoint(scheme: "http", host: "", port: 0, basePath: ""),
                                                   protocol: proto)

@@ -21,7 +21,12 @@ public enum TransportFactory {
         case .http1:
             return CurlTransport(configuration: configuration, logger: logger)
         case .h2:
-            throw TransportUnavailable(description: "upstream \(configuration.name): protocol h2 (TLS) is not supported yet; use h2c or http1")
+            do {
+                let tls = try UpstreamTLS(configuration: configuration)
+                return HTTP2Transport(configuration: configuration, group: group, logger: logger, tls: tls)
+            } catch {
+                throw TransportUnavailable(description: "upstream \(configuration.name): cannot set up TLS: \(error)")
+            }
         }
     }
 }

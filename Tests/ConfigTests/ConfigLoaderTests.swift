@@ -102,9 +102,11 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     #expect(found.first?.message.contains("duplicate route: POST /bulk/users is already handled by route 'users-by-id'") == true)
 }
 
-@Test func tlsUpstreamsAreRefusedUntilSupported() {
-    let yaml = valid.replacingOccurrences(of: "protocol: h2c", with: "protocol: h2")
-    #expect(problems(yaml).first?.message.contains("protocol h2 (HTTP/2 over TLS) is not supported yet") == true)
+@Test func h2NeedsAnHTTPSURL() throws {
+    let cleartext = valid.replacingOccurrences(of: "protocol: h2c", with: "protocol: h2")
+    #expect(problems(cleartext).first?.message.contains("protocol h2 is HTTP/2 over TLS and needs an https url") == true)
+    let tls = cleartext.replacingOccurrences(of: "url: http://127.0.0.1:9090/api", with: "url: https://127.0.0.1:9090/api")
+    #expect(try ConfigLoader.parse(yaml: tls, file: "c.yaml").upstreams.contains { $0.protocol == .h2 })
 }
 
 @Test func yamlSyntaxErrorsHaveAPosition() {
@@ -165,7 +167,7 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     let https1 = valid.replacingOccurrences(of: "url: http://localhost:8081", with: "url: https://localhost:8443")
     #expect(try ConfigLoader.parse(yaml: https1, file: "c.yaml").upstream(named: "legacy")?.endpoint.scheme == "https")
     let httpsH2c = valid.replacingOccurrences(of: "url: http://127.0.0.1:9090/api", with: "url: https://127.0.0.1:9090/api")
-    #expect(problems(httpsH2c).first?.message.contains("https needs protocol http1") == true)
+    #expect(problems(httpsH2c).first?.message.contains("an https url takes protocol h2, http1 or auto") == true)
     let missingCA = https1.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    ca_file: /nonexistent/ca.pem")
     #expect(problems(missingCA).first?.message == "upstream 'legacy' ca_file: cannot read \"/nonexistent/ca.pem\"")
     let caOnHTTP = valid.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    ca_file: Package.swift")

@@ -105,6 +105,12 @@ http {{
         location / {{ return 404 '{{"error":"not found"}}'; }}
     }}
     server {{
+        listen 127.0.0.1:{h2tls} ssl http2;
+        ssl_certificate {dir}/server.pem;
+        ssl_certificate_key {dir}/server.key;
+        location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx-h2-tls"}}'; }}
+    }}
+    server {{
         listen 127.0.0.1:{https} ssl;
         ssl_certificate {dir}/server.pem;
         ssl_certificate_key {dir}/server.key;
@@ -142,10 +148,11 @@ class Nginx:
         self.h2c = free_port()
         self.http1 = free_port()
         self.https = free_port()
+        self.h2tls = free_port()
         self.ca = make_test_ca(self.dir)
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=self.dir, h2c=self.h2c, http1=self.http1, https=self.https))
+            f.write(NGINX_CONF.format(dir=self.dir, h2c=self.h2c, http1=self.http1, https=self.https, h2tls=self.h2tls))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.process = Process([nginx, "-p", self.dir, "-c", conf], os.path.join(self.dir, "stdout.log"), self.h2c)
         wait_for_port(self.http1, self.process.proc)

@@ -153,3 +153,49 @@ def test_https_upstream_over_http1(sheaf, nginx):
     _, by_id = results_by_id(r.text)
     assert by_id["0"]["status"] == 502
     assert "TLS with upstream tls-untrusted" in by_id["0"]["error"] and "certificate" in by_id["0"]["error"]
+
+
+def _tls_sheaf(workdir, name, port, extra=""):
+    from conftest import Sheaf
+    return Sheaf(workdir, name, f"""
+        upstreams:
+          secure: {{url: "https://127.0.0.1:{port}", protocol: h2, {extra}}}
+        routes:
+          - name: r
+            method: POST
+            path: /b
+            upstream: secure
+            fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}
+        """)
+
+
+def test_h2_over_tls_to_nginx(workdir, nginx):
+    """protocol: h2 with an https url: HTTP/2 over TLS (ALPN h2), the certificate checked against ca_file."""
+    s = _tls_sheaf(workdir, "h2tls", nginx.h2tls, f"ca_file: {nginx.ca}")
+    try:
+        r = httpx.post(s.url + "/b", json=list(range(30)), timeout=30)
+        assert r.status_code == 207
+        items = r.json()["results"]
+        assert sorted(int(x["id"]) for x in items) == list(range(30))
+        assert all(x["status"] == 200 and x["body"]["via"] == "nginx-h2-tls" for x in items), items
+        lines = [l for l in nginx.access_lines() if "/users/" in l and "HTTP/2.0" in l]
+        assert len(lines) >= 30
+    finally:
+        s.stop()
+
+
+def test_h2_over_tls_failures_are_named_per_item(workdir, nginx):
+    untrusted = _tls_sheaf(workdir, "h2tls-untrusted", nginx.h2tls)
+    no_h2 = _tls_sheaf(workdir, "h2tls-alpn", nginx.https, f"ca_file: {nginx.ca}")
+    try:
+        r = httpx.post(untrusted.url + "/b", json=[1, 2], timeout=30)
+        items = r.json()["results"]
+        assert [x["status"] for x in items] == [502, 502]
+        assert all("certificate verify failed" in x["error"] for x in items), items
+        r = httpx.post(no_h2.url + "/b", json=[1, 2], timeout=30)
+        items = r.json()["results"]
+        assert [x["status"] for x in items] == [502, 502]
+        assert all("did not agree to HTTP/2 over TLS" in x["error"] for x in items), items
+    finally:
+        untrusted.stop()
+        no_h2.stop()

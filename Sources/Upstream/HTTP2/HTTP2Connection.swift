@@ -1,6 +1,8 @@
 import CNGHTTP2
 import NIOCore
 import NIOPosix
+import NIOSSL
+import NIOTLS
 
 /// One TCP connection to an h2c upstream driven by a libnghttp2 client session: bytes from the
 /// channel go into `nghttp2_session_mem_recv`, frames come out of `nghttp2_session_mem_send`.
@@ -59,12 +61,14 @@ final class HTTP2Connection {
 
     func start() {
         let endpoint = slot.configuration.endpoint
-        let handler = HTTP2ConnectionHandler(connection: self)
+        let tls = slot.tls
+        let handler = HTTP2ConnectionHandler(connection: self, overTLS: tls != nil)
         ClientBootstrap(group: slot.eventLoop)
             .connectTimeout(slot.configuration.connectTimeout)
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(tls.makeHandler()) }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
@@ -593,14 +597,29 @@ private let readRequestBody: nghttp2_data_source_read_callback = { _, streamID, 
 final class HTTP2ConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     private let connection: HTTP2Connection
+    /// Over TLS the HTTP/2 preface waits for the handshake, and for ALPN to have picked `h2`.
+    private let overTLS: Bool
 
-    init(connection: HTTP2Connection) {
+    init(connection: HTTP2Connection, overTLS: Bool = false) {
         self.connection = connection
+        self.overTLS = overTLS
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        connection.activate(channel: context.channel)
+        if !overTLS { connection.activate(channel: context.channel) }
         context.fireChannelActive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if overTLS, case TLSUserEvent.handshakeCompleted(let negotiated) = event {
+            if negotiated == "h2" {
+                connection.activate(channel: context.channel)
+            } else {
+                connection.close(reason: "upstream \(connection.slot.configuration.name) did not agree to HTTP/2 over TLS (ALPN: \(negotiated ?? "none"))")
+                context.close(promise: nil)
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -613,6 +632,11 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let reason = UpstreamTLS.describe(error, upstream: connection.slot.configuration.name) {
+            connection.close(reason: reason)
+            context.close(promise: nil)
+            return
+        }
         connection.socketFailed(error)
     }
 }

@@ -27,8 +27,11 @@ final class HTTP2Slot {
 
     /// `:scheme` and `:authority`, the same for every request of this upstream.
     let fixedPseudoHeaders: [(String, String)]
+    /// Set for `https://` upstreams: every connection of the slot does TLS with it.
+    let tls: UpstreamTLS?
 
-    init(configuration: UpstreamConfiguration, eventLoop: EventLoop, logger: Logger) {
+    init(configuration: UpstreamConfiguration, eventLoop: EventLoop, logger: Logger, tls: UpstreamTLS? = nil) {
+        self.tls = tls
         self.fixedPseudoHeaders = [(":scheme", configuration.endpoint.scheme), (":authority", configuration.endpoint.authority)]
         self.configuration = configuration
         self.eventLoop = eventLoop

@@ -11,10 +11,15 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
     private let slots: [HTTP2Slot]
     private let next = NIOLockedValueBox(0)
 
-    public init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger) {
+    public convenience init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger) {
+        self.init(configuration: configuration, group: group, logger: logger, tls: nil)
+    }
+
+    /// `tls`: for an `https://` upstream (`protocol: h2`), the TLS every connection does.
+    init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger, tls: UpstreamTLS?) {
         self.configuration = configuration
         self.slots = (0..<max(1, configuration.connections)).map { _ in
-            HTTP2Slot(configuration: configuration, eventLoop: group.next(), logger: logger)
+            HTTP2Slot(configuration: configuration, eventLoop: group.next(), logger: logger, tls: tls)
         }
     }
 
