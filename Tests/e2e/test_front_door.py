@@ -377,3 +377,38 @@ def test_sigterm_closes_idle_http1_keep_alive_connections_and_ends_busy_ones_aft
         data += chunk
     assert data.startswith(b"HTTP/1.1 207") and b'"status":200' in data and data.rstrip().endswith(b"0")
     assert s.process.proc.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize("http2", [False, True])
+def test_a_client_reading_slowly_but_steadily_gets_the_whole_207(workdir, nginx, http2):
+    """20 MB of 207 read at about 5 MB/s takes longer than client_timeout (2 s): nothing cuts it."""
+    from conftest import Sheaf
+    s = Sheaf(workdir, f"steady-{http2}", f"""
+        client_timeout: 2s
+        upstreams:
+          nginx: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c}}
+        routes:
+          - name: big
+            method: POST
+            path: /big
+            upstream: nginx
+            fan_out: {{items: "", method: GET, path: "/blob/{{item}}"}}
+        """)
+    try:
+        import httpx
+        import json
+        with httpx.Client(http1=not http2, http2=http2, timeout=30) as client:
+            with client.stream("POST", s.url + "/big", json=list(range(20))) as r:
+                assert r.status_code == 207
+                data = b""
+                started = time.monotonic()
+                for chunk in r.iter_bytes(chunk_size=65536):
+                    data += chunk
+                    time.sleep(0.012)  # about 5 MB/s
+                took = time.monotonic() - started
+        assert took > 3, took  # slower than client_timeout, or the test proves nothing
+        items = json.loads(data)["results"]
+        assert sorted(int(x["id"]) for x in items) == list(range(20)) and all(x["status"] == 200 for x in items)
+        assert metric(s.url, "sheaf_client_stalls_total") == 0
+    finally:
+        s.stop()

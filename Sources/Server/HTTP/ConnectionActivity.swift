@@ -11,8 +11,6 @@ final class ConnectionActivity {
     private(set) var idleSince = NIODeadline.now()
     /// Called when the last request in progress ends (a draining connection closes then).
     var onIdle: (() -> Void)?
-    /// The h2c connection sent GOAWAY for a drain: streams the client opens anyway get 503.
-    var draining = false
 
     init(outputBudget: Int = 4 << 20) {
         budget = OutputBudget(limit: outputBudget)
@@ -95,7 +93,6 @@ final class HTTP2FrontConnectionGuard: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent, !draining {
             draining = true
-            activity.draining = true
             Self.goAway(context, close: activity.inProgress == 0)
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             // On the next tick: the last stream's final frames are still on their way down from

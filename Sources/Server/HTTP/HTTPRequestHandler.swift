@@ -99,7 +99,8 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             counted = false
             activity.finished()
         }
-        armHeadTimer()
+        // An HTTP/2 stream serves one request; only an HTTP/1.1 connection waits for the next.
+        if !onHTTP2Stream { armHeadTimer() }
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -141,12 +142,6 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             headTimer?.cancel()
             headTimer = nil
             begin(context)
-            if activity.draining {
-                // A stream opened after the drain's GOAWAY: no new work now.
-                reject(context, Problem.response(.serviceUnavailable, detail: "Sheaf is shutting down; retry elsewhere",
-                                                 extraHeaders: ["retry-after": "1"]))
-                return
-            }
             switch responder.decide(head) {
             case .respond(let response):
                 var response = response

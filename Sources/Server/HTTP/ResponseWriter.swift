@@ -20,6 +20,8 @@ public final class ResponseWriter: @unchecked Sendable {
     /// `send_timeout`): the stall handler runs and the connection closes.
     private let stallTimeout: TimeAmount
     private var stallTimer: Scheduled<Void>?
+    /// On the loop: the response's end has been written (or failed to be).
+    private var endWritten = false
     private var stallHandler: (@Sendable () -> Void)?
 
     /// The client's connection: the channel itself on HTTP/1.1, the parent of an HTTP/2 stream.
@@ -58,8 +60,9 @@ public final class ResponseWriter: @unchecked Sendable {
 
     private func blockedChanged() {
         let blocked = unwritable || (budget?.isFull ?? false)
-        let open = lock.withLock { !finished && stallHandler != nil }
-        if blocked && open {
+        // Watched from the first byte to the last one written, after the batch's end too: a
+        // client that stops reading a finished 207 must not hold its connection forever.
+        if blocked && !endWritten {
             if stallTimer == nil { armStallTimer() }
         } else {
             stallTimer?.cancel()
@@ -86,13 +89,13 @@ public final class ResponseWriter: @unchecked Sendable {
 
     private func stalled() {
         stallTimer = nil
+        guard !endWritten else { return }
+        // The batch is told (cancelled, counted) when it still runs; either way the client goes.
         let handler = lock.withLock { () -> (@Sendable () -> Void)? in
-            guard !finished else { return nil }
             defer { stallHandler = nil }
             return stallHandler
         }
-        guard let handler else { return }
-        handler()
+        handler?()
         abort()
         // An HTTP/2 stream's client is the whole connection: it reads none of it.
         connection?.close(promise: nil)
@@ -204,13 +207,20 @@ public final class ResponseWriter: @unchecked Sendable {
                 context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: nil)
                 return
             }
-            let count = chunk.readableBytes
-            let written = eventLoop.makePromise(of: Void.self)
-            written.futureResult.whenComplete { [self] _ in
-                budget.remove(count)
-                self.madeProgress()
+            // In slices of 64 KiB, each with its promise: the stall timer hears of every slice the
+            // socket takes, so a slow but steady reader is never mistaken for a stalled one.
+            var rest = chunk
+            while rest.readableBytes > 0 {
+                let slice = rest.readSlice(length: min(rest.readableBytes, 64 << 10))!
+                let count = slice.readableBytes
+                let written = eventLoop.makePromise(of: Void.self)
+                written.futureResult.whenComplete { [self] _ in
+                    budget.remove(count)
+                    self.madeProgress()
+                }
+                context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(slice))), promise: written)
             }
-            context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: written)
+            context.flush()
         }
     }
 
@@ -245,20 +255,24 @@ public final class ResponseWriter: @unchecked Sendable {
             // batch, its items and this writer would keep each other alive.
             cancelHandler = nil
             writabilityHandler = nil
-            stallHandler = nil
+            // The stall handler stays until the end is written (a stall then still counts).
         }
         onLoop { [self] in
-            self.stallTimer?.cancel()
-            self.stallTimer = nil
             self.flushPending()
             let promise = self.eventLoop.makePromise(of: Void.self)
             self.context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: promise)
             let keepAlive = self.keepAlive
-            promise.futureResult.whenComplete { [context] _ in
-                if !keepAlive { context.close(promise: nil) }
+            // The request is over when its last byte is written, not queued: a client still
+            // reading a long 207 must not meet the next request's head timer.
+            promise.futureResult.whenComplete { [self] _ in
+                self.endWritten = true
+                self.lock.withLock { self.stallHandler = nil }  // it holds the batch: let both go
+                self.stallTimer?.cancel()
+                self.stallTimer = nil
+                if !keepAlive { self.context.close(promise: nil) }
+                self.onDone()
                 written?()
             }
-            self.onDone()
         }
     }
 }
