@@ -75,6 +75,7 @@ private func decodeError(_ body: () throws(BatchError) -> [BatchItem]) -> BatchE
     (#"{"requests":[{"method":"GET"}]}"#, "requests[0].url: missing"),
     (#"{"requests":[{"id":"x","method":"GET","url":"/a"},{"id":"x","method":"GET","url":"/b"}]}"#, "requests[1].id: duplicate id \"x\""),
     (#"{"requests":[{"method":"G T","url":"/a"}]}"#, "requests[0].method: \"G T\" is not an HTTP method"),
+    (#"{"requests":[{"method":"connect","url":"/a"}]}"#, "requests[0].method: CONNECT opens a tunnel, not a single-item request"),
     (#"{"requests":[{"method":"GET","url":"/a","headers":{"X":"a\r\nEvil: 1"}}]}"#, "requests[0].headers.X: value contains a control character (CR, LF or NUL)"),
     (#"{"requests":[{"method":"GET","url":"/a","mehtod":"x"}]}"#, "requests[0].mehtod: unknown field (expected id, method, url, headers, body)"),
     (#"{"requests":{}}"#, "requests: must be an array, got object"),

@@ -261,6 +261,16 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         }
     }
 
+    @Test(arguments: ["/nostatus", "/upperheader"])
+    func anInvalidAnswerIsBlamedOnTheAnswer(path: String) async throws {
+        try await withH2 { transport, _ in
+            let out = await runCalls(transport, [get(path), get("/ok")])
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 502 && out.status(1) == 200)
+            #expect(out.reason(0).contains("sent an invalid HTTP/2 response"), "\(out.reason(0))")
+        }
+    }
+
     @Test func anHTTP1OnlyServerIsNamedForWhatItIs() async throws {
         var script = ScriptedHTTP2Server.Script()
         script.answerWithHTTP1 = true

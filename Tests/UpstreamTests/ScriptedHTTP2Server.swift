@@ -19,6 +19,7 @@ import NIOPosix
 /// - `/kill`: GOAWAY COMPRESSION_ERROR covering every stream so far, and silence (as nginx does
 ///   while it finishes what it started)
 /// - `/malformed`: a DATA frame on stream 0 (a connection error)
+/// - `/nostatus`, `/upperheader`: an answer without `:status`, or with an upper-case header name
 /// - `/bytes/N`: N bytes of body, sent as the client's flow-control windows allow (the count
 ///   sent so far is in `Record.bodyBytesSent`)
 ///
@@ -333,6 +334,14 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             write(type: 1, flags: 0x4, stream: stream, block)
             bodiesLeft[stream] = Int(path.dropFirst(7)) ?? 0
             sendBodies()
+        } else if path == "/nostatus" || path == "/upperheader" {
+            // Answers HTTP/2 forbids: no :status, or an upper-case header name.
+            open[stream]!.answered = true
+            var block: [UInt8] = []
+            if path == "/upperheader" { literal(":status", "200", into: &block) }
+            literal(path == "/upperheader" ? "X-Bad" : "content-type", "text/plain", into: &block)
+            write(type: 1, flags: 0x5, stream: stream, block)
+            open.removeValue(forKey: stream)
         } else if path.hasPrefix("/reset/") {
             open.removeValue(forKey: stream)
             write(type: 3, flags: 0, stream: stream, be32(UInt32(path.dropFirst(7)) ?? 2))

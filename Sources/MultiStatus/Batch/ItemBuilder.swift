@@ -50,6 +50,10 @@ public struct ItemBuilder {
         guard !rawMethod.isEmpty, rawMethod.utf8.allSatisfy(Self.isTokenByte) else {
             throw .badRequest(field: "\(field).method", "\"\(rawMethod)\" is not an HTTP method")
         }
+        // CONNECT opens a tunnel (RFC 9110 §9.3.6), not a single-item request; neither engine can send it.
+        guard rawMethod.uppercased() != "CONNECT" else {
+            throw .badRequest(field: "\(field).method", "CONNECT opens a tunnel, not a single-item request")
+        }
         guard let url else { throw .badRequest(field: "\(field).url", "missing") }
         var forwarded: [(name: String, value: String)] = []
         forwarded.reserveCapacity(headers.count + 1)

@@ -28,6 +28,8 @@ final class HTTP2Connection {
     private var notSent: [Int32: (reason: String, code: Int32)] = [:]
     /// What nghttp2 found wrong in the peer's frames, for the close reason.
     private var peerError: String?
+    /// Streams whose answer nghttp2 refused as invalid HTTP, with why.
+    private var invalidResponses: [Int32: String] = [:]
     private var flushScheduled = false
     private var nvStorage: [UInt8] = []
     private var nvSpans: [(Int, Int, Int, Int)] = []
@@ -445,6 +447,7 @@ final class HTTP2Connection {
 
     fileprivate func streamClosed(stream: Int32, errorCode: UInt32) {
         let unsent = notSent.removeValue(forKey: stream)
+        let invalid = invalidResponses.removeValue(forKey: stream)
         guard let exchange = streams.removeValue(forKey: stream) else { return }
         exchange.connection = nil
         returnUnconsumed(of: exchange)
@@ -467,6 +470,9 @@ final class HTTP2Connection {
                     && !exchange.sawResponseBytes && exchange.sends < HTTP2ConnectionStateMachine.maxSends {
             // RFC 9113 §8.7: a refused stream, or one past GOAWAY's last stream id, was not processed.
             parkedResends.append(exchange)
+        } else if let invalid {
+            parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError,
+                "upstream \(name) sent an invalid HTTP/2 response (\(invalid)); Sheaf reset the stream"))))
         } else {
             let reason = errorCode == 0
                 ? "upstream \(name) ended the stream without a response"
@@ -484,7 +490,13 @@ final class HTTP2Connection {
         notSent[stream] = (reason, libraryError)
     }
 
-    fileprivate func invalidFrame(type: UInt8, libraryError: Int32) {
+    fileprivate func invalidFrame(stream: Int32, type: UInt8, libraryError: Int32) {
+        if stream > 0, streams[stream] != nil {
+            // An answer that breaks HTTP/2's message rules (no or two :status, a bad header, a
+            // body unlike its content-length): nghttp2 resets the stream; the item says why.
+            invalidResponses[stream] = String(cString: nghttp2_strerror(libraryError))
+            return
+        }
         if peerError == nil {
             peerError = "invalid frame of type \(type): \(String(cString: nghttp2_strerror(libraryError)))"
         }
@@ -581,7 +593,7 @@ private let onFrameNotSent: nghttp2_on_frame_not_send_callback = { _, frame, lib
 }
 
 private let onInvalidFrame: nghttp2_on_invalid_frame_recv_callback = { _, frame, libraryError, userData in
-    owner(userData).invalidFrame(type: frame?.pointee.hd.type ?? 0, libraryError: libraryError)
+    owner(userData).invalidFrame(stream: frame?.pointee.hd.stream_id ?? 0, type: frame?.pointee.hd.type ?? 0, libraryError: libraryError)
     return 0
 }
 
