@@ -193,6 +193,22 @@ def one_route_sheaf(workdir, name, upstream_port, top="", upstream="protocol: h2
         """)
 
 
+def fan_out_sheaf(workdir, name, upstream, item_path, top=(), path="/b"):
+    """A Sheaf of its own with one fan-out route: POST `path` with a JSON array, one GET
+    `item_path` per element, to `upstream` (a YAML flow mapping). `top`: top-level config lines."""
+    head = "".join(line + "\n        " for line in top)
+    return Sheaf(workdir, name, f"""
+        {head}upstreams:
+          up: {upstream}
+        routes:
+          - name: r
+            method: POST
+            path: {path}
+            upstream: up
+            fan_out: {{items: "", method: GET, path: "{item_path}"}}
+        """)
+
+
 class Sheaf:
     """`sheaf serve` with a config written for the test."""
 

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from conftest import Sheaf, one_route_sheaf
+from conftest import Sheaf, fan_out_sheaf, one_route_sheaf
 
 
 @pytest.mark.parametrize("protocol", ["h2c", "http1"])
@@ -97,16 +97,7 @@ def test_a_head_over_the_cap_is_431_for_that_item_on_both_engines(sheaf, route):
 def test_the_default_protocol_finds_an_http1_only_upstream(workdir, nginx):
     """No `protocol` key: Sheaf tries h2c, hears HTTP/1.x, and uses HTTP/1.1 from then on; no
     item is lost or doubled on the way, and the switch is logged once."""
-    s = Sheaf(workdir, "auto-http1", f"""
-        upstreams:
-          legacy: {{url: "http://127.0.0.1:{nginx.http1}"}}
-        routes:
-          - name: r
-            method: POST
-            path: /b
-            upstream: legacy
-            fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}
-        """)
+    s = fan_out_sheaf(workdir, "auto-http1", f'{{url: "http://127.0.0.1:{nginx.http1}"}}', "/users/{item}")
     try:
         for _ in range(2):
             r = httpx.post(s.url + "/b", json=list(range(20)), timeout=30)

@@ -297,19 +297,9 @@ def test_a_batch_held_back_from_its_start_is_still_cut(workdir, nginx):
     """Stream 1's 207 (20 MiB) fills the socket and the connection's output budget, and ends
     unread; stream 3 then starts held back (no upstream body read, nothing written): the client
     still gets cut after client_timeout."""
-    from conftest import Sheaf
-    s = Sheaf(workdir, "held-back", f"""
-        client_timeout: 2s
-        max_buffered_output: 64KiB
-        upstreams:
-          nginx: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c}}
-        routes:
-          - name: big
-            method: POST
-            path: /big
-            upstream: nginx
-            fan_out: {{items: "", method: GET, path: "/blob/{{item}}"}}
-        """)
+    from conftest import fan_out_sheaf
+    s = fan_out_sheaf(workdir, "held-back", f'{{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c}}', "/blob/{item}",
+                      top=["client_timeout: 2s", "max_buffered_output: 64KiB"], path="/big")
     try:
         sock = socket.create_connection(("127.0.0.1", s.port))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -382,18 +372,9 @@ def test_sigterm_closes_idle_http1_keep_alive_connections_and_ends_busy_ones_aft
 @pytest.mark.parametrize("http2", [False, True])
 def test_a_client_reading_slowly_but_steadily_gets_the_whole_207(workdir, nginx, http2):
     """20 MB of 207 read at about 5 MB/s takes longer than client_timeout (2 s): nothing cuts it."""
-    from conftest import Sheaf
-    s = Sheaf(workdir, f"steady-{http2}", f"""
-        client_timeout: 2s
-        upstreams:
-          nginx: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c}}
-        routes:
-          - name: big
-            method: POST
-            path: /big
-            upstream: nginx
-            fan_out: {{items: "", method: GET, path: "/blob/{{item}}"}}
-        """)
+    from conftest import fan_out_sheaf
+    s = fan_out_sheaf(workdir, f"steady-{http2}", f'{{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c}}', "/blob/{item}",
+                      top=["client_timeout: 2s"], path="/big")
     try:
         import httpx
         import json

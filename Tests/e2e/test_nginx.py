@@ -156,17 +156,8 @@ def test_https_upstream_over_http1(sheaf, nginx):
 
 
 def _tls_sheaf(workdir, name, port, extra=""):
-    from conftest import Sheaf
-    return Sheaf(workdir, name, f"""
-        upstreams:
-          secure: {{url: "https://127.0.0.1:{port}", protocol: h2, {extra}}}
-        routes:
-          - name: r
-            method: POST
-            path: /b
-            upstream: secure
-            fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}
-        """)
+    from conftest import fan_out_sheaf
+    return fan_out_sheaf(workdir, name, f'{{url: "https://127.0.0.1:{port}", protocol: h2, {extra}}}', "/users/{item}")
 
 
 def test_h2_over_tls_to_nginx(workdir, nginx):
