@@ -247,14 +247,21 @@ final class HTTP2Connection {
 
     /// RST_STREAM(CANCEL) for an exchange Sheaf no longer wants; the caller settles it.
     func cancelStream(of exchange: HTTP2Exchange) {
-        guard streams.removeValue(forKey: exchange.streamID) != nil else { return }
+        guard streams[exchange.streamID] === exchange else { return }
+        handle(reset(exchange))
+        scheduleFlush()
+    }
+
+    /// Lets go of a stream Sheaf no longer wants (cancelled, timed out): RST_STREAM(CANCEL), its
+    /// held-back window returned, its slot freed. Returns what the state machine decides.
+    private func reset(_ exchange: HTTP2Exchange) -> HTTP2ConnectionStateMachine.Action {
+        streams.removeValue(forKey: exchange.streamID)
         exchange.connection = nil
         returnUnconsumed(of: exchange)
         perform { session in
             _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), exchange.streamID, NGHTTP2_CANCEL.rawValue)
         }
-        handle(machine.streamClosed())
-        scheduleFlush()
+        return machine.streamClosed()
     }
 
     /// The slot's periodic check: streams past their deadline are reset and time out; the state
@@ -263,17 +270,9 @@ final class HTTP2Connection {
         var expired: [HTTP2Exchange] = []
         for (_, exchange) in streams where exchange.deadline <= now { expired.append(exchange) }
         if !expired.isEmpty {
-            perform { session in
-                for exchange in expired {
-                    _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), exchange.streamID, NGHTTP2_CANCEL.rawValue)
-                }
-            }
             var after = HTTP2ConnectionStateMachine.Action.none
             for exchange in expired {
-                streams.removeValue(forKey: exchange.streamID)
-                exchange.connection = nil
-                returnUnconsumed(of: exchange)
-                let action = machine.streamClosed()
+                let action = reset(exchange)
                 if action != .none { after = action }
             }
             for exchange in expired {
@@ -484,7 +483,7 @@ final class HTTP2Connection {
     fileprivate func frameNotSent(stream: Int32, type: UInt8, libraryError: Int32) {
         guard stream > 0, type == UInt8(NGHTTP2_HEADERS.rawValue) else { return }
         var reason = String(cString: nghttp2_strerror(libraryError))
-        if type == UInt8(NGHTTP2_HEADERS.rawValue) && libraryError == NGHTTP2_ERR_FRAME_SIZE_ERROR.rawValue {
+        if libraryError == NGHTTP2_ERR_FRAME_SIZE_ERROR.rawValue {
             reason = "the request head does not fit in an HTTP/2 header block (\(reason))"
         }
         notSent[stream] = (reason, libraryError)
