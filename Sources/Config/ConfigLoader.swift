@@ -154,6 +154,20 @@ struct ConfigReader {
         }
     }
 
+    /// A path to a file Sheaf can read (certificates, keys, CA bundles).
+    mutating func readableFile(_ node: Node?, _ what: String) -> String? {
+        guard let path = string(node, what) else { return nil }
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            report(at: node, "\(what): cannot read \"\(path)\"")
+            return nil
+        }
+        return path
+    }
+
+    mutating func boolean(_ node: Node?, _ what: String) -> Bool? {
+        parsed(node, what, expected: "true or false") { ["true": true, "false": false][$0] }
+    }
+
     mutating func hostPort(_ node: Node?, _ what: String) -> HostPort? {
         parsed(node, what, expected: "HOST:PORT", HostPort.parse)
     }
@@ -243,7 +257,8 @@ struct ConfigReader {
     private mutating func readUpstream(name: String, key: Node, _ node: Node) -> UpstreamConfiguration? {
         let what = "upstream '\(name)'"
         let fields = entries(node, allowed: ["url", "protocol", "connections", "timeout", "connect_timeout", "max_response_bytes", "ca_file",
-                                                    "max_request_header_bytes", "ping_interval", "ping_timeout"], what: what)
+                                             "server_name", "client_certificate", "client_key", "insecure_skip_verify",
+                                             "max_request_header_bytes", "ping_interval", "ping_timeout"], what: what)
         guard !fields.isEmpty || problems.isEmpty else { return nil }
         var endpoint: UpstreamEndpoint?
         if let entry = fields["url"] {
@@ -278,16 +293,33 @@ struct ConfigReader {
         }
         if let v = duration(fields["ping_interval"]?.value, "\(what) ping_interval") { configuration.pingInterval = v }
         if let v = duration(fields["ping_timeout"]?.value, "\(what) ping_timeout") { configuration.pingTimeout = v }
-        if let entry = fields["ca_file"], let path = string(entry.value, "\(what) ca_file") {
-            if !FileManager.default.isReadableFile(atPath: path) {
-                report(at: entry.value, "\(what) ca_file: cannot read \"\(path)\"")
-            } else if endpoint?.scheme != "https" {
-                report(at: entry.value, "\(what) ca_file only applies to an https url")
-            } else {
-                configuration.caFile = path
-            }
-        }
+        readUpstreamTLS(fields, what: what, https: endpoint?.scheme == "https", into: &configuration)
         return endpoint == nil ? nil : configuration
+    }
+
+    /// `ca_file`, `server_name`, `client_certificate` + `client_key`, `insecure_skip_verify`: only
+    /// on an https url, files readable, and the files loadable together (a key that does not
+    /// belong to its certificate is found here, not at the first item).
+    private mutating func readUpstreamTLS(_ fields: [String: (key: Node, value: Node)], what: String, https: Bool,
+                                          into configuration: inout UpstreamConfiguration) {
+        let before = problems.count
+        for key in ["ca_file", "server_name", "client_certificate", "client_key", "insecure_skip_verify"] where !https {
+            if let entry = fields[key] { report(at: entry.value, "\(what) \(key) only applies to an https url") }
+        }
+        guard https else { return }
+        configuration.caFile = readableFile(fields["ca_file"]?.value, "\(what) ca_file")
+        configuration.serverName = string(fields["server_name"]?.value, "\(what) server_name")
+        configuration.clientCertificate = readableFile(fields["client_certificate"]?.value, "\(what) client_certificate")
+        configuration.clientKey = readableFile(fields["client_key"]?.value, "\(what) client_key")
+        if let v = boolean(fields["insecure_skip_verify"]?.value, "\(what) insecure_skip_verify") { configuration.insecureSkipVerify = v }
+        if let entry = fields["client_certificate"], fields["client_key"] == nil {
+            report(at: entry.value, "\(what) client_certificate needs client_key (both or neither)")
+        }
+        if let entry = fields["client_key"], fields["client_certificate"] == nil {
+            report(at: entry.value, "\(what) client_key needs client_certificate (both or neither)")
+        }
+        guard problems.count == before, let problem = TransportFactory.tlsProblem(configuration) else { return }
+        report(at: fields[problem.field]?.value, "\(what) \(problem.field): \(problem.message)")
     }
 
     private mutating func readURL(_ text: String, at node: Node, what: String) -> UpstreamEndpoint? {

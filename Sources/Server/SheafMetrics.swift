@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
+import Upstream
 
 /// Sheaf's Prometheus metrics. Label sets are cached so the item path does one dictionary
 /// lookup under a lock per distinct (route, status) per batch, not a registry lookup per item.
@@ -14,6 +15,7 @@ public final class SheafMetrics: @unchecked Sendable {
     private var resendCounters: [String: Counter] = [:]
     private var lostCounters: [String: Counter] = [:]
     private var stallCounters: [String: Counter] = [:]
+    private var tlsFailureCounters: [String: Counter] = [:]
     private let inFlight: Gauge
     private let refusedConnections: Counter
 
@@ -130,12 +132,28 @@ public final class SheafMetrics: @unchecked Sendable {
         refusedConnections.increment()
     }
 
+    /// A TLS connection to an upstream failed (both engines classify the failure the same way).
+    public func tlsFailure(upstream: String, kind: TLSFailureKind) {
+        let counter = lock.withLock {
+            cachedCounter(&tlsFailureCounters, "upstream_tls_failures",
+                          "TLS connections to an upstream that failed, by kind (certificate, hostname, alpn, handshake)",
+                          labels: [("upstream", upstream), ("kind", kind.rawValue)])
+        }
+        counter.increment()
+    }
+
     /// The counter of `metric` for one label value, made on first use. Called under `lock`.
     private func cachedCounter(_ cache: inout [String: Counter], _ metric: String, _ help: String,
                                label: (String, String)) -> Counter {
-        if let counter = cache[label.1] { return counter }
-        let counter = registry.makeCounter(descriptor: Self.name(metric, "total", help), labels: [label])
-        cache[label.1] = counter
+        cachedCounter(&cache, metric, help, labels: [label])
+    }
+
+    private func cachedCounter(_ cache: inout [String: Counter], _ metric: String, _ help: String,
+                               labels: [(String, String)]) -> Counter {
+        let key = labels.map(\.1).joined(separator: "\u{0}")
+        if let counter = cache[key] { return counter }
+        let counter = registry.makeCounter(descriptor: Self.name(metric, "total", help), labels: labels)
+        cache[key] = counter
         return counter
     }
 

@@ -2,27 +2,37 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// `protocol: auto` on an `http://` upstream: HTTP/2 with prior knowledge first; when the upstream
-/// shows it does not speak it (an HTTP/1.x answer to the preface, or a close without any answer),
-/// HTTP/1.1 from then on, and the items caught by the discovery go out again over HTTP/1.1 (none
-/// of them was sent). The decision is per upstream, logged once when it changes, and made again
-/// when HTTP/1.1 connections to the upstream fail.
+/// `protocol: auto`: HTTP/2 first (`http://`: h2c with prior knowledge; `https://`: TLS whose
+/// ALPN offers h2 and http/1.1); when the upstream shows it does not speak it (an HTTP/1.x answer
+/// to the preface, a close without any answer, or ALPN picking http/1.1), HTTP/1.1 from then on,
+/// and the items caught by the discovery go out again over HTTP/1.1 (none of them was sent).
+/// The decision is per upstream, logged once when it changes, and made again when HTTP/1.1
+/// connections to the upstream fail.
 public final class AutoTransport: UpstreamTransport, @unchecked Sendable {
     public let configuration: UpstreamConfiguration
     private let logger: Logger
-    private let h2c: HTTP2Transport
+    private let events: UpstreamEvents
+    private let h2: HTTP2Transport
     private let lock = NIOLock()
     private var http1: CurlTransport?
     private var usesHTTP1 = false
 
-    public init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger) {
+    /// Throws when the TLS files of an `https://` upstream cannot be used.
+    public init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger, events: UpstreamEvents = .none) throws {
         self.configuration = configuration
         self.logger = logger
-        self.h2c = HTTP2Transport(configuration: configuration, group: group, logger: logger)
+        self.events = events
+        let tls = configuration.endpoint.scheme == "https"
+            ? try UpstreamTLS(configuration: configuration, offerHTTP1: true, events: events) : nil
+        self.h2 = HTTP2Transport(configuration: configuration, group: group, logger: logger, tls: tls)
     }
 
+    private var http2Name: String { configuration.endpoint.scheme == "https" ? "HTTP/2 over TLS" : "h2c" }
+
     /// Which protocol the upstream gets now (for tests and logs).
-    public var currentProtocol: UpstreamProtocol { lock.withLock { usesHTTP1 ? .http1 : .h2c } }
+    public var currentProtocol: UpstreamProtocol {
+        lock.withLock { usesHTTP1 ? .http1 : configuration.endpoint.scheme == "https" ? .h2 : .h2c }
+    }
 
     public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
         let call = AutoCall()
@@ -39,7 +49,7 @@ public final class AutoTransport: UpstreamTransport, @unchecked Sendable {
                 completion(result)
             }
         } else {
-            inner = h2c.execute(request) { [self] result in
+            inner = h2.execute(request) { [self] result in
                 guard case .failure(let error) = result, error.kind == .protocolMismatch else {
                     completion(result)
                     return
@@ -54,7 +64,7 @@ public final class AutoTransport: UpstreamTransport, @unchecked Sendable {
     /// Under `lock`.
     private func curl() -> CurlTransport {
         if let http1 { return http1 }
-        let transport = CurlTransport(configuration: configuration, logger: logger)
+        let transport = CurlTransport(configuration: configuration, logger: logger, events: events)
         http1 = transport
         return transport
     }
@@ -65,20 +75,20 @@ public final class AutoTransport: UpstreamTransport, @unchecked Sendable {
             return !usesHTTP1
         }
         if changed {
-            logger.info("upstream does not speak h2c; using HTTP/1.1",
+            logger.info("upstream does not speak \(http2Name); using HTTP/1.1",
                         metadata: ["upstream": "\(configuration.name)", "reason": "\(error.message)"])
         }
     }
 
-    /// HTTP/1.1 connections fail: the upstream may have been replaced by one that speaks h2c.
-    /// The next item tries h2c again (and comes back here if it still does not).
+    /// HTTP/1.1 connections fail: the upstream may have been replaced by one that speaks HTTP/2.
+    /// The next item tries HTTP/2 again (and comes back here if it still does not).
     private func rethink(after error: UpstreamError) {
         let changed = lock.withLock { () -> Bool in
             defer { usesHTTP1 = false }
             return usesHTTP1
         }
         if changed {
-            logger.info("upstream connection failed; trying h2c again",
+            logger.info("upstream connection failed; trying \(http2Name) again",
                         metadata: ["upstream": "\(configuration.name)", "reason": "\(error.message)"])
         }
     }
@@ -88,7 +98,7 @@ public final class AutoTransport: UpstreamTransport, @unchecked Sendable {
     }
 
     public func shutdown() async {
-        await h2c.shutdown()
+        await h2.shutdown()
         if let http1 = lock.withLock({ http1 }) { await http1.shutdown() }
     }
 }

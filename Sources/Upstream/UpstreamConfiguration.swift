@@ -3,13 +3,14 @@ import NIOCore
 /// The wire protocol Sheaf speaks to one upstream.
 public enum UpstreamProtocol: String, Sendable, CaseIterable {
     /// The default. `http://`: h2c first, HTTP/1.1 from the moment the upstream shows it does not
-    /// speak h2c (`AutoTransport`). `https://`: HTTP/1.1 over TLS until HTTP/2 over TLS exists.
+    /// speak h2c. `https://`: ALPN offers h2 and http/1.1, and the upstream's pick decides the
+    /// engine (`AutoTransport`).
     case auto
     /// HTTP/2 over cleartext TCP with prior knowledge (RFC 9113 §3.3), on libnghttp2.
     case h2c
     /// HTTP/1.1 with keep-alive, on libcurl's multi interface.
     case http1
-    /// HTTP/2 over TLS with ALPN. Reserved: not yet implemented (see ROADMAP "Upstream resilience").
+    /// HTTP/2 over TLS with ALPN `h2` only, on libnghttp2 and swift-nio-ssl.
     case h2
 }
 
@@ -55,6 +56,15 @@ public struct UpstreamConfiguration: Sendable {
     public var maxResponseBodyBytes: Int
     /// PEM bundle of CAs to trust for an `https` upstream instead of the system's store.
     public var caFile: String?
+    /// The name sent in SNI and verified in the certificate, instead of the url's host (the
+    /// connection still goes to the url's host, and `:authority`/`Host` stay the url's).
+    public var serverName: String?
+    /// PEM client certificate (chain) and its key, for upstreams that require mTLS. Both or neither.
+    public var clientCertificate: String?
+    public var clientKey: String?
+    /// Trust any certificate for any name. For tests against throw-away certificates only:
+    /// Sheaf warns at start-up when it is set.
+    public var insecureSkipVerify = false
     /// Items whose request head (RFC 9113 §6.5.2 size) is larger are answered 431, not sent.
     public var maxRequestHeaderBytes: Int = 64 << 10
     /// HTTP/2: a PING goes out when a connection with open streams has read nothing this long,

@@ -174,6 +174,29 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     #expect(problems(caOnHTTP).first?.message == "upstream 'legacy' ca_file only applies to an https url")
 }
 
+@Test func upstreamTLSKeysAreCheckedAndNamed() throws {
+    let https = valid.replacingOccurrences(of: "url: http://localhost:8081", with: "url: https://localhost:8443")
+    let good = https.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    server_name: api.internal\n    insecure_skip_verify: true")
+    let upstream = try #require(try ConfigLoader.parse(yaml: good, file: "c.yaml").upstream(named: "legacy"))
+    #expect(upstream.serverName == "api.internal" && upstream.insecureSkipVerify)
+    let certOnly = https.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    client_certificate: Package.swift")
+    #expect(problems(certOnly).map(\.message) == ["upstream 'legacy' client_certificate needs client_key (both or neither)"])
+    #expect(problems(certOnly).first?.line == 12)
+    let keyOnly = https.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    client_key: Package.swift")
+    #expect(problems(keyOnly).map(\.message) == ["upstream 'legacy' client_key needs client_certificate (both or neither)"])
+    let missing = https.replacingOccurrences(of: "    protocol: http1",
+                                             with: "    protocol: http1\n    client_certificate: /nonexistent/c.pem\n    client_key: /nonexistent/c.key")
+    #expect(problems(missing).map(\.message) == ["upstream 'legacy' client_certificate: cannot read \"/nonexistent/c.pem\"",
+                                                   "upstream 'legacy' client_key: cannot read \"/nonexistent/c.key\""])
+    let notPEM = https.replacingOccurrences(of: "    protocol: http1",
+                                            with: "    protocol: http1\n    client_certificate: Package.swift\n    client_key: Package.swift")
+    #expect(problems(notPEM).map(\.message) == ["upstream 'legacy' client_certificate: Package.swift holds no PEM certificate"])
+    let sniOnHTTP = valid.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    server_name: x.example")
+    #expect(problems(sniOnHTTP).map(\.message) == ["upstream 'legacy' server_name only applies to an https url"])
+    let notBool = https.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    insecure_skip_verify: maybe")
+    #expect(problems(notBool).map(\.message) == ["upstream 'legacy' insecure_skip_verify: \"maybe\" is not true or false"])
+}
+
 @Test func fanOutHeadersRefuseHopByHopNames() throws {
     let headers = """
           path: /users/{item}

@@ -11,7 +11,7 @@ import Upstream
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let configuration = UpstreamConfiguration(name: "legacy", endpoint: UpstreamEndpoint(scheme: "http", host: "127.0.0.1", port: server.port, basePath: ""),
                                                   protocol: .auto, connections: 2, timeout: .seconds(3))
-        let transport = AutoTransport(configuration: configuration, group: group, logger: Logger(label: "test"))
+        let transport = try AutoTransport(configuration: configuration, group: group, logger: Logger(label: "test"))
         let out = await runCalls(transport, (0..<6).map { i in i % 2 == 0 ? get("/ok?i=\(i)") : post("/status/201?i=\(i)") })
         #expect(out.allSettledOnce)
         #expect((0..<6).allSatisfy { out.status($0) == ($0 % 2 == 0 ? 200 : 201) })
@@ -33,7 +33,7 @@ import Upstream
     @Test func anH2cUpstreamStaysOnHTTP2() async throws {
         let server = try ScriptedHTTP2Server()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let transport = AutoTransport(configuration: h2Configuration(port: server.port) { $0.protocol = .auto },
+        let transport = try AutoTransport(configuration: h2Configuration(port: server.port) { $0.protocol = .auto },
                                       group: group, logger: Logger(label: "test"))
         let out = await runCalls(transport, [get("/ok"), post("/ok")])
         #expect(out.allSettledOnce && out.status(0) == 200 && out.status(1) == 200)
@@ -49,7 +49,7 @@ import Upstream
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let configuration = UpstreamConfiguration(name: "legacy", endpoint: UpstreamEndpoint(scheme: "http", host: "127.0.0.1", port: server.port, basePath: ""),
                                                   protocol: .auto, timeout: .seconds(3))
-        let transport = AutoTransport(configuration: configuration, group: group, logger: Logger(label: "test"))
+        let transport = try AutoTransport(configuration: configuration, group: group, logger: Logger(label: "test"))
         let box = CallResults()
         let call = transport.execute(get("/silent")) { box.append($0) }
         call.cancel()

@@ -30,6 +30,31 @@ struct HTTP2ConnectionStateMachineTests {
         #expect(m.channelInactive() == reason)
     }
 
+    @Test func overTLSTheProtocolIsWhatALPNPicked() {
+        var m = HTTP2ConnectionStateMachine(upstream: "u", pingInterval: .seconds(5), pingTimeout: .seconds(3), now: t0, overTLS: true)
+        m.channelActive(now: t0)
+        #expect(m.tlsHandshakeCompleted(alpn: "h2") == .none && !m.peerRefusesHTTP2)
+        var refused = HTTP2ConnectionStateMachine(upstream: "u", pingInterval: .seconds(5), pingTimeout: .seconds(3), now: t0, overTLS: true)
+        refused.channelActive(now: t0)
+        guard case .close(let reason) = refused.tlsHandshakeCompleted(alpn: "http/1.1") else { Issue.record("expected close"); return }
+        #expect(reason.contains("did not agree to HTTP/2 over TLS (ALPN: http/1.1)"))
+        #expect(refused.peerRefusesHTTP2)
+    }
+
+    @Test func overTLSAConnectionLostBeforeAnyBytesIsNotAProtocolVerdict() {
+        // Without TLS a silent close answers the preface ("no h2c here"); over TLS the protocol
+        // was settled by ALPN, and a lost connection is just a lost connection.
+        var m = HTTP2ConnectionStateMachine(upstream: "u", pingInterval: .seconds(5), pingTimeout: .seconds(3), now: t0, overTLS: true)
+        m.channelActive(now: t0)
+        _ = m.tlsHandshakeCompleted(alpn: "h2")
+        _ = m.connectionError("connection reset by peer")
+        #expect(!m.peerRefusesHTTP2)
+        #expect(!m.channelInactive().contains("h2c"))
+        var plain = machine()
+        _ = plain.channelInactive()
+        #expect(plain.peerRefusesHTTP2)
+    }
+
     @Test func aCleanGoawayDrainsThenClosesWhenTheLastStreamEnds() {
         var m = machine()
         _ = m.settingsReceived(maxConcurrentStreams: 100, maxHeaderListSize: nil)

@@ -111,6 +111,14 @@ http {{
         location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx-h2-tls"}}'; }}
     }}
     server {{
+        listen 127.0.0.1:{mtls} ssl http2;
+        ssl_certificate {dir}/server.pem;
+        ssl_certificate_key {dir}/server.key;
+        ssl_client_certificate {dir}/ca.pem;
+        ssl_verify_client on;
+        location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx-mtls","client":"$ssl_client_s_dn"}}'; }}
+    }}
+    server {{
         listen 127.0.0.1:{https} ssl;
         ssl_certificate {dir}/server.pem;
         ssl_certificate_key {dir}/server.key;
@@ -128,16 +136,20 @@ http {{
 
 
 def make_test_ca(directory):
-    """A throw-away CA and a certificate for 127.0.0.1 signed by it (server.pem / server.key)."""
+    """A throw-away CA, a server certificate for 127.0.0.1 and localhost signed by it (server.pem /
+    server.key), and a client certificate for mTLS (client.pem / client.key)."""
     def run(*args):
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
         "-subj", "/CN=Sheaf test CA")
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
     with open(os.path.join(directory, "san.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\n")
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
         "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=sheaf-client")
+    run("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "client.pem", "-days", "2")
     return os.path.join(directory, "ca.pem")
 
 
@@ -149,10 +161,14 @@ class Nginx:
         self.http1 = free_port()
         self.https = free_port()
         self.h2tls = free_port()
+        self.mtls = free_port()
         self.ca = make_test_ca(self.dir)
+        self.client_cert = os.path.join(self.dir, "client.pem")
+        self.client_key = os.path.join(self.dir, "client.key")
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=self.dir, h2c=self.h2c, http1=self.http1, https=self.https, h2tls=self.h2tls))
+            f.write(NGINX_CONF.format(dir=self.dir, h2c=self.h2c, http1=self.http1, https=self.https, h2tls=self.h2tls,
+                                        mtls=self.mtls))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.process = Process([nginx, "-p", self.dir, "-c", conf], os.path.join(self.dir, "stdout.log"), self.h2c)
         wait_for_port(self.http1, self.process.proc)
@@ -193,7 +209,7 @@ def one_route_sheaf(workdir, name, upstream_port, top="", upstream="protocol: h2
         """)
 
 
-def fan_out_sheaf(workdir, name, upstream, item_path, top=(), path="/b"):
+def fan_out_sheaf(workdir, name, upstream, item_path, top=(), path="/b", max_items=1000):
     """A Sheaf of its own with one fan-out route: POST `path` with a JSON array, one GET
     `item_path` per element, to `upstream` (a YAML flow mapping). `top`: top-level config lines."""
     head = "".join(line + "\n        " for line in top)
@@ -205,6 +221,7 @@ def fan_out_sheaf(workdir, name, upstream, item_path, top=(), path="/b"):
             method: POST
             path: {path}
             upstream: up
+            max_items: {max_items}
             fan_out: {{items: "", method: GET, path: "{item_path}"}}
         """)
 

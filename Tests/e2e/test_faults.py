@@ -108,3 +108,19 @@ def test_the_default_protocol_finds_an_http1_only_upstream(workdir, nginx):
         assert s.process.output().count("does not speak h2c; using HTTP/1.1") == 1
     finally:
         s.stop()
+
+
+def test_the_default_protocol_keeps_an_h2c_upstream_on_http2(workdir, nginx):
+    s = fan_out_sheaf(workdir, "auto-h2c", f'{{url: "http://127.0.0.1:{nginx.h2c}"}}', "/users/{item}")
+    try:
+        before = len(nginx.access_lines())
+        r = httpx.post(s.url + "/b", json=list(range(20)), timeout=30)
+        assert r.status_code == 207
+        items = r.json()["results"]
+        assert sorted(int(x["id"]) for x in items) == list(range(20))
+        assert all(x["status"] == 200 for x in items), items
+        lines = nginx.access_lines()[before:]
+        assert len(lines) == 20 and all(line.endswith("HTTP/2.0 200") for line in lines), lines[:3]
+        assert "using HTTP/1.1" not in s.process.output()
+    finally:
+        s.stop()

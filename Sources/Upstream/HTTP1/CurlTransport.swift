@@ -15,7 +15,13 @@ private let curlGlobalInit: Void = {
 public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     public let configuration: UpstreamConfiguration
     private let logger: Logger
+    private let events: UpstreamEvents
     private let multi: UnsafeMutableRawPointer
+    /// `server_name`: requests name it in the url (so curl sends it in SNI and verifies the
+    /// certificate against it), CURLOPT_CONNECT_TO sends them to the url's real host, and the
+    /// Host header keeps the url's authority. Curl thread only; freed when it ends.
+    private let urlOrigin: String
+    private var connectTo: UnsafeMutablePointer<curl_slist>?
     private var thread: Thread?
 
     // Under `lock`.
@@ -43,10 +49,19 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// CURLOPT_ERRORBUFFER per easy handle, freed with the handle when the thread ends.
     private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
 
-    public init(configuration: UpstreamConfiguration, logger: Logger) {
+    public init(configuration: UpstreamConfiguration, logger: Logger, events: UpstreamEvents = .none) {
         _ = curlGlobalInit
         self.configuration = configuration
         self.logger = logger
+        self.events = events
+        let endpoint = configuration.endpoint
+        if let name = configuration.serverName {
+            urlOrigin = "\(endpoint.scheme)://\(name):\(endpoint.port)"
+            let host = endpoint.host.contains(":") ? "[\(endpoint.host)]" : endpoint.host
+            connectTo = curl_slist_append(nil, "\(name):\(endpoint.port):\(host):\(endpoint.port)")
+        } else {
+            urlOrigin = endpoint.origin
+        }
         self.multi = curl_multi_init()
         let connections = max(1, configuration.connections)
         sheaf_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, connections)
@@ -176,6 +191,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         errorBuffers.removeAll()
         spareHandles.removeAll()
         curl_multi_cleanup(multi)
+        curl_slist_free_all(connectTo)
+        connectTo = nil
         for waiter in waiters { waiter.resume() }
     }
 
@@ -225,7 +242,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange) {
         let request = exchange.request
-        let url = configuration.endpoint.origin + request.path
+        let url = urlOrigin + request.path
         sheaf_easy_setopt_string(easy, CURLOPT_URL, url)
         sheaf_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
         sheaf_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
@@ -235,6 +252,15 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         sheaf_easy_setopt_long(easy, CURLOPT_PROTOCOLS, Int(CURLPROTO_HTTP | CURLPROTO_HTTPS))
         if let caFile = configuration.caFile {
             sheaf_easy_setopt_string(easy, CURLOPT_CAINFO, caFile)
+        }
+        if let connectTo { sheaf_easy_setopt_ptr(easy, CURLOPT_CONNECT_TO, connectTo) }
+        if let certificate = configuration.clientCertificate, let key = configuration.clientKey {
+            sheaf_easy_setopt_string(easy, CURLOPT_SSLCERT, certificate)
+            sheaf_easy_setopt_string(easy, CURLOPT_SSLKEY, key)
+        }
+        if configuration.insecureSkipVerify {
+            sheaf_easy_setopt_long(easy, CURLOPT_SSL_VERIFYPEER, 0)
+            sheaf_easy_setopt_long(easy, CURLOPT_SSL_VERIFYHOST, 0)
         }
         let errorBuffer = errorBuffers[easy] ?? {
             let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
@@ -270,6 +296,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         list = curl_slist_append(list, "Expect:")
         for name in ["accept", "content-type"] where !request.headers.contains(where: { $0.name.lowercased() == name }) {
             list = curl_slist_append(list, "\(name):")
+        }
+        if connectTo != nil && !request.headers.contains(where: { $0.name.lowercased() == "host" }) {
+            list = curl_slist_append(list, "Host: \(configuration.endpoint.authority)")
         }
         exchange.headerList = list
         sheaf_easy_setopt_ptr(easy, CURLOPT_HTTPHEADER, list)
@@ -326,7 +355,14 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             // CURLOPT_CONNECTTIMEOUT_MS ran out: item deadlines are the curl thread's own (expireOverdue).
             return timeoutError()
         case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CONNECT_ERROR, CURLE_SSL_CACERT_BADFILE, CURLE_SSL_CERTPROBLEM:
-            return UpstreamError(.unreachable, "TLS with upstream \(configuration.name) at \(configuration.endpoint.authority) failed: \(detail)")
+            // curl words a name mismatch "no alternative certificate subject name matches target
+            // host name" (OpenSSL) or "does not match target host name".
+            let hostname = code == CURLE_PEER_FAILED_VERIFICATION && detail.contains("host name")
+            let kind: TLSFailureKind = hostname ? .hostname : code == CURLE_PEER_FAILED_VERIFICATION ? .certificate : .handshake
+            events.tlsFailure(configuration.name, kind)
+            let failure = TLSFailure(kind, upstream: configuration.name,
+                                     name: configuration.serverName ?? configuration.endpoint.host, detail: detail)
+            return UpstreamError(.unreachable, failure.message)
         case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST:
             return UpstreamError(.unreachable, "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): \(detail)")
         case CURLE_GOT_NOTHING, CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_PARTIAL_FILE:

@@ -47,7 +47,8 @@ final class HTTP2Connection {
         self.slot = slot
         self.machine = HTTP2ConnectionStateMachine(upstream: slot.configuration.name,
                                                    pingInterval: slot.configuration.pingInterval,
-                                                   pingTimeout: slot.configuration.pingTimeout, now: .now())
+                                                   pingTimeout: slot.configuration.pingTimeout, now: .now(),
+                                                   overTLS: slot.tls != nil)
     }
 
     deinit {
@@ -64,7 +65,7 @@ final class HTTP2Connection {
     func start() {
         let endpoint = slot.configuration.endpoint
         let tls = slot.tls
-        let handler = HTTP2ConnectionHandler(connection: self, overTLS: tls != nil)
+        let handler = HTTP2ConnectionHandler(connection: self, tls: tls)
         ClientBootstrap(group: slot.eventLoop)
             .connectTimeout(slot.configuration.connectTimeout)
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
@@ -132,6 +133,16 @@ final class HTTP2Connection {
         handle(machine.close(reason))
     }
 
+    /// Returns whether HTTP/2 may start: false when ALPN picked something else (the connection closes).
+    func tlsHandshakeCompleted(alpn: String?) -> Bool {
+        let action = machine.tlsHandshakeCompleted(alpn: alpn)
+        guard action == .none else {
+            handle(action)
+            return false
+        }
+        return true
+    }
+
     func socketFailed(_ error: Error) {
         handle(machine.connectionError("\(error)"))
     }
@@ -141,7 +152,7 @@ final class HTTP2Connection {
         slot.eventLoop.preconditionInEventLoop()
         let established = machine.sawSettings
         let reason = machine.channelInactive()
-        let mismatch = machine.peerIsNotH2C
+        let mismatch = machine.peerRefusesHTTP2
         var resend: [HTTP2Exchange] = []
         var failures: [(HTTP2Exchange, UpstreamError)] = []
         var outcomesOnClose: [HTTP2Exchange] = []
@@ -609,24 +620,26 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     private let connection: HTTP2Connection
     /// Over TLS the HTTP/2 preface waits for the handshake, and for ALPN to have picked `h2`.
-    private let overTLS: Bool
+    private let tls: UpstreamTLS?
+    private var handshakeDone = false
 
-    init(connection: HTTP2Connection, overTLS: Bool = false) {
+    init(connection: HTTP2Connection, tls: UpstreamTLS? = nil) {
         self.connection = connection
-        self.overTLS = overTLS
+        self.tls = tls
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        if !overTLS { connection.activate(channel: context.channel) }
+        if tls == nil { connection.activate(channel: context.channel) }
         context.fireChannelActive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if overTLS, case TLSUserEvent.handshakeCompleted(let negotiated) = event {
-            if negotiated == "h2" {
+        if let tls, case TLSUserEvent.handshakeCompleted(let negotiated) = event {
+            handshakeDone = true
+            if connection.tlsHandshakeCompleted(alpn: negotiated) {
                 connection.activate(channel: context.channel)
             } else {
-                connection.close(reason: "upstream \(connection.slot.configuration.name) did not agree to HTTP/2 over TLS (ALPN: \(negotiated ?? "none"))")
+                tls.refusedHTTP2(alpn: negotiated)
                 context.close(promise: nil)
             }
         }
@@ -643,8 +656,9 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if let reason = UpstreamTLS.describe(error, upstream: connection.slot.configuration.name) {
-            connection.close(reason: reason)
+        // Only handshake errors are TLS failures; later ones (an unclean shutdown) are lost connections.
+        if !handshakeDone, let failure = tls?.failure(for: error) {
+            connection.close(reason: failure.message)
             context.close(promise: nil)
             return
         }

@@ -38,6 +38,9 @@ struct HTTP2ConnectionStateMachine {
     let upstream: String
     let pingInterval: TimeAmount
     let pingTimeout: TimeAmount
+    /// Over TLS, ALPN says whether the peer speaks HTTP/2; without it the first bytes (or a
+    /// close without any) answer the prior-knowledge preface.
+    let overTLS: Bool
     /// Sends of one item at most (the first one included) after connections closed under it.
     static let maxSends = 4
 
@@ -59,17 +62,19 @@ struct HTTP2ConnectionStateMachine {
     /// ones together with its neighbours).
     private var peerFailedConnection = false
 
-    init(upstream: String, pingInterval: TimeAmount, pingTimeout: TimeAmount, now: NIODeadline) {
+    init(upstream: String, pingInterval: TimeAmount, pingTimeout: TimeAmount, now: NIODeadline, overTLS: Bool = false) {
         self.upstream = upstream
+        self.overTLS = overTLS
         self.pingInterval = pingInterval
         self.pingTimeout = pingTimeout
         self.lastRead = now
     }
 
     var canOpenStream: Bool { state == .active && closeReason == nil && openStreams < maxConcurrentStreams }
-    /// Set when the peer showed it does not speak h2c (an HTTP/1.x answer to the preface, or a
-    /// close without any answer): what waits for it fails with `.protocolMismatch`.
-    private(set) var peerIsNotH2C = false
+    /// Set when the peer showed it does not speak HTTP/2 (cleartext: an HTTP/1.x answer to the
+    /// preface, or a close without any answer; TLS: ALPN picked something else): what waits for
+    /// it fails with `.protocolMismatch`.
+    private(set) var peerRefusesHTTP2 = false
 
     /// Set once the peer's SETTINGS arrived: a connection that ends before that never worked,
     /// and what waits for it fails with the reason instead of reconnecting in a loop.
@@ -84,13 +89,22 @@ struct HTTP2ConnectionStateMachine {
         lastRead = now
     }
 
+    /// The TLS handshake finished and ALPN picked `alpn`: anything but `h2` ends the connection.
+    mutating func tlsHandshakeCompleted(alpn: String?) -> Action {
+        guard alpn == "h2" else {
+            peerRefusesHTTP2 = true
+            return close("upstream \(upstream) did not agree to HTTP/2 over TLS (ALPN: \(alpn ?? "none"))")
+        }
+        return .none
+    }
+
     /// Bytes arrived. The first ones tell whether the peer speaks HTTP/2 at all.
     mutating func bytesReceived(startingWith prefix: UnsafeRawBufferPointer, now: NIODeadline) -> Action {
         lastRead = now
         guard !sawBytes else { return .none }
         sawBytes = true
-        if prefix.starts(with: "HTTP/".utf8) {
-            peerIsNotH2C = true
+        if !overTLS && prefix.starts(with: "HTTP/".utf8) {
+            peerRefusesHTTP2 = true
             return close("upstream \(upstream) answered the HTTP/2 connection preface with HTTP/1.x: it does not speak h2c (set protocol: http1)")
         }
         return .none
@@ -189,8 +203,8 @@ struct HTTP2ConnectionStateMachine {
     /// The socket failed (reset, refused write...). Before SETTINGS that means the peer does not
     /// take HTTP/2 with prior knowledge, which is what the user needs to hear.
     mutating func connectionError(_ detail: String) -> Action {
-        if !sawSettings && (state == .connecting || state == .awaitingSettings) {
-            if !sawBytes { peerIsNotH2C = true }
+        if !overTLS && !sawSettings && (state == .connecting || state == .awaitingSettings) {
+            if !sawBytes { peerRefusesHTTP2 = true }
             return close("upstream \(upstream) dropped the connection without answering the HTTP/2 preface (\(detail)): it does not speak h2c (prior knowledge)")
         }
         return close("upstream \(upstream) connection failed: \(detail)")
@@ -208,8 +222,10 @@ struct HTTP2ConnectionStateMachine {
         let reason: String
         if let closeReason {
             reason = closeReason
+        } else if overTLS && (state == .connecting || state == .awaitingSettings) {
+            reason = "upstream \(upstream) closed the TLS connection before its HTTP/2 SETTINGS"
         } else if state == .connecting || state == .awaitingSettings {
-            if !sawBytes { peerIsNotH2C = true }
+            if !sawBytes { peerRefusesHTTP2 = true }
             reason = sawBytes
                 ? "upstream \(upstream) closed the connection before its HTTP/2 SETTINGS"
                 : "upstream \(upstream) closed the connection without answering the HTTP/2 preface: it does not speak h2c (prior knowledge)"

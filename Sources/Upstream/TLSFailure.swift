@@ -1,0 +1,47 @@
+/// Why a TLS connection to an upstream failed, in the words an operator acts on. Both engines
+/// classify their library's errors into these kinds, so an item's reason and the
+/// `sheaf_upstream_tls_failures_total{kind}` metric read the same on HTTP/2 and HTTP/1.1.
+public enum TLSFailureKind: String, Sendable, CaseIterable {
+    /// The certificate does not chain to a trusted CA (or is expired, or malformed).
+    case certificate
+    /// The certificate is valid but not for the name Sheaf verified (`server_name` or the url's host).
+    case hostname
+    /// `protocol: h2`, and ALPN found no HTTP/2 in common.
+    case alpn
+    /// Anything else in the handshake: versions, ciphers, a refused client certificate, a reset.
+    case handshake
+}
+
+/// One TLS failure: its kind and the item's reason.
+public struct TLSFailure: Sendable, Equatable {
+    public var kind: TLSFailureKind
+    public var message: String
+
+    /// `name`: the name the certificate was verified against; `detail`: the library's own words.
+    public init(_ kind: TLSFailureKind, upstream: String, name: String, detail: String) {
+        self.kind = kind
+        switch kind {
+        case .certificate:
+            message = "TLS with upstream \(upstream) failed: certificate verify failed (\(detail))"
+        case .hostname:
+            message = "TLS with upstream \(upstream) failed: hostname mismatch: the certificate is not for \(name) (\(detail))"
+        case .alpn:
+            message = "upstream \(upstream) did not agree to HTTP/2 over TLS (\(detail))"
+        case .handshake:
+            message = "TLS with upstream \(upstream) failed: handshake failure (\(detail))"
+        }
+    }
+}
+
+/// What transports report about an upstream besides item outcomes, for metrics. Called on the
+/// transport's own threads; keep it cheap.
+public struct UpstreamEvents: Sendable {
+    public var tlsFailure: @Sendable (_ upstream: String, _ kind: TLSFailureKind) -> Void
+
+    public init(tlsFailure: @escaping @Sendable (_ upstream: String, _ kind: TLSFailureKind) -> Void = { _, _ in }) {
+        self.tlsFailure = tlsFailure
+    }
+
+    /// Reports nothing (tests, tools).
+    public static let none = UpstreamEvents()
+}

@@ -1,0 +1,162 @@
+"""Upstreams behind TLS, against nginx with a CA made by openssl in the test: HTTP/2 over TLS
+(`protocol: h2`), ALPN auto-detection (`protocol: auto`, the default), `server_name`, mTLS,
+`insecure_skip_verify`, and TLS failures named per item and counted by kind."""
+import re
+
+import httpx
+import pytest
+
+from conftest import fan_out_sheaf
+from helpers import results_by_id
+
+
+def _tls_sheaf(workdir, name, port, extra="", protocol="protocol: h2, "):
+    return fan_out_sheaf(workdir, name, f'{{url: "https://127.0.0.1:{port}", {protocol}{extra}}}', "/users/{item}",
+                         max_items=5000)
+
+
+def _items(s, ids):
+    r = httpx.post(s.url + "/b", json=ids, timeout=120)
+    assert r.status_code == 207
+    doc, by_id = results_by_id(r.text)
+    assert sorted(int(k) for k in by_id) == list(range(len(ids))), "an item is missing"
+    return [by_id[str(i)] for i in range(len(ids))]
+
+
+def _tls_failures(s):
+    text = httpx.get(s.url + "/metrics").text
+    found = {}
+    for kind, value in re.findall(r'^sheaf_upstream_tls_failures_total\{[^}]*kind="(\w+)"[^}]*\} (\S+)$', text, re.M):
+        found[kind] = float(value)
+    return found
+
+
+def test_h2_over_tls_to_nginx(workdir, nginx):
+    """protocol: h2 with an https url: HTTP/2 over TLS (ALPN h2), the certificate checked against ca_file."""
+    s = _tls_sheaf(workdir, "h2tls", nginx.h2tls, f"ca_file: {nginx.ca}")
+    try:
+        items = _items(s, list(range(30)))
+        assert all(x["status"] == 200 and x["body"]["via"] == "nginx-h2-tls" for x in items), items
+        lines = [l for l in nginx.access_lines() if "/users/" in l and "HTTP/2.0" in l]
+        assert len(lines) >= 30
+    finally:
+        s.stop()
+
+
+def test_5000_items_over_h2_tls_cross_nginx_goaway(workdir, nginx):
+    """nginx ends each HTTP/2 connection after 1000 requests: over TLS too, every item exactly once."""
+    s = _tls_sheaf(workdir, "h2tls-5000", nginx.h2tls, f"ca_file: {nginx.ca}")
+    try:
+        before = len(nginx.access_lines())
+        items = _items(s, list(range(1, 5001)))
+        assert all(x["status"] == 200 and x["body"]["id"] == i + 1 for i, x in enumerate(items))
+        lines = nginx.access_lines()[before:]
+        assert len(lines) == 5000, "nginx saw a different number of requests than items"
+        assert all(line.endswith("HTTP/2.0 200") for line in lines), lines[:3]
+        connections = {line.split()[0] for line in lines}
+        assert len(connections) >= 5
+    finally:
+        s.stop()
+
+
+def test_h2_over_tls_failures_are_named_per_item(workdir, nginx):
+    untrusted = _tls_sheaf(workdir, "h2tls-untrusted", nginx.h2tls)
+    no_h2 = _tls_sheaf(workdir, "h2tls-alpn", nginx.https, f"ca_file: {nginx.ca}")
+    try:
+        items = _items(untrusted, [1, 2])
+        assert [x["status"] for x in items] == [502, 502]
+        assert all("certificate verify failed" in x["error"] for x in items), items
+        assert _tls_failures(untrusted).get("certificate", 0) >= 1
+        items = _items(no_h2, [1, 2])
+        assert [x["status"] for x in items] == [502, 502]
+        assert all("did not agree to HTTP/2 over TLS" in x["error"] for x in items), items
+        assert _tls_failures(no_h2).get("alpn", 0) >= 1
+    finally:
+        untrusted.stop()
+        no_h2.stop()
+
+
+@pytest.mark.parametrize("port_name,via,wire", [("h2tls", "nginx-h2-tls", "HTTP/2.0"), ("https", "nginx-tls", "HTTP/1.1")])
+def test_auto_on_https_follows_what_alpn_picks(workdir, nginx, port_name, via, wire):
+    """The default protocol on an https url offers h2 and http/1.1 and speaks what nginx picks."""
+    s = _tls_sheaf(workdir, f"auto-{port_name}", getattr(nginx, port_name), f"ca_file: {nginx.ca}", protocol="")
+    try:
+        before = len(nginx.access_lines())
+        for _ in range(2):
+            items = _items(s, list(range(1, 21)))
+            assert all(x["status"] == 200 and x["body"]["via"] == via for x in items), items
+        lines = nginx.access_lines()[before:]
+        assert len(lines) == 40 and all(wire in line for line in lines), lines[:3]
+        decisions = [l for l in s.process.output().splitlines() if "using HTTP/1.1" in l]
+        assert len(decisions) == (1 if wire == "HTTP/1.1" else 0), decisions
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("protocol", ["h2", "http1"])
+def test_server_name_sets_sni_and_the_name_verified(workdir, nginx, protocol):
+    port = nginx.h2tls
+    right = _tls_sheaf(workdir, f"sni-ok-{protocol}", port, f"ca_file: {nginx.ca}, server_name: localhost",
+                       protocol=f"protocol: {protocol}, ")
+    wrong = _tls_sheaf(workdir, f"sni-bad-{protocol}", port, f"ca_file: {nginx.ca}, server_name: wrong.example",
+                       protocol=f"protocol: {protocol}, ")
+    try:
+        assert all(x["status"] == 200 for x in _items(right, [1, 2, 3]))
+        items = _items(wrong, [1, 2])
+        assert [x["status"] for x in items] == [502, 502]
+        assert all("hostname mismatch" in x["error"] and "wrong.example" in x["error"] for x in items), items
+        assert _tls_failures(wrong).get("hostname", 0) >= 1
+    finally:
+        right.stop()
+        wrong.stop()
+
+
+@pytest.mark.parametrize("protocol", ["h2", "http1"])
+def test_mtls_client_certificate_accepted_and_refused(workdir, nginx, protocol):
+    with_cert = _tls_sheaf(workdir, f"mtls-{protocol}", nginx.mtls,
+                           f"ca_file: {nginx.ca}, client_certificate: {nginx.client_cert}, client_key: {nginx.client_key}",
+                           protocol=f"protocol: {protocol}, ")
+    without = _tls_sheaf(workdir, f"mtls-none-{protocol}", nginx.mtls, f"ca_file: {nginx.ca}",
+                         protocol=f"protocol: {protocol}, ")
+    try:
+        items = _items(with_cert, [1, 2, 3])
+        assert all(x["status"] == 200 and "CN=sheaf-client" in x["body"]["client"] for x in items), items
+        # nginx completes the handshake and answers 400 when no certificate was sent.
+        items = _items(without, [1, 2])
+        assert [x["status"] for x in items] == [400, 400], items
+    finally:
+        with_cert.stop()
+        without.stop()
+
+
+@pytest.mark.parametrize("protocol", ["h2", "http1"])
+def test_insecure_skip_verify_trusts_anything_and_warns(workdir, nginx, protocol):
+    s = _tls_sheaf(workdir, f"insecure-{protocol}", nginx.h2tls, "insecure_skip_verify: true",
+                   protocol=f"protocol: {protocol}, ")
+    try:
+        assert all(x["status"] == 200 for x in _items(s, [1, 2]))
+        warnings = [l for l in s.process.output().splitlines() if "insecure_skip_verify" in l and "warning" in l]
+        assert len(warnings) == 1, s.process.output()
+    finally:
+        s.stop()
+
+
+def test_check_names_tls_files_that_cannot_be_used(workdir, nginx):
+    """`sheaf check` finds a client key that is not the certificate's, at its FILE:LINE:COLUMN."""
+    import os
+    import subprocess
+    from conftest import BIN
+    path = os.path.join(workdir, "bad-tls.yaml")
+    with open(path, "w") as f:
+        f.write(f"""upstreams:
+  up:
+    url: https://127.0.0.1:{nginx.mtls}
+    client_certificate: {nginx.client_cert}
+    client_key: {os.path.join(nginx.dir, "server.key")}
+routes:
+  - {{name: r, method: POST, path: /b, upstream: up}}
+""")
+    r = subprocess.run([BIN, "check", "--config", path], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert f"{path}:5:17: upstream 'up' client_key: the key does not belong to client_certificate" in out, out
