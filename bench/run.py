@@ -14,6 +14,11 @@ Measured in one run, against the same nginx (one worker):
   6. Sheaf's peak RSS for a 100,000-item batch and at idle.
   7. A client hanging up on an 80,000-item batch: /healthz latency while Sheaf cancels it
      (`python3 bench/run.py cancel` runs this row alone, for 10k and 80k items).
+  8. TLS and HTTP/1.1 upstreams (`python3 bench/run.py tls` runs this section alone): Sheaf's
+     CPU per item over h2+TLS against h2load's per request over TLS; over HTTP/1.1 (libcurl),
+     cleartext and TLS, against a second nginx proxying with proxy_pass over keep-alive
+     HTTP/1.1 to the same upstream; and the CPU one new connection costs Sheaf, with and
+     without TLS.
 Writes bench/results/latest.md and prints it; BENCHMARKS.md holds the recorded runs.
 """
 import http.client
@@ -145,8 +150,69 @@ http {{
         location ~ ^/slow/(\\d+)$ {{ echo_sleep 0.02; echo '{{"id":$1,"name":"user number $1","email":"user$1@example.com"}}'; }}
         location ~ ^/hold/(\\d+)$ {{ echo_sleep 5; echo '{{"id":$1}}'; }}
     }}
+    server {{
+        listen 127.0.0.1:{tls} ssl http2;
+        ssl_certificate {d}/server.pem; ssl_certificate_key {d}/server.key;
+        location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"name":"user number $1","email":"user$1@example.com","active":true}}'; }}
+    }}
+    server {{
+        listen 127.0.0.1:{tls1} ssl;
+        ssl_certificate {d}/server.pem; ssl_certificate_key {d}/server.key;
+        location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"name":"user number $1","email":"user$1@example.com","active":true}}'; }}
+    }}
+    # Connections that end after CHURN requests: what a new connection costs.
+    server {{
+        listen 127.0.0.1:{tls_churn} ssl http2;
+        ssl_certificate {d}/server.pem; ssl_certificate_key {d}/server.key;
+        keepalive_requests {churn};
+        location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"name":"user number $1","email":"user$1@example.com","active":true}}'; }}
+    }}
+    server {{
+        listen 127.0.0.1:{h2c_churn} http2;
+        keepalive_requests {churn};
+        location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"name":"user number $1","email":"user$1@example.com","active":true}}'; }}
+    }}
 }}
 """
+
+# The per-request HTTP/1.1 proxy Sheaf's libcurl path is compared with: a second nginx (one
+# worker, so its CPU is its own), h2c in front, keep-alive HTTP/1.1 to the upstream nginx.
+NGINX_PROXY = """
+worker_processes 1;
+daemon off;
+pid {d}/proxy.pid;
+error_log {d}/proxy-error.log error;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/pb; proxy_temp_path {d}/pp; fastcgi_temp_path {d}/pf; uwsgi_temp_path {d}/pu; scgi_temp_path {d}/ps;
+    http2_max_concurrent_streams 1000;
+    keepalive_requests 1000000;
+    upstream plain {{ server 127.0.0.1:{h1}; keepalive 64; keepalive_requests 1000000; }}
+    upstream tls {{ server 127.0.0.1:{tls1}; keepalive 64; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{px} http2;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        location /plain/ {{ proxy_pass http://plain/; }}
+        location /tls/ {{ proxy_pass https://tls/; proxy_ssl_session_reuse on; }}
+    }}
+}}
+"""
+CHURN = 10
+
+
+def make_certificates(directory):
+    """A throw-away CA and a certificate for 127.0.0.1 (ca.pem, server.pem, server.key)."""
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=Sheaf bench CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    with open(os.path.join(directory, "san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
 
 
 class Env:
@@ -154,12 +220,25 @@ class Env:
         self.dir = tempfile.mkdtemp(prefix="sheaf-bench-")
         self.procs = []
         self.h2c, self.h1 = free_port(), free_port()
+        self.tls, self.tls1, self.tls_churn, self.h2c_churn = free_port(), free_port(), free_port(), free_port()
+        make_certificates(self.dir)
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX.format(d=self.dir, h2c=self.h2c, h1=self.h1))
+            f.write(NGINX.format(d=self.dir, h2c=self.h2c, h1=self.h1, tls=self.tls, tls1=self.tls1,
+                                 tls_churn=self.tls_churn, h2c_churn=self.h2c_churn, churn=CHURN))
         self.nginx = self.spawn([tool("nginx"), "-p", self.dir, "-c", conf], self.h2c)
+        self.proxy_port = free_port()
+        proxy_conf = os.path.join(self.dir, "proxy.conf")
+        with open(proxy_conf, "w") as f:
+            f.write(NGINX_PROXY.format(d=self.dir, h1=self.h1, tls1=self.tls1, px=self.proxy_port))
+        self.proxy = self.spawn([tool("nginx"), "-p", self.dir, "-c", proxy_conf], self.proxy_port)
         self.sheaf_port = free_port()
         cfg = os.path.join(self.dir, "sheaf.yaml")
+        # One fan-out route per TLS / HTTP/1.1 upstream, named after it (section 8).
+        tls_routes = "".join(
+            f"  - {{name: {name}, method: POST, path: /{name}, upstream: {name}, max_items: 100000, max_body_bytes: 16MiB,\n"
+            f"      concurrency: {CHURN if '-' in name else 1000}, fan_out: {{items: \"\", method: GET, path: \"/users/{{item}}\"}}}}\n"
+            for name in ("h1", "h1tls", "h2tls", "h2tls-keep", "h2tls-churn", "h2c-keep", "h2c-churn"))
         with open(cfg, "w") as f:
             f.write(f"""
 listen: "127.0.0.1:{self.sheaf_port}"
@@ -169,8 +248,47 @@ upstreams:
     protocol: h2c
     connections: 2
     timeout: 30s
+  h1:
+    url: http://127.0.0.1:{self.h1}
+    protocol: http1
+    connections: 64
+    timeout: 30s
+  h1tls:
+    url: https://127.0.0.1:{self.tls1}
+    protocol: http1
+    ca_file: {self.dir}/ca.pem
+    connections: 64
+    timeout: 30s
+  h2tls:
+    url: https://127.0.0.1:{self.tls}
+    protocol: h2
+    ca_file: {self.dir}/ca.pem
+    connections: 2
+    timeout: 30s
+  h2tls-keep:
+    url: https://127.0.0.1:{self.tls}
+    protocol: h2
+    ca_file: {self.dir}/ca.pem
+    connections: 1
+    timeout: 30s
+  h2tls-churn:
+    url: https://127.0.0.1:{self.tls_churn}
+    protocol: h2
+    ca_file: {self.dir}/ca.pem
+    connections: 1
+    timeout: 30s
+  h2c-keep:
+    url: http://127.0.0.1:{self.h2c}
+    protocol: h2c
+    connections: 1
+    timeout: 30s
+  h2c-churn:
+    url: http://127.0.0.1:{self.h2c_churn}
+    protocol: h2c
+    connections: 1
+    timeout: 30s
 routes:
-  - name: users
+{tls_routes}  - name: users
     method: POST
     path: /users
     upstream: nginx
@@ -247,6 +365,85 @@ def h2load_wall(args):
     if not m:
         raise RuntimeError(out)
     return float(m.group(1)) * (1 if m.group(2) == "ms" else 1000)
+
+
+def sustained_load(env, path):
+    """h2load posting 1000-item batches to Sheaf's `path` for BENCH_SECONDS, REPEAT times:
+    (items/s, Sheaf's CPU µs per item) per run."""
+    body = os.path.join(env.dir, "batch.json")
+    with open(body, "w") as f:
+        json.dump(list(range(1, 1001)), f)
+    post_batch(env.sheaf_port, path, 1000)  # connections up (and TLS handshakes done) first
+    items, cpu = [], []
+    for _ in range(REPEAT):
+        c0 = cpu_seconds(env.sheaf.pid)
+        rps, ok, _ = h2load(["-c4", "-m1", "-D", str(SUSTAIN_SECONDS), "-d", body, "-H", "content-type: application/json",
+                             f"http://127.0.0.1:{env.sheaf_port}{path}"])
+        c1 = cpu_seconds(env.sheaf.pid)
+        items.append(rps * 1000)
+        cpu.append((c1 - c0) / (ok * 1000) * 1e6)
+    return items, cpu
+
+
+def batch_cpu(env, path, n=5000, times=3):
+    """Sheaf's CPU µs per item over `times` n-item batches posted one after another."""
+    c0 = cpu_seconds(env.sheaf.pid)
+    for i in range(times):
+        post_batch(env.sheaf_port, path, n, offset=1 + i * n)
+    return (cpu_seconds(env.sheaf.pid) - c0) / (n * times) * 1e6
+
+
+def tls_section(env):
+    """Section 8: (rows, ratios) for TLS and HTTP/1.1 upstreams."""
+    rows, ratios = [], {}
+    # h2 over TLS: Sheaf against h2load's own CPU per request over TLS to the same nginx.
+    h2tls_items, h2tls_cpu = sustained_load(env, "/h2tls")
+    floor_cpu = []
+    for _ in range(REPEAT):
+        _, ok, cpu = h2load(["-c1", "-m100", "-n", "100000", f"https://127.0.0.1:{env.tls}/users/1"])
+        floor_cpu.append(cpu / ok * 1e6)
+    # HTTP/1.1 through libcurl, cleartext and TLS, against nginx proxying over keep-alive HTTP/1.1.
+    measured = {}
+    for name, proxy_path in (("h1", "/plain/users/1"), ("h1tls", "/tls/users/1")):
+        items, cpu = sustained_load(env, "/" + name)
+        proxy_cpu = []
+        for _ in range(REPEAT):
+            c0 = tree_cpu(env.proxy.pid)
+            _, ok, _ = h2load(["-c1", "-m100", "-n", "50000", f"http://127.0.0.1:{env.proxy_port}{proxy_path}"])
+            proxy_cpu.append((tree_cpu(env.proxy.pid) - c0) / ok * 1e6)
+        measured[name] = (items, cpu, proxy_cpu)
+    rows.append("### 8. TLS and HTTP/1.1 upstreams: CPU per item against a per-request client or proxy\n")
+    rows.append("| upstream | Sheaf items/s (sustained 1000-item batches) | Sheaf CPU per item | the other side | its CPU per request |")
+    rows.append("| --- | ---: | ---: | --- | ---: |")
+    rows.append(f"| h2 over TLS (nghttp2 + swift-nio-ssl), 2 connections | {fmt(h2tls_items, '', 0)} | {fmt(h2tls_cpu, ' µs', 2)} "
+                f"| h2load -c1 -m100 over TLS straight at nginx (h2load's CPU) | {fmt(floor_cpu, ' µs', 2)} |")
+    for name, label, proxy in (("h1", "HTTP/1.1 cleartext (libcurl), 64 connections", "nginx proxy_pass, keep-alive HTTP/1.1"),
+                               ("h1tls", "HTTP/1.1 over TLS (libcurl + OpenSSL), 64 connections", "nginx proxy_pass https, keep-alive HTTP/1.1")):
+        items, cpu, proxy_cpu = measured[name]
+        rows.append(f"| {label} | {fmt(items, '', 0)} | {fmt(cpu, ' µs', 2)} | {proxy} (the proxy's CPU) | {fmt(proxy_cpu, ' µs', 2)} |")
+    ratios["h2 over TLS: Sheaf CPU per item / h2load CPU per request over TLS"] = statistics.median(h2tls_cpu) / statistics.median(floor_cpu)
+    ratios["HTTP/1.1 cleartext: Sheaf CPU per item / nginx proxy_pass CPU per request"] = \
+        statistics.median(measured["h1"][1]) / statistics.median(measured["h1"][2])
+    ratios["HTTP/1.1 over TLS: Sheaf CPU per item / nginx proxy_pass CPU per request"] = \
+        statistics.median(measured["h1tls"][1]) / statistics.median(measured["h1tls"][2])
+    # What a new connection costs: the same items on connections nginx ends every CHURN requests,
+    # against connections that stay; the difference per connection, over TLS and cleartext.
+    cost = {}
+    for kind in ("h2tls", "h2c"):
+        keep = [batch_cpu(env, f"/{kind}-keep") for _ in range(REPEAT)]
+        churn = [batch_cpu(env, f"/{kind}-churn") for _ in range(REPEAT)]
+        cost[kind] = [(c - k) * CHURN for c, k in zip(churn, keep)]
+    handshake = [t - c for t, c in zip(cost["h2tls"], cost["h2c"])]
+    rows.append("")
+    rows.append(f"New connections (one connection, {CHURN} streams at a time, nginx ends each connection after {CHURN} requests, "
+                f"3 × 5000-item batches; CPU per connection = (per-item CPU on ending connections − on lasting ones) × {CHURN}):\n")
+    rows.append("| what | Sheaf CPU per new connection |")
+    rows.append("| --- | ---: |")
+    rows.append(f"| h2 over TLS (TCP + TLS 1.3 handshake with certificate verification + HTTP/2 set-up) | {fmt(cost['h2tls'], ' µs', 0)} |")
+    rows.append(f"| h2c (TCP + HTTP/2 set-up) | {fmt(cost['h2c'], ' µs', 0)} |")
+    rows.append(f"| the TLS handshake alone (difference) | {fmt(handshake, ' µs', 0)} |")
+    ratios["TLS handshake, Sheaf CPU per new connection (µs)"] = statistics.median(handshake)
+    return rows, ratios
 
 
 def client_alone(port, path, n, connections):
@@ -342,6 +539,15 @@ CANCEL_HEAD = ("| items | worst /healthz | p99 /healthz | median /healthz | chec
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "tls":
+        env = Env()
+        try:
+            rows, ratios = tls_section(env)
+            print("\n".join(f"| {k} | {v:.2f} |" for k, v in ratios.items()))
+            print("\n".join(rows))
+        finally:
+            env.close()
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "cancel":
         env = Env()
         try:
@@ -382,19 +588,7 @@ def main():
             cpu_text = fmt(cpu_per, " µs") if cpu_per else "(too short to measure)"
             rows.append(f"| {n} | {fmt(walls['json'], ' ms')} | {fmt(walls['xml'], ' ms')} | {cpu_text} |")
 
-        # Sustained load: h2load posting 1000-item batches to Sheaf for a fixed time.
-        body = os.path.join(env.dir, "batch.json")
-        with open(body, "w") as f:
-            json.dump(list(range(1, 1001)), f)
-        sustained = []
-        sheaf_cpu_item = []
-        for _ in range(REPEAT):
-            c0 = cpu_seconds(sheaf)
-            rps, ok, _ = h2load(["-c4", "-m1", "-D", str(SUSTAIN_SECONDS), "-d", body, "-H", "content-type: application/json",
-                                 f"http://127.0.0.1:{env.sheaf_port}/users"])
-            c1 = cpu_seconds(sheaf)
-            sustained.append(rps * 1000)
-            sheaf_cpu_item.append((c1 - c0) / (ok * 1000) * 1e6)
+        sustained, sheaf_cpu_item = sustained_load(env, "/users")
         rows.append("")
         rows.append(f"Sustained: 4 clients posting 1000-item batches back to back for {SUSTAIN_SECONDS} s (h2load over h2c): "
                     f"**{fmt(sustained, ' items/s', 0)}**, Sheaf CPU **{fmt(sheaf_cpu_item, ' µs/item', 2)}**.")
@@ -459,6 +653,11 @@ def main():
         rows.append(CANCEL_HEAD)
         rows.append(cancel_row(env, 80_000, 1))
         rows.append(cancel_row(env, 80_000, 4))
+
+        rows.append("")
+        tls_rows, tls_ratios = tls_section(env)
+        rows.extend(tls_rows)
+        ratios.update(tls_ratios)
     finally:
         env.close()
 
@@ -467,7 +666,7 @@ def main():
         f"{cpu_model()}, {platform.system()} {platform.release()}; command: `make bench` "
         f"(BENCH_REPEAT={REPEAT}, BENCH_SECONDS={SUSTAIN_SECONDS}).",
         "",
-        "### Ratios (targets from issue 3)\n",
+        "### Ratios (targets from issues 3 and 8)\n",
         "| ratio | value | target |",
         "| --- | ---: | --- |",
     ]
@@ -479,6 +678,10 @@ def main():
         "1000-item batch latency / h2load's own 1000 concurrent requests": "(context)",
         "client alone (6 × HTTP/1.1) / Sheaf, 1000 items": "≥ 50",
         "peak RSS above idle, 100k items (MiB)": "≤ 64",
+        "h2 over TLS: Sheaf CPU per item / h2load CPU per request over TLS": "≤ 1.3",
+        "HTTP/1.1 cleartext: Sheaf CPU per item / nginx proxy_pass CPU per request": "≤ 1.3",
+        "HTTP/1.1 over TLS: Sheaf CPU per item / nginx proxy_pass CPU per request": "≤ 1.3",
+        "TLS handshake, Sheaf CPU per new connection (µs)": "(sizing)",
     }
     for k, v in ratios.items():
         head.append(f"| {k} | {v:.2f} | {targets[k]} |")
