@@ -36,9 +36,18 @@ public struct TLSFailure: Sendable, Equatable {
 /// What transports report about an upstream besides item outcomes, for metrics. Called on the
 /// transport's own threads; keep it cheap.
 public struct UpstreamEvents: Sendable {
-    public var tlsFailure: @Sendable (_ upstream: String, _ kind: TLSFailureKind) -> Void
+    public var tlsFailure: @Sendable (_ upstream: String, _ kind: TLSFailureKind) -> Void = { _, _ in }
+    /// An item goes again; `reason` is its `retry.on` condition.
+    public var retry: @Sendable (_ upstream: String, _ reason: String) -> Void = { _, _ in }
+    /// A retry the policy wanted and the budget refused.
+    public var retryBudgetExhausted: @Sendable (_ upstream: String) -> Void = { _ in }
+    public var circuitTransition: @Sendable (_ upstream: String, _ from: CircuitBreaker.State, _ to: CircuitBreaker.State) -> Void = { _, _, _ in }
+    /// The upstream sent GOAWAY on an HTTP/2 connection.
+    public var goaway: @Sendable (_ upstream: String) -> Void = { _ in }
 
-    public init(tlsFailure: @escaping @Sendable (_ upstream: String, _ kind: TLSFailureKind) -> Void = { _, _ in }) {
+    public init() {}
+
+    public init(tlsFailure: @escaping @Sendable (_ upstream: String, _ kind: TLSFailureKind) -> Void) {
         self.tlsFailure = tlsFailure
     }
 

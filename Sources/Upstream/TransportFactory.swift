@@ -10,6 +10,13 @@ public struct TransportUnavailable: Error, CustomStringConvertible {
 public enum TransportFactory {
     public static func make(_ configuration: UpstreamConfiguration, group: EventLoopGroup,
                             logger: Logger, events: UpstreamEvents = .none) throws -> UpstreamTransport {
+        let engine = try makeEngine(configuration, group: group, logger: logger, events: events)
+        guard configuration.retry.enabled || configuration.circuitBreaker != nil else { return engine }
+        return ResilientTransport(wrapping: engine, group: group, logger: logger, events: events)
+    }
+
+    private static func makeEngine(_ configuration: UpstreamConfiguration, group: EventLoopGroup,
+                                   logger: Logger, events: UpstreamEvents) throws -> UpstreamTransport {
         if configuration.insecureSkipVerify {
             logger.warning("insecure_skip_verify: the upstream's certificate and name are not checked; use it only for tests",
                            metadata: ["upstream": "\(configuration.name)"])

@@ -72,6 +72,12 @@ public struct UpstreamConfiguration: Sendable {
     public var pingInterval: TimeAmount = .seconds(5)
     /// HTTP/2: a PING unanswered this long retires the connection (a dead path that keeps TCP open).
     public var pingTimeout: TimeAmount = .seconds(3)
+    /// Items waiting for a connection or a stream beyond this fail at once with 503, not sent.
+    public var maxQueued = 10_000
+    /// Retries within a budget; off by default (`attempts: 1`).
+    public var retry = RetryConfiguration()
+    /// Absent: the circuit never opens.
+    public var circuitBreaker: CircuitBreakerConfiguration?
 
     public init(name: String, endpoint: UpstreamEndpoint, protocol: UpstreamProtocol = .h2c,
                 connections: Int = 2, timeout: TimeAmount = .seconds(5),

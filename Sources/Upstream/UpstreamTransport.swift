@@ -86,16 +86,31 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
         /// or a close without any answer): nothing was sent, reported as 502 (`protocol: auto`
         /// sends the item again over HTTP/1.1).
         case protocolMismatch
+        /// Sheaf did not send it: the upstream's circuit is open, or its `max_queued` is full.
+        /// Reported as 503.
+        case overloaded
+    }
+    /// What happened on the wire, for retry policies (`retry.on`): finer than `kind`.
+    public enum Cause: String, Sendable, Equatable {
+        /// No connection could be made (or it failed before HTTP could start): nothing was sent.
+        case connectFailure = "connect-failure"
+        /// The stream was reset, or the connection broke, after the request may have arrived.
+        case reset
+        /// The upstream refused the stream unprocessed (RFC 9113 §8.7) every time it was sent.
+        case refusedStream = "refused-stream"
+        case other
     }
     public var kind: Kind
     public var message: String
     /// Times the request went on the wire before it failed (0 when it never left).
     public var attempts: Int
+    public var cause: Cause
 
-    public init(_ kind: Kind, _ message: String, attempts: Int = 1) {
+    public init(_ kind: Kind, _ message: String, attempts: Int = 1, cause: Cause = .other) {
         self.kind = kind
         self.message = message
         self.attempts = attempts
+        self.cause = cause
     }
 
     public var description: String { message }
@@ -106,7 +121,7 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
         case .unreachable, .protocolError, .protocolMismatch: return 502
         case .timeout: return 504
         case .cancelled: return 499
-        case .shuttingDown: return 503
+        case .shuttingDown, .overloaded: return 503
         case .requestHeadTooLarge: return 431
         }
     }

@@ -11,6 +11,9 @@ import NIOPosix
 /// - `/close`: closes the connection without answering;
 /// - `/slow/MS`: `/ok`'s answer after MS milliseconds;
 /// - `/half`: promises 100 body bytes, sends 10, then closes;
+/// - `/busy-once/RA`: the first time for each full target (query included), 503 with
+///   `Retry-After: RA`; afterwards `/ok`'s answer;
+/// - `/busy/RA`: always 503 with `Retry-After: RA`;
 /// - anything else: 404.
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
@@ -34,18 +37,21 @@ final class ScriptedHTTP1Server: Sendable {
     let port: Int
     private let group: MultiThreadedEventLoopGroup
     private let log = RequestLog()
+    /// Targets answered once already (the `-once` faults).
+    fileprivate let seen = NIOLockedValueBox<Set<String>>([])
     private let stopped = NIOLockedValueBox(false)
 
     init() throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let log = self.log
+        let seen = self.seen
         let channel: Channel
         do {
             channel = try ServerBootstrap(group: group)
                 .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
                 .childChannelInitializer { child in
                     child.eventLoop.makeCompletedFuture {
-                        try child.pipeline.syncOperations.addHandler(ScriptedConnection(log: log))
+                        try child.pipeline.syncOperations.addHandler(ScriptedConnection(log: log, seen: seen))
                     }
                 }
                 .bind(host: "127.0.0.1", port: 0).wait()
@@ -81,12 +87,14 @@ private final class ScriptedConnection: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let log: ScriptedHTTP1Server.RequestLog
+    private let seen: NIOLockedValueBox<Set<String>>
     private var pending: [UInt8] = []
     /// Set once an answer means to stop reading this connection (`/silent`, `/close`, `/half`).
     private var done = false
 
-    init(log: ScriptedHTTP1Server.RequestLog) {
+    init(log: ScriptedHTTP1Server.RequestLog, seen: NIOLockedValueBox<Set<String>>) {
         self.log = log
+        self.seen = seen
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -143,6 +151,12 @@ private final class ScriptedConnection: ChannelInboundHandler {
                 let (connection, context) = bound.value
                 connection.send(status: 200, body: String(repeating: "a", count: Int(parts[1])!), headOnly: isHead, context: context)
             }
+        case ("busy-once", 2) where seen.withLockedValue({ $0.insert(request.target).inserted }):
+            write("HTTP/1.1 503 Busy\r\nRetry-After: \(parts[1])\r\nContent-Length: 0\r\n\r\n", context: context)
+        case ("busy-once", 2):
+            send(status: 200, body: "ok", headOnly: isHead, context: context)
+        case ("busy", 2):
+            write("HTTP/1.1 503 Busy\r\nRetry-After: \(parts[1])\r\nContent-Length: 0\r\n\r\n", context: context)
         case ("silent", 1):
             done = true
         case ("close", 1):

@@ -9,7 +9,8 @@ import NIOPosix
 /// - `/ok`, `/status/N`: an answer (body "ok"); `/slow/MS`: the answer after MS ms
 /// - `/silent`: never answered
 /// - `/refuse-once`, `/refuse`: RST_STREAM REFUSED_STREAM (the first time only, or always)
-/// - `/reset/CODE`: RST_STREAM with that error code
+/// - `/reset/CODE`: RST_STREAM with that error code; `/reset-once`: INTERNAL_ERROR the first
+///   time for each full path, then an answer
 /// - `/early`, `/early-rst`: answered as soon as HEADERS arrive, before the body is read
 ///   (then, for `-rst`, RST_STREAM NO_ERROR as RFC 9113 §8.1 allows)
 /// - `/close-once`: the connection is closed without an answer the first time; 404 afterwards
@@ -342,6 +343,13 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             literal(path == "/upperheader" ? "X-Bad" : "content-type", "text/plain", into: &block)
             write(type: 1, flags: 0x5, stream: stream, block)
             open.removeValue(forKey: stream)
+        } else if path == "/reset-once" {
+            if server.firstTime("reset:\(fullPath)") {
+                open.removeValue(forKey: stream)
+                write(type: 3, flags: 0, stream: stream, be32(2))
+            } else {
+                answer(stream, status: 200)
+            }
         } else if path.hasPrefix("/reset/") {
             open.removeValue(forKey: stream)
             write(type: 3, flags: 0, stream: stream, be32(UInt32(path.dropFirst(7)) ?? 2))

@@ -30,6 +30,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     private var cancellations: [CurlExchange] = []
     private var readingChanges: [(CurlExchange, suspended: Bool)] = []
     private var stopping = false
+    /// Items handed over and not settled.
+    private var admitted = 0
     /// False once the curl thread is about to clean `multi` up: nothing may wake it after that.
     private var multiAlive = true
     private var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
@@ -75,14 +77,31 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
         let exchange = CurlExchange(request: request, deadline: .now() + configuration.timeout, transport: self,
-                                    maxBodyBytes: configuration.maxResponseBodyBytes, completion: completion)
-        let accepted = lock.withLock { () -> Bool in
-            guard !stopping else { return false }
+                                    maxBodyBytes: configuration.maxResponseBodyBytes) { [weak self] result in
+            self?.lock.withLock { self?.admitted -= 1 }
+            completion(result)
+        }
+        enum Verdict { case accepted, stopping, full }
+        let verdict = lock.withLock { () -> Verdict in
+            guard !stopping else { return .stopping }
+            // Transfers beyond `connections` wait inside curl for a connection: that is the queue.
+            guard admitted - max(1, configuration.connections) < configuration.maxQueued else { return .full }
+            admitted += 1
             inbox.append(exchange)
             wakeCurlThread()
-            return true
+            return .accepted
         }
-        if !accepted { exchange.settle(.failure(Self.shuttingDownError(attempts: 0))) }
+        switch verdict {
+        case .accepted:
+            break
+        case .stopping:
+            lock.withLock { admitted += 1 }
+            exchange.settle(.failure(Self.shuttingDownError(attempts: 0)))
+        case .full:
+            lock.withLock { admitted += 1 }
+            exchange.settle(.failure(UpstreamError(.overloaded,
+                "upstream \(configuration.name) has max_queued (\(configuration.maxQueued)) items waiting for a connection; not sent", attempts: 0)))
+        }
         return exchange
     }
 
@@ -364,9 +383,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                                      name: configuration.serverName ?? configuration.endpoint.host, detail: detail)
             return UpstreamError(.unreachable, failure.message)
         case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST:
-            return UpstreamError(.unreachable, "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): \(detail)")
+            return UpstreamError(.unreachable, "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): \(detail)",
+                                 cause: .connectFailure)
         case CURLE_GOT_NOTHING, CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_PARTIAL_FILE:
-            return UpstreamError(.unreachable, "upstream \(configuration.name) connection failed: \(detail)")
+            return UpstreamError(.unreachable, "upstream \(configuration.name) connection failed: \(detail)", cause: .reset)
         default:
             return UpstreamError(.protocolError, "upstream \(configuration.name): \(detail)")
         }

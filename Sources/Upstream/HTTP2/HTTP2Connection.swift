@@ -165,7 +165,7 @@ final class HTTP2Connection {
             switch machine.disposition(streamID: id, sawResponseBytes: exchange.sawResponseBytes,
                                        idempotent: exchange.request.isIdempotent, sends: exchange.sends, reason: reason) {
             case .resend: resend.append(exchange)
-            case .fail(let kind, let message): failures.append((exchange, UpstreamError(kind, message)))
+            case .fail(let kind, let message): failures.append((exchange, UpstreamError(kind, message, cause: .reset)))
             }
         }
         streams.removeAll()
@@ -487,7 +487,8 @@ final class HTTP2Connection {
             let reason = errorCode == 0
                 ? "upstream \(name) ended the stream without a response"
                 : "upstream \(name) reset the stream: \(String(cString: nghttp2_http2_strerror(errorCode)))"
-            parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError, reason))))
+            let cause: UpstreamError.Cause = errorCode == NGHTTP2_REFUSED_STREAM.rawValue && !exchange.sawResponseBytes ? .refusedStream : .reset
+            parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError, reason, cause: cause))))
         }
     }
 

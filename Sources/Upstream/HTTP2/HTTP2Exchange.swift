@@ -70,8 +70,8 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
         }
     }
 
-    func fail(_ kind: UpstreamError.Kind, _ message: String) {
-        settle(.failure(UpstreamError(kind, message)))
+    func fail(_ kind: UpstreamError.Kind, _ message: String, cause: UpstreamError.Cause = .other) {
+        settle(.failure(UpstreamError(kind, message, cause: cause)))
     }
 
     /// The response as received so far.

@@ -30,8 +30,13 @@ final class HTTP2Slot {
     /// Set for `https://` upstreams: every connection of the slot does TLS with it.
     let tls: UpstreamTLS?
 
-    init(configuration: UpstreamConfiguration, eventLoop: EventLoop, logger: Logger, tls: UpstreamTLS? = nil) {
+    /// This slot's share of the upstream's `max_queued`.
+    let queueLimit: Int
+
+    init(configuration: UpstreamConfiguration, eventLoop: EventLoop, logger: Logger, tls: UpstreamTLS? = nil, slots: Int = 1) {
         self.tls = tls
+        let slots = max(1, slots)
+        queueLimit = (configuration.maxQueued + slots - 1) / slots
         self.fixedPseudoHeaders = [(":scheme", configuration.endpoint.scheme), (":authority", configuration.endpoint.authority)]
         self.configuration = configuration
         self.eventLoop = eventLoop
@@ -55,6 +60,12 @@ final class HTTP2Slot {
         }
         if let tooLarge = configuration.headTooLarge(exchange.request, peerLimit: current?.peerMaxHeaderListSize) {
             exchange.settle(.failure(tooLarge))
+            return
+        }
+        // `queued` counts only what waits: every enqueue pumps what can start at once.
+        if queued >= queueLimit {
+            exchange.settle(.failure(UpstreamError(.overloaded,
+                "upstream \(configuration.name) has max_queued (\(configuration.maxQueued)) items waiting for a stream; not sent", attempts: 0)))
             return
         }
         exchange.isQueued = true
@@ -138,7 +149,7 @@ final class HTTP2Slot {
         draining.removeValue(forKey: ObjectIdentifier(connection))
         let message = "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): \(error)"
         logger.warning("upstream connect failed", metadata: ["upstream": "\(configuration.name)", "error": "\(error)"])
-        failQueued(.unreachable, message)
+        failQueued(.unreachable, message, cause: .connectFailure)
         closedIfDone()
     }
 
@@ -161,7 +172,10 @@ final class HTTP2Slot {
         if !established && !isShutDown {
             logger.warning("upstream connection failed before HTTP/2 SETTINGS",
                            metadata: ["upstream": "\(configuration.name)", "reason": "\(reason)"])
-            failQueued(notH2C ? .protocolMismatch : .unreachable, reason)
+            // Nothing was sent on a connection that never got SETTINGS; a TLS failure will not
+            // heal by trying again (its message is the TLS one), a refused or dropped one may.
+            failQueued(notH2C ? .protocolMismatch : .unreachable, reason,
+                       cause: notH2C || reason.contains("TLS") ? .other : .connectFailure)
         }
         let shutdownMessage = "Sheaf shut down before the item finished"
         for (exchange, error) in failures {
@@ -179,8 +193,8 @@ final class HTTP2Slot {
         closedIfDone()
     }
 
-    private func failQueued(_ kind: UpstreamError.Kind, _ message: String) {
-        while let exchange = popLive() { exchange.fail(kind, message) }
+    private func failQueued(_ kind: UpstreamError.Kind, _ message: String, cause: UpstreamError.Cause = .other) {
+        while let exchange = popLive() { exchange.fail(kind, message, cause: cause) }
         pending.removeAll()
     }
 

@@ -18,8 +18,9 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
     /// `tls`: for an `https://` upstream (`protocol: h2`), the TLS every connection does.
     init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger, tls: UpstreamTLS?) {
         self.configuration = configuration
-        self.slots = (0..<max(1, configuration.connections)).map { _ in
-            HTTP2Slot(configuration: configuration, eventLoop: group.next(), logger: logger, tls: tls)
+        let count = max(1, configuration.connections)
+        self.slots = (0..<count).map { _ in
+            HTTP2Slot(configuration: configuration, eventLoop: group.next(), logger: logger, tls: tls, slots: count)
         }
     }
 

@@ -1,0 +1,280 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Retries within a budget and a circuit breaker in front of an engine (`retry:` and
+/// `circuit_breaker:` of an upstream). The decisions are the value types' (`RetryPolicy`,
+/// `RetryBudget`, `CircuitBreaker`); this class only keeps them behind one lock, schedules
+/// backoffs on an event loop, and follows each item across its attempts.
+public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
+    public let configuration: UpstreamConfiguration
+    let inner: UpstreamTransport
+    private let group: EventLoopGroup
+    private let events: UpstreamEvents
+    private let logger: Logger
+    private let policy: RetryPolicy
+    private let lock = NIOLock()
+    private var budget: RetryBudget
+    private var breaker: CircuitBreaker?
+
+    public init(wrapping inner: UpstreamTransport, group: EventLoopGroup, logger: Logger, events: UpstreamEvents = .none) {
+        let configuration = inner.configuration
+        self.configuration = configuration
+        self.inner = inner
+        self.group = group
+        self.events = events
+        self.logger = logger
+        policy = RetryPolicy(configuration: configuration.retry)
+        budget = RetryBudget(ratio: configuration.retry.budget, minRetries: configuration.retry.minRetries)
+        breaker = configuration.circuitBreaker.map(CircuitBreaker.init(configuration:))
+    }
+
+    /// The circuit's state now (closed when there is no breaker).
+    public var circuitState: CircuitBreaker.State { lock.withLock { breaker?.state ?? .closed } }
+
+    public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+        let now = NIODeadline.now()
+        let (admission, transition) = lock.withLock { () -> (CircuitBreaker.Admission, CircuitBreaker.Transition?) in
+            let verdict = breaker?.admit(now: now) ?? (.allowed, nil)
+            if verdict.0 != .rejected { budget.firstAttempt(now: now) }
+            return verdict
+        }
+        report(transition)
+        let call = ResilientCall(request: request, deadline: now + configuration.timeout, probe: admission == .probe,
+                                 eventLoop: group.next(), completion: completion)
+        if admission == .rejected {
+            call.finish(.failure(UpstreamError(.overloaded, "circuit open for upstream \(configuration.name); not sent", attempts: 0)))
+        } else {
+            attempt(call)
+        }
+        return call
+    }
+
+    private func attempt(_ call: ResilientCall) {
+        let number = call.beginAttempt()
+        let inner = self.inner.execute(call.request) { [self] result in settled(call, result) }
+        call.started(inner, attempt: number)
+    }
+
+    private func settled(_ call: ResilientCall, _ result: UpstreamResult) {
+        let now = NIODeadline.now()
+        guard let attempt = call.attemptEnded(result) else {
+            // The item already settled (its deadline, a cancel): only the circuit hears of it.
+            let transition = lock.withLock { () -> CircuitBreaker.Transition? in
+                guard let verdict = Self.failed(result) else { return nil }
+                return breaker?.record(failed: verdict, probe: call.probe, now: now)
+            }
+            report(transition)
+            return
+        }
+        let decision = call.isCancelled ? .finish
+            : policy.decide(result, request: call.request, attempt: attempt, now: now, deadline: call.deadline,
+                            random: { Int64.random(in: $0) })
+        var retryReason: String?
+        var delay = TimeAmount.zero
+        var exhausted = false
+        var transition: CircuitBreaker.Transition?
+        lock.withLock {
+            if case .retry(let after, let reason) = decision {
+                if budget.acquireRetry(now: now) {
+                    retryReason = reason
+                    delay = after
+                } else {
+                    exhausted = true
+                }
+            }
+            if let verdict = Self.failed(result) {
+                transition = breaker?.record(failed: verdict, probe: call.probe, now: now)
+            } else if call.probe {
+                breaker?.probeAbandoned()
+            }
+        }
+        report(transition)
+        if exhausted { events.retryBudgetExhausted(configuration.name) }
+        guard let reason = retryReason else {
+            call.finish(result)
+            return
+        }
+        events.retry(configuration.name, reason)
+        call.scheduleRetry(after: delay, timeout: timeoutError()) { [self] in self.attempt(call) }
+    }
+
+    /// Whether an outcome counts against the circuit: transport failures and 5xx answers do,
+    /// cancellations and 4xx are neutral (nil).
+    static func failed(_ result: UpstreamResult) -> Bool? {
+        switch result {
+        case .success(let response):
+            return response.status >= 500
+        case .failure(let error):
+            switch error.kind {
+            case .unreachable, .protocolError, .timeout, .protocolMismatch: return true
+            case .cancelled, .shuttingDown, .requestHeadTooLarge, .overloaded: return nil
+            }
+        }
+    }
+
+    private func timeoutError() -> UpstreamError {
+        UpstreamError(.timeout, "upstream \(configuration.name) did not answer within \(configuration.timeout.configText) (retries included)")
+    }
+
+    private func report(_ transition: CircuitBreaker.Transition?) {
+        guard let transition else { return }
+        logger.warning("upstream circuit \(transition.to.rawValue)",
+                       metadata: ["upstream": "\(configuration.name)", "from": "\(transition.from.rawValue)"])
+        events.circuitTransition(configuration.name, transition.from, transition.to)
+    }
+
+    public func cancel(_ calls: [UpstreamCall]) {
+        var running: [UpstreamCall] = []
+        for call in calls {
+            guard let call = call as? ResilientCall else { continue }
+            if let inner = call.cancelKeepingInner() { running.append(inner) }
+        }
+        if !running.isEmpty { inner.cancel(running) }
+    }
+
+    public func shutdown() async {
+        await inner.shutdown()
+    }
+}
+
+/// One item across its attempts: the inner call now running, or the backoff timer between two.
+final class ResilientCall: UpstreamCall, @unchecked Sendable {
+    let request: UpstreamRequest
+    /// The item's own deadline: retries never go past it.
+    let deadline: NIODeadline
+    let probe: Bool
+    private let eventLoop: EventLoop
+    private let lock = NIOLock()
+    private var completion: (@Sendable (UpstreamResult) -> Void)?
+    private var inner: UpstreamCall?
+    private var backoff: Scheduled<Void>?
+    private var deadlineTimer: Scheduled<Void>?
+    /// Attempts begun and ended.
+    private var begun = 0
+    private var attempts = 0
+    private var sends = 0
+    private var cancelled = false
+    private var suspended = false
+
+    init(request: UpstreamRequest, deadline: NIODeadline, probe: Bool, eventLoop: EventLoop,
+         completion: @escaping @Sendable (UpstreamResult) -> Void) {
+        self.request = request
+        self.deadline = deadline
+        self.probe = probe
+        self.eventLoop = eventLoop
+        self.completion = completion
+    }
+
+    var isCancelled: Bool { lock.withLock { cancelled } }
+
+    func beginAttempt() -> Int {
+        lock.withLock {
+            begun += 1
+            return begun
+        }
+    }
+
+    /// The engine's call for attempt `number`, unless that attempt already ended (an engine may
+    /// settle inside `execute`).
+    func started(_ call: UpstreamCall, attempt number: Int) {
+        let (cancel, suspend) = lock.withLock { () -> (Bool, Bool) in
+            if completion != nil && attempts < number { inner = call }
+            return (cancelled, suspended)
+        }
+        if cancel { call.cancel() }
+        if suspend { call.suspendReading() }
+    }
+
+    /// Counts the attempt that ended and its sends; returns its number, or nil when the item
+    /// has settled already.
+    func attemptEnded(_ result: UpstreamResult) -> Int? {
+        lock.withLock {
+            attempts += 1
+            switch result {
+            case .success(let response): sends += response.attempts
+            case .failure(let error): sends += error.attempts
+            }
+            inner = nil
+            return completion == nil ? nil : attempts
+        }
+    }
+
+    /// Another attempt after `delay`. A retry's engine timeout starts afresh, so a timer holds the
+    /// item to its first deadline.
+    func scheduleRetry(after delay: TimeAmount, timeout: UpstreamError, _ body: @escaping @Sendable () -> Void) {
+        lock.withLock {
+            guard completion != nil, !cancelled else { return }
+            backoff = eventLoop.scheduleTask(in: delay) { [self] in
+                let go = lock.withLock { () -> Bool in
+                    backoff = nil
+                    return completion != nil && !cancelled
+                }
+                if go { body() }
+            }
+            if deadlineTimer == nil {
+                deadlineTimer = eventLoop.scheduleTask(deadline: deadline) { [self] in
+                    var error = timeout
+                    error.attempts = lock.withLock { sends }
+                    finish(.failure(error))
+                }
+            }
+        }
+    }
+
+    /// Settles the item once, with every send of every attempt counted.
+    func finish(_ result: UpstreamResult) {
+        let (done, call, total, retried) = lock.withLock { () -> ((@Sendable (UpstreamResult) -> Void)?, UpstreamCall?, Int, Bool) in
+            defer {
+                completion = nil
+                inner = nil
+                backoff?.cancel()
+                backoff = nil
+                deadlineTimer?.cancel()
+                deadlineTimer = nil
+            }
+            return (completion, inner, sends, begun > 1)
+        }
+        guard let done else { return }
+        call?.cancel()
+        switch result {
+        case .success(var response):
+            if retried { response.attempts = total }
+            done(.success(response))
+        case .failure(var error):
+            if retried { error.attempts = total }
+            done(.failure(error))
+        }
+    }
+
+    func cancel() {
+        if let inner = cancelKeepingInner() { inner.cancel() }
+    }
+
+    /// Marks the item cancelled; between attempts it settles now. Returns the running attempt's
+    /// call, which the caller cancels (in bulk, for a whole batch).
+    func cancelKeepingInner() -> UpstreamCall? {
+        let (call, waiting) = lock.withLock { () -> (UpstreamCall?, Bool) in
+            cancelled = true
+            return (inner, inner == nil && completion != nil)
+        }
+        if waiting { finish(.failure(UpstreamError(.cancelled, "cancelled", attempts: lock.withLock { sends }))) }
+        return call
+    }
+
+    func suspendReading() {
+        let call = lock.withLock { () -> UpstreamCall? in
+            suspended = true
+            return inner
+        }
+        call?.suspendReading()
+    }
+
+    func resumeReading() {
+        let call = lock.withLock { () -> UpstreamCall? in
+            suspended = false
+            return inner
+        }
+        call?.resumeReading()
+    }
+}

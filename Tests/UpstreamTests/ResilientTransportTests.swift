@@ -1,0 +1,135 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+@testable import Upstream
+
+/// Retries, the retry budget, the circuit breaker and `max_queued` against scripted upstreams.
+@Suite(.serialized) struct ResilientTransportTests {
+    func configuration(port: Int, protocol: UpstreamProtocol = .http1, connections: Int = 2,
+                       _ tweak: (inout UpstreamConfiguration) -> Void = { _ in }) -> UpstreamConfiguration {
+        var c = UpstreamConfiguration(name: "flaky", endpoint: UpstreamEndpoint(scheme: "http", host: "127.0.0.1", port: port, basePath: ""),
+                                      protocol: `protocol`, connections: connections, timeout: .seconds(3))
+        c.retry.attempts = 3
+        c.retry.backoff = .milliseconds(1)
+        tweak(&c)
+        return c
+    }
+
+    /// A transport as `TransportFactory` builds it, the scripted HTTP/1.1 server, and teardown.
+    func withHTTP1(_ tweak: (inout UpstreamConfiguration) -> Void = { _ in },
+                   _ body: (UpstreamTransport, ScriptedHTTP1Server) async throws -> Void) async throws {
+        let server = try ScriptedHTTP1Server()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let transport = try TransportFactory.make(configuration(port: server.port, tweak), group: group, logger: Logger(label: "test"))
+        try await body(transport, server)
+        await transport.shutdown()
+        try server.stop()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func a503WithRetryAfterZeroThenAnAnswerSucceedsOnTheSecondAttempt() async throws {
+        try await withHTTP1 { transport, server in
+            let out = await runCalls(transport, [get("/busy-once/0")])
+            #expect(out.allSettledOnce && out.status(0) == 200 && out.attempts(0) == 2)
+            #expect(server.requests.count == 2)
+        }
+    }
+
+    @Test func aPostIsRetriedOnlyWithAnIdempotencyKey() async throws {
+        try await withHTTP1 { transport, server in
+            var keyed = post("/busy-once/0?keyed")
+            keyed.headers.append((name: "Idempotency-Key", value: "k-1"))
+            let out = await runCalls(transport, [post("/busy-once/0?plain"), keyed])
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 503 && out.attempts(0) == 1)
+            #expect(out.status(1) == 200 && out.attempts(1) == 2)
+            #expect(server.requests.filter { $0.target.hasSuffix("plain") }.count == 1)
+            #expect(server.requests.filter { $0.target.hasSuffix("keyed") }.count == 2)
+        }
+    }
+
+    @Test func aRetryAfterLongerThanMaxBackoffIsNotWaitedFor() async throws {
+        try await withHTTP1 { transport, server in
+            let out = await runCalls(transport, [get("/busy/3600")])
+            #expect(out.allSettledOnce && out.status(0) == 503 && out.attempts(0) == 1)
+            #expect(server.requests.count == 1)
+        }
+    }
+
+    @Test func theBudgetCapsRetriesDuringATotalOutage() async throws {
+        try await withHTTP1({ $0.retry.budget = 0.2; $0.retry.minRetries = 3; $0.connections = 8 }) { transport, server in
+            let out = await runCalls(transport, (0..<100).map { get("/status/503?i=\($0)") }, within: 10)
+            #expect(out.allSettledOnce)
+            #expect((0..<100).allSatisfy { out.status($0) == 503 })
+            // 100 first attempts + 20 % of them + 3: at most 123 requests reach the upstream.
+            #expect(server.requests.count >= 100 && server.requests.count <= 123, "\(server.requests.count) requests")
+        }
+    }
+
+    @Test func anOutageOpensTheCircuitWhichFailsFastAndRecoveryClosesIt() async throws {
+        try await withHTTP1({
+            $0.retry.attempts = 1
+            var breaker = CircuitBreakerConfiguration()
+            breaker.minRequests = 10
+            breaker.openFor = .milliseconds(300)
+            $0.circuitBreaker = breaker
+        }) { transport, server in
+            let resilient = try #require(transport as? ResilientTransport)
+            let outage = await runCalls(transport, (0..<12).map { get("/status/503?i=\($0)") })
+            #expect((0..<12).allSatisfy { outage.status($0) == 503 })
+            #expect(resilient.circuitState == .open)
+            let seen = server.requests.count
+            let fast = await runCalls(transport, (0..<10).map { get("/ok?fast=\($0)") })
+            #expect((0..<10).allSatisfy { fast.status($0) == 503 && fast.attempts($0) == 0 })
+            #expect(fast.reason(0) == "circuit open for upstream flaky; not sent")
+            #expect(server.requests.count == seen, "the upstream saw calls while the circuit was open")
+            try await Task.sleep(nanoseconds: 350_000_000)
+            let probes = await runCalls(transport, (0..<3).map { get("/ok?probe=\($0)") })
+            #expect((0..<3).allSatisfy { probes.status($0) == 200 })
+            #expect(resilient.circuitState == .closed)
+            let after = await runCalls(transport, (0..<5).map { get("/ok?after=\($0)") })
+            #expect((0..<5).allSatisfy { after.status($0) == 200 })
+        }
+    }
+
+    @Test func maxQueuedFailsTheExcessFastOnHTTP1() async throws {
+        try await withHTTP1({ $0.retry.attempts = 1; $0.connections = 1; $0.maxQueued = 2 }) { transport, server in
+            let out = await runCalls(transport, (0..<5).map { get("/slow/300?i=\($0)") })
+            #expect(out.allSettledOnce)
+            let statuses = (0..<5).map { out.status($0) }
+            #expect(statuses.filter { $0 == 200 }.count == 3 && statuses.filter { $0 == 503 }.count == 2, "\(statuses)")
+            #expect((0..<5).contains { out.reason($0).contains("has max_queued (2) items waiting") })
+        }
+    }
+
+    @Test func maxQueuedFailsTheExcessFastOnHTTP2() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.settings = [(0x3, 1)]  // SETTINGS_MAX_CONCURRENT_STREAMS = 1
+        try await withH2(script, tweak: { $0.maxQueued = 2 }) { transport, _ in
+            // One item holds the only stream; of the next four, two wait and two are refused.
+            let first = NIOLockedValueBox<Int?>(nil)
+            _ = transport.execute(get("/slow/400?first")) { result in first.withLockedValue { $0 = (try? result.get())?.status } }
+            try await Task.sleep(nanoseconds: 150_000_000)
+            let out = await runCalls(transport, (0..<4).map { get("/slow/100?i=\($0)") })
+            #expect(out.allSettledOnce)
+            let statuses = (0..<4).map { out.status($0) }
+            #expect(statuses.filter { $0 == 200 }.count == 2 && statuses.filter { $0 == 503 }.count == 2, "\(statuses)")
+            #expect(first.withLockedValue { $0 } == 200)
+        }
+    }
+
+    @Test func aStreamResetIsRetriedForAGetOverHTTP2() async throws {
+        let server = try ScriptedHTTP2Server()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let transport = try TransportFactory.make(configuration(port: server.port, protocol: .h2c), group: group, logger: Logger(label: "test"))
+        let out = await runCalls(transport, [get("/reset-once"), post("/reset-once?post")])
+        #expect(out.allSettledOnce)
+        #expect(out.status(0) == 200 && out.attempts(0) == 2)
+        #expect(out.status(1) == 502 && out.attempts(1) == 1)  // a POST that may have arrived is not sent again
+        await transport.shutdown()
+        await server.stop()
+        try await group.shutdownGracefully()
+    }
+}
