@@ -258,7 +258,8 @@ struct ConfigReader {
         let what = "upstream '\(name)'"
         let fields = entries(node, allowed: ["url", "protocol", "connections", "timeout", "connect_timeout", "max_response_bytes", "ca_file",
                                              "server_name", "client_certificate", "client_key", "insecure_skip_verify",
-                                             "max_request_header_bytes", "ping_interval", "ping_timeout"], what: what)
+                                             "max_request_header_bytes", "ping_interval", "ping_timeout",
+                                             "max_queued", "retry", "circuit_breaker"], what: what)
         guard !fields.isEmpty || problems.isEmpty else { return nil }
         var endpoint: UpstreamEndpoint?
         if let entry = fields["url"] {
@@ -294,6 +295,11 @@ struct ConfigReader {
         if let v = duration(fields["ping_interval"]?.value, "\(what) ping_interval") { configuration.pingInterval = v }
         if let v = duration(fields["ping_timeout"]?.value, "\(what) ping_timeout") { configuration.pingTimeout = v }
         readUpstreamTLS(fields, what: what, https: endpoint?.scheme == "https", into: &configuration)
+        if let v = integer(fields["max_queued"]?.value, "\(what) max_queued", range: 0...10_000_000) { configuration.maxQueued = v }
+        if let node = fields["retry"]?.value, let retry = readRetry(node, what: "\(what) retry") { configuration.retry = retry }
+        if let node = fields["circuit_breaker"]?.value {
+            configuration.circuitBreaker = readCircuitBreaker(node, what: "\(what) circuit_breaker")
+        }
         return endpoint == nil ? nil : configuration
     }
 
@@ -320,6 +326,56 @@ struct ConfigReader {
         }
         guard problems.count == before, let problem = TransportFactory.tlsProblem(configuration) else { return }
         report(at: fields[problem.field]?.value, "\(what) \(problem.field): \(problem.message)")
+    }
+
+    private mutating func readRetry(_ node: Node, what: String) -> RetryConfiguration? {
+        let before = problems.count
+        let fields = entries(node, allowed: ["attempts", "backoff", "max_backoff", "on", "budget", "min_retries"], what: what)
+        var retry = RetryConfiguration()
+        if let v = integer(fields["attempts"]?.value, "\(what) attempts", range: 1...10) { retry.attempts = v }
+        if let v = duration(fields["backoff"]?.value, "\(what) backoff") { retry.backoff = v }
+        if let v = duration(fields["max_backoff"]?.value, "\(what) max_backoff") { retry.maxBackoff = v }
+        if retry.maxBackoff < retry.backoff, let entry = fields["max_backoff"] ?? fields["backoff"] {
+            report(at: entry.value, "\(what) max_backoff (\(retry.maxBackoff.configText)) is shorter than backoff (\(retry.backoff.configText))")
+        }
+        if let entry = fields["on"] {
+            if case .sequence(let list) = entry.value, list.count > 0 {
+                retry.on = []
+                for item in list {
+                    guard let text = string(item, "\(what) on") else { continue }
+                    if let condition = RetryCondition(configText: text) {
+                        retry.on.insert(condition)
+                    } else {
+                        report(at: item, "\(what) on: \"\(text)\" is not connect-failure, reset, refused-stream or a status 400-599")
+                    }
+                }
+            } else {
+                report(at: entry.value, "\(what) on must be a list, e.g. [connect-failure, reset, 503]")
+            }
+        }
+        if let v = fraction(fields["budget"]?.value, "\(what) budget", allowZero: true) { retry.budget = v }
+        if let v = integer(fields["min_retries"]?.value, "\(what) min_retries", range: 0...100_000) { retry.minRetries = v }
+        return problems.count == before ? retry : nil
+    }
+
+    private mutating func readCircuitBreaker(_ node: Node, what: String) -> CircuitBreakerConfiguration? {
+        let before = problems.count
+        let fields = entries(node, allowed: ["failure_ratio", "min_requests", "window", "open_for"], what: what)
+        var breaker = CircuitBreakerConfiguration()
+        if let v = fraction(fields["failure_ratio"]?.value, "\(what) failure_ratio", allowZero: false) { breaker.failureRatio = v }
+        if let v = integer(fields["min_requests"]?.value, "\(what) min_requests", range: 1...1_000_000) { breaker.minRequests = v }
+        if let v = duration(fields["window"]?.value, "\(what) window") { breaker.window = v }
+        if let v = duration(fields["open_for"]?.value, "\(what) open_for") { breaker.openFor = v }
+        return problems.count == before ? breaker : nil
+    }
+
+    /// `20%` or `0.2`: a share between 0 (or just above) and 1.
+    mutating func fraction(_ node: Node?, _ what: String, allowZero: Bool) -> Double? {
+        parsed(node, what, expected: allowZero ? "a share from 0 to 1 (write e.g. 20% or 0.2)" : "a share above 0, at most 1 (write e.g. 50% or 0.5)") { text in
+            let value = text.hasSuffix("%") ? Double(text.dropLast()).map { $0 / 100 } : Double(text)
+            guard let value, value.isFinite, value <= 1, allowZero ? value >= 0 : value > 0 else { return nil }
+            return value
+        }
     }
 
     private mutating func readURL(_ text: String, at node: Node, what: String) -> UpstreamEndpoint? {

@@ -197,6 +197,50 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     #expect(problems(notBool).map(\.message) == ["upstream 'legacy' insecure_skip_verify: \"maybe\" is not true or false"])
 }
 
+@Test func retryCircuitBreakerAndMaxQueuedAreReadAndChecked() throws {
+    let block = """
+        protocol: http1
+        max_queued: 500
+        retry:
+          attempts: 3
+          backoff: 50ms
+          max_backoff: 1s
+          on: [connect-failure, reset, refused-stream, 502, 503, 504, 429]
+          budget: 20%
+          min_retries: 3
+        circuit_breaker:
+          failure_ratio: 0.5
+          min_requests: 20
+          window: 10s
+          open_for: 5s
+    """
+    let good = valid.replacingOccurrences(of: "    protocol: http1", with: block)
+    let upstream = try #require(try ConfigLoader.parse(yaml: good, file: "c.yaml").upstream(named: "legacy"))
+    #expect(upstream.maxQueued == 500)
+    #expect(upstream.retry.attempts == 3 && upstream.retry.budget == 0.2 && upstream.retry.minRetries == 3)
+    #expect(upstream.retry.on == RetryCondition.defaults && upstream.retry.maxBackoff == .seconds(1))
+    #expect(upstream.circuitBreaker?.minRequests == 20 && upstream.circuitBreaker?.openFor == .seconds(5))
+    // Defaults: no retries, no breaker, 10000 queued.
+    let plain = try #require(try ConfigLoader.parse(yaml: valid, file: "c.yaml").upstream(named: "legacy"))
+    #expect(plain.retry.attempts == 1 && plain.circuitBreaker == nil && plain.maxQueued == 10_000)
+
+    let bad = good.replacingOccurrences(of: "[connect-failure, reset, refused-stream, 502, 503, 504, 429]", with: "[reset, 200, sometimes]")
+        .replacingOccurrences(of: "budget: 20%", with: "budget: 150%")
+        .replacingOccurrences(of: "failure_ratio: 0.5", with: "failure_ratio: 0")
+        .replacingOccurrences(of: "attempts: 3", with: "attempts: 0")
+    #expect(problems(bad).map(\.message) == [
+        "upstream 'legacy' retry attempts must be between 1 and 10, got 0",
+        "upstream 'legacy' retry on: \"200\" is not connect-failure, reset, refused-stream or a status 400-599",
+        "upstream 'legacy' retry on: \"sometimes\" is not connect-failure, reset, refused-stream or a status 400-599",
+        "upstream 'legacy' retry budget: \"150%\" is not a share from 0 to 1 (write e.g. 20% or 0.2)",
+        "upstream 'legacy' circuit_breaker failure_ratio: \"0\" is not a share above 0, at most 1 (write e.g. 50% or 0.5)",
+    ])
+    let backwards = good.replacingOccurrences(of: "max_backoff: 1s", with: "max_backoff: 10ms")
+    #expect(problems(backwards).map(\.message) == ["upstream 'legacy' retry max_backoff (10ms) is shorter than backoff (50ms)"])
+    let unknown = good.replacingOccurrences(of: "min_retries: 3", with: "min_retries: 3\n      jitter: none")
+    #expect(problems(unknown).first?.message.contains("jitter") == true)
+}
+
 @Test func fanOutHeadersRefuseHopByHopNames() throws {
     let headers = """
           path: /users/{item}
