@@ -187,3 +187,14 @@ private let hostileOutcomes = [
     #expect(results[0]["headers"]?["content-type"] == .string("text/plain"))
     #expect(results[0]["headers"]?["vary"] == .string("accept"))
 }
+
+@Test func theSummaryCarriesTheLongestRetryAfterOf429And503Items() throws {
+    let busy = ItemOutcome(status: 503, headers: [("retry-after", "5")])
+    let limited = ItemOutcome(status: 429, headers: [("retry-after", "30")])
+    let other = ItemOutcome(status: 500, headers: [("retry-after", "600")])
+    let parsed = try JSONParser.parse(encode(.json, [(item, busy), (item, limited), (item, other)]))
+    #expect(parsed["summary"]?["retry_after"] == .number("30"))
+    let none = try JSONParser.parse(encode(.json, [(item, other)]))
+    #expect(none["summary"]?["retry_after"] == nil)
+    #expect(encode(.xml(mediaType: "application/xml"), [(item, busy)]).contains(#"retry-after="5""#))
+}

@@ -69,6 +69,8 @@ public final class JSONMultiStatusEncoder: MultiStatusEncoder {
     }
 
     public func end(_ summary: BatchSummary, into out: inout ByteBuffer) {
-        out.writeString("],\"summary\":{\"total\":\(summary.total),\"succeeded\":\(summary.succeeded),\"failed\":\(summary.failed)}}")
+        out.writeString("],\"summary\":{\"total\":\(summary.total),\"succeeded\":\(summary.succeeded),\"failed\":\(summary.failed)")
+        if let retryAfter = summary.retryAfter { out.writeString(",\"retry_after\":\(retryAfter)") }
+        out.writeString("}}")
     }
 }

@@ -1,17 +1,28 @@
+import Foundation
 import FanOut
 import NIOCore
+import Upstream
 
 /// Counts for the end of a 207: every item is either succeeded (status < 400) or failed.
 public struct BatchSummary: Sendable, Equatable {
     public var total = 0
     public var succeeded = 0
     public var failed = 0
+    /// The longest `Retry-After` (in seconds) of the items that ended 429 or 503: when a client
+    /// may try those again. The 207's head is sent before the items end, so it travels in the body.
+    public var retryAfter: Int64?
 
     public init() {}
 
     public mutating func count(_ outcome: ItemOutcome) {
         total += 1
         if outcome.succeeded { succeeded += 1 } else { failed += 1 }
+        if outcome.status == 429 || outcome.status == 503,
+           let header = outcome.headers.first(where: { $0.name == "retry-after" }),
+           let wait = RetryPolicy.parseRetryAfter(header.value, now: Date()) {
+            let seconds = (wait.nanoseconds + 999_999_999) / 1_000_000_000
+            retryAfter = max(retryAfter ?? 0, seconds)
+        }
     }
 }
 

@@ -76,6 +76,7 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
         attribute("total", String(summary.total))
         attribute("succeeded", String(summary.succeeded))
         attribute("failed", String(summary.failed))
+        if let retryAfter = summary.retryAfter { attribute("retry-after", String(retryAfter)) }
         end()
         xmlTextWriterEndDocument(writer)
         drain(into: &out)

@@ -4,7 +4,7 @@ import NIOCore
 /// Whether an item's outcome is tried again, and when: a pure function of the outcome, the
 /// request, the attempt number, the time and the item's deadline (the random source is passed
 /// in, so tests see the jitter).
-struct RetryPolicy {
+public struct RetryPolicy {
     let configuration: RetryConfiguration
 
     enum Decision: Equatable {
@@ -63,7 +63,7 @@ struct RetryPolicy {
     }
 
     /// `Retry-After` (RFC 9110 §10.2.3): delay-seconds or an HTTP-date.
-    static func parseRetryAfter(_ value: String, now: Date) -> TimeAmount? {
+    public static func parseRetryAfter(_ value: String, now: Date) -> TimeAmount? {
         let text = value.trimmingCharacters(in: .whitespaces)
         if let seconds = Int64(text), seconds >= 0 {
             return .seconds(min(seconds, 1 << 32))
@@ -73,7 +73,7 @@ struct RetryPolicy {
     }
 
     /// IMF-fixdate, the only form senders may generate (RFC 9110 §5.6.7).
-    static func httpDate(_ text: String) -> Date? {
+    private static func httpDate(_ text: String) -> Date? {
         let formatter = DateFormatter()
         formatter.locale = Locale(identifier: "en_US_POSIX")
         formatter.timeZone = TimeZone(identifier: "GMT")
