@@ -16,6 +16,14 @@ public final class SheafMetrics: @unchecked Sendable {
     private var lostCounters: [String: Counter] = [:]
     private var stallCounters: [String: Counter] = [:]
     private var tlsFailureCounters: [String: Counter] = [:]
+    private var retryCounters: [String: Counter] = [:]
+    private var budgetCounters: [String: Counter] = [:]
+    private var transitionCounters: [String: Counter] = [:]
+    private var goawayCounters: [String: Counter] = [:]
+    private var upstreamHistograms: [String: DurationHistogram] = [:]
+    private var engineGauges: [String: Gauge] = [:]
+    /// Read at each scrape: what the engines hold now, and each circuit's state.
+    private var watched: [(name: String, transport: UpstreamTransport)] = []
     private let inFlight: Gauge
     private let refusedConnections: Counter
 
@@ -132,6 +140,82 @@ public final class SheafMetrics: @unchecked Sendable {
         refusedConnections.increment()
     }
 
+    /// The transports whose gauges (connections, streams, queue, circuit) each scrape reads.
+    public func watch(_ transports: [String: UpstreamTransport]) {
+        lock.withLock { watched = transports.sorted { $0.key < $1.key }.map { ($0.key, $0.value) } }
+    }
+
+    /// What transports report (retries, the budget, circuit transitions, GOAWAYs, TLS
+    /// failures), counted here.
+    public var upstreamEvents: UpstreamEvents {
+        var events = UpstreamEvents()
+        events.tlsFailure = { [weak self] upstream, kind in self?.tlsFailure(upstream: upstream, kind: kind) }
+        events.retry = { [weak self] upstream, reason in
+            self?.count(\.retryCounters, "upstream_retries", "Item requests sent again by the retry policy, by what failed",
+                        labels: [("upstream", upstream), ("reason", reason)])
+        }
+        events.retryBudgetExhausted = { [weak self] upstream in
+            self?.count(\.budgetCounters, "upstream_retry_budget_exhausted", "Retries the policy wanted and the retry budget refused",
+                        labels: [("upstream", upstream)])
+        }
+        events.circuitTransition = { [weak self] upstream, _, to in
+            self?.count(\.transitionCounters, "upstream_circuit_transitions", "Circuit breaker state changes, by the state entered",
+                        labels: [("upstream", upstream), ("to", to.rawValue)])
+        }
+        events.goaway = { [weak self] upstream in
+            self?.count(\.goawayCounters, "upstream_goaways", "HTTP/2 GOAWAY frames received from upstreams",
+                        labels: [("upstream", upstream)])
+        }
+        return events
+    }
+
+    private func count(_ cache: ReferenceWritableKeyPath<SheafMetrics, [String: Counter]>, _ metric: String, _ help: String,
+                       labels: [(String, String)]) {
+        let counter = lock.withLock { cachedCounter(&self[keyPath: cache], metric, help, labels: labels) }
+        counter.increment()
+    }
+
+    /// The duration histogram of an upstream's requests (hand-over to outcome, retries included).
+    public func upstreamHistogram(upstream: String) -> DurationHistogram {
+        lock.withLock {
+            if let h = upstreamHistograms[upstream] { return h }
+            let h = registry.makeDurationHistogram(
+                descriptor: Self.name("upstream_request_duration", "seconds", "Time from an item's hand-over to an upstream to its outcome, retries included"),
+                labels: [("upstream", upstream)], buckets: Self.itemBuckets)
+            upstreamHistograms[upstream] = h
+            return h
+        }
+    }
+
+    /// Called under `lock` before each scrape.
+    private func refreshGauges() {
+        for (name, transport) in watched {
+            for engine in transport.gauges {
+                let labels = [("upstream", name), ("protocol", engine.protocolName)]
+                gauge("upstream_connections", "Open connections to an upstream, by protocol", labels).set(to: Double(engine.connections.load(ordering: .relaxed)))
+                gauge("upstream_streams_in_use", "Requests on the wire to an upstream (HTTP/2 streams, HTTP/1.1 transfers on a connection)", labels)
+                    .set(to: Double(engine.streams.load(ordering: .relaxed)))
+                gauge("upstream_queued_items", "Items waiting for a stream or a connection to an upstream", labels)
+                    .set(to: Double(engine.queued.load(ordering: .relaxed)))
+            }
+            if let resilient = transport as? ResilientTransport, resilient.configuration.circuitBreaker != nil {
+                let now = resilient.circuitState
+                for state in CircuitBreaker.State.allCases {
+                    gauge("upstream_circuit_state", "1 for the state an upstream's circuit breaker is in (closed, open, half_open), 0 for the others",
+                          [("upstream", name), ("state", state.rawValue)]).set(to: state == now ? 1.0 : 0.0)
+                }
+            }
+        }
+    }
+
+    private func gauge(_ metric: String, _ help: String, _ labels: [(String, String)]) -> Gauge {
+        let key = metric + "\u{0}" + labels.map(\.1).joined(separator: "\u{0}")
+        if let gauge = engineGauges[key] { return gauge }
+        let gauge = registry.makeGauge(descriptor: Self.name(metric, "", help), labels: labels)
+        engineGauges[key] = gauge
+        return gauge
+    }
+
     /// A TLS connection to an upstream failed (both engines classify the failure the same way).
     public func tlsFailure(upstream: String, kind: TLSFailureKind) {
         let counter = lock.withLock {
@@ -159,6 +243,7 @@ public final class SheafMetrics: @unchecked Sendable {
 
     /// Prometheus text exposition format.
     public func render() -> ByteBuffer {
+        lock.withLock { refreshGauges() }
         var bytes: [UInt8] = []
         registry.emit(into: &bytes)
         return ByteBuffer(bytes: bytes)

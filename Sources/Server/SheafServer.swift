@@ -30,10 +30,11 @@ public final class SheafServer: Service, @unchecked Sendable {
             logger.info("demo upstream listening", metadata: ["address": "\(demo)", "protocols": "http/1.1, h2c"])
         }
         var transports: [String: UpstreamTransport] = [:]
-        let events = UpstreamEvents { [metrics] upstream, kind in metrics.tlsFailure(upstream: upstream, kind: kind) }
+        let events = metrics.upstreamEvents
         for upstream in configuration.upstreams {
             transports[upstream.name] = try TransportFactory.make(upstream, group: group, logger: logger, events: events)
         }
+        metrics.watch(transports)
         let service = SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger)
         let listen = configuration.listen
         let channel: Channel

@@ -24,7 +24,7 @@ public final class AutoTransport: UpstreamTransport, @unchecked Sendable {
         self.events = events
         let tls = configuration.endpoint.scheme == "https"
             ? try UpstreamTLS(configuration: configuration, offerHTTP1: true, events: events) : nil
-        self.h2 = HTTP2Transport(configuration: configuration, group: group, logger: logger, tls: tls)
+        self.h2 = HTTP2Transport(configuration: configuration, group: group, logger: logger, tls: tls, events: events)
     }
 
     private var http2Name: String { configuration.endpoint.scheme == "https" ? "HTTP/2 over TLS" : "h2c" }
@@ -91,6 +91,10 @@ public final class AutoTransport: UpstreamTransport, @unchecked Sendable {
             logger.info("upstream connection failed; trying \(http2Name) again",
                         metadata: ["upstream": "\(configuration.name)", "reason": "\(error.message)"])
         }
+    }
+
+    public var gauges: [UpstreamGauges] {
+        h2.gauges + (lock.withLock { http1 }?.gauges ?? [])
     }
 
     public func cancel(_ calls: [UpstreamCall]) {

@@ -26,12 +26,12 @@ public enum TransportFactory {
             case .auto:
                 return try AutoTransport(configuration: configuration, group: group, logger: logger, events: events)
             case .h2c:
-                return HTTP2Transport(configuration: configuration, group: group, logger: logger)
+                return HTTP2Transport(configuration: configuration, group: group, logger: logger, events: events)
             case .http1:
                 return CurlTransport(configuration: configuration, logger: logger, events: events)
             case .h2:
                 let tls = try UpstreamTLS(configuration: configuration, events: events)
-                return HTTP2Transport(configuration: configuration, group: group, logger: logger, tls: tls)
+                return HTTP2Transport(configuration: configuration, group: group, logger: logger, tls: tls, events: events)
             }
         } catch {
             throw TransportUnavailable(description: "upstream \(configuration.name): cannot set up TLS: \(error)")

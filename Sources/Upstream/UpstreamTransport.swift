@@ -158,6 +158,9 @@ public protocol UpstreamCall: AnyObject, Sendable {
 }
 
 extension UpstreamTransport {
+    /// Engines with nothing to report (test doubles) report nothing.
+    public var gauges: [UpstreamGauges] { [] }
+
     /// One call at a time; engines that can do better override it.
     public func cancel(_ calls: [UpstreamCall]) {
         for call in calls { call.cancel() }
@@ -183,4 +186,6 @@ public protocol UpstreamTransport: AnyObject, Sendable {
     /// Cancels many calls of this transport at once (a batch whose client went away), without
     /// holding an event loop for all of them in one go.
     func cancel(_ calls: [UpstreamCall])
+    /// What the engine(s) hold now: connections, streams in use, items queued.
+    var gauges: [UpstreamGauges] { get }
 }

@@ -17,6 +17,7 @@ final class BatchSession: @unchecked Sendable {
     private let writer: ResponseWriter
     private let metrics: SheafMetrics
     private let histogram: DurationHistogram
+    private let upstreamHistogram: DurationHistogram
     private let received: NIODeadline
     private let logger: Logger
     private let onDone: @Sendable () -> Void
@@ -36,6 +37,7 @@ final class BatchSession: @unchecked Sendable {
         self.writer = writer
         self.metrics = metrics
         self.histogram = metrics.itemHistogram(route: route.configuration.name)
+        self.upstreamHistogram = metrics.upstreamHistogram(upstream: route.configuration.upstream)
         self.received = received
         self.logger = logger
     }
@@ -93,6 +95,7 @@ final class BatchSession: @unchecked Sendable {
             encoder.item(item, outcome, into: &out)
         }
         histogram.recordNanoseconds(Int64(nanoseconds))
+        if outcome.attempts > 0 { upstreamHistogram.recordNanoseconds(Int64(nanoseconds)) }
         metrics.itemSettled()
     }
 

@@ -1,3 +1,4 @@
+import Atomics
 import CCurlShim
 import Foundation
 import Logging
@@ -31,7 +32,12 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     private var readingChanges: [(CurlExchange, suspended: Bool)] = []
     private var stopping = false
     /// Items handed over and not settled.
-    private var admitted = 0
+    private var admitted = 0 {
+        didSet { publishLoad() }
+    }
+    private let engineGauges = UpstreamGauges(protocolName: "http/1.1")
+    /// Sockets curl has open (its callbacks count them, atomically, on the curl thread).
+    private let openSockets = UnsafeMutablePointer<Int>.allocate(capacity: 1)
     /// False once the curl thread is about to clean `multi` up: nothing may wake it after that.
     private var multiAlive = true
     private var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
@@ -56,6 +62,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         self.events = events
+        openSockets.initialize(to: 0)
         let endpoint = configuration.endpoint
         if let name = configuration.serverName {
             urlOrigin = "\(endpoint.scheme)://\(name):\(endpoint.port)"
@@ -73,6 +80,24 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         thread.name = "sheaf-curl-\(configuration.name)"
         self.thread = thread
         thread.start()
+    }
+
+    deinit {
+        // The curl thread holds the transport until it has cleaned the multi handle up, and
+        // with it every socket whose close the callbacks count.
+        openSockets.deallocate()
+    }
+
+    public var gauges: [UpstreamGauges] {
+        engineGauges.connections.store(sheaf_counter_load(openSockets), ordering: .relaxed)
+        return [engineGauges]
+    }
+
+    /// Under `lock`: transfers beyond `connections` wait inside curl for one.
+    private func publishLoad() {
+        let connections = max(1, configuration.connections)
+        engineGauges.streams.store(min(admitted, connections), ordering: .relaxed)
+        engineGauges.queued.store(max(0, admitted - connections), ordering: .relaxed)
     }
 
     public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
@@ -273,6 +298,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             sheaf_easy_setopt_string(easy, CURLOPT_CAINFO, caFile)
         }
         if let connectTo { sheaf_easy_setopt_ptr(easy, CURLOPT_CONNECT_TO, connectTo) }
+        sheaf_easy_count_sockets(easy, openSockets)
         if let certificate = configuration.clientCertificate, let key = configuration.clientKey {
             sheaf_easy_setopt_string(easy, CURLOPT_SSLCERT, certificate)
             sheaf_easy_setopt_string(easy, CURLOPT_SSLKEY, key)

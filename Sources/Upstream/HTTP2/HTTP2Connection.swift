@@ -83,6 +83,9 @@ final class HTTP2Connection {
 
     /// The TCP connection is up: create the session, send the preface and our SETTINGS.
     /// Streams wait for the peer's SETTINGS (its limits are not known before).
+    /// Counted in the connections gauge (from activation to the channel's end).
+    private var countedOpen = false
+
     func activate(channel: Channel) {
         slot.eventLoop.preconditionInEventLoop()
         self.channel = channel
@@ -92,6 +95,8 @@ final class HTTP2Connection {
             channel.close(promise: nil)
             return
         }
+        countedOpen = true
+        slot.gauges.add(slot.gauges.connections, 1)
         var callbacks: OpaquePointer?
         nghttp2_session_callbacks_new(&callbacks)
         defer { nghttp2_session_callbacks_del(callbacks) }
@@ -168,7 +173,12 @@ final class HTTP2Connection {
             case .fail(let kind, let message): failures.append((exchange, UpstreamError(kind, message, cause: .reset)))
             }
         }
+        slot.gauges.add(slot.gauges.streams, -streams.count)
         streams.removeAll()
+        if countedOpen {
+            countedOpen = false
+            slot.gauges.add(slot.gauges.connections, -1)
+        }
         if let session {
             nghttp2_session_del(session)
             self.session = nil
@@ -225,6 +235,7 @@ final class HTTP2Connection {
         exchange.streamID = streamID
         exchange.connection = self
         streams[streamID] = exchange
+        slot.gauges.add(slot.gauges.streams, 1)
         machine.streamOpened()
     }
 
@@ -266,7 +277,7 @@ final class HTTP2Connection {
     /// Lets go of a stream Sheaf no longer wants (cancelled, timed out): RST_STREAM(CANCEL), its
     /// held-back window returned, its slot freed. Returns what the state machine decides.
     private func reset(_ exchange: HTTP2Exchange) -> HTTP2ConnectionStateMachine.Action {
-        streams.removeValue(forKey: exchange.streamID)
+        if streams.removeValue(forKey: exchange.streamID) != nil { slot.gauges.add(slot.gauges.streams, -1) }
         exchange.connection = nil
         returnUnconsumed(of: exchange)
         perform { session in
@@ -459,6 +470,7 @@ final class HTTP2Connection {
         let unsent = notSent.removeValue(forKey: stream)
         let invalid = invalidResponses.removeValue(forKey: stream)
         guard let exchange = streams.removeValue(forKey: stream) else { return }
+        slot.gauges.add(slot.gauges.streams, -1)
         exchange.connection = nil
         returnUnconsumed(of: exchange)
         let action = machine.streamClosed()
@@ -514,6 +526,7 @@ final class HTTP2Connection {
     }
 
     fileprivate func goaway(lastStreamID: Int32, errorCode: UInt32, debug: String) {
+        slot.events.goaway(slot.configuration.name)
         parkedActions.append(machine.goawayReceived(lastStreamID: lastStreamID, errorCode: errorCode,
                                                     errorName: String(cString: nghttp2_http2_strerror(errorCode)), debug: debug))
     }

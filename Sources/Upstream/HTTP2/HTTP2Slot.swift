@@ -17,7 +17,11 @@ final class HTTP2Slot {
     private var draining: [ObjectIdentifier: HTTP2Connection] = [:]
     private var pending = CircularBuffer<HTTP2Exchange>()
     /// Live (unsettled) exchanges in `pending`.
-    private var queued = 0
+    private var queued = 0 {
+        didSet { gauges.add(gauges.queued, queued - oldValue) }
+    }
+    let gauges: UpstreamGauges
+    let events: UpstreamEvents
     private(set) var isShutDown = false
     private var tickTask: Scheduled<Void>?
     private var nextTick: NIODeadline?
@@ -33,8 +37,11 @@ final class HTTP2Slot {
     /// This slot's share of the upstream's `max_queued`.
     let queueLimit: Int
 
-    init(configuration: UpstreamConfiguration, eventLoop: EventLoop, logger: Logger, tls: UpstreamTLS? = nil, slots: Int = 1) {
+    init(configuration: UpstreamConfiguration, eventLoop: EventLoop, logger: Logger, tls: UpstreamTLS? = nil, slots: Int = 1,
+         gauges: UpstreamGauges? = nil, events: UpstreamEvents = .none) {
         self.tls = tls
+        self.gauges = gauges ?? UpstreamGauges(protocolName: tls == nil ? "h2c" : "h2")
+        self.events = events
         let slots = max(1, slots)
         queueLimit = (configuration.maxQueued + slots - 1) / slots
         self.fixedPseudoHeaders = [(":scheme", configuration.endpoint.scheme), (":authority", configuration.endpoint.authority)]

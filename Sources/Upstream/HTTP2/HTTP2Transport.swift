@@ -11,18 +11,25 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
     private let slots: [HTTP2Slot]
     private let next = NIOLockedValueBox(0)
 
-    public convenience init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger) {
-        self.init(configuration: configuration, group: group, logger: logger, tls: nil)
+    private let engineGauges: UpstreamGauges
+
+    public convenience init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger, events: UpstreamEvents = .none) {
+        self.init(configuration: configuration, group: group, logger: logger, tls: nil, events: events)
     }
 
     /// `tls`: for an `https://` upstream (`protocol: h2`), the TLS every connection does.
-    init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger, tls: UpstreamTLS?) {
+    init(configuration: UpstreamConfiguration, group: EventLoopGroup, logger: Logger, tls: UpstreamTLS?, events: UpstreamEvents = .none) {
         self.configuration = configuration
         let count = max(1, configuration.connections)
+        let gauges = UpstreamGauges(protocolName: tls == nil ? "h2c" : "h2")
+        engineGauges = gauges
         self.slots = (0..<count).map { _ in
-            HTTP2Slot(configuration: configuration, eventLoop: group.next(), logger: logger, tls: tls, slots: count)
+            HTTP2Slot(configuration: configuration, eventLoop: group.next(), logger: logger, tls: tls, slots: count,
+                      gauges: gauges, events: events)
         }
     }
+
+    public var gauges: [UpstreamGauges] { [engineGauges] }
 
     public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
         let slot = pickSlot()

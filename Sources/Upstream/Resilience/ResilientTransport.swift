@@ -133,6 +133,8 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
         if !running.isEmpty { inner.cancel(running) }
     }
 
+    public var gauges: [UpstreamGauges] { inner.gauges }
+
     public func shutdown() async {
         await inner.shutdown()
     }

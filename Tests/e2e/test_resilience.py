@@ -1,0 +1,81 @@
+"""Upstream resilience seen from outside: retries within the budget, the circuit breaker and
+the upstream metrics, against nginx."""
+import os
+import re
+import shutil
+import subprocess
+
+import httpx
+
+from conftest import fan_out_sheaf
+
+
+def _metrics(s):
+    text = httpx.get(s.url + "/metrics").text
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    if os.path.exists(promtool):
+        check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    values = {}
+    for name, labels, value in re.findall(r'^(sheaf_upstream_\w+)(\{[^}]*\})? (\S+)$', text, re.M):
+        values[name + (labels or "")] = float(value)
+    return values
+
+
+def test_an_outage_is_retried_within_the_budget_then_the_circuit_opens(workdir, nginx):
+    s = fan_out_sheaf(workdir, "outage", f'''{{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c,
+        retry: {{attempts: 3, backoff: 1ms, budget: 20%, min_retries: 3}},
+        circuit_breaker: {{min_requests: 50, failure_ratio: 0.5, open_for: 1m}}}}''', "/unavailable/{item}")
+    try:
+        before = len(nginx.access_lines())
+        r = httpx.post(s.url + "/b", json=list(range(100)), timeout=30)
+        assert r.status_code == 207
+        doc = r.json()
+        assert sorted(int(x["id"]) for x in doc["results"]) == list(range(100))
+        assert all(x["status"] == 503 for x in doc["results"])
+        assert doc["summary"]["retry_after"] == 0
+        seen = len(nginx.access_lines()) - before
+        assert 100 <= seen <= 123, f"nginx saw {seen} requests for 100 items"
+        m = _metrics(s)
+        assert m['sheaf_upstream_retries_total{upstream="up",reason="503"}'] == seen - 100
+        assert m['sheaf_upstream_retry_budget_exhausted_total{upstream="up"}'] >= 1
+        assert m['sheaf_upstream_circuit_state{upstream="up",state="open"}'] == 1
+        assert m['sheaf_upstream_circuit_transitions_total{upstream="up",to="open"}'] == 1
+        # Open: the next batch fails fast and nginx sees nothing.
+        before = len(nginx.access_lines())
+        r = httpx.post(s.url + "/b", json=list(range(10)), timeout=30)
+        items = r.json()["results"]
+        assert all(x["status"] == 503 and x["error"] == "circuit open for upstream up; not sent" for x in items), items
+        assert len(nginx.access_lines()) == before
+    finally:
+        s.stop()
+
+
+def test_upstream_gauges_and_goaways(workdir, nginx):
+    s = fan_out_sheaf(workdir, "gauges", f'{{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c, connections: 2}}',
+                      "/users/{item}", max_items=5000)
+    try:
+        r = httpx.post(s.url + "/b", json=list(range(2500)), timeout=60)
+        assert r.status_code == 207 and len(r.json()["results"]) == 2500
+        m = _metrics(s)
+        assert m['sheaf_upstream_connections{upstream="up",protocol="h2c"}'] >= 1
+        assert m['sheaf_upstream_streams_in_use{upstream="up",protocol="h2c"}'] == 0
+        assert m['sheaf_upstream_queued_items{upstream="up",protocol="h2c"}'] == 0
+        # nginx ends each HTTP/2 connection after 1000 requests.
+        assert m['sheaf_upstream_goaways_total{upstream="up"}'] >= 2
+        assert m['sheaf_upstream_request_duration_seconds_count{upstream="up"}'] == 2500
+    finally:
+        s.stop()
+
+
+def test_http1_gauges_count_curls_connections(workdir, nginx):
+    s = fan_out_sheaf(workdir, "gauges1", f'{{url: "http://127.0.0.1:{nginx.http1}", protocol: http1, connections: 3}}',
+                      "/users/{item}")
+    try:
+        r = httpx.post(s.url + "/b", json=list(range(200)), timeout=60)
+        assert r.status_code == 207
+        m = _metrics(s)
+        assert 1 <= m['sheaf_upstream_connections{upstream="up",protocol="http/1.1"}'] <= 3
+        assert m['sheaf_upstream_queued_items{upstream="up",protocol="http/1.1"}'] == 0
+    finally:
+        s.stop()
