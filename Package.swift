@@ -48,6 +48,7 @@ let package = Package(
         ], swiftSettings: hotPath),
         .target(name: "Config", dependencies: [
             "Upstream", "MultiStatus",
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "Server", dependencies: [
