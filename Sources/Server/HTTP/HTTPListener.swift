@@ -20,13 +20,14 @@ public enum HTTPListener {
                 channel.eventLoop.makeCompletedFuture {
                     try connections?.admit(channel)
                     let activity = ConnectionActivity(outputBudget: outputBudget)
+                    let pipeline = FrontPipeline(clientTimeout: clientTimeout, activity: activity, maxStreams: maxStreams) { onHTTP2Stream in
+                        HTTPRequestHandler(responder: responder, activity: activity, clientTimeout: clientTimeout,
+                                           onHTTP2Stream: onHTTP2Stream)
+                    }
                     try channel.pipeline.syncOperations.addHandlers([
                         IdleStateHandler(allTimeout: clientTimeout),
                         IdleConnectionCloser(activity: activity),
-                        ProtocolSniffer(clientTimeout: clientTimeout, activity: activity, maxStreams: maxStreams) { onHTTP2Stream in
-                            HTTPRequestHandler(responder: responder, activity: activity, clientTimeout: clientTimeout,
-                                               onHTTP2Stream: onHTTP2Stream)
-                        },
+                        ProtocolSniffer(pipeline),
                     ])
                 }
             }
