@@ -7,7 +7,7 @@ import NIOTLS
 ///
 /// NIO's `ApplicationProtocolNegotiationHandler` routes by ALPN too, but a connection still in
 /// its handshake when Sheaf drains must close, like one the sniffer has not classified yet, and
-/// that handler passes the drain event on to no one. The pipeline is built synchronously inside
+/// that handler only forwards the drain event, to handlers that are not there yet. The pipeline is built synchronously inside
 /// the handshake event, before `NIOSSLServerHandler` decodes the first application bytes, so
 /// there is nothing to buffer.
 ///
