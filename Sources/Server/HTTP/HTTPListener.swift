@@ -32,7 +32,7 @@ public enum HTTPListener {
                         // TLS first: the idle timer behind it sees only decrypted traffic, so a
                         // handshake that stalls or trickles is cut after clientTimeout like a
                         // silent connection, and closes from the handlers send close_notify.
-                        try sync.addHandler(NIOSSLServerHandler(context: tls))
+                        try sync.addHandlers([NIOSSLServerHandler(context: tls), TLSFlushSlicer()])
                     }
                     try sync.addHandlers([IdleStateHandler(allTimeout: clientTimeout), IdleConnectionCloser(activity: activity)])
                     try sync.addHandler(tls == nil ? ProtocolSniffer(pipeline) as ChannelHandler : TLSProtocolRouter(pipeline))
