@@ -177,7 +177,7 @@ struct ConfigReader {
     mutating func read(_ root: Node) -> SheafConfiguration? {
         let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "client_timeout",
                                        "max_connections_per_client", "max_streams_per_connection", "max_buffered_output",
-                                       "upstreams", "routes"],
+                                       "tls", "upstreams", "routes"],
                           what: "the top level")
         let listen = top["listen"] == nil ? HostPort(host: "127.0.0.1", port: 8080) : hostPort(top["listen"]?.value, "listen")
         var metricsPath = "/metrics"
@@ -239,6 +239,7 @@ struct ConfigReader {
         } else {
             report(at: root, "missing key 'routes'")
         }
+        let tls = top["tls"].flatMap { readTLS(key: $0.key, $0.value) }
         guard let listen else { return nil }
         var configuration = SheafConfiguration(listen: listen, metricsPath: metricsPath, demoUpstream: demo,
                                                upstreams: upstreams, routes: routes)
@@ -251,7 +252,35 @@ struct ConfigReader {
         if let v = integer(top["max_streams_per_connection"]?.value, "max_streams_per_connection", range: 1...10_000) {
             configuration.maxStreamsPerConnection = v
         }
+        configuration.tls = tls
         return configuration
+    }
+
+    /// The `tls` block; its files are loaded here as `serve` will load them, so a missing file,
+    /// a file without a PEM certificate or key, and a key that is not the certificate's are
+    /// reported at the value that names them.
+    private mutating func readTLS(key: Node, _ node: Node) -> FrontTLSConfiguration? {
+        let fields = entries(node, allowed: ["certificate", "private_key", "client_ca"], what: "tls")
+        guard case .mapping = node else { return nil }
+        var paths: [FrontTLSError.Field: String] = [:]
+        for field in [FrontTLSError.Field.certificate, .privateKey, .clientCA] {
+            if let entry = fields[field.rawValue] {
+                guard let path = string(entry.value, "tls \(field.rawValue)") else { continue }
+                if path.isEmpty { report(at: entry.value, "tls \(field.rawValue) must be a file path") } else { paths[field] = path }
+            } else if field != .clientCA {
+                report(at: key, "tls is missing '\(field.rawValue)' (a PEM file)")
+            }
+        }
+        guard let certificate = paths[.certificate], let privateKey = paths[.privateKey],
+              fields["client_ca"] == nil || paths[.clientCA] != nil else { return nil }
+        let tls = FrontTLSConfiguration(certificate: certificate, privateKey: privateKey, clientCA: paths[.clientCA])
+        do {
+            _ = try tls.makeServerContext()
+        } catch {
+            for problem in error.problems { report(at: fields[problem.field.rawValue]?.value, problem.description) }
+            return nil
+        }
+        return tls
     }
 
     private mutating func readUpstream(name: String, key: Node, _ node: Node) -> UpstreamConfiguration? {

@@ -88,6 +88,8 @@ public struct SheafConfiguration: Sendable {
     public var maxBufferedOutput = 4 << 20
     /// h2c front: concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
     public var maxStreamsPerConnection = 256
+    /// When set, the listener speaks TLS only (ALPN h2 and http/1.1); when nil, HTTP/1.1 and h2c.
+    public var tls: FrontTLSConfiguration?
     public var upstreams: [UpstreamConfiguration]
     public var routes: [RouteConfiguration]
 

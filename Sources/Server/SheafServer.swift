@@ -2,6 +2,7 @@ import Config
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import Upstream
 
@@ -29,6 +30,14 @@ public final class SheafServer: Service, @unchecked Sendable {
             }
             logger.info("demo upstream listening", metadata: ["address": "\(demo)", "protocols": "http/1.1, h2c"])
         }
+        // Before anything starts: files that changed since `sheaf check` fail here, not per connection.
+        let tls: NIOSSLContext?
+        do {
+            tls = try configuration.tls?.makeServerContext()
+        } catch {
+            try? await demoChannel?.close()
+            throw ListenError(description: "cannot listen on \(configuration.listen) with TLS: \(error)")
+        }
         var transports: [String: UpstreamTransport] = [:]
         let events = metrics.upstreamEvents
         for upstream in configuration.upstreams {
@@ -46,7 +55,7 @@ public final class SheafServer: Service, @unchecked Sendable {
                                                   clientTimeout: configuration.clientTimeout, connections: front,
                                                   maxStreams: configuration.maxStreamsPerConnection,
                                                   outputBudget: configuration.maxBufferedOutput,
-                                                  responder: service)
+                                                  tls: tls, responder: service)
         } catch {
             for transport in transports.values { await transport.shutdown() }
             try? await demoChannel?.close()
@@ -56,6 +65,7 @@ public final class SheafServer: Service, @unchecked Sendable {
         logger.info("sheaf listening", metadata: [
             "address": "\(listen.host):\(bound)", "routes": "\(configuration.routes.count)",
             "upstreams": "\(configuration.upstreams.count)",
+            "protocols": "\(tls == nil ? "http/1.1, h2c" : "h2, http/1.1 over TLS")",
         ])
         await withGracefulShutdownHandler {
             try? await channel.closeFuture.get()

@@ -285,3 +285,67 @@ func hugeDurationsAndSizesAreProblemsNotCrashes(line: String, replacement: Strin
     #expect(users.timeout == .hours(1_000_000))
     #expect(users.maxResponseBodyBytes == Int.max)
 }
+
+// MARK: tls (the front listener)
+
+/// `valid` with a `tls` block first: `certificate` is on line 2, `private_key` on line 3, each
+/// value at column 16.
+private func withTLS(_ lines: String...) -> String {
+    "tls:\n" + lines.map { "  \($0)\n" }.joined() + valid
+}
+
+@Test func tlsIsTyped() throws {
+    let files = try TLSFiles()
+    defer { files.remove() }
+    let config = try ConfigLoader.parse(yaml: withTLS("certificate: \(files.certificate)", "private_key: \(files.key)",
+                                                      "client_ca: \(files.certificate)"), file: "c.yaml")
+    #expect(config.tls == FrontTLSConfiguration(certificate: files.certificate, privateKey: files.key, clientCA: files.certificate))
+    #expect(try ConfigLoader.parse(yaml: valid, file: "c.yaml").tls == nil)
+}
+
+@Test func tlsCertificateThatCannotBeReadIsReportedAtItsValue() throws {
+    let files = try TLSFiles()
+    defer { files.remove() }
+    let found = problems(withTLS("certificate: /nonexistent/cert.pem", "private_key: \(files.key)"))
+    #expect(found.map(\.description) == ["c.yaml:2:16: tls certificate: cannot read \"/nonexistent/cert.pem\""])
+}
+
+@Test func tlsCertificateThatIsNotAPEMCertificateIsReported() throws {
+    let files = try TLSFiles()
+    defer { files.remove() }
+    // A key where the certificate belongs, and the other way round.
+    let found = problems(withTLS("certificate: \(files.key)", "private_key: \(files.certificate)"))
+    #expect(found.map(\.description) == [
+        "c.yaml:2:16: tls certificate: \"\(files.key)\" holds no PEM certificate",
+        "c.yaml:3:16: tls private_key: \"\(files.certificate)\" holds no PEM private key Sheaf can read (an encrypted key must be decrypted first)",
+    ])
+}
+
+/// BoringSSL checks the pair when the context is made (SSL_CTX_use_PrivateKey): both files are
+/// fine on their own, and only that check can tell.
+@Test func tlsKeyThatDoesNotMatchTheCertificateIsReported() throws {
+    let files = try TLSFiles()
+    defer { files.remove() }
+    let found = problems(withTLS("certificate: \(files.certificate)", "private_key: \(files.otherKey)"))
+    #expect(found.map(\.description) == [
+        "c.yaml:3:16: tls private_key: \"\(files.otherKey)\" does not match the certificate in \"\(files.certificate)\"",
+    ])
+}
+
+@Test func tlsUnknownKeysAndAMissingPrivateKeyAreReported() throws {
+    let files = try TLSFiles()
+    defer { files.remove() }
+    let found = problems(withTLS("certificate: \(files.certificate)", "key: \(files.key)"))
+    #expect(found.map(\.description) == [
+        "c.yaml:3:3: unknown key 'key' in tls (expected one of: certificate, private_key, client_ca)",
+        "c.yaml:1:1: tls is missing 'private_key' (a PEM file)",
+    ])
+}
+
+@Test func tlsClientCAMustHoldACertificate() throws {
+    let files = try TLSFiles()
+    defer { files.remove() }
+    let found = problems(withTLS("certificate: \(files.certificate)", "private_key: \(files.key)", "client_ca: \(files.key)"))
+    #expect(found.map(\.description) == ["c.yaml:4:14: tls client_ca: \"\(files.key)\" holds no PEM certificate"])
+    #expect(problems("tls: yes\n" + valid).map(\.description) == ["c.yaml:1:6: tls must be a mapping"])
+}

@@ -107,22 +107,22 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{h2tls} ssl http2;
-        ssl_certificate {dir}/server.pem;
-        ssl_certificate_key {dir}/server.key;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
         location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx-h2-tls"}}'; }}
     }}
     server {{
         listen 127.0.0.1:{mtls} ssl http2;
-        ssl_certificate {dir}/server.pem;
-        ssl_certificate_key {dir}/server.key;
-        ssl_client_certificate {dir}/ca.pem;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_client_certificate {ca};
         ssl_verify_client on;
         location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx-mtls","client":"$ssl_client_s_dn"}}'; }}
     }}
     server {{
         listen 127.0.0.1:{https} ssl;
-        ssl_certificate {dir}/server.pem;
-        ssl_certificate_key {dir}/server.key;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
         location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx-tls"}}'; }}
     }}
     server {{
@@ -136,26 +136,43 @@ http {{
 """
 
 
-def make_test_ca(directory):
-    """A throw-away CA, a server certificate for 127.0.0.1 and localhost signed by it (server.pem /
-    server.key), and a client certificate for mTLS (client.pem / client.key)."""
-    def run(*args):
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=Sheaf test CA")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    with open(os.path.join(directory, "san.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=sheaf-client")
-    run("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "client.pem", "-days", "2")
-    return os.path.join(directory, "ca.pem")
+class ThrowAwayCA:
+    """A throw-away CA (ca.pem), a server certificate it signed for 127.0.0.1 and localhost
+    (server.pem / server.key), and a client certificate it signed (client.pem / client.key)."""
+
+    def __init__(self, directory):
+        os.makedirs(directory, exist_ok=True)
+        self.dir = directory
+
+        def run(*args):
+            subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+        def sign(name, subject, ext):
+            run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+            with open(os.path.join(directory, f"{name}.ext"), "w") as f:
+                f.write(ext)
+            run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=Sheaf test CA")
+        sign("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        sign("client", "/CN=sheaf-test-client", "extendedKeyUsage=clientAuth\n")
+        self.ca = self.path("ca.pem")
+        self.server_cert, self.server_key = self.path("server.pem"), self.path("server.key")
+        self.client_cert, self.client_key = self.path("client.pem"), self.path("client.key")
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+
+@pytest.fixture(scope="session")
+def test_ca(workdir):
+    return ThrowAwayCA(os.path.join(workdir, "ca"))
 
 
 class Nginx:
-    def __init__(self, workdir):
+    def __init__(self, workdir, ca):
         self.dir = os.path.join(workdir, "nginx")
         os.makedirs(self.dir, exist_ok=True)
         self.h2c = free_port()
@@ -163,13 +180,12 @@ class Nginx:
         self.https = free_port()
         self.h2tls = free_port()
         self.mtls = free_port()
-        self.ca = make_test_ca(self.dir)
-        self.client_cert = os.path.join(self.dir, "client.pem")
-        self.client_key = os.path.join(self.dir, "client.key")
+        self.ca = ca.ca
+        self.client_cert, self.client_key = ca.client_cert, ca.client_key
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
             f.write(NGINX_CONF.format(dir=self.dir, h2c=self.h2c, http1=self.http1, https=self.https, h2tls=self.h2tls,
-                                        mtls=self.mtls))
+                                      mtls=self.mtls, cert=ca.server_cert, key=ca.server_key, ca=ca.ca))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.process = Process([nginx, "-p", self.dir, "-c", conf], os.path.join(self.dir, "stdout.log"), self.h2c)
         wait_for_port(self.http1, self.process.proc)
@@ -189,8 +205,8 @@ class Nginx:
 
 
 @pytest.fixture(scope="session")
-def nginx(workdir):
-    n = Nginx(workdir)
+def nginx(workdir, test_ca):
+    n = Nginx(workdir, test_ca)
     yield n
     n.process.stop()
 
@@ -210,9 +226,12 @@ def one_route_sheaf(workdir, name, upstream_port, top="", upstream="protocol: h2
         """)
 
 
-def fan_out_sheaf(workdir, name, upstream, item_path, top=(), path="/b", max_items=1000):
+def fan_out_sheaf(workdir, name, upstream, item_path, top=(), path="/b", tls=None, max_items=1000):
     """A Sheaf of its own with one fan-out route: POST `path` with a JSON array, one GET
-    `item_path` per element, to `upstream` (a YAML flow mapping). `top`: top-level config lines."""
+    `item_path` per element, to `upstream` (a YAML flow mapping). `top`: top-level config lines.
+    `tls`: the keys of a `tls` block (its url is then https)."""
+    if tls:
+        top = [*top, "tls: {" + ", ".join(f"{k}: {v}" for k, v in tls.items()) + "}"]
     head = "".join(line + "\n        " for line in top)
     return Sheaf(workdir, name, f"""
         {head}upstreams:
@@ -224,19 +243,19 @@ def fan_out_sheaf(workdir, name, upstream, item_path, top=(), path="/b", max_ite
             upstream: up
             max_items: {max_items}
             fan_out: {{items: "", method: GET, path: "{item_path}"}}
-        """)
+        """, https=bool(tls))
 
 
 class Sheaf:
     """`sheaf serve` with a config written for the test."""
 
-    def __init__(self, workdir, name, config):
+    def __init__(self, workdir, name, config, https=False):
         self.port = free_port()
         self.config_path = os.path.join(workdir, f"{name}.yaml")
         with open(self.config_path, "w") as f:
             f.write(f'listen: "127.0.0.1:{self.port}"\n' + textwrap.dedent(config))
         self.process = Process([BIN, "serve", "--config", self.config_path], os.path.join(workdir, f"{name}.log"), self.port)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if https else 'http'}://127.0.0.1:{self.port}"
 
     def stop(self):
         return self.process.stop()

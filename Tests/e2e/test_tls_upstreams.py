@@ -120,7 +120,7 @@ def test_mtls_client_certificate_accepted_and_refused(workdir, nginx, protocol):
                          protocol=f"protocol: {protocol}, ")
     try:
         items = _items(with_cert, [1, 2, 3])
-        assert all(x["status"] == 200 and "CN=sheaf-client" in x["body"]["client"] for x in items), items
+        assert all(x["status"] == 200 and "CN=sheaf-test-client" in x["body"]["client"] for x in items), items
         # nginx completes the handshake and answers 400 when no certificate was sent.
         items = _items(without, [1, 2])
         assert [x["status"] for x in items] == [400, 400], items
@@ -152,7 +152,7 @@ def test_check_names_tls_files_that_cannot_be_used(workdir, nginx):
   up:
     url: https://127.0.0.1:{nginx.mtls}
     client_certificate: {nginx.client_cert}
-    client_key: {os.path.join(nginx.dir, "server.key")}
+    client_key: {os.path.join(os.path.dirname(nginx.ca), "server.key")}
 routes:
   - {{name: r, method: POST, path: /b, upstream: up}}
 """)

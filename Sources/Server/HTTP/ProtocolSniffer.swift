@@ -1,37 +1,27 @@
 import NIOCore
-import NIOHTTP1
-import NIOHTTP2
 
 /// Serves HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on one port: it looks at the first
 /// bytes of a connection, and if they are the HTTP/2 client preface it installs the HTTP/2
 /// handlers (one child channel per stream, translated to HTTP/1-style parts), otherwise the
-/// HTTP/1.1 handlers. Either way the same `HTTPRequestHandler` ends up serving requests.
+/// HTTP/1.1 handlers; `FrontPipeline` builds either.
 final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
     private static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
     private var buffered: ByteBuffer?
-    /// Makes the request handler; its argument says whether it serves an HTTP/2 stream.
-    private let makeHandler: @Sendable (_ onHTTP2Stream: Bool) -> ChannelHandler
-    private let clientTimeout: TimeAmount
-    private let activity: ConnectionActivity
+    private let pipeline: FrontPipeline
     private var deadline: Scheduled<Void>?
 
-    private let maxStreams: Int
-
-    init(clientTimeout: TimeAmount, activity: ConnectionActivity, maxStreams: Int = 256, makeHandler: @escaping @Sendable (_ onHTTP2Stream: Bool) -> ChannelHandler) {
-        self.clientTimeout = clientTimeout
-        self.activity = activity
-        self.maxStreams = maxStreams
-        self.makeHandler = makeHandler
+    init(_ pipeline: FrontPipeline) {
+        self.pipeline = pipeline
     }
 
     /// The first bytes must tell the protocol within the client timeout, however slowly they
     /// trickle (each byte restarts the connection's idle timer; this one it does not).
     func handlerAdded(context: ChannelHandlerContext) {
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        deadline = context.eventLoop.scheduleTask(in: clientTimeout) {
+        deadline = context.eventLoop.scheduleTask(in: pipeline.clientTimeout) {
             loopBound.value.close(promise: nil)
         }
     }
@@ -64,12 +54,7 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
         let isHTTP2 = prefix.elementsEqual(Self.preface[0..<count])
         if isHTTP2 && count < Self.preface.count { return }  // could still be HTTP/2: wait for more
         do {
-            if isHTTP2 {
-                try configureHTTP2(context)
-            } else {
-                try context.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
-                try context.pipeline.syncOperations.addHandler(makeHandler(false))
-            }
+            try pipeline.configure(isHTTP2 ? .http2 : .http1, context.pipeline.syncOperations)
         } catch {
             context.close(promise: nil)
             return
@@ -77,29 +62,5 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
         buffered = nil
         context.fireChannelRead(wrapInboundOut(bytes))
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-    }
-
-    private func configureHTTP2(_ context: ChannelHandlerContext) throws {
-        let makeHandler = self.makeHandler
-        var connection = NIOHTTP2Handler.ConnectionConfiguration()
-        connection.initialSettings = [
-            HTTP2Setting(parameter: .maxConcurrentStreams, value: maxStreams),
-            HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
-            HTTP2Setting(parameter: .maxHeaderListSize, value: 64 << 10),
-        ]
-        var stream = NIOHTTP2Handler.StreamConfiguration()
-        stream.targetWindowSize = 1 << 20
-        defer {
-            try? context.pipeline.syncOperations.addHandler(HTTP2FrontConnectionGuard(activity: activity, clientTimeout: clientTimeout))
-        }
-        _ = try context.pipeline.syncOperations.configureHTTP2Pipeline(
-            mode: .server, connectionConfiguration: connection, streamConfiguration: stream
-        ) { streamChannel in
-            streamChannel.eventLoop.makeCompletedFuture {
-                try streamChannel.pipeline.syncOperations.addHandlers([
-                    HTTP2FramePayloadToHTTP1ServerCodec(), makeHandler(true),
-                ])
-            }
-        }
     }
 }
