@@ -85,13 +85,18 @@ public final class SheafMetrics: @unchecked Sendable {
     /// The latency histogram of a route's items; fetched once per batch, recorded into per item.
     public func itemHistogram(route: String) -> DurationHistogram {
         lock.withLock {
-            if let h = itemHistograms[route] { return h }
-            let h = registry.makeDurationHistogram(
-                descriptor: Self.name("item_duration", "seconds", "Time from an item's start to its outcome"),
-                labels: [("route", route)], buckets: Self.itemBuckets)
-            itemHistograms[route] = h
-            return h
+            cachedHistogram(&itemHistograms, "item_duration", "Time from an item's start to its outcome", label: ("route", route))
         }
+    }
+
+    /// The item-bucket histogram of `metric` for one label value, made on first use. Called under `lock`.
+    private func cachedHistogram(_ cache: inout [String: DurationHistogram], _ metric: String, _ help: String,
+                                 label: (String, String)) -> DurationHistogram {
+        if let histogram = cache[label.1] { return histogram }
+        let histogram = registry.makeDurationHistogram(descriptor: Self.name(metric, "seconds", help), labels: [label],
+                                                       buckets: Self.itemBuckets)
+        cache[label.1] = histogram
+        return histogram
     }
 
     /// Items by status, added once per batch from the batch's own tally.
@@ -178,12 +183,8 @@ public final class SheafMetrics: @unchecked Sendable {
     /// The duration histogram of an upstream's requests (hand-over to outcome, retries included).
     public func upstreamHistogram(upstream: String) -> DurationHistogram {
         lock.withLock {
-            if let h = upstreamHistograms[upstream] { return h }
-            let h = registry.makeDurationHistogram(
-                descriptor: Self.name("upstream_request_duration", "seconds", "Time from an item's hand-over to an upstream to its outcome, retries included"),
-                labels: [("upstream", upstream)], buckets: Self.itemBuckets)
-            upstreamHistograms[upstream] = h
-            return h
+            cachedHistogram(&upstreamHistograms, "upstream_request_duration",
+                            "Time from an item's hand-over to an upstream to its outcome, retries included", label: ("upstream", upstream))
         }
     }
 

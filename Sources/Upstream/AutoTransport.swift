@@ -111,40 +111,22 @@ public final class AutoTransport: UpstreamTransport, @unchecked Sendable {
 /// cancel or a backpressure signal reaches whichever engine holds the item now.
 final class AutoCall: UpstreamCall, @unchecked Sendable {
     private let lock = NIOLock()
-    private var inner: UpstreamCall?
-    private var cancelled = false
-    private var suspended = false
+    private var relay = CallRelay()
 
     func attach(_ call: UpstreamCall) {
-        let (cancel, suspend) = lock.withLock { () -> (Bool, Bool) in
-            inner = call
-            return (cancelled, suspended)
-        }
-        if cancel { call.cancel() }
-        if suspend { call.suspendReading() }
+        let (cancel, suspend) = lock.withLock { relay.attach(call) }
+        call.catchUp(cancel: cancel, suspend: suspend)
     }
 
     func cancel() {
-        let call = lock.withLock { () -> UpstreamCall? in
-            cancelled = true
-            return inner
-        }
-        call?.cancel()
+        lock.withLock { relay.cancel() }?.cancel()
     }
 
     func suspendReading() {
-        let call = lock.withLock { () -> UpstreamCall? in
-            suspended = true
-            return inner
-        }
-        call?.suspendReading()
+        lock.withLock { relay.reading(suspended: true) }?.suspendReading()
     }
 
     func resumeReading() {
-        let call = lock.withLock { () -> UpstreamCall? in
-            suspended = false
-            return inner
-        }
-        call?.resumeReading()
+        lock.withLock { relay.reading(suspended: false) }?.resumeReading()
     }
 }

@@ -138,6 +138,14 @@ final class HTTP2Connection {
         handle(machine.close(reason))
     }
 
+    /// The TLS handshake failed: what waits fails with its reason, and is not worth retrying.
+    private var handshakeFailed = false
+
+    func closeAfterFailedHandshake(_ failure: TLSFailure) {
+        handshakeFailed = true
+        close(reason: failure.message)
+    }
+
     /// Returns whether HTTP/2 may start: false when ALPN picked something else (the connection closes).
     func tlsHandshakeCompleted(alpn: String?) -> Bool {
         let action = machine.tlsHandshakeCompleted(alpn: alpn)
@@ -184,7 +192,8 @@ final class HTTP2Connection {
             self.session = nil
         }
         channel = nil
-        slot.connectionClosed(self, reason: reason, established: established, notH2C: mismatch, resend: resend, failures: failures)
+        slot.connectionClosed(self, reason: reason, established: established, notH2C: mismatch,
+                              retriable: !mismatch && !handshakeFailed, resend: resend, failures: failures)
         for exchange in outcomesOnClose { exchange.settle(.success(exchange.response)) }
     }
 
@@ -672,7 +681,7 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // Only handshake errors are TLS failures; later ones (an unclean shutdown) are lost connections.
         if !handshakeDone, let failure = tls?.failure(for: error) {
-            connection.close(reason: failure.message)
+            connection.closeAfterFailedHandshake(failure)
             context.close(promise: nil)
             return
         }

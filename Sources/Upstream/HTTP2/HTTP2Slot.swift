@@ -172,17 +172,17 @@ final class HTTP2Slot {
     /// The connection is gone. `resend` go back to the queue; `failures` settle. A connection that
     /// never got the peer's SETTINGS fails the queue with its reason (the peer does not speak h2c,
     /// or refuses us): reconnecting in a loop would only hide that.
+    /// `retriable`: the queue's items may go again by the retry policy (a refused or dropped
+    /// connection; not a failed TLS handshake nor a peer without HTTP/2).
     func connectionClosed(_ connection: HTTP2Connection, reason: String, established: Bool, notH2C: Bool = false,
-                          resend: [HTTP2Exchange], failures: [(HTTP2Exchange, UpstreamError)]) {
+                          retriable: Bool = true, resend: [HTTP2Exchange], failures: [(HTTP2Exchange, UpstreamError)]) {
         if current === connection { current = nil }
         draining.removeValue(forKey: ObjectIdentifier(connection))
         if !established && !isShutDown {
             logger.warning("upstream connection failed before HTTP/2 SETTINGS",
                            metadata: ["upstream": "\(configuration.name)", "reason": "\(reason)"])
-            // Nothing was sent on a connection that never got SETTINGS; a TLS failure will not
-            // heal by trying again (its message is the TLS one), a refused or dropped one may.
-            failQueued(notH2C ? .protocolMismatch : .unreachable, reason,
-                       cause: notH2C || reason.contains("TLS") ? .other : .connectFailure)
+            // Nothing was sent on a connection that never got SETTINGS.
+            failQueued(notH2C ? .protocolMismatch : .unreachable, reason, cause: retriable ? .connectFailure : .other)
         }
         let shutdownMessage = "Sheaf shut down before the item finished"
         for (exchange, error) in failures {

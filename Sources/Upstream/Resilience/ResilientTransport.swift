@@ -149,15 +149,13 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
     private let eventLoop: EventLoop
     private let lock = NIOLock()
     private var completion: (@Sendable (UpstreamResult) -> Void)?
-    private var inner: UpstreamCall?
+    private var relay = CallRelay()
     private var backoff: Scheduled<Void>?
     private var deadlineTimer: Scheduled<Void>?
     /// Attempts begun and ended.
     private var begun = 0
     private var attempts = 0
     private var sends = 0
-    private var cancelled = false
-    private var suspended = false
 
     init(request: UpstreamRequest, deadline: NIODeadline, probe: Bool, eventLoop: EventLoop,
          completion: @escaping @Sendable (UpstreamResult) -> Void) {
@@ -168,7 +166,7 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
         self.completion = completion
     }
 
-    var isCancelled: Bool { lock.withLock { cancelled } }
+    var isCancelled: Bool { lock.withLock { relay.cancelled } }
 
     func beginAttempt() -> Int {
         lock.withLock {
@@ -180,12 +178,10 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
     /// The engine's call for attempt `number`, unless that attempt already ended (an engine may
     /// settle inside `execute`).
     func started(_ call: UpstreamCall, attempt number: Int) {
-        let (cancel, suspend) = lock.withLock { () -> (Bool, Bool) in
-            if completion != nil && attempts < number { inner = call }
-            return (cancelled, suspended)
+        let (cancel, suspend) = lock.withLock { () -> (cancel: Bool, suspend: Bool) in
+            completion != nil && attempts < number ? relay.attach(call) : (relay.cancelled, relay.suspended)
         }
-        if cancel { call.cancel() }
-        if suspend { call.suspendReading() }
+        call.catchUp(cancel: cancel, suspend: suspend)
     }
 
     /// Counts the attempt that ended and its sends; returns its number, or nil when the item
@@ -197,7 +193,7 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
             case .success(let response): sends += response.attempts
             case .failure(let error): sends += error.attempts
             }
-            inner = nil
+            relay.inner = nil
             return completion == nil ? nil : attempts
         }
     }
@@ -206,11 +202,11 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
     /// item to its first deadline.
     func scheduleRetry(after delay: TimeAmount, timeout: UpstreamError, _ body: @escaping @Sendable () -> Void) {
         lock.withLock {
-            guard completion != nil, !cancelled else { return }
+            guard completion != nil, !relay.cancelled else { return }
             backoff = eventLoop.scheduleTask(in: delay) { [self] in
                 let go = lock.withLock { () -> Bool in
                     backoff = nil
-                    return completion != nil && !cancelled
+                    return completion != nil && !relay.cancelled
                 }
                 if go { body() }
             }
@@ -229,13 +225,13 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
         let (done, call, total, retried) = lock.withLock { () -> ((@Sendable (UpstreamResult) -> Void)?, UpstreamCall?, Int, Bool) in
             defer {
                 completion = nil
-                inner = nil
+                relay.inner = nil
                 backoff?.cancel()
                 backoff = nil
                 deadlineTimer?.cancel()
                 deadlineTimer = nil
             }
-            return (completion, inner, sends, begun > 1)
+            return (completion, relay.inner, sends, begun > 1)
         }
         guard let done else { return }
         call?.cancel()
@@ -257,7 +253,7 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
     /// call, which the caller cancels (in bulk, for a whole batch).
     func cancelKeepingInner() -> UpstreamCall? {
         let (call, waiting) = lock.withLock { () -> (UpstreamCall?, Bool) in
-            cancelled = true
+            let inner = relay.cancel()
             return (inner, inner == nil && completion != nil)
         }
         if waiting { finish(.failure(UpstreamError(.cancelled, "cancelled", attempts: lock.withLock { sends }))) }
@@ -265,18 +261,10 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
     }
 
     func suspendReading() {
-        let call = lock.withLock { () -> UpstreamCall? in
-            suspended = true
-            return inner
-        }
-        call?.suspendReading()
+        lock.withLock { relay.reading(suspended: true) }?.suspendReading()
     }
 
     func resumeReading() {
-        let call = lock.withLock { () -> UpstreamCall? in
-            suspended = false
-            return inner
-        }
-        call?.resumeReading()
+        lock.withLock { relay.reading(suspended: false) }?.resumeReading()
     }
 }
