@@ -148,6 +148,25 @@ struct ConfigReader {
         return name
     }
 
+    /// A list of header names; nil when absent or when any is bad (each bad one is reported).
+    mutating func headerNames(_ node: Node?, _ what: String) -> [String]? {
+        guard let node else { return nil }
+        guard case .sequence(let entries) = node else {
+            report(at: node, "\(what) must be a list of header names")
+            return nil
+        }
+        var names: [String] = []
+        var allGood = true
+        for entry in entries {
+            if let text = string(entry, what), let name = headerName(text, at: entry, what) {
+                names.append(name)
+            } else {
+                allGood = false
+            }
+        }
+        return allGood ? names : nil
+    }
+
     mutating func httpMethod(_ node: Node?, _ what: String) -> String? {
         parsed(node, what, expected: "an HTTP method") { text in
             !text.isEmpty && text.utf8.allSatisfy(ItemBuilder.isTokenByteForConfig) ? text.uppercased() : nil
@@ -427,7 +446,8 @@ struct ConfigReader {
 
     private mutating func readRoute(_ node: Node, upstreamNames: Set<String>) -> RouteConfiguration? {
         let before = problems.count
-        let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes", "deadline", "forward_headers", "order"], what: "a route")
+        let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes", "deadline", "forward_headers", "order",
+                                           "forwarded", "response_headers"], what: "a route")
         guard case .mapping = node else { return nil }
         let name = string(fields["name"]?.value, "route name")
         let what = "route '\(name ?? "?")'"
@@ -468,16 +488,10 @@ struct ConfigReader {
             default: report(at: entry.value, "\(what) order: \"\(text)\" is not completion or request")
             }
         }
-        if let entry = fields["forward_headers"] {
-            if case .sequence(let names) = entry.value {
-                for node in names {
-                    if let text = string(node, "\(what) forward_headers"), let name = headerName(text, at: node, "\(what) forward_headers") {
-                        route.forwardHeaders.append(name)
-                    }
-                }
-            } else {
-                report(at: entry.value, "\(what) forward_headers must be a list of header names")
-            }
+        if let names = headerNames(fields["forward_headers"]?.value, "\(what) forward_headers") { route.forwardHeaders = names }
+        if let v = boolean(fields["forwarded"]?.value, "\(what) forwarded") { route.forwarded = v }
+        if let names = headerNames(fields["response_headers"]?.value, "\(what) response_headers") {
+            route.responseHeaders = ReportedHeaders(names)
         }
         return problems.count == before ? route : nil
     }

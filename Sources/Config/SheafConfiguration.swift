@@ -57,6 +57,10 @@ public struct RouteConfiguration: Sendable {
     public var forwardHeaders: [String] = []
     /// Write the 207's responses in request order instead of completion order.
     public var requestOrder = false
+    /// Add `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239) to every item.
+    public var forwarded = true
+    /// The upstream response headers each item reports in the 207.
+    public var responseHeaders = ReportedHeaders.standard
 
     public init(name: String, method: String, path: String, upstream: String, fanOut: FanOutTemplate? = nil,
                 concurrency: Int = 100, maxItems: Int = 1000, maxBodyBytes: Int = 8 << 20) {

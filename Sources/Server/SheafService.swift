@@ -60,7 +60,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         return (candidates.first(where: { $0.configuration.method == method }), candidates.map(\.configuration.method))
     }
 
-    public func decide(_ head: HTTPRequestHead) -> HeadDecision {
+    public func decide(_ head: HTTPRequestHead, from client: ClientConnection) -> HeadDecision {
         let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
         if path == configuration.metricsPath {
             guard head.method == .GET || head.method == .HEAD else {
@@ -106,34 +106,37 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
                                              field: "Accept"))
         }
         let received = NIODeadline.now()
-        var inherited: [(name: String, value: String)] = []
+        var shared = BatchHeaders(requestID: RequestID.of(head))
         for name in route.configuration.forwardHeaders {
-            for value in head.headers[name] { inherited.append((name, value)) }
+            for value in head.headers[name] { shared.inherited.append((name, value)) }
         }
-        return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self, inherited] head, body, writer in
-            self.runBatch(route: route, body: body, isXML: isXML, format: format, inherited: inherited,
+        if route.configuration.forwarded { shared.imposed = ForwardingHeaders.make(head, client: client) }
+        return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self, shared] head, body, writer in
+            self.runBatch(route: route, body: body, isXML: isXML, format: format, shared: shared,
                           writer: writer, received: received)
         }
     }
 
     private func runBatch(route: RouteRuntime, body: ByteBuffer, isXML: Bool, format: ResponseFormat,
-                          inherited: [(name: String, value: String)], writer: ResponseWriter, received: NIODeadline) {
+                          shared: BatchHeaders, writer: ResponseWriter, received: NIODeadline) {
         let configuration = route.configuration
         let basePath = route.transport.configuration.endpoint.basePath
         let items: [BatchItem]
         do throws(BatchError) {
             if let template = configuration.fanOut {
                 items = try JSONBatchDecoder.decode(body, template: template, basePath: basePath,
-                                                    maxItems: configuration.maxItems, inherited: inherited)
+                                                    maxItems: configuration.maxItems, headers: shared)
             } else if isXML {
-                items = try XMLBatchDecoder.decode(body, basePath: basePath, maxItems: configuration.maxItems, inherited: inherited)
+                items = try XMLBatchDecoder.decode(body, basePath: basePath, maxItems: configuration.maxItems, headers: shared)
             } else {
                 items = try JSONBatchDecoder.decodeExplicit(body, basePath: basePath, maxItems: configuration.maxItems,
-                                                            inherited: inherited)
+                                                            headers: shared)
             }
         } catch {
             metrics.batchFinished(route: configuration.name, outcome: "rejected", duration: nil)
-            writer.respond(Problem.response(error))
+            var problem = Problem.response(error)
+            if let requestID = shared.requestID { problem.headers.add(name: "x-request-id", value: requestID) }
+            writer.respond(problem)
             return
         }
         let id = requestCounter.withLockedValue { value -> UInt64 in
@@ -143,9 +146,10 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         var logger = self.logger
         logger[metadataKey: "request"] = "\(id)"
         logger[metadataKey: "route"] = "\(configuration.name)"
+        if let requestID = shared.requestID { logger[metadataKey: "request_id"] = "\(requestID)" }
         active.withLockedValue { $0 += 1 }
         let count = items.count
-        BatchSession(route: route, items: items, format: format, writer: writer, metrics: metrics,
+        BatchSession(route: route, items: items, format: format, requestID: shared.requestID, writer: writer, metrics: metrics,
                      received: received, logger: logger) { [active, memory] in
             let idle = active.withLockedValue { value -> Bool in
                 value -= 1

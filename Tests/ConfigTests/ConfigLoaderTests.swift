@@ -349,3 +349,24 @@ private func withTLS(_ lines: String...) -> String {
     #expect(found.map(\.description) == ["c.yaml:4:14: tls client_ca: \"\(files.key)\" holds no PEM certificate"])
     #expect(problems("tls: yes\n" + valid).map(\.description) == ["c.yaml:1:6: tls must be a mapping"])
 }
+
+@Test func forwardedAndResponseHeadersArePerRoute() throws {
+    let defaults = try ConfigLoader.parse(yaml: valid, file: "c.yaml").routes[1]
+    #expect(defaults.forwarded)
+    #expect(defaults.responseHeaders == ReportedHeaders.standard)
+    #expect(ReportedHeaders.standard.names == ["content-type", "etag", "last-modified", "location", "retry-after", "cache-control"])
+    let custom = valid.replacingOccurrences(of: "    upstream: legacy",
+                                            with: "    upstream: legacy\n    forwarded: false\n    response_headers: [ETag, X-Trace-Id]")
+    let route = try ConfigLoader.parse(yaml: custom, file: "c.yaml").routes[1]
+    #expect(!route.forwarded)
+    #expect(route.responseHeaders.names == ["etag", "x-trace-id"])
+    let none = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    response_headers: []")
+    #expect(try ConfigLoader.parse(yaml: none, file: "c.yaml").routes[1].responseHeaders.names.isEmpty)
+    let bad = valid.replacingOccurrences(of: "    upstream: legacy",
+                                         with: "    upstream: legacy\n    forwarded: sometimes\n    response_headers: [Transfer-Encoding, \"a b\"]")
+    let found = problems(bad).map(\.message)
+    #expect(found.count == 3)
+    #expect(found.contains { $0.contains("route 'batch' forwarded") && $0.contains("true or false") })
+    #expect(found.contains { $0.contains("route 'batch' response_headers: Transfer-Encoding is a hop-by-hop header") })
+    #expect(found.contains { $0.contains("route 'batch' response_headers: \"a b\" is not a header name") })
+}

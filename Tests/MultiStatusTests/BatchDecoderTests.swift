@@ -269,3 +269,42 @@ func xmlBodyThatIsNotBase64IsRefused(encoded: String) {
     }
     #expect(first?.status == 413)
 }
+
+private func header(_ item: BatchItem, _ name: String) -> [String] {
+    (item.request?.headers ?? []).filter { $0.name.lowercased() == name }.map(\.value)
+}
+
+@Test func everyItemCarriesTheRequestIDAndSheafsForwardingHeaders() throws {
+    let shared = BatchHeaders(inherited: [("Authorization", "Bearer t")],
+                              imposed: [("x-forwarded-for", "10.0.0.9"), ("forwarded", "for=10.0.0.9;proto=http")],
+                              requestID: "req-1")
+    let explicit = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: """
+        {"requests":[{"id":"a","method":"GET","url":"/a","headers":{"X-Forwarded-For":"6.6.6.6","X-Request-ID":"spoof","Authorization":"mine"}},
+         {"id":"b c","method":"GET","url":"/b"}]}
+        """), basePath: "", maxItems: 10, headers: shared)
+    #expect(header(explicit[0], "x-forwarded-for") == ["10.0.0.9"])
+    #expect(header(explicit[0], "forwarded") == ["for=10.0.0.9;proto=http"])
+    #expect(header(explicit[0], "x-request-id") == ["req-1.a"])
+    #expect(header(explicit[0], "authorization") == ["mine"])
+    #expect(header(explicit[1], "x-request-id") == ["req-1.b%20c"])
+    #expect(header(explicit[1], "authorization") == ["Bearer t"])
+
+    let templated = try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":[1,2]}"#), template: try template("/users/{item}"),
+                                                basePath: "", maxItems: 10, headers: shared)
+    #expect(templated.map { header($0, "x-request-id") } == [["req-1.0"], ["req-1.1"]])
+    #expect(templated.allSatisfy { header($0, "x-forwarded-for") == ["10.0.0.9"] })
+
+    let xml = try XMLBatchDecoder.decode(ByteBuffer(string: """
+        <?xml version="1.0"?><S:batch xmlns:S="urn:sheaf" xmlns:D="DAV:"><S:request id="x" method="GET"><D:href>/x</D:href>\
+        <S:header name="Forwarded">for=evil</S:header></S:request></S:batch>
+        """), basePath: "", maxItems: 10, headers: shared)
+    #expect(header(xml[0], "forwarded") == ["for=10.0.0.9;proto=http"])
+    #expect(header(xml[0], "x-request-id") == ["req-1.x"])
+
+    // Without a request id or forwarding, an item's own headers travel as it wrote them.
+    let plain = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: """
+        {"requests":[{"id":"a","method":"GET","url":"/a","headers":{"X-Forwarded-For":"6.6.6.6","X-Request-ID":"mine"}}]}
+        """), basePath: "", maxItems: 10)
+    #expect(header(plain[0], "x-forwarded-for") == ["6.6.6.6"])
+    #expect(header(plain[0], "x-request-id") == ["mine"])
+}

@@ -53,7 +53,7 @@ private let item = BatchItem(id: "a<&>", href: "/docs/a%20b", rejection: "x")
     let output = encode(.xml(mediaType: "application/xml"), [(item, redirect), (item, failed)])
     #expect(output.hasPrefix("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"))
     #expect(output.contains("<D:multistatus xmlns:D=\"DAV:\" xmlns:S=\"urn:sheaf\">") || output.contains("<D:multistatus xmlns:S=\"urn:sheaf\" xmlns:D=\"DAV:\">"))
-    #expect(output.contains("<D:response><D:href>/docs/a%20b</D:href><D:status>HTTP/1.1 302 Found</D:status><D:location><D:href>/users/5</D:href></D:location><S:id>a&lt;&amp;&gt;</S:id></D:response>"))
+    #expect(output.contains("<D:response><D:href>/docs/a%20b</D:href><D:status>HTTP/1.1 302 Found</D:status><D:location><D:href>/users/5</D:href></D:location><S:id>a&lt;&amp;&gt;</S:id><S:header name=\"location\">/users/5</S:header></D:response>"))
     #expect(output.contains("<D:status>HTTP/1.1 502 Bad Gateway</D:status><D:responsedescription>cannot connect &amp; give up</D:responsedescription>"))
     #expect(output.contains("<S:summary total=\"2\" succeeded=\"1\" failed=\"1\"/></D:multistatus>"))
 }
@@ -178,7 +178,8 @@ private let hostileOutcomes = [
     let cookie = "a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT; Path=/"
     let outcome = ItemOutcome(status: 200, headers: [("set-cookie", cookie), ("content-type", "text/plain"), ("set-cookie", "b=2"),
                                                      ("connection", "close"), ("vary", "accept"), ("set-cookie", "c=3")])
-    let parsed = try JSONParser.parse(encode(.json, [(item, outcome)]))
+    let reporting = ReportedHeaders(["content-type", "set-cookie", "vary", "connection"])
+    let parsed = try JSONParser.parse(encode(.json, reporting: reporting, outcome))
     guard case .array(let results) = parsed["results"], case .object(let headers) = results[0]["headers"] else {
         Issue.record("no headers"); return
     }
@@ -197,4 +198,53 @@ private let hostileOutcomes = [
     let none = try JSONParser.parse(encode(.json, [(item, other)]))
     #expect(none["summary"]?["retry_after"] == nil)
     #expect(encode(.xml(mediaType: "application/xml"), [(item, busy)]).contains(#"retry-after="5""#))
+}
+
+private func encode(_ format: ResponseFormat, reporting: ReportedHeaders, _ outcome: ItemOutcome) -> String {
+    let encoder = format.makeEncoder(reporting: reporting)
+    var out = ByteBuffer()
+    encoder.begin(into: &out)
+    encoder.item(BatchItem(id: "a", href: "/a", rejection: "x"), outcome, into: &out)
+    encoder.end(BatchSummary(), into: &out)
+    return String(buffer: out)
+}
+
+private let noisy = ItemOutcome(status: 301, headers: [
+    ("content-type", "text/plain"), ("etag", "\"v1\""), ("x-internal-token", "secret"), ("set-cookie", "s=1"),
+    ("server", "nginx"), ("location", "/b"), ("etag", "\"v2\""), ("connection", "close"),
+], body: ByteBuffer(string: "moved"))
+
+@Test func onlyAllowlistedResponseHeadersReachTheJSON207() throws {
+    let standard = try JSONParser.parse(encode(.json, reporting: .standard, noisy))
+    guard case .array(let results) = standard["results"], case .object(let headers) = results.first?["headers"] else {
+        Issue.record("no headers"); return
+    }
+    #expect(headers.map(\.key) == ["content-type", "etag", "location"])
+    #expect(results[0]["headers"]?["etag"] == .array([.string("\"v1\""), .string("\"v2\"")]))
+
+    let custom = try JSONParser.parse(encode(.json, reporting: ReportedHeaders(["X-Internal-Token", "connection"]), noisy))
+    guard case .array(let customResults) = custom["results"], case .object(let only) = customResults.first?["headers"] else {
+        Issue.record("no headers"); return
+    }
+    #expect(only.map(\.key) == ["x-internal-token"])
+    // With nothing allowed there is no headers member at all, yet the body keeps its form.
+    let none = try JSONParser.parse(encode(.json, reporting: ReportedHeaders([]), noisy))
+    guard case .array(let bare) = none["results"] else { Issue.record("no results"); return }
+    #expect(bare[0]["headers"] == nil)
+    #expect(bare[0]["body"] == .string("moved"))
+}
+
+@Test func onlyAllowlistedResponseHeadersReachTheXML207() {
+    let standard = encode(.xml(mediaType: "application/xml"), reporting: .standard, noisy)
+    #expect(standard.contains("<D:location><D:href>/b</D:href></D:location>"))
+    #expect(standard.contains("<S:header name=\"etag\">&quot;v1&quot;</S:header><S:header name=\"etag\">&quot;v2&quot;</S:header>"))
+    #expect(standard.contains("<S:header name=\"content-type\">text/plain</S:header>"))
+    #expect(standard.contains("<S:body content-type=\"text/plain\">moved</S:body>"))
+    #expect(!standard.contains("secret"))
+    #expect(!standard.contains("s=1"))
+    #expect(!standard.contains("nginx"))
+    let none = encode(.xml(mediaType: "application/xml"), reporting: ReportedHeaders([]), noisy)
+    #expect(!none.contains("D:location"))
+    #expect(!none.contains("S:header"))
+    #expect(none.contains("<S:body>moved</S:body>"))
 }

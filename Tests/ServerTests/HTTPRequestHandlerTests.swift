@@ -6,7 +6,7 @@ import Testing
 
 /// A responder with fixed answers: `/small` reads bodies up to 10 bytes and echoes them.
 private struct Stub: HTTPResponder {
-    func decide(_ head: HTTPRequestHead) -> HeadDecision {
+    func decide(_ head: HTTPRequestHead, from client: ClientConnection) -> HeadDecision {
         if head.uri == "/small" {
             return .collect(maxBodyBytes: 10) { _, body, writer in
                 writer.respond(SimpleResponse(status: .ok, body: body))

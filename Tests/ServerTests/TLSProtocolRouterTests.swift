@@ -6,7 +6,7 @@ import NIOTLS
 import Testing
 
 private struct Hello: HTTPResponder {
-    func decide(_ head: HTTPRequestHead) -> HeadDecision {
+    func decide(_ head: HTTPRequestHead, from client: ClientConnection) -> HeadDecision {
         .respond(SimpleResponse(status: .ok, headers: ["content-type": "text/plain"], body: ByteBuffer(string: "hello")))
     }
 

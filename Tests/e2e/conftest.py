@@ -1,5 +1,6 @@
 """End-to-end fixtures: the built `sheaf` binary, its demo upstream and nginx, each started on a
 free loopback port and stopped by process id."""
+import json
 import os
 import shutil
 import signal
@@ -90,6 +91,7 @@ events {{ worker_connections 4096; }}
 http {{
     log_format sheaf '$connection $connection_requests $request_method $request_uri $server_protocol $status';
     access_log {dir}/access.log sheaf;
+    log_format forwarded escape=json '{{"rid":"$http_x_request_id","xff":"$http_x_forwarded_for","proto":"$http_x_forwarded_proto","fwd":"$http_forwarded","uri":"$request_uri","protocol":"$server_protocol"}}';
     client_body_temp_path {dir}/client_body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -98,6 +100,7 @@ http {{
     default_type application/json;
     server {{
         listen 127.0.0.1:{h2c} http2;
+        location ~ ^/headers/(\\d+)$ {{ access_log {dir}/forwarded.log forwarded; add_header ETag '"e$1"'; add_header X-Internal-Token secret; add_header Set-Cookie s=1; return 200 '{{"id":$1}}'; }}
         location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx"}}'; }}
         location ~ ^/sleep/(\\d+)$ {{ echo_sleep 2; echo '{{"id":$1}}'; }}
         location ~ ^/blob/ {{ default_type application/octet-stream; echo_duplicate 1048576 "a"; }}
@@ -127,6 +130,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{http1};
+        location ~ ^/headers/(\\d+)$ {{ access_log {dir}/forwarded.log forwarded; add_header ETag '"e$1"'; add_header X-Internal-Token secret; add_header Set-Cookie s=1; return 200 '{{"id":$1}}'; }}
         location ~ ^/sleep/(\\d+)$ {{ echo_sleep 2; echo '{{"id":$1}}'; }}
         location ~ ^/users/(\\d+)$ {{ return 200 '{{"id":$1,"via":"nginx"}}'; }}
         location ~ ^/blob/ {{ default_type application/octet-stream; echo_duplicate 1048576 "a"; }}
@@ -202,6 +206,10 @@ class Nginx:
 
     def access_lines(self):
         return self._lines("access.log")
+
+    def forwarded_lines(self):
+        """What /headers/N saw: request id, X-Forwarded-*, Forwarded and uri, one JSON object each."""
+        return [json.loads(line) for line in self._lines("forwarded.log")]
 
 
 @pytest.fixture(scope="session")

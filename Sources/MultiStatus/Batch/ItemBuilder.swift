@@ -17,21 +17,34 @@ public struct ItemBuilder {
         "upgrade", "host", "content-length", "http2-settings",
     ]
 
-    /// Headers of the bulk request that every item inherits (a route's `forward_headers`),
-    /// unless the item sets the same header itself.
-    public let inherited: [(name: String, value: String)]
+    /// What Sheaf adds to every item of this batch.
+    public let shared: BatchHeaders
+    /// Lower-case names an item may not set itself, because Sheaf sets them.
+    private let replaced: [String]
 
-    public init(basePath: String, expectedCount: Int = 0, inherited: [(name: String, value: String)] = []) {
+    public init(basePath: String, expectedCount: Int = 0, headers: BatchHeaders = BatchHeaders()) {
         self.basePath = basePath
-        self.inherited = inherited
+        self.shared = headers
+        var replaced = headers.imposed.map { $0.name.lowercased() }
+        if headers.requestID != nil { replaced.append("x-request-id") }
+        self.replaced = replaced
         items.reserveCapacity(expectedCount)
     }
 
-    private func withInherited(_ headers: [(name: String, value: String)]) -> [(name: String, value: String)] {
-        guard !inherited.isEmpty else { return headers }
+    /// The item's own headers plus the batch's: imposed ones and the request id replace what the
+    /// item set, inherited ones fill in only what it did not.
+    private func withShared(_ headers: [(name: String, value: String)], id: String) -> [(name: String, value: String)] {
+        guard !shared.isEmpty else { return headers }
         var out = headers
-        for header in inherited where !headers.contains(where: { $0.name.lowercased() == header.name.lowercased() }) {
+        if !replaced.isEmpty { out.removeAll { replaced.contains($0.name.lowercased()) } }
+        for header in shared.inherited {
+            let name = header.name.lowercased()
+            if replaced.contains(name) || out.contains(where: { $0.name.lowercased() == name }) { continue }
             out.append(header)
+        }
+        out.append(contentsOf: shared.imposed)
+        if let requestID = shared.requestID {
+            out.append(("x-request-id", requestID + "." + PercentEncoding.encodeSegment(id)))
         }
         return out
     }
@@ -74,7 +87,7 @@ public struct ItemBuilder {
         let method = rawMethod.uppercased()
         switch ItemPath.resolve(url, basePath: basePath) {
         case .success(let resolved):
-            let request = UpstreamRequest(method: method, path: resolved.upstreamPath, headers: withInherited(forwarded), body: body)
+            let request = UpstreamRequest(method: method, path: resolved.upstreamPath, headers: withShared(forwarded, id: id), body: body)
             items.append(BatchItem(id: id, href: uniqueHref(resolved.href, id: id), request: request))
         case .failure(let rejection):
             let href = ItemPath.reportableHref(url)
@@ -87,7 +100,7 @@ public struct ItemBuilder {
     /// that are never `.` or `..`.
     public mutating func addTemplated(path: String, method: String, headers: [(name: String, value: String)]) {
         let id = String(items.count)
-        let request = UpstreamRequest(method: method, path: basePath + path, headers: withInherited(headers))
+        let request = UpstreamRequest(method: method, path: basePath + path, headers: withShared(headers, id: id))
         items.append(BatchItem(id: id, href: uniqueHref(path, id: id), request: request))
     }
 
@@ -113,6 +126,25 @@ public struct ItemBuilder {
             return false
         }
     }
+}
+
+/// Headers Sheaf puts on every item of one batch.
+public struct BatchHeaders: Sendable {
+    /// Copied from the bulk request (a route's `forward_headers`) unless the item sets them itself.
+    public var inherited: [(name: String, value: String)]
+    /// Set by Sheaf (`X-Forwarded-For`, `Forwarded`, ...): they replace any the item sets.
+    public var imposed: [(name: String, value: String)]
+    /// When set, each item is sent `X-Request-ID: <requestID>.<item id>` (the id percent-encoded).
+    public var requestID: String?
+
+    public init(inherited: [(name: String, value: String)] = [], imposed: [(name: String, value: String)] = [],
+                requestID: String? = nil) {
+        self.inherited = inherited
+        self.imposed = imposed
+        self.requestID = requestID
+    }
+
+    var isEmpty: Bool { inherited.isEmpty && imposed.isEmpty && requestID == nil }
 }
 
 extension ItemBuilder {

@@ -22,7 +22,7 @@ public enum JSONBatchDecoder {
 
     /// The template form: one upstream request per element of the array at `template.items`.
     public static func decode(_ body: ByteBuffer, template: FanOutTemplate, basePath: String,
-                              maxItems: Int, inherited: [(name: String, value: String)] = []) throws(BatchError) -> [BatchItem] {
+                              maxItems: Int, headers: BatchHeaders = BatchHeaders()) throws(BatchError) -> [BatchItem] {
         let pointer = template.items.description
         let field = pointer.isEmpty ? "body" : pointer
         let document = try parse(body, items: template.items.tokens, field: field, maxItems: maxItems)
@@ -32,7 +32,7 @@ public enum JSONBatchDecoder {
         guard case .array(let elements) = target else {
             throw .badRequest(field: field, "must be an array, got \(target.typeName)")
         }
-        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, inherited: inherited)
+        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, headers: headers)
         for (index, element) in elements.enumerated() {
             switch template.path.expand(element, at: "\(pointer)/\(index)") {
             case .success(let path):
@@ -46,7 +46,7 @@ public enum JSONBatchDecoder {
 
     /// The explicit form: `{"requests":[{"id":"a","method":"GET","url":"/users/1","headers":{},"body":...}]}`.
     public static func decodeExplicit(_ body: ByteBuffer, basePath: String, maxItems: Int,
-                                      inherited: [(name: String, value: String)] = []) throws(BatchError) -> [BatchItem] {
+                                      headers: BatchHeaders = BatchHeaders()) throws(BatchError) -> [BatchItem] {
         let document = try parse(body, items: ["requests"], field: "requests", maxItems: maxItems)
         guard case .object(let members) = document else {
             throw .badRequest(field: "body", "must be a JSON object with a \"requests\" array, got \(document.typeName)")
@@ -58,7 +58,7 @@ public enum JSONBatchDecoder {
         guard case .array(let elements) = requests else {
             throw .badRequest(field: "requests", "must be an array, got \(requests.typeName)")
         }
-        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, inherited: inherited)
+        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, headers: headers)
         for (index, element) in elements.enumerated() {
             let field = "requests[\(index)]"
             guard case .object(let fields) = element else {

@@ -4,14 +4,17 @@ import NIOCore
 /// The JSON 207:
 /// `{"results":[{"id":"a","href":"/users/1","status":200,"headers":{...},"body":...,"error":"..."}],
 ///  "summary":{"total":3,"succeeded":1,"failed":2}}`.
-/// A header maps to its value, or to an array of its values when the upstream sent it more than once.
+/// `headers` holds the route's `response_headers` only. A header maps to its value, or to an array of its values when the upstream sent it more than once.
 /// A JSON upstream body is embedded as JSON, other text as a string, binary as base64 with
 /// `"bodyEncoding":"base64"`; `"bodyTruncated":true` when the size cap cut it.
 public final class JSONMultiStatusEncoder: MultiStatusEncoder {
     public let contentType = "application/json"
+    private let reported: ReportedHeaders
     private var first = true
 
-    public init() {}
+    public init(reporting: ReportedHeaders = .standard) {
+        reported = reporting
+    }
 
     public func begin(into out: inout ByteBuffer) {
         out.writeStaticString("{\"results\":[")
@@ -26,7 +29,7 @@ public final class JSONMultiStatusEncoder: MultiStatusEncoder {
         out.writeStaticString(",\"status\":")
         out.writeString(String(outcome.status))
         var wroteHeader = false
-        forEachReportableHeader(outcome.headers) { name, values in
+        forEachReportableHeader(outcome.headers, reported) { name, values in
             out.writeStaticString(wroteHeader ? "," : ",\"headers\":{")
             wroteHeader = true
             JSONWriter.writeString(name, into: &out)

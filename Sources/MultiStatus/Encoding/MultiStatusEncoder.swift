@@ -43,12 +43,34 @@ public enum ResponseFormat: Sendable, Equatable {
     case xml(mediaType: String)
     case json
 
-    public func makeEncoder() -> MultiStatusEncoder {
+    /// `reporting`: the upstream headers each item reports (a route's `response_headers`).
+    public func makeEncoder(reporting: ReportedHeaders = .standard) -> MultiStatusEncoder {
         switch self {
-        case .xml(let mediaType): return XMLMultiStatusEncoder(mediaType: mediaType)
-        case .json: return JSONMultiStatusEncoder()
+        case .xml(let mediaType): return XMLMultiStatusEncoder(mediaType: mediaType, reporting: reporting)
+        case .json: return JSONMultiStatusEncoder(reporting: reporting)
         }
     }
+}
+
+/// The upstream response headers a route reports for each item (`response_headers`); the rest
+/// (cookies, server banners, internal tokens) stay out of the 207. Connection-level headers are
+/// never reported, whatever the list says.
+public struct ReportedHeaders: Sendable, Equatable {
+    /// Lower-case, each once, in the order given.
+    public let names: [String]
+
+    public init(_ names: [String]) {
+        var kept: [String] = []
+        for name in names.map({ $0.lowercased() }) where !ItemBuilder.hopByHop.contains(name) && !kept.contains(name) {
+            kept.append(name)
+        }
+        self.names = kept
+    }
+
+    public static let standard = ReportedHeaders(["content-type", "etag", "last-modified", "location", "retry-after", "cache-control"])
+
+    /// `name` must be lower-case, as both transports deliver it.
+    func allows(_ name: String) -> Bool { names.contains(name) }
 }
 
 /// How an upstream body is carried inside the 207.
@@ -71,13 +93,14 @@ enum BodyForm {
     }
 }
 
-/// Calls `body` with each end-to-end upstream header name, in order of first appearance, and
-/// its values. Allocates nothing.
-func forEachReportableHeader(_ headers: [(name: String, value: String)], _ body: (String, HeaderValues) -> Void) {
+/// Calls `body` with each upstream header name `reported` allows, in order of first appearance,
+/// and its values. Allocates nothing.
+func forEachReportableHeader(_ headers: [(name: String, value: String)], _ reported: ReportedHeaders,
+                             _ body: (String, HeaderValues) -> Void) {
     for i in headers.indices {
         // Both transports deliver lower-case names (HTTP/2 requires it; the curl engine lowers them).
         let name = headers[i].name
-        if ItemBuilder.hopByHop.contains(name) { continue }
+        if !reported.allows(name) { continue }
         var seenEarlier = false
         for j in 0..<i where headers[j].name == name {
             seenEarlier = true

@@ -5,14 +5,18 @@ import NIOCore
 /// The RFC 4918 `DAV:multistatus` 207, written with libxml2's text writer (which escapes):
 /// per item `D:href`, `D:status` as a full status line, `D:responsedescription` when Sheaf
 /// explains the outcome, `D:location` for redirects, then extension elements in `urn:sheaf`:
-/// `S:id` and `S:body` (JSON or text as text, binary as base64, with its content type).
+/// `S:id`, `S:attempts` after a re-send, one `S:header name=".."` per value of each header in the
+/// route's `response_headers`, and `S:body` (JSON or text as text, binary as base64, with its
+/// content type when that header is reported).
 /// A final `S:summary` carries the counts.
 public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     public let contentType: String
     private let buffer: xmlBufferPtr
     private let writer: xmlTextWriterPtr
+    private let reported: ReportedHeaders
 
-    public init(mediaType: String = "application/xml") {
+    public init(mediaType: String = "application/xml", reporting: ReportedHeaders = .standard) {
+        reported = reporting
         _ = libxmlInitialized
         contentType = "\(mediaType); charset=\"utf-8\""
         buffer = xmlBufferCreate()
@@ -38,19 +42,28 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
         if let reason = outcome.reason {
             element("D", "responsedescription", reason)
         }
-        if (300..<400).contains(outcome.status), let location = outcome.headers.first(where: { $0.name == "location" })?.value {
+        if (300..<400).contains(outcome.status), reported.allows("location"),
+           let location = outcome.headers.first(where: { $0.name == "location" })?.value {
             start("D", "location")
             element("D", "href", location)
             end()
         }
         element("S", "id", item.id)
         if outcome.attempts > 1 { element("S", "attempts", String(outcome.attempts)) }
+        forEachReportableHeader(outcome.headers, reported) { name, values in
+            for value in values {
+                start("S", "header")
+                attribute("name", name)
+                text(value)
+                end()
+            }
+        }
         if let body = outcome.body {
             let contentType = outcome.headers.first(where: { $0.name == "content-type" })?.value
             let form = BodyForm.classify(body, contentType: contentType)
             if form != .none {
                 start("S", "body")
-                if let contentType { attribute("content-type", contentType) }
+                if let contentType, reported.allows("content-type") { attribute("content-type", contentType) }
                 if outcome.bodyTruncated { attribute("truncated", "true") }
                 if form == .binary {
                     attribute("encoding", "base64")
@@ -101,6 +114,10 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
         _ = xml(prefix) { p in xml(name) { n in xml(content) { c in
             xmlTextWriterWriteElementNS(writer, p, n, nil, c)
         } } }
+    }
+
+    private func text(_ content: String) {
+        _ = xml(content) { xmlTextWriterWriteString(writer, $0) }
     }
 
     private func attribute(_ name: String, _ value: String) {

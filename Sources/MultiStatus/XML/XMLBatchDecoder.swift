@@ -36,7 +36,7 @@ public enum XMLBatchDecoder {
     }
 
     public static func decode(_ body: ByteBuffer, basePath: String, maxItems: Int,
-                              inherited: [(name: String, value: String)] = []) throws(BatchError) -> [BatchItem] {
+                              headers: BatchHeaders = BatchHeaders()) throws(BatchError) -> [BatchItem] {
         _ = libxmlInitialized
         let sink = ErrorSink()
         let result: Result<[BatchItem], BatchError> = body.withUnsafeReadableBytes { raw in
@@ -56,7 +56,7 @@ public enum XMLBatchDecoder {
                 sink.line = xmlTextReaderLocatorLineNumber(locator)
             }, context)
             return Result { () throws(BatchError) -> [BatchItem] in
-                try walk(reader, sink: sink, builder: ItemBuilder(basePath: basePath, inherited: inherited), maxItems: maxItems)
+                try walk(reader, sink: sink, builder: ItemBuilder(basePath: basePath, headers: headers), maxItems: maxItems)
             }
         }
         return try result.get()

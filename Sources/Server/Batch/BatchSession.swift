@@ -14,6 +14,7 @@ final class BatchSession: @unchecked Sendable {
     private let route: RouteRuntime
     private let items: [BatchItem]
     private let encoder: MultiStatusEncoder
+    private let requestID: String?
     private let writer: ResponseWriter
     private let metrics: SheafMetrics
     private let histogram: DurationHistogram
@@ -28,12 +29,13 @@ final class BatchSession: @unchecked Sendable {
     private var resends = 0
     private var fanOut: FanOutRun?
 
-    init(route: RouteRuntime, items: [BatchItem], format: ResponseFormat, writer: ResponseWriter,
+    init(route: RouteRuntime, items: [BatchItem], format: ResponseFormat, requestID: String?, writer: ResponseWriter,
          metrics: SheafMetrics, received: NIODeadline, logger: Logger, onDone: @escaping @Sendable () -> Void) {
         self.onDone = onDone
         self.route = route
         self.items = items
-        self.encoder = format.makeEncoder()
+        self.encoder = format.makeEncoder(reporting: route.configuration.responseHeaders)
+        self.requestID = requestID
         self.writer = writer
         self.metrics = metrics
         self.histogram = metrics.itemHistogram(route: route.configuration.name)
@@ -46,6 +48,7 @@ final class BatchSession: @unchecked Sendable {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: encoder.contentType)
         headers.add(name: "x-sheaf-items", value: String(items.count))
+        if let requestID { headers.add(name: "x-request-id", value: requestID) }
         writer.start(status: .multiStatus, headers: headers)
         writer.append { out in encoder.begin(into: &out) }
         metrics.itemsAccepted(items.count)

@@ -25,7 +25,7 @@ public struct DemoUpstream: HTTPResponder {
         json(.payloadTooLarge, "{\"error\":\"body too large\"}")
     }
 
-    public func decide(_ head: HTTPRequestHead) -> HeadDecision {
+    public func decide(_ head: HTTPRequestHead, from client: ClientConnection) -> HeadDecision {
         .collect(maxBodyBytes: 1 << 20) { head, body, writer in
             let (path, query) = Self.split(head.uri)
             if path == "/reset" {

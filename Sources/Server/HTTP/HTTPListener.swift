@@ -25,7 +25,7 @@ public enum HTTPListener {
                     let activity = ConnectionActivity(outputBudget: outputBudget)
                     let pipeline = FrontPipeline(clientTimeout: clientTimeout, activity: activity, maxStreams: maxStreams) { onHTTP2Stream in
                         HTTPRequestHandler(responder: responder, activity: activity, clientTimeout: clientTimeout,
-                                           onHTTP2Stream: onHTTP2Stream)
+                                           onHTTP2Stream: onHTTP2Stream, secure: tls != nil)
                     }
                     let sync = channel.pipeline.syncOperations
                     if let tls {

@@ -27,7 +27,8 @@ public struct SimpleResponse: Sendable {
 
 /// Routes request heads to decisions; implemented by Sheaf's batch service and the demo upstream.
 public protocol HTTPResponder: Sendable {
-    func decide(_ head: HTTPRequestHead) -> HeadDecision
+    /// `client`: the connection the request came on (for forwarding headers).
+    func decide(_ head: HTTPRequestHead, from client: ClientConnection) -> HeadDecision
     /// The answer when a body is larger than allowed.
     func tooLarge(_ head: HTTPRequestHead, limit: Int) -> SimpleResponse
 }
@@ -65,9 +66,13 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     /// Serving one stream of an HTTP/2 connection (its channel's parent is the connection),
     /// rather than an HTTP/1.1 connection (whose parent is the listener).
     private let onHTTP2Stream: Bool
+    /// The connection is TLS.
+    private let secure: Bool
 
-    init(responder: HTTPResponder, activity: ConnectionActivity, clientTimeout: TimeAmount, onHTTP2Stream: Bool = false) {
+    init(responder: HTTPResponder, activity: ConnectionActivity, clientTimeout: TimeAmount, onHTTP2Stream: Bool = false,
+         secure: Bool = false) {
         self.responder = responder
+        self.secure = secure
         self.activity = activity
         self.clientTimeout = clientTimeout
         self.onHTTP2Stream = onHTTP2Stream
@@ -142,7 +147,8 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             headTimer?.cancel()
             headTimer = nil
             begin(context)
-            switch responder.decide(head) {
+            let connection = onHTTP2Stream ? (context.channel.parent ?? context.channel) : context.channel
+            switch responder.decide(head, from: ClientConnection(address: connection.remoteAddress, secure: secure)) {
             case .respond(let response):
                 var response = response
                 if head.method == .HEAD {
