@@ -64,6 +64,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "UnixSignals", package: "swift-service-lifecycle"),
         ], swiftSettings: hotPath),
         .executableTarget(name: "sheaf", dependencies: [
             "Server", "Config",
@@ -73,7 +74,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "ServerTests", dependencies: [
-            "Server", "Config",
+            "Server", "Config", "Upstream",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -1,3 +1,4 @@
+import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
@@ -22,10 +23,16 @@ public final class SheafMetrics: @unchecked Sendable {
     private var goawayCounters: [String: Counter] = [:]
     private var upstreamHistograms: [String: DurationHistogram] = [:]
     private var engineGauges: [String: Gauge] = [:]
+    /// The engine gauges the scrape in progress set; the others (an upstream a reload removed, a
+    /// protocol `auto` moved away from) are unregistered rather than left at a stale value.
+    private var touchedGauges: Set<String> = []
     /// Read at each scrape: what the engines hold now, and each circuit's state.
     private var watched: [(name: String, transport: UpstreamTransport)] = []
     private let inFlight: Gauge
     private let refusedConnections: Counter
+    private let reloadCounters: [String: Counter]
+    private let lastReloadSuccess: Gauge
+    private let lastReloadSuccessful: Gauge
 
     static let itemBuckets: [Duration] = [
         .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
@@ -47,6 +54,32 @@ public final class SheafMetrics: @unchecked Sendable {
             "Items accepted by Sheaf whose outcome is not known yet"))
         refusedConnections = registry.makeCounter(descriptor: Self.name("connections_refused", "total",
             "Client connections refused at accept because their address held max_connections_per_client"))
+        // Every outcome exists from the start, so `increase(...[1h]) > 0` sees the first failure.
+        var reloads: [String: Counter] = [:]
+        for outcome in ["success", "invalid", "failed"] {
+            reloads[outcome] = registry.makeCounter(descriptor: Self.name("config_reloads", "total",
+                "Configuration reloads (SIGHUP) by outcome: success, invalid (the file has problems), failed (valid but not applicable)"),
+                labels: [("outcome", outcome)])
+        }
+        reloadCounters = reloads
+        lastReloadSuccess = registry.makeGauge(descriptor: Self.name("config_last_reload_success_timestamp", "seconds",
+            "Unix time the running configuration was loaded (at start, or by the last successful reload)"))
+        lastReloadSuccessful = registry.makeGauge(descriptor: Self.name("config_last_reload_successful", "",
+            "1 if the last reload (or the start) applied its file, 0 if it was refused"))
+        configurationLoaded()
+    }
+
+    /// The running configuration was loaded: at start, or by a successful reload.
+    public func configurationLoaded(reload: Bool = false) {
+        if reload { reloadCounters["success"]?.increment() }
+        lastReloadSuccess.set(to: Date().timeIntervalSince1970)
+        lastReloadSuccessful.set(to: 1)
+    }
+
+    /// A reload was refused: `outcome` is invalid or failed; the running configuration stays.
+    public func reloadRefused(outcome: String) {
+        reloadCounters[outcome]?.increment()
+        lastReloadSuccessful.set(to: 0)
     }
 
     /// A batch ended: outcome is complete, partial, failed, rejected or cancelled.
@@ -190,6 +223,13 @@ public final class SheafMetrics: @unchecked Sendable {
 
     /// Called under `lock` before each scrape.
     private func refreshGauges() {
+        touchedGauges.removeAll(keepingCapacity: true)
+        defer {
+            for (key, gauge) in engineGauges where !touchedGauges.contains(key) {
+                registry.unregisterGauge(gauge)
+                engineGauges[key] = nil
+            }
+        }
         for (name, transport) in watched {
             for engine in transport.gauges {
                 let labels = [("upstream", name), ("protocol", engine.protocolName)]
@@ -211,6 +251,7 @@ public final class SheafMetrics: @unchecked Sendable {
 
     private func gauge(_ metric: String, _ help: String, _ labels: [(String, String)]) -> Gauge {
         let key = metric + "\u{0}" + labels.map(\.1).joined(separator: "\u{0}")
+        touchedGauges.insert(key)
         if let gauge = engineGauges[key] { return gauge }
         let gauge = registry.makeGauge(descriptor: Self.name(metric, "", help), labels: labels)
         engineGauges[key] = gauge

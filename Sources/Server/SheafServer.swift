@@ -1,26 +1,74 @@
 import Config
+import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import ServiceLifecycle
+import UnixSignals
 import Upstream
 
 /// The running proxy as one `Service`: upstream transports, the optional in-process demo
-/// upstream, and the front listener. Stops on graceful shutdown (SIGTERM / SIGINT).
+/// upstream, and the front listener. Stops on graceful shutdown (SIGTERM / SIGINT); reloads its
+/// configuration file on SIGHUP.
 public final class SheafServer: Service, @unchecked Sendable {
-    private let configuration: SheafConfiguration
+    private let initial: SheafConfiguration
+    private let configPath: String?
     private let group: EventLoopGroup
     private let logger: Logger
     public let metrics = SheafMetrics()
 
-    public init(configuration: SheafConfiguration, group: EventLoopGroup, logger: Logger) {
-        self.configuration = configuration
+    /// One configuration's worth of serving state. Batches keep the generation they started in,
+    /// so a reload never changes the routes or pools under a running batch.
+    private final class Generation: @unchecked Sendable {
+        let configuration: SheafConfiguration
+        let service: SheafService
+        let transports: [String: UpstreamTransport]
+        /// The TLS files each upstream's transport was built from, to notice a renewal.
+        let tlsFiles: [String: [Data?]]
+
+        init(configuration: SheafConfiguration, service: SheafService, transports: [String: UpstreamTransport]) {
+            self.configuration = configuration
+            self.service = service
+            self.transports = transports
+            var files: [String: [Data?]] = [:]
+            for upstream in configuration.upstreams { files[upstream.name] = Self.tlsFiles(of: upstream) }
+            self.tlsFiles = files
+        }
+
+        static func tlsFiles(of upstream: UpstreamConfiguration) -> [Data?] {
+            [upstream.caFile, upstream.clientCertificate, upstream.clientKey].map { path in
+                path.flatMap { FileManager.default.contents(atPath: $0) }
+            }
+        }
+    }
+
+    /// Guarded by `lock`.
+    private struct Running {
+        var current: Generation
+        /// Replaced generations whose batches are still running.
+        var retiring: [Generation] = []
+        var stopping = false
+        let responder: CurrentService
+        let settings: NIOLockedValueBox<FrontSettings>
+        let front: FrontConnections
+    }
+
+    private let lock = NIOLock()
+    private var running: Running?
+
+    /// `configPath`: the file SIGHUP reloads; nil: SIGHUP is not handled.
+    public init(configuration: SheafConfiguration, configPath: String? = nil, group: EventLoopGroup, logger: Logger) {
+        self.initial = configuration
+        self.configPath = configPath
         self.group = group
         self.logger = logger
     }
 
     public func run() async throws {
+        let configuration = initial
         var demoChannel: Channel?
         if let demo = configuration.demoUpstream {
             do {
@@ -32,68 +80,244 @@ public final class SheafServer: Service, @unchecked Sendable {
         }
         // Before anything starts: files that changed since `sheaf check` fail here, not per connection.
         let tls: NIOSSLContext?
+        let generation: Generation
         do {
             tls = try configuration.tls?.makeServerContext()
         } catch {
             try? await demoChannel?.close()
             throw ListenError(description: "cannot listen on \(configuration.listen) with TLS: \(error)")
         }
-        var transports: [String: UpstreamTransport] = [:]
-        let events = metrics.upstreamEvents
-        for upstream in configuration.upstreams {
-            transports[upstream.name] = try TransportFactory.make(upstream, group: group, logger: logger, events: events)
+        do {
+            generation = try await makeGeneration(configuration, reusing: [:])
+        } catch {
+            try? await demoChannel?.close()
+            throw error
         }
-        metrics.watch(transports)
-        let service = SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger)
+        metrics.watch(generation.transports)
         let listen = configuration.listen
-        let channel: Channel
         let front = FrontConnections(maxPerClient: configuration.maxConnectionsPerClient) { [metrics] in
             metrics.connectionRefused()
         }
+        let settings = NIOLockedValueBox(Self.frontSettings(configuration, tls: tls))
+        let responder = CurrentService(generation.service)
+        let channel: Channel
         do {
-            channel = try await HTTPListener.bind(host: listen.host, port: listen.port, group: group,
-                                                  clientTimeout: configuration.clientTimeout, connections: front,
-                                                  maxStreams: configuration.maxStreamsPerConnection,
-                                                  outputBudget: configuration.maxBufferedOutput,
-                                                  tls: tls, responder: service)
+            channel = try await HTTPListener.bind(host: listen.host, port: listen.port, group: group, connections: front,
+                                                  settings: settings, responder: responder)
         } catch {
-            for transport in transports.values { await transport.shutdown() }
+            for transport in generation.transports.values { await transport.shutdown() }
             try? await demoChannel?.close()
             throw ListenError(description: "cannot listen on \(listen): \(error)")
         }
+        lock.withLock { running = Running(current: generation, responder: responder, settings: settings, front: front) }
         let bound = channel.localAddress?.port ?? listen.port
         logger.info("sheaf listening", metadata: [
             "address": "\(listen.host):\(bound)", "routes": "\(configuration.routes.count)",
             "upstreams": "\(configuration.upstreams.count)",
             "protocols": "\(tls == nil ? "http/1.1, h2c" : "h2, http/1.1 over TLS")",
         ])
+        // Reloads run one after another, each to its end, on this task.
+        let reloads = Task { [self] in
+            guard configPath != nil else { return }
+            for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                await reload()
+            }
+        }
         await withGracefulShutdownHandler {
             try? await channel.closeFuture.get()
-        } onGracefulShutdown: {
+        } onGracefulShutdown: { [self] in
             // Stop taking work: /readyz 503, the listener closed, keep-alive connections told
             // (Connection: close on HTTP/1.1, GOAWAY on h2c) and closed once what they serve ends.
-            service.startDraining()
+            lock.withLock {
+                running?.stopping = true
+                running?.current.service.startDraining()
+            }
             front.drain()
             channel.close(promise: nil)
         }
+        reloads.cancel()
         // Drain: the listener is closed; let batches in flight finish before the transports go.
-        let deadline = NIODeadline.now() + configuration.drainTimeout
-        if service.activeBatches > 0 {
-            logger.info("draining", metadata: ["batches": "\(service.activeBatches)"])
+        let drainTimeout = lock.withLock { running?.current.configuration.drainTimeout } ?? configuration.drainTimeout
+        let deadline = NIODeadline.now() + drainTimeout
+        if activeBatches > 0 {
+            logger.info("draining", metadata: ["batches": "\(activeBatches)"])
         }
-        while service.activeBatches > 0 && NIODeadline.now() < deadline {
+        while activeBatches > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(nanoseconds: 20_000_000)
         }
-        logger.info("shutting down", metadata: ["unfinished batches": "\(service.activeBatches)"])
+        logger.info("shutting down", metadata: ["unfinished batches": "\(activeBatches)"])
         // Every call still running settles 503 here, so every unfinished 207 can end.
-        for transport in transports.values { await transport.shutdown() }
+        for transport in liveTransports() { await transport.shutdown() }
         // Let those 207s' last bytes reach their clients before the event loops stop.
         let flushDeadline = NIODeadline.now() + .seconds(2)
-        while (service.activeBatches > 0 || front.count > 0) && NIODeadline.now() < flushDeadline {
+        while (activeBatches > 0 || front.count > 0) && NIODeadline.now() < flushDeadline {
             try? await Task.sleep(nanoseconds: 10_000_000)
         }
         front.closeAll()
         try? await demoChannel?.close()
+    }
+
+    /// Batches running on any generation, the current one and those a reload replaced.
+    private var activeBatches: Int {
+        lock.withLock {
+            guard let running else { return 0 }
+            return ([running.current] + running.retiring).reduce(0) { $0 + $1.service.activeBatches }
+        }
+    }
+
+    /// Every transport some generation still holds, each once.
+    private func liveTransports() -> [UpstreamTransport] {
+        lock.withLock {
+            guard let running else { return [] }
+            var seen = Set<ObjectIdentifier>()
+            return ([running.current] + running.retiring).flatMap { $0.transports.values }.filter {
+                seen.insert(ObjectIdentifier($0)).inserted
+            }
+        }
+    }
+
+    private static func frontSettings(_ configuration: SheafConfiguration, tls: NIOSSLContext?) -> FrontSettings {
+        FrontSettings(clientTimeout: configuration.clientTimeout, maxStreams: configuration.maxStreamsPerConnection,
+                      outputBudget: configuration.maxBufferedOutput, tls: tls)
+    }
+
+    /// A service for `configuration`, on the transports in `reusing` where given, on new ones
+    /// otherwise. On failure, the new transports built so far are shut down.
+    private func makeGeneration(_ configuration: SheafConfiguration,
+                                reusing: [String: UpstreamTransport]) async throws -> Generation {
+        var transports: [String: UpstreamTransport] = [:]
+        var built: [UpstreamTransport] = []
+        do {
+            for upstream in configuration.upstreams {
+                if let kept = reusing[upstream.name] {
+                    transports[upstream.name] = kept
+                } else {
+                    let transport = try TransportFactory.make(upstream, group: group, logger: logger, events: metrics.upstreamEvents)
+                    built.append(transport)
+                    transports[upstream.name] = transport
+                }
+            }
+        } catch {
+            for transport in built { await transport.shutdown() }
+            throw error
+        }
+        let service = SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger)
+        return Generation(configuration: configuration, service: service, transports: transports)
+    }
+
+    /// Reads the configuration file again and, if it is valid and applicable, serves new requests
+    /// with it; otherwise logs why and keeps the running configuration.
+    func reload() async {
+        guard let configPath else { return }
+        guard let (old, settings) = lock.withLock({ () -> (Generation, NIOLockedValueBox<FrontSettings>)? in
+            guard let running, !running.stopping else { return nil }
+            return (running.current, running.settings)
+        }) else { return }
+        logger.info("reloading configuration", metadata: ["file": "\(configPath)"])
+        let new: SheafConfiguration
+        do {
+            new = try ConfigLoader.load(path: configPath)
+        } catch {
+            logger.error("configuration reload refused; keeping the running configuration\n\(error.description)")
+            metrics.reloadRefused(outcome: "invalid")
+            return
+        }
+        let plan: ReloadPlan
+        do {
+            plan = try ReloadPlan.make(from: old.configuration, to: new) { name in
+                guard let upstream = new.upstream(named: name) else { return false }
+                return Generation.tlsFiles(of: upstream) != old.tlsFiles[name] ?? []
+            }
+        } catch {
+            refuse(error.description)
+            return
+        }
+        let generation: Generation
+        let tls: NIOSSLContext?
+        do {
+            // Read again even when the paths are the same: this is how a renewed certificate arrives.
+            tls = try new.tls?.makeServerContext()
+        } catch {
+            refuse("cannot load the front TLS files: \(error)")
+            return
+        }
+        do {
+            var reusing: [String: UpstreamTransport] = [:]
+            for name in plan.kept { reusing[name] = old.transports[name] }
+            generation = try await makeGeneration(new, reusing: reusing)
+        } catch {
+            refuse("\(error)")
+            return
+        }
+        let swapped = lock.withLock { () -> Bool in
+            guard var now = running, !now.stopping else { return false }
+            now.retiring.append(now.current)
+            now.current = generation
+            now.responder.replace(with: generation.service)
+            now.front.setMaxPerClient(new.maxConnectionsPerClient)
+            running = now
+            return true
+        }
+        guard swapped else {
+            // Shutdown began meanwhile: the new pools never served.
+            for name in plan.started { await generation.transports[name]?.shutdown() }
+            return
+        }
+        settings.withLockedValue { $0 = Self.frontSettings(new, tls: tls) }
+        metrics.watch(generation.transports)
+        metrics.configurationLoaded(reload: true)
+        logger.info("configuration reloaded", metadata: [
+            "routes": "\(new.routes.count)", "upstreams kept": "\(plan.kept.joined(separator: ","))",
+            "upstreams started": "\(plan.started.joined(separator: ","))",
+            "upstreams retiring": "\(plan.retired.joined(separator: ","))",
+        ])
+        Task { await retire(old) }
+    }
+
+    private func refuse(_ reason: String) {
+        logger.error("configuration reload refused; keeping the running configuration: \(reason)")
+        metrics.reloadRefused(outcome: "failed")
+    }
+
+    /// Once the batches of a replaced generation have ended, closes the pools no live
+    /// generation uses any more (removed or changed upstreams).
+    private func retire(_ old: Generation) async {
+        while old.service.activeBatches > 0 {
+            try? await Task.sleep(nanoseconds: 50_000_000)
+        }
+        let closing = lock.withLock { () -> [(String, UpstreamTransport)] in
+            guard var now = running, !now.stopping else { return [] }  // shutdown closes everything itself
+            now.retiring.removeAll { $0 === old }
+            running = now
+            let live = Set(([now.current] + now.retiring).flatMap { $0.transports.values.map(ObjectIdentifier.init) })
+            return old.transports.filter { !live.contains(ObjectIdentifier($0.value)) }.sorted { $0.key < $1.key }
+        }
+        for (name, transport) in closing {
+            await transport.shutdown()
+            logger.info("upstream pool retired", metadata: ["upstream": "\(name)"])
+        }
+    }
+}
+
+/// The listener's responder across reloads: each request is decided by the service current when
+/// its head arrives, and stays with it to the end of its 207.
+final class CurrentService: HTTPResponder, @unchecked Sendable {
+    private let current: NIOLockedValueBox<SheafService>
+
+    init(_ service: SheafService) {
+        current = NIOLockedValueBox(service)
+    }
+
+    func replace(with service: SheafService) {
+        current.withLockedValue { $0 = service }
+    }
+
+    func decide(_ head: HTTPRequestHead, from client: ClientConnection) -> HeadDecision {
+        current.withLockedValue { $0 }.decide(head, from: client)
+    }
+
+    func tooLarge(_ head: HTTPRequestHead, limit: Int) -> SimpleResponse {
+        current.withLockedValue { $0 }.tooLarge(head, limit: limit)
     }
 }
 

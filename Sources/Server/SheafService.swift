@@ -21,13 +21,15 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     private let routesByPath: [String: [RouteRuntime]]
     private let metrics: SheafMetrics
     private let logger: Logger
-    private let requestCounter = NIOLockedValueBox(UInt64(0))
+    /// Numbers bulk requests for the logs, across reloads.
+    private static let requestCounter = NIOLockedValueBox(UInt64(0))
     private let active = NIOLockedValueBox(0)
 
     private let draining = NIOLockedValueBox(false)
     private let memory = MemoryReturn()
 
-    /// Batches being fanned out or written right now; shutdown waits for this to reach zero.
+    /// Batches being fanned out or written right now, and bodies being read for a batch; shutdown,
+    /// and a reload retiring this service's upstream pools, wait for this to reach zero.
     public var activeBatches: Int { active.withLockedValue { $0 } }
 
     /// From now on `/readyz` answers 503, so a load balancer stops sending new work.
@@ -111,7 +113,11 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
             for value in head.headers[name] { shared.inherited.append((name, value)) }
         }
         if route.configuration.forwarded { shared.imposed = ForwardingHeaders.make(head, client: client) }
-        return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self, shared] head, body, writer in
+        // Counted from now: a body still arriving holds this service's transports as a running
+        // batch does; if it never completes, the handler is dropped and so is the ticket.
+        let ticket = BatchTicket(active)
+        return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self, shared, ticket] head, body, writer in
+            withExtendedLifetime(ticket) {}
             self.runBatch(route: route, body: body, isXML: isXML, format: format, shared: shared,
                           writer: writer, received: received)
         }
@@ -139,7 +145,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
             writer.respond(problem)
             return
         }
-        let id = requestCounter.withLockedValue { value -> UInt64 in
+        let id = Self.requestCounter.withLockedValue { value -> UInt64 in
             value += 1
             return value
         }
@@ -157,5 +163,19 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
             }
             memory.batchEnded(items: count, idle: idle)
         }.run()
+    }
+}
+
+/// Counts a batch whose body is being read as active for as long as its handler lives.
+private final class BatchTicket: Sendable {
+    private let active: NIOLockedValueBox<Int>
+
+    init(_ active: NIOLockedValueBox<Int>) {
+        self.active = active
+        active.withLockedValue { $0 += 1 }
+    }
+
+    deinit {
+        active.withLockedValue { $0 -= 1 }
     }
 }

@@ -42,7 +42,7 @@ public struct UpstreamEndpoint: Sendable, Equatable {
 }
 
 /// Everything one upstream transport needs; built by the `Config` module from YAML.
-public struct UpstreamConfiguration: Sendable {
+public struct UpstreamConfiguration: Sendable, Equatable {
     public var name: String
     public var endpoint: UpstreamEndpoint
     public var `protocol`: UpstreamProtocol

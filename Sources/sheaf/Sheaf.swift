@@ -53,7 +53,7 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        let server = SheafServer(configuration: configuration, group: group, logger: logger)
+        let server = SheafServer(configuration: configuration, configPath: config, group: group, logger: logger)
         let services = ServiceGroup(configuration: .init(
             services: [.init(service: server)],
             gracefulShutdownSignals: [.sigterm, .sigint],

@@ -148,23 +148,25 @@ class ThrowAwayCA:
         os.makedirs(directory, exist_ok=True)
         self.dir = directory
 
-        def run(*args):
-            subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-        def sign(name, subject, ext):
-            run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
-            with open(os.path.join(directory, f"{name}.ext"), "w") as f:
-                f.write(ext)
-            run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
-
-        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=Sheaf test CA")
-        sign("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        sign("client", "/CN=sheaf-test-client", "extendedKeyUsage=clientAuth\n")
+        self._openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+                      "-subj", "/CN=Sheaf test CA")
+        self.sign("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        self.sign("client", "/CN=sheaf-test-client", "extendedKeyUsage=clientAuth\n")
         self.ca = self.path("ca.pem")
         self.server_cert, self.server_key = self.path("server.pem"), self.path("server.key")
         self.client_cert, self.client_key = self.path("client.pem"), self.path("client.key")
+
+    def _openssl(self, *args):
+        subprocess.run(["openssl", *args], cwd=self.dir, check=True, capture_output=True)
+
+    def sign(self, name, subject, ext):
+        """A key (NAME.key) and a certificate this CA signed (NAME.pem); returns their paths."""
+        self._openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+        with open(self.path(f"{name}.ext"), "w") as f:
+            f.write(ext)
+        self._openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                      "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+        return self.path(f"{name}.pem"), self.path(f"{name}.key")
 
     def path(self, name):
         return os.path.join(self.dir, name)

@@ -13,13 +13,18 @@ public final class FrontConnections: @unchecked Sendable {
     private let lock = NIOLock()
     private var open: [ObjectIdentifier: Channel] = [:]
     private var perClient: [String: Int] = [:]
-    private let maxPerClient: Int
+    private var maxPerClient: Int
     private let onRefused: @Sendable () -> Void
 
     /// `maxPerClient` 0: no limit. `onRefused` runs for each connection refused (a metric).
     public init(maxPerClient: Int = 0, onRefused: @escaping @Sendable () -> Void = {}) {
         self.maxPerClient = maxPerClient
         self.onRefused = onRefused
+    }
+
+    /// A reload's new limit, for connections accepted from now on.
+    public func setMaxPerClient(_ limit: Int) {
+        lock.withLock { maxPerClient = limit }
     }
 
     /// Connections open right now.
