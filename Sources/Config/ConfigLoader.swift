@@ -196,7 +196,7 @@ struct ConfigReader {
     mutating func read(_ root: Node) -> SheafConfiguration? {
         let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "client_timeout",
                                        "max_connections_per_client", "max_streams_per_connection", "max_buffered_output",
-                                       "tls", "upstreams", "routes"],
+                                       "tls", "access_log", "upstreams", "routes"],
                           what: "the top level")
         let listen = top["listen"] == nil ? HostPort(host: "127.0.0.1", port: 8080) : hostPort(top["listen"]?.value, "listen")
         var metricsPath = "/metrics"
@@ -264,6 +264,22 @@ struct ConfigReader {
                                                upstreams: upstreams, routes: routes)
         if let drain = duration(top["drain_timeout"]?.value, "drain_timeout") { configuration.drainTimeout = drain }
         if let client = duration(top["client_timeout"]?.value, "client_timeout") { configuration.clientTimeout = client }
+        if let entry = top["access_log"], let text = string(entry.value, "access_log") {
+            switch text {
+            case "off": configuration.accessLog = .off
+            case "stderr": configuration.accessLog = .stderr
+            default:
+                let directory = (text as NSString).deletingLastPathComponent
+                var isDirectory: ObjCBool = false
+                if !text.hasPrefix("/") {
+                    report(at: entry.value, "access_log: \"\(text)\" must be stderr, off or an absolute path")
+                } else if !FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) || !isDirectory.boolValue {
+                    report(at: entry.value, "access_log: directory \"\(directory)\" does not exist")
+                } else {
+                    configuration.accessLog = .file(text)
+                }
+            }
+        }
         if let v = integer(top["max_connections_per_client"]?.value, "max_connections_per_client", range: 0...1_000_000) {
             configuration.maxConnectionsPerClient = v
         }

@@ -75,6 +75,14 @@ public struct RouteConfiguration: Sendable {
     }
 }
 
+/// `access_log:` in config.yaml.
+public enum AccessLogDestination: Sendable, Equatable {
+    case off
+    case stderr
+    /// Appended to; reopened on SIGUSR1 (after logrotate moved it).
+    case file(String)
+}
+
 /// The whole, validated `config.yaml`. Immutable: a reload builds a new one and swaps it whole.
 public struct SheafConfiguration: Sendable {
     public var listen: HostPort
@@ -94,6 +102,8 @@ public struct SheafConfiguration: Sendable {
     public var maxStreamsPerConnection = 256
     /// When set, the listener speaks TLS only (ALPN h2 and http/1.1); when nil, HTTP/1.1 and h2c.
     public var tls: FrontTLSConfiguration?
+    /// Where the one-JSON-line-per-bulk-request access log goes.
+    public var accessLog = AccessLogDestination.stderr
     public var upstreams: [UpstreamConfiguration]
     public var routes: [RouteConfiguration]
 

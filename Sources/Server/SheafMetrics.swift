@@ -33,6 +33,7 @@ public final class SheafMetrics: @unchecked Sendable {
     private let reloadCounters: [String: Counter]
     private let lastReloadSuccess: Gauge
     private let lastReloadSuccessful: Gauge
+    private let accessLogDrops: Counter
 
     static let itemBuckets: [Duration] = [
         .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
@@ -66,7 +67,14 @@ public final class SheafMetrics: @unchecked Sendable {
             "Unix time the running configuration was loaded (at start, or by the last successful reload)"))
         lastReloadSuccessful = registry.makeGauge(descriptor: Self.name("config_last_reload_successful", "",
             "1 if the last reload (or the start) applied its file, 0 if it was refused"))
+        accessLogDrops = registry.makeCounter(descriptor: Self.name("access_log_dropped", "total",
+            "Access log lines dropped because the log's writer fell more than 4 MiB behind (a stalled disk)"))
         configurationLoaded()
+    }
+
+    /// An access log line was dropped: the log's writer was more than its buffer behind.
+    public func accessLogDropped() {
+        accessLogDrops.increment()
     }
 
     /// The running configuration was loaded: at start, or by a successful reload.

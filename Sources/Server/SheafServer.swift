@@ -19,6 +19,7 @@ public final class SheafServer: Service, @unchecked Sendable {
     private let group: EventLoopGroup
     private let logger: Logger
     public let metrics = SheafMetrics()
+    private let accessLog: AccessLog
 
     /// One configuration's worth of serving state. Batches keep the generation they started in,
     /// so a reload never changes the routes or pools under a running batch.
@@ -65,6 +66,9 @@ public final class SheafServer: Service, @unchecked Sendable {
         self.configPath = configPath
         self.group = group
         self.logger = logger
+        let metrics = metrics
+        accessLog = AccessLog(configuration.accessLog, onDropped: { metrics.accessLogDropped() },
+                              onError: { [logger] message in logger.error("\(message)") })
     }
 
     public func run() async throws {
@@ -123,6 +127,12 @@ public final class SheafServer: Service, @unchecked Sendable {
                 await reload()
             }
         }
+        // logrotate moved the access log away: write to a new file under its name.
+        let reopens = Task { [accessLog] in
+            for await _ in await UnixSignalsSequence(trapping: .sigusr1) {
+                accessLog.reopen()
+            }
+        }
         await withGracefulShutdownHandler {
             try? await channel.closeFuture.get()
         } onGracefulShutdown: { [self] in
@@ -136,6 +146,7 @@ public final class SheafServer: Service, @unchecked Sendable {
             channel.close(promise: nil)
         }
         reloads.cancel()
+        reopens.cancel()
         // Drain: the listener is closed; let batches in flight finish before the transports go.
         let drainTimeout = lock.withLock { running?.current.configuration.drainTimeout } ?? configuration.drainTimeout
         let deadline = NIODeadline.now() + drainTimeout
@@ -155,6 +166,7 @@ public final class SheafServer: Service, @unchecked Sendable {
         }
         front.closeAll()
         try? await demoChannel?.close()
+        accessLog.flush()
     }
 
     /// Batches running on any generation, the current one and those a reload replaced.
@@ -201,7 +213,8 @@ public final class SheafServer: Service, @unchecked Sendable {
             for transport in built { await transport.shutdown() }
             throw error
         }
-        let service = SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger)
+        let service = SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger,
+                                   accessLog: accessLog)
         return Generation(configuration: configuration, service: service, transports: transports)
     }
 
@@ -264,6 +277,7 @@ public final class SheafServer: Service, @unchecked Sendable {
             return
         }
         settings.withLockedValue { $0 = Self.frontSettings(new, tls: tls) }
+        accessLog.configure(new.accessLog)
         metrics.watch(generation.transports)
         metrics.configurationLoaded(reload: true)
         logger.info("configuration reloaded", metadata: [
@@ -316,8 +330,8 @@ final class CurrentService: HTTPResponder, @unchecked Sendable {
         current.withLockedValue { $0 }.decide(head, from: client)
     }
 
-    func tooLarge(_ head: HTTPRequestHead, limit: Int) -> SimpleResponse {
-        current.withLockedValue { $0 }.tooLarge(head, limit: limit)
+    func tooLarge(_ head: HTTPRequestHead, limit: Int, from client: ClientConnection) -> SimpleResponse {
+        current.withLockedValue { $0 }.tooLarge(head, limit: limit, from: client)
     }
 }
 

@@ -37,9 +37,13 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         draining.withLockedValue { $0 = true }
     }
 
+    private let accessLog: AccessLog?
+
+    /// `accessLog`: where each bulk request's line goes (nil: nowhere).
     public init(configuration: SheafConfiguration, transports: [String: UpstreamTransport],
-                metrics: SheafMetrics, logger: Logger) {
+                metrics: SheafMetrics, logger: Logger, accessLog: AccessLog? = nil) {
         self.configuration = configuration
+        self.accessLog = accessLog
         var table: [String: [RouteRuntime]] = [:]
         for route in configuration.routes {
             guard let transport = transports[route.upstream] else { continue }
@@ -50,9 +54,36 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         self.logger = logger
     }
 
-    public func tooLarge(_ head: HTTPRequestHead, limit: Int) -> SimpleResponse {
-        if let route = match(head)?.route { metrics.batchFinished(route: route.configuration.name, outcome: "rejected", duration: nil) }
-        return Problem.response(.payloadTooLarge, detail: "request body is larger than this route's max_body_bytes (\(limit) bytes)")
+    public func tooLarge(_ head: HTTPRequestHead, limit: Int, from client: ClientConnection) -> SimpleResponse {
+        let route = match(head)?.route?.configuration.name
+        if let route { metrics.batchFinished(route: route, outcome: "rejected", duration: nil) }
+        let response = Problem.response(.payloadTooLarge, detail: "request body is larger than this route's max_body_bytes (\(limit) bytes)")
+        logRejected(entry(head, client, route: route), response)
+        return response
+    }
+
+    /// The access log's view of a request, as far as its head tells.
+    private func entry(_ head: HTTPRequestHead, _ client: ClientConnection, route: String?) -> AccessEntry {
+        var entry = AccessEntry()
+        entry.route = route
+        entry.client = client.address?.ipAddress
+        entry.protocolName = head.version.major == 2 ? "HTTP/2" : "HTTP/1.1"
+        entry.tls = client.secure
+        entry.method = head.method.rawValue
+        entry.path = head.uri
+        entry.traceID = TraceParent(head.headers.first(name: "traceparent"))?.traceID
+        return entry
+    }
+
+    private func logRejected(_ entry: AccessEntry, _ response: SimpleResponse, bytesIn: Int = 0) {
+        guard let accessLog else { return }
+        var entry = entry
+        entry.status = Int(response.status.code)
+        entry.bytesIn = bytesIn
+        entry.bytesOut = response.body.readableBytes
+        entry.requestID = response.headers.first(name: "x-request-id")
+        entry.outcome = "rejected"
+        accessLog.record(entry)
     }
 
     private func match(_ head: HTTPRequestHead) -> (route: RouteRuntime?, allowed: [String])? {
@@ -80,14 +111,15 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
                                            body: ByteBuffer(string: "{\"status\":\"ok\"}\n")))
         }
         guard let (found, allowed) = match(head) else {
-            return .respond(Problem.response(.notFound, detail: "no route for \(path)"))
+            return rejected(Problem.response(.notFound, detail: "no route for \(path)"), entry(head, client, route: nil))
         }
         guard let route = found else {
             let allow = allowed.joined(separator: ", ")
-            return .respond(Problem.response(.methodNotAllowed, detail: "\(path) accepts \(allow), not \(head.method.rawValue)",
-                                             extraHeaders: ["allow": allow]))
+            return rejected(Problem.response(.methodNotAllowed, detail: "\(path) accepts \(allow), not \(head.method.rawValue)",
+                                             extraHeaders: ["allow": allow]), entry(head, client, route: nil))
         }
         let name = route.configuration.name
+        var access = entry(head, client, route: name)
         // 415 and 406 are known from the head alone: answer them before reading the body.
         let contentType = head.headers.first(name: "content-type")
         let isJSON = contentType.map(MediaType.isJSON) ?? false
@@ -97,18 +129,19 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
             metrics.batchFinished(route: name, outcome: "rejected", duration: nil)
             let expected = route.configuration.fanOut == nil ? "application/json or application/xml" : "application/json"
             let got = contentType.map { "\"\($0)\"" } ?? "no Content-Type"
-            return .respond(Problem.response(.unsupportedMediaType, detail: "route \(name) reads \(expected), got \(got)",
-                                             field: "Content-Type", extraHeaders: ["accept-post": expected]))
+            return rejected(Problem.response(.unsupportedMediaType, detail: "route \(name) reads \(expected), got \(got)",
+                                             field: "Content-Type", extraHeaders: ["accept-post": expected]), access)
         }
         guard let format = MediaType.negotiate(accept: head.headers[canonicalForm: "accept"].map(String.init).joined(separator: ","),
                                                requestIsXML: isXML) else {
             metrics.batchFinished(route: name, outcome: "rejected", duration: nil)
-            return .respond(Problem.response(.notAcceptable,
+            return rejected(Problem.response(.notAcceptable,
                                              detail: "a 207 can be application/xml, text/xml or application/json; Accept allows none of them",
-                                             field: "Accept"))
+                                             field: "Accept"), access)
         }
         let received = NIODeadline.now()
         var shared = BatchHeaders(requestID: RequestID.of(head))
+        access.requestID = shared.requestID
         for name in route.configuration.forwardHeaders {
             for value in head.headers[name] { shared.inherited.append((name, value)) }
         }
@@ -116,15 +149,22 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         // Counted from now: a body still arriving holds this service's transports as a running
         // batch does; if it never completes, the handler is dropped and so is the ticket.
         let ticket = BatchTicket(active)
-        return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self, shared, ticket] head, body, writer in
+        return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self, shared, ticket, access] head, body, writer in
             withExtendedLifetime(ticket) {}
+            var access = access
+            access.bytesIn = body.readableBytes
             self.runBatch(route: route, body: body, isXML: isXML, format: format, shared: shared,
-                          writer: writer, received: received)
+                          writer: writer, received: received, access: access)
         }
     }
 
+    private func rejected(_ response: SimpleResponse, _ entry: AccessEntry) -> HeadDecision {
+        logRejected(entry, response)
+        return .respond(response)
+    }
+
     private func runBatch(route: RouteRuntime, body: ByteBuffer, isXML: Bool, format: ResponseFormat,
-                          shared: BatchHeaders, writer: ResponseWriter, received: NIODeadline) {
+                          shared: BatchHeaders, writer: ResponseWriter, received: NIODeadline, access: AccessEntry) {
         let configuration = route.configuration
         let basePath = route.transport.configuration.endpoint.basePath
         let items: [BatchItem]
@@ -142,6 +182,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
             metrics.batchFinished(route: configuration.name, outcome: "rejected", duration: nil)
             var problem = Problem.response(error)
             if let requestID = shared.requestID { problem.headers.add(name: "x-request-id", value: requestID) }
+            logRejected(access, problem, bytesIn: body.readableBytes)
             writer.respond(problem)
             return
         }
@@ -156,7 +197,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         active.withLockedValue { $0 += 1 }
         let count = items.count
         BatchSession(route: route, items: items, format: format, requestID: shared.requestID, writer: writer, metrics: metrics,
-                     received: received, logger: logger) { [active, memory] in
+                     received: received, logger: logger, access: accessLog.map { ($0, access) }) { [active, memory] in
             let idle = active.withLockedValue { value -> Bool in
                 value -= 1
                 return value == 0

@@ -370,3 +370,15 @@ private func withTLS(_ lines: String...) -> String {
     #expect(found.contains { $0.contains("route 'batch' response_headers: Transfer-Encoding is a hop-by-hop header") })
     #expect(found.contains { $0.contains("route 'batch' response_headers: \"a b\" is not a header name") })
 }
+
+@Test func accessLogIsStderrOffOrAFile() throws {
+    #expect(try ConfigLoader.parse(yaml: valid, file: "c.yaml").accessLog == .stderr)
+    #expect(try ConfigLoader.parse(yaml: "access_log: off\n" + valid, file: "c.yaml").accessLog == .off)
+    #expect(try ConfigLoader.parse(yaml: "access_log: /tmp/sheaf-access.log\n" + valid, file: "c.yaml").accessLog
+            == .file("/tmp/sheaf-access.log"))
+    let relative = problems("access_log: logs/access.log\n" + valid)
+    #expect(relative.first?.message == "access_log: \"logs/access.log\" must be stderr, off or an absolute path")
+    #expect(relative.first?.line == 1)
+    let missingDirectory = problems("access_log: /nonexistent-dir/access.log\n" + valid)
+    #expect(missingDirectory.first?.message == "access_log: directory \"/nonexistent-dir\" does not exist")
+}

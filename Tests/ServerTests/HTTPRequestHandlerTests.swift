@@ -15,7 +15,7 @@ private struct Stub: HTTPResponder {
         return .respond(SimpleResponse(status: .ok, headers: ["content-type": "text/plain"], body: ByteBuffer(string: "hello")))
     }
 
-    func tooLarge(_ head: HTTPRequestHead, limit: Int) -> SimpleResponse {
+    func tooLarge(_ head: HTTPRequestHead, limit: Int, from client: ClientConnection) -> SimpleResponse {
         Problem.response(.payloadTooLarge, detail: "more than \(limit) bytes")
     }
 }

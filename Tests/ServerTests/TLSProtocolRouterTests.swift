@@ -10,7 +10,7 @@ private struct Hello: HTTPResponder {
         .respond(SimpleResponse(status: .ok, headers: ["content-type": "text/plain"], body: ByteBuffer(string: "hello")))
     }
 
-    func tooLarge(_ head: HTTPRequestHead, limit: Int) -> SimpleResponse {
+    func tooLarge(_ head: HTTPRequestHead, limit: Int, from client: ClientConnection) -> SimpleResponse {
         SimpleResponse(status: .payloadTooLarge)
     }
 }

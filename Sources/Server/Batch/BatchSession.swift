@@ -28,10 +28,17 @@ final class BatchSession: @unchecked Sendable {
     private var statusCounts: [Int: Int] = [:]
     private var resends = 0
     private var fanOut: FanOutRun?
+    /// Where the batch's access log line goes, and what it says so far; bytes of the 207 body
+    /// are added up as they are encoded (guarded by the writer's lock).
+    private let accessLog: AccessLog?
+    private var access: AccessEntry
 
     init(route: RouteRuntime, items: [BatchItem], format: ResponseFormat, requestID: String?, writer: ResponseWriter,
-         metrics: SheafMetrics, received: NIODeadline, logger: Logger, onDone: @escaping @Sendable () -> Void) {
+         metrics: SheafMetrics, received: NIODeadline, logger: Logger, access: (AccessLog, AccessEntry)? = nil,
+         onDone: @escaping @Sendable () -> Void) {
         self.onDone = onDone
+        self.accessLog = access?.0
+        self.access = access?.1 ?? AccessEntry()
         self.route = route
         self.items = items
         self.encoder = format.makeEncoder(reporting: route.configuration.responseHeaders)
@@ -50,7 +57,7 @@ final class BatchSession: @unchecked Sendable {
         headers.add(name: "x-sheaf-items", value: String(items.count))
         if let requestID { headers.add(name: "x-request-id", value: requestID) }
         writer.start(status: .multiStatus, headers: headers)
-        writer.append { out in encoder.begin(into: &out) }
+        writer.append { out in counted(&out) { encoder.begin(into: &$0) } }
         metrics.itemsAccepted(items.count)
 
         let run = FanOutRun(items: items, transport: route.transport, concurrency: route.configuration.concurrency,
@@ -95,11 +102,18 @@ final class BatchSession: @unchecked Sendable {
             summary.count(outcome)
             statusCounts[outcome.status, default: 0] += 1
             if outcome.attempts > 1 { resends += outcome.attempts - 1 }
-            encoder.item(item, outcome, into: &out)
+            counted(&out) { encoder.item(item, outcome, into: &$0) }
         }
         histogram.recordNanoseconds(Int64(nanoseconds))
         if outcome.attempts > 0 { upstreamHistogram.recordNanoseconds(Int64(nanoseconds)) }
         metrics.itemSettled()
+    }
+
+    /// Runs `encode` and adds what it wrote to the access log's byte count. Under the writer's lock.
+    private func counted(_ out: inout ByteBuffer, _ encode: (inout ByteBuffer) -> Void) {
+        let before = out.writerIndex
+        encode(&out)
+        access.bytesOut += out.writerIndex - before
     }
 
     private func finished() {
@@ -107,19 +121,28 @@ final class BatchSession: @unchecked Sendable {
         var counts: [Int: Int] = [:]
         var resent = 0
         var lost = 0
+        var entry = AccessEntry()
         writer.append { out in
             deadlineTimer?.cancel()
             deadlineTimer = nil
-            encoder.end(summary, into: &out)
+            counted(&out) { encoder.end(summary, into: &$0) }
             final = summary
             counts = statusCounts
             resent = resends
             lost = fanOut?.lostItems ?? 0
             fanOut = nil
+            entry = access
         }
         writer.finish(written: onDone)
         let outcome = final.failed == 0 ? "complete" : (final.succeeded == 0 ? "failed" : "partial")
         let elapsed = NIODeadline.now() - received
+        if let accessLog {
+            entry.status = 207
+            entry.items = items.count
+            for (status, count) in counts { entry.count(status: status, times: count) }
+            entry.outcome = outcome
+            accessLog.record(entry)
+        }
         metrics.itemsCounted(route: route.configuration.name, statusCounts: counts)
         metrics.transportTally(upstream: route.configuration.upstream, resends: resent, lost: lost)
         metrics.batchFinished(route: route.configuration.name, outcome: outcome,

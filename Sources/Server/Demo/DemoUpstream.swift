@@ -21,7 +21,7 @@ public struct DemoUpstream: HTTPResponder {
 
     public init() {}
 
-    public func tooLarge(_ head: HTTPRequestHead, limit: Int) -> SimpleResponse {
+    public func tooLarge(_ head: HTTPRequestHead, limit: Int, from client: ClientConnection) -> SimpleResponse {
         json(.payloadTooLarge, "{\"error\":\"body too large\"}")
     }
 

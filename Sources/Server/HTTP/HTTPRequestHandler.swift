@@ -30,7 +30,7 @@ public protocol HTTPResponder: Sendable {
     /// `client`: the connection the request came on (for forwarding headers).
     func decide(_ head: HTTPRequestHead, from client: ClientConnection) -> HeadDecision
     /// The answer when a body is larger than allowed.
-    func tooLarge(_ head: HTTPRequestHead, limit: Int) -> SimpleResponse
+    func tooLarge(_ head: HTTPRequestHead, limit: Int, from client: ClientConnection) -> SimpleResponse
 }
 
 /// Serves one HTTP/1.1 connection (requests one after another) or one HTTP/2 stream, with
@@ -147,8 +147,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             headTimer?.cancel()
             headTimer = nil
             begin(context)
-            let connection = onHTTP2Stream ? (context.channel.parent ?? context.channel) : context.channel
-            switch responder.decide(head, from: ClientConnection(address: connection.remoteAddress, secure: secure)) {
+            switch responder.decide(head, from: client(context)) {
             case .respond(let response):
                 var response = response
                 if head.method == .HEAD {
@@ -167,7 +166,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                 state = .discarding(response, keepAlive: head.isKeepAlive)
             case .collect(let limit, let handler):
                 if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limit {
-                    reject(context, responder.tooLarge(head, limit: limit))
+                    reject(context, responder.tooLarge(head, limit: limit, from: client(context)))
                     return
                 }
                 if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
@@ -184,7 +183,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             guard case .collecting(let head, let limit, var body, let handler) = state else { return }
             state = .idle  // let `body` be uniquely referenced while it grows
             if body.readableBytes + part.readableBytes > limit {
-                reject(context, responder.tooLarge(head, limit: limit))
+                reject(context, responder.tooLarge(head, limit: limit, from: client(context)))
                 return
             }
             body.writeBuffer(&part)
@@ -230,6 +229,11 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     /// Answers, then closes: the request's body is not read whole. HTTP/1.1 half-closes and
     /// lingers, dropping what still arrives (bounded in bytes and time), so the client reads the
     /// answer instead of a reset; an HTTP/2 stream just ends.
+    private func client(_ context: ChannelHandlerContext) -> ClientConnection {
+        let connection = onHTTP2Stream ? (context.channel.parent ?? context.channel) : context.channel
+        return ClientConnection(address: connection.remoteAddress, secure: secure)
+    }
+
     private func reject(_ context: ChannelHandlerContext, _ response: SimpleResponse) {
         var response = response
         response.close = true
