@@ -196,7 +196,7 @@ struct ConfigReader {
     mutating func read(_ root: Node) -> SheafConfiguration? {
         let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "client_timeout",
                                        "max_connections_per_client", "max_streams_per_connection", "max_buffered_output",
-                                       "tls", "access_log", "upstreams", "routes"],
+                                       "tls", "access_log", "tracing", "upstreams", "routes"],
                           what: "the top level")
         let listen = top["listen"] == nil ? HostPort(host: "127.0.0.1", port: 8080) : hostPort(top["listen"]?.value, "listen")
         var metricsPath = "/metrics"
@@ -264,6 +264,7 @@ struct ConfigReader {
                                                upstreams: upstreams, routes: routes)
         if let drain = duration(top["drain_timeout"]?.value, "drain_timeout") { configuration.drainTimeout = drain }
         if let client = duration(top["client_timeout"]?.value, "client_timeout") { configuration.clientTimeout = client }
+        if let entry = top["tracing"] { configuration.tracing = readTracing(key: entry.key, entry.value) }
         if let entry = top["access_log"], let text = string(entry.value, "access_log") {
             switch text {
             case "off": configuration.accessLog = .off
@@ -294,6 +295,27 @@ struct ConfigReader {
     /// The `tls` block; its files are loaded here as `serve` will load them, so a missing file,
     /// a file without a PEM certificate or key, and a key that is not the certificate's are
     /// reported at the value that names them.
+    private mutating func readTracing(key: Node, _ node: Node) -> TracingConfiguration? {
+        let fields = entries(node, allowed: ["otlp_endpoint", "service_name", "sample_ratio"], what: "tracing")
+        guard case .mapping = node else { return nil }
+        guard let entry = fields["otlp_endpoint"] else {
+            report(at: key, "tracing is missing 'otlp_endpoint' (an http:// or https:// URL)")
+            return nil
+        }
+        guard let endpoint = string(entry.value, "tracing otlp_endpoint") else { return nil }
+        guard let url = URLComponents(string: endpoint), ["http", "https"].contains(url.scheme?.lowercased() ?? ""),
+              !(url.host ?? "").isEmpty else {
+            report(at: entry.value, "tracing otlp_endpoint: \"\(endpoint)\" must be an http:// or https:// URL")
+            return nil
+        }
+        var tracing = TracingConfiguration(otlpEndpoint: endpoint)
+        if let name = fields["service_name"].flatMap({ string($0.value, "tracing service_name") }) {
+            if name.isEmpty { report(at: fields["service_name"]!.value, "tracing service_name must not be empty") } else { tracing.serviceName = name }
+        }
+        if let ratio = fraction(fields["sample_ratio"]?.value, "tracing sample_ratio", allowZero: true) { tracing.sampleRatio = ratio }
+        return tracing
+    }
+
     private mutating func readTLS(key: Node, _ node: Node) -> FrontTLSConfiguration? {
         let fields = entries(node, allowed: ["certificate", "private_key", "client_ca"], what: "tls")
         guard case .mapping = node else { return nil }

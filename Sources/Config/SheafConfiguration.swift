@@ -75,6 +75,20 @@ public struct RouteConfiguration: Sendable {
     }
 }
 
+/// `tracing:` in config.yaml: where spans go, under which service name, and what share of new
+/// traces is sampled (a client's own sampling decision in `traceparent` is followed).
+public struct TracingConfiguration: Sendable, Equatable {
+    /// The OTLP/HTTP traces endpoint, e.g. `http://otel-collector:4318/v1/traces`.
+    public var otlpEndpoint: String
+    public var serviceName = "sheaf"
+    /// 0...1, for traces Sheaf starts itself.
+    public var sampleRatio = 1.0
+
+    public init(otlpEndpoint: String) {
+        self.otlpEndpoint = otlpEndpoint
+    }
+}
+
 /// `access_log:` in config.yaml.
 public enum AccessLogDestination: Sendable, Equatable {
     case off
@@ -102,6 +116,8 @@ public struct SheafConfiguration: Sendable {
     public var maxStreamsPerConnection = 256
     /// When set, the listener speaks TLS only (ALPN h2 and http/1.1); when nil, HTTP/1.1 and h2c.
     public var tls: FrontTLSConfiguration?
+    /// When set, spans for each batch and item are exported over OTLP/HTTP.
+    public var tracing: TracingConfiguration?
     /// Where the one-JSON-line-per-bulk-request access log goes.
     public var accessLog = AccessLogDestination.stderr
     public var upstreams: [UpstreamConfiguration]

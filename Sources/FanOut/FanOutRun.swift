@@ -49,10 +49,16 @@ public final class FanOutRun: @unchecked Sendable {
     private var writing = false
     private var finishReported = false
 
+    /// Called with each request just before it goes to the transport (tracing adds its
+    /// `traceparent` there); nil costs nothing.
+    public typealias Prepare = @Sendable (_ index: Int, _ request: inout UpstreamRequest) -> Void
+    private let prepare: Prepare?
+
     /// With `ordered`, at most `4 × concurrency` items run ahead of the first one not yet reported.
     public init(items: [BatchItem], transport: UpstreamTransport, concurrency: Int, ordered: Bool = false,
-                watchdog: Watchdog? = nil,
+                watchdog: Watchdog? = nil, prepare: Prepare? = nil,
                 onResult: @escaping ResultHandler, onFinish: @escaping @Sendable () -> Void) {
+        self.prepare = prepare
         self.watchdog = watchdog
         self.items = items
         self.transport = transport
@@ -236,10 +242,11 @@ public final class FanOutRun: @unchecked Sendable {
             return
         }
         let item = items[index]
-        guard let request = item.request else {
+        guard var request = item.request else {
             settle(index, ItemOutcome(status: 400, reason: item.rejection ?? "invalid item"))
             return
         }
+        prepare?(index, &request)
         let call = transport.execute(request) { [self] result in
             var outcome = ItemOutcome(result)
             if case .failure(let error) = result, error.kind == .cancelled {

@@ -7,6 +7,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import ServiceLifecycle
+import Tracing
 import UnixSignals
 import Upstream
 
@@ -20,6 +21,7 @@ public final class SheafServer: Service, @unchecked Sendable {
     private let logger: Logger
     public let metrics = SheafMetrics()
     private let accessLog: AccessLog
+    private let tracer: (any Tracer)?
 
     /// One configuration's worth of serving state. Batches keep the generation they started in,
     /// so a reload never changes the routes or pools under a running batch.
@@ -60,9 +62,12 @@ public final class SheafServer: Service, @unchecked Sendable {
     private let lock = NIOLock()
     private var running: Running?
 
-    /// `configPath`: the file SIGHUP reloads; nil: SIGHUP is not handled.
-    public init(configuration: SheafConfiguration, configPath: String? = nil, group: EventLoopGroup, logger: Logger) {
+    /// `configPath`: the file SIGHUP reloads; nil: SIGHUP is not handled. `tracer`: where spans
+    /// go when `tracing` is configured (the caller runs its exporter).
+    public init(configuration: SheafConfiguration, configPath: String? = nil, group: EventLoopGroup, logger: Logger,
+                tracer: (any Tracer)? = nil) {
         self.initial = configuration
+        self.tracer = tracer
         self.configPath = configPath
         self.group = group
         self.logger = logger
@@ -214,7 +219,7 @@ public final class SheafServer: Service, @unchecked Sendable {
             throw error
         }
         let service = SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger,
-                                   accessLog: accessLog)
+                                   accessLog: accessLog, tracer: tracer)
         return Generation(configuration: configuration, service: service, transports: transports)
     }
 

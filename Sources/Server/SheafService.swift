@@ -6,6 +6,7 @@ import MultiStatus
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import Tracing
 import Upstream
 
 /// A route with the transport its items travel on.
@@ -38,12 +39,15 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     }
 
     private let accessLog: AccessLog?
+    private let tracer: (any Tracer)?
 
-    /// `accessLog`: where each bulk request's line goes (nil: nowhere).
+    /// `accessLog`: where each bulk request's line goes (nil: nowhere). `tracer`: where batch and
+    /// item spans go (nil: tracing is off, and costs nothing per item).
     public init(configuration: SheafConfiguration, transports: [String: UpstreamTransport],
-                metrics: SheafMetrics, logger: Logger, accessLog: AccessLog? = nil) {
+                metrics: SheafMetrics, logger: Logger, accessLog: AccessLog? = nil, tracer: (any Tracer)? = nil) {
         self.configuration = configuration
         self.accessLog = accessLog
+        self.tracer = tracer
         var table: [String: [RouteRuntime]] = [:]
         for route in configuration.routes {
             guard let transport = transports[route.upstream] else { continue }
@@ -153,7 +157,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
             withExtendedLifetime(ticket) {}
             var access = access
             access.bytesIn = body.readableBytes
-            self.runBatch(route: route, body: body, isXML: isXML, format: format, shared: shared,
+            self.runBatch(route: route, head: head, body: body, isXML: isXML, format: format, shared: shared,
                           writer: writer, received: received, access: access)
         }
     }
@@ -163,7 +167,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         return .respond(response)
     }
 
-    private func runBatch(route: RouteRuntime, body: ByteBuffer, isXML: Bool, format: ResponseFormat,
+    private func runBatch(route: RouteRuntime, head: HTTPRequestHead, body: ByteBuffer, isXML: Bool, format: ResponseFormat,
                           shared: BatchHeaders, writer: ResponseWriter, received: NIODeadline, access: AccessEntry) {
         let configuration = route.configuration
         let basePath = route.transport.configuration.endpoint.basePath
@@ -190,6 +194,16 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
             value += 1
             return value
         }
+        var access = access
+        let trace = tracer.map {
+            BatchTrace(tracer: $0, headers: head.headers, method: head.method.rawValue, route: configuration,
+                       upstream: route.transport.configuration.endpoint, itemCount: items.count,
+                       elapsed: NIODeadline.now() - received)
+        }
+        if let trace {
+            access.traceID = trace.traceID
+            if let requestID = shared.requestID { trace.setRequestID(requestID) }
+        }
         var logger = self.logger
         logger[metadataKey: "request"] = "\(id)"
         logger[metadataKey: "route"] = "\(configuration.name)"
@@ -197,7 +211,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         active.withLockedValue { $0 += 1 }
         let count = items.count
         BatchSession(route: route, items: items, format: format, requestID: shared.requestID, writer: writer, metrics: metrics,
-                     received: received, logger: logger, access: accessLog.map { ($0, access) }) { [active, memory] in
+                     received: received, logger: logger, access: accessLog.map { ($0, access) }, trace: trace) { [active, memory] in
             let idle = active.withLockedValue { value -> Bool in
                 value -= 1
                 return value == 0

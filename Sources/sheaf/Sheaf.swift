@@ -6,6 +6,8 @@ import NIOCore
 import NIOPosix
 import Server
 import ServiceLifecycle
+import Telemetry
+import Tracing
 
 @main
 struct Sheaf: AsyncParsableCommand {
@@ -52,15 +54,29 @@ struct Serve: AsyncParsableCommand {
             FileHandle.standardError.write(Data((error.description + "\n").utf8))
             throw ExitCode(1)
         }
+        // Services stop in reverse order: the server drains first, then the exporter sends its last spans.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        var tracer: (any Tracer)?
+        if let tracing = configuration.tracing {
+            do {
+                let backend = try Telemetry.makeTracer(tracing)
+                tracer = backend.tracer
+                services.append(.init(service: backend.service))
+            } catch {
+                FileHandle.standardError.write(Data("cannot set up tracing: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        let server = SheafServer(configuration: configuration, configPath: config, group: group, logger: logger)
-        let services = ServiceGroup(configuration: .init(
-            services: [.init(service: server)],
+        let server = SheafServer(configuration: configuration, configPath: config, group: group, logger: logger, tracer: tracer)
+        services.append(.init(service: server))
+        let serviceGroup = ServiceGroup(configuration: .init(
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))
         do {
-            try await services.run()
+            try await serviceGroup.run()
         } catch {
             logger.error("sheaf stopped: \(error)")
             try? await group.shutdownGracefully()

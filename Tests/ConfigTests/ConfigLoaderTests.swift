@@ -382,3 +382,16 @@ private func withTLS(_ lines: String...) -> String {
     let missingDirectory = problems("access_log: /nonexistent-dir/access.log\n" + valid)
     #expect(missingDirectory.first?.message == "access_log: directory \"/nonexistent-dir\" does not exist")
 }
+
+@Test func tracingNeedsAnOTLPEndpoint() throws {
+    #expect(try ConfigLoader.parse(yaml: valid, file: "c.yaml").tracing == nil)
+    let on = try ConfigLoader.parse(yaml: "tracing: {otlp_endpoint: \"http://127.0.0.1:4318/v1/traces\", sample_ratio: 25%}\n" + valid,
+                                    file: "c.yaml").tracing
+    #expect(on?.otlpEndpoint == "http://127.0.0.1:4318/v1/traces")
+    #expect(on?.serviceName == "sheaf")
+    #expect(on?.sampleRatio == 0.25)
+    #expect(problems("tracing: {service_name: edge}\n" + valid).first?.message == "tracing is missing 'otlp_endpoint' (an http:// or https:// URL)")
+    #expect(problems("tracing: {otlp_endpoint: \"collector:4318\"}\n" + valid).first?.message
+            == "tracing otlp_endpoint: \"collector:4318\" must be an http:// or https:// URL")
+    #expect(problems("tracing: {otlp_endpoint: \"http://c:4318\", sample_ratio: 2}\n" + valid).first?.message.contains("tracing sample_ratio") == true)
+}

@@ -33,6 +33,9 @@ private func upstream(_ name: String, port: Int = 9000, timeout: Int64 = 5) -> U
     var tls = old
     tls.tls = FrontTLSConfiguration(certificate: "c.pem", privateKey: "k.pem")
     #expect(throws: ReloadPlan.Refusal.self) { try ReloadPlan.make(from: old, to: tls) { _ in false } }
+    var traced = old
+    traced.tracing = TracingConfiguration(otlpEndpoint: "http://127.0.0.1:4318/v1/traces")
+    #expect(throws: ReloadPlan.Refusal.self) { try ReloadPlan.make(from: old, to: traced) { _ in false } }
     var demo = old
     demo.demoUpstream = HostPort(host: "127.0.0.1", port: 9090)
     #expect(throws: ReloadPlan.Refusal(description: "demo_upstream changed; that takes a restart")) {

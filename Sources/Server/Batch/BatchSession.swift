@@ -32,11 +32,13 @@ final class BatchSession: @unchecked Sendable {
     /// are added up as they are encoded (guarded by the writer's lock).
     private let accessLog: AccessLog?
     private var access: AccessEntry
+    private let trace: BatchTrace?
 
     init(route: RouteRuntime, items: [BatchItem], format: ResponseFormat, requestID: String?, writer: ResponseWriter,
          metrics: SheafMetrics, received: NIODeadline, logger: Logger, access: (AccessLog, AccessEntry)? = nil,
-         onDone: @escaping @Sendable () -> Void) {
+         trace: BatchTrace? = nil, onDone: @escaping @Sendable () -> Void) {
         self.onDone = onDone
+        self.trace = trace
         self.accessLog = access?.0
         self.access = access?.1 ?? AccessEntry()
         self.route = route
@@ -63,6 +65,7 @@ final class BatchSession: @unchecked Sendable {
         let run = FanOutRun(items: items, transport: route.transport, concurrency: route.configuration.concurrency,
                             ordered: route.configuration.requestOrder,
                             watchdog: FanOutRun.Watchdog(eventLoop: writer.loop),
+                            prepare: trace.map { trace in { [items] index, request in trace.itemStarting(index, items[index], &request) } },
                             onResult: { [self] index, outcome, nanoseconds in
                                 self.settled(index, outcome, nanoseconds)
                             }, onFinish: { [self] in
@@ -98,6 +101,7 @@ final class BatchSession: @unchecked Sendable {
 
     private func settled(_ index: Int, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
         let item = items[index]
+        trace?.itemSettled(index, item, outcome)
         writer.append { out in
             summary.count(outcome)
             statusCounts[outcome.status, default: 0] += 1
@@ -136,6 +140,7 @@ final class BatchSession: @unchecked Sendable {
         writer.finish(written: onDone)
         let outcome = final.failed == 0 ? "complete" : (final.succeeded == 0 ? "failed" : "partial")
         let elapsed = NIODeadline.now() - received
+        trace?.finished(succeeded: final.succeeded, failed: final.failed, outcome: outcome)
         if let accessLog {
             entry.status = 207
             entry.items = items.count

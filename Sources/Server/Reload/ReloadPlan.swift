@@ -27,6 +27,9 @@ struct ReloadPlan: Equatable {
         if (new.tls == nil) != (old.tls == nil) {
             throw Refusal(description: "tls was \(old.tls == nil ? "added" : "removed"); switching the listener between TLS and cleartext takes a restart")
         }
+        if new.tracing != old.tracing {
+            throw Refusal(description: "tracing changed; the exporter is set up at start, so that takes a restart")
+        }
         if new.demoUpstream != old.demoUpstream {
             throw Refusal(description: "demo_upstream changed; that takes a restart")
         }
