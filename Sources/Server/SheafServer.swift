@@ -6,8 +6,9 @@ import NIOSSL
 import ServiceLifecycle
 import Upstream
 
-/// The running proxy as one `Service`: upstream transports, the optional in-process demo
-/// upstream, and the front listener. Stops on graceful shutdown (SIGTERM / SIGINT).
+/// The running proxy as one `Service`: upstream transports and the front listener. Stops on
+/// graceful shutdown (SIGTERM / SIGINT). The demo upstream is not part of it (module
+/// DemoUpstream): `sheaf serve` runs it beside this service when the config asks for one.
 public final class SheafServer: Service, @unchecked Sendable {
     private let configuration: SheafConfiguration
     private let group: EventLoopGroup
@@ -21,21 +22,11 @@ public final class SheafServer: Service, @unchecked Sendable {
     }
 
     public func run() async throws {
-        var demoChannel: Channel?
-        if let demo = configuration.demoUpstream {
-            do {
-                demoChannel = try await HTTPListener.bind(host: demo.host, port: demo.port, group: group, responder: DemoUpstream())
-            } catch {
-                throw ListenError(description: "cannot listen on \(demo) for the demo upstream: \(error)")
-            }
-            logger.info("demo upstream listening", metadata: ["address": "\(demo)", "protocols": "http/1.1, h2c"])
-        }
         // Before anything starts: files that changed since `sheaf check` fail here, not per connection.
         let tls: NIOSSLContext?
         do {
             tls = try configuration.tls?.makeServerContext()
         } catch {
-            try? await demoChannel?.close()
             throw ListenError(description: "cannot listen on \(configuration.listen) with TLS: \(error)")
         }
         var transports: [String: UpstreamTransport] = [:]
@@ -58,7 +49,6 @@ public final class SheafServer: Service, @unchecked Sendable {
                                                   tls: tls, responder: service)
         } catch {
             for transport in transports.values { await transport.shutdown() }
-            try? await demoChannel?.close()
             throw ListenError(description: "cannot listen on \(listen): \(error)")
         }
         let bound = channel.localAddress?.port ?? listen.port
@@ -93,11 +83,14 @@ public final class SheafServer: Service, @unchecked Sendable {
             try? await Task.sleep(nanoseconds: 10_000_000)
         }
         front.closeAll()
-        try? await demoChannel?.close()
     }
 }
 
 /// A listener could not be bound (address in use, no permission, ...).
 public struct ListenError: Error, CustomStringConvertible {
     public var description: String
+
+    public init(description: String) {
+        self.description = description
+    }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Config
+import DemoUpstream
 import Foundation
 import Logging
 import NIOCore
@@ -53,9 +54,22 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        var members: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let demo = configuration.demoUpstream {
+            // First in the group, so it is shut down last: the demo answers while Sheaf drains.
+            do {
+                members.append(.init(service: try await DemoUpstreamServer.start(
+                    host: demo.host, port: demo.port, group: group, logger: logger)))
+            } catch {
+                logger.error("sheaf stopped: \(error)")
+                try? await group.shutdownGracefully()
+                throw ExitCode(1)
+            }
+        }
         let server = SheafServer(configuration: configuration, group: group, logger: logger)
+        members.append(.init(service: server))
         let services = ServiceGroup(configuration: .init(
-            services: [.init(service: server)],
+            services: members,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))
@@ -104,7 +118,14 @@ struct DemoUpstreamCommand: AsyncParsableCommand {
             throw ValidationError("--listen must be HOST:PORT, got \"\(listen)\"")
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        let server = DemoUpstreamServer(host: address.host, port: address.port, group: group, logger: logger)
+        let server: DemoUpstreamServer
+        do {
+            server = try await DemoUpstreamServer.start(host: address.host, port: address.port, group: group, logger: logger)
+        } catch {
+            logger.error("\(error)")
+            try? await group.shutdownGracefully()
+            throw ExitCode(1)
+        }
         let services = ServiceGroup(configuration: .init(
             services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await services.run()
