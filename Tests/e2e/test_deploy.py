@@ -72,6 +72,29 @@ def seconds(duration):
     return sum(int(n) * units[u] for n, u in parts)
 
 
+# The container's configuration.
+
+def dockerfile_instructions():
+    with open(DOCKERFILE) as f:
+        text = f.read().replace("\\\n", " ")
+    return [line.strip().split(None, 1) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_image_gets_the_container_config_not_the_demo_one():
+    copies = [args.split() for op, args in dockerfile_instructions() if op.upper() == "COPY"]
+    config_copies = [c for c in copies if c[-1] == "/etc/sheaf/config.yaml"]
+    assert config_copies == [["deploy/config.container.yaml", "/etc/sheaf/config.yaml"]], config_copies
+
+
+def test_the_container_config_is_valid_and_listens_on_every_interface(yaml):
+    out = sheaf_check(CONTAINER_CONFIG)
+    assert out.returncode == 0, out.stderr
+    assert "listening on 0.0.0.0:8080" in out.stdout
+    config = load(yaml, CONTAINER_CONFIG)
+    assert config["listen"].startswith("0.0.0.0:"), "a container must listen beyond its own loopback"
+    assert "demo_upstream" not in config, "production images must not run the demo upstream"
+
+
 # The production server does not carry the demo.
 
 def test_the_server_module_does_not_link_the_demo_upstream():
