@@ -95,6 +95,130 @@ def test_the_container_config_is_valid_and_listens_on_every_interface(yaml):
     assert "demo_upstream" not in config, "production images must not run the demo upstream"
 
 
+# Kubernetes.
+
+@pytest.fixture(scope="module")
+def manifests(yaml):
+    with open(KUBERNETES) as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
+
+
+def one(manifests, kind):
+    found = [m for m in manifests if m["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def schema_errors(documents):
+    """Every document checked against the Kubernetes schemas; unknown fields are errors (strict)."""
+    validate = need_module("kubernetes_validate", "kubernetes-validate")
+    errors = []
+    for doc in documents:
+        try:
+            validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {path}: {e.message}")
+    return errors
+
+
+def test_the_manifests_match_the_kubernetes_schemas(manifests):
+    assert {m["kind"] for m in manifests} == {"ConfigMap", "Deployment", "PodDisruptionBudget", "Service",
+                                             "HorizontalPodAutoscaler"}
+    assert schema_errors(manifests) == []
+
+
+def test_the_schema_check_catches_a_misspelt_or_mistyped_field(manifests):
+    pdb = copy.deepcopy(one(manifests, "PodDisruptionBudget"))
+    pdb["spec"]["minAvaliable"] = pdb["spec"].pop("minAvailable")
+    deployment = copy.deepcopy(one(manifests, "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] = "yes"
+    errors = schema_errors([pdb, deployment])
+    assert len(errors) == 2, errors
+    assert "minAvaliable" in errors[0] and "runAsNonRoot" in errors[1]
+
+
+def test_the_configmap_config_is_valid(manifests, workdir):
+    config = one(manifests, "ConfigMap")["data"]["config.yaml"]
+    path = os.path.join(workdir, "configmap-config.yaml")
+    with open(path, "w") as f:
+        f.write(config)
+    out = sheaf_check(path)
+    assert out.returncode == 0, out.stderr
+    assert "listening on 0.0.0.0:8080" in out.stdout
+
+
+def pod_spec(manifests):
+    return one(manifests, "Deployment")["spec"]["template"]["spec"]
+
+
+def image_user():
+    users = [args.strip() for op, args in dockerfile_instructions() if op.upper() == "USER"]
+    assert len(users) == 1 and re.fullmatch(r"\d+(:\d+)?", users[0]), \
+        f"the image's USER must be numeric, so runAsNonRoot can be checked: {users}"
+    return int(users[0].split(":")[0])
+
+
+def test_the_pod_runs_as_the_image_user_with_nothing_to_escalate(manifests):
+    pod = pod_spec(manifests)
+    uid = image_user()
+    assert uid != 0
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == uid
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    [container] = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == uid
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_shutdown_waits_for_endpoints_then_drains_within_the_grace_period(manifests):
+    pod = pod_spec(manifests)
+    [container] = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "/bin/sleep" and len(command) == 2, command
+    # /bin/sleep exists only if the runtime image is a Debian one (not distroless or scratch).
+    runtime = [args for op, args in dockerfile_instructions() if op.upper() == "FROM"][-1]
+    assert runtime.startswith("debian:"), runtime
+    pause = int(command[1])
+    assert pause >= 3, "kube-proxy and ingresses need a few seconds to drop the endpoint"
+    config_text = one(manifests, "ConfigMap")["data"]["config.yaml"]
+    match = re.search(r"^drain_timeout:\s*(\S+)", config_text, re.M)
+    drain = seconds(match.group(1)) if match else DEFAULT_DRAIN_SECONDS
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace > pause + drain + FLUSH_SECONDS, \
+        f"terminationGracePeriodSeconds {grace} leaves no room for preStop {pause}s + drain {drain}s + flush {FLUSH_SECONDS}s"
+
+
+def test_probes_ask_readyz_and_healthz_on_sheafs_port(manifests):
+    pod = pod_spec(manifests)
+    [container] = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    listen = re.search(r'^listen:\s*"?([^"\s]+)"?', one(manifests, "ConfigMap")["data"]["config.yaml"], re.M).group(1)
+    assert ports["http"] == int(listen.rsplit(":", 1)[1])
+    readiness, liveness = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
+    assert readiness["path"] == "/readyz" and readiness["port"] in ("http", ports["http"])
+    assert liveness["path"] == "/healthz" and liveness["port"] in ("http", ports["http"])
+    probe = container["livenessProbe"]
+    assert probe["periodSeconds"] * probe.get("failureThreshold", 3) > DEFAULT_DRAIN_SECONDS, \
+        "liveness must not restart a pod that is draining"
+
+
+def test_a_disruption_budget_keeps_one_pod_serving(manifests):
+    pdb = one(manifests, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["minAvailable"] == 1
+    labels = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert one(manifests, "Service")["spec"]["selector"].items() <= labels.items()
+    # With one replica, minAvailable 1 would block every node drain.
+    assert one(manifests, "Deployment")["spec"]["replicas"] >= 2
+    assert one(manifests, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
+
+
 # The production server does not carry the demo.
 
 def test_the_server_module_does_not_link_the_demo_upstream():
