@@ -301,6 +301,45 @@ def test_the_unit_is_hardened(tmp_path):
         assert key in unit_lines(), key
 
 
+# Alerting.
+
+def promtool():
+    return need_tool("promtool")
+
+
+def test_alert_rules_pass_promtool_check():
+    out = subprocess.run([promtool(), "check", "rules", ALERTS], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_alert_fires_in_promtools_unit_tests(yaml):
+    out = subprocess.run([promtool(), "test", "rules", ALERT_TESTS], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    alerts = {rule["alert"] for group in load(yaml, ALERTS)["groups"] for rule in group["rules"] if "alert" in rule}
+    fired = {case["alertname"] for test in load(yaml, ALERT_TESTS)["tests"]
+             for case in test.get("alert_rule_test", []) if case.get("exp_alerts")}
+    assert len(alerts) >= 2 and alerts == fired, f"alerts without a test that makes them fire: {alerts - fired}"
+
+
+def test_alert_rules_use_only_metrics_sheaf_exports(yaml):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    table = readme[readme.index("## Metrics"):readme.index("## Command line")]
+    documented = set(re.findall(r"`(sheaf_[a-z_]+)`", table))
+    with open(os.path.join(ROOT, "Sources", "Server", "SheafMetrics.swift")) as f:
+        source = f.read()
+    used = set()
+    for group in load(yaml, ALERTS)["groups"]:
+        for rule in group["rules"]:
+            used |= set(re.findall(r"\bsheaf_[a-z_]+", rule["expr"]))
+    assert used, "the rules use no Sheaf metric"
+    assert used <= documented, f"not in the README's metrics table: {used - documented}"
+    for name in used:
+        # SheafMetrics names each metric by its middle part: sheaf_<name>_<unit>.
+        stem = re.sub(r"^sheaf_|_(total|seconds)$", "", name)
+        assert f'"{stem}"' in source, f"{name}: no metric \"{stem}\" in SheafMetrics.swift"
+
+
 # The production server does not carry the demo.
 
 def test_the_server_module_does_not_link_the_demo_upstream():
