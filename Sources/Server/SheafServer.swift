@@ -11,9 +11,10 @@ import Tracing
 import UnixSignals
 import Upstream
 
-/// The running proxy as one `Service`: upstream transports, the optional in-process demo
-/// upstream, and the front listener. Stops on graceful shutdown (SIGTERM / SIGINT); reloads its
-/// configuration file on SIGHUP.
+/// The running proxy as one `Service`: upstream transports and the front listener. Stops on
+/// graceful shutdown (SIGTERM / SIGINT); reloads its configuration file on SIGHUP. The demo
+/// upstream is not part of it (module DemoUpstream): `sheaf serve` runs it beside this service
+/// when the config asks for one.
 public final class SheafServer: Service, @unchecked Sendable {
     private let initial: SheafConfiguration
     private let configPath: String?
@@ -78,30 +79,15 @@ public final class SheafServer: Service, @unchecked Sendable {
 
     public func run() async throws {
         let configuration = initial
-        var demoChannel: Channel?
-        if let demo = configuration.demoUpstream {
-            do {
-                demoChannel = try await HTTPListener.bind(host: demo.host, port: demo.port, group: group, responder: DemoUpstream())
-            } catch {
-                throw ListenError(description: "cannot listen on \(demo) for the demo upstream: \(error)")
-            }
-            logger.info("demo upstream listening", metadata: ["address": "\(demo)", "protocols": "http/1.1, h2c"])
-        }
         // Before anything starts: files that changed since `sheaf check` fail here, not per connection.
         let tls: NIOSSLContext?
         let generation: Generation
         do {
             tls = try configuration.tls?.makeServerContext()
         } catch {
-            try? await demoChannel?.close()
             throw ListenError(description: "cannot listen on \(configuration.listen) with TLS: \(error)")
         }
-        do {
-            generation = try await makeGeneration(configuration, reusing: [:])
-        } catch {
-            try? await demoChannel?.close()
-            throw error
-        }
+        generation = try await makeGeneration(configuration, reusing: [:])
         metrics.watch(generation.transports)
         let listen = configuration.listen
         let front = FrontConnections(maxPerClient: configuration.maxConnectionsPerClient) { [metrics] in
@@ -115,7 +101,6 @@ public final class SheafServer: Service, @unchecked Sendable {
                                                   settings: settings, responder: responder)
         } catch {
             for transport in generation.transports.values { await transport.shutdown() }
-            try? await demoChannel?.close()
             throw ListenError(description: "cannot listen on \(listen): \(error)")
         }
         lock.withLock { running = Running(current: generation, responder: responder, settings: settings, front: front) }
@@ -170,7 +155,6 @@ public final class SheafServer: Service, @unchecked Sendable {
             try? await Task.sleep(nanoseconds: 10_000_000)
         }
         front.closeAll()
-        try? await demoChannel?.close()
         accessLog.flush()
     }
 
@@ -343,4 +327,8 @@ final class CurrentService: HTTPResponder, @unchecked Sendable {
 /// A listener could not be bound (address in use, no permission, ...).
 public struct ListenError: Error, CustomStringConvertible {
     public var description: String
+
+    public init(description: String) {
+        self.description = description
+    }
 }

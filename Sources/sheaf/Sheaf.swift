@@ -1,5 +1,6 @@
 import ArgumentParser
 import Config
+import DemoUpstream
 import Foundation
 import Logging
 import NIOCore
@@ -68,6 +69,17 @@ struct Serve: AsyncParsableCommand {
             }
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        if let demo = configuration.demoUpstream {
+            // First in the group, so it is shut down last: the demo answers while Sheaf drains.
+            do {
+                services.insert(.init(service: try await DemoUpstreamServer.start(
+                    host: demo.host, port: demo.port, group: group, logger: logger)), at: 0)
+            } catch {
+                logger.error("sheaf stopped: \(error)")
+                try? await group.shutdownGracefully()
+                throw ExitCode(1)
+            }
+        }
         let server = SheafServer(configuration: configuration, configPath: config, group: group, logger: logger, tracer: tracer)
         services.append(.init(service: server))
         let serviceGroup = ServiceGroup(configuration: .init(
@@ -120,7 +132,14 @@ struct DemoUpstreamCommand: AsyncParsableCommand {
             throw ValidationError("--listen must be HOST:PORT, got \"\(listen)\"")
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        let server = DemoUpstreamServer(host: address.host, port: address.port, group: group, logger: logger)
+        let server: DemoUpstreamServer
+        do {
+            server = try await DemoUpstreamServer.start(host: address.host, port: address.port, group: group, logger: logger)
+        } catch {
+            logger.error("\(error)")
+            try? await group.shutdownGracefully()
+            throw ExitCode(1)
+        }
         let services = ServiceGroup(configuration: .init(
             services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await services.run()

@@ -1,12 +1,14 @@
 import Foundation
-import Logging
-import ServiceLifecycle
 import MultiStatus
 import NIOCore
 import NIOHTTP1
+import Server
 
 /// A small legacy single-item API, served over HTTP/1.1 and h2c on one port, so that the default
-/// config.yaml shows a real mixed 207 and tests have an upstream with programmable outcomes:
+/// config.yaml shows a real mixed 207 and tests have an upstream with programmable outcomes.
+/// A module of its own so that the production server does not carry it: only the `sheaf`
+/// executable links it (`sheaf demo-upstream`, and `serve` with `demo_upstream:`).
+///
 ///
 /// - `GET /users/{id}`: 200 JSON for ids 1–100, 403 for the locked id 13, 404 otherwise.
 /// - `DELETE /docs/{name}`: 204 for a.pdf, b.txt, report.pdf, notes.md; 423 for names starting
@@ -113,29 +115,4 @@ public struct DemoUpstream: HTTPResponder {
     }
 
     func json(_ status: HTTPResponseStatus, _ body: String) -> SimpleResponse { Self.json(status, body) }
-}
-
-/// `sheaf demo-upstream` as a `Service`: the demo API on its own listener until shutdown.
-public final class DemoUpstreamServer: Service, @unchecked Sendable {
-    private let host: String
-    private let port: Int
-    private let group: EventLoopGroup
-    private let logger: Logger
-
-    public init(host: String, port: Int, group: EventLoopGroup, logger: Logger) {
-        self.host = host
-        self.port = port
-        self.group = group
-        self.logger = logger
-    }
-
-    public func run() async throws {
-        let channel = try await HTTPListener.bind(host: host, port: port, group: group, responder: DemoUpstream())
-        logger.info("demo upstream listening", metadata: ["address": "\(host):\(port)", "protocols": "http/1.1, h2c"])
-        await withGracefulShutdownHandler {
-            try? await channel.closeFuture.get()
-        } onGracefulShutdown: {
-            channel.close(promise: nil)
-        }
-    }
 }
