@@ -94,6 +94,15 @@ struct CircuitBreakerTests {
         return CircuitBreaker(configuration: c)
     }
 
+    @Test func anOpenCircuitPastOpenForReportsHalfOpenWithoutTraffic() {
+        var b = breaker()
+        for _ in 0..<4 { _ = b.record(failed: true, probe: false, now: t0) }
+        #expect(b.state(at: t0 + .seconds(1)) == .open)
+        // Nothing has been sent since: the next item will be a probe, and the gauge says so.
+        #expect(b.state(at: t0 + .seconds(5)) == .halfOpen)
+        #expect(b.state == .open)
+    }
+
     @Test func failuresOpenItThenProbesCloseIt() {
         var b = breaker()
         for _ in 0..<3 { #expect(b.record(failed: true, probe: false, now: t0) == nil) }

@@ -42,6 +42,12 @@ public struct CircuitBreaker: Sendable {
         public var to: State
     }
 
+    /// The state as an operator should see it at `now`: an open circuit whose `open_for` has
+    /// passed lets its next item through as a probe, so it is half-open even before one arrives.
+    public func state(at now: NIODeadline) -> State {
+        state == .open && now >= openUntil ? .halfOpen : state
+    }
+
     mutating func admit(now: NIODeadline) -> (Admission, Transition?) {
         switch state {
         case .closed:

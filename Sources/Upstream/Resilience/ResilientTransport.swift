@@ -30,7 +30,11 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
     }
 
     /// The circuit's state now (closed when there is no breaker).
-    public var circuitState: CircuitBreaker.State { lock.withLock { breaker?.state ?? .closed } }
+    /// As of now (see `CircuitBreaker.state(at:)`), for the metrics.
+    public var circuitState: CircuitBreaker.State {
+        let now = NIODeadline.now()
+        return lock.withLock { breaker?.state(at: now) ?? .closed }
+    }
 
     public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
         let now = NIODeadline.now()
