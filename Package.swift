@@ -47,17 +47,29 @@ let package = Package(
             "Upstream",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: hotPath),
+        // Small text codecs both sides share: JSON reader and writer, JSON Pointer, base64, libxml2 set-up.
+        .target(name: "Codecs", dependencies: [
+            "CLibXML2",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: hotPath),
+        // What turns a bulk request body into items: JSON and XML batch decoders, route
+        // templates, item paths and the rules every item follows.
+        .target(name: "BatchInput", dependencies: [
+            "CLibXML2", "Codecs", "FanOut", "Upstream",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: hotPath),
+        // The 207 writers (RFC 4918 XML, JSON) and the negotiation of which one a client gets.
         .target(name: "MultiStatus", dependencies: [
-            "CLibXML2", "FanOut", "Upstream",
+            "CLibXML2", "Codecs", "FanOut", "Upstream",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: hotPath),
         .target(name: "Config", dependencies: [
-            "Upstream", "MultiStatus",
+            "Upstream", "MultiStatus", "BatchInput", "Codecs",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "Server", dependencies: [
-            "Config", "FanOut", "MultiStatus", "Upstream",
+            "BatchInput", "Codecs", "Config", "FanOut", "MultiStatus", "Upstream",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -79,7 +91,7 @@ let package = Package(
         ]),
         // The demo single-item API: only the executable links it, never the production server.
         .target(name: "DemoUpstream", dependencies: [
-            "Server", "MultiStatus",
+            "Server", "Codecs",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -110,10 +122,14 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
-        .testTarget(name: "ConfigTests", dependencies: ["Config", "MultiStatus", "Upstream"]),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "BatchInput", "Codecs", "MultiStatus", "Upstream"]),
         // libxml2 directly, to check that every XML 207 the encoder writes is well-formed.
         .testTarget(name: "MultiStatusTests", dependencies: [
-            "MultiStatus", "FanOut", "Upstream", "CLibXML2",
+            "MultiStatus", "Codecs", "FanOut", "Upstream", "CLibXML2",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
+        .testTarget(name: "BatchInputTests", dependencies: [
+            "BatchInput", "Codecs", "FanOut", "Upstream",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .testTarget(name: "FanOutTests", dependencies: [

@@ -1,4 +1,6 @@
 import Foundation
+import BatchInput
+import Codecs
 import MultiStatus
 import NIOCore
 import Upstream
@@ -137,11 +139,11 @@ struct ConfigReader {
     /// A header name Sheaf may send upstream: a token, and none of the hop-by-hop headers the
     /// item builder strips from explicit items (the same list).
     mutating func headerName(_ name: String, at node: Node, _ what: String) -> String? {
-        guard !name.isEmpty, name.utf8.allSatisfy(ItemBuilder.isTokenByteForConfig) else {
+        guard !name.isEmpty, name.utf8.allSatisfy(HTTPSyntax.isTokenByte) else {
             report(at: node, "\(what): \"\(name)\" is not a header name")
             return nil
         }
-        guard !ItemBuilder.isHopByHop(name) else {
+        guard !HTTPSyntax.isHopByHop(name) else {
             report(at: node, "\(what): \(name) is a hop-by-hop header and is never forwarded")
             return nil
         }
@@ -169,7 +171,7 @@ struct ConfigReader {
 
     mutating func httpMethod(_ node: Node?, _ what: String) -> String? {
         parsed(node, what, expected: "an HTTP method") { text in
-            !text.isEmpty && text.utf8.allSatisfy(ItemBuilder.isTokenByteForConfig) ? text.uppercased() : nil
+            !text.isEmpty && text.utf8.allSatisfy(HTTPSyntax.isTokenByte) ? text.uppercased() : nil
         }
     }
 

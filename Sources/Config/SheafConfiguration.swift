@@ -1,3 +1,4 @@
+import BatchInput
 import MultiStatus
 import NIOCore
 import Upstream

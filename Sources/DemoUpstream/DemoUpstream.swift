@@ -1,5 +1,5 @@
 import Foundation
-import MultiStatus
+import Codecs
 import NIOCore
 import NIOHTTP1
 import Server

@@ -1,4 +1,5 @@
-import MultiStatus
+import BatchInput
+import Codecs
 import NIOCore
 import NIOHTTP1
 

@@ -2,6 +2,7 @@ import Config
 import FanOut
 import Foundation
 import Logging
+import BatchInput
 import MultiStatus
 import NIOConcurrencyHelpers
 import NIOCore

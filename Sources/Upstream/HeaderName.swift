@@ -23,3 +23,34 @@ enum HeaderName {
         return String(decoding: bytes, as: UTF8.self)
     }
 }
+
+/// HTTP syntax both directions share: which header names are tokens, and which belong to one
+/// connection only (RFC 9110 §7.6.1), so that they are never forwarded to an upstream nor
+/// reported from one.
+public enum HTTPSyntax {
+    /// Connection-level headers, and those Sheaf sets itself.
+    public static let hopByHop: Set<String> = [
+        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+        "upgrade", "host", "content-length", "http2-settings",
+    ]
+
+    /// `name` in any case.
+    public static func isHopByHop(_ name: String) -> Bool { hopByHop.contains(name.lowercased()) }
+
+    /// RFC 9110 §5.6.2 tchar.
+    public static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"),
+             UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."),
+             UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// A header name: one or more token characters.
+    public static func isToken(_ text: String) -> Bool { !text.isEmpty && text.utf8.allSatisfy(isTokenByte) }
+}

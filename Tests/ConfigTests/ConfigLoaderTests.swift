@@ -1,4 +1,6 @@
 import Config
+import BatchInput
+import Codecs
 import MultiStatus
 import Testing
 import Upstream

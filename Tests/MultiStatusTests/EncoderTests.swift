@@ -1,5 +1,6 @@
 import CLibXML2
 import FanOut
+import Codecs
 import MultiStatus
 import NIOCore
 import Testing

@@ -73,7 +73,8 @@ import Testing
             $0.retry.attempts = 1
             var breaker = CircuitBreakerConfiguration()
             breaker.minRequests = 10
-            breaker.openFor = .milliseconds(300)
+            // Long enough that a loaded machine still checks the open state inside it.
+            breaker.openFor = .seconds(1)
             $0.circuitBreaker = breaker
         }) { transport, server in
             let resilient = try #require(transport as? ResilientTransport)
@@ -85,7 +86,7 @@ import Testing
             #expect((0..<10).allSatisfy { fast.status($0) == 503 && fast.attempts($0) == 0 })
             #expect(fast.reason(0) == "circuit open for upstream flaky; not sent")
             #expect(server.requests.count == seen, "the upstream saw calls while the circuit was open")
-            try await Task.sleep(nanoseconds: 350_000_000)
+            try await Task.sleep(nanoseconds: 1_050_000_000)
             let probes = await runCalls(transport, (0..<3).map { get("/ok?probe=\($0)") })
             #expect((0..<3).allSatisfy { probes.status($0) == 200 })
             #expect(resilient.circuitState == .closed)

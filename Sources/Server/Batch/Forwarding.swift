@@ -1,4 +1,5 @@
 import MultiStatus
+import Upstream
 import NIOCore
 import NIOHTTP1
 
@@ -45,7 +46,7 @@ enum ForwardingHeaders {
 
     /// A value as an RFC 9110 token when it is one, else as a quoted string.
     private static func token(_ value: String) -> String {
-        if value.utf8.allSatisfy(ItemBuilder.isTokenByteForConfig) { return value }
+        if value.utf8.allSatisfy(HTTPSyntax.isTokenByte) { return value }
         var quoted = "\""
         for character in value {
             if character == "\"" || character == "\\" { quoted.append("\\") }

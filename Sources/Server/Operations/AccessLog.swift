@@ -4,7 +4,7 @@ import Glibc
 import Config
 import Dispatch
 import Foundation
-import MultiStatus
+import Codecs
 import NIOConcurrencyHelpers
 import NIOCore
 

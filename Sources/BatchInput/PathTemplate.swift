@@ -1,3 +1,4 @@
+import Codecs
 import FanOut
 
 /// A route's `fan_out.path`, e.g. `/users/{item}` or `/orgs/{org}/users/{id}`: literal text and

@@ -1,3 +1,4 @@
+import Codecs
 /// A route's `fan_out` block: which array in the body to fan out over, and the request to
 /// make for each element.
 public struct FanOutTemplate: Sendable, Equatable {

@@ -1,3 +1,4 @@
+import Codecs
 import Foundation
 import FanOut
 import NIOCore
@@ -61,7 +62,7 @@ public struct ReportedHeaders: Sendable, Equatable {
 
     public init(_ names: [String]) {
         var kept: [String] = []
-        for name in names.map({ $0.lowercased() }) where !ItemBuilder.hopByHop.contains(name) && !kept.contains(name) {
+        for name in names.map({ $0.lowercased() }) where !HTTPSyntax.hopByHop.contains(name) && !kept.contains(name) {
             kept.append(name)
         }
         self.names = kept

@@ -1,3 +1,4 @@
+import Codecs
 import FanOut
 import NIOCore
 import Upstream
@@ -10,12 +11,6 @@ public struct ItemBuilder {
     public private(set) var items: [BatchItem] = []
     private var ids: Set<String> = []
     private var hrefs: Set<String> = []
-
-    /// Connection-level headers (RFC 9110 §7.6.1) and those Sheaf sets itself are never forwarded.
-    static let hopByHop: Set<String> = [
-        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-        "upgrade", "host", "content-length", "http2-settings",
-    ]
 
     /// What Sheaf adds to every item of this batch.
     public let shared: BatchHeaders
@@ -60,7 +55,7 @@ public struct ItemBuilder {
         guard !id.isEmpty else { throw .badRequest(field: "\(field).id", "must not be empty") }
         guard ids.insert(id).inserted else { throw .badRequest(field: "\(field).id", "duplicate id \"\(id)\"") }
         guard let rawMethod = method else { throw .badRequest(field: "\(field).method", "missing") }
-        guard !rawMethod.isEmpty, rawMethod.utf8.allSatisfy(Self.isTokenByte) else {
+        guard !rawMethod.isEmpty, rawMethod.utf8.allSatisfy(HTTPSyntax.isTokenByte) else {
             throw .badRequest(field: "\(field).method", "\"\(rawMethod)\" is not an HTTP method")
         }
         // CONNECT opens a tunnel (RFC 9110 §9.3.6), not a single-item request; neither engine can send it.
@@ -72,14 +67,14 @@ public struct ItemBuilder {
         forwarded.reserveCapacity(headers.count + 1)
         var hasContentType = false
         for header in headers {
-            guard !header.name.isEmpty, header.name.utf8.allSatisfy(Self.isTokenByte) else {
+            guard !header.name.isEmpty, header.name.utf8.allSatisfy(HTTPSyntax.isTokenByte) else {
                 throw .badRequest(field: "\(field).headers", "\"\(header.name)\" is not a valid header name")
             }
             guard header.value.utf8.allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) }) else {
                 throw .badRequest(field: "\(field).headers.\(header.name)", "value contains a control character (CR, LF or NUL)")
             }
             let lower = header.name.lowercased()
-            if Self.hopByHop.contains(lower) { continue }
+            if HTTPSyntax.hopByHop.contains(lower) { continue }
             if lower == "content-type" { hasContentType = true }
             forwarded.append(header)
         }
@@ -112,20 +107,6 @@ public struct ItemBuilder {
         hrefs.insert(tagged)
         return tagged
     }
-
-    /// RFC 9110 §5.6.2 tchar.
-    static func isTokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return true
-        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"),
-             UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."),
-             UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
-            return true
-        default:
-            return false
-        }
-    }
 }
 
 /// Headers Sheaf puts on every item of one batch.
@@ -145,12 +126,4 @@ public struct BatchHeaders: Sendable {
     }
 
     var isEmpty: Bool { inherited.isEmpty && imposed.isEmpty && requestID == nil }
-}
-
-extension ItemBuilder {
-    /// RFC 9110 token characters, for validating method and header names in configuration.
-    public static func isTokenByteForConfig(_ byte: UInt8) -> Bool { isTokenByte(byte) }
-
-    /// Connection-level headers, which never travel to an upstream.
-    public static func isHopByHop(_ name: String) -> Bool { hopByHop.contains(name.lowercased()) }
 }

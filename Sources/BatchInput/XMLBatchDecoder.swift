@@ -1,3 +1,4 @@
+import Codecs
 import CLibXML2
 import FanOut
 import Foundation

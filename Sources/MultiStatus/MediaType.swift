@@ -1,3 +1,4 @@
+import Codecs
 import Foundation
 
 /// Content-Type and Accept handling for bulk requests and 207 responses.

@@ -1,5 +1,6 @@
 import FanOut
-import MultiStatus
+import BatchInput
+import Codecs
 import NIOCore
 import Testing
 

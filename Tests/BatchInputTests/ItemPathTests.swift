@@ -1,3 +1,4 @@
+import BatchInput
 import FanOut
 import Testing
 

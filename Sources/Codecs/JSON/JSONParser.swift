@@ -279,7 +279,7 @@ public struct JSONParser {
     }
 
     /// UTF-8 well-formedness (RFC 3629) without building a String.
-    static func isValidUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+    public static func isValidUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
         var i = 0
         let n = bytes.count
         while i < n {

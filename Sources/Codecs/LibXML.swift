@@ -1,7 +1,7 @@
 import CLibXML2
 
 /// libxml2 wants one process-wide initialisation before threads use it; Swift runs this once.
-let libxmlInitialized: Void = {
+public let libxmlInitialized: Void = {
     xmlInitParser()
 }()
 
