@@ -11,6 +11,15 @@ public struct BatchItem: Sendable {
     public var request: UpstreamRequest?
     /// Why the item is not sent, when it is not.
     public var rejection: String?
+    /// Items (by index, all before this one) that must finish with an accepted status before
+    /// this one starts; if one does not, this one is not sent and gets 424.
+    public var dependsOn: [Int] = []
+    /// Builds the request from the outcomes of `dependsOn` (in that order) when the item has
+    /// value references; a failure is the reason for a 424. Nil: `request` is sent as is.
+    public var resolve: RequestResolver?
+    /// An earlier identical idempotent item: this one makes no call of its own and reports
+    /// that item's outcome (coalescing).
+    public var sameAs: Int?
 
     public init(id: String, href: String, request: UpstreamRequest) {
         self.id = id
@@ -19,11 +28,63 @@ public struct BatchItem: Sendable {
         self.rejection = nil
     }
 
+    /// An item whose request is built, once its dependencies have answered, by `resolve`.
+    public init(id: String, href: String, dependsOn: [Int], resolve: @escaping RequestResolver) {
+        self.id = id
+        self.href = href
+        self.request = nil
+        self.dependsOn = dependsOn
+        self.resolve = resolve
+    }
+
     public init(id: String, href: String, rejection: String) {
         self.id = id
         self.href = href
         self.request = nil
         self.rejection = rejection
+    }
+}
+
+/// Builds an item's request from its dependencies' outcomes, or says why it cannot.
+public typealias RequestResolver = @Sendable (_ dependencies: [ItemOutcome]) -> Result<UpstreamRequest, DependencyFailure>
+
+/// Why an item with dependencies is not sent: its 424's reason.
+public struct DependencyFailure: Error, Sendable, Equatable {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+}
+
+/// Statuses a dependency may end with for its dependents to start (`depends_on_success`):
+/// whole classes (`2xx`) and single codes (`404`).
+public struct StatusSet: Sendable, Equatable, CustomStringConvertible {
+    public var classes: Set<Int>
+    public var codes: Set<Int>
+
+    public init(classes: Set<Int> = [], codes: Set<Int> = []) {
+        self.classes = classes
+        self.codes = codes
+    }
+
+    public static let success = StatusSet(classes: [2])
+
+    public func contains(_ status: Int) -> Bool { codes.contains(status) || classes.contains(status / 100) }
+
+    public var description: String {
+        (classes.sorted().map { "\($0)xx" } + codes.sorted().map(String.init)).joined(separator: ", ")
+    }
+}
+
+/// How a batch's items relate to each other's outcomes.
+public struct FanOutPolicy: Sendable, Equatable {
+    /// `on_error: stop`: after the first item that fails (4xx or 5xx), items not yet started are
+    /// not sent and get 424; items in flight finish.
+    public var stopOnError = false
+    /// What a dependency must end with for its dependents to start.
+    public var dependencySuccess = StatusSet.success
+
+    public init(stopOnError: Bool = false, dependencySuccess: StatusSet = .success) {
+        self.stopOnError = stopOnError
+        self.dependencySuccess = dependencySuccess
     }
 }
 

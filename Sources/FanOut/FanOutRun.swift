@@ -48,6 +48,22 @@ public final class FanOutRun: @unchecked Sendable {
     private var nextToWrite = 0
     private var writing = false
     private var finishReported = false
+    // Items that wait on others (dependencies, coalescing). Empty for independent batches,
+    // which then pay one branch per item for all of this.
+    private let policy: FanOutPolicy
+    private let related: Bool
+    /// Indices whose outcome another item needs (a dependency, a coalescing leader).
+    private let needed: Set<Int>
+    /// Outcomes of settled `needed` items.
+    private var retained: [Int: ItemOutcome] = [:]
+    /// A claimed item waiting for this many of its dependencies to settle.
+    private var waiting: [Int: Int] = [:]
+    private var dependents: [Int: [Int]] = [:]
+    /// A claimed duplicate waiting for its leader's outcome.
+    private var followers: [Int: [Int]] = [:]
+    /// Set by the first failure under `on_error: stop`: the reason every later start gets instead.
+    private var stopReason: String?
+    private var coalesced = 0
 
     /// Called with each request just before it goes to the transport (tracing adds its
     /// `traceparent` there); nil costs nothing.
@@ -55,10 +71,21 @@ public final class FanOutRun: @unchecked Sendable {
     private let prepare: Prepare?
 
     /// With `ordered`, at most `4 × concurrency` items run ahead of the first one not yet reported.
+    /// `policy`: dependencies' accepted statuses and `on_error`. Items start in index order; an
+    /// item claimed before its dependencies (or coalescing leader) have settled waits, holding
+    /// its slot, which cannot deadlock: they all have lower indices, so they were claimed first.
     public init(items: [BatchItem], transport: UpstreamTransport, concurrency: Int, ordered: Bool = false,
-                watchdog: Watchdog? = nil, prepare: Prepare? = nil,
+                watchdog: Watchdog? = nil, prepare: Prepare? = nil, policy: FanOutPolicy = FanOutPolicy(),
                 onResult: @escaping ResultHandler, onFinish: @escaping @Sendable () -> Void) {
         self.prepare = prepare
+        self.policy = policy
+        var needed = Set<Int>()
+        for item in items {
+            needed.formUnion(item.dependsOn)
+            if let leader = item.sameAs { needed.insert(leader) }
+        }
+        self.needed = needed
+        self.related = !needed.isEmpty || policy.stopOnError
         self.watchdog = watchdog
         self.items = items
         self.transport = transport
@@ -79,6 +106,9 @@ public final class FanOutRun: @unchecked Sendable {
 
     /// Items the watchdog had to settle because the transport never reported them.
     public var lostItems: Int { lock.withLock { lost } }
+
+    /// Duplicates that reported their leader's outcome instead of making a call.
+    public var coalescedItems: Int { lock.withLock { coalesced } }
 
     public func start() {
         if items.isEmpty {
@@ -110,7 +140,8 @@ public final class FanOutRun: @unchecked Sendable {
                 defer { index += 1 }
                 if isSettled[index] { continue }
                 let started = startTimes[index]
-                guard started != 0, now > started, now - started > horizon else { break }
+                if started == 0 { continue }  // waiting for a dependency, not started
+                guard now > started, now - started > horizon else { break }
                 overdue.append(index)
                 if let call = calls[index] { lostCalls.append(call) }
             }
@@ -175,12 +206,18 @@ public final class FanOutRun: @unchecked Sendable {
     /// Only the first cancellation counts (a deadline and a departing client may race).
     public func cancel(status: Int, reason: String) {
         let outcome = ItemOutcome(status: status, reason: reason)
-        let work = lock.withLock { () -> (Range<Int>, [UpstreamCall])? in
+        let work = lock.withLock { () -> (Range<Int>, [UpstreamCall], [Int])? in
             guard !scheduler.isCancelled else { return nil }
             cancelOutcome = outcome
-            return (scheduler.cancel(), calls.compactMap { $0 })
+            // Claimed but waiting for others: no call to cancel, they settle here.
+            let parked = Array(waiting.keys) + followers.values.flatMap { $0 }
+            waiting.removeAll()
+            dependents.removeAll()
+            followers.removeAll()
+            return (scheduler.cancel(), calls.compactMap { $0 }, parked.sorted())
         }
-        guard let (never, inFlight) = work else { return }
+        guard let (never, inFlight, parked) = work else { return }
+        for index in parked { settle(index, outcome) }
         // Latest first: those are the ones still queued in the transport. Cancelling the oldest
         // (on the wire) first would free streams for queued items, which would go out only to
         // be reset a moment later.
@@ -242,9 +279,23 @@ public final class FanOutRun: @unchecked Sendable {
             return
         }
         let item = items[index]
-        guard var request = item.request else {
-            settle(index, ItemOutcome(status: 400, reason: item.rejection ?? "invalid item"))
-            return
+        var request: UpstreamRequest
+        if related {
+            switch gate(index, item) {
+            case .parked:
+                return
+            case .settle(let outcome):
+                settle(index, outcome)
+                return
+            case .send(let resolved):
+                request = resolved
+            }
+        } else {
+            guard let plain = item.request else {
+                settle(index, ItemOutcome(status: 400, reason: item.rejection ?? "invalid item"))
+                return
+            }
+            request = plain
         }
         prepare?(index, &request)
         let call = transport.execute(request) { [self] result in
@@ -266,21 +317,131 @@ public final class FanOutRun: @unchecked Sendable {
         if missedCancel { call.cancel() }
     }
 
+    private enum Gate {
+        case send(UpstreamRequest)
+        case parked
+        case settle(ItemOutcome)
+    }
+
+    /// Whether a claimed item may go now: `on_error: stop` has struck, it duplicates an item
+    /// still running, or its dependencies are not all done (it waits), or one failed (424).
+    private func gate(_ index: Int, _ item: BatchItem) -> Gate {
+        enum Decision {
+            case gate(Gate)
+            case resolve([ItemOutcome])
+        }
+        let decision = lock.withLock { () -> Decision in
+            if let stopReason { return .gate(.settle(ItemOutcome(status: 424, reason: stopReason))) }
+            if let leader = item.sameAs {
+                if let outcome = retained[leader] {
+                    coalesced += 1
+                    return .gate(.settle(outcome))
+                }
+                followers[leader, default: []].append(index)
+                startTimes[index] = 0
+                return .gate(.parked)
+            }
+            var outcomes: [ItemOutcome] = []
+            var pending: [Int] = []
+            for dependency in item.dependsOn {
+                if let outcome = retained[dependency] {
+                    if let failure = dependencyFailed(dependency, outcome) { return .gate(.settle(failure)) }
+                    outcomes.append(outcome)
+                } else {
+                    pending.append(dependency)
+                }
+            }
+            if !pending.isEmpty {
+                waiting[index] = pending.count
+                for dependency in pending { dependents[dependency, default: []].append(index) }
+                startTimes[index] = 0
+                return .gate(.parked)
+            }
+            return .resolve(outcomes)
+        }
+        switch decision {
+        case .gate(let gate):
+            return gate
+        case .resolve(let outcomes):
+            if let resolve = item.resolve {
+                switch resolve(outcomes) {
+                case .success(let request): return .send(request)
+                case .failure(let failure): return .settle(ItemOutcome(status: 424, reason: failure.reason))
+                }
+            }
+            guard let request = item.request else {
+                return .settle(ItemOutcome(status: 400, reason: item.rejection ?? "invalid item"))
+            }
+            return .send(request)
+        }
+    }
+
+    /// The 424 a dependent gets when `outcome` is not one `depends_on_success` accepts. Under the lock.
+    private func dependencyFailed(_ dependency: Int, _ outcome: ItemOutcome) -> ItemOutcome? {
+        guard !policy.dependencySuccess.contains(outcome.status) else { return nil }
+        // The dependency's own reason, unless it is a 424 itself: a chain would nest them all.
+        let cause = outcome.status == 424 ? nil : outcome.reason
+        let reason = "not sent: dependency \"\(items[dependency].id)\" ended \(outcome.status)" + (cause.map { " (\($0))" } ?? "")
+        return ItemOutcome(status: 424, reason: reason)
+    }
+
+    /// Settles `index` and, through a work list rather than recursion (a chain of 10,000
+    /// dependencies must not take 10,000 stack frames), every waiting item its outcome decides.
     private func settle(_ index: Int, _ outcome: ItemOutcome) {
+        var work = [(index, outcome)]
+        while let (next, nextOutcome) = work.popLast() {
+            work += settleOne(next, nextOutcome)
+        }
+    }
+
+    /// Under the lock, once `index` settled: what its waiting items do now. Returns those that
+    /// settle at once (duplicates, 424s); those now free to go are started.
+    private func release(_ index: Int, _ outcome: ItemOutcome) -> (settle: [(Int, ItemOutcome)], start: [Int]) {
+        var settleNow: [(Int, ItemOutcome)] = []
+        var start: [Int] = []
+        if policy.stopOnError, stopReason == nil, !outcome.succeeded {
+            stopReason = "not attempted: item \"\(items[index].id)\" failed (\(outcome.status))"
+        }
+        guard needed.contains(index) else { return (settleNow, start) }
+        retained[index] = outcome
+        for follower in followers.removeValue(forKey: index) ?? [] {
+            coalesced += 1
+            settleNow.append((follower, outcome))
+        }
+        let failure = dependencyFailed(index, outcome)
+        for dependent in dependents.removeValue(forKey: index) ?? [] {
+            guard let count = waiting[dependent] else { continue }  // already settled by another dependency
+            if let failure {
+                waiting[dependent] = nil
+                settleNow.append((dependent, failure))
+            } else if count == 1 {
+                waiting[dependent] = nil
+                start.append(dependent)
+            } else {
+                waiting[dependent] = count - 1
+            }
+        }
+        return (settleNow, start)
+    }
+
+    private func settleOne(_ index: Int, _ outcome: ItemOutcome) -> [(Int, ItemOutcome)] {
         // Each item leaves once: a second outcome for one item (a transport bug) is dropped.
-        let first = lock.withLock { () -> Bool in
-            guard !isSettled[index] else { return false }
+        let (first, cascade, ready) = lock.withLock { () -> (Bool, [(Int, ItemOutcome)], [Int]) in
+            guard !isSettled[index] else { return (false, [], []) }
             isSettled[index] = true
             calls[index] = nil
-            return true
+            guard related else { return (true, [], []) }
+            let (cascade, ready) = release(index, outcome)
+            return (true, cascade, ready)
         }
-        guard first else { return }
+        guard first else { return [] }
+        defer { for dependent in ready { launch(dependent..<(dependent + 1)) } }
         let started = startTimes[index]
         let now = NIODeadline.now().uptimeNanoseconds
         let nanoseconds = started == 0 || now < started ? 0 : now - started
         if ordered {
             settleInOrder(index, outcome, nanoseconds)
-            return
+            return cascade
         }
         onResult(index, outcome, nanoseconds)
         let (next, finished) = lock.withLock { () -> (Range<Int>, Bool) in
@@ -293,6 +454,7 @@ public final class FanOutRun: @unchecked Sendable {
         } else if !next.isEmpty {
             launch(next)
         }
+        return cascade
     }
 
     private func stopWatchdog() {

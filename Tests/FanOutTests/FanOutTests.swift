@@ -46,6 +46,8 @@ final class FakeTransport: UpstreamTransport, @unchecked Sendable {
     let hold: Bool
     let queue = DispatchQueue(label: "fake", attributes: .concurrent)
     let held = NIOLockedValueBox<[(Call, @Sendable (UpstreamResult) -> Void)]>([])
+    /// Every request sent, in order.
+    let sent = NIOLockedValueBox<[UpstreamRequest]>([])
 
     init(synchronous: Bool = false, hold: Bool = false) {
         self.synchronous = synchronous
@@ -53,6 +55,7 @@ final class FakeTransport: UpstreamTransport, @unchecked Sendable {
     }
 
     func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+        sent.withLockedValue { $0.append(request) }
         state.withLockedValue { s in
             s.inFlight += 1
             s.calls += 1
@@ -87,11 +90,12 @@ private func items(_ count: Int) -> [BatchItem] {
     }
 }
 
-private func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurrency: Int) async -> [Int: ItemOutcome] {
+func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurrency: Int,
+         policy: FanOutPolicy = FanOutPolicy()) async -> [Int: ItemOutcome] {
     let results = NIOLockedValueBox<[Int: ItemOutcome]>([:])
     let duplicates = NIOLockedValueBox(0)
     await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-        let run = FanOutRun(items: items, transport: transport, concurrency: concurrency, onResult: { index, outcome, _ in
+        let run = FanOutRun(items: items, transport: transport, concurrency: concurrency, policy: policy, onResult: { index, outcome, _ in
             results.withLockedValue {
                 if $0[index] != nil { duplicates.withLockedValue { $0 += 1 } }
                 $0[index] = outcome
