@@ -64,7 +64,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: hotPath),
         .target(name: "Config", dependencies: [
-            "Upstream", "MultiStatus", "BatchInput", "Codecs",
+            "Upstream", "MultiStatus", "BatchInput", "Codecs", "FanOut",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Yams", package: "Yams"),
         ]),
@@ -122,7 +122,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
-        .testTarget(name: "ConfigTests", dependencies: ["Config", "BatchInput", "Codecs", "MultiStatus", "Upstream"]),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "BatchInput", "Codecs", "FanOut", "MultiStatus", "Upstream"]),
         // libxml2 directly, to check that every XML 207 the encoder writes is well-formed.
         .testTarget(name: "MultiStatusTests", dependencies: [
             "MultiStatus", "Codecs", "FanOut", "Upstream", "CLibXML2",

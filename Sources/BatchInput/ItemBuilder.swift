@@ -16,9 +16,14 @@ public struct ItemBuilder {
     public let shared: BatchHeaders
     /// Lower-case names an item may not set itself, because Sheaf sets them.
     private let replaced: [String]
+    /// Identical GET and HEAD items make one upstream call (`coalesce`).
+    private let coalesce: Bool
+    /// Per item that names dependencies: their ids, and the field to blame for a bad one.
+    private var dependencyIDs: [Int: (ids: [String], field: String)] = [:]
 
-    public init(basePath: String, expectedCount: Int = 0, headers: BatchHeaders = BatchHeaders()) {
+    public init(basePath: String, expectedCount: Int = 0, headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false) {
         self.basePath = basePath
+        self.coalesce = coalesce
         self.shared = headers
         var replaced = headers.imposed.map { $0.name.lowercased() }
         if headers.requestID != nil { replaced.append("x-request-id") }
@@ -46,10 +51,12 @@ public struct ItemBuilder {
 
     public var count: Int { items.count }
 
-    /// One explicit item. `field` prefixes error fields, e.g. `requests[3]`.
+    /// One explicit item. `field` prefixes error fields, e.g. `requests[3]`. `dependsOn`: ids of
+    /// items that must succeed first; then the url, header values and `jsonBody` (the body as
+    /// parsed JSON) may hold value references `{id:/pointer}` to their answers.
     public mutating func add(field: String, id: String?, method: String?, url: String?,
                              headers: [(name: String, value: String)], body: ByteBuffer?,
-                             bodyIsJSON: Bool) throws(BatchError) {
+                             bodyIsJSON: Bool, dependsOn: [String] = [], jsonBody: JSONValue? = nil) throws(BatchError) {
         let index = items.count
         let id = id ?? String(index)
         guard !id.isEmpty else { throw .badRequest(field: "\(field).id", "must not be empty") }
@@ -80,6 +87,22 @@ public struct ItemBuilder {
         }
         if bodyIsJSON && !hasContentType { forwarded.append(("content-type", "application/json")) }
         let method = rawMethod.uppercased()
+        if !dependsOn.isEmpty {
+            dependencyIDs[index] = (dependsOn, "\(field).dependsOn")
+            switch try referencing(field: field, method: method, url: url, headers: withShared(forwarded, id: id),
+                                   body: body, jsonBody: bodyIsJSON ? jsonBody : nil, dependsOn: dependsOn) {
+            case nil:
+                break
+            case .success(let template)?:
+                // The href is the url as written, each reference in it encoded as a segment.
+                let href = uniqueHref(template.url.href, id: id)
+                items.append(BatchItem(id: id, href: href, dependsOn: []) { template.resolve($0) })
+                return
+            case .failure(let rejection)?:
+                items.append(BatchItem(id: id, href: uniqueHref(ItemPath.reportableHref(url), id: id), rejection: rejection.description))
+                return
+            }
+        }
         switch ItemPath.resolve(url, basePath: basePath) {
         case .success(let resolved):
             let request = UpstreamRequest(method: method, path: resolved.upstreamPath, headers: withShared(forwarded, id: id), body: body)
@@ -87,6 +110,133 @@ public struct ItemBuilder {
         case .failure(let rejection):
             let href = ItemPath.reportableHref(url)
             items.append(BatchItem(id: id, href: uniqueHref(href, id: id), rejection: rejection.description))
+        }
+    }
+
+    /// The template of an item whose url, headers or JSON body refer to its dependencies'
+    /// answers; nil when nothing does. References must name an item in `dependsOn`.
+    private func referencing(field: String, method: String, url: String, headers: [(name: String, value: String)],
+                             body: ByteBuffer?, jsonBody: JSONValue?, dependsOn: [String]) throws(BatchError)
+        -> Result<ItemTemplate, ItemPath.Rejection>? {
+        func parse(_ text: String, _ what: String) throws(BatchError) -> ReferencedText {
+            let parsed: ReferencedText
+            do { parsed = try ReferencedText(text) } catch { throw .badRequest(field: what, error.message) }
+            for reference in parsed.references where !dependsOn.contains(reference.id) {
+                throw .badRequest(field: what, "\(reference.text) refers to \"\(reference.id)\", which is not in dependsOn")
+            }
+            return parsed
+        }
+        let urlText = try parse(url, "\(field).url")
+        var headerTexts: [(name: String, value: ReferencedText)] = []
+        var referenced = !urlText.references.isEmpty
+        for header in headers {
+            let text = try parse(header.value, "\(field).headers.\(header.name)")
+            referenced = referenced || !text.references.isEmpty
+            headerTexts.append((header.name, text))
+        }
+        var bodyReferences = false
+        if let jsonBody {
+            var strings: [String] = []
+            Self.collectStrings(jsonBody, into: &strings)
+            for text in strings {
+                let parsed = try parse(text, "\(field).body")
+                if parsed.parts.count == 1, case .reference = parsed.parts[0] { bodyReferences = true }
+            }
+        }
+        guard referenced || bodyReferences else { return nil }
+        return ReferencedPath.make(urlText, basePath: basePath).map { path in
+            ItemTemplate(method: method, dependencyIDs: dependsOn, url: path, headers: headerTexts,
+                         body: body, jsonBody: bodyReferences ? jsonBody : nil)
+        }
+    }
+
+    private static func collectStrings(_ value: JSONValue, into out: inout [String]) {
+        switch value {
+        case .string(let text): out.append(text)
+        case .array(let elements): for element in elements { collectStrings(element, into: &out) }
+        case .object(let members): for member in members { collectStrings(member.value, into: &out) }
+        default: break
+        }
+    }
+
+    /// The items, in an order where every item comes after its dependencies (otherwise as
+    /// requested), with dependencies as indices and identical GET/HEAD items coalesced. Unknown
+    /// ids and cycles are errors naming them.
+    public mutating func finish() throws(BatchError) -> [BatchItem] {
+        if !dependencyIDs.isEmpty { try orderByDependencies() }
+        if coalesce { markDuplicates() }
+        return items
+    }
+
+    private mutating func orderByDependencies() throws(BatchError) {
+        var indexOf: [String: Int] = [:]
+        for (index, item) in items.enumerated() { indexOf[item.id] = index }
+        var edges: [[Int]] = Array(repeating: [], count: items.count)
+        for (index, entry) in dependencyIDs {
+            for id in entry.ids {
+                guard let dependency = indexOf[id] else {
+                    throw .badRequest(field: entry.field, "unknown id \"\(id)\"")
+                }
+                if !edges[index].contains(dependency) { edges[index].append(dependency) }
+            }
+        }
+        // Depth-first, dependencies first, iteratively (a chain may be long); grey means on the
+        // current path, so meeting one again is a cycle.
+        enum Mark { case white, grey, black }
+        var marks = Array(repeating: Mark.white, count: items.count)
+        var order: [Int] = []
+        order.reserveCapacity(items.count)
+        for root in items.indices where marks[root] == .white {
+            var stack: [(node: Int, next: Int)] = [(root, 0)]
+            marks[root] = .grey
+            while let top = stack.last {
+                if top.next < edges[top.node].count {
+                    stack[stack.count - 1].next += 1
+                    let dependency = edges[top.node][top.next]
+                    switch marks[dependency] {
+                    case .white:
+                        marks[dependency] = .grey
+                        stack.append((dependency, 0))
+                    case .grey:
+                        let path = stack.map(\.node)
+                        let cycle = path[path.firstIndex(of: dependency)!...].map { items[$0].id } + [items[dependency].id]
+                        throw .badRequest(field: dependencyIDs[top.node]?.field,
+                                          "dependsOn forms a cycle: " + cycle.map { "\"\($0)\"" }.joined(separator: " → "))
+                    case .black:
+                        break
+                    }
+                } else {
+                    marks[top.node] = .black
+                    order.append(top.node)
+                    stack.removeLast()
+                }
+            }
+        }
+        var position = Array(repeating: 0, count: items.count)
+        for (newIndex, oldIndex) in order.enumerated() { position[oldIndex] = newIndex }
+        items = order.map { old in
+            var item = items[old]
+            item.dependsOn = edges[old].map { position[$0] }
+            return item
+        }
+    }
+
+    /// Later items identical to an earlier GET or HEAD (method, path, headers other than the
+    /// per-item request id, no body, no dependencies) report its outcome instead of calling.
+    private mutating func markDuplicates() {
+        var leaders: [String: Int] = [:]
+        for index in items.indices {
+            guard let request = items[index].request, request.method == "GET" || request.method == "HEAD",
+                  request.body == nil, items[index].dependsOn.isEmpty else { continue }
+            var key = request.method + "\u{0}" + request.path
+            for header in request.headers where header.name.lowercased() != "x-request-id" {
+                key += "\u{0}" + header.name.lowercased() + "\u{1}" + header.value
+            }
+            if let leader = leaders[key] {
+                items[index].sameAs = leader
+            } else {
+                leaders[key] = index
+            }
         }
     }
 

@@ -23,7 +23,7 @@ public enum JSONBatchDecoder {
 
     /// The template form: one upstream request per element of the array at `template.items`.
     public static func decode(_ body: ByteBuffer, template: FanOutTemplate, basePath: String,
-                              maxItems: Int, headers: BatchHeaders = BatchHeaders()) throws(BatchError) -> [BatchItem] {
+                              maxItems: Int, headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false) throws(BatchError) -> [BatchItem] {
         let pointer = template.items.description
         let field = pointer.isEmpty ? "body" : pointer
         let document = try parse(body, items: template.items.tokens, field: field, maxItems: maxItems)
@@ -33,7 +33,7 @@ public enum JSONBatchDecoder {
         guard case .array(let elements) = target else {
             throw .badRequest(field: field, "must be an array, got \(target.typeName)")
         }
-        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, headers: headers)
+        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, headers: headers, coalesce: coalesce)
         for (index, element) in elements.enumerated() {
             switch template.path.expand(element, at: "\(pointer)/\(index)") {
             case .success(let path):
@@ -42,12 +42,12 @@ public enum JSONBatchDecoder {
                 throw error
             }
         }
-        return builder.items
+        return try builder.finish()
     }
 
     /// The explicit form: `{"requests":[{"id":"a","method":"GET","url":"/users/1","headers":{},"body":...}]}`.
     public static func decodeExplicit(_ body: ByteBuffer, basePath: String, maxItems: Int,
-                                      headers: BatchHeaders = BatchHeaders()) throws(BatchError) -> [BatchItem] {
+                                      headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false) throws(BatchError) -> [BatchItem] {
         let document = try parse(body, items: ["requests"], field: "requests", maxItems: maxItems)
         guard case .object(let members) = document else {
             throw .badRequest(field: "body", "must be a JSON object with a \"requests\" array, got \(document.typeName)")
@@ -59,7 +59,7 @@ public enum JSONBatchDecoder {
         guard case .array(let elements) = requests else {
             throw .badRequest(field: "requests", "must be an array, got \(requests.typeName)")
         }
-        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, headers: headers)
+        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, headers: headers, coalesce: coalesce)
         for (index, element) in elements.enumerated() {
             let field = "requests[\(index)]"
             guard case .object(let fields) = element else {
@@ -69,6 +69,8 @@ public enum JSONBatchDecoder {
             var headers: [(name: String, value: String)] = []
             var itemBody: ByteBuffer?
             var bodyIsJSON = false
+            var jsonBody: JSONValue?
+            var dependsOn: [String] = []
             for (key, value) in fields {
                 switch key {
                 case "id":
@@ -99,14 +101,26 @@ public enum JSONBatchDecoder {
                     default:
                         JSONWriter.write(value, into: &buffer)
                         bodyIsJSON = true
+                        jsonBody = value
                     }
                     itemBody = buffer
+                case "dependsOn":
+                    guard case .array(let ids) = value else {
+                        throw .badRequest(field: "\(field).dependsOn", "must be an array of item ids, got \(value.typeName)")
+                    }
+                    for (position, entry) in ids.enumerated() {
+                        guard case .string(let id) = entry, !id.isEmpty else {
+                            throw .badRequest(field: "\(field).dependsOn[\(position)]", "must be an item id (a non-empty string)")
+                        }
+                        dependsOn.append(id)
+                    }
                 default:
-                    throw .badRequest(field: "\(field).\(key)", "unknown field (expected id, method, url, headers, body)")
+                    throw .badRequest(field: "\(field).\(key)", "unknown field (expected id, method, url, headers, body, dependsOn)")
                 }
             }
-            try builder.add(field: field, id: id, method: method, url: url, headers: headers, body: itemBody, bodyIsJSON: bodyIsJSON)
+            try builder.add(field: field, id: id, method: method, url: url, headers: headers, body: itemBody, bodyIsJSON: bodyIsJSON,
+                            dependsOn: dependsOn, jsonBody: jsonBody)
         }
-        return builder.items
+        return try builder.finish()
     }
 }

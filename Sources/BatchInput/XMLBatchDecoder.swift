@@ -30,14 +30,15 @@ public enum XMLBatchDecoder {
         var href: String?
         var headers: [(name: String, value: String)] = []
         var body: ByteBuffer?
+        var dependsOn: [String] = []
     }
 
     private enum Capture {
-        case none, href, header(String), body(base64: Bool)
+        case none, href, header(String), body(base64: Bool), dependsOn
     }
 
     public static func decode(_ body: ByteBuffer, basePath: String, maxItems: Int,
-                              headers: BatchHeaders = BatchHeaders()) throws(BatchError) -> [BatchItem] {
+                              headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false) throws(BatchError) -> [BatchItem] {
         _ = libxmlInitialized
         let sink = ErrorSink()
         let result: Result<[BatchItem], BatchError> = body.withUnsafeReadableBytes { raw in
@@ -57,7 +58,7 @@ public enum XMLBatchDecoder {
                 sink.line = xmlTextReaderLocatorLineNumber(locator)
             }, context)
             return Result { () throws(BatchError) -> [BatchItem] in
-                try walk(reader, sink: sink, builder: ItemBuilder(basePath: basePath, headers: headers), maxItems: maxItems)
+                try walk(reader, sink: sink, builder: ItemBuilder(basePath: basePath, headers: headers, coalesce: coalesce), maxItems: maxItems)
             }
         }
         return try result.get()
@@ -85,6 +86,10 @@ public enum XMLBatchDecoder {
                 item.href = text.trimmingCharacters(in: .whitespacesAndNewlines)
             case .header(let name):
                 item.headers.append((name, text))
+            case .dependsOn:
+                let id = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                guard !id.isEmpty else { throw .badRequest(field: "\(item.field).dependsOn", "S:depends-on must name an item id") }
+                item.dependsOn.append(id)
             case .body(let base64):
                 var buffer = ByteBuffer()
                 if base64 {
@@ -106,7 +111,7 @@ public enum XMLBatchDecoder {
             guard let item = pending else { return }
             pending = nil
             try builder.add(field: item.field, id: item.id, method: item.method, url: item.href,
-                            headers: item.headers, body: item.body, bodyIsJSON: false)
+                            headers: item.headers, body: item.body, bodyIsJSON: false, dependsOn: item.dependsOn)
         }
 
         while true {
@@ -176,8 +181,10 @@ public enum XMLBatchDecoder {
                             throw .badRequest(field: "\(item.field).body", "encoding must be base64 when given")
                         }
                         capture = .body(base64: encoding == "base64")
+                    case (XMLNamespace.sheaf, "depends-on"):
+                        capture = .dependsOn
                     case (XMLNamespace.sheaf, _):
-                        throw .badRequest(field: item.field, "unknown element S:\(local) (expected D:href, S:header, S:body)")
+                        throw .badRequest(field: item.field, "unknown element S:\(local) (expected D:href, S:header, S:body, S:depends-on)")
                     default:
                         xmlTextReaderNext(reader) == 1 ? () : ()
                         continue
@@ -200,7 +207,7 @@ public enum XMLBatchDecoder {
             throw .badRequest("body is not well-formed XML: \(message) (line \(sink.line))")
         }
         guard sawRoot else { throw .badRequest(field: "body", "empty XML document") }
-        return builder.items
+        return try builder.finish()
     }
 }
 

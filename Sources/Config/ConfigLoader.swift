@@ -1,5 +1,6 @@
 import Foundation
 import BatchInput
+import FanOut
 import Codecs
 import MultiStatus
 import NIOCore
@@ -487,7 +488,8 @@ struct ConfigReader {
     private mutating func readRoute(_ node: Node, upstreamNames: Set<String>) -> RouteConfiguration? {
         let before = problems.count
         let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes", "deadline", "forward_headers", "order",
-                                           "forwarded", "response_headers"], what: "a route")
+                                           "forwarded", "response_headers", "on_error", "depends_on_success", "coalesce"],
+                                   what: "a route")
         guard case .mapping = node else { return nil }
         let name = string(fields["name"]?.value, "route name")
         let what = "route '\(name ?? "?")'"
@@ -530,6 +532,33 @@ struct ConfigReader {
         }
         if let names = headerNames(fields["forward_headers"]?.value, "\(what) forward_headers") { route.forwardHeaders = names }
         if let v = boolean(fields["forwarded"]?.value, "\(what) forwarded") { route.forwarded = v }
+        if let v = boolean(fields["coalesce"]?.value, "\(what) coalesce") { route.coalesce = v }
+        if let entry = fields["on_error"], let text = string(entry.value, "\(what) on_error") {
+            switch text {
+            case "continue": route.policy.stopOnError = false
+            case "stop": route.policy.stopOnError = true
+            default: report(at: entry.value, "\(what) on_error: \"\(text)\" is not continue or stop")
+            }
+        }
+        if let entry = fields["depends_on_success"] {
+            if case .sequence(let nodes) = entry.value {
+                var set = StatusSet()
+                for node in nodes {
+                    guard let text = string(node, "\(what) depends_on_success") else { continue }
+                    let lower = text.lowercased()
+                    if lower.count == 3, lower.hasSuffix("xx"), let digit = Int(lower.prefix(1)), (1...5).contains(digit) {
+                        set.classes.insert(digit)
+                    } else if let code = Int(text), (100...599).contains(code) {
+                        set.codes.insert(code)
+                    } else {
+                        report(at: node, "\(what) depends_on_success: \"\(text)\" is not a status (100-599) or a class (1xx-5xx)")
+                    }
+                }
+                route.policy.dependencySuccess = set
+            } else {
+                report(at: entry.value, "\(what) depends_on_success must be a list such as [2xx, 404]")
+            }
+        }
         if let names = headerNames(fields["response_headers"]?.value, "\(what) response_headers") {
             route.responseHeaders = ReportedHeaders(names)
         }

@@ -1,4 +1,5 @@
 import BatchInput
+import FanOut
 import MultiStatus
 import NIOCore
 import Upstream
@@ -62,6 +63,10 @@ public struct RouteConfiguration: Sendable {
     public var forwarded = true
     /// The upstream response headers each item reports in the 207.
     public var responseHeaders = ReportedHeaders.standard
+    /// `on_error` and `depends_on_success`.
+    public var policy = FanOutPolicy()
+    /// Identical GET and HEAD items of one batch make one upstream call.
+    public var coalesce = true
 
     public init(name: String, method: String, path: String, upstream: String, fanOut: FanOutTemplate? = nil,
                 concurrency: Int = 100, maxItems: Int = 1000, maxBodyBytes: Int = 8 << 20) {

@@ -16,6 +16,7 @@ public final class SheafMetrics: @unchecked Sendable {
     private var resendCounters: [String: Counter] = [:]
     private var lostCounters: [String: Counter] = [:]
     private var stallCounters: [String: Counter] = [:]
+    private var coalescedCounters: [String: Counter] = [:]
     private var tlsFailureCounters: [String: Counter] = [:]
     private var retryCounters: [String: Counter] = [:]
     private var budgetCounters: [String: Counter] = [:]
@@ -170,6 +171,16 @@ public final class SheafMetrics: @unchecked Sendable {
         }
         if resends > 0 { resent.increment(by: Int64(resends)) }
         if lost > 0 { lostCounter.increment(by: Int64(lost)) }
+    }
+
+    /// Items of a batch that reported an identical earlier item's outcome instead of calling.
+    public func itemsCoalesced(route: String, count: Int) {
+        guard count > 0 else { return }
+        let counter = lock.withLock {
+            cachedCounter(&coalescedCounters, "items_coalesced", "Items that made no upstream call because an identical GET or HEAD in the same batch did",
+                          label: ("route", route))
+        }
+        counter.increment(by: Int64(count))
     }
 
     /// A client stopped reading its 207 for client_timeout: the batch was cancelled, the connection closed.

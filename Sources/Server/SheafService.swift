@@ -176,12 +176,14 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         do throws(BatchError) {
             if let template = configuration.fanOut {
                 items = try JSONBatchDecoder.decode(body, template: template, basePath: basePath,
-                                                    maxItems: configuration.maxItems, headers: shared)
+                                                    maxItems: configuration.maxItems, headers: shared,
+                                                    coalesce: configuration.coalesce)
             } else if isXML {
-                items = try XMLBatchDecoder.decode(body, basePath: basePath, maxItems: configuration.maxItems, headers: shared)
+                items = try XMLBatchDecoder.decode(body, basePath: basePath, maxItems: configuration.maxItems, headers: shared,
+                                                    coalesce: configuration.coalesce)
             } else {
                 items = try JSONBatchDecoder.decodeExplicit(body, basePath: basePath, maxItems: configuration.maxItems,
-                                                            headers: shared)
+                                                            headers: shared, coalesce: configuration.coalesce)
             }
         } catch {
             metrics.batchFinished(route: configuration.name, outcome: "rejected", duration: nil)

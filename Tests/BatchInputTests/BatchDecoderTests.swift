@@ -78,7 +78,7 @@ private func decodeError(_ body: () throws(BatchError) -> [BatchItem]) -> BatchE
     (#"{"requests":[{"method":"G T","url":"/a"}]}"#, "requests[0].method: \"G T\" is not an HTTP method"),
     (#"{"requests":[{"method":"connect","url":"/a"}]}"#, "requests[0].method: CONNECT opens a tunnel, not a single-item request"),
     (#"{"requests":[{"method":"GET","url":"/a","headers":{"X":"a\r\nEvil: 1"}}]}"#, "requests[0].headers.X: value contains a control character (CR, LF or NUL)"),
-    (#"{"requests":[{"method":"GET","url":"/a","mehtod":"x"}]}"#, "requests[0].mehtod: unknown field (expected id, method, url, headers, body)"),
+    (#"{"requests":[{"method":"GET","url":"/a","mehtod":"x"}]}"#, "requests[0].mehtod: unknown field (expected id, method, url, headers, body, dependsOn)"),
     (#"{"requests":{}}"#, "requests: must be an array, got object"),
     (#"{"reqs":[]}"#, "reqs: unknown field (a batch has only \"requests\")"),
     (#"[1]"#, "body: must be a JSON object with a \"requests\" array, got array"),
@@ -308,4 +308,79 @@ private func header(_ item: BatchItem, _ name: String) -> [String] {
         """), basePath: "", maxItems: 10)
     #expect(header(plain[0], "x-forwarded-for") == ["6.6.6.6"])
     #expect(header(plain[0], "x-request-id") == ["mine"])
+}
+
+private func explicit(_ json: String, coalesce: Bool = false) throws(BatchError) -> [BatchItem] {
+    try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: json), basePath: "/api", maxItems: 100, coalesce: coalesce)
+}
+
+@Test func dependenciesComeFirstAndNameTheirIndices() throws {
+    // c depends on a later item; the order keeps the request's wherever it can.
+    let items = try explicit("""
+        {"requests":[{"id":"c","method":"GET","url":"/c","dependsOn":["b"]},{"id":"a","method":"GET","url":"/a"},
+                     {"id":"b","method":"GET","url":"/b","dependsOn":["a"]},{"id":"d","method":"GET","url":"/d","dependsOn":["a","b"]}]}
+        """)
+    #expect(items.map(\.id) == ["a", "b", "c", "d"])
+    #expect(items.map(\.dependsOn) == [[], [0], [1], [0, 1]])
+}
+
+@Test(arguments: [
+    (#"{"requests":[{"id":"a","method":"GET","url":"/a","dependsOn":["zz"]}]}"#, "requests[0].dependsOn: unknown id \"zz\""),
+    (#"{"requests":[{"id":"a","method":"GET","url":"/a","dependsOn":["b"]},{"id":"b","method":"GET","url":"/b","dependsOn":["a"]}]}"#,
+     "dependsOn forms a cycle: \"a\" → \"b\" → \"a\""),
+    (#"{"requests":[{"id":"a","method":"GET","url":"/a","dependsOn":["a"]}]}"#, "requests[0].dependsOn: dependsOn forms a cycle: \"a\" → \"a\""),
+    (#"{"requests":[{"id":"a","method":"GET","url":"/a","dependsOn":"b"}]}"#, "requests[0].dependsOn: must be an array of item ids, got string"),
+    (#"{"requests":[{"id":"a","method":"GET","url":"/a"},{"id":"b","method":"GET","url":"/u/{c:/x}","dependsOn":["a"]}]}"#,
+     "requests[1].url: {c:/x} refers to \"c\", which is not in dependsOn"),
+])
+func badDependenciesAre400NamingThem(body: String, expected: String) {
+    let error = decodeError { () throws(BatchError) in try explicit(body) }
+    #expect(error?.status == 400)
+    #expect(error?.description.hasSuffix(expected) == true, "\(error?.description ?? "no error")")
+}
+
+@Test func valueReferencesAreFilledFromTheDependencysAnswer() throws {
+    let items = try explicit("""
+        {"requests":[{"id":"a","method":"GET","url":"/users/1"},
+                     {"id":"b","method":"POST","url":"/orgs/{a:/org}/audit","dependsOn":["a"],
+                      "headers":{"X-Manager":"{a:/manager/id}"},"body":{"user":"{a:/id}","note":"for {a:/id}"}}]}
+        """)
+    let resolve = try #require(items[1].resolve)
+    let answer = ItemOutcome(status: 200, body: ByteBuffer(string: #"{"id":7,"org":"a b/c","manager":{"id":"m-3"}}"#))
+    let request = try resolve([answer]).get()
+    #expect(request.path == "/api/orgs/a%20b%2Fc/audit")
+    #expect(request.headers.contains { $0.name == "X-Manager" && $0.value == "m-3" })
+    #expect(request.body.map { String(buffer: $0) } == #"{"user":7,"note":"for {a:/id}"}"#)
+    // A pointer that finds nothing, or an answer that is not JSON: a reason naming the reference.
+    let missing = ItemOutcome(status: 200, body: ByteBuffer(string: #"{"id":7}"#))
+    #expect(throws: DependencyFailure("{a:/org}: the answer of \"a\" has nothing at /org")) { try resolve([missing]).get() }
+    let text = ItemOutcome(status: 200, body: ByteBuffer(string: "plain"))
+    #expect(throws: DependencyFailure("{a:/org}: the answer of \"a\" is not JSON")) { try resolve([text]).get() }
+}
+
+@Test func identicalGetsAreCoalescedWhenTheRouteAllows() throws {
+    let body = """
+        {"requests":[{"id":"1","method":"GET","url":"/u/1"},{"id":"2","method":"GET","url":"/u/1"},
+                     {"id":"3","method":"GET","url":"/u/1","headers":{"Accept":"text/plain"}},{"id":"4","method":"DELETE","url":"/u/1"},
+                     {"id":"5","method":"get","url":"/u/./1"}]}
+        """
+    let items = try explicit(body, coalesce: true)
+    #expect(items.map(\.sameAs) == [nil, 0, nil, nil, 0])
+    #expect(Set(items.map(\.href)).count == 5)  // every href stays unique
+    #expect(try explicit(body).allSatisfy { $0.sameAs == nil })
+    let templated = try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":[1,2,1,1]}"#), template: try template("/users/{item}"),
+                                                basePath: "", maxItems: 10, coalesce: true)
+    #expect(templated.map(\.sameAs) == [nil, nil, 0, 0])
+}
+
+@Test func xmlItemsNameTheirDependencies() throws {
+    let items = try XMLBatchDecoder.decode(ByteBuffer(string: """
+        <S:batch xmlns:S="urn:sheaf" xmlns:D="DAV:"><S:request id="b" method="GET"><D:href>/b/{a:/id}</D:href>\
+        <S:depends-on>a</S:depends-on></S:request><S:request id="a" method="GET"><D:href>/a</D:href></S:request></S:batch>
+        """), basePath: "", maxItems: 10)
+    #expect(items.map(\.id) == ["a", "b"])
+    #expect(items[1].dependsOn == [0])
+    let resolve = try #require(items[1].resolve)
+    let request = try resolve([ItemOutcome(status: 200, body: ByteBuffer(string: #"{"id":"x"}"#))]).get()
+    #expect(request.path == "/b/x")
 }

@@ -1,4 +1,5 @@
 import Config
+import FanOut
 import BatchInput
 import Codecs
 import MultiStatus
@@ -396,4 +397,22 @@ private func withTLS(_ lines: String...) -> String {
     #expect(problems("tracing: {otlp_endpoint: \"collector:4318\"}\n" + valid).first?.message
             == "tracing otlp_endpoint: \"collector:4318\" must be an http:// or https:// URL")
     #expect(problems("tracing: {otlp_endpoint: \"http://c:4318\", sample_ratio: 2}\n" + valid).first?.message.contains("tracing sample_ratio") == true)
+}
+
+@Test func batchSemanticsKeysArePerRoute() throws {
+    let defaults = try ConfigLoader.parse(yaml: valid, file: "c.yaml").routes[1]
+    #expect(defaults.policy == FanOutPolicy())
+    #expect(defaults.coalesce)
+    let custom = valid.replacingOccurrences(of: "    upstream: legacy",
+                                            with: "    upstream: legacy\n    on_error: stop\n    depends_on_success: [2xx, 404]\n    coalesce: false")
+    let route = try ConfigLoader.parse(yaml: custom, file: "c.yaml").routes[1]
+    #expect(route.policy == FanOutPolicy(stopOnError: true, dependencySuccess: StatusSet(classes: [2], codes: [404])))
+    #expect(!route.coalesce)
+    let bad = valid.replacingOccurrences(of: "    upstream: legacy",
+                                         with: "    upstream: legacy\n    on_error: halt\n    depends_on_success: [2xx, 700, 6xx]")
+    let found = problems(bad).map(\.message)
+    #expect(found.count == 3)
+    #expect(found.contains("route 'batch' on_error: \"halt\" is not continue or stop"))
+    #expect(found.contains("route 'batch' depends_on_success: \"700\" is not a status (100-599) or a class (1xx-5xx)"))
+    #expect(found.contains("route 'batch' depends_on_success: \"6xx\" is not a status (100-599) or a class (1xx-5xx)"))
 }

@@ -66,6 +66,7 @@ final class BatchSession: @unchecked Sendable {
                             ordered: route.configuration.requestOrder,
                             watchdog: FanOutRun.Watchdog(eventLoop: writer.loop),
                             prepare: trace.map { trace in { [items] index, request in trace.itemStarting(index, items[index], &request) } },
+                            policy: route.configuration.policy,
                             onResult: { [self] index, outcome, nanoseconds in
                                 self.settled(index, outcome, nanoseconds)
                             }, onFinish: { [self] in
@@ -125,6 +126,7 @@ final class BatchSession: @unchecked Sendable {
         var counts: [Int: Int] = [:]
         var resent = 0
         var lost = 0
+        var coalesced = 0
         var entry = AccessEntry()
         writer.append { out in
             deadlineTimer?.cancel()
@@ -134,6 +136,7 @@ final class BatchSession: @unchecked Sendable {
             counts = statusCounts
             resent = resends
             lost = fanOut?.lostItems ?? 0
+            coalesced = fanOut?.coalescedItems ?? 0
             fanOut = nil
             entry = access
         }
@@ -150,6 +153,7 @@ final class BatchSession: @unchecked Sendable {
         }
         metrics.itemsCounted(route: route.configuration.name, statusCounts: counts)
         metrics.transportTally(upstream: route.configuration.upstream, resends: resent, lost: lost)
+        metrics.itemsCoalesced(route: route.configuration.name, count: coalesced)
         metrics.batchFinished(route: route.configuration.name, outcome: outcome,
                               duration: .nanoseconds(elapsed.nanoseconds))
         logger.info("batch done", metadata: [
