@@ -298,6 +298,26 @@ struct ConfigReader {
     /// The `tls` block; its files are loaded here as `serve` will load them, so a missing file,
     /// a file without a PEM certificate or key, and a key that is not the certificate's are
     /// reported at the value that names them.
+    private mutating func readAuth(key: Node, _ node: Node, what: String) -> RouteAuth? {
+        let fields = entries(node, allowed: ["tokens_file", "api_key_header"], what: "\(what) auth")
+        guard case .mapping = node else { return nil }
+        var header: String?
+        if let entry = fields["api_key_header"], let text = string(entry.value, "\(what) auth.api_key_header") {
+            header = headerName(text, at: entry.value, "\(what) auth.api_key_header")
+            if header == nil { return nil }
+        }
+        guard let entry = fields["tokens_file"] else {
+            report(at: key, "\(what) auth is missing 'tokens_file' (one token per line)")
+            return nil
+        }
+        guard let path = readableFile(entry.value, "\(what) auth.tokens_file") else { return nil }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8), !RouteAuth.tokens(in: text).isEmpty else {
+            report(at: entry.value, "\(what) auth.tokens_file: \"\(path)\" holds no token (one per line)")
+            return nil
+        }
+        return RouteAuth(tokensFile: path, apiKeyHeader: header)
+    }
+
     private mutating func readTracing(key: Node, _ node: Node) -> TracingConfiguration? {
         let fields = entries(node, allowed: ["otlp_endpoint", "service_name", "sample_ratio"], what: "tracing")
         guard case .mapping = node else { return nil }
@@ -488,7 +508,7 @@ struct ConfigReader {
     private mutating func readRoute(_ node: Node, upstreamNames: Set<String>) -> RouteConfiguration? {
         let before = problems.count
         let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes", "deadline", "forward_headers", "order",
-                                           "forwarded", "response_headers", "on_error", "depends_on_success", "coalesce"],
+                                           "forwarded", "response_headers", "on_error", "depends_on_success", "coalesce", "auth"],
                                    what: "a route")
         guard case .mapping = node else { return nil }
         let name = string(fields["name"]?.value, "route name")
@@ -533,6 +553,7 @@ struct ConfigReader {
         if let names = headerNames(fields["forward_headers"]?.value, "\(what) forward_headers") { route.forwardHeaders = names }
         if let v = boolean(fields["forwarded"]?.value, "\(what) forwarded") { route.forwarded = v }
         if let v = boolean(fields["coalesce"]?.value, "\(what) coalesce") { route.coalesce = v }
+        if let entry = fields["auth"] { route.auth = readAuth(key: entry.key, entry.value, what: what) }
         if let entry = fields["on_error"], let text = string(entry.value, "\(what) on_error") {
             switch text {
             case "continue": route.policy.stopOnError = false

@@ -1,3 +1,4 @@
+import Foundation
 import BatchInput
 import FanOut
 import MultiStatus
@@ -67,6 +68,8 @@ public struct RouteConfiguration: Sendable {
     public var policy = FanOutPolicy()
     /// Identical GET and HEAD items of one batch make one upstream call.
     public var coalesce = true
+    /// When set, a bulk request must carry one of the file's tokens, or it gets 401.
+    public var auth: RouteAuth?
 
     public init(name: String, method: String, path: String, upstream: String, fanOut: FanOutTemplate? = nil,
                 concurrency: Int = 100, maxItems: Int = 1000, maxBodyBytes: Int = 8 << 20) {
@@ -92,6 +95,23 @@ public struct TracingConfiguration: Sendable, Equatable {
 
     public init(otlpEndpoint: String) {
         self.otlpEndpoint = otlpEndpoint
+    }
+}
+
+/// `auth:` on a route: the file of accepted tokens (one per line), read as `Authorization:
+/// Bearer <token>`, or from `apiKeyHeader` when set.
+public struct RouteAuth: Sendable, Equatable {
+    public var tokensFile: String
+    public var apiKeyHeader: String?
+
+    public init(tokensFile: String, apiKeyHeader: String? = nil) {
+        self.tokensFile = tokensFile
+        self.apiKeyHeader = apiKeyHeader
+    }
+
+    /// The tokens in a file: one per line, surrounding blanks ignored, blank lines skipped.
+    public static func tokens(in text: String) -> [String] {
+        text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
 }
 

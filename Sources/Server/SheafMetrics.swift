@@ -17,6 +17,7 @@ public final class SheafMetrics: @unchecked Sendable {
     private var lostCounters: [String: Counter] = [:]
     private var stallCounters: [String: Counter] = [:]
     private var coalescedCounters: [String: Counter] = [:]
+    private var authCounters: [String: Counter] = [:]
     private var tlsFailureCounters: [String: Counter] = [:]
     private var retryCounters: [String: Counter] = [:]
     private var budgetCounters: [String: Counter] = [:]
@@ -171,6 +172,15 @@ public final class SheafMetrics: @unchecked Sendable {
         }
         if resends > 0 { resent.increment(by: Int64(resends)) }
         if lost > 0 { lostCounter.increment(by: Int64(lost)) }
+    }
+
+    /// A bulk request refused by its route's `auth`: `reason` is missing or invalid.
+    public func authRefused(route: String, reason: String) {
+        let counter = lock.withLock {
+            cachedCounter(&authCounters, "auth_refusals", "Bulk requests refused with 401 by their route's auth, by reason (missing, invalid)",
+                          labels: [("route", route), ("reason", reason)])
+        }
+        counter.increment()
     }
 
     /// Items of a batch that reported an identical earlier item's outcome instead of calling.

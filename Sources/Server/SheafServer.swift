@@ -198,13 +198,13 @@ public final class SheafServer: Service, @unchecked Sendable {
                     transports[upstream.name] = transport
                 }
             }
+            let service = try SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger,
+                                           accessLog: accessLog, tracer: tracer)
+            return Generation(configuration: configuration, service: service, transports: transports)
         } catch {
             for transport in built { await transport.shutdown() }
             throw error
         }
-        let service = SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger,
-                                   accessLog: accessLog, tracer: tracer)
-        return Generation(configuration: configuration, service: service, transports: transports)
     }
 
     /// Reads the configuration file again and, if it is valid and applicable, serves new requests

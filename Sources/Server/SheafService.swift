@@ -10,10 +10,11 @@ import NIOHTTP1
 import Tracing
 import Upstream
 
-/// A route with the transport its items travel on.
+/// A route with the transport its items travel on, and who may use it.
 struct RouteRuntime: Sendable {
     let configuration: RouteConfiguration
     let transport: UpstreamTransport
+    let guardian: RouteGuard?
 }
 
 /// Sheaf's front door: matches routes, checks media types and sizes from the request head,
@@ -44,15 +45,21 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
 
     /// `accessLog`: where each bulk request's line goes (nil: nowhere). `tracer`: where batch and
     /// item spans go (nil: tracing is off, and costs nothing per item).
+    /// Throws when a route's `auth.tokens_file` cannot be read.
     public init(configuration: SheafConfiguration, transports: [String: UpstreamTransport],
-                metrics: SheafMetrics, logger: Logger, accessLog: AccessLog? = nil, tracer: (any Tracer)? = nil) {
+                metrics: SheafMetrics, logger: Logger, accessLog: AccessLog? = nil, tracer: (any Tracer)? = nil) throws {
         self.configuration = configuration
         self.accessLog = accessLog
         self.tracer = tracer
         var table: [String: [RouteRuntime]] = [:]
         for route in configuration.routes {
             guard let transport = transports[route.upstream] else { continue }
-            table[route.path, default: []].append(RouteRuntime(configuration: route, transport: transport))
+            let guardian = try route.auth.map { auth -> RouteGuard in
+                do { return try RouteGuard(auth) } catch {
+                    throw ListenError(description: "route \(route.name): cannot read auth.tokens_file \(auth.tokensFile): \(error)")
+                }
+            }
+            table[route.path, default: []].append(RouteRuntime(configuration: route, transport: transport, guardian: guardian))
         }
         self.routesByPath = table
         self.metrics = metrics
@@ -125,6 +132,14 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         }
         let name = route.configuration.name
         var access = entry(head, client, route: name)
+        // Before anything else about the request: a caller without the right token learns nothing more.
+        if let guardian = route.guardian, let refusal = guardian.check(head.headers) {
+            metrics.authRefused(route: name, reason: refusal.rawValue)
+            metrics.batchFinished(route: name, outcome: "rejected", duration: nil)
+            let detail = refusal == .missing ? "route \(name) needs a token" : "the token is not one route \(name) accepts"
+            return rejected(Problem.response(.unauthorized, detail: detail, field: guardian.auth.apiKeyHeader ?? "Authorization",
+                                             extraHeaders: ["www-authenticate": guardian.challenge(refusal)]), access)
+        }
         // 415 and 406 are known from the head alone: answer them before reading the body.
         let contentType = head.headers.first(name: "content-type")
         let isJSON = contentType.map(MediaType.isJSON) ?? false

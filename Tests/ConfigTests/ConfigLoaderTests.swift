@@ -416,3 +416,21 @@ private func withTLS(_ lines: String...) -> String {
     #expect(found.contains("route 'batch' depends_on_success: \"700\" is not a status (100-599) or a class (1xx-5xx)"))
     #expect(found.contains("route 'batch' depends_on_success: \"6xx\" is not a status (100-599) or a class (1xx-5xx)"))
 }
+
+@Test func routeAuthNeedsATokensFile() throws {
+    let file = "/tmp/sheaf-config-test-tokens"
+    try "s3cret\n\n  other-token  \n".write(toFile: file, atomically: true, encoding: .utf8)
+    let bearer = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    auth: {tokens_file: \(file)}")
+    #expect(try ConfigLoader.parse(yaml: bearer, file: "c.yaml").routes[1].auth == RouteAuth(tokensFile: file))
+    let apiKey = valid.replacingOccurrences(of: "    upstream: legacy",
+                                            with: "    upstream: legacy\n    auth: {tokens_file: \(file), api_key_header: X-Api-Key}")
+    #expect(try ConfigLoader.parse(yaml: apiKey, file: "c.yaml").routes[1].auth == RouteAuth(tokensFile: file, apiKeyHeader: "X-Api-Key"))
+    #expect(try ConfigLoader.parse(yaml: valid, file: "c.yaml").routes[1].auth == nil)
+    let missing = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    auth: {tokens_file: /nonexistent/tokens}")
+    #expect(problems(missing).first?.message == "route 'batch' auth.tokens_file: cannot read \"/nonexistent/tokens\"")
+    try "\n   \n".write(toFile: file + "-empty", atomically: true, encoding: .utf8)
+    let empty = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    auth: {tokens_file: \(file)-empty}")
+    #expect(problems(empty).first?.message == "route 'batch' auth.tokens_file: \"\(file)-empty\" holds no token (one per line)")
+    let noFile = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    auth: {api_key_header: X-Api-Key}")
+    #expect(problems(noFile).first?.message == "route 'batch' auth is missing 'tokens_file' (one token per line)")
+}

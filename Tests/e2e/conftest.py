@@ -91,7 +91,7 @@ events {{ worker_connections 4096; }}
 http {{
     log_format sheaf '$connection $connection_requests $request_method $request_uri $server_protocol $status';
     access_log {dir}/access.log sheaf;
-    log_format forwarded escape=json '{{"rid":"$http_x_request_id","xff":"$http_x_forwarded_for","proto":"$http_x_forwarded_proto","fwd":"$http_forwarded","uri":"$request_uri","protocol":"$server_protocol","tp":"$http_traceparent"}}';
+    log_format forwarded escape=json '{{"rid":"$http_x_request_id","xff":"$http_x_forwarded_for","proto":"$http_x_forwarded_proto","fwd":"$http_forwarded","uri":"$request_uri","protocol":"$server_protocol","tp":"$http_traceparent","auth":"$http_authorization"}}';
     client_body_temp_path {dir}/client_body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
