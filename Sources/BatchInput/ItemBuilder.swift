@@ -21,8 +21,13 @@ public struct ItemBuilder {
     /// Per item that names dependencies: their ids, and the field to blame for a bad one.
     private var dependencyIDs: [Int: (ids: [String], field: String)] = [:]
 
-    public init(basePath: String, expectedCount: Int = 0, headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false) {
+    /// One item's body may hold at most this many bytes (`max_item_body_bytes`).
+    private let maxItemBodyBytes: Int
+
+    public init(basePath: String, expectedCount: Int = 0, headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false,
+                maxItemBodyBytes: Int = Int.max) {
         self.basePath = basePath
+        self.maxItemBodyBytes = maxItemBodyBytes
         self.coalesce = coalesce
         self.shared = headers
         var replaced = headers.imposed.map { $0.name.lowercased() }
@@ -70,6 +75,11 @@ public struct ItemBuilder {
             throw .badRequest(field: "\(field).method", "CONNECT opens a tunnel, not a single-item request")
         }
         guard let url else { throw .badRequest(field: "\(field).url", "missing") }
+        if let body, body.readableBytes > maxItemBodyBytes {
+            throw BatchError(status: 413, field: "\(field).body",
+                             "is \(body.readableBytes) bytes, more than this route's max_item_body_bytes (\(maxItemBodyBytes))",
+                             limit: "max_item_body_bytes")
+        }
         var forwarded: [(name: String, value: String)] = []
         forwarded.reserveCapacity(headers.count + 1)
         var hasContentType = false

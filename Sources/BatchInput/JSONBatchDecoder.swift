@@ -7,15 +7,16 @@ import NIOCore
 public enum JSONBatchDecoder {
     /// Parses the body, stopping with the 413 as soon as the item array (at `items`, JSON
     /// Pointer tokens) has more than `maxItems` elements: the rest is never read.
-    static func parse(_ body: ByteBuffer, items: [String], field: String, maxItems: Int) throws(BatchError) -> JSONValue {
+    static func parse(_ body: ByteBuffer, items: [String], field: String, maxItems: Int, maxDepth: Int) throws(BatchError) -> JSONValue {
         do {
             return try body.withUnsafeReadableBytes { raw in
-                try JSONParser.parse(raw.bindMemory(to: UInt8.self), countingArrayAt: items, upTo: maxItems)
+                try JSONParser.parse(raw.bindMemory(to: UInt8.self), countingArrayAt: items, upTo: maxItems, maxDepth: maxDepth)
             }
         } catch is JSONParser.TooManyElements {
             throw .tooManyItems(field: field, maxItems: maxItems)
         } catch let error as JSONParser.Error {
-            throw .badRequest("body is not valid JSON: \(error)")
+            let deep = "\(error)".contains("nested deeper than")
+            throw BatchError(status: 400, field: nil, "body is not valid JSON: \(error)", limit: deep ? "max_nesting_depth" : nil)
         } catch {
             throw .badRequest("body is not valid JSON")
         }
@@ -23,10 +24,11 @@ public enum JSONBatchDecoder {
 
     /// The template form: one upstream request per element of the array at `template.items`.
     public static func decode(_ body: ByteBuffer, template: FanOutTemplate, basePath: String,
-                              maxItems: Int, headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false) throws(BatchError) -> [BatchItem] {
+                              maxItems: Int, headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false,
+                              limits: InputLimits = InputLimits()) throws(BatchError) -> [BatchItem] {
         let pointer = template.items.description
         let field = pointer.isEmpty ? "body" : pointer
-        let document = try parse(body, items: template.items.tokens, field: field, maxItems: maxItems)
+        let document = try parse(body, items: template.items.tokens, field: field, maxItems: maxItems, maxDepth: limits.maxDepth)
         guard let target = template.items.resolve(in: document) else {
             throw .badRequest(field: field, "not found in the body")
         }
@@ -47,8 +49,9 @@ public enum JSONBatchDecoder {
 
     /// The explicit form: `{"requests":[{"id":"a","method":"GET","url":"/users/1","headers":{},"body":...}]}`.
     public static func decodeExplicit(_ body: ByteBuffer, basePath: String, maxItems: Int,
-                                      headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false) throws(BatchError) -> [BatchItem] {
-        let document = try parse(body, items: ["requests"], field: "requests", maxItems: maxItems)
+                                      headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false,
+                                      limits: InputLimits = InputLimits()) throws(BatchError) -> [BatchItem] {
+        let document = try parse(body, items: ["requests"], field: "requests", maxItems: maxItems, maxDepth: limits.maxDepth)
         guard case .object(let members) = document else {
             throw .badRequest(field: "body", "must be a JSON object with a \"requests\" array, got \(document.typeName)")
         }
@@ -59,7 +62,8 @@ public enum JSONBatchDecoder {
         guard case .array(let elements) = requests else {
             throw .badRequest(field: "requests", "must be an array, got \(requests.typeName)")
         }
-        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, headers: headers, coalesce: coalesce)
+        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, headers: headers, coalesce: coalesce,
+                                  maxItemBodyBytes: limits.maxItemBodyBytes)
         for (index, element) in elements.enumerated() {
             let field = "requests[\(index)]"
             guard case .object(let fields) = element else {

@@ -38,7 +38,8 @@ public enum XMLBatchDecoder {
     }
 
     public static func decode(_ body: ByteBuffer, basePath: String, maxItems: Int,
-                              headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false) throws(BatchError) -> [BatchItem] {
+                              headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false,
+                              limits: InputLimits = InputLimits()) throws(BatchError) -> [BatchItem] {
         _ = libxmlInitialized
         let sink = ErrorSink()
         let result: Result<[BatchItem], BatchError> = body.withUnsafeReadableBytes { raw in
@@ -58,7 +59,9 @@ public enum XMLBatchDecoder {
                 sink.line = xmlTextReaderLocatorLineNumber(locator)
             }, context)
             return Result { () throws(BatchError) -> [BatchItem] in
-                try walk(reader, sink: sink, builder: ItemBuilder(basePath: basePath, headers: headers, coalesce: coalesce), maxItems: maxItems)
+                try walk(reader, sink: sink, builder: ItemBuilder(basePath: basePath, headers: headers, coalesce: coalesce,
+                                                               maxItemBodyBytes: limits.maxItemBodyBytes),
+                         maxItems: maxItems, maxDepth: limits.maxDepth)
             }
         }
         return try result.get()
@@ -69,11 +72,12 @@ public enum XMLBatchDecoder {
     }
 
     private static func walk(_ reader: xmlTextReaderPtr, sink: ErrorSink, builder: ItemBuilder,
-                             maxItems: Int) throws(BatchError) -> [BatchItem] {
+                             maxItems: Int, maxDepth: Int) throws(BatchError) -> [BatchItem] {
         var builder = builder
         var sawRoot = false
         var pending: Pending?
         var capture = Capture.none
+        var skipping: Int32?
         var text = ""
         var index = 0
 
@@ -122,6 +126,16 @@ public enum XMLBatchDecoder {
                 throw .badRequest("body is not well-formed XML: \(sink.message ?? "parse error")\(where_)")
             }
             let type = xmlTextReaderNodeType(reader)
+            // Inside an element in another namespace: read through it (not skipped with
+            // xmlTextReaderNext, so its depth is checked too), until it ends.
+            if let ignoring = skipping {
+                let depth = xmlTextReaderDepth(reader)
+                if type == Int32(XML_READER_TYPE_ELEMENT.rawValue), Int(depth) >= maxDepth {
+                    throw BatchError(status: 400, field: "body", "XML nested deeper than \(maxDepth) levels", limit: "max_nesting_depth")
+                }
+                if type == Int32(XML_READER_TYPE_END_ELEMENT.rawValue), depth == ignoring { skipping = nil }
+                continue
+            }
             switch xmlReaderTypes(rawValue: UInt32(type)) {
             case XML_READER_TYPE_DOCUMENT_TYPE:
                 throw .badRequest("a DTD (<!DOCTYPE>) is not allowed in a batch")
@@ -129,6 +143,7 @@ public enum XMLBatchDecoder {
                 throw .badRequest("entity references are not allowed in a batch")
             case XML_READER_TYPE_ELEMENT:
                 let depth = xmlTextReaderDepth(reader)
+                if Int(depth) >= maxDepth { throw BatchError(status: 400, field: "body", "XML nested deeper than \(maxDepth) levels", limit: "max_nesting_depth") }
                 let local = string(xmlTextReaderConstLocalName(reader)) ?? ""
                 let namespace = string(xmlTextReaderConstNamespaceUri(reader)) ?? ""
                 let empty = xmlTextReaderIsEmptyElement(reader) == 1
@@ -139,7 +154,7 @@ public enum XMLBatchDecoder {
                     sawRoot = true
                 } else if depth == 1 {
                     guard namespace == XMLNamespace.sheaf else {
-                        xmlTextReaderNext(reader) == 1 ? () : ()
+                        if !empty { skipping = depth }
                         continue
                     }
                     guard local == "request" else {
@@ -186,7 +201,7 @@ public enum XMLBatchDecoder {
                     case (XMLNamespace.sheaf, _):
                         throw .badRequest(field: item.field, "unknown element S:\(local) (expected D:href, S:header, S:body, S:depends-on)")
                     default:
-                        xmlTextReaderNext(reader) == 1 ? () : ()
+                        if !empty { skipping = depth }
                         continue
                     }
                     text = ""

@@ -131,6 +131,16 @@ struct ConfigReader {
         parsed(node, what, expected: "a duration (write e.g. 250ms, 5s, 1m)", ConfigValues.duration)
     }
 
+    /// `value` when within `range`; otherwise reported at `node` (a size read by `byteSize`).
+    mutating func bounded(_ value: Int?, _ node: Node?, _ what: String, _ range: ClosedRange<Int>) -> Int? {
+        guard let value, let node else { return nil }
+        guard range.contains(value) else {
+            report(at: node, "\(what) must be from \(range.lowerBound) to \(range.upperBound) bytes, got \(value)")
+            return nil
+        }
+        return value
+    }
+
     mutating func byteSize(_ node: Node?, _ what: String) -> Int? {
         parsed(node, what, expected: "a size (write e.g. 65536, 512KiB, 8MiB)") { text in
             ConfigValues.byteSize(text).flatMap { $0 > 0 ? .success($0) : .failure(.malformed) }
@@ -199,6 +209,8 @@ struct ConfigReader {
     mutating func read(_ root: Node) -> SheafConfiguration? {
         let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "client_timeout",
                                        "max_connections_per_client", "max_streams_per_connection", "max_buffered_output",
+                                       "max_url_bytes", "max_headers", "max_header_bytes", "http2_initial_window_size",
+                                       "http2_max_frame_size", "max_batches", "max_nesting_depth",
                                        "tls", "access_log", "tracing", "upstreams", "routes"],
                           what: "the top level")
         let listen = top["listen"] == nil ? HostPort(host: "127.0.0.1", port: 8080) : hostPort(top["listen"]?.value, "listen")
@@ -291,6 +303,24 @@ struct ConfigReader {
         if let v = integer(top["max_streams_per_connection"]?.value, "max_streams_per_connection", range: 1...10_000) {
             configuration.maxStreamsPerConnection = v
         }
+        if let v = bounded(byteSize(top["max_url_bytes"]?.value, "max_url_bytes"), top["max_url_bytes"]?.value, "max_url_bytes", 256...(64 << 10)) {
+            configuration.maxURLBytes = v
+        }
+        if let v = integer(top["max_headers"]?.value, "max_headers", range: 1...1000) { configuration.maxHeaders = v }
+        if let v = bounded(byteSize(top["max_header_bytes"]?.value, "max_header_bytes"), top["max_header_bytes"]?.value, "max_header_bytes",
+                           1024...(64 << 10)) {
+            configuration.maxHeaderBytes = v
+        }
+        if let v = bounded(byteSize(top["http2_initial_window_size"]?.value, "http2_initial_window_size"), top["http2_initial_window_size"]?.value,
+                           "http2_initial_window_size", 1...Int(Int32.max)) {
+            configuration.http2InitialWindowSize = v
+        }
+        if let v = bounded(byteSize(top["http2_max_frame_size"]?.value, "http2_max_frame_size"), top["http2_max_frame_size"]?.value,
+                           "http2_max_frame_size", (16 << 10)...((16 << 20) - 1)) {
+            configuration.http2MaxFrameSize = v
+        }
+        if let v = integer(top["max_batches"]?.value, "max_batches", range: 0...1_000_000) { configuration.maxBatches = v }
+        if let v = integer(top["max_nesting_depth"]?.value, "max_nesting_depth", range: 2...64) { configuration.maxNestingDepth = v }
         configuration.tls = tls
         return configuration
     }
@@ -508,7 +538,8 @@ struct ConfigReader {
     private mutating func readRoute(_ node: Node, upstreamNames: Set<String>) -> RouteConfiguration? {
         let before = problems.count
         let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes", "deadline", "forward_headers", "order",
-                                           "forwarded", "response_headers", "on_error", "depends_on_success", "coalesce", "auth"],
+                                           "forwarded", "response_headers", "on_error", "depends_on_success", "coalesce", "auth",
+                                           "max_batches", "max_item_body_bytes"],
                                    what: "a route")
         guard case .mapping = node else { return nil }
         let name = string(fields["name"]?.value, "route name")
@@ -542,6 +573,8 @@ struct ConfigReader {
         if let v = integer(fields["concurrency"]?.value, "\(what) concurrency", range: 1...10_000) { route.concurrency = v }
         if let v = integer(fields["max_items"]?.value, "\(what) max_items", range: 1...1_000_000) { route.maxItems = v }
         if let v = byteSize(fields["max_body_bytes"]?.value, "\(what) max_body_bytes") { route.maxBodyBytes = v }
+        if let v = byteSize(fields["max_item_body_bytes"]?.value, "\(what) max_item_body_bytes") { route.maxItemBodyBytes = v }
+        if let v = integer(fields["max_batches"]?.value, "\(what) max_batches", range: 0...1_000_000) { route.maxBatches = v }
         if let v = duration(fields["deadline"]?.value, "\(what) deadline") { route.deadline = v }
         if let entry = fields["order"], let text = string(entry.value, "\(what) order") {
             switch text {

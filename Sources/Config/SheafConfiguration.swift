@@ -70,6 +70,10 @@ public struct RouteConfiguration: Sendable {
     public var coalesce = true
     /// When set, a bulk request must carry one of the file's tokens, or it gets 401.
     public var auth: RouteAuth?
+    /// Batches of this route running at once (0: no limit); more get 503 with Retry-After.
+    public var maxBatches = 0
+    /// One explicit item's body; more makes the batch 413, naming the item.
+    public var maxItemBodyBytes = 1 << 20
 
     public init(name: String, method: String, path: String, upstream: String, fanOut: FanOutTemplate? = nil,
                 concurrency: Int = 100, maxItems: Int = 1000, maxBodyBytes: Int = 8 << 20) {
@@ -140,6 +144,17 @@ public struct SheafConfiguration: Sendable {
     public var maxBufferedOutput = 4 << 20
     /// h2c front: concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
     public var maxStreamsPerConnection = 256
+    /// Request head limits: past them 414 (url) or 431 (header count or bytes).
+    public var maxURLBytes = 8 << 10
+    public var maxHeaders = 100
+    public var maxHeaderBytes = 32 << 10
+    /// The front's HTTP/2 SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE.
+    public var http2InitialWindowSize = 1 << 20
+    public var http2MaxFrameSize = 16 << 10
+    /// Batches running at once in the process (0: no limit); more get 503 with Retry-After.
+    public var maxBatches = 1024
+    /// JSON and XML nesting in a bulk request body; deeper is a 400.
+    public var maxNestingDepth = 64
     /// When set, the listener speaks TLS only (ALPN h2 and http/1.1); when nil, HTTP/1.1 and h2c.
     public var tls: FrontTLSConfiguration?
     /// When set, spans for each batch and item are exported over OTLP/HTTP.

@@ -18,6 +18,7 @@ public final class SheafMetrics: @unchecked Sendable {
     private var stallCounters: [String: Counter] = [:]
     private var coalescedCounters: [String: Counter] = [:]
     private var authCounters: [String: Counter] = [:]
+    private var limitCounters: [String: Counter] = [:]
     private var tlsFailureCounters: [String: Counter] = [:]
     private var retryCounters: [String: Counter] = [:]
     private var budgetCounters: [String: Counter] = [:]
@@ -172,6 +173,15 @@ public final class SheafMetrics: @unchecked Sendable {
         }
         if resends > 0 { resent.increment(by: Int64(resends)) }
         if lost > 0 { lostCounter.increment(by: Int64(lost)) }
+    }
+
+    /// A request refused for passing a limit; `limit` is its config key (max_url_bytes, max_items, ...).
+    public func limitRefused(_ limit: String) {
+        let counter = lock.withLock {
+            cachedCounter(&limitCounters, "limit_refusals", "Requests refused for passing a limit, by the limit's config key",
+                          label: ("limit", limit))
+        }
+        counter.increment()
     }
 
     /// A bulk request refused by its route's `auth`: `reason` is missing or invalid.

@@ -22,6 +22,8 @@ public final class SheafServer: Service, @unchecked Sendable {
     private let logger: Logger
     public let metrics = SheafMetrics()
     private let accessLog: AccessLog
+    /// Running batches across generations, for `max_batches`.
+    private let admission = BatchAdmission()
     private let tracer: (any Tracer)?
 
     /// One configuration's worth of serving state. Batches keep the generation they started in,
@@ -178,8 +180,14 @@ public final class SheafServer: Service, @unchecked Sendable {
     }
 
     private static func frontSettings(_ configuration: SheafConfiguration, tls: NIOSSLContext?) -> FrontSettings {
-        FrontSettings(clientTimeout: configuration.clientTimeout, maxStreams: configuration.maxStreamsPerConnection,
-                      outputBudget: configuration.maxBufferedOutput, tls: tls)
+        var settings = FrontSettings(clientTimeout: configuration.clientTimeout, maxStreams: configuration.maxStreamsPerConnection,
+                                     outputBudget: configuration.maxBufferedOutput, tls: tls)
+        settings.limits.maxURLBytes = configuration.maxURLBytes
+        settings.limits.maxHeaders = configuration.maxHeaders
+        settings.limits.maxHeaderBytes = configuration.maxHeaderBytes
+        settings.limits.http2InitialWindowSize = configuration.http2InitialWindowSize
+        settings.limits.http2MaxFrameSize = configuration.http2MaxFrameSize
+        return settings
     }
 
     /// A service for `configuration`, on the transports in `reusing` where given, on new ones
@@ -199,7 +207,7 @@ public final class SheafServer: Service, @unchecked Sendable {
                 }
             }
             let service = try SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger,
-                                           accessLog: accessLog, tracer: tracer)
+                                           accessLog: accessLog, tracer: tracer, admission: admission)
             return Generation(configuration: configuration, service: service, transports: transports)
         } catch {
             for transport in built { await transport.shutdown() }
@@ -317,6 +325,10 @@ final class CurrentService: HTTPResponder, @unchecked Sendable {
 
     func decide(_ head: HTTPRequestHead, from client: ClientConnection) -> HeadDecision {
         current.withLockedValue { $0 }.decide(head, from: client)
+    }
+
+    func refused(_ head: HTTPRequestHead, _ response: SimpleResponse, limit: String, from client: ClientConnection) {
+        current.withLockedValue { $0 }.refused(head, response, limit: limit, from: client)
     }
 
     func tooLarge(_ head: HTTPRequestHead, limit: Int, from client: ClientConnection) -> SimpleResponse {

@@ -42,13 +42,16 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
 
     private let accessLog: AccessLog?
     private let tracer: (any Tracer)?
+    private let admission: BatchAdmission
 
     /// `accessLog`: where each bulk request's line goes (nil: nowhere). `tracer`: where batch and
     /// item spans go (nil: tracing is off, and costs nothing per item).
     /// Throws when a route's `auth.tokens_file` cannot be read.
     public init(configuration: SheafConfiguration, transports: [String: UpstreamTransport],
-                metrics: SheafMetrics, logger: Logger, accessLog: AccessLog? = nil, tracer: (any Tracer)? = nil) throws {
+                metrics: SheafMetrics, logger: Logger, accessLog: AccessLog? = nil, tracer: (any Tracer)? = nil,
+                admission: BatchAdmission = BatchAdmission()) throws {
         self.configuration = configuration
+        self.admission = admission
         self.accessLog = accessLog
         self.tracer = tracer
         var table: [String: [RouteRuntime]] = [:]
@@ -67,11 +70,19 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     }
 
     public func tooLarge(_ head: HTTPRequestHead, limit: Int, from client: ClientConnection) -> SimpleResponse {
+        metrics.limitRefused("max_body_bytes")
         let route = match(head)?.route?.configuration.name
         if let route { metrics.batchFinished(route: route, outcome: "rejected", duration: nil) }
         let response = Problem.response(.payloadTooLarge, detail: "request body is larger than this route's max_body_bytes (\(limit) bytes)")
         logRejected(entry(head, client, route: route), response)
         return response
+    }
+
+    public func refused(_ head: HTTPRequestHead, _ response: SimpleResponse, limit: String, from client: ClientConnection) {
+        metrics.limitRefused(limit)
+        let route = match(head)?.route?.configuration.name
+        if let route { metrics.batchFinished(route: route, outcome: "rejected", duration: nil) }
+        logRejected(entry(head, client, route: route), response)
     }
 
     /// The access log's view of a request, as far as its head tells.
@@ -166,15 +177,29 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
             for value in head.headers[name] { shared.inherited.append((name, value)) }
         }
         if route.configuration.forwarded { shared.imposed = ForwardingHeaders.make(head, client: client) }
+        let admitted: AdmissionTicket
+        switch admission.admit(route: name, routeLimit: route.configuration.maxBatches, processLimit: configuration.maxBatches) {
+        case .success(let ticket):
+            admitted = ticket
+        case .failure(let refusal):
+            let (limit, detail): (String, String)
+            switch refusal {
+            case .process(let n): (limit, detail) = ("max_batches", "Sheaf is running max_batches (\(n)) batches; try again shortly")
+            case .route(let n): (limit, detail) = ("routes[].max_batches", "route \(name) is running its max_batches (\(n)) batches; try again shortly")
+            }
+            metrics.limitRefused(limit)
+            metrics.batchFinished(route: name, outcome: "rejected", duration: nil)
+            return rejected(Problem.response(.serviceUnavailable, detail: detail, extraHeaders: ["retry-after": "1"]), access)
+        }
         // Counted from now: a body still arriving holds this service's transports as a running
         // batch does; if it never completes, the handler is dropped and so is the ticket.
         let ticket = BatchTicket(active)
-        return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self, shared, ticket, access] head, body, writer in
+        return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self, shared, ticket, access, admitted] head, body, writer in
             withExtendedLifetime(ticket) {}
             var access = access
             access.bytesIn = body.readableBytes
             self.runBatch(route: route, head: head, body: body, isXML: isXML, format: format, shared: shared,
-                          writer: writer, received: received, access: access)
+                          writer: writer, received: received, access: access, admitted: admitted)
         }
     }
 
@@ -184,24 +209,27 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     }
 
     private func runBatch(route: RouteRuntime, head: HTTPRequestHead, body: ByteBuffer, isXML: Bool, format: ResponseFormat,
-                          shared: BatchHeaders, writer: ResponseWriter, received: NIODeadline, access: AccessEntry) {
+                          shared: BatchHeaders, writer: ResponseWriter, received: NIODeadline, access: AccessEntry,
+                          admitted: AdmissionTicket) {
         let configuration = route.configuration
         let basePath = route.transport.configuration.endpoint.basePath
+        let limits = InputLimits(maxItemBodyBytes: configuration.maxItemBodyBytes, maxDepth: self.configuration.maxNestingDepth)
         let items: [BatchItem]
         do throws(BatchError) {
             if let template = configuration.fanOut {
                 items = try JSONBatchDecoder.decode(body, template: template, basePath: basePath,
                                                     maxItems: configuration.maxItems, headers: shared,
-                                                    coalesce: configuration.coalesce)
+                                                    coalesce: configuration.coalesce, limits: limits)
             } else if isXML {
                 items = try XMLBatchDecoder.decode(body, basePath: basePath, maxItems: configuration.maxItems, headers: shared,
-                                                    coalesce: configuration.coalesce)
+                                                    coalesce: configuration.coalesce, limits: limits)
             } else {
                 items = try JSONBatchDecoder.decodeExplicit(body, basePath: basePath, maxItems: configuration.maxItems,
-                                                            headers: shared, coalesce: configuration.coalesce)
+                                                            headers: shared, coalesce: configuration.coalesce, limits: limits)
             }
         } catch {
             metrics.batchFinished(route: configuration.name, outcome: "rejected", duration: nil)
+            if let limit = error.limit { metrics.limitRefused(limit) }
             var problem = Problem.response(error)
             if let requestID = shared.requestID { problem.headers.add(name: "x-request-id", value: requestID) }
             logRejected(access, problem, bytesIn: body.readableBytes)
@@ -229,13 +257,59 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         active.withLockedValue { $0 += 1 }
         let count = items.count
         BatchSession(route: route, items: items, format: format, requestID: shared.requestID, writer: writer, metrics: metrics,
-                     received: received, logger: logger, access: accessLog.map { ($0, access) }, trace: trace) { [active, memory] in
+                     received: received, logger: logger, access: accessLog.map { ($0, access) }, trace: trace) { [active, memory, admitted] in
+            withExtendedLifetime(admitted) {}
             let idle = active.withLockedValue { value -> Bool in
                 value -= 1
                 return value == 0
             }
             memory.batchEnded(items: count, idle: idle)
         }.run()
+    }
+}
+
+/// Batches running now, in the process and per route, across reloads: `max_batches` admits or
+/// refuses a bulk request against these counts.
+public final class BatchAdmission: Sendable {
+    private let state = NIOLockedValueBox((total: 0, perRoute: [String: Int]()))
+
+    public init() {}
+
+    /// A ticket holding one place until it is released, or nil (with the limit passed) when full.
+    func admit(route: String, routeLimit: Int, processLimit: Int) -> Result<AdmissionTicket, AdmissionRefusal> {
+        let refusal = state.withLockedValue { state -> AdmissionRefusal? in
+            if processLimit > 0 && state.total >= processLimit { return .process(processLimit) }
+            if routeLimit > 0 && state.perRoute[route, default: 0] >= routeLimit { return .route(routeLimit) }
+            state.total += 1
+            state.perRoute[route, default: 0] += 1
+            return nil
+        }
+        if let refusal { return .failure(refusal) }
+        return .success(AdmissionTicket { [state] in
+            state.withLockedValue {
+                $0.total -= 1
+                $0.perRoute[route, default: 1] -= 1
+            }
+        })
+    }
+}
+
+enum AdmissionRefusal: Error {
+    case process(Int)
+    case route(Int)
+}
+
+/// One admitted batch's place: given back when the ticket goes, whichever way the batch ends
+/// (its 207 written, its body never completed, its decoding refused).
+final class AdmissionTicket: Sendable {
+    private let release: @Sendable () -> Void
+
+    init(release: @escaping @Sendable () -> Void) {
+        self.release = release
+    }
+
+    deinit {
+        release()
     }
 }
 

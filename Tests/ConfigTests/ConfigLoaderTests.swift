@@ -434,3 +434,28 @@ private func withTLS(_ lines: String...) -> String {
     let noFile = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    auth: {api_key_header: X-Api-Key}")
     #expect(problems(noFile).first?.message == "route 'batch' auth is missing 'tokens_file' (one token per line)")
 }
+
+@Test func limitsHaveDefaultsAndBounds() throws {
+    let defaults = try ConfigLoader.parse(yaml: valid, file: "c.yaml")
+    #expect(defaults.maxURLBytes == 8 << 10 && defaults.maxHeaders == 100 && defaults.maxHeaderBytes == 32 << 10)
+    #expect(defaults.http2InitialWindowSize == 1 << 20 && defaults.http2MaxFrameSize == 16 << 10)
+    #expect(defaults.maxBatches == 1024 && defaults.maxNestingDepth == 64)
+    #expect(defaults.routes[1].maxBatches == 0 && defaults.routes[1].maxItemBodyBytes == 1 << 20)
+    let custom = try ConfigLoader.parse(yaml: """
+        max_url_bytes: 2KiB
+        max_headers: 20
+        max_header_bytes: 4KiB
+        http2_initial_window_size: 64KiB
+        http2_max_frame_size: 32KiB
+        max_batches: 10
+        max_nesting_depth: 8
+        """ + "\n" + valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    max_batches: 2\n    max_item_body_bytes: 10KiB"),
+        file: "c.yaml")
+    #expect(custom.maxURLBytes == 2048 && custom.maxHeaders == 20 && custom.maxHeaderBytes == 4096)
+    #expect(custom.http2InitialWindowSize == 65536 && custom.http2MaxFrameSize == 32768 && custom.maxBatches == 10)
+    #expect(custom.maxNestingDepth == 8 && custom.routes[1].maxBatches == 2 && custom.routes[1].maxItemBodyBytes == 10240)
+    let bad = problems("http2_max_frame_size: 1KiB\nmax_nesting_depth: 65\n" + valid).map(\.message)
+    #expect(bad.count == 2)
+    #expect(bad.contains { $0.hasPrefix("http2_max_frame_size") })
+    #expect(bad.contains { $0.hasPrefix("max_nesting_depth") })
+}

@@ -24,10 +24,15 @@ public struct JSONParser {
     /// The reference tokens (as in a JSON Pointer) of the array to count, and its limit.
     private let counted: (path: [String], limit: Int)?
 
-    private init(bytes: UnsafeBufferPointer<UInt8>, build: Bool, counted: (path: [String], limit: Int)? = nil) {
+    /// Nesting past this is an error (`max_nesting_depth`): a deep document costs stack.
+    private let depthLimit: Int
+
+    private init(bytes: UnsafeBufferPointer<UInt8>, build: Bool, counted: (path: [String], limit: Int)? = nil,
+                 depthLimit: Int = JSONParser.maxDepth) {
         self.bytes = bytes
         self.build = build
         self.counted = counted
+        self.depthLimit = min(depthLimit, JSONParser.maxDepth)
     }
 
     public static func parse(_ bytes: UnsafeBufferPointer<UInt8>) throws -> JSONValue {
@@ -37,8 +42,10 @@ public struct JSONParser {
 
     /// Parses like `parse(_:)`, but throws `TooManyElements` as soon as the array that `path`
     /// (JSON Pointer tokens; empty for the root) names has more than `limit` elements.
-    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>, countingArrayAt path: [String], upTo limit: Int) throws -> JSONValue {
-        var parser = JSONParser(bytes: bytes, build: true, counted: (path, limit))
+    /// `maxDepth`: at most `JSONParser.maxDepth`.
+    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>, countingArrayAt path: [String], upTo limit: Int,
+                             maxDepth: Int = JSONParser.maxDepth) throws -> JSONValue {
+        var parser = JSONParser(bytes: bytes, build: true, counted: (path, limit), depthLimit: maxDepth)
         return try parser.document()
     }
 
@@ -105,7 +112,7 @@ public struct JSONParser {
 
     private mutating func enter() throws {
         depth += 1
-        if depth > Self.maxDepth { throw fail("JSON nested deeper than \(Self.maxDepth) levels") }
+        if depth > depthLimit { throw fail("JSON nested deeper than \(depthLimit) levels") }
     }
 
     /// The path token at `onPath`, when the path goes deeper than this value.

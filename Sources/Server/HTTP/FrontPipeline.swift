@@ -17,6 +17,8 @@ struct FrontPipeline {
     let activity: ConnectionActivity
     /// SETTINGS_MAX_CONCURRENT_STREAMS of an HTTP/2 connection.
     let maxStreams: Int
+    /// Head limits, and the rest of the HTTP/2 SETTINGS.
+    var limits = FrontLimits()
     /// Makes the request handler; its argument says whether it serves an HTTP/2 stream.
     let makeHandler: @Sendable (_ onHTTP2Stream: Bool) -> ChannelHandler
 
@@ -24,7 +26,8 @@ struct FrontPipeline {
     func configure(_ proto: FrontProtocol, _ pipeline: ChannelPipeline.SynchronousOperations) throws {
         switch proto {
         case .http1:
-            try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+            try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
+            try pipeline.addHandler(FrontProtocolErrorHandler())
             try pipeline.addHandler(makeHandler(false))
         case .http2:
             try configureHTTP2(pipeline)
@@ -36,11 +39,13 @@ struct FrontPipeline {
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: maxStreams),
-            HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
-            HTTP2Setting(parameter: .maxHeaderListSize, value: 64 << 10),
+            HTTP2Setting(parameter: .initialWindowSize, value: limits.http2InitialWindowSize),
+            HTTP2Setting(parameter: .maxFrameSize, value: limits.http2MaxFrameSize),
+            // RFC 9113 §6.5.2 counts 32 bytes per field on top of names and values.
+            HTTP2Setting(parameter: .maxHeaderListSize, value: limits.maxHeaderBytes + 32 * limits.maxHeaders),
         ]
         var stream = NIOHTTP2Handler.StreamConfiguration()
-        stream.targetWindowSize = 1 << 20
+        stream.targetWindowSize = limits.http2InitialWindowSize
         _ = try pipeline.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: connection, streamConfiguration: stream
         ) { streamChannel in

@@ -16,6 +16,7 @@ public struct FrontSettings: Sendable {
     public var outputBudget: Int
     /// When set, every connection starts with a TLS handshake; cleartext is not served.
     public var tls: NIOSSLContext?
+    public var limits = FrontLimits()
 
     public init(clientTimeout: TimeAmount = .seconds(60), maxStreams: Int = 256, outputBudget: Int = 4 << 20,
                 tls: NIOSSLContext? = nil) {
@@ -54,9 +55,11 @@ public enum HTTPListener {
                     let clientTimeout = now.clientTimeout
                     let activity = ConnectionActivity(outputBudget: now.outputBudget)
                     let secure = now.tls != nil
-                    let pipeline = FrontPipeline(clientTimeout: clientTimeout, activity: activity, maxStreams: now.maxStreams) { onHTTP2Stream in
+                    let limits = now.limits
+                    let pipeline = FrontPipeline(clientTimeout: clientTimeout, activity: activity, maxStreams: now.maxStreams,
+                                                 limits: limits) { onHTTP2Stream in
                         HTTPRequestHandler(responder: responder, activity: activity, clientTimeout: clientTimeout,
-                                           onHTTP2Stream: onHTTP2Stream, secure: secure)
+                                           onHTTP2Stream: onHTTP2Stream, secure: secure, limits: limits)
                     }
                     let sync = channel.pipeline.syncOperations
                     if let tls = now.tls {

@@ -29,8 +29,14 @@ public struct SimpleResponse: Sendable {
 public protocol HTTPResponder: Sendable {
     /// `client`: the connection the request came on (for forwarding headers).
     func decide(_ head: HTTPRequestHead, from client: ClientConnection) -> HeadDecision
+    /// A request refused for its head alone (`414`, `431`), for the responder's metrics and log.
+    func refused(_ head: HTTPRequestHead, _ response: SimpleResponse, limit: String, from client: ClientConnection)
     /// The answer when a body is larger than allowed.
     func tooLarge(_ head: HTTPRequestHead, limit: Int, from client: ClientConnection) -> SimpleResponse
+}
+
+extension HTTPResponder {
+    public func refused(_ head: HTTPRequestHead, _ response: SimpleResponse, limit: String, from client: ClientConnection) {}
 }
 
 /// Serves one HTTP/1.1 connection (requests one after another) or one HTTP/2 stream, with
@@ -69,8 +75,11 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     /// The connection is TLS.
     private let secure: Bool
 
+    private let limits: FrontLimits
+
     init(responder: HTTPResponder, activity: ConnectionActivity, clientTimeout: TimeAmount, onHTTP2Stream: Bool = false,
-         secure: Bool = false) {
+         secure: Bool = false, limits: FrontLimits = FrontLimits()) {
+        self.limits = limits
         self.responder = responder
         self.secure = secure
         self.activity = activity
@@ -147,7 +156,14 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             headTimer?.cancel()
             headTimer = nil
             begin(context)
-            switch responder.decide(head, from: client(context)) {
+            let decision: HeadDecision
+            if let (limit, refused) = limits.problem(head) {
+                responder.refused(head, refused, limit: limit, from: client(context))
+                decision = .respond(refused)
+            } else {
+                decision = responder.decide(head, from: client(context))
+            }
+            switch decision {
             case .respond(let response):
                 var response = response
                 if head.method == .HEAD {

@@ -1,0 +1,86 @@
+import NIOCore
+import NIOHTTP1
+
+/// Bounds on a request head and on an HTTP/2 connection's SETTINGS, checked before any route
+/// sees the request. Past them: `414` (url), `431` (header count or bytes), problem+json.
+public struct FrontLimits: Sendable, Equatable {
+    /// The request target (path and query).
+    public var maxURLBytes = 8 << 10
+    public var maxHeaders = 100
+    /// Names plus values of all header fields.
+    public var maxHeaderBytes = 32 << 10
+    /// HTTP/2 SETTINGS_INITIAL_WINDOW_SIZE a client gets for each stream's request body.
+    public var http2InitialWindowSize = 1 << 20
+    /// HTTP/2 SETTINGS_MAX_FRAME_SIZE (16 KiB to 16 MiB - 1).
+    public var http2MaxFrameSize = 1 << 14
+
+    public init() {}
+
+    /// The limit a head passes (its config key) and the problem to answer, or nil.
+    func problem(_ head: HTTPRequestHead) -> (limit: String, response: SimpleResponse)? {
+        if head.uri.utf8.count > maxURLBytes {
+            return ("max_url_bytes", Problem.response(.uriTooLong,
+                detail: "the request target is \(head.uri.utf8.count) bytes, more than max_url_bytes (\(maxURLBytes))"))
+        }
+        if head.headers.count > maxHeaders {
+            return ("max_headers", Problem.response(.requestHeaderFieldsTooLarge,
+                detail: "the request has \(head.headers.count) header fields, more than max_headers (\(maxHeaders))"))
+        }
+        var bytes = 0
+        for (name, value) in head.headers { bytes += name.utf8.count + value.utf8.count }
+        if bytes > maxHeaderBytes {
+            return ("max_header_bytes", Problem.response(.requestHeaderFieldsTooLarge,
+                detail: "the request's header fields are \(bytes) bytes, more than max_header_bytes (\(maxHeaderBytes))"))
+        }
+        return nil
+    }
+}
+
+/// Answers an HTTP/1.1 request NIO's parser cannot read: `431` for a head past the parser's own
+/// bound (80 KiB, above Sheaf's configurable limits), `400` otherwise, as problem+json, then
+/// closes. Like NIO's `HTTPServerProtocolErrorHandler`, it says nothing when a response has
+/// already begun, because a second head in the middle of one would corrupt the stream.
+final class FrontProtocolErrorHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = Never
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private var responding = false
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard let parserError = error as? HTTPParserError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        if !responding {
+            let response: SimpleResponse
+            switch parserError {
+            case .headerOverflow:
+                response = Problem.response(.requestHeaderFieldsTooLarge, detail: "the request head is larger than this server reads (80 KiB)")
+            default:
+                response = Problem.response(.badRequest, detail: "the request is not valid HTTP/1.1: \(parserError)")
+            }
+            var headers = response.headers
+            headers.add(name: "content-length", value: String(response.body.readableBytes))
+            headers.add(name: "connection", value: "close")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
+        context.fireErrorCaught(error)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head) where head.status != .continue:
+            responding = true
+        case .end:
+            responding = false
+        default:
+            break
+        }
+        context.write(data, promise: promise)
+    }
+}

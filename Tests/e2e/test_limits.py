@@ -1,0 +1,78 @@
+"""Limits on every dimension of a request: each answered with its status and a problem+json body
+naming what was too large, and counted in sheaf_limit_refusals_total."""
+import re
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import Sheaf
+
+
+@pytest.fixture(scope="module")
+def limited(workdir, nginx):
+    s = Sheaf(workdir, "limited", f"""
+        max_url_bytes: 1KiB
+        max_headers: 20
+        max_header_bytes: 4KiB
+        max_nesting_depth: 8
+        upstreams:
+          h2: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c}}
+        routes:
+          - {{name: batch, method: POST, path: /batch, upstream: h2, max_item_body_bytes: 100}}
+          - {{name: one, method: POST, path: /one, upstream: h2, max_batches: 1,
+              fan_out: {{items: "", method: GET, path: "/sleep/{{item}}"}}}}
+        """)
+    yield s
+    s.stop()
+
+
+def _problem(r, status, needle):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert needle in r.json()["detail"], r.json()
+
+
+def test_heads_past_the_limits_are_414_and_431(limited):
+    _problem(httpx.post(limited.url + "/batch?" + "q" * 2000, json={"requests": []}), 414, "max_url_bytes (1024)")
+    _problem(httpx.post(limited.url + "/batch", json={"requests": []}, headers={f"x-h{i}": "v" for i in range(30)}), 431, "max_headers (20)")
+    _problem(httpx.post(limited.url + "/batch", json={"requests": []}, headers={"x-big": "v" * 5000}), 431, "max_header_bytes (4096)")
+    with httpx.Client(http1=False, http2=True) as h2:
+        _problem(h2.post(limited.url + "/batch", json={"requests": []}, headers={"x-big": "v" * 5000}), 431, "max_header_bytes")
+    # Past what the HTTP/1.1 parser reads at all: still a 431 with a body, not a bare 400.
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as raw:
+        raw.sendall(b"POST /batch HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 1000) for i in range(100)) + b"\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    assert b"application/problem+json" in answer
+
+
+def test_deep_nesting_and_large_item_bodies_name_what_was_too_large(limited):
+    deep = {"requests": [{"method": "POST", "url": "/x", "body": [[[[[[[[[[1]]]]]]]]]]}]}
+    _problem(httpx.post(limited.url + "/batch", json=deep), 400, "nested deeper than 8 levels")
+    xml = '<S:batch xmlns:S="urn:sheaf" xmlns:D="DAV:">' + "<x:a xmlns:x='urn:x'>" * 10 + "</x:a>" * 10 + "</S:batch>"
+    _problem(httpx.post(limited.url + "/batch", content=xml, headers={"content-type": "application/xml"}), 400, "XML nested deeper than 8")
+    big = {"requests": [{"id": "small", "method": "POST", "url": "/x", "body": "ok"}, {"id": "big", "method": "POST", "url": "/x", "body": "b" * 200}]}
+    r = httpx.post(limited.url + "/batch", json=big)
+    _problem(r, 413, "max_item_body_bytes (100)")
+    assert r.json()["field"] == "requests[1].body"
+
+
+def test_a_route_at_max_batches_answers_503_with_retry_after(limited):
+    slow = {}
+    thread = threading.Thread(target=lambda: slow.update(r=httpx.post(limited.url + "/one", json=[1], timeout=30)))
+    thread.start()
+    time.sleep(0.5)
+    r = httpx.post(limited.url + "/one", json=[2], timeout=10)
+    _problem(r, 503, "max_batches (1)")
+    assert r.headers["retry-after"] == "1"
+    thread.join(timeout=30)
+    assert slow["r"].status_code == 207
+    assert httpx.post(limited.url + "/one", json=[3], timeout=30).status_code == 207  # the place was given back
+    metrics = httpx.get(limited.url + "/metrics").text
+    for limit in ("max_url_bytes", "max_headers", "max_header_bytes", "max_nesting_depth", "max_item_body_bytes", "routes[].max_batches"):
+        assert re.search(r'^sheaf_limit_refusals_total\{limit="%s"\} [1-9]' % re.escape(limit), metrics, re.M), limit
