@@ -43,12 +43,15 @@ public enum ResponseFormat: Sendable, Equatable {
     /// RFC 4918 `DAV:multistatus`, with the media type the client asked for.
     case xml(mediaType: String)
     case json
+    /// One JSON result per line as items settle, then a summary line.
+    case ndjson
 
     /// `reporting`: the upstream headers each item reports (a route's `response_headers`).
     public func makeEncoder(reporting: ReportedHeaders = .standard) -> MultiStatusEncoder {
         switch self {
         case .xml(let mediaType): return XMLMultiStatusEncoder(mediaType: mediaType, reporting: reporting)
         case .json: return JSONMultiStatusEncoder(reporting: reporting)
+        case .ndjson: return NDJSONMultiStatusEncoder(reporting: reporting)
         }
     }
 }
