@@ -62,6 +62,8 @@ public struct RouteConfiguration: Sendable {
     public var forwarded = true
     /// The upstream response headers each item reports in the 207.
     public var responseHeaders = ReportedHeaders.standard
+    /// WebDAV properties each item the upstream answered reports in the 207 (none by default).
+    public var properties: [DAVProperty] = []
 
     public init(name: String, method: String, path: String, upstream: String, fanOut: FanOutTemplate? = nil,
                 concurrency: Int = 100, maxItems: Int = 1000, maxBodyBytes: Int = 8 << 20) {

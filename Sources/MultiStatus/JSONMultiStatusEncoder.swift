@@ -2,9 +2,11 @@ import FanOut
 import NIOCore
 
 /// The JSON 207:
-/// `{"results":[{"id":"a","href":"/users/1","status":200,"headers":{...},"body":...,"error":"..."}],
+/// `{"results":[{"id":"a","href":"/users/1","status":200,"headers":{...},"properties":{...},"body":...,"error":"..."}],
 ///  "summary":{"total":3,"succeeded":1,"failed":2}}`.
 /// `headers` holds the route's `response_headers` only. A header maps to its value, or to an array of its values when the upstream sent it more than once.
+/// `properties` (with a route's `properties`, for items the upstream answered) maps each named
+/// WebDAV property to its value, or to null when the answer lacks it.
 /// A JSON upstream body is embedded as JSON, other text as a string, binary as base64 with
 /// `"bodyEncoding":"base64"`; `"bodyTruncated":true` when the size cap cut it.
 public final class JSONMultiStatusEncoder: MultiStatusEncoder {
@@ -12,8 +14,8 @@ public final class JSONMultiStatusEncoder: MultiStatusEncoder {
     private let writer: JSONResultWriter
     private var first = true
 
-    public init(reporting: ReportedHeaders = .standard) {
-        writer = JSONResultWriter(reported: reporting, singleLine: false)
+    public init(reporting: ReportedHeaders = .standard, properties: [DAVProperty] = []) {
+        writer = JSONResultWriter(reported: reporting, properties: properties, singleLine: false)
     }
 
     public func begin(into out: inout ByteBuffer) {

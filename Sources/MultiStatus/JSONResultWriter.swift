@@ -6,6 +6,7 @@ import NIOCore
 /// `results` and `summary`, the NDJSON 207 one per line, so both formats say the same.
 struct JSONResultWriter {
     let reported: ReportedHeaders
+    let properties: [DAVProperty]
     /// NDJSON: a line break inside a line would split it. Valid JSON has CR and LF only as
     /// whitespace between tokens (inside strings they are escaped), so an embedded JSON body
     /// keeps its meaning with them turned into spaces.
@@ -31,6 +32,21 @@ struct JSONResultWriter {
             }
         }
         if wroteHeader { out.writeInteger(UInt8(ascii: "}")) }
+        if !properties.isEmpty, outcome.isUpstreamAnswer {
+            // An absent property is null, as the XML lists it empty under 404.
+            out.writeStaticString(",\"properties\":{")
+            for (index, property) in properties.enumerated() {
+                if index > 0 { out.writeInteger(UInt8(ascii: ",")) }
+                JSONWriter.writeString(property.rawValue, into: &out)
+                out.writeInteger(UInt8(ascii: ":"))
+                if let value = property.value(in: outcome) {
+                    JSONWriter.writeString(value, into: &out)
+                } else {
+                    out.writeStaticString("null")
+                }
+            }
+            out.writeInteger(UInt8(ascii: "}"))
+        }
         if let body = outcome.body {
             switch BodyForm.classify(body, contentType: outcome.headers.first(where: { $0.name == "content-type" })?.value) {
             case .none:

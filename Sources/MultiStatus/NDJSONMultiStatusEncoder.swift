@@ -8,8 +8,8 @@ public final class NDJSONMultiStatusEncoder: MultiStatusEncoder {
     public let contentType = "application/x-ndjson"
     private let writer: JSONResultWriter
 
-    public init(reporting: ReportedHeaders = .standard) {
-        writer = JSONResultWriter(reported: reporting, singleLine: true)
+    public init(reporting: ReportedHeaders = .standard, properties: [DAVProperty] = []) {
+        writer = JSONResultWriter(reported: reporting, properties: properties, singleLine: true)
     }
 
     public func begin(into out: inout ByteBuffer) {}

@@ -3,8 +3,9 @@ import MultiStatus
 import NIOCore
 
 /// A whole 207 body: `begin`, each item, then `end` with the summary the items make.
-func encode(_ format: ResponseFormat, _ entries: [(BatchItem, ItemOutcome)], reporting: ReportedHeaders = .standard) -> String {
-    let encoder = format.makeEncoder(reporting: reporting)
+func encode(_ format: ResponseFormat, _ entries: [(BatchItem, ItemOutcome)], reporting: ReportedHeaders = .standard,
+            properties: [DAVProperty] = []) -> String {
+    let encoder = format.makeEncoder(reporting: reporting, properties: properties)
     var out = ByteBuffer()
     var summary = BatchSummary()
     encoder.begin(into: &out)
