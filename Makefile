@@ -4,9 +4,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_PACKAGES := libcurl4-openssl-dev libnghttp2-dev libxml2-dev
 TEST_PACKAGES := nginx libnginx-mod-http-echo curl openssl prometheus python3-pip
 BIN := .build/debug/sheaf
-# Python packages the deploy checks need, pinned (the Kubernetes version is pinned in Tests/e2e/test_deploy.py).
+# Python packages the deploy checks need, pinned (the Kubernetes version is pinned in Tests/e2e/test_deploy.py),
+# and the two WebDAV client libraries that parse the 207's properties in Tests/e2e/test_properties.py.
 KUBERNETES_VALIDATE := 1.33.1
-PY_PINNED := kubernetes-validate==$(KUBERNETES_VALIDATE) pyyaml==6.0.3 opentelemetry-proto==1.45.2
+PY_PINNED := kubernetes-validate==$(KUBERNETES_VALIDATE) pyyaml==6.0.3 opentelemetry-proto==1.45.2 webdav4==0.11.0 webdavclient3==3.14.7
 
 # $(call install_missing,PACKAGES): apt-get install only the packages dpkg does not have yet.
 install_missing = missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -21,10 +22,11 @@ deps:
 
 # What the end-to-end tests drive: nginx as an upstream, curl as a client, promtool, httpx; and
 # what checks deploy/: promtool, kubernetes-validate (the Kubernetes schemas), PyYAML; and
-# opentelemetry-proto, which decodes the spans the tracing test receives.
+# opentelemetry-proto, which decodes the spans the tracing test receives; webdav4 and webdavclient3,
+# which read the 207 as WebDAV clients do.
 test-deps: deps
 	@$(call install_missing,$(TEST_PACKAGES))
-	@python3 -c "import httpx, h2, pytest, yaml, opentelemetry.proto, kubernetes_validate as k; assert k.__version__ == '$(KUBERNETES_VALIDATE)'" 2>/dev/null \
+	@python3 -c "import httpx, h2, pytest, yaml, opentelemetry.proto, webdav4.multistatus, webdav3.client, kubernetes_validate as k; assert k.__version__ == '$(KUBERNETES_VALIDATE)'" 2>/dev/null \
 	  || python3 -m pip install -q "httpx[http2]" pytest $(PY_PINNED) \
 	  || python3 -m pip install -q --break-system-packages "httpx[http2]" pytest $(PY_PINNED)
 

@@ -163,21 +163,39 @@ struct ConfigReader {
 
     /// A list of header names; nil when absent or when any is bad (each bad one is reported).
     mutating func headerNames(_ node: Node?, _ what: String) -> [String]? {
+        list(node, what, shape: "a list of header names") { reader, text, entry in reader.headerName(text, at: entry, what) }
+    }
+
+    /// A list of scalars, each read by `read`; nil when absent or when any is bad (`read`
+    /// reports each bad one, at its own line and column).
+    private mutating func list<T>(_ node: Node?, _ what: String, shape: String,
+                                  _ read: (inout ConfigReader, String, Node) -> T?) -> [T]? {
         guard let node else { return nil }
         guard case .sequence(let entries) = node else {
-            report(at: node, "\(what) must be a list of header names")
+            report(at: node, "\(what) must be \(shape)")
             return nil
         }
-        var names: [String] = []
+        var values: [T] = []
         var allGood = true
         for entry in entries {
-            if let text = string(entry, what), let name = headerName(text, at: entry, what) {
-                names.append(name)
+            if let text = string(entry, what), let value = read(&self, text, entry) {
+                values.append(value)
             } else {
                 allGood = false
             }
         }
-        return allGood ? names : nil
+        return allGood ? values : nil
+    }
+
+    /// A list of WebDAV property names, each kept once; nil when absent or when any is bad.
+    mutating func davProperties(_ node: Node?, _ what: String) -> [DAVProperty]? {
+        let known = DAVProperty.allCases.map(\.rawValue).joined(separator: ", ")
+        let properties = list(node, what, shape: "a list, e.g. [getetag, getcontenttype]") { reader, text, entry in
+            let property = DAVProperty(rawValue: text)
+            if property == nil { reader.report(at: entry, "\(what): \"\(text)\" is not one of \(known)") }
+            return property
+        }
+        return properties.map { $0.reduce(into: []) { kept, property in if !kept.contains(property) { kept.append(property) } } }
     }
 
     mutating func httpMethod(_ node: Node?, _ what: String) -> String? {
@@ -539,7 +557,7 @@ struct ConfigReader {
         let before = problems.count
         let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes", "deadline", "forward_headers", "order",
                                            "forwarded", "response_headers", "on_error", "depends_on_success", "coalesce", "auth",
-                                           "max_batches", "max_item_body_bytes"],
+                                           "max_batches", "max_item_body_bytes", "properties"],
                                    what: "a route")
         guard case .mapping = node else { return nil }
         let name = string(fields["name"]?.value, "route name")
@@ -616,6 +634,7 @@ struct ConfigReader {
         if let names = headerNames(fields["response_headers"]?.value, "\(what) response_headers") {
             route.responseHeaders = ReportedHeaders(names)
         }
+        if let properties = davProperties(fields["properties"]?.value, "\(what) properties") { route.properties = properties }
         return problems.count == before ? route : nil
     }
 

@@ -74,6 +74,8 @@ public struct RouteConfiguration: Sendable {
     public var maxBatches = 0
     /// One explicit item's body; more makes the batch 413, naming the item.
     public var maxItemBodyBytes = 1 << 20
+    /// WebDAV properties each item the upstream answered reports in the 207 (none by default).
+    public var properties: [DAVProperty] = []
 
     public init(name: String, method: String, path: String, upstream: String, fanOut: FanOutTemplate? = nil,
                 concurrency: Int = 100, maxItems: Int = 1000, maxBodyBytes: Int = 8 << 20) {

@@ -26,28 +26,42 @@ public enum MediaType {
         return e == "application/xml" || e == "text/xml" || (e.hasPrefix("application/") && e.hasSuffix("+xml"))
     }
 
+    /// The 207's media types, for the 406 answer's text.
+    public static let offered = "application/xml, text/xml, application/json or application/x-ndjson"
+
     /// Chooses the 207's format from an Accept header (RFC 9110 §12.5.1, q-values honoured).
-    /// No Accept, or a wildcard that covers it, mirrors the request body's format.
-    /// Returns nil when nothing Sheaf writes is acceptable (answer 406).
+    /// No Accept, or a wildcard that covers it, mirrors the request body's format. NDJSON is
+    /// chosen only when Accept names it: a client that reads any type has not said it reads
+    /// one result per line. Returns nil when nothing Sheaf writes is acceptable (answer 406).
     public static func negotiate(accept: String?, requestIsXML: Bool) -> ResponseFormat? {
         guard let accept, !accept.trimmingCharacters(in: .whitespaces).isEmpty else {
             return requestIsXML ? .xml(mediaType: "application/xml") : .json
         }
         let ranges = accept.split(separator: ",").enumerated().map { AcceptRange($0.element, order: $0.offset) }
         // The mirror comes first, so that it wins when one wildcard accepts several types equally.
-        let json = (type: "application/json", format: ResponseFormat.json)
-        let xml = (type: "application/xml", format: ResponseFormat.xml(mediaType: "application/xml"))
-        let offers = (requestIsXML ? [xml, json] : [json, xml]) + [(type: "text/xml", format: .xml(mediaType: "text/xml"))]
+        let json = Offer(type: "application/json", format: .json)
+        let xml = Offer(type: "application/xml", format: .xml(mediaType: "application/xml"))
+        let offers = (requestIsXML ? [xml, json] : [json, xml])
+            + [Offer(type: "text/xml", format: .xml(mediaType: "text/xml")),
+               Offer(type: "application/x-ndjson", format: .ndjson, namedOnly: true)]
         var best: (q: Double, order: Int, format: ResponseFormat)?
         for offer in offers {
             // The most specific range that matches a type gives its q-value, so `*/*` does not
             // undo an explicit `application/json;q=0`.
-            guard let range = ranges.filter({ $0.matches(offer.type) }).max(by: { $0.specificity < $1.specificity }),
+            guard let range = ranges.filter({ $0.matches(offer.type) && (!offer.namedOnly || $0.specificity == 2) })
+                                    .max(by: { $0.specificity < $1.specificity }),
                   range.q > 0 else { continue }
             if let current = best, range.q < current.q || (range.q == current.q && range.order >= current.order) { continue }
             best = (range.q, range.order, offer.format)
         }
         return best?.format
+    }
+
+    /// A type Sheaf can write; `namedOnly`: wildcards do not reach it.
+    private struct Offer {
+        var type: String
+        var format: ResponseFormat
+        var namedOnly = false
     }
 }
 

@@ -43,12 +43,16 @@ public enum ResponseFormat: Sendable, Equatable {
     /// RFC 4918 `DAV:multistatus`, with the media type the client asked for.
     case xml(mediaType: String)
     case json
+    /// One JSON result per line as items settle, then a summary line.
+    case ndjson
 
-    /// `reporting`: the upstream headers each item reports (a route's `response_headers`).
-    public func makeEncoder(reporting: ReportedHeaders = .standard) -> MultiStatusEncoder {
+    /// `reporting`: the upstream headers each item reports (a route's `response_headers`);
+    /// `properties`: the WebDAV properties each answered item reports (a route's `properties`).
+    public func makeEncoder(reporting: ReportedHeaders = .standard, properties: [DAVProperty] = []) -> MultiStatusEncoder {
         switch self {
-        case .xml(let mediaType): return XMLMultiStatusEncoder(mediaType: mediaType, reporting: reporting)
-        case .json: return JSONMultiStatusEncoder(reporting: reporting)
+        case .xml(let mediaType): return XMLMultiStatusEncoder(mediaType: mediaType, reporting: reporting, properties: properties)
+        case .json: return JSONMultiStatusEncoder(reporting: reporting, properties: properties)
+        case .ndjson: return NDJSONMultiStatusEncoder(reporting: reporting, properties: properties)
         }
     }
 }

@@ -9,15 +9,21 @@ import NIOCore
 /// `S:id`, `S:attempts` after a re-send, one `S:header name=".."` per value of each header in the
 /// route's `response_headers`, and `S:body` (JSON or text as text, binary as base64, with its
 /// content type when that header is reported).
+/// With a route's `properties`, an item the upstream answered carries no `D:status` of its own
+/// (RFC 4918 §14.24: href and status, or href and propstats): a `D:propstat` holds the properties
+/// the answer has, with the item's status, and a second one lists those it lacks, empty, under
+/// `404 Not Found`, as a PROPFIND answer does. Items Sheaf answered itself keep `D:status`.
 /// A final `S:summary` carries the counts.
 public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     public let contentType: String
     private let buffer: xmlBufferPtr
     private let writer: xmlTextWriterPtr
     private let reported: ReportedHeaders
+    private let properties: [DAVProperty]
 
-    public init(mediaType: String = "application/xml", reporting: ReportedHeaders = .standard) {
+    public init(mediaType: String = "application/xml", reporting: ReportedHeaders = .standard, properties: [DAVProperty] = []) {
         reported = reporting
+        self.properties = properties
         _ = libxmlInitialized
         contentType = "\(mediaType); charset=\"utf-8\""
         buffer = xmlBufferCreate()
@@ -39,7 +45,12 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     public func item(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
         start("D", "response")
         element("D", "href", item.href)
-        element("D", "status", HTTPStatus.line(outcome.status))
+        if !properties.isEmpty, outcome.isUpstreamAnswer {
+            propstat(outcome, found: true, status: outcome.status)
+            if properties.contains(where: { $0.value(in: outcome) == nil }) { propstat(outcome, found: false, status: 404) }
+        } else {
+            element("D", "status", HTTPStatus.line(outcome.status))
+        }
         if let reason = outcome.reason {
             element("D", "responsedescription", reason)
         }
@@ -94,6 +105,23 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
         end()
         xmlTextWriterEndDocument(writer)
         drain(into: &out)
+    }
+
+    /// One `D:propstat`: the properties the answer has (`found`, with their values) or lacks
+    /// (empty), in the route's order.
+    private func propstat(_ outcome: ItemOutcome, found: Bool, status: Int) {
+        start("D", "propstat")
+        start("D", "prop")
+        for property in properties {
+            let value = property.value(in: outcome)
+            guard (value != nil) == found else { continue }
+            start("D", property.rawValue)
+            if let value { text(value) }
+            end()
+        }
+        end()
+        element("D", "status", HTTPStatus.line(status))
+        end()
     }
 
     // MARK: writer helpers

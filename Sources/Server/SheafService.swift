@@ -167,7 +167,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
                                                requestIsXML: isXML) else {
             metrics.batchFinished(route: name, outcome: "rejected", duration: nil)
             return rejected(Problem.response(.notAcceptable,
-                                             detail: "a 207 can be application/xml, text/xml or application/json; Accept allows none of them",
+                                             detail: "a 207 can be \(MediaType.offered); Accept allows none of them",
                                              field: "Accept"), access)
         }
         let received = NIODeadline.now()

@@ -459,3 +459,20 @@ private func withTLS(_ lines: String...) -> String {
     #expect(bad.contains { $0.hasPrefix("http2_max_frame_size") })
     #expect(bad.contains { $0.hasPrefix("max_nesting_depth") })
 }
+
+@Test func propertiesAreWebDAVPropertyNamesPerRoute() throws {
+    #expect(try ConfigLoader.parse(yaml: valid, file: "c.yaml").routes[1].properties.isEmpty)
+    let custom = valid.replacingOccurrences(of: "    upstream: legacy",
+                                            with: "    upstream: legacy\n    properties: [getetag, getcontenttype, getcontentlength, getlastmodified]")
+    #expect(try ConfigLoader.parse(yaml: custom, file: "c.yaml").routes[1].properties
+            == [.getetag, .getcontenttype, .getcontentlength, .getlastmodified])
+    let bad = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    properties: [getetag, displayname]")
+    let found = problems(bad)
+    #expect(found.count == 1)
+    #expect(found.first?.message == "route 'batch' properties: \"displayname\" is not one of getetag, getcontenttype, getcontentlength, getlastmodified")
+    #expect(found.first?.line == 28)
+    #expect(found.first?.column == 27)
+    let scalar = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    properties: getetag")
+    #expect(problems(scalar).map(\.message) == ["route 'batch' properties must be a list, e.g. [getetag, getcontenttype]"])
+    #expect(problems(scalar).first?.line == 28)
+}

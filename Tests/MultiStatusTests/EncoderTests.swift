@@ -5,19 +5,6 @@ import MultiStatus
 import NIOCore
 import Testing
 
-private func encode(_ format: ResponseFormat, _ entries: [(BatchItem, ItemOutcome)]) -> String {
-    let encoder = format.makeEncoder()
-    var out = ByteBuffer()
-    var summary = BatchSummary()
-    encoder.begin(into: &out)
-    for (item, outcome) in entries {
-        summary.count(outcome)
-        encoder.item(item, outcome, into: &out)
-    }
-    encoder.end(summary, into: &out)
-    return String(buffer: out)
-}
-
 private let item = BatchItem(id: "a<&>", href: "/docs/a%20b", rejection: "x")
 
 @Test func jsonEmbedsJSONTextAndBinaryBodies() throws {

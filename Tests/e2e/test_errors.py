@@ -56,6 +56,9 @@ def test_unreadable_body_type_is_415(sheaf):
 def test_nothing_acceptable_is_406(sheaf):
     doc = problem(httpx.post(sheaf.url + "/bulk/users", json={"ids": [1]}, headers={"accept": "text/html"}), 406)
     assert "Accept" in doc["detail"]
+    # The text names every format a 207 can take, NDJSON included.
+    for offered in ("application/xml", "text/xml", "application/json", "application/x-ndjson"):
+        assert offered in doc["detail"]
 
 
 def test_unknown_path_is_404_and_wrong_method_is_405(sheaf):

@@ -43,7 +43,8 @@ final class BatchSession: @unchecked Sendable {
         self.access = access?.1 ?? AccessEntry()
         self.route = route
         self.items = items
-        self.encoder = format.makeEncoder(reporting: route.configuration.responseHeaders)
+        self.encoder = format.makeEncoder(reporting: route.configuration.responseHeaders,
+                                          properties: route.configuration.properties)
         self.requestID = requestID
         self.writer = writer
         self.metrics = metrics
