@@ -90,7 +90,10 @@ def test_a_head_over_the_cap_is_431_for_that_item_on_both_engines(sheaf, route):
     r = httpx.post(sheaf.url + route, json=body, timeout=30)
     assert r.status_code == 207
     items = {x["id"]: x for x in r.json()["results"]}
-    assert items["big"]["status"] == 431 and "max_request_header_bytes" in items["big"]["error"]
+    # Over Sheaf's own max_request_header_bytes, and over what the demo (Sheaf's front, 32 KiB of
+    # header bytes) advertises once its SETTINGS have arrived: either reason is this 431's.
+    assert items["big"]["status"] == 431
+    assert "max_request_header_bytes" in items["big"]["error"] or "SETTINGS_MAX_HEADER_LIST_SIZE" in items["big"]["error"]
     assert items["ok"]["status"] == 200
 
 
