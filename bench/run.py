@@ -19,6 +19,10 @@ Measured in one run, against the same nginx (one worker):
      cleartext and TLS, against a second nginx proxying with proxy_pass over keep-alive
      HTTP/1.1 to the same upstream; and the CPU one new connection costs Sheaf, with and
      without TLS.
+  9. Tracing (`python3 bench/run.py tracing`): Sheaf's CPU per item under the same sustained
+     load with tracing off, with tracing on (exporting every span over OTLP/HTTP to a local
+     sink), and, when SHEAF_BASE_BIN names a build from before tracing existed, that build:
+     runs interleaved, so drift hits all three alike.
 Writes bench/results/latest.md and prints it; BENCHMARKS.md holds the recorded runs.
 """
 import http.client
@@ -393,6 +397,104 @@ def batch_cpu(env, path, n=5000, times=3):
     return (cpu_seconds(env.sheaf.pid) - c0) / (n * times) * 1e6
 
 
+class SpanSink:
+    """An OTLP/HTTP receiver that accepts and drops what it is sent (an empty protobuf message is
+    a valid ExportTraceServiceResponse), counting requests and bytes."""
+
+    def __init__(self):
+        import http.server
+        sink = self
+        self.requests, self.bytes = 0, 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("content-length", "0"))
+                self.rfile.read(length)
+                sink.requests += 1
+                sink.bytes += length
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def tracing_section(env):
+    """Section 9: (rows, ratios) for tracing off, on, and a build from before tracing."""
+    sink = SpanSink()
+    body = os.path.join(env.dir, "batch.json")
+    with open(body, "w") as f:
+        json.dump(list(range(1, 1001)), f)
+    variants = []
+
+    def start(name, binary, extra=""):
+        port = free_port()
+        cfg = os.path.join(env.dir, f"{name}.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"""listen: "127.0.0.1:{port}"
+access_log: off
+{extra}upstreams:
+  nginx: {{url: "http://127.0.0.1:{env.h2c}", protocol: h2c, connections: 2, timeout: 30s}}
+routes:
+  - {{name: users, method: POST, path: /users, upstream: nginx, concurrency: 1000, max_items: 100000, max_body_bytes: 16MiB,
+      fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}}}
+""")
+        proc = env.spawn([binary, "serve", "--config", cfg, "--log-level", "warning"], port)
+        post_batch(port, "/users", 1000)
+        variants.append((name, port, proc))
+
+    base = os.environ.get("SHEAF_BASE_BIN")
+    if base:
+        # The build from before tracing has no access_log key either: give it the plain config.
+        port = free_port()
+        cfg = os.path.join(env.dir, "base.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"""listen: "127.0.0.1:{port}"
+upstreams:
+  nginx: {{url: "http://127.0.0.1:{env.h2c}", protocol: h2c, connections: 2, timeout: 30s}}
+routes:
+  - {{name: users, method: POST, path: /users, upstream: nginx, concurrency: 1000, max_items: 100000, max_body_bytes: 16MiB,
+      fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}}}
+""")
+        proc = env.spawn([base, "serve", "--config", cfg, "--log-level", "warning"], port)
+        post_batch(port, "/users", 1000)
+        variants.append(("before tracing existed", port, proc))
+    start("tracing off", BIN)
+    start("tracing on (every span exported)", BIN, f"tracing: {{otlp_endpoint: \"http://127.0.0.1:{sink.port}/v1/traces\"}}\n")
+    results = {name: ([], []) for name, _, _ in variants}
+    for _ in range(REPEAT):
+        for name, port, proc in variants:
+            c0 = cpu_seconds(proc.pid)
+            rps, ok, _ = h2load(["-c4", "-m1", "-D", str(SUSTAIN_SECONDS), "-d", body, "-H", "content-type: application/json",
+                                 f"http://127.0.0.1:{port}/users"])
+            results[name][0].append(rps * 1000)
+            results[name][1].append((cpu_seconds(proc.pid) - c0) / (ok * 1000) * 1e6)
+    time.sleep(6)  # the exporter's batch delay: let the last spans go before counting
+    sink.stop()
+    rows = ["### 9. Tracing: CPU per item, off and on (interleaved, median of %d, min–max)\n" % REPEAT,
+            "| build | items/s | Sheaf CPU per item |", "| --- | ---: | ---: |"]
+    for name, (items, cpu) in results.items():
+        rows.append(f"| {name} | {fmt(items, '', 0)} | {fmt(cpu, ' µs', 2)} |")
+    rows.append("")
+    rows.append(f"The span sink received {sink.requests} OTLP requests, {sink.bytes / 1e6:.1f} MB.")
+    med = {name: statistics.median(cpu) for name, (_, cpu) in results.items()}
+    ratios = {"tracing on / tracing off (CPU per item)": med["tracing on (every span exported)"] / med["tracing off"]}
+    if base:
+        ratios["tracing off / before tracing existed (CPU per item)"] = med["tracing off"] / med["before tracing existed"]
+        spread = [max(cpu) / min(cpu) for _, cpu in results.values()]
+        ratios["largest max/min spread of one build's runs (the noise)"] = max(spread)
+    return rows, ratios
+
+
 def tls_section(env):
     """Section 8: (rows, ratios) for TLS and HTTP/1.1 upstreams."""
     rows, ratios = [], {}
@@ -545,6 +647,15 @@ def main():
             rows, ratios = tls_section(env)
             print("\n".join(f"| {k} | {v:.2f} |" for k, v in ratios.items()))
             print("\n".join(rows))
+        finally:
+            env.close()
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "tracing":
+        env = Env()
+        try:
+            rows, ratios = tracing_section(env)
+            print("\n".join(rows))
+            print("\n".join(f"| {k} | {v:.3f} |" for k, v in ratios.items()))
         finally:
             env.close()
         return
