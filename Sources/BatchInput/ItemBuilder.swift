@@ -253,10 +253,22 @@ public struct ItemBuilder {
     /// One item of a route template. The path needs no normalization: `PathTemplate` refuses dot
     /// segments and bad escapes in its literal text, and substituted values are encoded segments
     /// that are never `.` or `..`.
-    public mutating func addTemplated(path: String, method: String, headers: [(name: String, value: String)]) {
-        let id = String(items.count)
+    public mutating func addTemplated(path: String, method: String, headers: [(name: String, value: String)],
+                                      then: ChainTemplate? = nil) {
+        let id = String(then == nil ? items.count : items.count / 2)
         let request = UpstreamRequest(method: method, path: basePath + path, headers: withShared(headers, id: id))
         items.append(BatchItem(id: id, href: uniqueHref(path, id: id), request: request))
+        guard let then else { return }
+        // The second call depends on the first: it waits for its answer, takes values from it,
+        // and gets 424 when the first fails. BatchSession reports the two as one item.
+        let first = items.count - 1
+        let chained = ItemTemplate(method: then.method, dependencyIDs: ["answer"],
+                                   url: ReferencedPath.make(then.path, basePath: basePath, prevalidated: true),
+                                   headers: withShared(headers, id: id + ".then").map { ($0.name, ReferencedText.plain($0.value)) },
+                                   body: nil, jsonBody: nil)
+        var second = BatchItem(id: id + ".then", href: then.text, dependsOn: [first]) { chained.resolve($0) }
+        second.dependsOn = [first]
+        items.append(second)
     }
 
     /// RFC 4918 §13: an href appears at most once. The first item (in request order) to address a

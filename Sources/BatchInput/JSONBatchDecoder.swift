@@ -39,7 +39,7 @@ public enum JSONBatchDecoder {
         for (index, element) in elements.enumerated() {
             switch template.path.expand(element, at: "\(pointer)/\(index)") {
             case .success(let path):
-                builder.addTemplated(path: path, method: template.method, headers: template.headers)
+                builder.addTemplated(path: path, method: template.method, headers: template.headers, then: template.then)
             case .failure(let error):
                 throw error
             }

@@ -22,6 +22,17 @@ struct ReferencedText {
 
     var parts: [Part]
 
+    /// Text with no references in it, as is.
+    static func plain(_ text: String) -> ReferencedText {
+        var plain = ReferencedText()
+        plain.parts = text.isEmpty ? [] : [.literal(text)]
+        return plain
+    }
+
+    private init() {
+        parts = []
+    }
+
     var references: [Reference] {
         parts.compactMap { if case .reference(let reference) = $0 { return reference } else { return nil } }
     }
@@ -132,6 +143,23 @@ struct ReferencedPath: Sendable {
     private static let token = String(UInt32.random(in: .min ... .max), radix: 36)
 
     static func marker(_ index: Int) -> String { "~sheaf\(token)r\(index)~" }
+
+    /// A route's own template, checked when the configuration was loaded: its literal text is
+    /// joined to the base path as written (as `fan_out.path` is), markers and all.
+    static func make(_ url: ReferencedText, basePath: String, prevalidated: Bool) -> ReferencedPath {
+        var path = basePath
+        var markers: [(String, ReferencedText.Reference)] = []
+        for part in url.parts {
+            switch part {
+            case .literal(let text): path += text
+            case .reference(let reference):
+                let marker = marker(markers.count)
+                markers.append((marker, reference))
+                path += marker
+            }
+        }
+        return ReferencedPath(path: path, href: path, markers: markers)
+    }
 
     /// Nil, with the rejection, when the url's literal text is not a usable path.
     static func make(_ url: ReferencedText, basePath: String) -> Result<ReferencedPath, ItemPath.Rejection> {

@@ -639,7 +639,7 @@ struct ConfigReader {
     }
 
     private mutating func readFanOut(_ node: Node, what: String) -> FanOutTemplate? {
-        let fields = entries(node, allowed: ["items", "method", "path", "headers"], what: "\(what) fan_out")
+        let fields = entries(node, allowed: ["items", "method", "path", "headers", "then"], what: "\(what) fan_out")
         var pointer: JSONPointer?
         if let entry = fields["items"], let text = string(entry.value, "\(what) fan_out.items") {
             do { pointer = try JSONPointer(text) } catch { report(at: entry.value, "\(what) fan_out.items: \(error)") }
@@ -671,7 +671,19 @@ struct ConfigReader {
                 report(at: entry.value, "\(what) fan_out.headers must be a mapping of names to values")
             }
         }
+        var then: ChainTemplate?
+        if let entry = fields["then"] {
+            let thenFields = entries(entry.value, allowed: ["method", "path"], what: "\(what) fan_out.then")
+            let thenMethod = thenFields["method"] == nil ? "GET" : httpMethod(thenFields["method"]?.value, "\(what) fan_out.then.method")
+            if let pathEntry = thenFields["path"], let text = string(pathEntry.value, "\(what) fan_out.then.path"), let thenMethod {
+                do { then = try ChainTemplate(method: thenMethod, path: text) } catch {
+                    report(at: pathEntry.value, "\(what) fan_out.then.path: \(error)")
+                }
+            } else if case .mapping = entry.value, thenFields["path"] == nil {
+                report(at: entry.value, "\(what) fan_out.then is missing 'path' (a template such as /accounts/{/account_id})")
+            }
+        }
         guard let pointer, let method, let template else { return nil }
-        return FanOutTemplate(items: pointer, method: method, path: template, headers: headers)
+        return FanOutTemplate(items: pointer, method: method, path: template, headers: headers, then: then)
     }
 }

@@ -45,6 +45,17 @@ public struct BatchItem: Sendable {
     }
 }
 
+/// The second call of a route with `then`: where it went and how it ended.
+public final class ChainedResult: Sendable {
+    public let href: String
+    public let outcome: ItemOutcome
+
+    public init(href: String, outcome: ItemOutcome) {
+        self.href = href
+        self.outcome = outcome
+    }
+}
+
 /// Builds an item's request from its dependencies' outcomes, or says why it cannot.
 public typealias RequestResolver = @Sendable (_ dependencies: [ItemOutcome]) -> Result<UpstreamRequest, DependencyFailure>
 
@@ -98,6 +109,8 @@ public struct ItemOutcome: Sendable {
     public var reason: String?
     /// Times the item's request went on the wire; reported when above 1 (a re-send).
     public var attempts: Int
+    /// A route's `then` call made with this answer's values, reported under the item.
+    public var then: ChainedResult?
 
     public init(status: Int, headers: [(name: String, value: String)] = [], body: ByteBuffer? = nil,
                 bodyTruncated: Bool = false, reason: String? = nil, attempts: Int = 1) {
@@ -119,6 +132,7 @@ public struct ItemOutcome: Sendable {
         }
     }
 
-    /// 1xx–3xx count as succeeded in summaries and metrics; 4xx and 5xx as failed.
-    public var succeeded: Bool { status < 400 }
+    /// 1xx–3xx count as succeeded in summaries and metrics; 4xx and 5xx as failed. With a
+    /// `then` call, both must have succeeded.
+    public var succeeded: Bool { status < 400 && (then?.outcome.succeeded ?? true) }
 }

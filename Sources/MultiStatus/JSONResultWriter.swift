@@ -13,10 +13,19 @@ struct JSONResultWriter {
     let singleLine: Bool
 
     func writeResult(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
-        out.writeStaticString("{\"id\":")
-        JSONWriter.writeString(item.id, into: &out)
-        out.writeStaticString(",\"href\":")
-        JSONWriter.writeString(item.href, into: &out)
+        writeObject(id: item.id, href: item.href, outcome, into: &out)
+    }
+
+    /// One result object; a `then` call's has no id of its own (it is the item's).
+    private func writeObject(id: String?, href: String, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
+        if let id {
+            out.writeStaticString("{\"id\":")
+            JSONWriter.writeString(id, into: &out)
+            out.writeStaticString(",\"href\":")
+        } else {
+            out.writeStaticString("{\"href\":")
+        }
+        JSONWriter.writeString(href, into: &out)
         out.writeStaticString(",\"status\":")
         out.writeString(String(outcome.status))
         var wroteHeader = false
@@ -73,6 +82,10 @@ struct JSONResultWriter {
         if outcome.attempts > 1 {
             out.writeStaticString(",\"attempts\":")
             out.writeString(String(outcome.attempts))
+        }
+        if let then = outcome.then {
+            out.writeStaticString(",\"then\":")
+            writeObject(id: nil, href: then.href, then.outcome, into: &out)
         }
         out.writeInteger(UInt8(ascii: "}"))
     }

@@ -61,6 +61,22 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
             end()
         }
         element("S", "id", item.id)
+        details(outcome)
+        if let then = outcome.then {
+            // The route's `then` call, as a response of its own inside the item's.
+            start("S", "then")
+            element("D", "href", then.href)
+            element("D", "status", HTTPStatus.line(then.outcome.status))
+            if let reason = then.outcome.reason { element("D", "responsedescription", reason) }
+            details(then.outcome)
+            end()
+        }
+        end()
+        drain(into: &out)
+    }
+
+    /// Attempts, reported headers and the body of an answer.
+    private func details(_ outcome: ItemOutcome) {
         if outcome.attempts > 1 { element("S", "attempts", String(outcome.attempts)) }
         forEachReportableHeader(outcome.headers, reported) { name, values in
             for value in values {
@@ -92,8 +108,6 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
                 end()
             }
         }
-        end()
-        drain(into: &out)
     }
 
     public func end(_ summary: BatchSummary, into out: inout ByteBuffer) {

@@ -384,3 +384,18 @@ func badDependenciesAre400NamingThem(body: String, expected: String) {
     let request = try resolve([ItemOutcome(status: 200, body: ByteBuffer(string: #"{"id":"x"}"#))]).get()
     #expect(request.path == "/b/x")
 }
+
+@Test func thenAddsASecondCallPerElementOverTheFirstAnswer() throws {
+    var t = try template("/users/{item}")
+    t.then = try ChainTemplate(method: "GET", path: "/accounts/{/account/id}")
+    let items = try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":[7,8]}"#), template: t, basePath: "/api", maxItems: 10)
+    #expect(items.map(\.id) == ["0", "0.then", "1", "1.then"])
+    #expect(items.map(\.dependsOn) == [[], [0], [], [2]])
+    #expect(items[1].href == "/accounts/{/account/id}")
+    let resolve = try #require(items[1].resolve)
+    let request = try resolve([ItemOutcome(status: 200, body: ByteBuffer(string: #"{"account":{"id":"a/b"}}"#))]).get()
+    #expect(request.path == "/api/accounts/a%2Fb")
+    #expect(throws: (any Error).self) { try ChainTemplate(method: "GET", path: "/accounts/x") }  // no value used
+    #expect(throws: (any Error).self) { try ChainTemplate(method: "GET", path: "/../{/id}") }
+    #expect(throws: (any Error).self) { try ChainTemplate(method: "GET", path: "accounts/{/id}") }
+}

@@ -121,3 +121,36 @@ def test_identical_gets_make_one_call(semantics, nginx):
     before = _seen(nginx, "/users/4405")
     _results(semantics, "/plain", [_get(str(i), "/users/4405") for i in range(3)])
     assert _seen(nginx, "/users/4405") == before + 3
+
+
+def test_then_runs_a_second_call_over_the_first_answer_and_reports_both(workdir, nginx):
+    s = Sheaf(workdir, "chained", f"""
+        upstreams:
+          h2: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c}}
+        routes:
+          - name: chain
+            method: POST
+            path: /chain
+            upstream: h2
+            fan_out: {{items: "", method: GET, path: "/users/{{item}}", then: {{path: "/users/{{/id}}0"}}}}
+        """)
+    try:
+        before = _seen(nginx, "/users/4510")
+        r = httpx.post(s.url + "/chain", json=[451, 452, "nope"], timeout=10)
+        assert r.status_code == 207 and r.headers["x-sheaf-items"] == "3"
+        results = {x["id"]: x for x in r.json()["results"]}
+        assert sorted(results) == ["0", "1", "2"]  # one result per element, each once
+        assert results["0"]["status"] == 200 and results["0"]["body"]["id"] == 451
+        assert results["0"]["then"]["status"] == 200 and results["0"]["then"]["body"]["id"] == 4510
+        assert results["0"]["then"]["href"] == "/users/{/id}0"
+        assert results["1"]["then"]["body"]["id"] == 4520
+        assert results["2"]["status"] == 404
+        assert results["2"]["then"]["status"] == 424 and results["2"]["then"]["error"] == 'not sent: dependency "2" ended 404'
+        assert r.json()["summary"] == {"total": 3, "succeeded": 2, "failed": 1}
+        assert _seen(nginx, "/users/4510") == before + 1
+        xml = httpx.post(s.url + "/chain", json=[453], headers={"accept": "application/xml"}, timeout=10)
+        assert xml.status_code == 207
+        assert "<S:then><D:href>/users/{/id}0</D:href><D:status>HTTP/1.1 200 OK</D:status>" in xml.text
+        assert xml.text.count("<D:response>") == 1
+    finally:
+        s.stop()

@@ -28,6 +28,12 @@ final class BatchSession: @unchecked Sendable {
     private var statusCounts: [Int: Int] = [:]
     private var resends = 0
     private var fanOut: FanOutRun?
+    /// A route with `then` runs two calls per element (indices 2k and 2k+1) and reports them as
+    /// one item: whichever settles first waits here for the other (guarded by the writer's lock).
+    private let chained: Bool
+    private var halves: [Int: ItemOutcome] = [:]
+    /// Items the client sees: elements, not calls.
+    private var reportedCount: Int { chained ? items.count / 2 : items.count }
     /// Where the batch's access log line goes, and what it says so far; bytes of the 207 body
     /// are added up as they are encoded (guarded by the writer's lock).
     private let accessLog: AccessLog?
@@ -43,6 +49,7 @@ final class BatchSession: @unchecked Sendable {
         self.access = access?.1 ?? AccessEntry()
         self.route = route
         self.items = items
+        self.chained = route.configuration.fanOut?.then != nil
         self.encoder = format.makeEncoder(reporting: route.configuration.responseHeaders,
                                           properties: route.configuration.properties)
         self.requestID = requestID
@@ -57,7 +64,7 @@ final class BatchSession: @unchecked Sendable {
     func run() {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: encoder.contentType)
-        headers.add(name: "x-sheaf-items", value: String(items.count))
+        headers.add(name: "x-sheaf-items", value: String(reportedCount))
         if let requestID { headers.add(name: "x-request-id", value: requestID) }
         writer.start(status: .multiStatus, headers: headers)
         writer.append { out in counted(&out) { encoder.begin(into: &$0) } }
@@ -105,9 +112,23 @@ final class BatchSession: @unchecked Sendable {
         let item = items[index]
         trace?.itemSettled(index, item, outcome)
         writer.append { out in
-            summary.count(outcome)
             statusCounts[outcome.status, default: 0] += 1
             if outcome.attempts > 1 { resends += outcome.attempts - 1 }
+            if chained {
+                let pair = index / 2
+                guard let other = halves.removeValue(forKey: pair) else {
+                    halves[pair] = outcome
+                    return
+                }
+                var first = index % 2 == 0 ? outcome : other
+                let second = index % 2 == 0 ? other : outcome
+                first.then = ChainedResult(href: items[2 * pair + 1].href, outcome: second)
+                let element = items[2 * pair]
+                summary.count(first)
+                counted(&out) { encoder.item(element, first, into: &$0) }
+                return
+            }
+            summary.count(outcome)
             counted(&out) { encoder.item(item, outcome, into: &$0) }
         }
         histogram.recordNanoseconds(Int64(nanoseconds))
@@ -147,7 +168,7 @@ final class BatchSession: @unchecked Sendable {
         trace?.finished(succeeded: final.succeeded, failed: final.failed, outcome: outcome)
         if let accessLog {
             entry.status = 207
-            entry.items = items.count
+            entry.items = reportedCount
             for (status, count) in counts { entry.count(status: status, times: count) }
             entry.outcome = outcome
             accessLog.record(entry)
