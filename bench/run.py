@@ -452,11 +452,15 @@ routes:
         post_batch(port, "/users", 1000)
         variants.append((name, port, proc))
 
-    base = os.environ.get("SHEAF_BASE_BIN")
-    if base:
-        # The build from before tracing has no access_log key either: give it the plain config.
+    # SHEAF_BASE_BIN: "label=path;label=path", other builds to measure beside this one (the first
+    # is the reference for "tracing off"); a bare path is labelled "before tracing existed".
+    bases = []
+    for entry in filter(None, os.environ.get("SHEAF_BASE_BIN", "").split(";")):
+        label, _, path = entry.rpartition("=")
+        bases.append((label or "before tracing existed", path))
+    for label, base in bases:
         port = free_port()
-        cfg = os.path.join(env.dir, "base.yaml")
+        cfg = os.path.join(env.dir, f"base{len(variants)}.yaml")
         with open(cfg, "w") as f:
             f.write(f"""listen: "127.0.0.1:{port}"
 upstreams:
@@ -467,7 +471,7 @@ routes:
 """)
         proc = env.spawn([base, "serve", "--config", cfg, "--log-level", "warning"], port)
         post_batch(port, "/users", 1000)
-        variants.append(("before tracing existed", port, proc))
+        variants.append((label, port, proc))
     start("tracing off", BIN)
     start("tracing on (every span exported)", BIN, f"tracing: {{otlp_endpoint: \"http://127.0.0.1:{sink.port}/v1/traces\"}}\n")
     results = {name: ([], []) for name, _, _ in variants}
@@ -488,8 +492,11 @@ routes:
     rows.append(f"The span sink received {sink.requests} OTLP requests, {sink.bytes / 1e6:.1f} MB.")
     med = {name: statistics.median(cpu) for name, (_, cpu) in results.items()}
     ratios = {"tracing on / tracing off (CPU per item)": med["tracing on (every span exported)"] / med["tracing off"]}
-    if base:
-        ratios["tracing off / before tracing existed (CPU per item)"] = med["tracing off"] / med["before tracing existed"]
+    for label, _ in bases:
+        ratios[f"tracing off (this build) / {label} (CPU per item)"] = med["tracing off"] / med[label]
+    if len(bases) >= 2:
+        ratios[f"{bases[1][0]} / {bases[0][0]} (CPU per item)"] = med[bases[1][0]] / med[bases[0][0]]
+    if bases:
         spread = [max(cpu) / min(cpu) for _, cpu in results.values()]
         ratios["largest max/min spread of one build's runs (the noise)"] = max(spread)
     return rows, ratios

@@ -234,20 +234,32 @@ public struct ItemBuilder {
     /// Later items identical to an earlier GET or HEAD (method, path, headers other than the
     /// per-item request id, no body, no dependencies) report its outcome instead of calling.
     private mutating func markDuplicates() {
+        // Keyed by path alone (its storage is hashed, nothing is built per item); method and
+        // headers are compared only when a path comes again, which is rare.
         var leaders: [String: Int] = [:]
+        var others: [String: [Int]] = [:]
         for index in items.indices {
             guard let request = items[index].request, request.method == "GET" || request.method == "HEAD",
                   request.body == nil, items[index].dependsOn.isEmpty else { continue }
-            var key = request.method + "\u{0}" + request.path
-            for header in request.headers where header.name.lowercased() != "x-request-id" {
-                key += "\u{0}" + header.name.lowercased() + "\u{1}" + header.value
+            guard let first = leaders[request.path] else {
+                leaders[request.path] = index
+                continue
             }
-            if let leader = leaders[key] {
+            let candidates = [first] + (others[request.path] ?? [])
+            if let leader = candidates.first(where: { Self.sameCall(items[$0].request!, request) }) {
                 items[index].sameAs = leader
             } else {
-                leaders[key] = index
+                others[request.path, default: []].append(index)
             }
         }
+    }
+
+    /// Same method and the same headers in the same order, the per-item request id aside.
+    private static func sameCall(_ a: UpstreamRequest, _ b: UpstreamRequest) -> Bool {
+        guard a.method == b.method else { return false }
+        let left = a.headers.filter { $0.name.lowercased() != "x-request-id" }
+        let right = b.headers.filter { $0.name.lowercased() != "x-request-id" }
+        return left.count == right.count && zip(left, right).allSatisfy { $0.name.lowercased() == $1.name.lowercased() && $0.value == $1.value }
     }
 
     /// One item of a route template. The path needs no normalization: `PathTemplate` refuses dot
