@@ -100,6 +100,7 @@ public struct ItemBuilder {
         if !dependsOn.isEmpty {
             dependencyIDs[index] = (dependsOn, "\(field).dependsOn")
             switch try referencing(field: field, method: method, url: url, headers: withShared(forwarded, id: id),
+                                   own: Set(forwarded.map { $0.name.lowercased() }),
                                    body: body, jsonBody: bodyIsJSON ? jsonBody : nil, dependsOn: dependsOn) {
             case nil:
                 break
@@ -126,7 +127,7 @@ public struct ItemBuilder {
     /// The template of an item whose url, headers or JSON body refer to its dependencies'
     /// answers; nil when nothing does. References must name an item in `dependsOn`.
     private func referencing(field: String, method: String, url: String, headers: [(name: String, value: String)],
-                             body: ByteBuffer?, jsonBody: JSONValue?, dependsOn: [String]) throws(BatchError)
+                             own: Set<String>, body: ByteBuffer?, jsonBody: JSONValue?, dependsOn: [String]) throws(BatchError)
         -> Result<ItemTemplate, ItemPath.Rejection>? {
         func parse(_ text: String, _ what: String) throws(BatchError) -> ReferencedText {
             let parsed: ReferencedText
@@ -140,6 +141,13 @@ public struct ItemBuilder {
         var headerTexts: [(name: String, value: ReferencedText)] = []
         var referenced = !urlText.references.isEmpty
         for header in headers {
+            // Only the item's own headers hold references: what Sheaf adds (forwarding headers,
+            // the request id, inherited ones) is sent as it is, braces and all.
+            let name = header.name.lowercased()
+            guard own.contains(name), !replaced.contains(name) else {
+                headerTexts.append((header.name, ReferencedText.plain(header.value)))
+                continue
+            }
             let text = try parse(header.value, "\(field).headers.\(header.name)")
             referenced = referenced || !text.references.isEmpty
             headerTexts.append((header.name, text))
@@ -234,32 +242,35 @@ public struct ItemBuilder {
     /// Later items identical to an earlier GET or HEAD (method, path, headers other than the
     /// per-item request id, no body, no dependencies) report its outcome instead of calling.
     private mutating func markDuplicates() {
-        // Keyed by path alone (its storage is hashed, nothing is built per item); method and
-        // headers are compared only when a path comes again, which is rare.
-        var leaders: [String: Int] = [:]
-        var others: [String: [Int]] = [:]
+        // Keyed by path alone (its storage is hashed, nothing is built per item). Only when a
+        // path comes again is a full key (method and headers) built, for the items on that path.
+        var firstOnPath: [String: Int] = [:]
+        var byKey: [String: Int] = [:]
         for index in items.indices {
             guard let request = items[index].request, request.method == "GET" || request.method == "HEAD",
                   request.body == nil, items[index].dependsOn.isEmpty else { continue }
-            guard let first = leaders[request.path] else {
-                leaders[request.path] = index
+            guard let first = firstOnPath[request.path] else {
+                firstOnPath[request.path] = index
                 continue
             }
-            let candidates = [first] + (others[request.path] ?? [])
-            if let leader = candidates.first(where: { Self.sameCall(items[$0].request!, request) }) {
+            let firstKey = Self.callKey(items[first].request!)
+            if byKey[firstKey] == nil { byKey[firstKey] = first }
+            let key = Self.callKey(request)
+            if let leader = byKey[key] {
                 items[index].sameAs = leader
             } else {
-                others[request.path, default: []].append(index)
+                byKey[key] = index
             }
         }
     }
 
-    /// Same method and the same headers in the same order, the per-item request id aside.
-    private static func sameCall(_ a: UpstreamRequest, _ b: UpstreamRequest) -> Bool {
-        guard a.method == b.method else { return false }
-        let left = a.headers.filter { $0.name.lowercased() != "x-request-id" }
-        let right = b.headers.filter { $0.name.lowercased() != "x-request-id" }
-        return left.count == right.count && zip(left, right).allSatisfy { $0.name.lowercased() == $1.name.lowercased() && $0.value == $1.value }
+    /// Method, path and headers (the per-item request id aside): equal keys make the same call.
+    private static func callKey(_ request: UpstreamRequest) -> String {
+        var key = request.method + "\u{0}" + request.path
+        for header in request.headers where header.name.lowercased() != "x-request-id" {
+            key += "\u{0}" + header.name.lowercased() + "\u{1}" + header.value
+        }
+        return key
     }
 
     /// One item of a route template. The path needs no normalization: `PathTemplate` refuses dot

@@ -112,6 +112,9 @@ public enum JSONBatchDecoder {
                     guard case .array(let ids) = value else {
                         throw .badRequest(field: "\(field).dependsOn", "must be an array of item ids, got \(value.typeName)")
                     }
+                    guard ids.count <= 64 else {
+                        throw .badRequest(field: "\(field).dependsOn", "names \(ids.count) items; at most 64")
+                    }
                     for (position, entry) in ids.enumerated() {
                         guard case .string(let id) = entry, !id.isEmpty else {
                             throw .badRequest(field: "\(field).dependsOn[\(position)]", "must be an item id (a non-empty string)")

@@ -106,18 +106,27 @@ public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
                 guard let text = value.scalarText else {
                     return .failure(.badRequest(field: field, "must be a string or number for {\(name)}, got \(value.typeName)"))
                 }
-                guard !text.isEmpty, text != ".", text != ".." else {
-                    return .failure(.badRequest(field: field, "\"\(text)\" is not a usable path segment"))
+                switch Self.segment(text) {
+                case .success(let segment): path += segment
+                case .failure(let problem): return .failure(.badRequest(field: field, problem.reason))
                 }
-                // The value is sent as one segment with '/' and '\' encoded, but an upstream that
-                // decodes %2F or %5C (nginx does) would resolve `../` pieces inside it.
-                let pieces = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "/" || $0 == "\\" })
-                guard !pieces.contains(where: { $0 == "." || $0 == ".." }) else {
-                    return .failure(.badRequest(field: field, "\"\(text)\" contains a dot segment between slashes, which upstreams that decode %2F would resolve"))
-                }
-                path += PercentEncoding.encodeSegment(text)
             }
         }
         return .success(path)
+    }
+
+    /// A value as one encoded path segment, or why it cannot be one: empty, `.`, `..`, or with a
+    /// `.` or `..` piece between slashes or backslashes (sent encoded, but an upstream that
+    /// decodes %2F or %5C, as nginx does, would resolve it). Template values and value
+    /// references both go through here.
+    static func segment(_ text: String) -> Result<String, DependencyFailure> {
+        guard !text.isEmpty, text != ".", text != ".." else {
+            return .failure(DependencyFailure("\"\(text)\" is not a usable path segment"))
+        }
+        let pieces = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "/" || $0 == "\\" })
+        guard !pieces.contains(where: { $0 == "." || $0 == ".." }) else {
+            return .failure(DependencyFailure("\"\(text)\" contains a dot segment between slashes, which upstreams that decode %2F would resolve"))
+        }
+        return .success(PercentEncoding.encodeSegment(text))
     }
 }

@@ -37,36 +37,46 @@ struct ReferencedText {
         parts.compactMap { if case .reference(let reference) = $0 { return reference } else { return nil } }
     }
 
-    /// Splits `text`; a `{` that does not open `{id:/pointer}` is literal text. Throws the
-    /// message for a pointer that is not a JSON Pointer.
+    /// References one text may hold: each costs a scan of the text when it is filled in.
+    static let maxReferences = 32
+
+    /// Splits `text` in one pass; a `{` that does not open `{id:/pointer}` (an id, a colon, a
+    /// pointer that is empty or starts with `/`, no brace inside) is literal text. Throws for a
+    /// pointer that is not a JSON Pointer, or for more than `maxReferences` references.
     init(_ text: String) throws(ReferenceSyntaxError) {
         var parts: [Part] = []
-        var literal = Substring()
-        var rest = Substring(text)
-        while let open = rest.firstIndex(of: "{") {
-            literal += rest[..<open]
-            let after = rest[rest.index(after: open)...]
-            guard let close = after.firstIndex(of: "}"), let colon = after[..<close].firstIndex(of: ":") else {
-                literal += rest[open...open]
-                rest = after
-                continue
+        var literal = ""
+        var pending: String?  // text since the last '{', while no '}' has closed it
+        var referenceCount = 0
+        for character in text {
+            if character == "{" {
+                if let open = pending { literal += "{" + open }
+                pending = ""
+            } else if character == "}", let open = pending {
+                pending = nil
+                guard let colon = open.firstIndex(of: ":"), colon != open.startIndex,
+                      open[open.index(after: colon)...].isEmpty || open[open.index(after: colon)...].hasPrefix("/") else {
+                    literal += "{" + open + "}"
+                    continue
+                }
+                let pointerText = String(open[open.index(after: colon)...])
+                let pointer: JSONPointer
+                do { pointer = try JSONPointer(pointerText) } catch { throw ReferenceSyntaxError(message: "\(error)") }
+                referenceCount += 1
+                guard referenceCount <= Self.maxReferences else {
+                    throw ReferenceSyntaxError(message: "more than \(Self.maxReferences) value references")
+                }
+                if !literal.isEmpty { parts.append(.literal(literal)) }
+                literal = ""
+                parts.append(.reference(Reference(text: "{" + open + "}", id: String(open[..<colon]), pointer: pointer)))
+            } else if pending != nil {
+                pending!.append(character)
+            } else {
+                literal.append(character)
             }
-            let id = String(after[..<colon])
-            let pointerText = String(after[after.index(after: colon)..<close])
-            guard !id.isEmpty, pointerText.isEmpty || pointerText.hasPrefix("/") else {
-                literal += rest[open...open]
-                rest = after
-                continue
-            }
-            let pointer: JSONPointer
-            do { pointer = try JSONPointer(pointerText) } catch { throw ReferenceSyntaxError(message: "\(error)") }
-            if !literal.isEmpty { parts.append(.literal(String(literal))) }
-            literal = ""
-            parts.append(.reference(Reference(text: String(rest[open...close]), id: id, pointer: pointer)))
-            rest = after[after.index(after: close)...]
         }
-        literal += rest
-        if !literal.isEmpty { parts.append(.literal(String(literal))) }
+        if let open = pending { literal += "{" + open }
+        if !literal.isEmpty { parts.append(.literal(literal)) }
         self.parts = parts
     }
 
@@ -198,10 +208,14 @@ struct ItemTemplate: Sendable {
     func resolve(_ outcomes: [ItemOutcome]) -> Result<UpstreamRequest, DependencyFailure> {
         var answers = DependencyAnswers(ids: dependencyIDs, outcomes: outcomes)
         do throws(DependencyFailure) {
-            // In the url, each value is one encoded path segment, as template values are.
+            // In the url, each value is one encoded path segment, under the rules template values
+            // follow: `..` from an answer must not climb out of the base path.
             var path = url.path
             for (marker, reference) in url.markers {
-                path = path.replacingOccurrences(of: marker, with: PercentEncoding.encodeSegment(try answers.text(reference)))
+                switch PathTemplate.segment(try answers.text(reference)) {
+                case .success(let segment): path = path.replacingOccurrences(of: marker, with: segment)
+                case .failure(let problem): throw DependencyFailure("\(reference.text): \(problem.reason)")
+                }
             }
             var headers: [(name: String, value: String)] = []
             for header in self.headers {

@@ -93,6 +93,7 @@ public enum XMLBatchDecoder {
             case .dependsOn:
                 let id = text.trimmingCharacters(in: .whitespacesAndNewlines)
                 guard !id.isEmpty else { throw .badRequest(field: "\(item.field).dependsOn", "S:depends-on must name an item id") }
+                guard item.dependsOn.count < 64 else { throw .badRequest(field: "\(item.field).dependsOn", "more than 64 S:depends-on") }
                 item.dependsOn.append(id)
             case .body(let base64):
                 var buffer = ByteBuffer()

@@ -228,7 +228,7 @@ struct ConfigReader {
         let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "client_timeout",
                                        "max_connections_per_client", "max_streams_per_connection", "max_buffered_output",
                                        "max_url_bytes", "max_headers", "max_header_bytes", "http2_initial_window_size",
-                                       "http2_max_frame_size", "max_batches", "max_nesting_depth",
+                                       "http2_max_frame_size", "max_batches", "max_nesting_depth", "max_items_in_flight",
                                        "tls", "access_log", "tracing", "upstreams", "routes"],
                           what: "the top level")
         let listen = top["listen"] == nil ? HostPort(host: "127.0.0.1", port: 8080) : hostPort(top["listen"]?.value, "listen")
@@ -339,6 +339,7 @@ struct ConfigReader {
         }
         if let v = integer(top["max_batches"]?.value, "max_batches", range: 0...1_000_000) { configuration.maxBatches = v }
         if let v = integer(top["max_nesting_depth"]?.value, "max_nesting_depth", range: 2...64) { configuration.maxNestingDepth = v }
+        if let v = integer(top["max_items_in_flight"]?.value, "max_items_in_flight", range: 0...10_000_000) { configuration.maxItemsInFlight = v }
         configuration.tls = tls
         return configuration
     }

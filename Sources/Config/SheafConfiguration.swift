@@ -157,6 +157,9 @@ public struct SheafConfiguration: Sendable {
     public var maxBatches = 1024
     /// JSON and XML nesting in a bulk request body; deeper is a 400.
     public var maxNestingDepth = 64
+    /// Items on the wire across all batches (0: no process-wide cap beyond each route's
+    /// `concurrency`); batches waiting for room take turns.
+    public var maxItemsInFlight = 0
     /// When set, the listener speaks TLS only (ALPN h2 and http/1.1); when nil, HTTP/1.1 and h2c.
     public var tls: FrontTLSConfiguration?
     /// When set, spans for each batch and item are exported over OTLP/HTTP.

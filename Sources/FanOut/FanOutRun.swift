@@ -54,8 +54,10 @@ public final class FanOutRun: @unchecked Sendable {
     private let related: Bool
     /// Indices whose outcome another item needs (a dependency, a coalescing leader).
     private let needed: Set<Int>
-    /// Outcomes of settled `needed` items.
+    /// Outcomes of settled `needed` items, each kept only until every item that needs it has
+    /// used it (`remaining` counts those), so memory follows what is still waiting, not the batch.
     private var retained: [Int: ItemOutcome] = [:]
+    private var remaining: [Int: Int] = [:]
     /// A claimed item waiting for this many of its dependencies to settle.
     private var waiting: [Int: Int] = [:]
     private var dependents: [Int: [Int]] = [:]
@@ -64,6 +66,10 @@ public final class FanOutRun: @unchecked Sendable {
     /// Set by the first failure under `on_error: stop`: the reason every later start gets instead.
     private var stopReason: String?
     private var coalesced = 0
+    /// The process's items-in-flight budget, and which items hold one of its tokens.
+    private let budget: ItemBudget?
+    private var holdsToken: [Bool]
+    private var tokensHeld = 0
 
     /// Called with each request just before it goes to the transport (tracing adds its
     /// `traceparent` there); nil costs nothing.
@@ -76,15 +82,21 @@ public final class FanOutRun: @unchecked Sendable {
     /// its slot, which cannot deadlock: they all have lower indices, so they were claimed first.
     public init(items: [BatchItem], transport: UpstreamTransport, concurrency: Int, ordered: Bool = false,
                 watchdog: Watchdog? = nil, prepare: Prepare? = nil, policy: FanOutPolicy = FanOutPolicy(),
+                budget: ItemBudget? = nil,
                 onResult: @escaping ResultHandler, onFinish: @escaping @Sendable () -> Void) {
         self.prepare = prepare
+        self.budget = budget
+        self.holdsToken = budget == nil ? [] : Array(repeating: false, count: items.count)
         self.policy = policy
         var needed = Set<Int>()
+        var remaining: [Int: Int] = [:]
         for item in items {
-            needed.formUnion(item.dependsOn)
-            if let leader = item.sameAs { needed.insert(leader) }
+            for dependency in item.dependsOn { remaining[dependency, default: 0] += 1 }
+            if let leader = item.sameAs { remaining[leader, default: 0] += 1 }
         }
+        needed.formUnion(remaining.keys)
         self.needed = needed
+        self.remaining = remaining
         self.related = !needed.isEmpty || policy.stopOnError
         self.watchdog = watchdog
         self.items = items
@@ -124,7 +136,7 @@ public final class FanOutRun: @unchecked Sendable {
             }
             lock.withLock { watchdogTask = task }
         }
-        launch(lock.withLock { scheduler.claim() })
+        launch(lock.withLock { admit(scheduler.claim()) })
     }
 
     private func settleLost(olderThan limit: TimeAmount) {
@@ -165,7 +177,7 @@ public final class FanOutRun: @unchecked Sendable {
     public func resume() {
         let next = lock.withLock { () -> Range<Int> in
             writabilityPaused = false
-            return readingSuspended ? scheduler.nextIndex..<scheduler.nextIndex : scheduler.resume()
+            return readingSuspended ? scheduler.nextIndex..<scheduler.nextIndex : admit(scheduler.resume())
         }
         if !next.isEmpty { launch(next) }
     }
@@ -196,7 +208,7 @@ public final class FanOutRun: @unchecked Sendable {
                 scheduler.pause()
                 return none
             }
-            return writabilityPaused ? none : scheduler.resume()
+            return writabilityPaused ? none : admit(scheduler.resume())
         }
         if !next.isEmpty { launch(next) }
     }
@@ -317,6 +329,27 @@ public final class FanOutRun: @unchecked Sendable {
         if missedCancel { call.cancel() }
     }
 
+    /// Under the lock: the part of `claimed` the process's budget has tokens for; the rest is
+    /// given back to the scheduler, and the budget wakes this run when tokens return.
+    private func admit(_ claimed: Range<Int>) -> Range<Int> {
+        guard let budget, !claimed.isEmpty else { return claimed }
+        let granted = budget.acquire(claimed.count, held: tokensHeld, id: ObjectIdentifier(self)) { [weak self] in self?.budgetFreed() }
+        tokensHeld += granted
+        if granted < claimed.count { scheduler.giveBack(claimed.count - granted) }
+        let admitted = claimed.lowerBound..<(claimed.lowerBound + granted)
+        for index in admitted { holdsToken[index] = true }
+        return admitted
+    }
+
+    /// Tokens came back: start what the scheduler allows now.
+    private func budgetFreed() {
+        let next = lock.withLock { () -> Range<Int> in
+            guard !writabilityPaused, !readingSuspended, !scheduler.isCancelled else { return scheduler.nextIndex..<scheduler.nextIndex }
+            return admit(scheduler.claim())
+        }
+        if !next.isEmpty { launch(next) }
+    }
+
     private enum Gate {
         case send(UpstreamRequest)
         case parked
@@ -331,11 +364,15 @@ public final class FanOutRun: @unchecked Sendable {
             case resolve([ItemOutcome])
         }
         let decision = lock.withLock { () -> Decision in
-            if let stopReason { return .gate(.settle(ItemOutcome(status: 424, reason: stopReason))) }
+            if let stopReason {
+                consumeAll(of: item)
+                return .gate(.settle(ItemOutcome(status: 424, reason: stopReason, attempts: 0)))
+            }
             if let leader = item.sameAs {
-                if let outcome = retained[leader] {
+                if isSettled[leader], let outcome = retained[leader] {
                     coalesced += 1
-                    return .gate(.settle(outcome))
+                    consumeAll(of: item)
+                    return .gate(.settle(Self.copied(outcome)))
                 }
                 followers[leader, default: []].append(index)
                 startTimes[index] = 0
@@ -344,8 +381,11 @@ public final class FanOutRun: @unchecked Sendable {
             var outcomes: [ItemOutcome] = []
             var pending: [Int] = []
             for dependency in item.dependsOn {
-                if let outcome = retained[dependency] {
-                    if let failure = dependencyFailed(dependency, outcome) { return .gate(.settle(failure)) }
+                if isSettled[dependency], let outcome = retained[dependency] {
+                    if let failure = dependencyFailed(dependency, outcome) {
+                        consumeAll(of: item)
+                        return .gate(.settle(failure))
+                    }
                     outcomes.append(outcome)
                 } else {
                     pending.append(dependency)
@@ -357,6 +397,7 @@ public final class FanOutRun: @unchecked Sendable {
                 startTimes[index] = 0
                 return .gate(.parked)
             }
+            consumeAll(of: item)
             return .resolve(outcomes)
         }
         switch decision {
@@ -376,13 +417,37 @@ public final class FanOutRun: @unchecked Sendable {
         }
     }
 
+    /// Under the lock: `item` will not look at what it waited for again.
+    private func consumeAll(of item: BatchItem) {
+        for dependency in item.dependsOn { consume(dependency) }
+        if let leader = item.sameAs { consume(leader) }
+    }
+
+    private func consume(_ index: Int) {
+        guard let count = remaining[index] else { return }
+        if count <= 1 {
+            remaining[index] = nil
+            retained[index] = nil
+        } else {
+            remaining[index] = count - 1
+        }
+    }
+
+    /// A duplicate's outcome: the leader's, but it sent nothing itself (no attempts, so it is
+    /// neither a re-send nor an upstream latency sample).
+    private static func copied(_ outcome: ItemOutcome) -> ItemOutcome {
+        var copy = outcome
+        copy.attempts = 0
+        return copy
+    }
+
     /// The 424 a dependent gets when `outcome` is not one `depends_on_success` accepts. Under the lock.
     private func dependencyFailed(_ dependency: Int, _ outcome: ItemOutcome) -> ItemOutcome? {
         guard !policy.dependencySuccess.contains(outcome.status) else { return nil }
         // The dependency's own reason, unless it is a 424 itself: a chain would nest them all.
         let cause = outcome.status == 424 ? nil : outcome.reason
         let reason = "not sent: dependency \"\(items[dependency].id)\" ended \(outcome.status)" + (cause.map { " (\($0))" } ?? "")
-        return ItemOutcome(status: 424, reason: reason)
+        return ItemOutcome(status: 424, reason: reason, attempts: 0)
     }
 
     /// Settles `index` and, through a work list rather than recursion (a chain of 10,000
@@ -403,16 +468,18 @@ public final class FanOutRun: @unchecked Sendable {
             stopReason = "not attempted: item \"\(items[index].id)\" failed (\(outcome.status))"
         }
         guard needed.contains(index) else { return (settleNow, start) }
-        retained[index] = outcome
+        if remaining[index] != nil { retained[index] = outcome }
         for follower in followers.removeValue(forKey: index) ?? [] {
             coalesced += 1
-            settleNow.append((follower, outcome))
+            consumeAll(of: items[follower])
+            settleNow.append((follower, Self.copied(outcome)))
         }
         let failure = dependencyFailed(index, outcome)
         for dependent in dependents.removeValue(forKey: index) ?? [] {
             guard let count = waiting[dependent] else { continue }  // already settled by another dependency
             if let failure {
                 waiting[dependent] = nil
+                consumeAll(of: items[dependent])
                 settleNow.append((dependent, failure))
             } else if count == 1 {
                 waiting[dependent] = nil
@@ -426,15 +493,22 @@ public final class FanOutRun: @unchecked Sendable {
 
     private func settleOne(_ index: Int, _ outcome: ItemOutcome) -> [(Int, ItemOutcome)] {
         // Each item leaves once: a second outcome for one item (a transport bug) is dropped.
-        let (first, cascade, ready) = lock.withLock { () -> (Bool, [(Int, ItemOutcome)], [Int]) in
-            guard !isSettled[index] else { return (false, [], []) }
+        let (first, cascade, ready, token) = lock.withLock { () -> (Bool, [(Int, ItemOutcome)], [Int], Bool) in
+            guard !isSettled[index] else { return (false, [], [], false) }
             isSettled[index] = true
             calls[index] = nil
-            guard related else { return (true, [], []) }
+            let token = budget != nil && holdsToken[index]
+            if token {
+                holdsToken[index] = false
+                tokensHeld -= 1
+            }
+            guard related else { return (true, [], [], token) }
             let (cascade, ready) = release(index, outcome)
-            return (true, cascade, ready)
+            return (true, cascade, ready, token)
         }
         guard first else { return [] }
+        // Outside this run's lock: giving a token back may start another batch's items.
+        if token { budget?.release(1) }
         defer { for dependent in ready { launch(dependent..<(dependent + 1)) } }
         let started = startTimes[index]
         let now = NIODeadline.now().uptimeNanoseconds
@@ -445,7 +519,7 @@ public final class FanOutRun: @unchecked Sendable {
         }
         onResult(index, outcome, nanoseconds)
         let (next, finished) = lock.withLock { () -> (Range<Int>, Bool) in
-            let next = scheduler.settle()
+            let next = admit(scheduler.settle())
             return (next, scheduler.isFinished)
         }
         if finished {
@@ -458,6 +532,7 @@ public final class FanOutRun: @unchecked Sendable {
     }
 
     private func stopWatchdog() {
+        budget?.forget(ObjectIdentifier(self))
         let task = lock.withLock { () -> RepeatedTask? in
             defer { watchdogTask = nil }
             return watchdogTask
@@ -468,7 +543,7 @@ public final class FanOutRun: @unchecked Sendable {
     private func settleInOrder(_ index: Int, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
         let next = lock.withLock { () -> Range<Int> in
             held[index] = (outcome, nanoseconds)
-            return scheduler.settle()
+            return admit(scheduler.settle())
         }
         if !next.isEmpty { launch(next) }
         writeInOrder()
@@ -506,7 +581,7 @@ public final class FanOutRun: @unchecked Sendable {
                 return
             }
             for (offset, entry) in run.enumerated() { onResult(first + offset, entry.0, entry.1) }
-            let next = lock.withLock { scheduler.wrote(upTo: first + run.count) }
+            let next = lock.withLock { admit(scheduler.wrote(upTo: first + run.count)) }
             if !next.isEmpty { launch(next) }
         }
     }

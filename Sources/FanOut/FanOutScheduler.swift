@@ -35,6 +35,14 @@ public struct FanOutScheduler: Sendable {
         return range
     }
 
+    /// Takes back the last `count` items claimed, which did not start after all (the process's
+    /// item budget had no token for them); they are claimed again later.
+    public mutating func giveBack(_ count: Int) {
+        precondition(count <= inFlight && nextIndex - count >= 0, "gave back more than was claimed")
+        nextIndex -= count
+        inFlight -= count
+    }
+
     /// One item settled; returns the items that may start in its place.
     public mutating func settle() -> Range<Int> {
         precondition(inFlight > 0 && settled < total, "an item settled twice")

@@ -1,4 +1,5 @@
 import Config
+import FanOut
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -24,6 +25,8 @@ public final class SheafServer: Service, @unchecked Sendable {
     private let accessLog: AccessLog
     /// Running batches across generations, for `max_batches`.
     private let admission = BatchAdmission()
+    /// `max_items_in_flight`, shared by the generations that have the same limit.
+    private let budgets = NIOLockedValueBox<[Int: ItemBudget]>([:])
     private let tracer: (any Tracer)?
 
     /// One configuration's worth of serving state. Batches keep the generation they started in,
@@ -179,6 +182,17 @@ public final class SheafServer: Service, @unchecked Sendable {
         }
     }
 
+    /// One budget per limit: a reload that keeps `max_items_in_flight` keeps counting in it.
+    private func budget(_ limit: Int) -> ItemBudget? {
+        guard limit > 0 else { return nil }
+        return budgets.withLockedValue { budgets in
+            if let known = budgets[limit] { return known }
+            let budget = ItemBudget(limit: limit)
+            budgets[limit] = budget
+            return budget
+        }
+    }
+
     private static func frontSettings(_ configuration: SheafConfiguration, tls: NIOSSLContext?) -> FrontSettings {
         var settings = FrontSettings(clientTimeout: configuration.clientTimeout, maxStreams: configuration.maxStreamsPerConnection,
                                      outputBudget: configuration.maxBufferedOutput, tls: tls)
@@ -207,7 +221,8 @@ public final class SheafServer: Service, @unchecked Sendable {
                 }
             }
             let service = try SheafService(configuration: configuration, transports: transports, metrics: metrics, logger: logger,
-                                           accessLog: accessLog, tracer: tracer, admission: admission)
+                                           accessLog: accessLog, tracer: tracer, admission: admission,
+                                           itemBudget: budget(configuration.maxItemsInFlight))
             return Generation(configuration: configuration, service: service, transports: transports)
         } catch {
             for transport in built { await transport.shutdown() }
@@ -324,7 +339,13 @@ final class CurrentService: HTTPResponder, @unchecked Sendable {
     }
 
     func decide(_ head: HTTPRequestHead, from client: ClientConnection) -> HeadDecision {
-        current.withLockedValue { $0 }.decide(head, from: client)
+        // Entered under the lock a reload swaps under: once swapped, nothing enters the old one.
+        let service = current.withLockedValue { service -> SheafService in
+            service.enter()
+            return service
+        }
+        defer { service.leave() }
+        return service.decide(head, from: client)
     }
 
     func refused(_ head: HTTPRequestHead, _ response: SimpleResponse, limit: String, from client: ClientConnection) {

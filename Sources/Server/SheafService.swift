@@ -35,6 +35,17 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     /// and a reload retiring this service's upstream pools, wait for this to reach zero.
     public var activeBatches: Int { active.withLockedValue { $0 } }
 
+    /// A request head is being decided on this service: counted as active until `leave`, so a
+    /// reload retiring this service cannot close its pools between the head's decision and the
+    /// batch's own ticket.
+    func enter() {
+        active.withLockedValue { $0 += 1 }
+    }
+
+    func leave() {
+        active.withLockedValue { $0 -= 1 }
+    }
+
     /// From now on `/readyz` answers 503, so a load balancer stops sending new work.
     public func startDraining() {
         draining.withLockedValue { $0 = true }
@@ -43,15 +54,17 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     private let accessLog: AccessLog?
     private let tracer: (any Tracer)?
     private let admission: BatchAdmission
+    private let itemBudget: ItemBudget?
 
     /// `accessLog`: where each bulk request's line goes (nil: nowhere). `tracer`: where batch and
     /// item spans go (nil: tracing is off, and costs nothing per item).
     /// Throws when a route's `auth.tokens_file` cannot be read.
     public init(configuration: SheafConfiguration, transports: [String: UpstreamTransport],
                 metrics: SheafMetrics, logger: Logger, accessLog: AccessLog? = nil, tracer: (any Tracer)? = nil,
-                admission: BatchAdmission = BatchAdmission()) throws {
+                admission: BatchAdmission = BatchAdmission(), itemBudget: ItemBudget? = nil) throws {
         self.configuration = configuration
         self.admission = admission
+        self.itemBudget = itemBudget
         self.accessLog = accessLog
         self.tracer = tracer
         var table: [String: [RouteRuntime]] = [:]
@@ -257,7 +270,8 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         active.withLockedValue { $0 += 1 }
         let count = items.count
         BatchSession(route: route, items: items, format: format, requestID: shared.requestID, writer: writer, metrics: metrics,
-                     received: received, logger: logger, access: accessLog.map { ($0, access) }, trace: trace) { [active, memory, admitted] in
+                     received: received, logger: logger, access: accessLog.map { ($0, access) }, trace: trace,
+                     itemBudget: itemBudget) { [active, memory, admitted] in
             withExtendedLifetime(admitted) {}
             let idle = active.withLockedValue { value -> Bool in
                 value -= 1

@@ -399,3 +399,45 @@ func badDependenciesAre400NamingThem(body: String, expected: String) {
     #expect(throws: (any Error).self) { try ChainTemplate(method: "GET", path: "/../{/id}") }
     #expect(throws: (any Error).self) { try ChainTemplate(method: "GET", path: "accounts/{/id}") }
 }
+
+@Test func referencedValuesCannotClimbOutOfTheBasePath() throws {
+    let items = try explicit("""
+        {"requests":[{"id":"a","method":"GET","url":"/x"},{"id":"b","method":"GET","url":"/{a:/t}/{a:/t}/admin","dependsOn":["a"]}]}
+        """)
+    let resolve = try #require(items[1].resolve)
+    for value in ["..", ".", "", "../../x", "a/../../b"] {
+        let answer = ItemOutcome(status: 200, body: ByteBuffer(string: #"{"t":"\#(value)"}"#))
+        #expect(throws: DependencyFailure.self, "\(value)") { try resolve([answer]).get() }
+    }
+    let fine = try resolve([ItemOutcome(status: 200, body: ByteBuffer(string: #"{"t":"a b"}"#))]).get()
+    #expect(fine.path == "/api/a%20b/a%20b/admin")
+}
+
+@Test func referenceTextIsReadInOnePassAndBounded() throws {
+    // Braces that open nothing stay literal text, however many there are.
+    let braces = String(repeating: "{", count: 50_000) + "x"
+    let items = try explicit("""
+        {"requests":[{"id":"a","method":"GET","url":"/x"},{"id":"b","method":"GET","url":"/y","dependsOn":["a"],
+                      "headers":{"X-Braces":"\(braces)","X-Ref":"{a:/v}"}}]}
+        """)
+    let resolveB = try #require(items[1].resolve)
+    let request = try resolveB([ItemOutcome(status: 200, body: ByteBuffer(string: #"{"v":1}"#))]).get()
+    #expect(request.headers.first { $0.name == "X-Braces" }?.value == braces)
+    let many = (0..<33).map { _ in "{a:/v}" }.joined()
+    let error = decodeError { () throws(BatchError) in
+        try explicit(#"{"requests":[{"id":"a","method":"GET","url":"/x"},{"id":"b","method":"GET","url":"/\#(many)","dependsOn":["a"]}]}"#)
+    }
+    #expect(error?.description == "requests[1].url: more than 32 value references")
+}
+
+@Test func onlyTheItemsOwnHeadersHoldReferences() throws {
+    let shared = BatchHeaders(inherited: [("X-Tenant", "{a:/t}")], requestID: "{a:/t}")
+    let items = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: """
+        {"requests":[{"id":"a","method":"GET","url":"/x"},{"id":"b","method":"GET","url":"/y/{a:/t}","dependsOn":["a"]}]}
+        """), basePath: "", maxItems: 10, headers: shared)
+    let resolve = try #require(items[1].resolve)
+    let request = try resolve([ItemOutcome(status: 200, body: ByteBuffer(string: #"{"t":"z"}"#))]).get()
+    #expect(request.path == "/y/z")
+    #expect(request.headers.first { $0.name == "X-Tenant" }?.value == "{a:/t}")
+    #expect(request.headers.first { $0.name == "x-request-id" }?.value == "{a:/t}.b")
+}

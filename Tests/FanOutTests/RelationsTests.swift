@@ -126,3 +126,35 @@ func dependentsStartOnlyAfterTheirDependenciesSucceed(concurrency: Int) async {
     #expect(results.count == 20_000)
     #expect(results.values.filter { $0.status == 424 }.count == 19_999)
 }
+
+@Test func theProcessBudgetCapsItemsInFlightAcrossBatchesWhichTakeTurns() async {
+    let transport = FakeTransport()
+    let budget = ItemBudget(limit: 4)
+    let first = (0..<300).map { BatchItem(id: "a\($0)", href: "/a\($0)", request: UpstreamRequest(method: "GET", path: "/a\($0)/200")) }
+    let second = (0..<30).map { BatchItem(id: "b\($0)", href: "/b\($0)", request: UpstreamRequest(method: "GET", path: "/b\($0)/200")) }
+    let finishedAt = NIOLockedValueBox<[String: Int]>([:])
+    await withTaskGroup(of: Void.self) { group in
+        for (name, batch) in [("a", first), ("b", second)] {
+            group.addTask {
+                // Held until it finishes, as a BatchSession holds its run.
+                let keep = NIOLockedValueBox<FanOutRun?>(nil)
+                await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                    let run = FanOutRun(items: batch, transport: transport, concurrency: 100, budget: budget,
+                                        onResult: { _, _, _ in },
+                                        onFinish: {
+                                            finishedAt.withLockedValue { $0[name] = transport.sent.withLockedValue { $0.count } }
+                                            done.resume()
+                                        })
+                    keep.withLockedValue { $0 = run }
+                    run.start()
+                }
+                keep.withLockedValue { $0 = nil }
+            }
+        }
+    }
+    #expect(transport.state.withLockedValue { $0.peak } <= 4)
+    #expect(transport.sent.withLockedValue { $0.count } == 330)
+    #expect(budget.inUse == 0)
+    // The small batch was not held back until the big one ended: they took turns.
+    #expect((finishedAt.withLockedValue { $0["b"] } ?? 330) < 300)
+}

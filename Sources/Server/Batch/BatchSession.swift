@@ -39,11 +39,13 @@ final class BatchSession: @unchecked Sendable {
     private let accessLog: AccessLog?
     private var access: AccessEntry
     private let trace: BatchTrace?
+    private let itemBudget: ItemBudget?
 
     init(route: RouteRuntime, items: [BatchItem], format: ResponseFormat, requestID: String?, writer: ResponseWriter,
          metrics: SheafMetrics, received: NIODeadline, logger: Logger, access: (AccessLog, AccessEntry)? = nil,
-         trace: BatchTrace? = nil, onDone: @escaping @Sendable () -> Void) {
+         trace: BatchTrace? = nil, itemBudget: ItemBudget? = nil, onDone: @escaping @Sendable () -> Void) {
         self.onDone = onDone
+        self.itemBudget = itemBudget
         self.trace = trace
         self.accessLog = access?.0
         self.access = access?.1 ?? AccessEntry()
@@ -74,7 +76,7 @@ final class BatchSession: @unchecked Sendable {
                             ordered: route.configuration.requestOrder,
                             watchdog: FanOutRun.Watchdog(eventLoop: writer.loop),
                             prepare: trace.map { trace in { [items] index, request in trace.itemStarting(index, items[index], &request) } },
-                            policy: route.configuration.policy,
+                            policy: route.configuration.policy, budget: itemBudget,
                             onResult: { [self] index, outcome, nanoseconds in
                                 self.settled(index, outcome, nanoseconds)
                             }, onFinish: { [self] in
@@ -112,7 +114,6 @@ final class BatchSession: @unchecked Sendable {
         let item = items[index]
         trace?.itemSettled(index, item, outcome)
         writer.append { out in
-            statusCounts[outcome.status, default: 0] += 1
             if outcome.attempts > 1 { resends += outcome.attempts - 1 }
             if chained {
                 let pair = index / 2
@@ -124,10 +125,14 @@ final class BatchSession: @unchecked Sendable {
                 let second = index % 2 == 0 ? other : outcome
                 first.then = ChainedResult(href: items[2 * pair + 1].href, outcome: second)
                 let element = items[2 * pair]
+                // An element is counted once, by its first call's status (the summary and the
+                // access log then agree with sheaf_items_total).
+                statusCounts[first.status, default: 0] += 1
                 summary.count(first)
                 counted(&out) { encoder.item(element, first, into: &$0) }
                 return
             }
+            statusCounts[outcome.status, default: 0] += 1
             summary.count(outcome)
             counted(&out) { encoder.item(item, outcome, into: &$0) }
         }
