@@ -325,7 +325,9 @@ def test_a_batch_held_back_from_its_start_is_still_cut(workdir, nginx):
         while time.monotonic() < started + 15 and metric(s.url, "sheaf_client_stalls_total") < 1:
             time.sleep(0.2)
         assert metric(s.url, "sheaf_client_stalls_total") >= 1, "the held-back batch was never cut"
-        assert time.monotonic() - started >= 1.5
+        # The stall is counted from the socket's last progress, which came during stream 1, a
+        # little before stream 3 started (more on a loaded machine): not from stream 3 itself.
+        assert time.monotonic() - started >= 1.0
         time.sleep(0.5)
         assert not sheaf_holds(s, sock)
     finally:
