@@ -101,6 +101,10 @@ public enum ItemPath {
             output.append(segment)
         }
         var href = "/" + output.joined(separator: "/")
+        // Dot segments in front of an empty one (`/.//host/x`) would leave `//host/x`.
+        if href.hasPrefix("//") {
+            return .failure("url \"\(raw)\" resolves to a path starting with '//' (a network-path reference to another host)")
+        }
         if let query { href += "?" + query }
         return .success(Resolved(href: href, upstreamPath: basePath + href))
     }
