@@ -1,4 +1,5 @@
-# Sheaf: `make run` to try it, `make test` for the whole suite, `make bench` for the benchmark.
+# Sheaf: `make run` to try it, `make test` for the whole suite, `make bench` for the benchmark;
+# `make fuzz`, `make asan`, `make tsan` for the fuzz targets and the sanitizers (see FUZZING.md).
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_PACKAGES := libcurl4-openssl-dev libnghttp2-dev libxml2-dev
@@ -14,7 +15,7 @@ install_missing = missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || m
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
-.PHONY: deps test-deps bench-deps build release run test bench clean
+.PHONY: deps test-deps bench-deps build release run test bench fuzz asan tsan clean
 
 # Debian packages the build needs, installed only when missing.
 deps:
@@ -55,5 +56,19 @@ test: test-deps build
 bench: bench-deps release
 	python3 bench/run.py
 
+# Each libFuzzer target (Fuzz/) for SECONDS seconds, with AddressSanitizer, built into .build-fuzz.
+SECONDS ?= 60
+fuzz: deps
+	Fuzz/run.sh $(SECONDS)
+
+# The unit tests and one end-to-end batch under AddressSanitizer (.build-asan) or ThreadSanitizer (.build-tsan).
+asan: deps
+	@$(call install_missing,curl)
+	Tests/sanitize.sh address
+
+tsan: deps
+	@$(call install_missing,curl)
+	Tests/sanitize.sh thread
+
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz .build-asan .build-tsan

@@ -101,6 +101,10 @@ public enum ItemPath {
             output.append(segment)
         }
         var href = "/" + output.joined(separator: "/")
+        // Dot segments in front of an empty one (`/.//host/x`) would leave `//host/x`.
+        if href.hasPrefix("//") {
+            return .failure("url \"\(raw)\" resolves to a path starting with '//' (a network-path reference to another host)")
+        }
         if let query { href += "?" + query }
         return .success(Resolved(href: href, upstreamPath: basePath + href))
     }
@@ -121,6 +125,35 @@ public enum ItemPath {
             }
         }
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Whether `path` (up to its query) has a `.` or `..` segment once `%2E`, `%2F` and `%5C` are
+    /// decoded and `\` is read as `/`, as upstreams such as nginx read it before resolving dot
+    /// segments. Values encoded as one segment are safe alone, but not next to literal dots
+    /// (`..` + `%2Fsecret`), so expanded templates and references are checked whole.
+    static func hasDecodedDotSegment(_ path: String) -> Bool {
+        let bytes = Array(path.utf8.prefix { $0 != UInt8(ascii: "?") })
+        var decoded: [UInt8] = []
+        decoded.reserveCapacity(bytes.count)
+        var i = 0
+        while i < bytes.count {
+            if bytes[i] == UInt8(ascii: "%"), i + 2 < bytes.count {
+                if bytes[i + 1] == UInt8(ascii: "2"), bytes[i + 2] | 0x20 == UInt8(ascii: "e") {
+                    decoded.append(UInt8(ascii: "."))
+                    i += 3
+                    continue
+                }
+                if encodedSeparator(bytes[i + 1], bytes[i + 2]) != nil {
+                    decoded.append(UInt8(ascii: "/"))
+                    i += 3
+                    continue
+                }
+            }
+            decoded.append(bytes[i] == UInt8(ascii: "\\") ? UInt8(ascii: "/") : bytes[i])
+            i += 1
+        }
+        return decoded.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+            .contains { $0.elementsEqual([0x2E]) || $0.elementsEqual([0x2E, 0x2E]) }
     }
 
     /// `slash` for `%2F`, `backslash` for `%5C` (either case), nil for any other escape.

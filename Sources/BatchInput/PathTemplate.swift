@@ -68,6 +68,12 @@ public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
             bytes = rest
         }
         if !literal.isEmpty { parts.append(.literal(literal)) }
+        let sample = parts.map { part -> String in
+            if case .literal(let text) = part { return text } else { return "x" }
+        }.joined()
+        guard !ItemPath.hasDecodedDotSegment(sample) else {
+            throw SyntaxError(description: "path template \"\(text)\" contains a dot segment once %2E, %2F or %5C are decoded")
+        }
         guard parts.contains(where: { if case .placeholder = $0 { return true } else { return false } }) else {
             throw SyntaxError(description: "path template \"\(text)\" has no placeholder such as {item}")
         }
@@ -111,6 +117,9 @@ public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
                 case .failure(let problem): return .failure(.badRequest(field: field, problem.reason))
                 }
             }
+        }
+        guard !ItemPath.hasDecodedDotSegment(path) else {
+            return .failure(.badRequest(field: location, "makes \"\(path)\", which holds a dot segment once an upstream decodes %2F"))
         }
         return .success(path)
     }

@@ -217,6 +217,10 @@ struct ItemTemplate: Sendable {
                 case .failure(let problem): throw DependencyFailure("\(reference.text): \(problem.reason)")
                 }
             }
+            // A value next to literal dots (`..{a:/v}` with "/x") is a dot segment once decoded.
+            if !url.markers.isEmpty && ItemPath.hasDecodedDotSegment(path) {
+                throw DependencyFailure("the url with its values, \"\(path)\", holds a dot segment once an upstream decodes %2F")
+            }
             var headers: [(name: String, value: String)] = []
             for header in self.headers {
                 let value = try header.value.substitute { (reference) throws(DependencyFailure) in try answers.text(reference) }

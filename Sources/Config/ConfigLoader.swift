@@ -303,8 +303,10 @@ struct ConfigReader {
             case "off": configuration.accessLog = .off
             case "stderr": configuration.accessLog = .stderr
             default:
-                let directory = (text as NSString).deletingLastPathComponent
                 var isDirectory: ObjCBool = false
+                // Not NSString.deletingLastPathComponent: it traps on some relative paths ("s").
+                let slash = text.lastIndex(of: "/")
+                let directory = slash.map { $0 == text.startIndex ? "/" : String(text[..<$0]) } ?? ""
                 if !text.hasPrefix("/") {
                     report(at: entry.value, "access_log: \"\(text)\" must be stderr, off or an absolute path")
                 } else if !FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) || !isDirectory.boolValue {

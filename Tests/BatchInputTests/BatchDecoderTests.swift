@@ -441,3 +441,34 @@ func badDependenciesAre400NamingThem(body: String, expected: String) {
     #expect(request.headers.first { $0.name == "X-Tenant" }?.value == "{a:/t}")
     #expect(request.headers.first { $0.name == "x-request-id" }?.value == "{a:/t}.b")
 }
+
+// Found by the FuzzPaths fuzz target: dots in the template's text next to a placeholder made a
+// dot segment with the value once an upstream decodes %2F: "/x/..{item}" with "/secret" was sent
+// as /x/..%2Fsecret, which nginx resolves to /secret.
+@Test func aValueCannotCompleteADotSegmentWithTheTemplatesText() throws {
+    let template = try PathTemplate("/x/..{item}")
+    guard case .failure(let error) = template.expand(.string("/secret"), at: "/ids/0") else {
+        Issue.record("expanded")
+        return
+    }
+    #expect(error.status == 400 && error.field == "/ids/0")
+    #expect(template.expand(.string("a"), at: "/ids/0") == .success("/x/..a"))
+}
+
+@Test(arguments: ["/x/%2e%2e/{item}", "/x/..%2F{item}", "/x/%2E%5c{item}"])
+func templatesWithEncodedDotSegmentsAreRefused(path: String) {
+    #expect(throws: PathTemplate.SyntaxError.self) { try PathTemplate(path) }
+}
+
+// The same through a value reference: "/x/..{a:/v}" with "/secret" in the answer.
+@Test func aReferencedValueCannotCompleteADotSegment() throws {
+    let items = try explicit("""
+        {"requests":[{"id":"a","method":"GET","url":"/users/1"},
+                     {"id":"b","method":"GET","url":"/x/..{a:/v}","dependsOn":["a"]}]}
+        """)
+    let resolve = try #require(items[1].resolve)
+    let answer = ItemOutcome(status: 200, body: ByteBuffer(string: #"{"v":"/secret"}"#))
+    #expect(throws: DependencyFailure.self) { try resolve([answer]).get() }
+    let harmless = ItemOutcome(status: 200, body: ByteBuffer(string: #"{"v":"s"}"#))
+    #expect(try resolve([harmless]).get().path == "/api/x/..s")
+}

@@ -34,3 +34,15 @@ func encodedDotSegmentsAreRefused(url: String) {
     #expect(try ItemPath.resolve("/files/%2e%2e%2e", basePath: "/api").get().upstreamPath == "/api/files/%2e%2e%2e")
     #expect(try ItemPath.resolve("/files/a%2e%2ejson", basePath: "/api").get().upstreamPath == "/api/files/a%2e%2ejson")
 }
+
+// Found by the FuzzPaths fuzz target: dot segments removed in front of an empty segment left an
+// href starting with "//", a network-path reference that a client resolving the 207's hrefs
+// would read as another host.
+@Test(arguments: ["/.//evil.example/x", "/a/..//evil.example/x", "/.//'9u1%7e"])
+func dotSegmentsCannotLeaveANetworkPathReference(url: String) {
+    #expect(rejection(url)?.contains("network-path reference") == true)
+}
+
+@Test func anEmptySegmentAfterTheFirstIsKept() throws {
+    #expect(try ItemPath.resolve("/a//b/./c", basePath: "/api").get().href == "/a//b/c")
+}

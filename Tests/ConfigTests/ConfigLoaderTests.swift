@@ -386,6 +386,18 @@ private func withTLS(_ lines: String...) -> String {
     #expect(missingDirectory.first?.message == "access_log: directory \"/nonexistent-dir\" does not exist")
 }
 
+// Found by the FuzzConfig fuzz target: a one-letter relative access_log ("s") crashed the loader
+// inside Foundation's NSString.deletingLastPathComponent before the problem was reported.
+@Test(arguments: ["s", "x/", "a"])
+func aShortRelativeAccessLogIsAProblemNotACrash(value: String) {
+    let found = problems("access_log: \(value)\n" + valid)
+    #expect(found.first?.message == "access_log: \"\(value)\" must be stderr, off or an absolute path")
+}
+
+@Test func anAccessLogAtTheRootNamesTheRootDirectory() throws {
+    #expect(try ConfigLoader.parse(yaml: "access_log: /sheaf-access.log\n" + valid, file: "c.yaml").accessLog == .file("/sheaf-access.log"))
+}
+
 @Test func tracingNeedsAnOTLPEndpoint() throws {
     #expect(try ConfigLoader.parse(yaml: valid, file: "c.yaml").tracing == nil)
     let on = try ConfigLoader.parse(yaml: "tracing: {otlp_endpoint: \"http://127.0.0.1:4318/v1/traces\", sample_ratio: 25%}\n" + valid,

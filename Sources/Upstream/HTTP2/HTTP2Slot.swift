@@ -137,10 +137,14 @@ final class HTTP2Slot {
         } while pumpAgain
     }
 
+    /// Where a new connection goes instead of a TCP connect: the HTTP/2 fuzz target (Fuzz/)
+    /// attaches it to an `EmbeddedChannel` it feeds with arbitrary frames. Nil in Sheaf.
+    var attach: ((HTTP2Connection) -> Void)?
+
     private func connect() {
         let connection = HTTP2Connection(slot: self)
         current = connection
-        connection.start()
+        if let attach { attach(connection) } else { connection.start() }
         scheduleTick()
     }
 
