@@ -15,8 +15,7 @@ public enum JSONBatchDecoder {
         } catch is JSONParser.TooManyElements {
             throw .tooManyItems(field: field, maxItems: maxItems)
         } catch let error as JSONParser.Error {
-            let deep = "\(error)".contains("nested deeper than")
-            throw BatchError(status: 400, field: nil, "body is not valid JSON: \(error)", limit: deep ? "max_nesting_depth" : nil)
+            throw BatchError(status: 400, field: nil, "body is not valid JSON: \(error)", limit: error.tooDeep ? "max_nesting_depth" : nil)
         } catch {
             throw .badRequest("body is not valid JSON")
         }

@@ -154,25 +154,8 @@ struct ReferencedPath: Sendable {
 
     static func marker(_ index: Int) -> String { "~sheaf\(token)r\(index)~" }
 
-    /// A route's own template, checked when the configuration was loaded: its literal text is
-    /// joined to the base path as written (as `fan_out.path` is), markers and all.
-    static func make(_ url: ReferencedText, basePath: String, prevalidated: Bool) -> ReferencedPath {
-        var path = basePath
-        var markers: [(String, ReferencedText.Reference)] = []
-        for part in url.parts {
-            switch part {
-            case .literal(let text): path += text
-            case .reference(let reference):
-                let marker = marker(markers.count)
-                markers.append((marker, reference))
-                path += marker
-            }
-        }
-        return ReferencedPath(path: path, href: path, markers: markers)
-    }
-
-    /// Nil, with the rejection, when the url's literal text is not a usable path.
-    static func make(_ url: ReferencedText, basePath: String) -> Result<ReferencedPath, ItemPath.Rejection> {
+    /// The text with a marker in place of each reference, and which marker stands for which.
+    private static func marking(_ url: ReferencedText) -> (String, [(String, ReferencedText.Reference)]) {
         var marked = ""
         var markers: [(String, ReferencedText.Reference)] = []
         for part in url.parts {
@@ -184,6 +167,19 @@ struct ReferencedPath: Sendable {
                 marked += marker
             }
         }
+        return (marked, markers)
+    }
+
+    /// A route's own template, checked when the configuration was loaded: its literal text is
+    /// joined to the base path as written (as `fan_out.path` is), markers and all.
+    static func make(_ url: ReferencedText, basePath: String, prevalidated: Bool) -> ReferencedPath {
+        let (marked, markers) = marking(url)
+        return ReferencedPath(path: basePath + marked, href: basePath + marked, markers: markers)
+    }
+
+    /// Nil, with the rejection, when the url's literal text is not a usable path.
+    static func make(_ url: ReferencedText, basePath: String) -> Result<ReferencedPath, ItemPath.Rejection> {
+        let (marked, markers) = marking(url)
         return ItemPath.resolve(marked, basePath: basePath).map { resolved in
             var href = resolved.href
             for (marker, reference) in markers {

@@ -615,24 +615,16 @@ struct ConfigReader {
             default: report(at: entry.value, "\(what) on_error: \"\(text)\" is not continue or stop")
             }
         }
-        if let entry = fields["depends_on_success"] {
-            if case .sequence(let nodes) = entry.value {
-                var set = StatusSet()
-                for node in nodes {
-                    guard let text = string(node, "\(what) depends_on_success") else { continue }
-                    let lower = text.lowercased()
-                    if lower.count == 3, lower.hasSuffix("xx"), let digit = Int(lower.prefix(1)), (1...5).contains(digit) {
-                        set.classes.insert(digit)
-                    } else if let code = Int(text), (100...599).contains(code) {
-                        set.codes.insert(code)
-                    } else {
-                        report(at: node, "\(what) depends_on_success: \"\(text)\" is not a status (100-599) or a class (1xx-5xx)")
-                    }
-                }
-                route.policy.dependencySuccess = set
-            } else {
-                report(at: entry.value, "\(what) depends_on_success must be a list such as [2xx, 404]")
-            }
+        let accepted = list(fields["depends_on_success"]?.value, "\(what) depends_on_success",
+                            shape: "a list such as [2xx, 404]") { reader, text, node -> (classes: Int?, code: Int?)? in
+            let lower = text.lowercased()
+            if lower.count == 3, lower.hasSuffix("xx"), let digit = Int(lower.prefix(1)), (1...5).contains(digit) { return (digit, nil) }
+            if let code = Int(text), (100...599).contains(code) { return (nil, code) }
+            reader.report(at: node, "\(what) depends_on_success: \"\(text)\" is not a status (100-599) or a class (1xx-5xx)")
+            return nil
+        }
+        if let accepted {
+            route.policy.dependencySuccess = StatusSet(classes: Set(accepted.compactMap(\.classes)), codes: Set(accepted.compactMap(\.code)))
         }
         if let names = headerNames(fields["response_headers"]?.value, "\(what) response_headers") {
             route.responseHeaders = ReportedHeaders(names)

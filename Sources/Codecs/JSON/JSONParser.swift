@@ -7,6 +7,8 @@ public struct JSONParser {
     public struct Error: Swift.Error, CustomStringConvertible, Equatable {
         public var offset: Int
         public var message: String
+        /// The document is nested past the parser's depth limit (`max_nesting_depth`).
+        public var tooDeep = false
         public var description: String { "\(message) at byte \(offset)" }
     }
 
@@ -112,7 +114,11 @@ public struct JSONParser {
 
     private mutating func enter() throws {
         depth += 1
-        if depth > depthLimit { throw fail("JSON nested deeper than \(depthLimit) levels") }
+        if depth > depthLimit {
+            var error = fail("JSON nested deeper than \(depthLimit) levels")
+            error.tooDeep = true
+            throw error
+        }
     }
 
     /// The path token at `onPath`, when the path goes deeper than this value.
