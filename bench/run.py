@@ -12,6 +12,9 @@ Measured in one run, against the same nginx (one worker):
   5. With a 20 ms upstream: batch latency for N = 1, 100, 1000 against the 20 ms floor
      and against the client alone.
   6. Sheaf's peak RSS for a 100,000-item batch and at idle.
+     And a 1,000,000-item batch streamed in: Sheaf's peak RSS above its RSS before, and when the
+     first result arrives against when the last request byte is sent (`python3 bench/run.py
+     stream` runs this row alone).
   7. A client hanging up on an 80,000-item batch: /healthz latency while Sheaf cancels it
      (`python3 bench/run.py cancel` runs this row alone, for 10k and 80k items).
   8. TLS and HTTP/1.1 upstreams (`python3 bench/run.py tls` runs this section alone): Sheaf's
@@ -300,6 +303,14 @@ routes:
     concurrency: 1000
     max_items: 100000
     max_body_bytes: 16MiB
+  - name: million
+    method: POST
+    path: /million
+    upstream: nginx
+    fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}
+    concurrency: 1000
+    max_items: 1000000
+    max_body_bytes: 16MiB
   - name: slow
     method: POST
     path: /slow
@@ -336,6 +347,62 @@ routes:
         for p in reversed(self.procs):
             stop(p)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def streamed_batch(env, n):
+    """One n-item batch streamed in (64 KiB writes, NDJSON 207 read at the same time): when the
+    first result arrived against when the last request byte was sent, Sheaf's peak RSS above its
+    RSS just before (VmHWM reset through clear_refs), and every item reported once."""
+    pid = env.sheaf.pid
+    body = ("[" + ",".join(str(1 + i % 100_000) for i in range(n)) + "]").encode()
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    before = rss_kib(pid, "VmRSS")
+    sock = socket.create_connection(("127.0.0.1", env.sheaf_port))
+    sock.settimeout(300)
+    head = (f"POST /million HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Accept: application/x-ndjson\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    received = []
+    first = [None]
+
+    def read():
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                return
+            if first[0] is None and b'"status"' in data:
+                first[0] = time.monotonic()
+            received.append(data)
+
+    reader = threading.Thread(target=read)
+    start = time.monotonic()
+    reader.start()
+    sock.sendall(head)
+    view = memoryview(body)
+    for offset in range(0, len(body), 65536):
+        sock.sendall(view[offset:offset + 65536])
+    last_sent = time.monotonic()
+    reader.join(timeout=300)
+    ended = time.monotonic()
+    sock.close()
+    peak = rss_kib(pid, "VmHWM")
+    raw = b"".join(received)
+    _, _, chunked = raw.partition(b"\r\n\r\n")
+    text, rest = bytearray(), memoryview(chunked)
+    while True:  # de-chunk
+        line_end = bytes(rest[:20]).index(b"\r\n")
+        size = int(bytes(rest[:line_end]), 16)
+        if size == 0:
+            break
+        text += rest[line_end + 2:line_end + 2 + size]
+        rest = rest[line_end + 4 + size:]
+    lines = bytes(text).splitlines()
+    summary = json.loads(lines[-1])["summary"]
+    ids = {json.loads(line)["id"] for line in lines[:-1]}
+    assert summary["total"] == n and len(ids) == n == len(lines) - 1, (summary, len(ids))
+    return {"first_ms": (first[0] - start) * 1000, "upload_ms": (last_sent - start) * 1000,
+            "wall_s": ended - start, "peak_mib": (peak - before) / 1024, "body_mb": len(body) / 1e6,
+            "out_mb": len(text) / 1e6, "succeeded": summary["succeeded"]}
 
 
 def post_batch(port, path, n, accept="application/json", offset=1):
@@ -655,6 +722,14 @@ def main():
         finally:
             env.close()
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "stream":
+        env = Env()
+        try:
+            post_batch(env.sheaf_port, "/users", 1000)
+            print(json.dumps(streamed_batch(env, 1_000_000), indent=1))
+        finally:
+            env.close()
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "cancel":
         env = Env()
         try:
@@ -753,6 +828,14 @@ def main():
                     f"Peak RSS (VmHWM) after one 100,000-item batch ({wall:.2f} s, {len(data) / 1e6:.1f} MB of 207): "
                     f"**{peak / 1024:.1f} MiB**, {(peak - idle_rss) / 1024:.1f} MiB above idle.")
         ratios["peak RSS above idle, 100k items (MiB)"] = (peak - idle_rss) / 1024
+        million = streamed_batch(env, 1_000_000)
+        rows.append("")
+        rows.append(f"A 1,000,000-item batch streamed in ({million['body_mb']:.1f} MB of JSON in 64 KiB writes, NDJSON 207 of "
+                    f"{million['out_mb']:.0f} MB read meanwhile, {million['wall_s']:.1f} s, {million['succeeded']} items 200, each "
+                    f"reported once): first result after **{million['first_ms']:.0f} ms**, last request byte sent after "
+                    f"{million['upload_ms']:.0f} ms; peak RSS **{million['peak_mib']:.1f} MiB** above its RSS before the batch.")
+        ratios["peak RSS above idle, 1M items streamed (MiB)"] = million["peak_mib"]
+        ratios["first result / last request byte sent, 1M items (ms/ms)"] = million["first_ms"] / million["upload_ms"]
 
         # 7. A client hangs up on a huge queued batch: health checks keep answering.
         rows.append("")
@@ -785,6 +868,8 @@ def main():
         "1000-item batch latency / h2load's own 1000 concurrent requests": "(context)",
         "client alone (6 × HTTP/1.1) / Sheaf, 1000 items": "≥ 50",
         "peak RSS above idle, 100k items (MiB)": "≤ 64",
+        "peak RSS above idle, 1M items streamed (MiB)": "≤ 64",
+        "first result / last request byte sent, 1M items (ms/ms)": "< 1",
         "h2 over TLS: Sheaf CPU per item / h2load CPU per request over TLS": "≤ 1.3",
         "HTTP/1.1 cleartext: Sheaf CPU per item / nginx proxy_pass CPU per request": "≤ 1.3",
         "HTTP/1.1 over TLS: Sheaf CPU per item / nginx proxy_pass CPU per request": "≤ 1.3",

@@ -9,8 +9,19 @@ import Upstream
 public struct ItemBuilder {
     public let basePath: String
     public private(set) var items: [BatchItem] = []
+    /// Items already handed over by `drain` (a streamed batch): `items[0]` is item `drained`.
+    private var drained = 0
     private var ids: Set<String> = []
     private var hrefs: Set<String> = []
+    /// A streamed batch cannot remember every href it has used: past `exactHrefs` of them, a
+    /// fixed-size filter takes over, which may take a new href for a used one (then tagged `#id`
+    /// needlessly, still unique), never the reverse.
+    private let streamed: Bool
+    private var hrefFilter: HrefFilter?
+    static let exactHrefs = 1 << 16
+    /// Coalescing: the first item on each path, and the first item of each full call key.
+    private var firstOnPath: [String: (index: Int, request: UpstreamRequest)] = [:]
+    private var byKey: [String: Int] = [:]
 
     /// What Sheaf adds to every item of this batch.
     public let shared: BatchHeaders
@@ -24,9 +35,12 @@ public struct ItemBuilder {
     /// One item's body may hold at most this many bytes (`max_item_body_bytes`).
     private let maxItemBodyBytes: Int
 
+    /// `streamed`: items are taken with `drain` as they are built, and memory stays bounded
+    /// (hrefs through a fixed-size filter, coalescing within the last few thousand paths).
     public init(basePath: String, expectedCount: Int = 0, headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false,
-                maxItemBodyBytes: Int = Int.max) {
+                maxItemBodyBytes: Int = Int.max, streamed: Bool = false) {
         self.basePath = basePath
+        self.streamed = streamed
         self.maxItemBodyBytes = maxItemBodyBytes
         self.coalesce = coalesce
         self.shared = headers
@@ -54,7 +68,7 @@ public struct ItemBuilder {
         return out
     }
 
-    public var count: Int { items.count }
+    public var count: Int { drained + items.count }
 
     /// One explicit item. `field` prefixes error fields, e.g. `requests[3]`. `dependsOn`: ids of
     /// items that must succeed first; then the url, header values and `jsonBody` (the body as
@@ -186,6 +200,22 @@ public struct ItemBuilder {
         return items
     }
 
+    /// A streamed batch's items built since the last call, coalesced with each other and with
+    /// the recent ones before (a duplicate whose first copy is too far back makes its own call).
+    public mutating func drain() -> [BatchItem] {
+        if coalesce {
+            markDuplicates()
+            if firstOnPath.count > 4096 {
+                firstOnPath.removeAll(keepingCapacity: true)
+                byKey.removeAll(keepingCapacity: true)
+            }
+        }
+        let out = items
+        drained += items.count
+        items.removeAll(keepingCapacity: true)
+        return out
+    }
+
     private mutating func orderByDependencies() throws(BatchError) {
         var indexOf: [String: Int] = [:]
         for (index, item) in items.enumerated() { indexOf[item.id] = index }
@@ -244,20 +274,19 @@ public struct ItemBuilder {
     private mutating func markDuplicates() {
         // Keyed by path alone (its storage is hashed, nothing is built per item). Only when a
         // path comes again is a full key (method and headers) built, for the items on that path.
-        var firstOnPath: [String: Int] = [:]
-        var byKey: [String: Int] = [:]
-        for index in items.indices {
-            guard let request = items[index].request, request.method == "GET" || request.method == "HEAD",
-                  request.body == nil, items[index].dependsOn.isEmpty else { continue }
+        for position in items.indices {
+            let index = drained + position
+            guard let request = items[position].request, request.method == "GET" || request.method == "HEAD",
+                  request.body == nil, items[position].dependsOn.isEmpty else { continue }
             guard let first = firstOnPath[request.path] else {
-                firstOnPath[request.path] = index
+                firstOnPath[request.path] = (index, request)
                 continue
             }
-            let firstKey = Self.callKey(items[first].request!)
-            if byKey[firstKey] == nil { byKey[firstKey] = first }
+            let firstKey = Self.callKey(first.request)
+            if byKey[firstKey] == nil { byKey[firstKey] = first.index }
             let key = Self.callKey(request)
             if let leader = byKey[key] {
-                items[index].sameAs = leader
+                items[position].sameAs = leader
             } else {
                 byKey[key] = index
             }
@@ -278,13 +307,13 @@ public struct ItemBuilder {
     /// that are never `.` or `..`.
     public mutating func addTemplated(path: String, method: String, headers: [(name: String, value: String)],
                                       then: ChainTemplate? = nil) {
-        let id = String(then == nil ? items.count : items.count / 2)
+        let id = String(then == nil ? count : count / 2)
         let request = UpstreamRequest(method: method, path: basePath + path, headers: withShared(headers, id: id))
         items.append(BatchItem(id: id, href: uniqueHref(path, id: id), request: request))
         guard let then else { return }
         // The second call depends on the first: it waits for its answer, takes values from it,
         // and gets 424 when the first fails. BatchSession reports the two as one item.
-        let first = items.count - 1
+        let first = count - 1
         let chained = ItemTemplate(method: then.method, dependencyIDs: ["answer"],
                                    url: ReferencedPath.make(then.path, basePath: basePath, prevalidated: true),
                                    headers: withShared(headers, id: id + ".then").map { ($0.name, ReferencedText.plain($0.value)) },
@@ -297,10 +326,47 @@ public struct ItemBuilder {
     /// RFC 4918 §13: an href appears at most once. The first item (in request order) to address a
     /// path gets it as is; every later one gets the path plus `#` and its (encoded) id.
     private mutating func uniqueHref(_ href: String, id: String) -> String {
+        if streamed && hrefFilter == nil && hrefs.count >= Self.exactHrefs {
+            hrefFilter = HrefFilter()
+            for used in hrefs { _ = hrefFilter!.insert(used) }
+            hrefs = []
+        }
+        if hrefFilter != nil {
+            // Ids are unique, so a tagged href needs no checking; an untagged one cannot end in `#id`.
+            if hrefFilter!.insert(href) { return href }
+            return href + "#" + PercentEncoding.encodeSegment(id)
+        }
         if hrefs.insert(href).inserted { return href }
         let tagged = href + "#" + PercentEncoding.encodeSegment(id)
         hrefs.insert(tagged)
         return tagged
+    }
+}
+
+/// A Bloom filter over hrefs, 4 MiB whatever the batch's size: with a million hrefs, about one
+/// in 30,000 new ones is taken for used. Used by streamed batches only.
+struct HrefFilter {
+    private static let bits = 1 << 25
+    private static let probes = 5
+    private var words = [UInt64](repeating: 0, count: HrefFilter.bits / 64)
+
+    /// Adds `href`; false when it may have been added before.
+    mutating func insert(_ href: String) -> Bool {
+        var hasher = Hasher()
+        hasher.combine(href)
+        let hash = UInt64(bitPattern: Int64(hasher.finalize()))
+        // Double hashing: probe i at h1 + i·h2.
+        let h1 = hash & 0xFFFF_FFFF, h2 = (hash >> 32) | 1
+        var seen = true
+        for probe in 0..<UInt64(Self.probes) {
+            let bit = Int((h1 &+ probe &* h2) % UInt64(Self.bits))
+            let mask: UInt64 = 1 << UInt64(bit & 63)
+            if words[bit >> 6] & mask == 0 {
+                seen = false
+                words[bit >> 6] |= mask
+            }
+        }
+        return !seen
     }
 }
 

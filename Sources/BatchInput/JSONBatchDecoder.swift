@@ -22,28 +22,18 @@ public enum JSONBatchDecoder {
     }
 
     /// The template form: one upstream request per element of the array at `template.items`.
+    /// The whole body at once, through the same reader a streamed body goes through.
     public static func decode(_ body: ByteBuffer, template: FanOutTemplate, basePath: String,
                               maxItems: Int, headers: BatchHeaders = BatchHeaders(), coalesce: Bool = false,
                               limits: InputLimits = InputLimits()) throws(BatchError) -> [BatchItem] {
-        let pointer = template.items.description
-        let field = pointer.isEmpty ? "body" : pointer
-        let document = try parse(body, items: template.items.tokens, field: field, maxItems: maxItems, maxDepth: limits.maxDepth)
-        guard let target = template.items.resolve(in: document) else {
-            throw .badRequest(field: field, "not found in the body")
-        }
-        guard case .array(let elements) = target else {
-            throw .badRequest(field: field, "must be an array, got \(target.typeName)")
-        }
-        var builder = ItemBuilder(basePath: basePath, expectedCount: elements.count, headers: headers, coalesce: coalesce)
-        for (index, element) in elements.enumerated() {
-            switch template.path.expand(element, at: "\(pointer)/\(index)") {
-            case .success(let path):
-                builder.addTemplated(path: path, method: template.method, headers: template.headers, then: template.then)
-            case .failure(let error):
-                throw error
-            }
-        }
-        return try builder.finish()
+        var decoder = StreamingTemplateDecoder(template: template, basePath: basePath, maxItems: maxItems, headers: headers,
+                                               coalesce: coalesce, limits: limits, streamed: false)
+        var (items, error) = decoder.feed(body)
+        if let error { throw error }
+        let (rest, failure) = decoder.finish()
+        if let failure { throw failure }
+        items += rest
+        return items
     }
 
     /// The explicit form: `{"requests":[{"id":"a","method":"GET","url":"/users/1","headers":{},"body":...}]}`.
@@ -128,5 +118,93 @@ public enum JSONBatchDecoder {
                             dependsOn: dependsOn, jsonBody: jsonBody)
         }
         return try builder.finish()
+    }
+}
+
+/// Decodes a template route's body as it arrives: each element of the array at `template.items`
+/// becomes an item as soon as it is complete (`JSONArrayStream`), so a batch of any size is
+/// never held whole. An error ends the decoding; the items built before it are still returned.
+public struct StreamingTemplateDecoder {
+    private var stream: JSONArrayStream
+    private var builder: ItemBuilder
+    private let template: FanOutTemplate
+    private let pointer: String
+    private let field: String
+    private let maxItems: Int
+    private var failure: BatchError?
+
+    /// `streamed`: items leave with each `feed` (the builder keeps bounded state); otherwise
+    /// they are all returned by `finish`, coalesced across the whole batch.
+    public init(template: FanOutTemplate, basePath: String, maxItems: Int, headers: BatchHeaders = BatchHeaders(),
+                coalesce: Bool = false, limits: InputLimits = InputLimits(), streamed: Bool = true) {
+        self.template = template
+        self.pointer = template.items.description
+        self.field = pointer.isEmpty ? "body" : pointer
+        self.maxItems = maxItems
+        self.stream = JSONArrayStream(path: template.items.tokens, maxElements: maxItems, maxDepth: limits.maxDepth)
+        self.builder = ItemBuilder(basePath: basePath, headers: headers, coalesce: coalesce, streamed: streamed)
+        self.streamed = streamed
+    }
+
+    private let streamed: Bool
+
+    /// Elements read so far.
+    public var count: Int { stream.elements }
+
+    /// The items whose elements completed in `part`, and the error that stopped the decoding, if one did.
+    public mutating func feed(_ part: ByteBuffer) -> (items: [BatchItem], error: BatchError?) {
+        guard failure == nil else { return ([], failure) }
+        var elements: [(Int, JSONValue)] = []
+        do throws(JSONArrayStream.Failure) {
+            try part.withUnsafeReadableBytes { raw throws(JSONArrayStream.Failure) in
+                try stream.feed(raw) { index, value in elements.append((index, value)) }
+            }
+        } catch {
+            failure = batchError(error)
+        }
+        return build(elements)
+    }
+
+    /// The body ended: the last items, and what was wrong with the body, if anything.
+    public mutating func finish() -> (items: [BatchItem], error: BatchError?) {
+        guard failure == nil else { return ([], failure) }
+        var elements: [(Int, JSONValue)] = []
+        do throws(JSONArrayStream.Failure) {
+            try stream.finish { index, value in elements.append((index, value)) }
+        } catch {
+            failure = batchError(error)
+        }
+        var (items, error) = build(elements)
+        if error == nil && !streamed {
+            do throws(BatchError) { items = try builder.finish() } catch { failure = error }
+        }
+        return (items, failure)
+    }
+
+    private mutating func build(_ elements: [(Int, JSONValue)]) -> (items: [BatchItem], error: BatchError?) {
+        // An element error found after a syntax error further on still comes first: it is earlier in the body.
+        for (index, element) in elements {
+            switch template.path.expand(element, at: "\(pointer)/\(index)") {
+            case .success(let path):
+                builder.addTemplated(path: path, method: template.method, headers: template.headers, then: template.then)
+            case .failure(let error):
+                failure = error
+                return (streamed ? builder.drain() : [], error)
+            }
+        }
+        return (streamed ? builder.drain() : [], failure)
+    }
+
+    private func batchError(_ failure: JSONArrayStream.Failure) -> BatchError {
+        switch failure {
+        case .syntax(let error):
+            return BatchError(status: 400, field: nil, "body is not valid JSON: \(error)", limit: error.tooDeep ? "max_nesting_depth" : nil)
+        case .tooManyElements:
+            return .tooManyItems(field: field, maxItems: maxItems)
+        case .notFound:
+            return .badRequest(field: field, "not found in the body")
+        case .notAnArray(let typeName):
+            return .badRequest(field: field, "must be an array, got \(typeName)")
+        }
     }
 }

@@ -369,6 +369,22 @@ struct ConfigReader {
         return RouteAuth(tokensFile: path, apiKeyHeader: header)
     }
 
+    private mutating func readRateLimit(key: Node, _ node: Node, what: String) -> RateLimit? {
+        let fields = entries(node, allowed: ["requests_per_second", "burst"], what: "\(what) rate_limit")
+        guard case .mapping = node else { return nil }
+        guard let entry = fields["requests_per_second"] else {
+            report(at: key, "\(what) rate_limit is missing 'requests_per_second'")
+            return nil
+        }
+        guard case .scalar(let scalar) = entry.value, let rate = Double(scalar.string), rate > 0, rate <= 1_000_000 else {
+            report(at: entry.value, "\(what) rate_limit.requests_per_second must be a number above 0 (at most 1000000)")
+            return nil
+        }
+        // By default one second's worth may come at once.
+        let burst = integer(fields["burst"]?.value, "\(what) rate_limit.burst", range: 1...1_000_000) ?? max(1, Int(rate.rounded(.up)))
+        return RateLimit(requestsPerSecond: rate, burst: burst)
+    }
+
     private mutating func readTracing(key: Node, _ node: Node) -> TracingConfiguration? {
         let fields = entries(node, allowed: ["otlp_endpoint", "service_name", "sample_ratio"], what: "tracing")
         guard case .mapping = node else { return nil }
@@ -560,7 +576,7 @@ struct ConfigReader {
         let before = problems.count
         let fields = entries(node, allowed: ["name", "method", "path", "upstream", "fan_out", "concurrency", "max_items", "max_body_bytes", "deadline", "forward_headers", "order",
                                            "forwarded", "response_headers", "on_error", "depends_on_success", "coalesce", "auth",
-                                           "max_batches", "max_item_body_bytes", "properties"],
+                                           "max_batches", "max_item_body_bytes", "properties", "rate_limit"],
                                    what: "a route")
         guard case .mapping = node else { return nil }
         let name = string(fields["name"]?.value, "route name")
@@ -592,7 +608,10 @@ struct ConfigReader {
         if let entry = fields["fan_out"] { fanOut = readFanOut(entry.value, what: what) }
         var route = RouteConfiguration(name: name ?? "", method: method ?? "POST", path: path ?? "/", upstream: upstream ?? "", fanOut: fanOut)
         if let v = integer(fields["concurrency"]?.value, "\(what) concurrency", range: 1...10_000) { route.concurrency = v }
-        if let v = integer(fields["max_items"]?.value, "\(what) max_items", range: 1...1_000_000) { route.maxItems = v }
+        // A template route streams its body and holds only the items in flight; an explicit
+        // batch is held whole, so its count stays bounded by memory.
+        let itemCap = fanOut == nil && fields["fan_out"] == nil ? 1_000_000 : 100_000_000
+        if let v = integer(fields["max_items"]?.value, "\(what) max_items", range: 1...itemCap) { route.maxItems = v }
         if let v = byteSize(fields["max_body_bytes"]?.value, "\(what) max_body_bytes") { route.maxBodyBytes = v }
         if let v = byteSize(fields["max_item_body_bytes"]?.value, "\(what) max_item_body_bytes") { route.maxItemBodyBytes = v }
         if let v = integer(fields["max_batches"]?.value, "\(what) max_batches", range: 0...1_000_000) { route.maxBatches = v }
@@ -608,6 +627,7 @@ struct ConfigReader {
         if let v = boolean(fields["forwarded"]?.value, "\(what) forwarded") { route.forwarded = v }
         if let v = boolean(fields["coalesce"]?.value, "\(what) coalesce") { route.coalesce = v }
         if let entry = fields["auth"] { route.auth = readAuth(key: entry.key, entry.value, what: what) }
+        if let entry = fields["rate_limit"] { route.rateLimit = readRateLimit(key: entry.key, entry.value, what: what) }
         if let entry = fields["on_error"], let text = string(entry.value, "\(what) on_error") {
             switch text {
             case "continue": route.policy.stopOnError = false

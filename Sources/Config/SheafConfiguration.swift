@@ -76,6 +76,8 @@ public struct RouteConfiguration: Sendable {
     public var maxItemBodyBytes = 1 << 20
     /// WebDAV properties each item the upstream answered reports in the 207 (none by default).
     public var properties: [DAVProperty] = []
+    /// Bulk requests each client address may make to this route; more get 429 (none by default).
+    public var rateLimit: RateLimit?
 
     public init(name: String, method: String, path: String, upstream: String, fanOut: FanOutTemplate? = nil,
                 concurrency: Int = 100, maxItems: Int = 1000, maxBodyBytes: Int = 8 << 20) {
@@ -118,6 +120,18 @@ public struct RouteAuth: Sendable, Equatable {
     /// The tokens in a file: one per line, surrounding blanks ignored, blank lines skipped.
     public static func tokens(in text: String) -> [String] {
         text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+}
+
+/// `rate_limit:` on a route: a token bucket per client address, `requestsPerSecond` refilled
+/// up to `burst`.
+public struct RateLimit: Sendable, Equatable {
+    public var requestsPerSecond: Double
+    public var burst: Int
+
+    public init(requestsPerSecond: Double, burst: Int) {
+        self.requestsPerSecond = requestsPerSecond
+        self.burst = burst
     }
 }
 

@@ -7,11 +7,15 @@ import Upstream
 /// order, or in request order when `ordered`), then calls `onFinish` once, after the last
 /// `onResult` has returned. `onResult` calls never overlap in request order; in completion order
 /// they may, from different threads.
+///
+/// A streamed batch (`streamed: true`) starts with the items it has and takes more with `append`
+/// while it runs; it finishes only after `endInput`. Items are kept only while they are running
+/// or needed by another, so its memory follows `concurrency`, not the batch's size.
 public final class FanOutRun: @unchecked Sendable {
-    /// `nanoseconds`: from the item's start to its outcome.
-    public typealias ResultHandler = @Sendable (_ index: Int, _ outcome: ItemOutcome, _ nanoseconds: UInt64) -> Void
+    /// `item`: the item as given; `nanoseconds`: from the item's start to its outcome.
+    public typealias ResultHandler = @Sendable (_ index: Int, _ item: BatchItem, _ outcome: ItemOutcome, _ nanoseconds: UInt64) -> Void
 
-    private let items: [BatchItem]
+    private var items = ItemWindow()
     private let transport: UpstreamTransport
     private let onResult: ResultHandler
     private let onFinish: @Sendable () -> Void
@@ -35,25 +39,21 @@ public final class FanOutRun: @unchecked Sendable {
     private var lost = 0
     private var writabilityPaused = false
     private var readingSuspended = false
-    private var calls: [UpstreamCall?]
-    private var isSettled: [Bool]
-    /// Written by `start` under the lock; read by `settle` for its own index and by the watchdog.
-    private let startTimes: UnsafeMutableBufferPointer<UInt64>
     private var launching = false
     private var launchQueue: [Range<Int>] = []
     private var cancelOutcome = ItemOutcome(status: 499, reason: "the client went away")
     // Request order: outcomes that settled ahead of their turn, and who is writing.
     private let ordered: Bool
-    private var held: [Int: (ItemOutcome, UInt64)] = [:]
+    private var held: [Int: (BatchItem, ItemOutcome, UInt64)] = [:]
     private var nextToWrite = 0
     private var writing = false
     private var finishReported = false
     // Items that wait on others (dependencies, coalescing). Empty for independent batches,
     // which then pay one branch per item for all of this.
     private let policy: FanOutPolicy
-    private let related: Bool
+    private var related: Bool
     /// Indices whose outcome another item needs (a dependency, a coalescing leader).
-    private let needed: Set<Int>
+    private var needed: Set<Int>
     /// Outcomes of settled `needed` items, each kept only until every item that needs it has
     /// used it (`remaining` counts those), so memory follows what is still waiting, not the batch.
     private var retained: [Int: ItemOutcome] = [:]
@@ -66,27 +66,33 @@ public final class FanOutRun: @unchecked Sendable {
     /// Set by the first failure under `on_error: stop`: the reason every later start gets instead.
     private var stopReason: String?
     private var coalesced = 0
-    /// The process's items-in-flight budget, and which items hold one of its tokens.
+    /// The process's items-in-flight budget, and how many of its tokens this run holds.
     private let budget: ItemBudget?
-    private var holdsToken: [Bool]
     private var tokensHeld = 0
+    /// A streamed batch asks for more input through this once its unstarted items fall to half
+    /// of `inputWindow` (after an `append` said to wait).
+    private var onInputRoom: (@Sendable () -> Void)?
+    private var waitingForInputRoom = false
+    /// How many given-but-unstarted items a streamed batch may hold before it stops reading.
+    public let inputWindow: Int
 
     /// Called with each request just before it goes to the transport (tracing adds its
     /// `traceparent` there); nil costs nothing.
-    public typealias Prepare = @Sendable (_ index: Int, _ request: inout UpstreamRequest) -> Void
+    public typealias Prepare = @Sendable (_ index: Int, _ item: BatchItem, _ request: inout UpstreamRequest) -> Void
     private let prepare: Prepare?
 
     /// With `ordered`, at most `4 × concurrency` items run ahead of the first one not yet reported.
     /// `policy`: dependencies' accepted statuses and `on_error`. Items start in index order; an
     /// item claimed before its dependencies (or coalescing leader) have settled waits, holding
     /// its slot, which cannot deadlock: they all have lower indices, so they were claimed first.
+    /// `streamed`: more items come through `append`, and `endInput` ends them.
     public init(items: [BatchItem], transport: UpstreamTransport, concurrency: Int, ordered: Bool = false,
                 watchdog: Watchdog? = nil, prepare: Prepare? = nil, policy: FanOutPolicy = FanOutPolicy(),
-                budget: ItemBudget? = nil,
+                budget: ItemBudget? = nil, streamed: Bool = false,
                 onResult: @escaping ResultHandler, onFinish: @escaping @Sendable () -> Void) {
         self.prepare = prepare
         self.budget = budget
-        self.holdsToken = budget == nil ? [] : Array(repeating: false, count: items.count)
+        self.inputWindow = max(2 * concurrency, 256)
         self.policy = policy
         var needed = Set<Int>()
         var remaining: [Int: Int] = [:]
@@ -99,21 +105,13 @@ public final class FanOutRun: @unchecked Sendable {
         self.remaining = remaining
         self.related = !needed.isEmpty || policy.stopOnError
         self.watchdog = watchdog
-        self.items = items
+        for item in items { self.items.append(item) }
         self.transport = transport
         self.onResult = onResult
         self.onFinish = onFinish
         self.ordered = ordered
         self.scheduler = FanOutScheduler(total: items.count, concurrency: concurrency,
-                                         window: ordered ? 4 * max(1, concurrency) : nil)
-        self.calls = Array(repeating: nil, count: items.count)
-        self.isSettled = Array(repeating: false, count: items.count)
-        self.startTimes = .allocate(capacity: items.count)
-        self.startTimes.initialize(repeating: 0)
-    }
-
-    deinit {
-        startTimes.deallocate()
+                                         window: ordered ? 4 * max(1, concurrency) : nil, streamed: streamed)
     }
 
     /// Items the watchdog had to settle because the transport never reported them.
@@ -122,8 +120,11 @@ public final class FanOutRun: @unchecked Sendable {
     /// Duplicates that reported their leader's outcome instead of making a call.
     public var coalescedItems: Int { lock.withLock { coalesced } }
 
+    /// Items kept now: those not settled, and settled ones another still needs.
+    public var itemsHeld: Int { lock.withLock { items.liveCount } }
+
     public func start() {
-        if items.isEmpty {
+        if lock.withLock({ takeFinish() }) {
             onFinish()
             return
         }
@@ -139,23 +140,100 @@ public final class FanOutRun: @unchecked Sendable {
         launch(lock.withLock { admit(scheduler.claim()) })
     }
 
+    /// More items of a streamed batch (dependencies and coalescing leaders among earlier items
+    /// still held). Returns whether to keep reading input; when false, `whenInputRoom`'s handler
+    /// is called once the items given have mostly started.
+    @discardableResult
+    public func append(_ newItems: [BatchItem]) -> Bool {
+        guard !newItems.isEmpty else { return true }
+        // The input was ended (its client went away): nothing more is taken.
+        guard !lock.withLock({ scheduler.inputEnded }) else { return true }
+        let (start, never, outcome, more) = lock.withLock { () -> (Range<Int>, Range<Int>, ItemOutcome, Bool) in
+            for var item in newItems {
+                if let leader = item.sameAs {
+                    // A leader that settled with nobody waiting has let its outcome go: the
+                    // duplicate makes its own call instead.
+                    if items.isSettled(leader) && retained[leader] == nil {
+                        item.sameAs = nil
+                    } else {
+                        remaining[leader, default: 0] += 1
+                        needed.insert(leader)
+                    }
+                }
+                for dependency in item.dependsOn {
+                    precondition(!items.isSettled(dependency) || retained[dependency] != nil,
+                                 "a streamed item depends on one already released")
+                    remaining[dependency, default: 0] += 1
+                    needed.insert(dependency)
+                }
+                items.append(item)
+            }
+            related = related || !needed.isEmpty
+            let none = scheduler.nextIndex..<scheduler.nextIndex
+            if scheduler.isCancelled {
+                return (none, scheduler.appendAfterCancel(newItems.count), cancelOutcome, true)
+            }
+            // While paused, the scheduler claims nothing: the items wait for `resume`.
+            let start = admit(scheduler.append(newItems.count))
+            let more = scheduler.unstarted < inputWindow
+            if !more { waitingForInputRoom = true }
+            return (start, none, cancelOutcome, more)
+        }
+        for index in never { settle(index, outcome) }
+        if !start.isEmpty { launch(start) }
+        return more
+    }
+
+    /// The handler a streamed batch calls (from any thread) when it wants more input again.
+    public func whenInputRoom(_ handler: @escaping @Sendable () -> Void) {
+        lock.withLock { onInputRoom = handler }
+    }
+
+    /// A streamed batch has all its items.
+    public func endInput() {
+        let finished = lock.withLock { () -> Bool in
+            scheduler.endInput()
+            return takeFinish()
+        }
+        if finished {
+            stopWatchdog()
+            onFinish()
+        }
+    }
+
+    /// Under the lock: the handler to call when a streamed batch waited for its unstarted items
+    /// to fall to half of `inputWindow` (or for a cancel, after which input is only drained) and now they have.
+    private func takeInputRoom() -> (@Sendable () -> Void)? {
+        guard waitingForInputRoom, scheduler.isCancelled || scheduler.unstarted <= inputWindow / 2 else { return nil }
+        waitingForInputRoom = false
+        return onInputRoom
+    }
+
+    /// Under the lock: whether the batch is done and its finish not yet reported (then it is, by the caller).
+    private func takeFinish() -> Bool {
+        guard !finishReported, scheduler.isFinished, !ordered || nextToWrite == scheduler.total else { return false }
+        finishReported = true
+        return true
+    }
+
     private func settleLost(olderThan limit: TimeAmount) {
         let now = NIODeadline.now().uptimeNanoseconds
         let horizon = UInt64(max(limit.nanoseconds, 0))
         let (overdue, lostCalls) = lock.withLock { () -> ([Int], [UpstreamCall]) in
-            while oldestUnsettled < items.count && isSettled[oldestUnsettled] { oldestUnsettled += 1 }
+            oldestUnsettled = max(oldestUnsettled, items.base)
+            while oldestUnsettled < items.end && items.isSettled(oldestUnsettled) { oldestUnsettled += 1 }
             var overdue: [Int] = []
             var lostCalls: [UpstreamCall] = []
             var index = oldestUnsettled
             // Items start in index order, so the overdue ones come first among those started.
             while index < scheduler.nextIndex {
                 defer { index += 1 }
-                if isSettled[index] { continue }
-                let started = startTimes[index]
+                if items.isSettled(index) { continue }
+                let started = items[index].started
                 if started == 0 { continue }  // waiting for a dependency, not started
                 guard now > started, now - started > horizon else { break }
                 overdue.append(index)
-                if let call = calls[index] { lostCalls.append(call) }
+                if let call = items[index].call { lostCalls.append(call) }
             }
             lost += overdue.count
             return (overdue, lostCalls)
@@ -201,7 +279,7 @@ public final class FanOutRun: @unchecked Sendable {
             let want = suspended()
             guard want != readingSuspended else { return none }
             readingSuspended = want
-            for case let call? in calls {
+            items.forEachCall { call in
                 if want { call.suspendReading() } else { call.resumeReading() }
             }
             if want {
@@ -218,7 +296,7 @@ public final class FanOutRun: @unchecked Sendable {
     /// Only the first cancellation counts (a deadline and a departing client may race).
     public func cancel(status: Int, reason: String) {
         let outcome = ItemOutcome(status: status, reason: reason)
-        let work = lock.withLock { () -> (Range<Int>, [UpstreamCall], [Int])? in
+        let work = lock.withLock { () -> (Range<Int>, [UpstreamCall], [Int], (@Sendable () -> Void)?)? in
             guard !scheduler.isCancelled else { return nil }
             cancelOutcome = outcome
             // Claimed but waiting for others: no call to cancel, they settle here.
@@ -226,9 +304,11 @@ public final class FanOutRun: @unchecked Sendable {
             waiting.removeAll()
             dependents.removeAll()
             followers.removeAll()
-            return (scheduler.cancel(), calls.compactMap { $0 }, parked.sorted())
+            let never = scheduler.cancel()
+            return (never, items.calls, parked.sorted(), takeInputRoom())
         }
-        guard let (never, inFlight, parked) = work else { return }
+        guard let (never, inFlight, parked, room) = work else { return }
+        room?()
         for index in parked { settle(index, outcome) }
         // Latest first: those are the ones still queued in the transport. Cancelling the oldest
         // (on the wire) first would free streams for queued items, which would go out only to
@@ -269,28 +349,29 @@ public final class FanOutRun: @unchecked Sendable {
             for range in work {
                 for index in range { start(index) }
             }
-            work = lock.withLock {
+            let room: (@Sendable () -> Void)?
+            (work, room) = lock.withLock {
                 let queued = launchQueue
                 launchQueue.removeAll()
                 if queued.isEmpty { launching = false }
-                return queued
+                return (queued, takeInputRoom())
             }
+            room?()
             if work.isEmpty { return }
         }
     }
 
     private func start(_ index: Int) {
         // A cancel may land between the claim and this start: then the item is not sent.
-        let cancelled = lock.withLock { () -> ItemOutcome? in
-            if scheduler.isCancelled { return cancelOutcome }
-            startTimes[index] = NIODeadline.now().uptimeNanoseconds
-            return nil
+        let (cancelled, item, related) = lock.withLock { () -> (ItemOutcome?, BatchItem?, Bool) in
+            if scheduler.isCancelled { return (cancelOutcome, nil, false) }
+            items[index].started = NIODeadline.now().uptimeNanoseconds
+            return (nil, items.item(index), self.related)
         }
-        if let cancelled {
-            settle(index, cancelled)
+        guard let item else {
+            settle(index, cancelled ?? ItemOutcome(status: 499, reason: "cancelled"))
             return
         }
-        let item = items[index]
         var request: UpstreamRequest
         if related {
             switch gate(index, item) {
@@ -309,7 +390,7 @@ public final class FanOutRun: @unchecked Sendable {
             }
             request = plain
         }
-        prepare?(index, &request)
+        prepare?(index, item, &request)
         let call = transport.execute(request) { [self] result in
             var outcome = ItemOutcome(result)
             if case .failure(let error) = result, error.kind == .cancelled {
@@ -319,8 +400,8 @@ public final class FanOutRun: @unchecked Sendable {
         }
         let missedCancel = lock.withLock { () -> Bool in
             // The call may already have settled; keep a handle only to cancel live ones.
-            guard !isSettled[index] else { return false }
-            calls[index] = call
+            guard !items.isSettled(index) else { return false }
+            items[index].call = call
             // Under the lock, like `updateReading`, so a resume cannot overtake it.
             if readingSuspended { call.suspendReading() }
             return scheduler.isCancelled
@@ -337,7 +418,7 @@ public final class FanOutRun: @unchecked Sendable {
         tokensHeld += granted
         if granted < claimed.count { scheduler.giveBack(claimed.count - granted) }
         let admitted = claimed.lowerBound..<(claimed.lowerBound + granted)
-        for index in admitted { holdsToken[index] = true }
+        for index in admitted { items[index].holdsToken = true }
         return admitted
     }
 
@@ -369,19 +450,19 @@ public final class FanOutRun: @unchecked Sendable {
                 return .gate(.settle(ItemOutcome(status: 424, reason: stopReason, attempts: 0)))
             }
             if let leader = item.sameAs {
-                if isSettled[leader], let outcome = retained[leader] {
+                if items.isSettled(leader), let outcome = retained[leader] {
                     coalesced += 1
                     consumeAll(of: item)
                     return .gate(.settle(Self.copied(outcome)))
                 }
                 followers[leader, default: []].append(index)
-                startTimes[index] = 0
+                items[index].started = 0
                 return .gate(.parked)
             }
             var outcomes: [ItemOutcome] = []
             var pending: [Int] = []
             for dependency in item.dependsOn {
-                if isSettled[dependency], let outcome = retained[dependency] {
+                if items.isSettled(dependency), let outcome = retained[dependency] {
                     if let failure = dependencyFailed(dependency, outcome) {
                         consumeAll(of: item)
                         return .gate(.settle(failure))
@@ -394,7 +475,7 @@ public final class FanOutRun: @unchecked Sendable {
             if !pending.isEmpty {
                 waiting[index] = pending.count
                 for dependency in pending { dependents[dependency, default: []].append(index) }
-                startTimes[index] = 0
+                items[index].started = 0
                 return .gate(.parked)
             }
             consumeAll(of: item)
@@ -428,6 +509,8 @@ public final class FanOutRun: @unchecked Sendable {
         if count <= 1 {
             remaining[index] = nil
             retained[index] = nil
+            needed.remove(index)
+            if items.isSettled(index) { items.forget(index) }
         } else {
             remaining[index] = count - 1
         }
@@ -446,7 +529,7 @@ public final class FanOutRun: @unchecked Sendable {
         guard !policy.dependencySuccess.contains(outcome.status) else { return nil }
         // The dependency's own reason, unless it is a 424 itself: a chain would nest them all.
         let cause = outcome.status == 424 ? nil : outcome.reason
-        let reason = "not sent: dependency \"\(items[dependency].id)\" ended \(outcome.status)" + (cause.map { " (\($0))" } ?? "")
+        let reason = "not sent: dependency \"\(items.item(dependency).id)\" ended \(outcome.status)" + (cause.map { " (\($0))" } ?? "")
         return ItemOutcome(status: 424, reason: reason, attempts: 0)
     }
 
@@ -465,21 +548,22 @@ public final class FanOutRun: @unchecked Sendable {
         var settleNow: [(Int, ItemOutcome)] = []
         var start: [Int] = []
         if policy.stopOnError, stopReason == nil, !outcome.succeeded {
-            stopReason = "not attempted: item \"\(items[index].id)\" failed (\(outcome.status))"
+            stopReason = "not attempted: item \"\(items.item(index).id)\" failed (\(outcome.status))"
         }
         guard needed.contains(index) else { return (settleNow, start) }
         if remaining[index] != nil { retained[index] = outcome }
+        // Before the waiting items are released: the last of them lets this item go.
+        let failure = dependencyFailed(index, outcome)
         for follower in followers.removeValue(forKey: index) ?? [] {
             coalesced += 1
-            consumeAll(of: items[follower])
+            consumeAll(of: items.item(follower))
             settleNow.append((follower, Self.copied(outcome)))
         }
-        let failure = dependencyFailed(index, outcome)
         for dependent in dependents.removeValue(forKey: index) ?? [] {
             guard let count = waiting[dependent] else { continue }  // already settled by another dependency
             if let failure {
                 waiting[dependent] = nil
-                consumeAll(of: items[dependent])
+                consumeAll(of: items.item(dependent))
                 settleNow.append((dependent, failure))
             } else if count == 1 {
                 waiting[dependent] = nil
@@ -493,34 +577,38 @@ public final class FanOutRun: @unchecked Sendable {
 
     private func settleOne(_ index: Int, _ outcome: ItemOutcome) -> [(Int, ItemOutcome)] {
         // Each item leaves once: a second outcome for one item (a transport bug) is dropped.
-        let (first, cascade, ready, token) = lock.withLock { () -> (Bool, [(Int, ItemOutcome)], [Int], Bool) in
-            guard !isSettled[index] else { return (false, [], [], false) }
-            isSettled[index] = true
-            calls[index] = nil
-            let token = budget != nil && holdsToken[index]
-            if token {
-                holdsToken[index] = false
+        let settled = lock.withLock { () -> (item: BatchItem, started: UInt64, cascade: [(Int, ItemOutcome)], ready: [Int], token: Bool)? in
+            guard !items.isSettled(index) else { return nil }
+            items[index].settled = true
+            items[index].call = nil
+            let slot = items[index]
+            if slot.holdsToken {
+                items[index].holdsToken = false
                 tokensHeld -= 1
             }
-            guard related else { return (true, [], [], token) }
-            let (cascade, ready) = release(index, outcome)
-            return (true, cascade, ready, token)
+            var cascade: [(Int, ItemOutcome)] = []
+            var ready: [Int] = []
+            // Taken first: releasing its waiting items may let it go.
+            let item = items.item(index)
+            if related { (cascade, ready) = release(index, outcome) }
+            if remaining[index] == nil { items.forget(index) }
+            if !ordered { dropSettled() }
+            return (item, slot.started, cascade, ready, slot.holdsToken)
         }
-        guard first else { return [] }
+        guard let (item, started, cascade, ready, token) = settled else { return [] }
         // Outside this run's lock: giving a token back may start another batch's items.
         if token { budget?.release(1) }
         defer { for dependent in ready { launch(dependent..<(dependent + 1)) } }
-        let started = startTimes[index]
         let now = NIODeadline.now().uptimeNanoseconds
         let nanoseconds = started == 0 || now < started ? 0 : now - started
         if ordered {
-            settleInOrder(index, outcome, nanoseconds)
+            settleInOrder(index, item, outcome, nanoseconds)
             return cascade
         }
-        onResult(index, outcome, nanoseconds)
+        onResult(index, item, outcome, nanoseconds)
         let (next, finished) = lock.withLock { () -> (Range<Int>, Bool) in
             let next = admit(scheduler.settle())
-            return (next, scheduler.isFinished)
+            return (next, takeFinish())
         }
         if finished {
             stopWatchdog()
@@ -529,6 +617,14 @@ public final class FanOutRun: @unchecked Sendable {
             launch(next)
         }
         return cascade
+    }
+
+    /// Under the lock: lets go of settled items at the front that nothing needs any more (in
+    /// request order, only once written).
+    private func dropSettled() {
+        items.dropSettled { index, slot in
+            slot.settled && remaining[index] == nil && (!ordered || index < nextToWrite)
+        }
     }
 
     private func stopWatchdog() {
@@ -540,9 +636,9 @@ public final class FanOutRun: @unchecked Sendable {
         task?.cancel()
     }
 
-    private func settleInOrder(_ index: Int, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
+    private func settleInOrder(_ index: Int, _ item: BatchItem, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
         let next = lock.withLock { () -> Range<Int> in
-            held[index] = (outcome, nanoseconds)
+            held[index] = (item, outcome, nanoseconds)
             return admit(scheduler.settle())
         }
         if !next.isEmpty { launch(next) }
@@ -558,8 +654,8 @@ public final class FanOutRun: @unchecked Sendable {
         }
         guard proceed else { return }
         while true {
-            let (run, first, finished) = lock.withLock { () -> ([(ItemOutcome, UInt64)], Int, Bool) in
-                var run: [(ItemOutcome, UInt64)] = []
+            let (run, first, finished) = lock.withLock { () -> ([(BatchItem, ItemOutcome, UInt64)], Int, Bool) in
+                var run: [(BatchItem, ItemOutcome, UInt64)] = []
                 let first = nextToWrite
                 while let entry = held.removeValue(forKey: nextToWrite) {
                     run.append(entry)
@@ -567,10 +663,9 @@ public final class FanOutRun: @unchecked Sendable {
                 }
                 if run.isEmpty {
                     writing = false
-                    let finished = nextToWrite == items.count && !finishReported
-                    if finished { finishReported = true }
-                    return (run, first, finished)
+                    return (run, first, takeFinish())
                 }
+                dropSettled()
                 return (run, first, false)
             }
             if run.isEmpty {
@@ -580,7 +675,7 @@ public final class FanOutRun: @unchecked Sendable {
                 }
                 return
             }
-            for (offset, entry) in run.enumerated() { onResult(first + offset, entry.0, entry.1) }
+            for (offset, entry) in run.enumerated() { onResult(first + offset, entry.0, entry.1, entry.2) }
             let next = lock.withLock { admit(scheduler.wrote(upTo: first + run.count)) }
             if !next.isEmpty { launch(next) }
         }

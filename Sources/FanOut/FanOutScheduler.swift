@@ -1,7 +1,8 @@
 /// The fan-out's bookkeeping as a value: which item starts next, how many are in flight,
 /// when the batch is done. No I/O, no clock; `FanOutRun` performs what it decides.
 public struct FanOutScheduler: Sendable {
-    public let total: Int
+    /// Items given so far (all of them, unless the batch is streamed and its input still arriving).
+    public private(set) var total: Int
     public let concurrency: Int
     public private(set) var nextIndex = 0
     public private(set) var inFlight = 0
@@ -15,13 +16,43 @@ public struct FanOutScheduler: Sendable {
     /// Items written to the response so far, in request order (request-order output only).
     public private(set) var written = 0
 
-    public init(total: Int, concurrency: Int, window: Int? = nil) {
+    /// A streamed batch's items arrive while it runs (`append`); it is not finished before
+    /// `endInput`, however many have settled.
+    public private(set) var inputEnded: Bool
+
+    public init(total: Int, concurrency: Int, window: Int? = nil, streamed: Bool = false) {
         self.total = total
+        self.inputEnded = !streamed
         self.concurrency = max(1, concurrency)
         self.window = window.map { max($0, 1) }
     }
 
-    public var isFinished: Bool { settled == total }
+    public var isFinished: Bool { inputEnded && settled == total }
+
+    /// Items given but not started yet (a streamed batch reads more input only when this is low).
+    public var unstarted: Int { total - nextIndex }
+
+    /// `count` more items arrived; returns the items to start now.
+    public mutating func append(_ count: Int) -> Range<Int> {
+        precondition(!inputEnded && !isCancelled, "items appended after the end of input or a cancel")
+        total += count
+        return claim()
+    }
+
+    /// `count` more items arrived after a cancel: they never start, and settle at once (the range).
+    public mutating func appendAfterCancel(_ count: Int) -> Range<Int> {
+        precondition(!inputEnded && isCancelled, "appendAfterCancel without a cancel")
+        let range = total..<(total + count)
+        total += count
+        nextIndex = total
+        inFlight += count
+        return range
+    }
+
+    /// No more items will come.
+    public mutating func endInput() {
+        inputEnded = true
+    }
 
     /// Claims the items to start now, up to the concurrency cap.
     public mutating func claim() -> Range<Int> {

@@ -90,10 +90,21 @@ struct JSONResultWriter {
         out.writeInteger(UInt8(ascii: "}"))
     }
 
-    /// `{"total":3,"succeeded":1,"failed":2}`, with `retry_after` when an item gave one.
+    /// `{"total":3,"succeeded":1,"failed":2}`, with `retry_after` when an item gave one and
+    /// `input_error` when a streamed body went wrong after the 207 began.
     static func writeSummary(_ summary: BatchSummary, into out: inout ByteBuffer) {
         out.writeString("{\"total\":\(summary.total),\"succeeded\":\(summary.succeeded),\"failed\":\(summary.failed)")
         if let retryAfter = summary.retryAfter { out.writeString(",\"retry_after\":\(retryAfter)") }
+        if let problem = summary.inputError {
+            out.writeString(",\"input_error\":{\"status\":\(problem.status)")
+            if let field = problem.field {
+                out.writeStaticString(",\"field\":")
+                JSONWriter.writeString(field, into: &out)
+            }
+            out.writeStaticString(",\"detail\":")
+            JSONWriter.writeString(problem.detail, into: &out)
+            out.writeInteger(UInt8(ascii: "}"))
+        }
         out.writeInteger(UInt8(ascii: "}"))
     }
 

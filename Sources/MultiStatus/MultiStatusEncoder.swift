@@ -12,6 +12,9 @@ public struct BatchSummary: Sendable, Equatable {
     /// The longest `Retry-After` (in seconds) of the items that ended 429 or 503: when a client
     /// may try those again. The 207's head is sent before the items end, so it travels in the body.
     public var retryAfter: Int64?
+    /// Set when a streamed batch's body went wrong after its 207 had begun: the items read
+    /// before are reported above it, the rest of the body was never read as items.
+    public var inputError: InputProblem?
 
     public init() {}
 
@@ -24,6 +27,20 @@ public struct BatchSummary: Sendable, Equatable {
             let seconds = (wait.nanoseconds + 999_999_999) / 1_000_000_000
             retryAfter = max(retryAfter ?? 0, seconds)
         }
+    }
+}
+
+/// What was wrong with a streamed batch's body, found after its 207 had begun (before, it is a
+/// 4xx of its own): the status, the field and the detail that 4xx's problem would have named.
+public struct InputProblem: Sendable, Equatable {
+    public var status: Int
+    public var field: String?
+    public var detail: String
+
+    public init(status: Int, field: String?, detail: String) {
+        self.status = status
+        self.field = field
+        self.detail = detail
     }
 }
 

@@ -116,6 +116,13 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
         attribute("succeeded", String(summary.succeeded))
         attribute("failed", String(summary.failed))
         if let retryAfter = summary.retryAfter { attribute("retry-after", String(retryAfter)) }
+        if let problem = summary.inputError {
+            start("S", "input-error")
+            attribute("status", String(problem.status))
+            if let field = problem.field { attribute("field", field) }
+            text(problem.detail)
+            end()
+        }
         end()
         xmlTextWriterEndDocument(writer)
         drain(into: &out)

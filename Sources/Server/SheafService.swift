@@ -15,6 +15,7 @@ struct RouteRuntime: Sendable {
     let configuration: RouteConfiguration
     let transport: UpstreamTransport
     let guardian: RouteGuard?
+    let limiter: ClientRateLimiter?
 }
 
 /// Sheaf's front door: matches routes, checks media types and sizes from the request head,
@@ -75,7 +76,8 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
                     throw ListenError(description: "route \(route.name): cannot read auth.tokens_file \(auth.tokensFile): \(error)")
                 }
             }
-            table[route.path, default: []].append(RouteRuntime(configuration: route, transport: transport, guardian: guardian))
+            table[route.path, default: []].append(RouteRuntime(configuration: route, transport: transport, guardian: guardian,
+                                                               limiter: route.rateLimit.map(ClientRateLimiter.init)))
         }
         self.routesByPath = table
         self.metrics = metrics
@@ -156,7 +158,19 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         }
         let name = route.configuration.name
         var access = entry(head, client, route: name)
-        // Before anything else about the request: a caller without the right token learns nothing more.
+        // Before the token check too, as nginx's limit_req: guessing tokens costs the same.
+        if let limiter = route.limiter, let limit = route.configuration.rateLimit {
+            let address = client.address?.ipAddress ?? "unknown"
+            if case .refused(let wait) = limiter.take(address, now: NIODeadline.now().uptimeNanoseconds) {
+                metrics.limitRefused("routes[].rate_limit")
+                metrics.batchFinished(route: name, outcome: "rejected", duration: nil)
+                let rate = limit.requestsPerSecond == limit.requestsPerSecond.rounded() ? String(Int(limit.requestsPerSecond)) : String(limit.requestsPerSecond)
+                return rejected(Problem.response(.tooManyRequests,
+                                                 detail: "\(address) sent more bulk requests to route \(name) than its rate_limit allows (\(rate) per second, burst \(limit.burst)); try again in \(wait)s",
+                                                 field: "rate_limit", extraHeaders: ["retry-after": String(wait)]), access)
+            }
+        }
+        // Then the token: a caller without the right one learns nothing more about the route.
         if let guardian = route.guardian, let refusal = guardian.check(head.headers) {
             metrics.authRefused(route: name, reason: refusal.rawValue)
             metrics.batchFinished(route: name, outcome: "rejected", duration: nil)
@@ -207,6 +221,28 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         // Counted from now: a body still arriving holds this service's transports as a running
         // batch does; if it never completes, the handler is dropped and so is the ticket.
         let ticket = BatchTicket(active)
+        if let template = route.configuration.fanOut {
+            // A template route's items start while its body is still arriving.
+            let limits = InputLimits(maxItemBodyBytes: route.configuration.maxItemBodyBytes, maxDepth: configuration.maxNestingDepth)
+            let decoder = StreamingTemplateDecoder(template: template, basePath: route.transport.configuration.endpoint.basePath,
+                                                   maxItems: route.configuration.maxItems, headers: shared,
+                                                   coalesce: route.configuration.coalesce, limits: limits)
+            return .stream(maxBodyBytes: route.configuration.maxBodyBytes) { [self, shared, ticket, access, admitted] head, writer, reading in
+                withExtendedLifetime(ticket) {}
+                return StreamedBatchInput(decoder: decoder, maxBodyBytes: route.configuration.maxBodyBytes, loop: writer.loop,
+                                          reading: reading, clientTimeout: configuration.clientTimeout,
+                                          refuse: { error, bytesIn in
+                                              self.refuse(error, route: route, shared: shared, access: access, writer: writer, bytesIn: bytesIn)
+                                          },
+                                          begin: { items, streamed, bytesIn in
+                                              var access = access
+                                              access.bytesIn = bytesIn
+                                              return self.startSession(route: route, head: head, items: items, streamed: streamed,
+                                                                       format: format, shared: shared, writer: writer, received: received,
+                                                                       access: access, admitted: admitted, ticket: ticket)
+                                          })
+            }
+        }
         return .collect(maxBodyBytes: route.configuration.maxBodyBytes) { [self, shared, ticket, access, admitted] head, body, writer in
             withExtendedLifetime(ticket) {}
             var access = access
@@ -229,11 +265,8 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         let limits = InputLimits(maxItemBodyBytes: configuration.maxItemBodyBytes, maxDepth: self.configuration.maxNestingDepth)
         let items: [BatchItem]
         do throws(BatchError) {
-            if let template = configuration.fanOut {
-                items = try JSONBatchDecoder.decode(body, template: template, basePath: basePath,
-                                                    maxItems: configuration.maxItems, headers: shared,
-                                                    coalesce: configuration.coalesce, limits: limits)
-            } else if isXML {
+            // Explicit batches only: a template route's body is streamed (`StreamedBatchInput`).
+            if isXML {
                 items = try XMLBatchDecoder.decode(body, basePath: basePath, maxItems: configuration.maxItems, headers: shared,
                                                     coalesce: configuration.coalesce, limits: limits)
             } else {
@@ -241,14 +274,32 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
                                                             headers: shared, coalesce: configuration.coalesce, limits: limits)
             }
         } catch {
-            metrics.batchFinished(route: configuration.name, outcome: "rejected", duration: nil)
-            if let limit = error.limit { metrics.limitRefused(limit) }
-            var problem = Problem.response(error)
-            if let requestID = shared.requestID { problem.headers.add(name: "x-request-id", value: requestID) }
-            logRejected(access, problem, bytesIn: body.readableBytes)
-            writer.respond(problem)
+            refuse(error, route: route, shared: shared, access: access, writer: writer, bytesIn: body.readableBytes)
             return
         }
+        startSession(route: route, head: head, items: items, streamed: false, format: format, shared: shared, writer: writer,
+                     received: received, access: access, admitted: admitted)
+    }
+
+    /// A batch refused for its body: the problem, counted and logged.
+    private func refuse(_ error: BatchError, route: RouteRuntime, shared: BatchHeaders, access: AccessEntry,
+                        writer: ResponseWriter, bytesIn: Int) {
+        metrics.batchFinished(route: route.configuration.name, outcome: "rejected", duration: nil)
+        if let limit = error.limit { metrics.limitRefused(limit) }
+        var problem = Problem.response(error)
+        if let requestID = shared.requestID { problem.headers.add(name: "x-request-id", value: requestID) }
+        logRejected(access, problem, bytesIn: bytesIn)
+        writer.respond(problem)
+    }
+
+    /// Starts the 207 and the fan-out of `items` (the first of them, when `streamed`).
+    /// `ticket`: held until the batch ends, so a reload waits for it (a streamed batch's body
+    /// may still be arriving).
+    @discardableResult
+    private func startSession(route: RouteRuntime, head: HTTPRequestHead, items: [BatchItem], streamed: Bool,
+                              format: ResponseFormat, shared: BatchHeaders, writer: ResponseWriter, received: NIODeadline,
+                              access: AccessEntry, admitted: AdmissionTicket, ticket: AnyObject? = nil) -> BatchSession {
+        let configuration = route.configuration
         let id = Self.requestCounter.withLockedValue { value -> UInt64 in
             value += 1
             return value
@@ -256,7 +307,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         var access = access
         let trace = tracer.map {
             BatchTrace(tracer: $0, headers: head.headers, method: head.method.rawValue, route: configuration,
-                       upstream: route.transport.configuration.endpoint, itemCount: items.count,
+                       upstream: route.transport.configuration.endpoint,
                        elapsed: NIODeadline.now() - received)
         }
         if let trace {
@@ -268,17 +319,20 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         logger[metadataKey: "route"] = "\(configuration.name)"
         if let requestID = shared.requestID { logger[metadataKey: "request_id"] = "\(requestID)" }
         active.withLockedValue { $0 += 1 }
-        let count = items.count
-        BatchSession(route: route, items: items, format: format, requestID: shared.requestID, writer: writer, metrics: metrics,
-                     received: received, logger: logger, access: accessLog.map { ($0, access) }, trace: trace,
-                     itemBudget: itemBudget) { [active, memory, admitted] in
+        let session = BatchSession(route: route, items: items, streamed: streamed, format: format, requestID: shared.requestID,
+                                   writer: writer, metrics: metrics, received: received, logger: logger,
+                                   access: accessLog.map { ($0, access) }, trace: trace,
+                                   itemBudget: itemBudget) { [active, memory, admitted, ticket] count in
             withExtendedLifetime(admitted) {}
+            withExtendedLifetime(ticket) {}
             let idle = active.withLockedValue { value -> Bool in
                 value -= 1
                 return value == 0
             }
             memory.batchEnded(items: count, idle: idle)
-        }.run()
+        }
+        session.run()
+        return session
     }
 }
 

@@ -488,3 +488,12 @@ func aShortRelativeAccessLogIsAProblemNotACrash(value: String) {
     #expect(problems(scalar).map(\.message) == ["route 'batch' properties must be a list, e.g. [getetag, getcontenttype]"])
     #expect(problems(scalar).first?.line == 28)
 }
+
+@Test func aTemplateRouteMayTakeMillionsOfItemsAnExplicitOneNot() throws {
+    let streamed = valid.replacingOccurrences(of: "max_items: 1000\n", with: "max_items: 5000000\n")
+    #expect(try ConfigLoader.parse(yaml: streamed, file: "c.yaml").routes[0].maxItems == 5_000_000)
+    let explicit = valid + "\n    max_items: 5000000\n"
+    let found = problems(explicit)
+    #expect(found.count == 1)
+    #expect(found.first?.message.contains("route 'batch' max_items must be between 1 and 1000000, got 5000000") == true, "\(found)")
+}

@@ -44,7 +44,7 @@ final class CancellingTransport: UpstreamTransport, @unchecked Sendable {
     let results = NIOLockedValueBox<[Int: ItemOutcome]>([:])
     let batch = (0..<10).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/\($0)")) }
     let finished = await waitForFinish(seconds: 5) { done in
-        let run = FanOutRun(items: batch, transport: transport, concurrency: 10, onResult: { index, outcome, _ in
+        let run = FanOutRun(items: batch, transport: transport, concurrency: 10, onResult: { index, _, outcome, _ in
             results.withLockedValue { $0[index] = outcome }
         }, onFinish: done)
         transport.run = run
@@ -94,7 +94,7 @@ final class LosingTransport: UpstreamTransport, @unchecked Sendable {
     let finished = await waitForFinish(seconds: 3) { done in
         let run = FanOutRun(items: batch, transport: transport, concurrency: 6,
                               watchdog: .init(eventLoop: group.next(), grace: .milliseconds(100)),
-                              onResult: { index, outcome, _ in results.withLockedValue { $0[index] = outcome } },
+                              onResult: { index, _, outcome, _ in results.withLockedValue { $0[index] = outcome } },
                               onFinish: done)
         run.start()
     }
@@ -116,7 +116,7 @@ final class LosingTransport: UpstreamTransport, @unchecked Sendable {
     let transport = FakeTransport(hold: true)
     let batch = (0..<10).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/\($0)")) }
     let results = NIOLockedValueBox(0)
-    let run = FanOutRun(items: batch, transport: transport, concurrency: 4, onResult: { _, _, _ in
+    let run = FanOutRun(items: batch, transport: transport, concurrency: 4, onResult: { _, _, _, _ in
         results.withLockedValue { $0 += 1 }
     }, onFinish: {})
     run.start()

@@ -95,7 +95,7 @@ func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurrency: Int,
     let results = NIOLockedValueBox<[Int: ItemOutcome]>([:])
     let duplicates = NIOLockedValueBox(0)
     await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-        let run = FanOutRun(items: items, transport: transport, concurrency: concurrency, policy: policy, onResult: { index, outcome, _ in
+        let run = FanOutRun(items: items, transport: transport, concurrency: concurrency, policy: policy, onResult: { index, _, outcome, _ in
             results.withLockedValue {
                 if $0[index] != nil { duplicates.withLockedValue { $0 += 1 } }
                 $0[index] = outcome
@@ -139,7 +139,7 @@ func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurrency: Int,
     let results = NIOLockedValueBox<[Int: ItemOutcome]>([:])
     let batch = (0..<20).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/\($0)")) }
     await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-        let run = FanOutRun(items: batch, transport: transport, concurrency: 5, onResult: { index, outcome, _ in
+        let run = FanOutRun(items: batch, transport: transport, concurrency: 5, onResult: { index, _, outcome, _ in
             results.withLockedValue { $0[index] = outcome }
         }, onFinish: { done.resume() })
         run.start()
@@ -168,7 +168,7 @@ func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurrency: Int,
     let results = NIOLockedValueBox<[Int: ItemOutcome]>([:])
     let batch = (0..<6).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/\($0)")) }
     await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-        let run = FanOutRun(items: batch, transport: transport, concurrency: 2, onResult: { index, outcome, _ in
+        let run = FanOutRun(items: batch, transport: transport, concurrency: 2, onResult: { index, _, outcome, _ in
             results.withLockedValue { $0[index] = outcome }
         }, onFinish: { done.resume() })
         run.start()
@@ -192,7 +192,7 @@ func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurrency: Int,
     let overlapping = NIOLockedValueBox((now: 0, max: 0))
     let batch = (0..<3000).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/200")) }
     await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-        let run = FanOutRun(items: batch, transport: transport, concurrency: 20, ordered: true, onResult: { index, outcome, _ in
+        let run = FanOutRun(items: batch, transport: transport, concurrency: 20, ordered: true, onResult: { index, _, outcome, _ in
             overlapping.withLockedValue { $0.now += 1; $0.max = max($0.max, $0.now) }
             reported.withLockedValue { $0.append(index) }
             overlapping.withLockedValue { $0.now -= 1 }
@@ -223,7 +223,7 @@ func aTransportThatAnswersTwiceStillYieldsOneOutcomePerItem(ordered: Bool) async
     let counts = NIOLockedValueBox<[Int: Int]>([:])
     let batch = (0..<200).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/")) }
     await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-        let run = FanOutRun(items: batch, transport: StutteringTransport(), concurrency: 10, ordered: ordered, onResult: { index, _, _ in
+        let run = FanOutRun(items: batch, transport: StutteringTransport(), concurrency: 10, ordered: ordered, onResult: { index, _, _, _ in
             counts.withLockedValue { $0[index, default: 0] += 1 }
         }, onFinish: { done.resume() })
         run.start()
@@ -231,4 +231,103 @@ func aTransportThatAnswersTwiceStillYieldsOneOutcomePerItem(ordered: Bool) async
     try? await Task.sleep(nanoseconds: 50_000_000)
     #expect(counts.withLockedValue { $0.count } == 200)
     #expect(counts.withLockedValue { $0.values.allSatisfy { $0 == 1 } })
+}
+
+@Test func schedulerOfAStreamedBatchWaitsForInputAndFinishesOnlyAfterItsEnd() {
+    var scheduler = FanOutScheduler(total: 0, concurrency: 2, streamed: true)
+    #expect(scheduler.claim().isEmpty)
+    #expect(scheduler.append(3) == 0..<2)
+    #expect(scheduler.settle() == 2..<3)
+    #expect(scheduler.settle().isEmpty)
+    #expect(scheduler.settle().isEmpty)
+    // Everything given so far has settled, but more may come.
+    #expect(!scheduler.isFinished)
+    #expect(scheduler.unstarted == 0)
+    #expect(scheduler.append(1) == 3..<4)
+    #expect(scheduler.settle().isEmpty)
+    scheduler.endInput()
+    #expect(scheduler.isFinished)
+}
+
+@Test func schedulerOfAStreamedBatchHandsItemsArrivingAfterACancelBackToSettle() {
+    var scheduler = FanOutScheduler(total: 0, concurrency: 2, streamed: true)
+    _ = scheduler.append(5)
+    #expect(scheduler.cancel() == 2..<5)
+    // Arriving after the cancel: never started, they settle at once.
+    #expect(scheduler.appendAfterCancel(3) == 5..<8)
+    for _ in 0..<8 { _ = scheduler.settle() }
+    #expect(!scheduler.isFinished)
+    scheduler.endInput()
+    #expect(scheduler.isFinished)
+}
+
+/// Streams `pieces` of items into a run, each once the run asks for more, and returns every
+/// outcome, the most items the run held at once, and how often it asked to wait.
+private func streamed(_ pieces: [[BatchItem]], _ transport: UpstreamTransport, concurrency: Int,
+                      cancelAfter: Int? = nil) async -> (results: [Int: ItemOutcome], peakHeld: Int, waits: Int) {
+    let results = NIOLockedValueBox<[Int: ItemOutcome]>([:])
+    let duplicates = NIOLockedValueBox(0)
+    let finishes = NIOLockedValueBox(0)
+    let stats = NIOLockedValueBox((peak: 0, waits: 0))
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+        let run = FanOutRun(items: [], transport: transport, concurrency: concurrency, streamed: true,
+                            onResult: { index, item, outcome, _ in
+            #expect(item.id == "\(index)")
+            results.withLockedValue {
+                if $0[index] != nil { duplicates.withLockedValue { $0 += 1 } }
+                $0[index] = outcome
+            }
+        }, onFinish: {
+            finishes.withLockedValue { $0 += 1 }
+            done.resume()
+        })
+        run.start()
+        // The feeder: appends a piece, and when told to wait, waits for the run's call.
+        let room = DispatchSemaphore(value: 0)
+        run.whenInputRoom { room.signal() }
+        DispatchQueue.global().async {
+            for (number, piece) in pieces.enumerated() {
+                if number == cancelAfter { run.cancel(status: 504, reason: "deadline") }
+                let more = run.append(piece)
+                stats.withLockedValue { $0.peak = max($0.peak, run.itemsHeld) }
+                if !more {
+                    stats.withLockedValue { $0.waits += 1 }
+                    room.wait()
+                }
+            }
+            run.endInput()
+        }
+    }
+    #expect(duplicates.withLockedValue { $0 } == 0)
+    #expect(finishes.withLockedValue { $0 } == 1)
+    return (results.withLockedValue { $0 }, stats.withLockedValue { $0.peak }, stats.withLockedValue { $0.waits })
+}
+
+private func numbered(_ range: Range<Int>) -> [BatchItem] {
+    range.map { BatchItem(id: "\($0)", href: "/i/\($0)", request: UpstreamRequest(method: "GET", path: "/i/\(200 + $0 % 3)")) }
+}
+
+@Test func aStreamedRunSettlesEveryItemOnceAndHoldsOnlyAWindowOfThem() async {
+    let pieces = stride(from: 0, to: 20_000, by: 500).map { numbered($0..<($0 + 500)) }
+    let transport = FakeTransport()
+    let (results, peakHeld, waits) = await streamed(pieces, transport, concurrency: 20)
+    #expect(results.count == 20_000)
+    #expect((0..<20_000).allSatisfy { results[$0]?.status == 200 + $0 % 3 })
+    #expect(transport.state.withLockedValue { $0.peak } <= 20)
+    // Pieces of 500 outrun 20 calls at a time: the run asked the feeder to wait, and never
+    // held more than about one window and one piece.
+    #expect(waits > 0)
+    #expect(peakHeld <= 256 + 500 + 20, "held \(peakHeld) items")
+}
+
+@Test func itemsStreamedAfterACancelSettleWithItsStatusAndTheRunEndsAfterItsInput() async {
+    let pieces = stride(from: 0, to: 3000, by: 300).map { numbered($0..<($0 + 300)) }
+    let (results, _, _) = await streamed(pieces, FakeTransport(), concurrency: 8, cancelAfter: 4)
+    #expect(results.count == 3000)
+    #expect((1200..<3000).allSatisfy { results[$0]?.status == 504 && results[$0]?.reason == "deadline" })
+}
+
+@Test func aStreamedRunWithNoItemsFinishesAtTheEndOfItsInput() async {
+    let (results, _, _) = await streamed([], FakeTransport(), concurrency: 4)
+    #expect(results.isEmpty)
 }

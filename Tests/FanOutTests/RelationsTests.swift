@@ -72,7 +72,7 @@ func dependentsStartOnlyAfterTheirDependenciesSucceed(concurrency: Int) async {
     let batch = [item("a", 500), item("b", 200), item("c", 200)]
     await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
         let run = FanOutRun(items: batch, transport: transport, concurrency: 2, policy: FanOutPolicy(stopOnError: true),
-                            onResult: { index, outcome, _ in results.withLockedValue { $0[index] = outcome } },
+                            onResult: { index, _, outcome, _ in results.withLockedValue { $0[index] = outcome } },
                             onFinish: { done.resume() })
         run.start()
         let held = transport.held.withLockedValue { $0 }
@@ -92,7 +92,7 @@ func dependentsStartOnlyAfterTheirDependenciesSucceed(concurrency: Int) async {
     await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
         let box = NIOLockedValueBox<FanOutRun?>(nil)
         let run = FanOutRun(items: batch, transport: transport, concurrency: 5,
-                            onResult: { index, outcome, _ in results.withLockedValue { $0[index] = outcome } },
+                            onResult: { index, _, outcome, _ in results.withLockedValue { $0[index] = outcome } },
                             onFinish: {
                                 coalesced.withLockedValue { $0 = box.withLockedValue { $0 }?.coalescedItems ?? -1 }
                                 done.resume()
@@ -111,7 +111,7 @@ func dependentsStartOnlyAfterTheirDependenciesSucceed(concurrency: Int) async {
     let batch = [item("a", 200), item("b", 200, dependsOn: [0]), item("a2", 200, sameAs: 0), item("c", 200)]
     await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
         let run = FanOutRun(items: batch, transport: transport, concurrency: 4,
-                            onResult: { index, outcome, _ in results.withLockedValue { $0[index] = outcome } },
+                            onResult: { index, _, outcome, _ in results.withLockedValue { $0[index] = outcome } },
                             onFinish: { done.resume() })
         run.start()
         run.cancel(status: 499, reason: "client gone")
@@ -140,7 +140,7 @@ func dependentsStartOnlyAfterTheirDependenciesSucceed(concurrency: Int) async {
                 let keep = NIOLockedValueBox<FanOutRun?>(nil)
                 await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                     let run = FanOutRun(items: batch, transport: transport, concurrency: 100, budget: budget,
-                                        onResult: { _, _, _ in },
+                                        onResult: { _, _, _, _ in },
                                         onFinish: {
                                             finishedAt.withLockedValue { $0[name] = transport.sent.withLockedValue { $0.count } }
                                             done.resume()

@@ -24,6 +24,8 @@ def limited(workdir, nginx):
           - {{name: batch, method: POST, path: /batch, upstream: h2, max_item_body_bytes: 100}}
           - {{name: one, method: POST, path: /one, upstream: h2, max_batches: 1,
               fan_out: {{items: "", method: GET, path: "/sleep/{{item}}"}}}}
+          - {{name: rated, method: POST, path: /rated, upstream: h2, rate_limit: {{requests_per_second: 0.2, burst: 2}},
+              fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}}}
         """)
     yield s
     s.stop()
@@ -76,3 +78,17 @@ def test_a_route_at_max_batches_answers_503_with_retry_after(limited):
     metrics = httpx.get(limited.url + "/metrics").text
     for limit in ("max_url_bytes", "max_headers", "max_header_bytes", "max_nesting_depth", "max_item_body_bytes", "routes[].max_batches"):
         assert re.search(r'^sheaf_limit_refusals_total\{limit="%s"\} [1-9]' % re.escape(limit), metrics, re.M), limit
+
+
+def test_a_client_past_its_rate_limit_gets_429_with_retry_after_and_nothing_is_sent(limited, nginx):
+    before = len(nginx.access_lines())
+    first, second = (httpx.post(limited.url + "/rated", json=[n], timeout=10) for n in (1, 2))
+    assert first.status_code == 207 and second.status_code == 207
+    r = httpx.post(limited.url + "/rated", json=[3], timeout=10)
+    _problem(r, 429, "rate_limit allows (0.2 per second, burst 2)")
+    assert r.json()["field"] == "rate_limit"
+    # One token comes back every 5 s at 0.2/s.
+    assert r.headers["retry-after"] == "5"
+    assert len(nginx.access_lines()) - before == 2, "the refused batch reached the upstream"
+    metrics = httpx.get(limited.url + "/metrics").text
+    assert re.search(r'^sheaf_limit_refusals_total\{limit="routes\[\]\.rate_limit"\} 1$', metrics, re.M), metrics

@@ -2,9 +2,10 @@ import Codecs
 import CFuzzerDriver
 import FuzzSupport
 
-/// libFuzzer entry point: any bytes into `JSONParser`. Besides not crashing, three things must
+/// libFuzzer entry point: any bytes into `JSONParser`. Besides not crashing, four things must
 /// hold for every input: validating agrees with parsing, what the writer makes of a parsed value
-/// parses back to the same value, and counting an array stops only past its limit.
+/// parses back to the same value, counting an array stops only past its limit, and the
+/// streaming array reader agrees with the parser.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzJSONParser(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let bytes = UnsafeBufferPointer(start: data, count: size)
@@ -27,7 +28,40 @@ public func fuzzJSONParser(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 
     } catch {
         check(parsed == nil, "counting refused a document that parses")
     }
+    checkStream(bytes, parsed)
     return 0
+}
+
+/// `JSONArrayStream` over the root, fed in pieces whose size the first byte picks: it accepts
+/// exactly what the parser accepts when the root is an array, and hands over its elements.
+private func checkStream(_ bytes: UnsafeBufferPointer<UInt8>, _ parsed: JSONValue?) {
+    let piece = 1 + Int(bytes.first ?? 0) % 17
+    var stream = JSONArrayStream(path: [])
+    var elements: [JSONValue] = []
+    var failure: JSONArrayStream.Failure?
+    var start = 0
+    do throws(JSONArrayStream.Failure) {
+        while start < bytes.count {
+            let end = min(bytes.count, start + piece)
+            try stream.feed(UnsafeRawBufferPointer(rebasing: bytes[start..<end])) { _, value in elements.append(value) }
+            start = end
+        }
+        try stream.finish { _, value in elements.append(value) }
+    } catch {
+        failure = error
+    }
+    switch parsed {
+    case .array(let expected)?:
+        check(failure == nil, "the stream refused an array the parser accepts: \(String(describing: failure))")
+        check(elements == expected, "the stream's elements differ from the parser's")
+    case nil:
+        check(failure != nil, "the stream accepted what the parser refuses")
+    default:
+        guard case .notAnArray? = failure else {
+            check(false, "the stream did not say a non-array root is not an array: \(String(describing: failure))")
+            return
+        }
+    }
 }
 
 /// The program's `main` (SwiftPM links it to `<module>_main`): libFuzzer over `fuzzJSONParser`.

@@ -51,6 +51,12 @@ public struct JSONParser {
         return try parser.document()
     }
 
+    /// Parses like `parse(_:)`, with nesting limited to `maxDepth` (at most `JSONParser.maxDepth`).
+    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int) throws -> JSONValue {
+        var parser = JSONParser(bytes: bytes, build: true, depthLimit: maxDepth)
+        return try parser.document()
+    }
+
     public static func parse<C: Collection>(_ bytes: C) throws -> JSONValue where C.Element == UInt8 {
         let array = Array(bytes)
         return try array.withUnsafeBufferPointer { try parse($0) }

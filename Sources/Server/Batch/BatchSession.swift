@@ -10,9 +10,13 @@ import Upstream
 /// One bulk request from decoded items to the last byte of its 207: starts the fan-out, encodes
 /// each outcome as it settles (completion order) straight into the response, ends with the
 /// summary. Every item is written exactly once; a client that goes away cancels what is in flight.
+/// A streamed batch (`streamed: true`) takes more items with `append` while it runs, and ends
+/// after `endInput`; it keeps only the items in flight.
 final class BatchSession: @unchecked Sendable {
     private let route: RouteRuntime
-    private let items: [BatchItem]
+    /// Known only when every item was decoded before the 207 began (then in `X-Sheaf-Items`).
+    private let knownCount: Int?
+    private let streamed: Bool
     private let encoder: MultiStatusEncoder
     private let requestID: String?
     private let writer: ResponseWriter
@@ -21,19 +25,19 @@ final class BatchSession: @unchecked Sendable {
     private let upstreamHistogram: DurationHistogram
     private let received: NIODeadline
     private let logger: Logger
-    private let onDone: @Sendable () -> Void
+    /// Called with the number of items once the 207's last byte is written.
+    private let onDone: @Sendable (Int) -> Void
     // Guarded by the writer's lock (all touched inside `writer.append`).
     private var summary = BatchSummary()
     private var deadlineTimer: Scheduled<Void>?
     private var statusCounts: [Int: Int] = [:]
     private var resends = 0
-    private var fanOut: FanOutRun?
+    /// The run holds this session through its handlers: it is let go when the batch finishes.
+    private let fanOut: NIOLockedValueBox<FanOutRun?> = NIOLockedValueBox(nil)
     /// A route with `then` runs two calls per element (indices 2k and 2k+1) and reports them as
     /// one item: whichever settles first waits here for the other (guarded by the writer's lock).
     private let chained: Bool
-    private var halves: [Int: ItemOutcome] = [:]
-    /// Items the client sees: elements, not calls.
-    private var reportedCount: Int { chained ? items.count / 2 : items.count }
+    private var halves: [Int: (BatchItem, ItemOutcome)] = [:]
     /// Where the batch's access log line goes, and what it says so far; bytes of the 207 body
     /// are added up as they are encoded (guarded by the writer's lock).
     private let accessLog: AccessLog?
@@ -41,17 +45,20 @@ final class BatchSession: @unchecked Sendable {
     private let trace: BatchTrace?
     private let itemBudget: ItemBudget?
 
-    init(route: RouteRuntime, items: [BatchItem], format: ResponseFormat, requestID: String?, writer: ResponseWriter,
-         metrics: SheafMetrics, received: NIODeadline, logger: Logger, access: (AccessLog, AccessEntry)? = nil,
-         trace: BatchTrace? = nil, itemBudget: ItemBudget? = nil, onDone: @escaping @Sendable () -> Void) {
+    init(route: RouteRuntime, items: [BatchItem], streamed: Bool = false, format: ResponseFormat, requestID: String?,
+         writer: ResponseWriter, metrics: SheafMetrics, received: NIODeadline, logger: Logger,
+         access: (AccessLog, AccessEntry)? = nil, trace: BatchTrace? = nil, itemBudget: ItemBudget? = nil,
+         onDone: @escaping @Sendable (Int) -> Void) {
         self.onDone = onDone
         self.itemBudget = itemBudget
         self.trace = trace
         self.accessLog = access?.0
         self.access = access?.1 ?? AccessEntry()
         self.route = route
-        self.items = items
+        self.streamed = streamed
         self.chained = route.configuration.fanOut?.then != nil
+        // Items the client sees: elements, not calls.
+        self.knownCount = streamed ? nil : (chained ? items.count / 2 : items.count)
         self.encoder = format.makeEncoder(reporting: route.configuration.responseHeaders,
                                           properties: route.configuration.properties)
         self.requestID = requestID
@@ -61,27 +68,48 @@ final class BatchSession: @unchecked Sendable {
         self.upstreamHistogram = metrics.upstreamHistogram(upstream: route.configuration.upstream)
         self.received = received
         self.logger = logger
+        metrics.itemsAccepted(items.count)
+        let run = FanOutRun(items: items, transport: route.transport, concurrency: route.configuration.concurrency,
+                             ordered: route.configuration.requestOrder,
+                             watchdog: FanOutRun.Watchdog(eventLoop: writer.loop),
+                             prepare: trace.map { trace in { index, item, request in trace.itemStarting(index, item, &request) } },
+                             policy: route.configuration.policy, budget: itemBudget, streamed: streamed,
+                             onResult: { [self] index, item, outcome, nanoseconds in
+                                 self.settled(index, item, outcome, nanoseconds)
+                             }, onFinish: { [self] in
+                                 self.finished()
+                             })
+        fanOut.withLockedValue { $0 = run }
+    }
+
+    /// More items of a streamed batch; false: read no more input until `whenInputRoom`'s handler runs.
+    func append(_ items: [BatchItem]) -> Bool {
+        metrics.itemsAccepted(items.count)
+        return fanOut.withLockedValue { $0 }?.append(items) ?? true
+    }
+
+    func whenInputRoom(_ handler: @escaping @Sendable () -> Void) {
+        fanOut.withLockedValue { $0 }?.whenInputRoom(handler)
+    }
+
+    /// A streamed batch has all its items; `problem`: its body went wrong after the 207 began.
+    /// `bytesIn`: the body's size, for the access log.
+    func endInput(problem: InputProblem? = nil, bytesIn: Int) {
+        writer.append { _ in
+            summary.inputError = problem
+            access.bytesIn = bytesIn
+        }
+        fanOut.withLockedValue { $0 }?.endInput()
     }
 
     func run() {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: encoder.contentType)
-        headers.add(name: "x-sheaf-items", value: String(reportedCount))
+        if let knownCount { headers.add(name: "x-sheaf-items", value: String(knownCount)) }
         if let requestID { headers.add(name: "x-request-id", value: requestID) }
         writer.start(status: .multiStatus, headers: headers)
         writer.append { out in counted(&out) { encoder.begin(into: &$0) } }
-        metrics.itemsAccepted(items.count)
-
-        let run = FanOutRun(items: items, transport: route.transport, concurrency: route.configuration.concurrency,
-                            ordered: route.configuration.requestOrder,
-                            watchdog: FanOutRun.Watchdog(eventLoop: writer.loop),
-                            prepare: trace.map { trace in { [items] index, request in trace.itemStarting(index, items[index], &request) } },
-                            policy: route.configuration.policy, budget: itemBudget,
-                            onResult: { [self] index, outcome, nanoseconds in
-                                self.settled(index, outcome, nanoseconds)
-                            }, onFinish: { [self] in
-                                self.finished()
-                            })
+        guard let run = fanOut.withLockedValue({ $0 }) else { return }
         // Memory stays bounded by concurrency, not by batch size, when the client reads slowly.
         writer.onWritabilityChange { writable in
             if writable { run.resume() } else { run.pause() }
@@ -94,9 +122,11 @@ final class BatchSession: @unchecked Sendable {
             metrics.clientStalled(route: route.configuration.name)
             run.cancel(status: 499, reason: "the client stopped reading the response for client_timeout")
         }
-        writer.onClientGone { [logger] in
+        writer.onClientGone { [logger, streamed] in
             logger.info("client went away; cancelling the batch")
             run.cancel(status: 499, reason: "the client closed the connection before the batch completed")
+            // The rest of a streamed body will not come.
+            if streamed { run.endInput() }
         }
         if let deadline = route.configuration.deadline {
             let text = deadline.configText
@@ -106,25 +136,24 @@ final class BatchSession: @unchecked Sendable {
             }
             writer.append { _ in deadlineTimer = timer }
         }
-        writer.append { _ in self.fanOut = run }
         run.start()
     }
 
-    private func settled(_ index: Int, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
-        let item = items[index]
+    private func settled(_ index: Int, _ item: BatchItem, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
         trace?.itemSettled(index, item, outcome)
         writer.append { out in
             if outcome.attempts > 1 { resends += outcome.attempts - 1 }
             if chained {
                 let pair = index / 2
-                guard let other = halves.removeValue(forKey: pair) else {
-                    halves[pair] = outcome
+                guard let (otherItem, other) = halves.removeValue(forKey: pair) else {
+                    halves[pair] = (item, outcome)
                     return
                 }
-                var first = index % 2 == 0 ? outcome : other
-                let second = index % 2 == 0 ? other : outcome
-                first.then = ChainedResult(href: items[2 * pair + 1].href, outcome: second)
-                let element = items[2 * pair]
+                let isFirst = index % 2 == 0
+                var first = isFirst ? outcome : other
+                let second = isFirst ? other : outcome
+                first.then = ChainedResult(href: (isFirst ? otherItem : item).href, outcome: second)
+                let element = isFirst ? item : otherItem
                 // An element is counted once, by its first call's status (the summary and the
                 // access log then agree with sheaf_items_total).
                 statusCounts[first.status, default: 0] += 1
@@ -162,18 +191,22 @@ final class BatchSession: @unchecked Sendable {
             final = summary
             counts = statusCounts
             resent = resends
-            lost = fanOut?.lostItems ?? 0
-            coalesced = fanOut?.coalescedItems ?? 0
-            fanOut = nil
+            let run = fanOut.withLockedValue { run in
+                defer { run = nil }
+                return run
+            }
+            lost = run?.lostItems ?? 0
+            coalesced = run?.coalescedItems ?? 0
             entry = access
         }
-        writer.finish(written: onDone)
+        let total = final.total
+        writer.finish { [onDone] in onDone(total) }
         let outcome = final.failed == 0 ? "complete" : (final.succeeded == 0 ? "failed" : "partial")
         let elapsed = NIODeadline.now() - received
         trace?.finished(succeeded: final.succeeded, failed: final.failed, outcome: outcome)
         if let accessLog {
             entry.status = 207
-            entry.items = reportedCount
+            entry.items = final.total
             for (status, count) in counts { entry.count(status: status, times: count) }
             entry.outcome = outcome
             accessLog.record(entry)

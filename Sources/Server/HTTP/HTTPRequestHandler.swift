@@ -7,6 +7,35 @@ public enum HeadDecision: Sendable {
     case respond(SimpleResponse)
     /// Read the body up to `maxBodyBytes` (more: 413), then call `handler` with it.
     case collect(maxBodyBytes: Int, handler: @Sendable (HTTPRequestHead, ByteBuffer, ResponseWriter) -> Void)
+    /// Read the body as it arrives: `open` gets the head, the response writer (the response may
+    /// begin before the body ends) and a way to resume reading, and returns the body's sink.
+    /// A declared Content-Length above `maxBodyBytes` is a 413 at once; the sink counts the rest.
+    case stream(maxBodyBytes: Int, open: @Sendable (HTTPRequestHead, ResponseWriter, BodyReading) -> RequestBodySink)
+}
+
+/// Takes a streamed request body part by part, on the connection's event loop.
+public protocol RequestBodySink: AnyObject {
+    /// One part; false: read nothing more until `BodyReading.resume`.
+    func body(_ part: ByteBuffer) -> Bool
+    /// The body is complete.
+    func end()
+    /// No byte of the body came for the client timeout while it was being read.
+    func timedOut()
+    /// The client went away before the body ended.
+    func clientGone()
+}
+
+/// Lets a body sink turn reading back on, from any thread.
+public final class BodyReading: Sendable {
+    private let resumer: @Sendable () -> Void
+
+    init(_ resumer: @escaping @Sendable () -> Void) {
+        self.resumer = resumer
+    }
+
+    public func resume() {
+        resumer()
+    }
 }
 
 /// A complete, small response.
@@ -50,6 +79,8 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         case collecting(HTTPRequestHead, limit: Int, body: ByteBuffer, handler: @Sendable (HTTPRequestHead, ByteBuffer, ResponseWriter) -> Void)
         case discarding(SimpleResponse, keepAlive: Bool)
         case responding(ResponseWriter)
+        /// The body is being read into `sink` while the response may already be going out.
+        case streaming(ResponseWriter, RequestBodySink)
         /// Answered before the body was read; reading (and dropping) a bounded rest so the
         /// client sees the answer instead of a reset, then closing.
         case lingering(dropped: Int)
@@ -96,6 +127,8 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         bodyTimer = context.eventLoop.scheduleTask(in: clientTimeout) { [weak self] in
             guard let self else { return }
             switch self.state {
+            case .streaming(_, let sink):
+                sink.timedOut()
             case .collecting:
                 self.reject(context, Problem.response(.requestTimeout, detail: "the request body did not arrive within \(self.clientTimeout.nanoseconds / 1_000_000_000)s"))
             case .discarding(let response, _):
@@ -181,16 +214,50 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                 }
                 state = .discarding(response, keepAlive: head.isKeepAlive)
             case .collect(let limit, let handler):
-                if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limit {
-                    reject(context, responder.tooLarge(head, limit: limit, from: client(context)))
-                    return
-                }
-                if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
-                    context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
-                }
+                guard acceptBody(context, head, limit: limit) else { return }
                 state = .collecting(head, limit: limit, body: context.channel.allocator.buffer(capacity: 0), handler: handler)
+            case .stream(let limit, let open):
+                guard acceptBody(context, head, limit: limit) else { return }
+                let writer = makeWriter(context, head) { [weak self] in
+                    guard let self else { return }
+                    if case .streaming = self.state {
+                        // Answered before the body ended (refused, or its 207 cut short): the rest
+                        // of the body is not read, so the connection (or stream) cannot go on.
+                        // HTTP/1.1 lingers as `reject` does, so the client reads the answer.
+                        if self.onHTTP2Stream {
+                            self.state = .closing
+                            context.close(promise: nil)
+                        } else {
+                            self.state = .lingering(dropped: 0)
+                            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+                            context.read()
+                            context.close(mode: .output, promise: nil)
+                            context.eventLoop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
+                        }
+                    } else {
+                        self.state = .idle
+                    }
+                    self.done()
+                }
+                let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+                let reading = BodyReading {
+                    handler.eventLoop.execute { handler.value.resumeReading() }
+                }
+                state = .streaming(writer, open(head, writer, reading))
             }
         case .body(var part):
+            if case .streaming(_, let sink) = state {
+                if !sink.body(part) {
+                    // Backpressure: the batch has enough items waiting; TCP (or HTTP/2 flow
+                    // control) holds the rest of the body at the client until it asks again.
+                    bodyTimer?.cancel()
+                    bodyTimer = nil
+                    context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+                } else {
+                    armBodyTimer(context)
+                }
+                return
+            }
             if case .lingering(let dropped) = state {
                 state = .lingering(dropped: dropped + part.readableBytes)
                 if dropped + part.readableBytes > Self.discardLimit { context.close(promise: nil) }
@@ -212,14 +279,15 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                 state = .idle
                 send(context, response, keepAlive: keepAlive && !response.close)
             case .collecting(let head, _, let body, let handler):
-                let connection = onHTTP2Stream ? (context.channel.parent ?? context.channel) : context.channel
-                let writer = ResponseWriter(context: context, keepAlive: head.isKeepAlive, stallTimeout: clientTimeout,
-                                            connection: connection, budget: activity.budget) { [weak self] in
+                let writer = makeWriter(context, head) { [weak self] in
                     self?.state = .idle
                     self?.done()
                 }
                 state = .responding(writer)
                 handler(head, body, writer)
+            case .streaming(let writer, let sink):
+                state = .responding(writer)
+                sink.end()
             default:
                 break
             }
@@ -228,18 +296,62 @@ final class HTTPRequestHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         if case .responding(let writer) = state { writer.clientWentAway() }
+        if case .streaming(let writer, let sink) = state {
+            writer.clientWentAway()
+            sink.clientGone()
+        }
         state = .closing
         done()
         context.fireChannelInactive()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if case .responding(let writer) = state { writer.writabilityChanged(context.channel.isWritable) }
+        switch state {
+        case .responding(let writer), .streaming(let writer, _): writer.writabilityChanged(context.channel.isWritable)
+        default: break
+        }
         context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         context.close(promise: nil)
+    }
+
+    /// A body is wanted: refused at once (413) when its declared length is over `limit`;
+    /// otherwise a client that waits for `100 Continue` is told to send it.
+    private func acceptBody(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, limit: Int) -> Bool {
+        if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limit {
+            reject(context, responder.tooLarge(head, limit: limit, from: client(context)))
+            return false
+        }
+        if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+        }
+        return true
+    }
+
+    private func makeWriter(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, done: @escaping () -> Void) -> ResponseWriter {
+        let connection = onHTTP2Stream ? (context.channel.parent ?? context.channel) : context.channel
+        return ResponseWriter(context: context, keepAlive: head.isKeepAlive, stallTimeout: clientTimeout,
+                              connection: connection, budget: activity.budget, onDone: done)
+    }
+
+    /// A streamed body's sink wants more: read again, with the body timer running again.
+    private func resumeReading() {
+        guard case .streaming = state, let context, context.channel.isActive else { return }
+        armBodyTimer(context)
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        context.read()
+    }
+
+    /// While a streamed body is read, the client timeout counts from its last byte: a big body
+    /// may take long, but it must keep coming.
+    private func armBodyTimer(_ context: ChannelHandlerContext) {
+        bodyTimer?.cancel()
+        bodyTimer = context.eventLoop.scheduleTask(in: clientTimeout) { [weak self] in
+            guard let self, case .streaming(_, let sink) = self.state else { return }
+            sink.timedOut()
+        }
     }
 
     /// Answers, then closes: the request's body is not read whole. HTTP/1.1 half-closes and

@@ -14,12 +14,13 @@ final class BatchTrace: @unchecked Sendable {
     private let tracer: any Tracer
     private let batch: any Span
     private let lock = NIOLock()
-    private var items: [(any Span)?]
+    /// Spans of items started and not yet settled (a streamed batch's size is not known ahead).
+    private var items: [Int: any Span] = [:]
     private let upstream: UpstreamEndpoint
 
     /// `elapsed`: how long ago the request's head arrived, so the span starts there.
     init(tracer: any Tracer, headers: HTTPHeaders, method: String, route: RouteConfiguration, upstream: UpstreamEndpoint,
-         itemCount: Int, elapsed: TimeAmount) {
+         elapsed: TimeAmount) {
         self.tracer = tracer
         self.upstream = upstream
         var parent = ServiceContext.topLevel
@@ -31,8 +32,6 @@ final class BatchTrace: @unchecked Sendable {
         batch.attributes["http.request.method"] = method
         batch.attributes["http.route"] = route.path
         batch.attributes["sheaf.route"] = route.name
-        batch.attributes["sheaf.items"] = itemCount
-        items = Array(repeating: nil, count: itemCount)
     }
 
     /// The trace the batch belongs to (32 hex digits), for the access log.
@@ -59,8 +58,7 @@ final class BatchTrace: @unchecked Sendable {
     /// Ends item `index`'s span with its outcome (starting it first when the item was never sent).
     func itemSettled(_ index: Int, _ item: BatchItem, _ outcome: ItemOutcome) {
         let span = lock.withLock { () -> (any Span)? in
-            defer { items[index] = nil }
-            return items[index]
+            items.removeValue(forKey: index)
         } ?? startItemSpan(item, method: item.request?.method ?? "GET")
         span.attributes["http.response.status_code"] = outcome.status
         if outcome.attempts > 1 { span.attributes["sheaf.attempts"] = outcome.attempts }
@@ -74,6 +72,7 @@ final class BatchTrace: @unchecked Sendable {
     /// Ends the batch span.
     func finished(succeeded: Int, failed: Int, outcome: String) {
         batch.attributes["http.response.status_code"] = 207
+        batch.attributes["sheaf.items"] = succeeded + failed
         batch.attributes["sheaf.items.succeeded"] = succeeded
         batch.attributes["sheaf.items.failed"] = failed
         batch.attributes["sheaf.outcome"] = outcome

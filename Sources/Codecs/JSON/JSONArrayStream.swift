@@ -1,0 +1,294 @@
+/// Reads one JSON document as it arrives, piece by piece, and hands over each element of the
+/// array at `path` (JSON Pointer tokens; empty for the root) as soon as the element is complete,
+/// so a huge array is never held whole. The rest of the document is checked as it passes and
+/// dropped. Elements are parsed by `JSONParser`; the document around them by a small pushdown
+/// automaton that keeps one frame per open container.
+public struct JSONArrayStream {
+    public enum Failure: Error, Equatable {
+        /// Not JSON; `offset` counts bytes from the start of the document.
+        case syntax(JSONParser.Error)
+        /// The array has more than `limit` elements (the rest is not read).
+        case tooManyElements(limit: Int)
+        /// The document ended without a value at `path`.
+        case notFound
+        /// The value at `path` is not an array.
+        case notAnArray(typeName: String)
+    }
+
+    private enum Expect {
+        case value, valueOrEnd, key, keyOrEnd, colon, commaOrEnd, done
+    }
+
+    private struct Frame {
+        var isObject: Bool
+        /// This container lies on `path` (its members may be, or lead to, the array).
+        var onPath: Bool
+        var isTarget: Bool
+        var key: String?
+        var count = 0
+    }
+
+    private enum Token {
+        case none
+        /// A string in the document around the array (`isKey`: an object's member name).
+        case string(isKey: Bool, escaped: Bool)
+        /// A number or literal, read up to the next delimiter.
+        case scalar
+        /// An element of the array, with its nesting and string state.
+        case element(depth: Int, inString: Bool, escaped: Bool, scalar: Bool)
+    }
+
+    public let path: [String]
+    public let maxElements: Int
+    public let maxDepth: Int
+    private var stack: [Frame] = []
+    private var expect = Expect.value
+    private var token = Token.none
+    private var buffer: [UInt8] = []
+    private var offset = 0
+    private var tokenStart = 0
+    private var targetSeen = false
+    private var failed: Failure?
+    /// Elements handed over so far.
+    public private(set) var elements = 0
+
+    public init(path: [String], maxElements: Int = .max, maxDepth: Int = JSONParser.maxDepth) {
+        self.path = path
+        self.maxElements = maxElements
+        self.maxDepth = min(maxDepth, JSONParser.maxDepth)
+    }
+
+    /// Reads `bytes`, calling `element` with each element completed in them (and its index).
+    /// After a failure the stream is dead: every later call fails the same way.
+    public mutating func feed(_ bytes: UnsafeRawBufferPointer, element: (Int, JSONValue) -> Void) throws(Failure) {
+        if let failed { throw failed }
+        do throws(Failure) {
+            for byte in bytes {
+                try step(byte, element)
+                offset += 1
+            }
+        } catch {
+            failed = error
+            throw error
+        }
+    }
+
+    /// The document ended: checks it is complete and held the array.
+    public mutating func finish(element: (Int, JSONValue) -> Void) throws(Failure) {
+        if let failed { throw failed }
+        do throws(Failure) {
+            // A number or literal at the very end has no delimiter after it.
+            if case .scalar = token { try endScalar() }
+            if case .element(_, _, _, true) = token { try endElement(element) }
+            guard expect == .done, case .none = token else { throw syntax("unexpected end of JSON") }
+            guard targetSeen else { throw .notFound }
+        } catch {
+            failed = error
+            throw error
+        }
+    }
+
+    private func syntax(_ message: String, at position: Int? = nil) -> Failure {
+        .syntax(JSONParser.Error(offset: position ?? offset, message: message))
+    }
+
+    private static func isSpace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09
+    }
+
+    private static func isDelimiter(_ byte: UInt8) -> Bool {
+        isSpace(byte) || byte == UInt8(ascii: ",") || byte == UInt8(ascii: "]") || byte == UInt8(ascii: "}")
+    }
+
+    private mutating func step(_ byte: UInt8, _ element: (Int, JSONValue) -> Void) throws(Failure) {
+        switch token {
+        case .none:
+            break
+        case .string(let isKey, let escaped):
+            buffer.append(byte)
+            if escaped {
+                token = .string(isKey: isKey, escaped: false)
+            } else if byte == UInt8(ascii: "\\") {
+                token = .string(isKey: isKey, escaped: true)
+            } else if byte == UInt8(ascii: "\"") {
+                token = .none
+                let value = try parseBuffer()
+                if isKey {
+                    guard case .string(let key) = value else { throw syntax("member name is not a string", at: tokenStart) }
+                    stack[stack.count - 1].key = key
+                    expect = .colon
+                } else {
+                    valueEnded()
+                }
+            }
+            return
+        case .scalar:
+            guard Self.isDelimiter(byte) else {
+                buffer.append(byte)
+                return
+            }
+            try endScalar()
+        case .element(var depth, var inString, var escaped, let scalar):
+            if scalar {
+                guard Self.isDelimiter(byte) else {
+                    buffer.append(byte)
+                    return
+                }
+                try endElement(element)
+                break  // the delimiter belongs to the array
+            }
+            buffer.append(byte)
+            if inString {
+                if escaped {
+                    escaped = false
+                } else if byte == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if byte == UInt8(ascii: "\"") {
+                    inString = false
+                }
+            } else if byte == UInt8(ascii: "\"") {
+                inString = true
+            } else if byte == UInt8(ascii: "{") || byte == UInt8(ascii: "[") {
+                depth += 1
+            } else if byte == UInt8(ascii: "}") || byte == UInt8(ascii: "]") {
+                depth -= 1
+            }
+            if depth == 0 && !inString {
+                try endElement(element)
+            } else {
+                token = .element(depth: depth, inString: inString, escaped: escaped, scalar: false)
+            }
+            return
+        }
+        if Self.isSpace(byte) { return }
+        switch expect {
+        case .done:
+            throw syntax("unexpected data after the JSON value")
+        case .colon:
+            guard byte == UInt8(ascii: ":") else { throw syntax("expected ':' after a member name") }
+            expect = .value
+        case .key, .keyOrEnd:
+            if byte == UInt8(ascii: "}"), expect == .keyOrEnd {
+                close()
+                return
+            }
+            guard byte == UInt8(ascii: "\"") else { throw syntax("expected a member name") }
+            begin(.string(isKey: true, escaped: false), byte)
+        case .commaOrEnd:
+            let frame = stack[stack.count - 1]
+            if byte == UInt8(ascii: ",") {
+                expect = frame.isObject ? .key : .value
+            } else if byte == UInt8(ascii: frame.isObject ? "}" : "]") {
+                close()
+            } else {
+                throw syntax(frame.isObject ? "expected ',' or '}'" : "expected ',' or ']'")
+            }
+        case .value, .valueOrEnd:
+            if byte == UInt8(ascii: "]"), expect == .valueOrEnd {
+                close()
+                return
+            }
+            try beginValue(byte)
+        }
+    }
+
+    private mutating func begin(_ next: Token, _ byte: UInt8) {
+        token = next
+        buffer.removeAll(keepingCapacity: buffer.capacity <= 4096)
+        buffer.append(byte)
+        tokenStart = offset
+    }
+
+    /// Where a value starting now sits relative to `path`: on it (a prefix), at it, or off it.
+    private func placement() -> (onPath: Bool, isTarget: Bool) {
+        guard !targetSeen else { return (false, false) }
+        if stack.isEmpty { return (true, path.isEmpty) }
+        let parent = stack[stack.count - 1]
+        guard parent.onPath, !parent.isTarget, stack.count <= path.count else { return (false, false) }
+        let name = parent.isObject ? parent.key : String(parent.count)
+        guard name == path[stack.count - 1] else { return (false, false) }
+        return (true, stack.count == path.count)
+    }
+
+    private mutating func beginValue(_ byte: UInt8) throws(Failure) {
+        if let parent = stack.last, parent.isTarget {
+            guard elements < maxElements else { throw .tooManyElements(limit: maxElements) }
+            let opens = byte == UInt8(ascii: "{") || byte == UInt8(ascii: "[")
+            begin(.element(depth: opens ? 1 : 0, inString: byte == UInt8(ascii: "\""), escaped: false,
+                           scalar: !opens && byte != UInt8(ascii: "\"")), byte)
+            return
+        }
+        let (onPath, isTarget) = placement()
+        switch byte {
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            let isObject = byte == UInt8(ascii: "{")
+            if isTarget {
+                guard !isObject else { throw .notAnArray(typeName: "object") }
+                targetSeen = true
+            }
+            guard stack.count < maxDepth else {
+                var error = JSONParser.Error(offset: offset, message: "JSON nested deeper than \(maxDepth) levels")
+                error.tooDeep = true
+                throw .syntax(error)
+            }
+            stack.append(Frame(isObject: isObject, onPath: onPath, isTarget: isTarget))
+            expect = isObject ? .keyOrEnd : .valueOrEnd
+        case UInt8(ascii: "\""):
+            if isTarget { throw .notAnArray(typeName: "string") }
+            begin(.string(isKey: false, escaped: false), byte)
+        default:
+            if isTarget {
+                let name: String
+                switch byte {
+                case UInt8(ascii: "t"), UInt8(ascii: "f"): name = "boolean"
+                case UInt8(ascii: "n"): name = "null"
+                default: name = "number"
+                }
+                throw .notAnArray(typeName: name)
+            }
+            begin(.scalar, byte)
+        }
+    }
+
+    private mutating func parseBuffer(maxDepth: Int = 1) throws(Failure) -> JSONValue {
+        do {
+            return try buffer.withUnsafeBufferPointer { try JSONParser.parse($0, maxDepth: maxDepth) }
+        } catch let error as JSONParser.Error {
+            var error = error
+            error.offset += tokenStart
+            throw .syntax(error)
+        } catch {
+            throw syntax("invalid JSON", at: tokenStart)
+        }
+    }
+
+    private mutating func endScalar() throws(Failure) {
+        token = .none
+        _ = try parseBuffer()
+        valueEnded()
+    }
+
+    private mutating func endElement(_ element: (Int, JSONValue) -> Void) throws(Failure) {
+        token = .none
+        // The element's own nesting counts from the array's depth.
+        let value = try parseBuffer(maxDepth: max(1, maxDepth - stack.count))
+        element(elements, value)
+        elements += 1
+        valueEnded()
+    }
+
+    /// A value ended inside the container on top (or at the root).
+    private mutating func valueEnded() {
+        guard !stack.isEmpty else {
+            expect = .done
+            return
+        }
+        stack[stack.count - 1].count += 1
+        expect = .commaOrEnd
+    }
+
+    private mutating func close() {
+        stack.removeLast()
+        valueEnded()
+    }
+}

@@ -1,0 +1,73 @@
+import Upstream
+
+/// What a run keeps about one item until every item before it has settled: small, because a
+/// slow item keeps the slots of all settled items behind it.
+struct ItemSlot {
+    var call: UpstreamCall?
+    var settled = false
+    /// When it started (uptime nanoseconds); 0 while not started or waiting for others.
+    var started: UInt64 = 0
+    /// Holds one of the process's item-budget tokens.
+    var holdsToken = false
+}
+
+/// A run's items by absolute index. The items themselves are kept only until they have settled
+/// and nothing needs them; their slots, from the oldest unsettled one to the newest given, so a
+/// streamed batch's memory follows what is in flight, not how many items it has had.
+struct ItemWindow {
+    private var live: [Int: BatchItem] = [:]
+    /// The absolute index of the first item kept; every item below it has settled.
+    private(set) var base = 0
+    private var storage: [ItemSlot] = []
+    private var head = 0
+
+    /// One past the newest item given.
+    var end: Int { base + storage.count - head }
+
+    subscript(index: Int) -> ItemSlot {
+        get { storage[head + index - base] }
+        _modify { yield &storage[head + index - base] }
+    }
+
+    func isSettled(_ index: Int) -> Bool {
+        index < base || storage[head + index - base].settled
+    }
+
+    mutating func append(_ item: BatchItem) {
+        live[end] = item
+        storage.append(ItemSlot())
+    }
+
+    /// An item not yet forgotten.
+    func item(_ index: Int) -> BatchItem {
+        live[index]!
+    }
+
+    /// Lets go of a settled item nothing needs any more.
+    mutating func forget(_ index: Int) {
+        live[index] = nil
+    }
+
+    /// Items kept now.
+    var liveCount: Int { live.count }
+
+    /// Live calls, for cancelling or pausing them all.
+    var calls: [UpstreamCall] { storage[head...].compactMap(\.call) }
+
+    func forEachCall(_ body: (UpstreamCall) -> Void) {
+        for slot in storage[head...] { if let call = slot.call { body(call) } }
+    }
+
+    /// Drops items from the front while `droppable` says so (it is asked in index order).
+    mutating func dropSettled(while droppable: (Int, ItemSlot) -> Bool) {
+        while head < storage.count, droppable(base, storage[head]) {
+            head += 1
+            base += 1
+        }
+        // Compacted now and then, so the storage is not moved on every drop.
+        if head >= 1024 && head * 2 >= storage.count {
+            storage.removeFirst(head)
+            head = 0
+        }
+    }
+}

@@ -1,0 +1,109 @@
+import Codecs
+import Testing
+
+/// Feeds `text` in pieces of `piece` bytes; returns the elements handed over and the failure.
+private func stream(_ text: String, path: [String], piece: Int, maxElements: Int = .max, maxDepth: Int = 64)
+    -> (elements: [JSONValue], failure: JSONArrayStream.Failure?) {
+    var reader = JSONArrayStream(path: path, maxElements: maxElements, maxDepth: maxDepth)
+    var elements: [JSONValue] = []
+    let bytes = Array(text.utf8)
+    var start = 0
+    do throws(JSONArrayStream.Failure) {
+        while start < bytes.count {
+            let end = min(bytes.count, start + piece)
+            var failure: JSONArrayStream.Failure?
+            bytes[start..<end].withUnsafeBytes { raw in
+                do throws(JSONArrayStream.Failure) {
+                    try reader.feed(raw) { index, value in
+                        #expect(index == elements.count)
+                        elements.append(value)
+                    }
+                } catch {
+                    failure = error
+                }
+            }
+            if let failure { throw failure }
+            start = end
+        }
+        try reader.finish { _, value in elements.append(value) }
+        return (elements, nil)
+    } catch {
+        return (elements, error)
+    }
+}
+
+@Test(arguments: [
+    (#"[1, "two", {"three": [3, {"x": "]}"}]}, [4], true, null, -5.5e3]"#, [String]()),
+    (#"{"before": {"ids": [9]}, "ids": [ "a\"]", 7 ,[[]] ], "after": [1, {"y": "z"}]}"#, ["ids"]),
+    (#"{"a": [0, {"b": ["x", "y"]}]}"#, ["a", "1", "b"]),
+    (#"[]"#, []),
+    (#" { "ids" : [ ] } "#, ["ids"]),
+    (#"{"ids": [1], "ids": [2, 3]}"#, ["ids"]),
+])
+func arrayStreamHandsOverTheElementsTheWholeParserFinds(text: String, path: [String]) throws {
+    let document = try JSONParser.parse(text)
+    var target = document
+    for token in path {
+        switch target {
+        case .object(let members): target = members.first { $0.key == token }!.value
+        case .array(let values): target = values[Int(token)!]
+        default: Issue.record("bad path")
+        }
+    }
+    guard case .array(let expected) = target else { Issue.record("not an array"); return }
+    // Every piece size, down to one byte: an element or a token cut anywhere must not matter.
+    for piece in [1, 2, 3, 5, 7, 16, 1000] {
+        let (elements, failure) = stream(text, path: path, piece: piece)
+        #expect(failure == nil, "piece \(piece)")
+        #expect(elements == expected, "piece \(piece)")
+    }
+}
+
+@Test(arguments: [
+    "[1,]", "[1 2]", "{\"ids\": [1]", "[1] x", "[\"a]", "[tru]", "{\"ids\" [1]}", "[01]", "{\"a\": tru, \"ids\": []}",
+    "{\"ids\": [1], \"b\": \"\u{01}\"}", "[{\"a\": 1]]", "[\"\\ud800\"]", "", "   ", "{\"ids\": [1]}}", "[1]]",
+])
+func arrayStreamRefusesWhatTheWholeParserRefuses(text: String) {
+    #expect((try? JSONParser.parse(text)) == nil)
+    let path = text.contains("ids") ? ["ids"] : []
+    for piece in [1, 4, 1000] {
+        let (_, failure) = stream(text, path: path, piece: piece)
+        guard case .syntax? = failure else {
+            Issue.record("\(text) in pieces of \(piece): \(String(describing: failure))")
+            continue
+        }
+    }
+}
+
+@Test func arrayStreamNamesWhatIsMissingOrNotAnArray() {
+    #expect(stream(#"{"other": [1]}"#, path: ["ids"], piece: 3).failure == .notFound)
+    #expect(stream(#"{"ids": "1,2"}"#, path: ["ids"], piece: 3).failure == .notAnArray(typeName: "string"))
+    #expect(stream(#"{"ids": {"a": 1}}"#, path: ["ids"], piece: 3).failure == .notAnArray(typeName: "object"))
+    #expect(stream(#"7"#, path: [], piece: 3).failure == .notAnArray(typeName: "number"))
+}
+
+@Test func arrayStreamStopsAtTheFirstElementTooManyAndAtTheDepthLimit() {
+    let (elements, failure) = stream("[1,2,3,4,5", path: [], piece: 2, maxElements: 3)
+    #expect(elements.count == 3)
+    #expect(failure == .tooManyElements(limit: 3))
+    // Depth counts from the root, as the whole parser counts it: the array is level 1.
+    #expect(stream("[[[1]]]", path: [], piece: 1, maxDepth: 3).failure == nil)
+    guard case .syntax(let error)? = stream("[[[[1]]]]", path: [], piece: 1, maxDepth: 3).failure else {
+        Issue.record("a too-deep element passed")
+        return
+    }
+    #expect(error.tooDeep)
+    guard case .syntax(let outside)? = stream(#"{"x": [[[[]]]], "ids": []}"#, path: ["ids"], piece: 1, maxDepth: 3).failure else {
+        Issue.record("too deep outside the array passed")
+        return
+    }
+    #expect(outside.tooDeep)
+}
+
+@Test func arrayStreamReportsOffsetsFromTheStartOfTheDocument() {
+    guard case .syntax(let error)? = stream(#"[1, 2, {"a" 3}]"#, path: [], piece: 4).failure else {
+        Issue.record("accepted")
+        return
+    }
+    #expect(error.offset == 12)
+}
