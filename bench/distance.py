@@ -461,6 +461,9 @@ def speedups(cells, other):
     return out
 
 
+WIN = 1.1  # a speed-up below this is a tie: the proxy's timers alone move runs by a few ms
+
+
 def clear_win(cells, other, rtt, n):
     """Sheaf's slowest run beats the other's fastest (or the other was over the cap): a win that
     is not the noise."""
@@ -475,7 +478,7 @@ def crossover_n(cells, other, rtt):
     """The smallest N of the grid from which Sheaf (JSON) clearly beats `other` at every larger N."""
     found = None
     for n in reversed(NS):
-        if clear_win(cells, other, rtt, n):
+        if clear_win(cells, other, rtt, n) and speedups(cells, other)[(rtt, n)][0] >= WIN:
             found = n
         else:
             break
@@ -486,7 +489,7 @@ def crossover_rtt(cells, other, n):
     """The smallest RTT of the grid from which Sheaf (JSON) clearly beats `other` at every larger RTT."""
     found = None
     for rtt in reversed(RTTS):
-        if clear_win(cells, other, rtt, n):
+        if clear_win(cells, other, rtt, n) and speedups(cells, other)[(rtt, n)][0] >= WIN:
             found = rtt
         else:
             break
@@ -535,8 +538,9 @@ def report(data):
             out.append(f"| {n} | " + " | ".join(row) + " |")
         out.append("")
     out.append("### Crossovers: where Sheaf (JSON) starts to win\n")
-    out.append("The smallest N (for each RTT) and the smallest RTT (for each N) of the grid from which Sheaf's slowest run "
-               "beats the other approach's fastest, there and at every larger N (or RTT).\n")
+    out.append("The smallest N (for each RTT) and the smallest RTT (for each N) of the grid from which Sheaf is at least "
+               f"{WIN:.1f}× faster by medians and its slowest run beats the other approach's fastest, there and at every "
+               "larger N (or RTT). Smaller differences are ties.\n")
     out.append("| RTT | over HTTP/1.1 × 6 from | over HTTP/2 (1 connection) from |")
     out.append("| ---: | --- | --- |")
     for rtt in RTTS:
@@ -555,6 +559,18 @@ def report(data):
             cols.append(f"RTT ≥ {rtt} ms" if rtt is not None else "not in this grid")
         out.append(f"| {n} | " + " | ".join(cols) + " |")
     out.append("")
+    if 0 in RTTS:
+        # Past one window of streams the HTTP/2 client pays one more round trip per 128 items, and
+        # Sheaf does not: the RTT at which those round trips pay for Sheaf's cost at RTT 0.
+        lines = []
+        for n in NS:
+            extra = rounds("h2", n) - 1
+            s0, h0 = typical(ix.get(("json", 0, n))), typical(ix.get(("h2", 0, n)))
+            if extra > 0 and s0 and h0:
+                lines.append(f"N = {n}: Sheaf is {(s0 - h0) * 1000:.0f} ms slower at RTT 0 and saves {extra} round trips, "
+                             f"so it breaks even at RTT ≈ {max(0.0, (s0 - h0) / extra * 1000):.1f} ms")
+        if lines:
+            out.append("Between the grid's RTTs, against the HTTP/2 client: " + "; ".join(lines) + ".\n")
     out.append("### Bytes on the wire between the client and its far side (TCP payload, up / down, median over every run)\n")
     out.append("| items | " + " | ".join(APPROACHES.values()) + " |")
     out.append("| ---: |" + " ---: |" * len(APPROACHES))
@@ -620,10 +636,16 @@ def plot(data):
     os.makedirs(DOCS, exist_ok=True)
     written = []
 
-    def plain(ax, unit=""):
+    def streams(ax):
+        """Where one HTTP/2 connection's streams run out: past it, the client alone pays another round trip."""
+        ax.axvline(H2_STREAMS, color="tab:blue", linestyle=":", linewidth=0.8, alpha=0.6)
+        ax.text(H2_STREAMS * 1.08, 0.02, f"{H2_STREAMS} streams", color="tab:blue", alpha=0.8, fontsize=7,
+                transform=ax.get_xaxis_transform())
+
+    def plain(ax, unit="", subs=(1.0, 2.0, 5.0)):
         """Tick labels as plain numbers (1, 10, 100 ms; 2×, 5×), not powers of ten."""
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{unit}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
 
@@ -657,7 +679,8 @@ def plot(data):
                 ha="right", va="top")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        plain(ax)
+        plain(ax, subs=(1.0,))
+        streams(ax)
         ax.set_title(f"RTT {rtt} ms between the client and the rest")
         ax.grid(True, which="major", alpha=0.3)
         if k % cols == 0:
@@ -667,10 +690,10 @@ def plot(data):
     for k in range(len(RTTS), rows_n * cols):
         axes[k // cols][k % cols].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 0.955), fontsize=9, frameon=False)
+    fig.legend(handles, labels, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 0.965), fontsize=9, frameon=False)
     fig.suptitle("Sheaf's distance benchmark: N items, the client alone or one bulk request to Sheaf", fontsize=13, y=0.995)
     fig.text(0.5, 0.005, foot, ha="center", va="bottom", fontsize=7, wrap=True)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.9))
+    fig.tight_layout(rect=(0, 0.03, 1, 0.925))
     path = os.path.join(DOCS, "distance-time.png")
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -695,13 +718,15 @@ def plot(data):
         ax.set_xscale("log")
         ax.set_yscale("log")
         plain(ax, "×")
+        if other == "h2":
+            streams(ax)
         values = [v for v, _ in sp.values()] or [1]
         ax.set_ylim(min(0.5, min(values) / 1.2), max(2, max(values) * 1.2))
         ax.set_xlabel("items (N)")
         ax.set_ylabel(f"speed-up: {'HTTP/2' if other == 'h2' else 'HTTP/1.1 × 6'} time / Sheaf time")
         ax.set_title(f"Sheaf (JSON 207) over the {APPROACHES[other]}", fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=9)
+        ax.legend(fontsize=9, loc="upper left" if other == "h2" else "lower right")
     fig.suptitle("Speed-up of one bulk request to Sheaf over making the N calls yourself", fontsize=13)
     fig.text(0.5, 0.005, foot, ha="center", va="bottom", fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
@@ -753,8 +778,9 @@ def main():
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
             "load_start": load_start, "load_end": "%.2f" % os.getloadavg()[0],
-            "sheaf": f"release binary {os.path.relpath(BIN, ROOT) if BIN.startswith(ROOT) else BIN} (tree at {commit})",
-            "command": "make bench-distance" if os.environ.get("MAKELEVEL") else "python3 bench/distance.py",
+            "sheaf": f"release binary {os.path.relpath(BIN, ROOT) if BIN.startswith(ROOT) else BIN}; benchmark at {commit}",
+            "command": "make bench-distance" if os.environ.get("MAKELEVEL") else
+                       ("SHEAF_BIN=" + os.environ["SHEAF_BIN"] + " " if "SHEAF_BIN" in os.environ else "") + "python3 bench/distance.py",
             "repeat": REPEAT, "cap": CAP, "sweep_seconds": sweep_seconds,
             "total_seconds": time.monotonic() - started,
         },
