@@ -61,7 +61,7 @@ bench: bench-deps release
 	python3 bench/run.py
 
 # The client alone (HTTP/1.1 × 6, one HTTP/2 connection) against one bulk request to Sheaf, through
-# a delay proxy at RTT 0-100 ms (bench/distance.py, ~10 minutes): bench/results/distance.md and docs/*.png.
+# a delay proxy at RTT 0-100 ms (bench/distance.py, about 5 minutes): bench/results/distance.md and docs/*.png.
 bench-distance: bench-deps release $(BENCH_VENV)/.matplotlib-$(MATPLOTLIB)
 	$(BENCH_VENV)/bin/python bench/distance.py
 
