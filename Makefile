@@ -1,4 +1,5 @@
-# Sheaf: `make run` to try it, `make test` for the whole suite, `make bench` for the benchmark;
+# Sheaf: `make run` to try it, `make test` for the whole suite, `make bench` for the benchmark,
+# `make bench-distance` for the client alone against Sheaf at a distance (plots in docs/);
 # `make fuzz`, `make asan`, `make tsan` for the fuzz targets and the sanitizers (see FUZZING.md).
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -9,13 +10,16 @@ BIN := .build/debug/sheaf
 # and the two WebDAV client libraries that parse the 207's properties in Tests/e2e/test_properties.py.
 KUBERNETES_VALIDATE := 1.33.1
 PY_PINNED := kubernetes-validate==$(KUBERNETES_VALIDATE) pyyaml==6.0.3 opentelemetry-proto==1.45.2 webdav4==0.11.0 webdavclient3==3.14.7
+# The distance benchmark's plotting library, pinned, in a virtual environment of its own.
+BENCH_VENV := bench/.venv
+MATPLOTLIB := 3.10.8
 
 # $(call install_missing,PACKAGES): apt-get install only the packages dpkg does not have yet.
 install_missing = missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
-.PHONY: deps test-deps bench-deps build release run test bench fuzz asan tsan clean
+.PHONY: deps test-deps bench-deps build release run test bench bench-distance fuzz asan tsan clean
 
 # Debian packages the build needs, installed only when missing.
 deps:
@@ -55,6 +59,18 @@ test: test-deps build
 
 bench: bench-deps release
 	python3 bench/run.py
+
+# The client alone (HTTP/1.1 × 6, one HTTP/2 connection) against one bulk request to Sheaf, through
+# a delay proxy at RTT 0-100 ms (bench/distance.py, about 5 minutes): bench/results/distance.md and docs/*.png.
+bench-distance: bench-deps release $(BENCH_VENV)/.matplotlib-$(MATPLOTLIB)
+	$(BENCH_VENV)/bin/python bench/distance.py
+
+# python3 -m venv needs python3-venv on Debian; the stamp file names the pinned version, so a new pin reinstalls.
+$(BENCH_VENV)/.matplotlib-$(MATPLOTLIB):
+	@$(call install_missing,python3-venv)
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q matplotlib==$(MATPLOTLIB)
+	touch $@
 
 # Each libFuzzer target (Fuzz/) for SECONDS seconds, with AddressSanitizer, built into .build-fuzz.
 SECONDS ?= 60
