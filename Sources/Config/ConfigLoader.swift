@@ -376,8 +376,8 @@ struct ConfigReader {
             report(at: key, "\(what) rate_limit is missing 'requests_per_second'")
             return nil
         }
-        guard case .scalar(let scalar) = entry.value, let rate = Double(scalar.string), rate > 0, rate <= 1_000_000 else {
-            report(at: entry.value, "\(what) rate_limit.requests_per_second must be a number above 0 (at most 1000000)")
+        guard case .scalar(let scalar) = entry.value, let rate = Double(scalar.string), rate >= 0.001, rate <= 1_000_000 else {
+            report(at: entry.value, "\(what) rate_limit.requests_per_second must be a number from 0.001 to 1000000")
             return nil
         }
         // By default one second's worth may come at once.

@@ -150,6 +150,11 @@ public final class FanOutRun: @unchecked Sendable {
         guard !lock.withLock({ scheduler.inputEnded }) else { return true }
         let (start, never, outcome, more) = lock.withLock { () -> (Range<Int>, Range<Int>, ItemOutcome, Bool) in
             for var item in newItems {
+                if scheduler.isCancelled {
+                    // It settles at once with the cancel's outcome: it waits for nothing.
+                    item.sameAs = nil
+                    item.dependsOn = []
+                }
                 if let leader = item.sameAs {
                     // A leader that settled with nobody waiting has let its outcome go: the
                     // duplicate makes its own call instead.
@@ -211,7 +216,8 @@ public final class FanOutRun: @unchecked Sendable {
 
     /// Under the lock: whether the batch is done and its finish not yet reported (then it is, by the caller).
     private func takeFinish() -> Bool {
-        guard !finishReported, scheduler.isFinished, !ordered || nextToWrite == scheduler.total else { return false }
+        // In request order, not while another thread is still handing the last items over.
+        guard !finishReported, scheduler.isFinished, !ordered || (nextToWrite == scheduler.total && !writing) else { return false }
         finishReported = true
         return true
     }
@@ -304,6 +310,11 @@ public final class FanOutRun: @unchecked Sendable {
             waiting.removeAll()
             dependents.removeAll()
             followers.removeAll()
+            // Nothing will start any more: outcomes kept for others are not needed.
+            for index in remaining.keys where items.isSettled(index) && index >= items.base { items.forget(index) }
+            remaining.removeAll()
+            retained.removeAll()
+            needed.removeAll()
             let never = scheduler.cancel()
             return (never, items.calls, parked.sorted(), takeInputRoom())
         }

@@ -107,3 +107,29 @@ func arrayStreamRefusesWhatTheWholeParserRefuses(text: String) {
     }
     #expect(error.offset == 12)
 }
+
+@Test func aNumberCutOffByTheEndOfTheBodyIsNotAnElement() {
+    // `[1,2,12` may have been `[1,2,123]`: the last number has no delimiter, so it is not handed over.
+    let (elements, failure) = stream("[1,2,12", path: [], piece: 100)
+    #expect(elements == [.number("1"), .number("2")])
+    guard case .syntax? = failure else {
+        Issue.record("accepted: \(String(describing: failure))")
+        return
+    }
+}
+
+@Test func aDuplicateKeyOnThePathIsFollowedAsJSONPointerFollowsIt() throws {
+    for text in [#"{"a": {"c": 1}, "a": {"b": [1]}}"#, #"{"a": 1, "a": {"b": [1]}}"#] {
+        #expect(try JSONPointer("/a/b").resolve(in: JSONParser.parse(text)) == nil)
+        #expect(stream(text, path: ["a", "b"], piece: 3).failure == .notFound, "\(text)")
+    }
+}
+
+@Test func anElementAtTheDepthLimitMayNotOpenAnotherLevel() {
+    guard case .syntax(let error)? = stream("[[1]]", path: [], piece: 2, maxDepth: 1).failure else {
+        Issue.record("[[1]] passed a depth limit of 1")
+        return
+    }
+    #expect(error.tooDeep)
+    #expect(stream("[1]", path: [], piece: 2, maxDepth: 1).failure == nil)
+}

@@ -497,3 +497,10 @@ func aShortRelativeAccessLogIsAProblemNotACrash(value: String) {
     #expect(found.count == 1)
     #expect(found.first?.message.contains("route 'batch' max_items must be between 1 and 1000000, got 5000000") == true, "\(found)")
 }
+
+@Test func aRateTooSmallToWaitForIsAProblem() {
+    let yaml = valid + "\n    rate_limit: {requests_per_second: 1e-300}\n"
+    let found = problems(yaml)
+    #expect(found.count == 1)
+    #expect(found.first?.message.contains("rate_limit.requests_per_second must be a number from 0.001") == true, "\(found)")
+}

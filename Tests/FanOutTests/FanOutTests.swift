@@ -331,3 +331,19 @@ private func numbered(_ range: Range<Int>) -> [BatchItem] {
     let (results, _, _) = await streamed([], FakeTransport(), concurrency: 4)
     #expect(results.isEmpty)
 }
+
+@Test func pairsStreamedAfterACancelAreLetGoAtOnce() async {
+    // A `then` route's pairs: the second call of each depends on the first.
+    func pairs(_ range: Range<Int>) -> [BatchItem] {
+        range.flatMap { n -> [BatchItem] in
+            let first = BatchItem(id: "\(2 * n)", href: "/p/\(n)", request: UpstreamRequest(method: "GET", path: "/p/200"))
+            var second = BatchItem(id: "\(2 * n + 1)", href: "/q/\(n)", request: UpstreamRequest(method: "GET", path: "/q/200"))
+            second.dependsOn = [2 * n]
+            return [first, second]
+        }
+    }
+    let pieces = stride(from: 0, to: 10_000, by: 250).map { pairs($0..<($0 + 250)) }
+    let (results, peakHeld, _) = await streamed(pieces, FakeTransport(), concurrency: 8, cancelAfter: 2)
+    #expect(results.count == 20_000)
+    #expect(peakHeld <= 2000, "held \(peakHeld) items after the cancel")
+}

@@ -38,3 +38,10 @@ private let second: UInt64 = 1_000_000_000
     #expect(table.take("10.0.1.3", now: 5 * second) == .allowed)
     #expect(table.tracked == 1)
 }
+
+@Test func aClockReadOutOfOrderRefillsNothing() {
+    // Two event loops read the clock, then take the lock in the other order.
+    var table = ClientRateTable(RateLimit(requestsPerSecond: 1, burst: 1))
+    #expect(table.take("a", now: 10 * second) == .allowed)
+    #expect(table.take("a", now: 10 * second - 1) == .refused(retryAfter: 1))
+}

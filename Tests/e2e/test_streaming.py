@@ -2,6 +2,7 @@
 results reach the client before it has sent its last byte, and a body that goes wrong after the
 207 has begun ends it with the summary's `input_error`, every item read before reported once."""
 import http.client
+import socket
 import json
 import time
 import xml.etree.ElementTree as ET
@@ -180,3 +181,34 @@ def test_a_large_streamed_batch_pauses_and_resumes_reading_and_reports_every_ite
     assert summary["summary"]["total"] == n and summary["summary"]["succeeded"] == n, summary
     ids = [r["id"] for r in results]
     assert len(ids) == n and len(set(ids)) == n
+
+
+def test_a_client_that_stops_reading_mid_upload_is_cut_and_its_place_given_back(workdir, nginx):
+    """The body is still arriving (reading paused: enough items wait) when the client stops
+    reading the 207: after client_timeout the batch is cut, and it ends, so its max_batches place
+    comes back."""
+    s = Sheaf(workdir, "stalled-upload", f"""
+        client_timeout: 2s
+        max_buffered_output: 64KiB
+        upstreams:
+          h2c: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c}}
+        routes:
+          - {{name: blobs, method: POST, path: /blobs, upstream: h2c, concurrency: 4, max_batches: 1, max_items: 100000,
+              fan_out: {{items: "", method: GET, path: "/blob/{{item}}"}}}}
+        """)
+    try:
+        upload = Upload(s, "/blobs")
+        upload.conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # Far more than the run takes unstarted (256): Sheaf stops reading the body.
+        upload.send("[" + ",".join(str(n) for n in range(5000)) + ",")
+        deadline = time.monotonic() + 20
+        while True:
+            r = httpx.post(f"{s.url}/blobs", json=[1], timeout=10)
+            if r.status_code == 207:
+                break
+            assert r.status_code == 503, r.text
+            assert time.monotonic() < deadline, "the stalled batch never gave its place back"
+            time.sleep(0.5)
+        upload.conn.sock.close()
+    finally:
+        s.stop()

@@ -48,6 +48,9 @@ public struct JSONArrayStream {
     private var offset = 0
     private var tokenStart = 0
     private var targetSeen = false
+    /// A value on the path ended without leading to the array: as JSON Pointer follows the
+    /// first member of a name, a later duplicate does not count.
+    private var pathMissed = false
     private var failed: Failure?
     /// Elements handed over so far.
     public private(set) var elements = 0
@@ -77,9 +80,9 @@ public struct JSONArrayStream {
     public mutating func finish(element: (Int, JSONValue) -> Void) throws(Failure) {
         if let failed { throw failed }
         do throws(Failure) {
-            // A number or literal at the very end has no delimiter after it.
+            // A number or literal at the very end of the document has no delimiter after it; an
+            // element never ends there (`[1,2,12` may have been `[1,2,123]`).
             if case .scalar = token { try endScalar() }
-            if case .element(_, _, _, true) = token { try endElement(element) }
             guard expect == .done, case .none = token else { throw syntax("unexpected end of JSON") }
             guard targetSeen else { throw .notFound }
         } catch {
@@ -201,7 +204,7 @@ public struct JSONArrayStream {
 
     /// Where a value starting now sits relative to `path`: on it (a prefix), at it, or off it.
     private func placement() -> (onPath: Bool, isTarget: Bool) {
-        guard !targetSeen else { return (false, false) }
+        guard !targetSeen, !pathMissed else { return (false, false) }
         if stack.isEmpty { return (true, path.isEmpty) }
         let parent = stack[stack.count - 1]
         guard parent.onPath, !parent.isTarget, stack.count <= path.count else { return (false, false) }
@@ -235,6 +238,7 @@ public struct JSONArrayStream {
             expect = isObject ? .keyOrEnd : .valueOrEnd
         case UInt8(ascii: "\""):
             if isTarget { throw .notAnArray(typeName: "string") }
+            if onPath { pathMissed = true }  // the path goes on below a string: nothing there
             begin(.string(isKey: false, escaped: false), byte)
         default:
             if isTarget {
@@ -246,6 +250,7 @@ public struct JSONArrayStream {
                 }
                 throw .notAnArray(typeName: name)
             }
+            if onPath { pathMissed = true }
             begin(.scalar, byte)
         }
     }
@@ -271,7 +276,7 @@ public struct JSONArrayStream {
     private mutating func endElement(_ element: (Int, JSONValue) -> Void) throws(Failure) {
         token = .none
         // The element's own nesting counts from the array's depth.
-        let value = try parseBuffer(maxDepth: max(1, maxDepth - stack.count))
+        let value = try parseBuffer(maxDepth: maxDepth - stack.count)
         element(elements, value)
         elements += 1
         valueEnded()
@@ -288,7 +293,8 @@ public struct JSONArrayStream {
     }
 
     private mutating func close() {
-        stack.removeLast()
+        let frame = stack.removeLast()
+        if frame.onPath && !frame.isTarget && !targetSeen { pathMissed = true }
         valueEnded()
     }
 }

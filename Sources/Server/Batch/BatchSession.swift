@@ -117,10 +117,12 @@ final class BatchSession: @unchecked Sendable {
         // A client whose unsent output passed the connection's budget: the upstreams hold the
         // bytes (flow control, paused transfers) until it catches up.
         writer.onOutputBudget { isFull in run.updateReading(suspended: isFull) }
-        writer.onClientStalled { [logger, metrics, route] in
+        writer.onClientStalled { [logger, metrics, route, streamed] in
             logger.warning("the client took no byte of the 207 for client_timeout; cancelling the batch and closing")
             metrics.clientStalled(route: route.configuration.name)
             run.cancel(status: 499, reason: "the client stopped reading the response for client_timeout")
+            // The connection closes: a streamed body's rest will not be read.
+            if streamed { run.endInput() }
         }
         writer.onClientGone { [logger, streamed] in
             logger.info("client went away; cancelling the batch")

@@ -23,6 +23,8 @@ final class StreamedBatchInput: RequestBodySink {
     private var pending: [BatchItem] = []
     private var startScheduled = false
     private var session: BatchSession?
+    /// The run said to wait for room: reading stays paused until it calls back.
+    private var waiting = false
     /// The body ended, was refused, timed out, or its client left: nothing more is decoded.
     private var closed = false
 
@@ -51,9 +53,9 @@ final class StreamedBatchInput: RequestBodySink {
             (items, error) = decoder.feed(part)
         }
         if let session {
-            let more = items.isEmpty || session.append(items)
+            if !items.isEmpty { waiting = !session.append(items) }
             if let error { stop(session, error) }
-            return more
+            return !waiting
         }
         pending += items
         if let error {
@@ -73,10 +75,17 @@ final class StreamedBatchInput: RequestBodySink {
         guard !closed, session == nil else { return }
         let session = begin([], true, received)
         self.session = session
-        session.whenInputRoom { [reading] in reading.resume() }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        session.whenInputRoom { [reading] in
+            bound.eventLoop.execute {
+                bound.value.waiting = false
+                reading.resume()
+            }
+        }
         let first = pending
         pending = []
-        _ = session.append(first)
+        // A "wait" here pauses reading at the next body part.
+        waiting = !session.append(first)
     }
 
     func end() {
@@ -112,9 +121,11 @@ final class StreamedBatchInput: RequestBodySink {
     }
 
     func clientGone() {
-        // The session (if any) hears it from its writer: it cancels and ends its input.
+        // The session also hears it from its writer, unless the writer was given up on first
+        // (a stalled client): either way its input ends here, so it can finish.
         closed = true
         pending = []
+        session?.endInput(problem: nil, bytesIn: received)
     }
 
     /// The body went wrong after the 207 began: the items so far stand, and the summary says why the rest is missing.

@@ -11,6 +11,9 @@ struct ClientRateTable {
     let capacity: Int
     private var buckets: [String: Bucket] = [:]
     private var overflow: Bucket
+    /// When a full table was last swept: at most once a second, so a spray of new addresses
+    /// costs one pass over the table per second, not one per request.
+    private var sweptAt: UInt64?
 
     private struct Bucket {
         var tokens: Double
@@ -18,7 +21,9 @@ struct ClientRateTable {
 
         /// Refilled up to `now`.
         func refilled(_ now: UInt64, rate: Double, burst: Double) -> Bucket {
-            let elapsed = Double(now &- at) / 1e9
+            // Clocks read on two event loops may reach the lock out of order: never negative.
+            guard now > at else { return self }
+            let elapsed = Double(now - at) / 1e9
             return Bucket(tokens: min(burst, tokens + elapsed * rate), at: now)
         }
     }
@@ -40,7 +45,8 @@ struct ClientRateTable {
 
     /// One request from `client` at `now` (uptime nanoseconds).
     mutating func take(_ client: String, now: UInt64) -> Decision {
-        if buckets[client] == nil && buckets.count >= capacity {
+        if buckets[client] == nil && buckets.count >= capacity && (sweptAt.map { now > $0 && now - $0 >= 1_000_000_000 } ?? true) {
+            sweptAt = now
             buckets = buckets.filter { $0.value.refilled(now, rate: rate, burst: burst).tokens < burst }
         }
         let known = buckets[client] != nil || buckets.count < capacity
@@ -51,7 +57,7 @@ struct ClientRateTable {
             bucket.tokens -= 1
             decision = .allowed
         } else {
-            decision = .refused(retryAfter: max(1, Int(((1 - bucket.tokens) / rate).rounded(.up))))
+            decision = .refused(retryAfter: max(1, Int(min(86_400, ((1 - bucket.tokens) / rate).rounded(.up)))))
         }
         if known { buckets[client] = bucket } else { overflow = bucket }
         return decision
