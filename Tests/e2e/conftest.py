@@ -38,10 +38,11 @@ def wait_for_port(port, proc, timeout=20.0):
 class Process:
     """A child process with its output in a file; stopped by pid, SIGTERM then SIGKILL."""
 
-    def __init__(self, args, log_path, port=None):
+    def __init__(self, args, log_path, port=None, env=None):
         self.log_path = log_path
         self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=None if env is None else {**os.environ, **env})
         if port is not None:
             wait_for_port(port, self.proc)
 
@@ -259,12 +260,13 @@ def fan_out_sheaf(workdir, name, upstream, item_path, top=(), path="/b", tls=Non
 class Sheaf:
     """`sheaf serve` with a config written for the test."""
 
-    def __init__(self, workdir, name, config, https=False):
+    def __init__(self, workdir, name, config, https=False, env=None):
         self.port = free_port()
         self.config_path = os.path.join(workdir, f"{name}.yaml")
         with open(self.config_path, "w") as f:
             f.write(f'listen: "127.0.0.1:{self.port}"\n' + textwrap.dedent(config))
-        self.process = Process([BIN, "serve", "--config", self.config_path], os.path.join(workdir, f"{name}.log"), self.port)
+        self.process = Process([BIN, "serve", "--config", self.config_path], os.path.join(workdir, f"{name}.log"), self.port,
+                               env=env)
         self.url = f"{'https' if https else 'http'}://127.0.0.1:{self.port}"
 
     def stop(self):

@@ -153,3 +153,22 @@ def test_https_upstream_over_http1(sheaf, nginx):
     _, by_id = results_by_id(r.text)
     assert by_id["0"]["status"] == 502
     assert "TLS with upstream tls-untrusted" in by_id["0"]["error"] and "certificate" in by_id["0"]["error"]
+
+
+def test_proxy_environment_variables_are_not_used_for_upstream_calls(workdir, nginx):
+    """Both engines go straight to the upstream: an `http_proxy` meant for the host's outgoing
+    traffic (here a dead port) must not capture HTTP/1.1 items (libcurl would read it per transfer)."""
+    from conftest import Sheaf, free_port
+    dead = f"http://127.0.0.1:{free_port()}"
+    s = Sheaf(workdir, "proxy-env", f"""
+        upstreams:
+          up: {{url: "http://127.0.0.1:{nginx.http1}", protocol: http1}}
+        routes:
+          - {{name: r, method: POST, path: /b, upstream: up, fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}}}
+        """, env={"http_proxy": dead, "HTTP_PROXY": dead, "ALL_PROXY": dead, "all_proxy": dead})
+    try:
+        r = httpx.post(s.url + "/b", json=[1, 2], timeout=10)
+        assert r.status_code == 207
+        assert [x["status"] for x in r.json()["results"]] == [200, 200], r.text
+    finally:
+        s.stop()

@@ -294,6 +294,11 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         sheaf_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, Int(configuration.connectTimeout.nanoseconds / 1_000_000))
         sheaf_easy_setopt_long(easy, CURLOPT_FOLLOWLOCATION, 0)
         sheaf_easy_setopt_long(easy, CURLOPT_PROTOCOLS, Int(CURLPROTO_HTTP | CURLPROTO_HTTPS))
+        // Straight to the upstream, as the HTTP/2 engine goes: a host's proxy variables are for
+        // its outgoing traffic, not for Sheaf's upstreams. Set, they also spare curl reading
+        // the environment on every transfer (getenv showed in the profile, issue 13).
+        sheaf_easy_setopt_string(easy, CURLOPT_PROXY, "")
+        sheaf_easy_setopt_string(easy, CURLOPT_NOPROXY, "*")
         if let caFile = configuration.caFile {
             sheaf_easy_setopt_string(easy, CURLOPT_CAINFO, caFile)
         }
