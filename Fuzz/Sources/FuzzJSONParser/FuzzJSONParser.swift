@@ -43,7 +43,7 @@ private func checkStream(_ bytes: UnsafeBufferPointer<UInt8>, _ parsed: JSONValu
     do throws(JSONArrayStream.Failure) {
         while start < bytes.count {
             let end = min(bytes.count, start + piece)
-            try stream.feed(UnsafeRawBufferPointer(rebasing: bytes[start..<end])) { _, value in elements.append(value) }
+            try stream.feed(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: bytes[start..<end]))) { _, value in elements.append(value) }
             start = end
         }
         try stream.finish { _, value in elements.append(value) }
