@@ -20,11 +20,11 @@ public struct UpstreamRequest: Sendable {
     /// and value plus 32 octets), pseudo-headers included. Both engines refuse an item above the
     /// upstream's `max_request_header_bytes` with the same 431, so an item never depends on the
     /// protocol it happens to travel on.
-    public func headerListSize(authority: String, scheme: String) -> Int {
+    public func headerListSize(authorityByteCount: Int, scheme: String) -> Int {
         var size = 32 + 7 + method.utf8.count      // :method
         size += 32 + 5 + path.utf8.count           // :path
         size += 32 + 7 + scheme.utf8.count         // :scheme
-        size += 32 + 10 + authority.utf8.count     // :authority
+        size += 32 + 10 + authorityByteCount       // :authority
         for header in headers { size += 32 + header.name.utf8.count + header.value.utf8.count }
         if let body { size += 32 + 14 + String(body.readableBytes).utf8.count }
         return size
@@ -133,7 +133,7 @@ extension UpstreamConfiguration {
     /// The 431 both engines give an item whose head is over `maxRequestHeaderBytes` (or a lower
     /// limit the peer announced), before anything is sent; nil when it fits.
     public func headTooLarge(_ request: UpstreamRequest, peerLimit: Int? = nil) -> UpstreamError? {
-        let size = request.headerListSize(authority: endpoint.authority, scheme: endpoint.scheme)
+        let size = request.headerListSize(authorityByteCount: endpoint.authorityByteCount, scheme: endpoint.scheme)
         let limit = min(maxRequestHeaderBytes, peerLimit ?? Int.max)
         guard size > limit else { return nil }
         let whose = limit == maxRequestHeaderBytes

@@ -16,3 +16,11 @@ import Upstream
                                           peerLimit: 500)
     #expect(peer?.message.contains("SETTINGS_MAX_HEADER_LIST_SIZE") == true)
 }
+
+@Test(arguments: ["127.0.0.1", "::1", "api.example.com", "fe80::1:2"])
+func theAuthoritysSizeIsCountedWithoutBuildingIt(host: String) {
+    for port in [1, 9, 10, 99, 100, 443, 999, 1000, 8080, 9999, 10000, 65535] {
+        let endpoint = UpstreamEndpoint(scheme: "http", host: host, port: port, basePath: "")
+        #expect(endpoint.authorityByteCount == endpoint.authority.utf8.count, "\(host):\(port)")
+    }
+}

@@ -2,6 +2,8 @@
 and the response header allowlist as the client reads it."""
 import re
 
+import time
+
 import httpx
 import pytest
 
@@ -31,8 +33,15 @@ def hygiene(workdir, nginx):
     s.stop()
 
 
-def _seen(nginx, request_id):
-    return [line for line in nginx.forwarded_lines() if line["rid"].startswith(request_id + ".")]
+def _seen(nginx, request_id, at_least=1):
+    """nginx's log lines for the items of one batch. nginx writes a line after its answer has
+    gone, so the 207 can be complete first: wait (bounded) for `at_least` of them."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in nginx.forwarded_lines() if line["rid"].startswith(request_id + ".")]
+        if len(lines) >= at_least or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 def test_items_carry_the_request_id_and_forwarding_headers(hygiene, nginx):
@@ -40,7 +49,7 @@ def test_items_carry_the_request_id_and_forwarding_headers(hygiene, nginx):
                    headers={"X-Request-ID": "batch-42", "X-Forwarded-For": "203.0.113.9"}, timeout=10)
     assert r.status_code == 207
     assert r.headers["x-request-id"] == "batch-42"
-    seen = _seen(nginx, "batch-42")
+    seen = _seen(nginx, "batch-42", at_least=3)
     assert sorted(line["rid"] for line in seen) == ["batch-42.0", "batch-42.1", "batch-42.2"]
     assert sorted(line["uri"] for line in seen) == ["/headers/1", "/headers/2", "/headers/3"]
     for line in seen:

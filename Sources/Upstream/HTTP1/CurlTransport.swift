@@ -102,8 +102,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
         let exchange = CurlExchange(request: request, deadline: .now() + configuration.timeout, transport: self,
-                                    maxBodyBytes: configuration.maxResponseBodyBytes) { [weak self] result in
-            self?.lock.withLock { self?.admitted -= 1 }
+                                    maxBodyBytes: configuration.maxResponseBodyBytes) { [unowned self] result in
+            // Unowned, as the exchange's own `transport`: a weak capture would give the transport
+            // a side table, and every retain and release of it the runtime's slow path.
+            self.lock.withLock { self.admitted -= 1 }
             completion(result)
         }
         enum Verdict { case accepted, stopping, full }

@@ -248,8 +248,9 @@ final class HTTP2Slot {
         if let nextTick, nextTick <= at { return }
         tickTask?.cancel()
         nextTick = at
-        tickTask = eventLoop.scheduleTask(deadline: at) { [weak self] in
-            guard let self else { return }
+        // Strong: the task is cancelled at shutdown, and a weak capture would give the slot a
+        // side table (slow retains and releases for every item it carries).
+        tickTask = eventLoop.scheduleTask(deadline: at) { [self] in
             self.nextTick = nil
             self.tickTask = nil
             self.tick()
