@@ -44,6 +44,11 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     // Curl thread only.
     private var active: [UnsafeMutableRawPointer: CurlExchange] = [:]
+    /// Exchanges waiting for a connection, in arrival order. They wait here, not inside curl:
+    /// curl_multi_remove_handle walks every handle the multi holds, so a thousand queued in curl
+    /// made each finished transfer cost a thousand steps (28 % of Sheaf's CPU on this path,
+    /// issue 13). Curl gets at most `connections` transfers at a time.
+    private var waiting = CircularBuffer<CurlExchange>()
     /// Every started exchange in hand-over order, which is deadline order: all items of one
     /// upstream have the same timeout. Settled ones leave when they reach the front; the
     /// reference is weak so that they do not keep their bodies alive until then (`active`
@@ -196,7 +201,12 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 return (inbox, cancellations, readingChanges, stopping)
             }
             if !stop {
-                for exchange in incoming { start(exchange) }
+                for exchange in incoming {
+                    // On the deadline list from now: a queued exchange times out like a started one.
+                    byDeadline.append(Deadline(at: exchange.deadline, exchange: exchange))
+                    waiting.append(exchange)
+                }
+                startWaiting()
             }
             for (exchange, suspended) in changes where !exchange.isSettled {
                 exchange.readingSuspended = suspended
@@ -215,7 +225,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 }
                 for entry in byDeadline {
                     if let exchange = entry.exchange, !exchange.isSettled {
-                        finish(exchange, .failure(Self.shuttingDownError()))
+                        // One still waiting for a connection was never sent.
+                        finish(exchange, .failure(Self.shuttingDownError(attempts: exchange.easy == nil ? 0 : 1)))
                     }
                 }
                 break
@@ -223,7 +234,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             var running: Int32 = 0
             curl_multi_perform(multi, &running)
             collectFinished()
-            let wait = expireOverdue()
+            var wait = expireOverdue()
+            // Connections freed up: their next transfers go now, not after the poll's timeout.
+            if startWaiting() { wait = 0 }
             var events: Int32 = 0
             curl_multi_poll(multi, nil, 0, wait, &events)
         }
@@ -240,6 +253,20 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         curl_slist_free_all(connectTo)
         connectTo = nil
         for waiter in waiters { waiter.resume() }
+    }
+
+    /// Hands waiting exchanges to curl while it has fewer transfers than connections; returns
+    /// whether it started any.
+    @discardableResult
+    private func startWaiting() -> Bool {
+        let limit = max(1, configuration.connections)
+        var started = false
+        while active.count < limit, let exchange = waiting.popFirst() {
+            guard !exchange.isSettled else { continue }  // cancelled or timed out while waiting
+            start(exchange)
+            started = true
+        }
+        return started
     }
 
     private func start(_ exchange: CurlExchange) {
@@ -259,7 +286,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         exchange.easy = easy
         configure(easy, for: exchange)
         active[easy] = exchange
-        byDeadline.append(Deadline(at: exchange.deadline, exchange: exchange))
         curl_multi_add_handle(multi, easy)
     }
 
