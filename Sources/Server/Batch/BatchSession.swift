@@ -186,10 +186,13 @@ final class BatchSession: @unchecked Sendable {
         var lost = 0
         var coalesced = 0
         var entry = AccessEntry()
-        writer.append { out in
+        // The summary is encoded now but sent last: metrics and the access log are recorded
+        // first, so a client that has read the 207's end finds its batch counted.
+        var end = ByteBuffer()
+        writer.append { _ in
             deadlineTimer?.cancel()
             deadlineTimer = nil
-            counted(&out) { encoder.end(summary, into: &$0) }
+            counted(&end) { encoder.end(summary, into: &$0) }
             final = summary
             counts = statusCounts
             resent = resends
@@ -201,8 +204,6 @@ final class BatchSession: @unchecked Sendable {
             coalesced = run?.coalescedItems ?? 0
             entry = access
         }
-        let total = final.total
-        writer.finish { [onDone] in onDone(total) }
         let outcome = final.failed == 0 ? "complete" : (final.succeeded == 0 ? "failed" : "partial")
         let elapsed = NIODeadline.now() - received
         trace?.finished(succeeded: final.succeeded, failed: final.failed, outcome: outcome)
@@ -222,5 +223,8 @@ final class BatchSession: @unchecked Sendable {
             "items": "\(final.total)", "succeeded": "\(final.succeeded)", "failed": "\(final.failed)",
             "ms": "\(elapsed.nanoseconds / 1_000_000)",
         ])
+        let total = final.total
+        writer.write(end)
+        writer.finish { [onDone] in onDone(total) }
     }
 }
