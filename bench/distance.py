@@ -44,7 +44,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -52,6 +51,10 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+
+# The process helpers the side-by-side benchmark already has (as bench/profile.py uses them).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import cpu_model, cpu_seconds, free_port, stop, tool, wait_port  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BIN = os.environ.get("SHEAF_BIN", os.path.join(ROOT, ".build", "release", "sheaf"))
@@ -64,7 +67,6 @@ DOCS = os.path.join(ROOT, "docs")
 THINK = 0.005       # nginx's echo_sleep before each answer
 H1_CONNECTIONS = 6  # a browser's connections per host
 H2_STREAMS = 128    # nginx's default http2_max_concurrent_streams
-TICK = os.sysconf("SC_CLK_TCK")
 
 APPROACHES = {
     "h1": "client alone, HTTP/1.1 × 6 connections",
@@ -123,58 +125,6 @@ routes:
 
 class RunError(Exception):
     pass
-
-
-def tool(name):
-    """A peer's path; nginx lives in /usr/sbin, which a user's PATH may lack."""
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin") or name
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=20):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} not listening")
-
-
-def stop(proc):
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def cpu_seconds(pid):
-    """user + system CPU of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class Env:
