@@ -146,9 +146,10 @@ public final class FanOutRun: @unchecked Sendable {
     @discardableResult
     public func append(_ newItems: [BatchItem]) -> Bool {
         guard !newItems.isEmpty else { return true }
-        // The input was ended (its client went away): nothing more is taken.
-        guard !lock.withLock({ scheduler.inputEnded }) else { return true }
         let (start, never, outcome, more) = lock.withLock { () -> (Range<Int>, Range<Int>, ItemOutcome, Bool) in
+            let none = scheduler.nextIndex..<scheduler.nextIndex
+            // The input was ended (its client went away): nothing more is taken.
+            guard !scheduler.inputEnded else { return (none, none, cancelOutcome, true) }
             for var item in newItems {
                 if scheduler.isCancelled {
                     // It settles at once with the cancel's outcome: it waits for nothing.
@@ -174,7 +175,6 @@ public final class FanOutRun: @unchecked Sendable {
                 items.append(item)
             }
             related = related || !needed.isEmpty
-            let none = scheduler.nextIndex..<scheduler.nextIndex
             if scheduler.isCancelled {
                 return (none, scheduler.appendAfterCancel(newItems.count), cancelOutcome, true)
             }
