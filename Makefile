@@ -35,9 +35,10 @@ test-deps: deps
 	  || python3 -m pip install -q "httpx[http2]" pytest $(PY_PINNED) \
 	  || python3 -m pip install -q --break-system-packages "httpx[http2]" pytest $(PY_PINNED)
 
-# The benchmark's peers: h2load and nghttpx (nginx and its echo module come with test-deps).
+# The benchmark's peers: h2load and nghttpx (nginx and its echo module come with test-deps), and
+# valgrind, whose callgrind counts the pipeline benchmark's instructions.
 bench-deps: test-deps
-	@$(call install_missing,nghttp2-client nghttp2-proxy)
+	@$(call install_missing,nghttp2-client nghttp2-proxy valgrind)
 
 build: deps
 	swift build
@@ -59,6 +60,7 @@ test: test-deps build
 
 bench: bench-deps release
 	python3 bench/run.py
+	bench/pipeline.sh
 
 # The client alone (HTTP/1.1 × 6, one HTTP/2 connection) against one bulk request to Sheaf, through
 # a delay proxy at RTT 0-100 ms (bench/distance.py, about 5 minutes): bench/results/distance.md and docs/*.png.

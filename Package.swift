@@ -10,8 +10,9 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "sheaf", targets: ["sheaf"]),
-        // For the libFuzzer targets in Fuzz/, a package of their own that depends on this one by path.
-        .library(name: "SheafFuzzing", targets: ["Codecs", "BatchInput", "MultiStatus", "Config", "Upstream", "FanOut"]),
+        // The libraries without the server, for the packages that depend on this one by path: the
+        // libFuzzer targets (Fuzz/) and the in-process pipeline benchmark (bench/pipeline/).
+        .library(name: "SheafCore", targets: ["Codecs", "BatchInput", "MultiStatus", "Config", "Upstream", "FanOut"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

@@ -17,32 +17,32 @@ let package = Package(
     ],
     targets: [
         // The invariants several targets check.
-        .target(name: "FuzzSupport", dependencies: [.product(name: "SheafFuzzing", package: "sheaf")]),
+        .target(name: "FuzzSupport", dependencies: [.product(name: "SheafCore", package: "sheaf")]),
         // libFuzzer's driver behind each target's `main` (SwiftPM links `main` to `<module>_main`).
         .target(name: "CFuzzerDriver"),
         .executableTarget(name: "FuzzJSONParser", dependencies: [
-            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafFuzzing", package: "sheaf"),
+            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafCore", package: "sheaf"),
         ]),
         .executableTarget(name: "FuzzJSONBatch", dependencies: [
-            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafFuzzing", package: "sheaf"),
+            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafCore", package: "sheaf"),
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .executableTarget(name: "FuzzXMLBatch", dependencies: [
-            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafFuzzing", package: "sheaf"),
+            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafCore", package: "sheaf"),
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .executableTarget(name: "FuzzPaths", dependencies: [
-            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafFuzzing", package: "sheaf"),
+            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafCore", package: "sheaf"),
         ]),
         .executableTarget(name: "FuzzConfig", dependencies: [
-            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafFuzzing", package: "sheaf"),
+            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafCore", package: "sheaf"),
         ]),
         .executableTarget(name: "FuzzAccept", dependencies: [
-            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafFuzzing", package: "sheaf"),
+            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafCore", package: "sheaf"),
         ]),
         // The HTTP/2 engine's internals (`@testable`: debug builds are testable) on an EmbeddedChannel.
         .executableTarget(name: "FuzzHTTP2", dependencies: [
-            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafFuzzing", package: "sheaf"),
+            "FuzzSupport", "CFuzzerDriver", .product(name: "SheafCore", package: "sheaf"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),

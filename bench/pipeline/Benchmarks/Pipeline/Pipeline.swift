@@ -1,0 +1,23 @@
+import Benchmark
+import MultiStatus
+import SheafPipeline
+
+/// Per-item cost of Sheaf's pipeline without the network: each iteration is one batch of
+/// `scalingFactor` (1000) items, so the scaled figures (marked *) are per item.
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(metrics: [.mallocCountTotal, .wallClock, .throughput],
+                                           scalingFactor: .kilo, maxDuration: .seconds(1), maxIterations: 1000,
+                                           // Mallocs are exact, time moves 10-20 % between runs on this VM:
+                                           // the stored p90s (Thresholds/) gate mallocs tightly, time loosely.
+                                           thresholds: [.mallocCountTotal: .init(relative: [.p90: 2.0]),
+                                                        .wallClock: .init(relative: [.p90: 35.0]),
+                                                        .throughput: .init(relative: [.p90: 35.0])])
+    for (name, format) in [("json", ResponseFormat.json), ("xml", .xml(mediaType: "application/xml")), ("ndjson", .ndjson)] {
+        Benchmark("pipeline \(name) 207") { benchmark in
+            let batch = PipelineBatch(count: benchmark.scaledIterations.count, format: format)
+            let transport = MemoryTransport()
+            benchmark.startMeasurement()
+            blackHole(batch.run(on: transport))
+        }
+    }
+}
