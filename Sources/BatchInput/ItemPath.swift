@@ -132,6 +132,16 @@ public enum ItemPath {
     /// segments. Values encoded as one segment are safe alone, but not next to literal dots
     /// (`..` + `%2Fsecret`), so expanded templates and references are checked whole.
     static func hasDecodedDotSegment(_ path: String) -> Bool {
+        // A dot segment needs a "." or a "%2E"; most paths have neither (checked per item, issue 13).
+        var mayHaveOne = false
+        for byte in path.utf8 {
+            if byte == UInt8(ascii: "?") { break }
+            if byte == UInt8(ascii: ".") || byte == UInt8(ascii: "%") {
+                mayHaveOne = true
+                break
+            }
+        }
+        guard mayHaveOne else { return false }
         let bytes = Array(path.utf8.prefix { $0 != UInt8(ascii: "?") })
         var decoded: [UInt8] = []
         decoded.reserveCapacity(bytes.count)

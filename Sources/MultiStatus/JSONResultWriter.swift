@@ -27,7 +27,7 @@ struct JSONResultWriter {
         }
         JSONWriter.writeString(href, into: &out)
         out.writeStaticString(",\"status\":")
-        out.writeString(String(outcome.status))
+        JSONWriter.writeDecimal(outcome.status, into: &out)
         var wroteHeader = false
         forEachReportableHeader(outcome.headers, reported) { name, values in
             out.writeStaticString(wroteHeader ? "," : ",\"headers\":{")
@@ -81,7 +81,7 @@ struct JSONResultWriter {
         }
         if outcome.attempts > 1 {
             out.writeStaticString(",\"attempts\":")
-            out.writeString(String(outcome.attempts))
+            JSONWriter.writeDecimal(outcome.attempts, into: &out)
         }
         if let then = outcome.then {
             out.writeStaticString(",\"then\":")

@@ -17,6 +17,8 @@ public enum MediaType {
     }
 
     public static func isJSON(_ value: String) -> Bool {
+        // What nearly every JSON API sends, answered without building the essence (per item, issue 13).
+        if value == "application/json" { return true }
         let e = essence(value)
         return e == "application/json" || (e.hasPrefix("application/") && e.hasSuffix("+json"))
     }

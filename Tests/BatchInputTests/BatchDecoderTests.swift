@@ -171,6 +171,25 @@ func xmlBatchErrors(xml: String, expected: String) {
     #expect(items[2].request?.path == "/api/users/1?next=%2Fhome")
 }
 
+/// Plain values (letters, digits, `-_~`) take a path that skips encoding and the dot check;
+/// anything else still gets both, and a template's own dots are still checked.
+@Test func templateValuesPlainAndNot() throws {
+    let users = try PathTemplate("/users/{item}")
+    for (value, path) in [("Ab-9_~z", "/users/Ab-9_~z"), ("42", "/users/42"), ("a.b", "/users/a.b"), ("a b", "/users/a%20b"),
+                          ("a/b", "/users/a%2Fb"), ("é", "/users/%C3%A9"), ("%2e", "/users/%252e")] {
+        #expect(try users.expand(.string(value), at: "/0").get() == path, "\(value)")
+    }
+    for value in ["", ".", "..", "a/..", "..\\b"] {
+        guard case .failure(let error) = users.expand(.string(value), at: "/0") else {
+            Issue.record("\(value) was accepted")
+            continue
+        }
+        #expect(error.field == "/0")
+    }
+    let dotted = try PathTemplate("/files/{id}/..{name}")
+    #expect(try dotted.expand(.object([("id", .string("a")), ("name", .string("b"))]), at: "/0").get() == "/files/a/..b")
+}
+
 // Templated paths do not go through ItemPath: there %2F is Sheaf's own encoding of a value as one segment.
 @Test func templatedValuesKeepSlashesInsideOneSegment() throws {
     let items = try JSONBatchDecoder.decode(ByteBuffer(string: #"{"ids":["a/b","x\\y"]}"#),

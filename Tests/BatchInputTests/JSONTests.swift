@@ -45,6 +45,21 @@ func rejectsMalformedJSON(input: String, message: String) {
     #expect(String(buffer: out) == #""a\"b\\c\n\u0001é""#)
 }
 
+/// Both ways through the writer, the one-write path for strings that need no escape and the
+/// escaping one, round-trip through the parser; and numbers are written without a String.
+@Test func writerRoundTripsPlainAndEscapedStrings() throws {
+    for text in ["", "a", "plain id 42", "/users/1", String(repeating: "x", count: 5000), "tab\there", "q\"", "\\", "é ü 😀"] {
+        var out = ByteBuffer()
+        JSONWriter.writeString(text, into: &out)
+        #expect(try JSONParser.parse(String(buffer: out)) == .string(text), "\(text.prefix(20))")
+    }
+    for value in [0, 7, 10, 200, 599, 1_234_567, Int.max, -5] {
+        var out = ByteBuffer()
+        JSONWriter.writeDecimal(value, into: &out)
+        #expect(String(buffer: out) == String(value))
+    }
+}
+
 @Test func jsonPointerResolves() throws {
     let doc = try JSONParser.parse(#"{"data":{"ids":[10,20]},"a/b":1,"m~n":2}"#)
     #expect(try JSONPointer("/data/ids/1").resolve(in: doc) == .number("20"))

@@ -41,11 +41,24 @@ public enum JSONWriter {
         string.withUTF8 { writeString(bytes: $0, into: &out) }
     }
 
-    /// A JSON string literal from UTF-8 bytes (which must be valid UTF-8).
+    /// A JSON string literal from UTF-8 bytes (which must be valid UTF-8). A string that needs
+    /// no escape, as ids, hrefs and most header values, goes in with one write: each ByteBuffer
+    /// call costs its own checks, and this runs several times per item (issue 13).
     public static func writeString(bytes: UnsafeBufferPointer<UInt8>, into out: inout ByteBuffer) {
+        guard let first = bytes.firstIndex(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) else {
+            out.writeWithUnsafeMutableBytes(minimumWritableBytes: bytes.count + 2) { raw in
+                raw[0] = UInt8(ascii: "\"")
+                if let base = bytes.baseAddress, bytes.count > 0 {
+                    (raw.baseAddress! + 1).copyMemory(from: base, byteCount: bytes.count)
+                }
+                raw[bytes.count + 1] = UInt8(ascii: "\"")
+                return bytes.count + 2
+            }
+            return
+        }
         out.writeInteger(UInt8(ascii: "\""))
         var runStart = 0
-        for i in 0..<bytes.count {
+        for i in first..<bytes.count {
             let byte = bytes[i]
             guard byte < 0x20 || byte == 0x22 || byte == 0x5C else { continue }
             if runStart < i { out.writeBytes(UnsafeBufferPointer(rebasing: bytes[runStart..<i])) }
@@ -64,5 +77,24 @@ public enum JSONWriter {
         }
         if runStart < bytes.count { out.writeBytes(UnsafeBufferPointer(rebasing: bytes[runStart..<bytes.count])) }
         out.writeInteger(UInt8(ascii: "\""))
+    }
+
+    /// A non-negative integer's decimal digits, without making a String of it.
+    public static func writeDecimal(_ value: Int, into out: inout ByteBuffer) {
+        guard value >= 0 else {
+            out.writeString(String(value))
+            return
+        }
+        var digits = 1
+        var rest = value / 10
+        while rest > 0 { digits += 1; rest /= 10 }
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: digits) { raw in
+            var v = value
+            for i in stride(from: digits - 1, through: 0, by: -1) {
+                raw[i] = UInt8(ascii: "0") + UInt8(v % 10)
+                v /= 10
+            }
+            return digits
+        }
     }
 }
