@@ -51,6 +51,12 @@ struct ItemWindow {
     /// Items kept now.
     var liveCount: Int { live.count }
 
+    /// Room for `count` live items without the table growing (and rehashing) on the way.
+    mutating func reserve(_ count: Int) {
+        live.reserveCapacity(count)
+        storage.reserveCapacity(count)
+    }
+
     /// Live calls, for cancelling or pausing them all.
     var calls: [UpstreamCall] { storage[head...].compactMap(\.call) }
 
