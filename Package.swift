@@ -64,7 +64,7 @@ let package = Package(
         ], swiftSettings: hotPath),
         // The 207 writers (RFC 4918 XML, JSON) and the negotiation of which one a client gets.
         .target(name: "MultiStatus", dependencies: [
-            "CLibXML2", "Codecs", "FanOut", "Upstream",
+            "Codecs", "FanOut", "Upstream",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: hotPath),
         .target(name: "Config", dependencies: [

@@ -6,6 +6,16 @@ import FanOut
 public enum DAVProperty: String, Sendable, CaseIterable {
     case getetag, getcontenttype, getcontentlength, getlastmodified
 
+    /// Its element name in the 207, in the `D:` (DAV:) namespace.
+    var qualifiedName: StaticString {
+        switch self {
+        case .getetag: return "D:getetag"
+        case .getcontenttype: return "D:getcontenttype"
+        case .getcontentlength: return "D:getcontentlength"
+        case .getlastmodified: return "D:getlastmodified"
+        }
+    }
+
     /// The value the upstream's answer gives, or nil when it does not say.
     func value(in outcome: ItemOutcome) -> String? {
         switch self {
