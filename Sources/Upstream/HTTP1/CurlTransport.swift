@@ -281,9 +281,16 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             exchange.settle(.failure(tooLarge))
             return
         }
-        guard let easy = spareHandles.popLast() ?? curl_easy_init() else {
-            exchange.settle(.failure(UpstreamError(.unreachable, "libcurl could not create a handle")))
-            return
+        let easy: UnsafeMutableRawPointer
+        if let spare = spareHandles.popLast() {
+            easy = spare
+        } else {
+            guard let fresh = curl_easy_init() else {
+                exchange.settle(.failure(UpstreamError(.unreachable, "libcurl could not create a handle")))
+                return
+            }
+            configureOnce(fresh)
+            easy = fresh
         }
         exchange.easy = easy
         configure(easy, for: exchange)
@@ -314,10 +321,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         return Int32(longestSleep)
     }
 
-    private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange) {
-        let request = exchange.request
-        let url = urlOrigin + request.path
-        sheaf_easy_setopt_string(easy, CURLOPT_URL, url)
+    /// What every transfer of this upstream shares, set once per easy handle: handles are kept
+    /// for the next transfer without `curl_easy_reset`, which freed and rebuilt all of this per
+    /// item (issue 13). `configure` sets every option that differs between transfers.
+    private func configureOnce(_ easy: UnsafeMutableRawPointer) {
         sheaf_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
         sheaf_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
         sheaf_easy_setopt_long(easy, CURLOPT_TCP_NODELAY, 1)
@@ -342,25 +349,36 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             sheaf_easy_setopt_long(easy, CURLOPT_SSL_VERIFYPEER, 0)
             sheaf_easy_setopt_long(easy, CURLOPT_SSL_VERIFYHOST, 0)
         }
-        let errorBuffer = errorBuffers[easy] ?? {
-            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
-            errorBuffers[easy] = buffer
-            return buffer
-        }()
-        errorBuffer[0] = 0
+        let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+        errorBuffers[easy] = errorBuffer
         sheaf_easy_setopt_ptr(easy, CURLOPT_ERRORBUFFER, errorBuffer)
+        sheaf_easy_setopt_data_callback(easy, CURLOPT_WRITEFUNCTION, curlWrite)
+        sheaf_easy_setopt_data_callback(easy, CURLOPT_HEADERFUNCTION, curlHeader)
+    }
+
+    private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange) {
+        let request = exchange.request
+        let url = urlOrigin + request.path
+        sheaf_easy_setopt_string(easy, CURLOPT_URL, url)
+        errorBuffers[easy]?[0] = 0
+        // The method, set whole every time: the handle still holds the last transfer's.
         if let body = request.body {
             // POSTFIELDS is how curl sends a body, and it turns the request into a POST:
             // CUSTOMREQUEST puts the item's own method back on the request line.
+            sheaf_easy_setopt_long(easy, CURLOPT_NOBODY, 0)
             sheaf_easy_setopt_off_t(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.readableBytes))
             body.withUnsafeReadableBytes { raw in
                 _ = sheaf_easy_setopt_ptr(easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress))
             }
             sheaf_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method)
         } else {
+            // HTTPGET also clears NOBODY and a body left from before.
+            sheaf_easy_setopt_long(easy, CURLOPT_HTTPGET, 1)
             switch request.method {
-            case "GET": sheaf_easy_setopt_long(easy, CURLOPT_HTTPGET, 1)
-            case "HEAD": sheaf_easy_setopt_long(easy, CURLOPT_NOBODY, 1)
+            case "GET": sheaf_easy_setopt_ptr(easy, CURLOPT_CUSTOMREQUEST, nil)
+            case "HEAD":
+                sheaf_easy_setopt_ptr(easy, CURLOPT_CUSTOMREQUEST, nil)
+                sheaf_easy_setopt_long(easy, CURLOPT_NOBODY, 1)
             default: sheaf_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method)
             }
         }
@@ -387,8 +405,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         sheaf_easy_setopt_ptr(easy, CURLOPT_PRIVATE, me)
         sheaf_easy_setopt_ptr(easy, CURLOPT_WRITEDATA, me)
         sheaf_easy_setopt_ptr(easy, CURLOPT_HEADERDATA, me)
-        sheaf_easy_setopt_data_callback(easy, CURLOPT_WRITEFUNCTION, curlWrite)
-        sheaf_easy_setopt_data_callback(easy, CURLOPT_HEADERFUNCTION, curlHeader)
     }
 
     private func collectFinished() {
@@ -414,7 +430,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         if let easy = exchange.easy {
             curl_multi_remove_handle(multi, easy)
             active.removeValue(forKey: easy)
-            curl_easy_reset(easy)
+            // Kept configured for the next transfer (configureOnce); only a body's copy goes now.
+            if exchange.request.body != nil { sheaf_easy_setopt_ptr(easy, CURLOPT_POSTFIELDS, nil) }
             spareHandles.append(easy)
             exchange.easy = nil
         }
