@@ -602,10 +602,16 @@ public final class FanOutRun: @unchecked Sendable {
             }
             var cascade: [(Int, ItemOutcome)] = []
             var ready: [Int] = []
-            // Taken first: releasing its waiting items may let it go.
-            let item = items.item(index)
-            if related { (cascade, ready) = release(index, outcome) }
-            if remaining[index] == nil { items.forget(index) }
+            let item: BatchItem
+            if related {
+                // Taken first: releasing its waiting items may let it go.
+                item = items.item(index)
+                (cascade, ready) = release(index, outcome)
+                if remaining[index] == nil { items.forget(index) }
+            } else {
+                // Nothing else needs it (`remaining` is empty): moved out, not copied.
+                item = items.take(index)
+            }
             if !ordered { dropSettled() }
             return (item, slot.started, cascade, ready, slot.holdsToken)
         }

@@ -48,6 +48,11 @@ struct ItemWindow {
         live[index] = nil
     }
 
+    /// Lets go of a settled item nothing needs any more, handing it over (no copy).
+    mutating func take(_ index: Int) -> BatchItem {
+        live.removeValue(forKey: index)!
+    }
+
     /// Items kept now.
     var liveCount: Int { live.count }
 
