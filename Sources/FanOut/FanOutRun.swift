@@ -105,9 +105,9 @@ public final class FanOutRun: @unchecked Sendable {
         self.remaining = remaining
         self.related = !needed.isEmpty || policy.stopOnError
         self.watchdog = watchdog
-        // A whole batch's items, or a streamed one's window of them: growing the table item by item
-        // rehashed it again and again (issue 13).
-        self.items.reserve(streamed ? max(items.count, max(2 * concurrency, 256)) : items.count)
+        // A whole batch's items at once: growing the table item by item rehashed it again and
+        // again (issue 13). A streamed batch may stay small: its table grows past 1024 by itself.
+        self.items.reserve(streamed ? max(items.count, min(2 * concurrency, 1024)) : items.count)
         for item in items { self.items.append(item) }
         self.transport = transport
         self.onResult = onResult

@@ -165,10 +165,11 @@ extension ByteBuffer {
     fileprivate mutating func writeStatic(_ a: StaticString, _ b: StaticString, _ c: StaticString = "") {
         let count = a.utf8CodeUnitCount + b.utf8CodeUnitCount + c.utf8CodeUnitCount
         writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
-            var at = raw.baseAddress!
-            for part in [a, b, c] where part.utf8CodeUnitCount > 0 {
-                at.copyMemory(from: part.utf8Start, byteCount: part.utf8CodeUnitCount)
-                at += part.utf8CodeUnitCount
+            let at = raw.baseAddress!
+            at.copyMemory(from: a.utf8Start, byteCount: a.utf8CodeUnitCount)
+            (at + a.utf8CodeUnitCount).copyMemory(from: b.utf8Start, byteCount: b.utf8CodeUnitCount)
+            if c.utf8CodeUnitCount > 0 {
+                (at + a.utf8CodeUnitCount + b.utf8CodeUnitCount).copyMemory(from: c.utf8Start, byteCount: c.utf8CodeUnitCount)
             }
             return count
         }
