@@ -250,13 +250,20 @@ final class HTTP2Connection {
 
     private func addField(_ name: String, _ value: String, lowercase: Bool = false) {
         let n = nvStorage.count
-        nvStorage.append(contentsOf: name.utf8)
+        appendUTF8(name)
         if lowercase {
             for i in n..<nvStorage.count where nvStorage[i] >= 0x41 && nvStorage[i] <= 0x5A { nvStorage[i] |= 0x20 }
         }
         let v = nvStorage.count
-        nvStorage.append(contentsOf: value.utf8)
+        appendUTF8(value)
         nvSpans.append((n, v - n, v, nvStorage.count - v))
+    }
+
+    /// A string's bytes in one copy when it has contiguous UTF-8 (native strings do; appending
+    /// the UTF8View went byte by byte, several times per item).
+    private func appendUTF8(_ text: String) {
+        let copied: Void? = text.utf8.withContiguousStorageIfAvailable { nvStorage.append(contentsOf: $0) }
+        if copied == nil { nvStorage.append(contentsOf: text.utf8) }
     }
 
     /// The exchange takes its body again: the bytes it held back go back to the upstream's window.
