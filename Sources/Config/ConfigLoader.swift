@@ -435,7 +435,7 @@ struct ConfigReader {
         let fields = entries(node, allowed: ["url", "protocol", "connections", "timeout", "connect_timeout", "max_response_bytes", "ca_file",
                                              "server_name", "client_certificate", "client_key", "insecure_skip_verify",
                                              "max_request_header_bytes", "ping_interval", "ping_timeout",
-                                             "max_queued", "retry", "circuit_breaker"], what: what)
+                                             "max_queued", "retry", "circuit_breaker", "balance"], what: what)
         guard !fields.isEmpty || problems.isEmpty else { return nil }
         var endpoint: UpstreamEndpoint?
         if let entry = fields["url"] {
@@ -472,6 +472,15 @@ struct ConfigReader {
         if let v = duration(fields["ping_timeout"]?.value, "\(what) ping_timeout") { configuration.pingTimeout = v }
         readUpstreamTLS(fields, what: what, https: endpoint?.scheme == "https", into: &configuration)
         if let v = integer(fields["max_queued"]?.value, "\(what) max_queued", range: 0...10_000_000) { configuration.maxQueued = v }
+        if let entry = fields["balance"], let text = string(entry.value, "\(what) balance") {
+            if proto == .http1 {
+                report(at: entry.value, "\(what) balance only applies to HTTP/2 (protocol auto, h2c or h2): HTTP/1.1 has one curl thread")
+            } else if let value = UpstreamBalance(rawValue: text) {
+                configuration.balance = value
+            } else {
+                report(at: entry.value, "\(what): unknown balance \"\(text)\" (expected loop or connections)")
+            }
+        }
         if let node = fields["retry"]?.value, let retry = readRetry(node, what: "\(what) retry") { configuration.retry = retry }
         if let node = fields["circuit_breaker"]?.value {
             configuration.circuitBreaker = readCircuitBreaker(node, what: "\(what) circuit_breaker")

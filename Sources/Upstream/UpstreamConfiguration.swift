@@ -1,6 +1,17 @@
 import NIOCore
 
 /// The wire protocol Sheaf speaks to one upstream.
+/// How the HTTP/2 engine chooses a connection for an item (`balance`).
+public enum UpstreamBalance: String, Sendable, CaseIterable {
+    /// The default: a connection on the event loop that handed the item over while it has a free
+    /// stream (no hop per item; a batch stays on its client's loop), else one with room on another
+    /// loop, else the home connection's queue. Less CPU per item with concurrent batches.
+    case loop
+    /// Round-robin over every connection: one batch spreads over every event loop (both cores),
+    /// for a single large batch's latency, at the cost of a hop per item.
+    case connections
+}
+
 public enum UpstreamProtocol: String, Sendable, CaseIterable {
     /// The default. `http://`: h2c first, HTTP/1.1 from the moment the upstream shows it does not
     /// speak h2c. `https://`: ALPN offers h2 and http/1.1, and the upstream's pick decides the
@@ -83,6 +94,8 @@ public struct UpstreamConfiguration: Sendable, Equatable {
     public var pingTimeout: TimeAmount = .seconds(3)
     /// Items waiting for a connection or a stream beyond this fail at once with 503, not sent.
     public var maxQueued = 10_000
+    /// HTTP/2: which connection an item goes to.
+    public var balance = UpstreamBalance.loop
     /// Retries within a budget; off by default (`attempts: 1`).
     public var retry = RetryConfiguration()
     /// Absent: the circuit never opens.

@@ -200,6 +200,18 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     #expect(problems(notBool).map(\.message) == ["upstream 'legacy' insecure_skip_verify: \"maybe\" is not true or false"])
 }
 
+@Test func balanceIsReadAndChecked() throws {
+    let spread = valid.replacingOccurrences(of: "    protocol: http1", with: "    protocol: h2c\n    balance: connections")
+    #expect(try #require(try ConfigLoader.parse(yaml: spread, file: "c.yaml").upstream(named: "legacy")).balance == .connections)
+    let onHTTP1 = valid.replacingOccurrences(of: "    protocol: http1", with: "    protocol: http1\n    balance: connections")
+    #expect(problems(onHTTP1).map(\.message) == ["upstream 'legacy' balance only applies to HTTP/2 (protocol auto, h2c or h2): HTTP/1.1 has one curl thread"])
+    #expect(try #require(try ConfigLoader.parse(yaml: valid, file: "c.yaml").upstream(named: "legacy")).balance == .loop)
+    let bad = valid.replacingOccurrences(of: "    protocol: http1", with: "    protocol: h2c\n    balance: random")
+    let found = problems(bad)
+    #expect(found.map(\.message) == ["upstream 'legacy': unknown balance \"random\" (expected loop or connections)"])
+    #expect(found.first?.line != nil && found.first?.column != nil)
+}
+
 @Test func retryCircuitBreakerAndMaxQueuedAreReadAndChecked() throws {
     let block = """
         protocol: http1

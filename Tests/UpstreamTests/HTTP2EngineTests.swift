@@ -403,4 +403,66 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
             #expect(server.record.withLockedValue { $0.requests.count } == 1)
         }
     }
+
+    /// Items handed over on an event loop go to the connection that lives on that loop while it
+    /// has a free stream: a batch stays on its client's loop, with no hop per item (issue 13).
+    @Test func itemsStayOnTheirLoopsConnectionWhileItHasRoom() async throws {
+        try await withTwoLoops { transport, server, group in
+            let first = try await handOver(20, get("/ok"), on: group.next(), transport, server)
+            let second = try await handOver(20, get("/ok"), on: group.next(), transport, server)
+            #expect(Set(first).count == 1, "items from one loop went to connections \(first)")
+            #expect(Set(second).count == 1, "items from one loop went to connections \(second)")
+            #expect(Set(first) != Set(second))
+        }
+    }
+
+    /// `balance: connections`: items handed over on one loop still go round-robin to every connection.
+    @Test func balanceConnectionsSpreadsItemsFromOneLoopOverEveryConnection() async throws {
+        try await withTwoLoops(tweak: { $0.balance = .connections }) { transport, server, group in
+            let used = try await handOver(20, get("/ok"), on: group.next(), transport, server)
+            #expect(Set(used).count == 2, "items went to connections \(used)")
+        }
+    }
+
+    /// More items than the home connection has streams for spread to the other connection
+    /// while it has room: one batch still uses every connection against a slow upstream.
+    @Test func itemsBeyondTheHomeConnectionsStreamsSpreadToConnectionsWithRoom() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.settings = [(0x3, 4)]  // SETTINGS_MAX_CONCURRENT_STREAMS
+        try await withTwoLoops(script) { transport, server, group in
+            let used = try await handOver(8, get("/slow/200"), on: group.next(), transport, server)
+            #expect(Set(used).count == 2, "8 slow items with 4 streams per connection went to connections \(used)")
+        }
+    }
+}
+
+/// A scripted server and a two-connection transport on two event loops, both connections up.
+private func withTwoLoops(_ script: ScriptedHTTP2Server.Script = .init(), tweak: (inout UpstreamConfiguration) -> Void = { _ in },
+                          _ body: (HTTP2Transport, ScriptedHTTP2Server, MultiThreadedEventLoopGroup) async throws -> Void) async throws {
+    let server = try ScriptedHTTP2Server(script)
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    let transport = HTTP2Transport(configuration: h2Configuration(port: server.port, connections: 2, tweak), group: group,
+                                   logger: Logger(label: "test"))
+    // From outside the loops (round-robin): both connections come up.
+    let warm = await runCalls(transport, [get("/ok"), get("/ok")])
+    #expect(warm.allSettledOnce)
+    #expect(server.record.withLockedValue { $0.connections } == 2)
+    try await body(transport, server, group)
+    await transport.shutdown()
+    await server.stop()
+    try await group.shutdownGracefully()
+}
+
+/// Hands `count` copies of `request` to the transport from `loop`, waits for every answer, and
+/// returns the server's connection index of each.
+private func handOver(_ count: Int, _ request: UpstreamRequest, on loop: EventLoop, _ transport: HTTP2Transport,
+                      _ server: ScriptedHTTP2Server) async throws -> [Int] {
+    let before = server.record.withLockedValue { $0.requests.count }
+    let answered = NIOLockedValueBox(0)
+    loop.execute {
+        for _ in 0..<count { _ = transport.execute(request) { _ in answered.withLockedValue { $0 += 1 } } }
+    }
+    for _ in 0..<400 where answered.withLockedValue({ $0 }) < count { try await Task.sleep(nanoseconds: 5_000_000) }
+    #expect(answered.withLockedValue { $0 } == count)
+    return server.record.withLockedValue { $0.requests[before...].map(\.connection) }
 }

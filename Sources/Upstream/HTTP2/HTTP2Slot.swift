@@ -1,3 +1,4 @@
+import Atomics
 import Logging
 import NIOCore
 
@@ -52,6 +53,19 @@ final class HTTP2Slot {
 
     private var connections: [HTTP2Connection] {
         (current.map { [$0] } ?? []) + draining.values
+    }
+
+    /// On the slot's loop: an item enqueued now would go on the wire at once, not wait.
+    var hasRoomNow: Bool {
+        queued == 0 && !isShutDown && (current?.canOpenStream ?? false)
+    }
+
+    /// `hasRoomNow` as last seen on the slot's loop, for other loops to read: a hint, which may
+    /// be stale by the time they act on it (the item then waits in this slot's queue).
+    let roomHint = ManagedAtomic(false)
+
+    private func publishRoom() {
+        roomHint.store(hasRoomNow, ordering: .relaxed)
     }
 
     /// Items queued or on the wire in this slot.
@@ -116,7 +130,10 @@ final class HTTP2Slot {
             return
         }
         pumping = true
-        defer { pumping = false }
+        defer {
+            pumping = false
+            publishRoom()
+        }
         repeat {
             pumpAgain = false
             guard queued > 0 else { return }
@@ -161,6 +178,7 @@ final class HTTP2Slot {
         let message = "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): \(error)"
         logger.warning("upstream connect failed", metadata: ["upstream": "\(configuration.name)", "error": "\(error)"])
         failQueued(.unreachable, message, cause: .connectFailure)
+        publishRoom()
         closedIfDone()
     }
 
@@ -182,6 +200,7 @@ final class HTTP2Slot {
                           retriable: Bool = true, resend: [HTTP2Exchange], failures: [(HTTP2Exchange, UpstreamError)]) {
         if current === connection { current = nil }
         draining.removeValue(forKey: ObjectIdentifier(connection))
+        publishRoom()
         if !established && !isShutDown {
             logger.warning("upstream connection failed before HTTP/2 SETTINGS",
                            metadata: ["upstream": "\(configuration.name)", "reason": "\(reason)"])

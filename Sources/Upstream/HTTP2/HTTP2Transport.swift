@@ -1,14 +1,19 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 
 /// HTTP/2 upstream transport: `connections` slots, each owning one libnghttp2 client session
 /// on one NIO channel (replaced when the upstream sends GOAWAY or the connection drops).
-/// Items are spread round-robin over the slots; each slot queues what exceeds the upstream's
-/// SETTINGS_MAX_CONCURRENT_STREAMS.
+/// An item handed over on an event loop goes to a slot on that loop while it has a free stream
+/// (the batch stays on its client's loop, as Envoy keeps a request on its worker's pools);
+/// otherwise items are spread round-robin over the slots. Each slot queues what exceeds the
+/// upstream's SETTINGS_MAX_CONCURRENT_STREAMS.
 public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
     public let configuration: UpstreamConfiguration
     private let slots: [HTTP2Slot]
+    /// The slots by the event loop they live on, for the local pick.
+    private let slotsByLoop: [ObjectIdentifier: [HTTP2Slot]]
     private let next = NIOLockedValueBox(0)
 
     private let engineGauges: UpstreamGauges
@@ -23,10 +28,12 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
         let count = max(1, configuration.connections)
         let gauges = UpstreamGauges(protocolName: tls == nil ? "h2c" : "h2")
         engineGauges = gauges
-        self.slots = (0..<count).map { _ in
+        let slots = (0..<count).map { _ in
             HTTP2Slot(configuration: configuration, eventLoop: group.next(), logger: logger, tls: tls, slots: count,
                       gauges: gauges, events: events)
         }
+        self.slots = slots
+        slotsByLoop = Dictionary(grouping: slots) { ObjectIdentifier($0.eventLoop) }
     }
 
     public var gauges: [UpstreamGauges] { [engineGauges] }
@@ -43,14 +50,34 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
         return exchange
     }
 
-    /// Round-robin: one batch spreads over every connection (and so over every event loop).
+    /// Where an item goes. First a slot on the calling event loop that can put it on the wire
+    /// now: no hop to another loop, and its answer comes back on the loop that writes the 207
+    /// (Envoy keeps a request on its worker's pools the same way). Else another slot whose last
+    /// published state says it has room, so a batch larger than its loop's streams still spreads
+    /// over every connection. Else the calling loop's own slot queues it: when every connection is
+    /// full, waiting at home costs nothing, while a hop costs on the way out and on the way back.
+    /// Measured in BENCHMARKS.md (issue 13). Called off the event loops, or with
+    /// `balance: connections`, it is round-robin.
     private func pickSlot() -> HTTP2Slot {
         if slots.count == 1 { return slots[0] }
         let n = next.withLockedValue { value -> Int in
             value = value &+ 1
             return value
         }
-        return slots[n % slots.count]
+        guard configuration.balance == .loop, let loop = MultiThreadedEventLoopGroup.currentEventLoop,
+              let local = slotsByLoop[ObjectIdentifier(loop)] else {
+            return slots[n % slots.count]
+        }
+        // A slot's own state may be read only on its loop: these are on the calling one.
+        for offset in 0..<local.count {
+            let slot = local[(n &+ offset) % local.count]
+            if slot.hasRoomNow { return slot }
+        }
+        for offset in 0..<slots.count {
+            let slot = slots[(n &+ offset) % slots.count]
+            if slot.eventLoop !== loop, slot.roomHint.load(ordering: .relaxed) { return slot }
+        }
+        return local[n % local.count]
     }
 
     /// Cancels per slot, on the slot's loop, in slices that each yield to I/O: cancelling an
