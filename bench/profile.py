@@ -2,7 +2,6 @@
 """Profiles Sheaf under the benchmark's sustained load with `perf record -e cpu-clock`
 (hardware counters are often unavailable on VMs). Usage: python3 bench/profile.py [seconds] [route]
 (route: /users h2c, /h2tls h2 over TLS, /h1 and /h1tls HTTP/1.1 through libcurl)"""
-import json
 import os
 import subprocess
 import sys
@@ -16,9 +15,7 @@ route = sys.argv[2] if len(sys.argv) > 2 else "/users"
 env = run.Env()
 try:
     run.post_batch(env.sheaf_port, route, 1000)
-    body = os.path.join(env.dir, "batch.json")
-    with open(body, "w") as f:
-        json.dump(list(range(1, 1001)), f)
+    body = run.batch_body(env)
     load = subprocess.Popen(["h2load", "-c4", "-m1", "-D", str(int(seconds) + 2), "-d", body, "-H",
                              "content-type: application/json", f"http://127.0.0.1:{env.sheaf_port}{route}"],
                             stdout=subprocess.DEVNULL)

@@ -438,37 +438,40 @@ def h2load_wall(args):
     return float(m.group(1)) * (1 if m.group(2) == "ms" else 1000)
 
 
-def sustained_load(env, path):
-    """h2load posting 1000-item batches to Sheaf's `path` for BENCH_SECONDS, REPEAT times:
-    (items/s, Sheaf's CPU µs per item) per run."""
+def batch_body(env):
+    """The 1000-id JSON body every sustained run posts (a file, for h2load -d)."""
     body = os.path.join(env.dir, "batch.json")
     with open(body, "w") as f:
         json.dump(list(range(1, 1001)), f)
+    return body
+
+
+def sustained_round(env, path, body, accept=None):
+    """One round of 4 clients posting 1000-item batches back to back for SUSTAIN_SECONDS:
+    (items/s, Sheaf's CPU µs per item)."""
+    c0 = cpu_seconds(env.sheaf.pid)
+    extra = ["-H", f"accept: {accept}"] if accept else []
+    rps, ok, _ = h2load(["-c4", "-m1", "-D", str(SUSTAIN_SECONDS), "-d", body, "-H", "content-type: application/json", *extra,
+                         f"http://127.0.0.1:{env.sheaf_port}{path}"])
+    return rps * 1000, (cpu_seconds(env.sheaf.pid) - c0) / (ok * 1000) * 1e6
+
+
+def sustained_load(env, path):
+    """REPEAT rounds of sustained_round: (items/s, Sheaf's CPU µs per item) per round."""
+    body = batch_body(env)
     post_batch(env.sheaf_port, path, 1000)  # connections up (and TLS handshakes done) first
-    items, cpu = [], []
-    for _ in range(REPEAT):
-        c0 = cpu_seconds(env.sheaf.pid)
-        rps, ok, _ = h2load(["-c4", "-m1", "-D", str(SUSTAIN_SECONDS), "-d", body, "-H", "content-type: application/json",
-                             f"http://127.0.0.1:{env.sheaf_port}{path}"])
-        c1 = cpu_seconds(env.sheaf.pid)
-        items.append(rps * 1000)
-        cpu.append((c1 - c0) / (ok * 1000) * 1e6)
-    return items, cpu
+    rounds = [sustained_round(env, path, body) for _ in range(REPEAT)]
+    return [r[0] for r in rounds], [r[1] for r in rounds]
 
 
 def sustained_formats(env, path="/users"):
-    """Sustained 1000-item batches as in sustained_load, JSON and XML 207s interleaved round by
-    round: {format: [Sheaf CPU µs per item per round]}."""
-    body = os.path.join(env.dir, "batch.json")
-    with open(body, "w") as f:
-        json.dump(list(range(1, 1001)), f)
+    """Sustained rounds with JSON and XML 207s interleaved round by round:
+    {format: [Sheaf CPU µs per item per round]}."""
+    body = batch_body(env)
     cpu = {"json": [], "xml": []}
     for _ in range(REPEAT):
         for name, accept in (("json", "application/json"), ("xml", "application/xml")):
-            c0 = cpu_seconds(env.sheaf.pid)
-            _, ok, _ = h2load(["-c4", "-m1", "-D", str(SUSTAIN_SECONDS), "-d", body, "-H", "content-type: application/json",
-                               "-H", f"accept: {accept}", f"http://127.0.0.1:{env.sheaf_port}{path}"])
-            cpu[name].append((cpu_seconds(env.sheaf.pid) - c0) / (ok * 1000) * 1e6)
+            cpu[name].append(sustained_round(env, path, body, accept)[1])
     return cpu
 
 
@@ -514,9 +517,7 @@ class SpanSink:
 def tracing_section(env):
     """Section 9: (rows, ratios) for tracing off, on, and a build from before tracing."""
     sink = SpanSink()
-    body = os.path.join(env.dir, "batch.json")
-    with open(body, "w") as f:
-        json.dump(list(range(1, 1001)), f)
+    body = batch_body(env)
     variants = []
 
     def start(name, binary, extra=""):

@@ -129,8 +129,11 @@ public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
     /// decodes %2F or %5C, as nginx does, would resolve it). Template values and value
     /// references both go through here.
     static func segment(_ text: String) -> Result<String, DependencyFailure> {
-        // Ids and numbers, nearly every value: nothing to encode and no dot to check (issue 13).
-        if !text.isEmpty, text.utf8.allSatisfy(isPlainSegmentByte) { return .success(text) }
+        // Ids and numbers, nearly every value: unreserved bytes but no dot, so nothing to encode
+        // and no dot segment to check (issue 13).
+        if !text.isEmpty, text.utf8.allSatisfy({ $0 != UInt8(ascii: ".") && PercentEncoding.isUnreserved($0) }) {
+            return .success(text)
+        }
         guard !text.isEmpty, text != ".", text != ".." else {
             return .failure(DependencyFailure("\"\(text)\" is not a usable path segment"))
         }
@@ -139,16 +142,5 @@ public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
             return .failure(DependencyFailure("\"\(text)\" contains a dot segment between slashes, which upstreams that decode %2F would resolve"))
         }
         return .success(PercentEncoding.encodeSegment(text))
-    }
-
-    /// Letters, digits, `-`, `_`, `~`: what a segment keeps as is and no dot segment is made of.
-    private static func isPlainSegmentByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-             UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "~"):
-            return true
-        default:
-            return false
-        }
     }
 }

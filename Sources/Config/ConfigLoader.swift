@@ -94,6 +94,17 @@ struct ConfigReader {
         return scalar.string
     }
 
+    /// One of an enum's raw values; anything else is reported with the values allowed.
+    /// `what` names the owner ("upstream 'x'"), `key` the field.
+    mutating func keyword<T: RawRepresentable & CaseIterable>(_ node: Node?, _ what: String, _ key: String) -> T? where T.RawValue == String {
+        guard let node, let text = string(node, "\(what) \(key)") else { return nil }
+        if let value = T(rawValue: text) { return value }
+        let names = T.allCases.map(\.rawValue)
+        let expected = names.count > 1 ? names.dropLast().joined(separator: ", ") + " or " + names.last! : names.joined()
+        report(at: node, "\(what): unknown \(key) \"\(text)\" (expected \(expected))")
+        return nil
+    }
+
     mutating func integer(_ node: Node?, _ what: String, range: ClosedRange<Int>) -> Int? {
         guard let node else { return nil }
         guard case .scalar(let scalar) = node, let value = Int(scalar.string) else {
@@ -445,14 +456,7 @@ struct ConfigReader {
         } else {
             report(at: key, "\(what) is missing 'url'")
         }
-        var proto = UpstreamProtocol.auto
-        if let entry = fields["protocol"], let text = string(entry.value, "\(what) protocol") {
-            if let value = UpstreamProtocol(rawValue: text) {
-                proto = value
-            } else {
-                report(at: entry.value, "\(what): unknown protocol \"\(text)\" (expected auto, h2c, http1 or h2)")
-            }
-        }
+        let proto: UpstreamProtocol = keyword(fields["protocol"]?.value, what, "protocol") ?? .auto
         if let endpoint, endpoint.scheme == "http", proto == .h2 {
             report(at: fields["url"]?.value, "\(what): protocol h2 is HTTP/2 over TLS and needs an https url (use h2c for cleartext)")
         }
@@ -472,13 +476,11 @@ struct ConfigReader {
         if let v = duration(fields["ping_timeout"]?.value, "\(what) ping_timeout") { configuration.pingTimeout = v }
         readUpstreamTLS(fields, what: what, https: endpoint?.scheme == "https", into: &configuration)
         if let v = integer(fields["max_queued"]?.value, "\(what) max_queued", range: 0...10_000_000) { configuration.maxQueued = v }
-        if let entry = fields["balance"], let text = string(entry.value, "\(what) balance") {
+        if let entry = fields["balance"] {
             if proto == .http1 {
                 report(at: entry.value, "\(what) balance only applies to HTTP/2 (protocol auto, h2c or h2): HTTP/1.1 has one curl thread")
-            } else if let value = UpstreamBalance(rawValue: text) {
+            } else if let value: UpstreamBalance = keyword(entry.value, what, "balance") {
                 configuration.balance = value
-            } else {
-                report(at: entry.value, "\(what): unknown balance \"\(text)\" (expected loop or connections)")
             }
         }
         if let node = fields["retry"]?.value, let retry = readRetry(node, what: "\(what) retry") { configuration.retry = retry }

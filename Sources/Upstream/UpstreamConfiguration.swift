@@ -1,6 +1,5 @@
 import NIOCore
 
-/// The wire protocol Sheaf speaks to one upstream.
 /// How the HTTP/2 engine chooses a connection for an item (`balance`).
 public enum UpstreamBalance: String, Sendable, CaseIterable {
     /// The default: a connection on the event loop that handed the item over while it has a free
@@ -12,6 +11,7 @@ public enum UpstreamBalance: String, Sendable, CaseIterable {
     case connections
 }
 
+/// The wire protocol Sheaf speaks to one upstream.
 public enum UpstreamProtocol: String, Sendable, CaseIterable {
     /// The default. `http://`: h2c first, HTTP/1.1 from the moment the upstream shows it does not
     /// speak h2c. `https://`: ALPN offers h2 and http/1.1, and the upstream's pick decides the
@@ -44,9 +44,10 @@ public struct UpstreamEndpoint: Sendable, Equatable {
     }
 
     /// `host:port` as sent in `:authority` / `Host`, with IPv6 literals bracketed.
-    public var authority: String {
-        isIPv6 ? "[\(host)]:\(port)" : "\(host):\(port)"
-    }
+    public var authority: String { "\(bracketedHost):\(port)" }
+
+    /// The host as it goes before a port: an IPv6 literal in brackets.
+    public var bracketedHost: String { isIPv6 ? "[\(host)]" : host }
 
     /// `authority.utf8.count`, without building it: the head-size check runs per item.
     public var authorityByteCount: Int {

@@ -71,8 +71,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         let endpoint = configuration.endpoint
         if let name = configuration.serverName {
             urlOrigin = "\(endpoint.scheme)://\(name):\(endpoint.port)"
-            let host = endpoint.host.contains(":") ? "[\(endpoint.host)]" : endpoint.host
-            connectTo = curl_slist_append(nil, "\(name):\(endpoint.port):\(host):\(endpoint.port)")
+            connectTo = curl_slist_append(nil, "\(name):\(endpoint.port):\(endpoint.bracketedHost):\(endpoint.port)")
         } else {
             urlOrigin = endpoint.origin
         }

@@ -1,5 +1,5 @@
+import Atomics
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -14,7 +14,7 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
     private let slots: [HTTP2Slot]
     /// The slots by the event loop they live on, for the local pick.
     private let slotsByLoop: [ObjectIdentifier: [HTTP2Slot]]
-    private let next = NIOLockedValueBox(0)
+    private let next = ManagedAtomic(0)
 
     private let engineGauges: UpstreamGauges
 
@@ -60,10 +60,8 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
     /// `balance: connections`, it is round-robin.
     private func pickSlot() -> HTTP2Slot {
         if slots.count == 1 { return slots[0] }
-        let n = next.withLockedValue { value -> Int in
-            value = value &+ 1
-            return value
-        }
+        // Non-negative even after wrapping: it picks by remainder.
+        let n = next.wrappingIncrementThenLoad(ordering: .relaxed) & Int.max
         guard configuration.balance == .loop, let loop = MultiThreadedEventLoopGroup.currentEventLoop,
               let local = slotsByLoop[ObjectIdentifier(loop)] else {
             return slots[n % slots.count]
