@@ -6,7 +6,7 @@ import NIOCore
 import Upstream
 
 /// One batch through everything Sheaf does per item except the network: the body decoded into
-/// items (`JSONBatchDecoder`, which also plans paths and hrefs), a `FanOutRun` scheduling them
+/// items (`JSONBatchDecoder`, which also plans paths, hrefs, the headers Sheaf adds and coalescing), a `FanOutRun` scheduling them
 /// onto a transport that answers from memory, and each outcome encoded into the 207 as the
 /// server does. Single-threaded: the transport's answers are handed back in turns, the way an
 /// event loop hands back a read's worth of responses.
@@ -26,11 +26,18 @@ public struct PipelineBatch {
         self.template = FanOutTemplate(items: try! JSONPointer(""), method: "GET", path: try! PathTemplate("/users/{item}"))
     }
 
+    /// What the server adds to every item by default (`forwarded: true`, a request id) and its
+    /// default `coalesce: true`: the pipeline pays for them as a real batch does.
+    private static let shared = BatchHeaders(imposed: [("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"),
+                                                       ("forwarded", "for=127.0.0.1;proto=http;host=127.0.0.1:8080")],
+                                             requestID: "3f2a9c41d07b6e58a1c4f09e2d7b3a65")
+
     /// Runs the batch to its end; returns the 207 body's size. Traps if an item is missing or
     /// reported twice: a benchmark of a pipeline that loses items would measure nothing.
     @discardableResult
     public func run(on transport: MemoryTransport) -> Int {
-        let items = try! JSONBatchDecoder.decode(body, template: template, basePath: "", maxItems: count)
+        let items = try! JSONBatchDecoder.decode(body, template: template, basePath: "", maxItems: count,
+                                                 headers: Self.shared, coalesce: true)
         let sink = Sink(encoder: format.makeEncoder())
         let run = FanOutRun(items: items, transport: transport, concurrency: 1000,
                             onResult: { _, item, outcome, _ in sink.item(item, outcome) },
