@@ -48,14 +48,21 @@ public struct ItemBuilder {
         if headers.requestID != nil { replaced.append("x-request-id") }
         self.replaced = replaced
         items.reserveCapacity(expectedCount)
+        hrefs.reserveCapacity(min(expectedCount, Self.exactHrefs))
     }
 
     /// The item's own headers plus the batch's: imposed ones and the request id replace what the
     /// item set, inherited ones fill in only what it did not.
     private func withShared(_ headers: [(name: String, value: String)], id: String) -> [(name: String, value: String)] {
         guard !shared.isEmpty else { return headers }
-        var out = headers
-        if !replaced.isEmpty { out.removeAll { replaced.contains($0.name.lowercased()) } }
+        // Sized once: growing it header by header cost two allocations per item (issue 13).
+        var out: [(name: String, value: String)] = []
+        out.reserveCapacity(headers.count + shared.inherited.count + shared.imposed.count + 1)
+        if replaced.isEmpty {
+            out.append(contentsOf: headers)
+        } else {
+            for header in headers where !replaced.contains(header.name.lowercased()) { out.append(header) }
+        }
         for header in shared.inherited {
             let name = header.name.lowercased()
             if replaced.contains(name) || out.contains(where: { $0.name.lowercased() == name }) { continue }
@@ -63,12 +70,25 @@ public struct ItemBuilder {
         }
         out.append(contentsOf: shared.imposed)
         if let requestID = shared.requestID {
-            out.append(("x-request-id", requestID + "." + PercentEncoding.encodeSegment(id)))
+            out.append(("x-request-id", Self.joined(requestID, PercentEncoding.encodeSegment(id))))
         }
         return out
     }
 
     public var count: Int { drained + items.count }
+
+    /// `first.second`, written once into a string of the right size: `+` appended in steps,
+    /// a few hundred instructions each, for every item's request id (issue 13).
+    static func joined(_ first: String, _ second: String) -> String {
+        var first = first, second = second
+        let count = first.utf8.count + 1 + second.utf8.count
+        return String(unsafeUninitializedCapacity: count) { buffer in
+            let head = first.withUTF8 { UnsafeMutableBufferPointer(rebasing: buffer[...]).initialize(fromContentsOf: $0) }
+            buffer[head] = UInt8(ascii: ".")
+            let tail = second.withUTF8 { UnsafeMutableBufferPointer(rebasing: buffer[(head + 1)...]).initialize(fromContentsOf: $0) }
+            return head + 1 + tail
+        }
+    }
 
     /// One explicit item. `field` prefixes error fields, e.g. `requests[3]`. `dependsOn`: ids of
     /// items that must succeed first; then the url, header values and `jsonBody` (the body as
@@ -274,6 +294,9 @@ public struct ItemBuilder {
     private mutating func markDuplicates() {
         // Keyed by path alone (its storage is hashed, nothing is built per item). Only when a
         // path comes again is a full key (method and headers) built, for the items on that path.
+        // Sized up front: growing it rehashed every path seen so far (issue 13). Not past a few
+        // thousand: a batch of POSTs puts nothing in it.
+        firstOnPath.reserveCapacity(min(firstOnPath.count + items.count, 8192))
         for position in items.indices {
             let index = drained + position
             guard let request = items[position].request, request.method == "GET" || request.method == "HEAD",

@@ -199,7 +199,7 @@ private func encode(_ format: ResponseFormat, reporting: ReportedHeaders, _ outc
 
 private let noisy = ItemOutcome(status: 301, headers: [
     ("content-type", "text/plain"), ("etag", "\"v1\""), ("x-internal-token", "secret"), ("set-cookie", "s=1"),
-    ("server", "nginx"), ("location", "/b"), ("etag", "\"v2\""), ("connection", "close"),
+    ("server", "nginx"), ("date", "Thu, 26 Nov 2026 10:00:00 GMT"), ("locatiom", "/x"), ("location", "/b"), ("etag", "\"v2\""), ("connection", "close"),
 ], body: ByteBuffer(string: "moved"))
 
 @Test func onlyAllowlistedResponseHeadersReachTheJSON207() throws {
