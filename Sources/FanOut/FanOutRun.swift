@@ -96,9 +96,10 @@ public final class FanOutRun: @unchecked Sendable {
         self.policy = policy
         var needed = Set<Int>()
         var remaining: [Int: Int] = [:]
-        for item in items {
-            for dependency in item.dependsOn { remaining[dependency, default: 0] += 1 }
-            if let leader = item.sameAs { remaining[leader, default: 0] += 1 }
+        // By field, not `for item in items`: that copied every item whole (issue 13).
+        for index in items.indices {
+            for dependency in items[index].dependsOn { remaining[dependency, default: 0] += 1 }
+            if let leader = items[index].sameAs { remaining[leader, default: 0] += 1 }
         }
         needed.formUnion(remaining.keys)
         self.needed = needed
@@ -377,34 +378,53 @@ public final class FanOutRun: @unchecked Sendable {
 
     private func start(_ index: Int) {
         // A cancel may land between the claim and this start: then the item is not sent.
-        let (cancelled, item, related) = lock.withLock { () -> (ItemOutcome?, BatchItem?, Bool) in
-            if scheduler.isCancelled { return (cancelOutcome, nil, false) }
-            items[index].started = NIODeadline.now().uptimeNanoseconds
-            return (nil, items.item(index), self.related)
+        enum Start {
+            case cancelled(ItemOutcome?)
+            case rejected(String?)
+            case send(UpstreamRequest)
+            case item(BatchItem, related: Bool)
         }
-        guard let item else {
-            settle(index, cancelled ?? ItemOutcome(status: 499, reason: "cancelled"))
-            return
+        let start = lock.withLock { () -> Start in
+            if scheduler.isCancelled { return .cancelled(cancelOutcome) }
+            items[index].started = NIODeadline.now().uptimeNanoseconds
+            // Sent as it is, with no relation or tracing hook to see the item: its request is
+            // moved out instead of the whole item copied (issue 13).
+            if !related && prepare == nil {
+                guard let request = items.takeRequest(index) else { return .rejected(items.rejection(index)) }
+                return .send(request)
+            }
+            return .item(items.item(index), related: related)
         }
         var request: UpstreamRequest
-        if related {
-            switch gate(index, item) {
-            case .parked:
-                return
-            case .settle(let outcome):
-                settle(index, outcome)
-                return
-            case .send(let resolved):
-                request = resolved
-            }
-        } else {
-            guard let plain = item.request else {
-                settle(index, ItemOutcome(status: 400, reason: item.rejection ?? "invalid item"))
-                return
-            }
+        switch start {
+        case .cancelled(let outcome):
+            settle(index, outcome ?? ItemOutcome(status: 499, reason: "cancelled"))
+            return
+        case .rejected(let reason):
+            settle(index, ItemOutcome(status: 400, reason: reason ?? "invalid item"))
+            return
+        case .send(let plain):
             request = plain
+        case .item(let item, let related):
+            if related {
+                switch gate(index, item) {
+                case .parked:
+                    return
+                case .settle(let outcome):
+                    settle(index, outcome)
+                    return
+                case .send(let resolved):
+                    request = resolved
+                }
+            } else {
+                guard let plain = item.request else {
+                    settle(index, ItemOutcome(status: 400, reason: item.rejection ?? "invalid item"))
+                    return
+                }
+                request = plain
+            }
+            prepare?(index, item, &request)
         }
-        prepare?(index, item, &request)
         let call = transport.execute(request) { [self] result in
             var outcome = ItemOutcome(result)
             if case .failure(let error) = result, error.kind == .cancelled {

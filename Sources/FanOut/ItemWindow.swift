@@ -53,6 +53,19 @@ struct ItemWindow {
         live.removeValue(forKey: index)!
     }
 
+    /// Hands an item's request over to be sent, without copying it: the item keeps its id and
+    /// href for the 207, and nothing reads its request after the start (issue 13).
+    mutating func takeRequest(_ index: Int) -> UpstreamRequest? {
+        var request: UpstreamRequest?
+        // In place through `values`: `live[index]!.request` moved the whole item out and back.
+        guard let slot = live.index(forKey: index) else { return nil }
+        swap(&request, &live.values[slot].request)
+        return request
+    }
+
+    /// Why an item is not sent (see `BatchItem.rejection`).
+    func rejection(_ index: Int) -> String? { live[index]?.rejection }
+
     /// Items kept now.
     var liveCount: Int { live.count }
 
