@@ -81,9 +81,14 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             return true
         }
         guard let colon = bytes.firstIndex(of: 58) else { return true }
-        var lowered = Array(UnsafeBufferPointer(rebasing: bytes[0..<colon]))
-        for i in lowered.indices where lowered[i] >= 0x41 && lowered[i] <= 0x5A { lowered[i] |= 0x20 }
-        let name = lowered.withUnsafeBufferPointer { HeaderName.intern($0) }
+        // Lowered on the stack: an array here was an allocation per header line (issue 13).
+        let name = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: colon) { lowered in
+            for i in 0..<colon {
+                let byte = bytes[i]
+                lowered[i] = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
+            }
+            return HeaderName.intern(UnsafeBufferPointer(lowered))
+        }
         var start = colon + 1
         while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
         headers.append((name, String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)))

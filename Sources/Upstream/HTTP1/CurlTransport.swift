@@ -49,15 +49,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// made each finished transfer cost a thousand steps (28 % of Sheaf's CPU on this path,
     /// issue 13). Curl gets at most `connections` transfers at a time.
     private var waiting = CircularBuffer<CurlExchange>()
-    /// Every started exchange in hand-over order, which is deadline order: all items of one
-    /// upstream have the same timeout. Settled ones leave when they reach the front; the
-    /// reference is weak so that they do not keep their bodies alive until then (`active`
-    /// holds the unsettled ones).
-    private var byDeadline = CircularBuffer<Deadline>()
-    private struct Deadline {
-        let at: NIODeadline
-        weak var exchange: CurlExchange?
-    }
     private var spareHandles: [UnsafeMutableRawPointer] = []
     /// CURLOPT_ERRORBUFFER per easy handle, freed with the handle when the thread ends.
     private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
@@ -202,11 +193,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 return (inbox, cancellations, readingChanges, stopping)
             }
             if !stop {
-                for exchange in incoming {
-                    // On the deadline list from now: a queued exchange times out like a started one.
-                    byDeadline.append(Deadline(at: exchange.deadline, exchange: exchange))
-                    waiting.append(exchange)
-                }
+                // A queued exchange times out like a started one (expireOverdue).
+                for exchange in incoming { waiting.append(exchange) }
                 startWaiting()
             }
             for (exchange, suspended) in changes where !exchange.isSettled {
@@ -224,12 +212,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 for exchange in incoming where !exchange.isSettled {
                     exchange.settle(.failure(Self.shuttingDownError(attempts: 0)))
                 }
-                for entry in byDeadline {
-                    if let exchange = entry.exchange, !exchange.isSettled {
-                        // One still waiting for a connection was never sent.
-                        finish(exchange, .failure(Self.shuttingDownError(attempts: exchange.easy == nil ? 0 : 1)))
-                    }
-                }
+                for exchange in Array(active.values) { finish(exchange, .failure(Self.shuttingDownError())) }
+                // One still waiting for a connection was never sent.
+                for exchange in waiting where !exchange.isSettled { exchange.settle(.failure(Self.shuttingDownError(attempts: 0))) }
                 break
             }
             var running: Int32 = 0
@@ -301,23 +286,32 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// one, and returns how long the curl thread may sleep until the next deadline, in ms.
     /// (Not CURLOPT_TIMEOUT_MS: curl starts that clock again when a queued transfer gets its
     /// connection, so an item behind `connections` others could time out twice late.)
+    /// Waiting exchanges are in hand-over order, which is deadline order (every item of one
+    /// upstream has the same timeout); at most `connections` are on the wire, so they are simply
+    /// looked over. No list of weak references: a weakly referenced exchange took the runtime's
+    /// slow path for every retain and release (issue 13).
     private func expireOverdue() -> Int32 {
-        let longestSleep: Int64 = 1000
         let now = NIODeadline.now()
-        while let first = byDeadline.first {
-            guard let exchange = first.exchange, !exchange.isSettled else {
-                byDeadline.removeFirst()
+        var next = now + .seconds(1)  // the longest sleep
+        while let first = waiting.first {
+            if first.isSettled {
+                waiting.removeFirst()
                 continue
             }
-            if first.at > now {
-                // Rounded up: waking before the deadline would only go round the loop once more.
-                let milliseconds = ((first.at - now).nanoseconds + 999_999) / 1_000_000
-                return Int32(min(longestSleep, milliseconds))
+            if first.deadline > now {
+                next = min(next, first.deadline)
+                break
             }
-            byDeadline.removeFirst()
-            finish(exchange, .failure(timeoutError()))
+            waiting.removeFirst()
+            first.settle(.failure(timeoutError()))
         }
-        return Int32(longestSleep)
+        var overdue: [CurlExchange] = []
+        for exchange in active.values {
+            if exchange.deadline <= now { overdue.append(exchange) } else { next = min(next, exchange.deadline) }
+        }
+        for exchange in overdue { finish(exchange, .failure(timeoutError())) }
+        // Rounded up: waking before the deadline would only go round the loop once more.
+        return Int32((max(0, (next - now).nanoseconds) + 999_999) / 1_000_000)
     }
 
     /// What every transfer of this upstream shares, set once per easy handle: handles are kept
@@ -382,19 +376,23 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             }
         }
         var list: UnsafeMutablePointer<curl_slist>?
+        var hasAccept = false, hasContentType = false, hasHost = false
         for header in request.headers {
             // curl drops "Name:" with a blank value (that is how one removes its own headers);
             // "Name;" is its syntax for a header sent empty.
-            let blank = header.value.allSatisfy { $0 == " " || $0 == "\t" }
+            let blank = header.value.utf8.allSatisfy { $0 == 0x20 || $0 == 0x09 }
             list = curl_slist_append(list, blank ? "\(header.name);" : "\(header.name): \(header.value)")
+            // One pass, no lower-cased copies (issue 13).
+            if !hasAccept { hasAccept = Self.named(header.name, "accept") }
+            if !hasContentType { hasContentType = Self.named(header.name, "content-type") }
+            if !hasHost { hasHost = Self.named(header.name, "host") }
         }
         // No "Expect: 100-continue" round trip. No Accept or Content-Type the item does not have:
         // curl adds "Accept: */*", and labels a body application/x-www-form-urlencoded.
         list = curl_slist_append(list, "Expect:")
-        for name in ["accept", "content-type"] where !request.headers.contains(where: { $0.name.lowercased() == name }) {
-            list = curl_slist_append(list, "\(name):")
-        }
-        if connectTo != nil && !request.headers.contains(where: { $0.name.lowercased() == "host" }) {
+        if !hasAccept { list = curl_slist_append(list, "accept:") }
+        if !hasContentType { list = curl_slist_append(list, "content-type:") }
+        if connectTo != nil && !hasHost {
             list = curl_slist_append(list, "Host: \(configuration.endpoint.authority)")
         }
         exchange.headerList = list
@@ -404,6 +402,19 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         sheaf_easy_setopt_ptr(easy, CURLOPT_PRIVATE, me)
         sheaf_easy_setopt_ptr(easy, CURLOPT_WRITEDATA, me)
         sheaf_easy_setopt_ptr(easy, CURLOPT_HEADERDATA, me)
+    }
+
+    /// Whether header `name` is `lowercase` (ASCII, in any case).
+    private static func named(_ name: String, _ lowercase: StaticString) -> Bool {
+        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        guard name.utf8.count == expected.count else { return false }
+        var index = 0
+        for byte in name.utf8 {
+            let lowered: UInt8 = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
+            if lowered != expected[index] { return false }
+            index += 1
+        }
+        return true
     }
 
     private func collectFinished() {
