@@ -24,6 +24,32 @@ enum HeaderName {
     }
 }
 
+/// The last long value seen for each response header name, per connection: one upstream
+/// answers every item with the same `content-type`, and the same `date` within a second, so
+/// the string built once is reused instead of allocated and copied per item (issue 13).
+/// Values of up to 15 bytes are Swift small strings, which allocate nothing: they are not kept.
+struct RecentHeaderValues {
+    private var recent: [(name: String, value: String)] = []
+    /// Enough for the long values a response repeats; other names are built each time.
+    private static let capacity = 8
+
+    mutating func value(for name: String, _ bytes: UnsafeBufferPointer<UInt8>) -> String {
+        guard bytes.count > 15 else { return String(decoding: bytes, as: UTF8.self) }
+        // Names come interned (HeaderName), so the compare is of identical strings.
+        guard let index = recent.firstIndex(where: { $0.name == name }) else {
+            let fresh = String(decoding: bytes, as: UTF8.self)
+            if recent.count < Self.capacity { recent.append((name, fresh)) }
+            return fresh
+        }
+        var kept = recent[index].value
+        let same = kept.withUTF8 { $0.count == bytes.count && memcmp($0.baseAddress!, bytes.baseAddress!, bytes.count) == 0 }
+        if same { return kept }
+        let fresh = String(decoding: bytes, as: UTF8.self)
+        recent[index].value = fresh
+        return fresh
+    }
+}
+
 /// HTTP syntax both directions share: which header names are tokens, and which belong to one
 /// connection only (RFC 9110 §7.6.1), so that they are never forwarded to an upstream nor
 /// reported from one.

@@ -91,7 +91,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         }
         var start = colon + 1
         while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
-        headers.append((name, String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)))
+        headers.append((name, transport.recentHeaderValues.value(for: name, UnsafeBufferPointer(rebasing: bytes[start..<end]))))
         return true
     }
 

@@ -34,6 +34,7 @@ final class HTTP2Connection {
     private var nvStorage: [UInt8] = []
     private var nvSpans: [(Int, Int, Int, Int)] = []
     private var nva: [nghttp2_nv] = []
+    private var recentValues = RecentHeaderValues()
 
     /// The per-stream flow-control window offered to the upstream: one whole body
     /// (`max_response_bytes`, within 64 KiB–16 MiB). An answer then arrives without waiting for
@@ -453,7 +454,8 @@ final class HTTP2Connection {
         }
         // Headers of a 1xx interim response, and trailers after the body, are not kept.
         guard exchange.status >= 200, exchange.body.readableBytes == 0 else { return }
-        exchange.headers.append((HeaderName.intern(name), String(decoding: value, as: UTF8.self)))
+        let name = HeaderName.intern(name)
+        exchange.headers.append((name, recentValues.value(for: name, value)))
     }
 
     private static func parseStatus(_ value: UnsafeBufferPointer<UInt8>) -> Int {

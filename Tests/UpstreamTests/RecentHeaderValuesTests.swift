@@ -1,0 +1,35 @@
+import Testing
+@testable import Upstream
+
+private func value(_ recent: inout RecentHeaderValues, _ name: String, _ text: String) -> String {
+    Array(text.utf8).withUnsafeBufferPointer { recent.value(for: name, $0) }
+}
+
+/// What the engines report must not depend on the reuse: each answer gets its own value.
+@Test func aRepeatedHeaderValueIsReportedAsItCameAndAChangedOneReplacesIt() {
+    var recent = RecentHeaderValues()
+    let date1 = "Thu, 26 Nov 2026 11:05:46 GMT", date2 = "Thu, 26 Nov 2026 11:05:47 GMT"
+    #expect(value(&recent, "date", date1) == date1)
+    #expect(value(&recent, "date", date1) == date1)
+    #expect(value(&recent, "date", date2) == date2)
+    #expect(value(&recent, "date", date1) == date1)
+    // Same bytes under another name are that name's own value.
+    #expect(value(&recent, "content-type", date2) == date2)
+    #expect(value(&recent, "content-type", "application/json") == "application/json")
+    #expect(value(&recent, "date", date2) == date2)
+    // Short values, a longer and a shorter one with the same start, non-ASCII bytes.
+    #expect(value(&recent, "server", "nginx") == "nginx")
+    #expect(value(&recent, "content-type", "application/json; charset=utf-8") == "application/json; charset=utf-8")
+    #expect(value(&recent, "content-type", "application/json") == "application/json")
+    #expect(value(&recent, "x-name", "Grüße aus Köln, Straße 12") == "Grüße aus Köln, Straße 12")
+}
+
+@Test func namesBeyondTheKeptOnesAreStillReportedRight() {
+    var recent = RecentHeaderValues()
+    for round in 0..<3 {
+        for n in 0..<20 {
+            let text = "a value long enough to be kept #\(n) round \(round)"
+            #expect(value(&recent, "x-header-\(n)", text) == text)
+        }
+    }
+}
