@@ -136,6 +136,7 @@ let package = Package(
         .testTarget(name: "BatchInputTests", dependencies: [
             "BatchInput", "Codecs", "FanOut", "Upstream",
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "FanOutTests", dependencies: [
             "FanOut", "Upstream",

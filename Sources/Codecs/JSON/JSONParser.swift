@@ -1,7 +1,6 @@
-/// A strict RFC 8259 parser over bytes, with a nesting limit for hostile input. It can also
-/// only validate (no values built), which is how upstream bodies are checked before they are
-/// embedded in a JSON 207 as JSON, and it can stop as soon as one array grows past a limit,
-/// which is how a batch with too many items is refused without reading all of it.
+/// A strict RFC 8259 parser over bytes, with a nesting limit for hostile input. It can stop
+/// as soon as one array grows past a limit, which is how a batch with too many items is
+/// refused without reading all of it. (Validating alone is `JSONValidator`'s, which builds nothing.)
 public struct JSONParser {
     /// Why a document is not JSON, with the byte offset where it went wrong.
     public struct Error: Swift.Error, CustomStringConvertible, Equatable {
@@ -22,23 +21,21 @@ public struct JSONParser {
     private let bytes: UnsafeBufferPointer<UInt8>
     private var position = 0
     private var depth = 0
-    private let build: Bool
     /// The reference tokens (as in a JSON Pointer) of the array to count, and its limit.
     private let counted: (path: [String], limit: Int)?
 
     /// Nesting past this is an error (`max_nesting_depth`): a deep document costs stack.
     private let depthLimit: Int
 
-    private init(bytes: UnsafeBufferPointer<UInt8>, build: Bool, counted: (path: [String], limit: Int)? = nil,
+    private init(bytes: UnsafeBufferPointer<UInt8>, counted: (path: [String], limit: Int)? = nil,
                  depthLimit: Int = JSONParser.maxDepth) {
         self.bytes = bytes
-        self.build = build
         self.counted = counted
         self.depthLimit = min(depthLimit, JSONParser.maxDepth)
     }
 
     public static func parse(_ bytes: UnsafeBufferPointer<UInt8>) throws -> JSONValue {
-        var parser = JSONParser(bytes: bytes, build: true)
+        var parser = JSONParser(bytes: bytes)
         return try parser.document()
     }
 
@@ -47,13 +44,13 @@ public struct JSONParser {
     /// `maxDepth`: at most `JSONParser.maxDepth`.
     public static func parse(_ bytes: UnsafeBufferPointer<UInt8>, countingArrayAt path: [String], upTo limit: Int,
                              maxDepth: Int = JSONParser.maxDepth) throws -> JSONValue {
-        var parser = JSONParser(bytes: bytes, build: true, counted: (path, limit), depthLimit: maxDepth)
+        var parser = JSONParser(bytes: bytes, counted: (path, limit), depthLimit: maxDepth)
         return try parser.document()
     }
 
     /// Parses like `parse(_:)`, with nesting limited to `maxDepth` (at most `JSONParser.maxDepth`).
     public static func parse(_ bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int) throws -> JSONValue {
-        var parser = JSONParser(bytes: bytes, build: true, depthLimit: maxDepth)
+        var parser = JSONParser(bytes: bytes, depthLimit: maxDepth)
         return try parser.document()
     }
 
@@ -68,8 +65,7 @@ public struct JSONParser {
 
     /// True when the bytes are exactly one JSON value (surrounding white space allowed).
     public static func isValid(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-        var parser = JSONParser(bytes: bytes, build: false)
-        return (try? parser.document()) != nil
+        JSONValidator.isValid(bytes)
     }
 
     private mutating func document() throws -> JSONValue {
@@ -157,7 +153,7 @@ public struct JSONParser {
             let follows = key == token
             if follows { token = nil }
             let value = try parseValue(onPath: follows ? onPath.map { $0 + 1 } : nil)
-            if build { members.append((key, value)) }
+            members.append((key, value))
             skipWhitespace()
             guard position < bytes.count else { throw fail("unexpected end of JSON") }
             if bytes[position] == UInt8(ascii: ",") { position += 1; continue }
@@ -186,7 +182,7 @@ public struct JSONParser {
             let value = try parseValue(onPath: token != nil && token == String(count) ? onPath.map { $0 + 1 } : nil)
             count += 1
             if let limit, count > limit { throw TooManyElements(limit: limit) }
-            if build { elements.append(value) }
+            elements.append(value)
             skipWhitespace()
             guard position < bytes.count else { throw fail("unexpected end of JSON") }
             if bytes[position] == UInt8(ascii: ",") { position += 1; continue }
@@ -219,7 +215,6 @@ public struct JSONParser {
             guard position < bytes.count, isDigit(bytes[position]) else { throw fail("invalid number") }
             while position < bytes.count && isDigit(bytes[position]) { position += 1 }
         }
-        guard build else { return .null }
         return .number(String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self))
     }
 
@@ -241,10 +236,6 @@ public struct JSONParser {
         if plain {
             let slice = UnsafeBufferPointer(rebasing: bytes[start..<position])
             position += 1
-            guard build else {
-                guard Self.isValidUTF8(slice) else { throw fail("invalid UTF-8 in string") }
-                return ""
-            }
             guard let text = String(validating: slice, as: UTF8.self) else { throw fail("invalid UTF-8 in string") }
             return text
         }
@@ -326,20 +317,8 @@ public struct JSONParser {
     }
 
     private mutating func hex4() throws -> UInt32 {
-        guard position + 4 <= bytes.count else { throw fail("invalid \\u escape") }
-        var value: UInt32 = 0
-        for _ in 0..<4 {
-            let byte = bytes[position]
-            let digit: UInt8
-            switch byte {
-            case 0x30...0x39: digit = byte - 0x30
-            case 0x41...0x46: digit = byte - 0x41 + 10
-            case 0x61...0x66: digit = byte - 0x61 + 10
-            default: throw fail("invalid \\u escape")
-            }
-            value = value << 4 | UInt32(digit)
-            position += 1
-        }
+        guard let value = JSONValidator.hex4(bytes, at: position) else { throw fail("invalid \\u escape") }
+        position += 4
         return value
     }
 }
