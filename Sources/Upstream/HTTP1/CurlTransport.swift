@@ -489,26 +489,34 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
 // MARK: - C callbacks (non-capturing; the exchange comes back from user data)
 
+/// The exchange behind curl's user data, borrowed for the callback (no retain and release per
+/// call); `active` holds it while curl has its handle.
+private func withExchange<T>(_ userData: UnsafeMutableRawPointer?, _ body: (CurlExchange) -> T) -> T {
+    Unmanaged<CurlExchange>.fromOpaque(userData!)._withUnsafeGuaranteedRef(body)
+}
+
 private let curlWrite: sheaf_curl_data_callback = { pointer, size, count, userData in
-    let exchange = Unmanaged<CurlExchange>.fromOpaque(userData!).takeUnretainedValue()
-    let length = size * count
-    if exchange.readingSuspended {
-        // curl keeps these bytes and hands them over again when the transfer is resumed.
-        exchange.paused = true
-        return Int(CURL_WRITEFUNC_PAUSE)
+    withExchange(userData) { exchange in
+        let length = size * count
+        if exchange.readingSuspended {
+            // curl keeps these bytes and hands them over again when the transfer is resumed.
+            exchange.paused = true
+            return Int(CURL_WRITEFUNC_PAUSE)
+        }
+        pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
+            exchange.bodyBytes(UnsafeBufferPointer(start: bytes, count: length))
+        }
+        return length
     }
-    pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
-        exchange.bodyBytes(UnsafeBufferPointer(start: bytes, count: length))
-    }
-    return length
 }
 
 private let curlHeader: sheaf_curl_data_callback = { pointer, size, count, userData in
-    let exchange = Unmanaged<CurlExchange>.fromOpaque(userData!).takeUnretainedValue()
-    let length = size * count
-    let proceed = pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
-        exchange.headerLine(UnsafeBufferPointer(start: bytes, count: length))
-    } ?? true
-    // Any other count than `length` makes curl end the transfer.
-    return proceed ? length : 0
+    withExchange(userData) { exchange in
+        let length = size * count
+        let proceed = pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
+            exchange.headerLine(UnsafeBufferPointer(start: bytes, count: length))
+        } ?? true
+        // Any other count than `length` makes curl end the transfer.
+        return proceed ? length : 0
+    }
 }

@@ -583,25 +583,28 @@ final class HTTP2Connection {
 // MARK: - C callbacks (non-capturing; the connection comes back from user_data)
 
 @inline(__always)
-private func owner(_ userData: UnsafeMutableRawPointer?) -> HTTP2Connection {
-    Unmanaged<HTTP2Connection>.fromOpaque(userData!).takeUnretainedValue()
+/// The connection behind nghttp2's user data, borrowed for the callback: no retain and release
+/// per call, several per item (issue 13). The session never outlives the connection (see `me`).
+private func withOwner<T>(_ userData: UnsafeMutableRawPointer?, _ body: (HTTP2Connection) -> T) -> T {
+    Unmanaged<HTTP2Connection>.fromOpaque(userData!)._withUnsafeGuaranteedRef(body)
 }
 
 private let onHeader: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
     guard let frame, frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) else { return 0 }
-    owner(userData).header(stream: frame.pointee.hd.stream_id,
-                           name: UnsafeBufferPointer(start: name, count: nameLength),
-                           value: UnsafeBufferPointer(start: value, count: valueLength))
+    withOwner(userData) {
+        $0.header(stream: frame.pointee.hd.stream_id, name: UnsafeBufferPointer(start: name, count: nameLength),
+                  value: UnsafeBufferPointer(start: value, count: valueLength))
+    }
     return 0
 }
 
 private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, streamID, data, length, userData in
-    owner(userData).data(stream: streamID, bytes: UnsafeBufferPointer(start: data, count: length))
+    withOwner(userData) { $0.data(stream: streamID, bytes: UnsafeBufferPointer(start: data, count: length)) }
     return 0
 }
 
 private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, errorCode, userData in
-    owner(userData).streamClosed(stream: streamID, errorCode: errorCode)
+    withOwner(userData) { $0.streamClosed(stream: streamID, errorCode: errorCode) }
     return 0
 }
 
@@ -611,7 +614,7 @@ private let onFrameReceived: nghttp2_on_frame_recv_callback = { _, frame, userDa
     let isAck = frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0
     if type <= UInt8(NGHTTP2_HEADERS.rawValue) {  // DATA or HEADERS
         if frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0 {
-            owner(userData).endOfResponse(stream: frame.pointee.hd.stream_id)
+            withOwner(userData) { $0.endOfResponse(stream: frame.pointee.hd.stream_id) }
         }
     } else if type == UInt8(NGHTTP2_GOAWAY.rawValue) {
         let goaway = frame.pointee.goaway
@@ -619,28 +622,30 @@ private let onFrameReceived: nghttp2_on_frame_recv_callback = { _, frame, userDa
         if let data = goaway.opaque_data, goaway.opaque_data_len > 0 {
             debug = String(decoding: UnsafeBufferPointer(start: data, count: min(goaway.opaque_data_len, 200)), as: UTF8.self)
         }
-        owner(userData).goaway(lastStreamID: goaway.last_stream_id, errorCode: goaway.error_code, debug: debug)
+        withOwner(userData) { $0.goaway(lastStreamID: goaway.last_stream_id, errorCode: goaway.error_code, debug: debug) }
     } else if type == UInt8(NGHTTP2_SETTINGS.rawValue) && !isAck {
-        owner(userData).settingsReceived()
+        withOwner(userData) { $0.settingsReceived() }
     } else if type == UInt8(NGHTTP2_PING.rawValue) && isAck {
-        owner(userData).pingAcknowledged()
+        withOwner(userData) { $0.pingAcknowledged() }
     }
     return 0
 }
 
 private let onFrameNotSent: nghttp2_on_frame_not_send_callback = { _, frame, libraryError, userData in
     guard let frame else { return 0 }
-    owner(userData).frameNotSent(stream: frame.pointee.hd.stream_id, type: frame.pointee.hd.type, libraryError: libraryError)
+    withOwner(userData) { $0.frameNotSent(stream: frame.pointee.hd.stream_id, type: frame.pointee.hd.type, libraryError: libraryError) }
     return 0
 }
 
 private let onInvalidFrame: nghttp2_on_invalid_frame_recv_callback = { _, frame, libraryError, userData in
-    owner(userData).invalidFrame(stream: frame?.pointee.hd.stream_id ?? 0, type: frame?.pointee.hd.type ?? 0, libraryError: libraryError)
+    withOwner(userData) {
+        $0.invalidFrame(stream: frame?.pointee.hd.stream_id ?? 0, type: frame?.pointee.hd.type ?? 0, libraryError: libraryError)
+    }
     return 0
 }
 
 private let readRequestBody: nghttp2_data_source_read_callback = { _, streamID, buffer, length, dataFlags, _, userData in
-    guard let buffer, let (n, done) = owner(userData).requestBody(stream: streamID, into: buffer, length: length) else {
+    guard let buffer, let (n, done) = withOwner(userData, { $0.requestBody(stream: streamID, into: buffer, length: length) }) else {
         return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
     }
     if done { dataFlags?.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue) }
