@@ -34,6 +34,8 @@ try:
             c0 = run.cpu_seconds(proc.pid)
             rps, ok, _ = run.h2load(["-c4", "-m1", "-D", os.environ.get("BENCH_SECONDS", "5"), "-d", body,
                                      "-H", "content-type: application/json", f"http://127.0.0.1:{port}{route}"])
+            if not ok:
+                raise SystemExit(f"{label}: no batch succeeded in round {number + 1}")
             results[label][0].append(rps * 1000)
             results[label][1].append((run.cpu_seconds(proc.pid) - c0) / (ok * 1000) * 1e6)
     first = None

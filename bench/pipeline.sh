@@ -53,6 +53,8 @@ echo "| pipeline | instructions per item (callgrind, ($((warm + batches)) batche
 echo "| --- | ---: | ---: | --- |"
 for format in json xml ndjson; do
     base=$(instructions "$format" "$warm") run=$(instructions "$format" "$((warm + batches))")
+    # An empty count (valgrind failed) would read as 0 and pass the gate.
+    if [ -z "$base" ] || [ -z "$run" ]; then echo "| $format 207 | callgrind failed | | |"; status=1; continue; fi
     per_item=$(( (run - base) / (batches * 1000) ))
     measured+=("$format	$per_item")
     limit=$(awk -v f="$format" '$1 == f { print $2 }' "$stored" 2>/dev/null || true)

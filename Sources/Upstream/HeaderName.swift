@@ -24,7 +24,8 @@ enum HeaderName {
     }
 }
 
-/// The last long value seen for each response header name, per connection: one upstream
+/// The last long value seen for each response header name, per HTTP/2 connection (per curl
+/// thread on HTTP/1.1): one upstream
 /// answers every item with the same `content-type`, and the same `date` within a second, so
 /// the string built once is reused instead of allocated and copied per item (issue 13).
 /// Values of up to 15 bytes are Swift small strings, which allocate nothing: they are not kept.
