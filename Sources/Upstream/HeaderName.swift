@@ -25,9 +25,9 @@ enum HeaderName {
 }
 
 /// The last long value seen for each response header name, per HTTP/2 connection (per curl
-/// thread on HTTP/1.1): one upstream
-/// answers every item with the same `content-type`, and the same `date` within a second, so
-/// the string built once is reused instead of allocated and copied per item (issue 13).
+/// thread on HTTP/1.1): one upstream answers every item with the same `content-type`, and the
+/// same `date` within a second, so the string built once is reused instead of allocated and
+/// copied per item (issue 13).
 /// Values of up to 15 bytes are Swift small strings, which allocate nothing: they are not kept.
 struct RecentHeaderValues {
     private var recent: [(name: String, value: String)] = []
@@ -60,6 +60,19 @@ public enum HTTPSyntax {
         "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
         "upgrade", "host", "content-length", "http2-settings",
     ]
+
+    /// A byte of a header name in lower case (names are ASCII tokens; other bytes stay as they are).
+    @inline(__always)
+    static func lowercased(_ byte: UInt8) -> UInt8 {
+        byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
+    }
+
+    /// Whether header `name`, in any case, is `lowercase`, without building a lower-cased copy.
+    static func isName(_ name: String, _ lowercase: StaticString) -> Bool {
+        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        guard name.utf8.count == expected.count else { return false }
+        return zip(name.utf8, expected).allSatisfy { lowercased($0) == $1 }
+    }
 
     /// `name` in any case.
     public static func isHopByHop(_ name: String) -> Bool { hopByHop.contains(name.lowercased()) }

@@ -83,10 +83,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         guard let colon = bytes.firstIndex(of: 58) else { return true }
         // Lowered on the stack: an array here was an allocation per header line (issue 13).
         let name = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: colon) { lowered in
-            for i in 0..<colon {
-                let byte = bytes[i]
-                lowered[i] = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
-            }
+            for i in 0..<colon { lowered[i] = HTTPSyntax.lowercased(bytes[i]) }
             return HeaderName.intern(UnsafeBufferPointer(lowered))
         }
         var start = colon + 1

@@ -385,9 +385,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             let blank = header.value.utf8.allSatisfy { $0 == 0x20 || $0 == 0x09 }
             list = curl_slist_append(list, blank ? "\(header.name);" : "\(header.name): \(header.value)")
             // One pass, no lower-cased copies (issue 13).
-            if !hasAccept { hasAccept = Self.named(header.name, "accept") }
-            if !hasContentType { hasContentType = Self.named(header.name, "content-type") }
-            if !hasHost { hasHost = Self.named(header.name, "host") }
+            if !hasAccept { hasAccept = HTTPSyntax.isName(header.name, "accept") }
+            if !hasContentType { hasContentType = HTTPSyntax.isName(header.name, "content-type") }
+            if !hasHost { hasHost = HTTPSyntax.isName(header.name, "host") }
         }
         // No "Expect: 100-continue" round trip. No Accept or Content-Type the item does not have:
         // curl adds "Accept: */*", and labels a body application/x-www-form-urlencoded.
@@ -404,19 +404,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         sheaf_easy_setopt_ptr(easy, CURLOPT_PRIVATE, me)
         sheaf_easy_setopt_ptr(easy, CURLOPT_WRITEDATA, me)
         sheaf_easy_setopt_ptr(easy, CURLOPT_HEADERDATA, me)
-    }
-
-    /// Whether header `name` is `lowercase` (ASCII, in any case).
-    private static func named(_ name: String, _ lowercase: StaticString) -> Bool {
-        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-        guard name.utf8.count == expected.count else { return false }
-        var index = 0
-        for byte in name.utf8 {
-            let lowered: UInt8 = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
-            if lowered != expected[index] { return false }
-            index += 1
-        }
-        return true
     }
 
     private func collectFinished() {

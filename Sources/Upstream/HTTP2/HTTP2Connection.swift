@@ -253,7 +253,7 @@ final class HTTP2Connection {
         let n = nvStorage.count
         appendUTF8(name)
         if lowercase {
-            for i in n..<nvStorage.count where nvStorage[i] >= 0x41 && nvStorage[i] <= 0x5A { nvStorage[i] |= 0x20 }
+            for i in n..<nvStorage.count { nvStorage[i] = HTTPSyntax.lowercased(nvStorage[i]) }
         }
         let v = nvStorage.count
         appendUTF8(value)
@@ -582,9 +582,9 @@ final class HTTP2Connection {
 
 // MARK: - C callbacks (non-capturing; the connection comes back from user_data)
 
-@inline(__always)
 /// The connection behind nghttp2's user data, borrowed for the callback: no retain and release
 /// per call, several per item (issue 13). The session never outlives the connection (see `me`).
+@inline(__always)
 private func withOwner<T>(_ userData: UnsafeMutableRawPointer?, _ body: (HTTP2Connection) -> T) -> T {
     Unmanaged<HTTP2Connection>.fromOpaque(userData!)._withUnsafeGuaranteedRef(body)
 }
