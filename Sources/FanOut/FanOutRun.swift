@@ -381,19 +381,23 @@ public final class FanOutRun: @unchecked Sendable {
         enum Start {
             case cancelled(ItemOutcome?)
             case rejected(String?)
+            /// Sent as it is.
             case send(UpstreamRequest)
-            case item(BatchItem, related: Bool)
+            /// Sent as it is, the item shown to the tracing hook first.
+            case traced(UpstreamRequest, BatchItem)
+            /// Gated first: its relations decide whether and what it sends.
+            case related(BatchItem)
         }
         let start = lock.withLock { () -> Start in
             if scheduler.isCancelled { return .cancelled(cancelOutcome) }
             items[index].started = NIODeadline.now().uptimeNanoseconds
-            // Sent as it is, with no relation or tracing hook to see the item: its request is
-            // moved out instead of the whole item copied (issue 13).
-            if !related && prepare == nil {
-                guard let request = items.takeRequest(index) else { return .rejected(items.rejection(index)) }
-                return .send(request)
-            }
-            return .item(items.item(index), related: related)
+            if related { return .related(items.item(index)) }
+            // The request is moved out, not the whole item copied (issue 13): nothing reads it
+            // after the start. The tracing hook gets the item as it was.
+            let traced = prepare == nil ? nil : items.item(index)
+            guard let request = items.takeRequest(index) else { return .rejected(items.rejection(index)) }
+            if let traced { return .traced(request, traced) }
+            return .send(request)
         }
         var request: UpstreamRequest
         switch start {
@@ -405,23 +409,18 @@ public final class FanOutRun: @unchecked Sendable {
             return
         case .send(let plain):
             request = plain
-        case .item(let item, let related):
-            if related {
-                switch gate(index, item) {
-                case .parked:
-                    return
-                case .settle(let outcome):
-                    settle(index, outcome)
-                    return
-                case .send(let resolved):
-                    request = resolved
-                }
-            } else {
-                guard let plain = item.request else {
-                    settle(index, ItemOutcome(status: 400, reason: item.rejection ?? "invalid item"))
-                    return
-                }
-                request = plain
+        case .traced(let plain, let item):
+            request = plain
+            prepare?(index, item, &request)
+        case .related(let item):
+            switch gate(index, item) {
+            case .parked:
+                return
+            case .settle(let outcome):
+                settle(index, outcome)
+                return
+            case .send(let resolved):
+                request = resolved
             }
             prepare?(index, item, &request)
         }
