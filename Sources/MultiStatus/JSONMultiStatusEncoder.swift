@@ -1,3 +1,4 @@
+import Codecs
 import FanOut
 import NIOCore
 
@@ -12,6 +13,8 @@ import NIOCore
 public final class JSONMultiStatusEncoder: MultiStatusEncoder {
     public let contentType = "application/json"
     private let writer: JSONResultWriter
+    /// Gathers each item's bytes for one write into the 207 (callers hold the writer's lock).
+    private let scratch = ByteScratch()
     private var first = true
 
     public init(reporting: ReportedHeaders = .standard, properties: [DAVProperty] = []) {
@@ -23,8 +26,8 @@ public final class JSONMultiStatusEncoder: MultiStatusEncoder {
     }
 
     public func item(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
-        if first { first = false } else { out.writeInteger(UInt8(ascii: ",")) }
-        writer.writeResult(item, outcome, into: &out)
+        writer.writeResult(item, outcome, separator: first ? nil : ",", lineEnd: false, scratch: scratch, into: &out)
+        first = false
     }
 
     public func end(_ summary: BatchSummary, into out: inout ByteBuffer) {

@@ -12,82 +12,92 @@ struct JSONResultWriter {
     /// keeps its meaning with them turned into spaces.
     let singleLine: Bool
 
-    func writeResult(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
-        writeObject(id: item.id, href: item.href, outcome, into: &out)
+    /// Writes the item's object after `separator` (a comma, or nothing). Its bytes are gathered in
+    /// `scratch` and reach `out` in one write, or two around an embedded body (issue 13).
+    func writeResult(_ item: BatchItem, _ outcome: ItemOutcome, separator: StaticString?, lineEnd: Bool,
+                     scratch: ByteScratch, into out: inout ByteBuffer) {
+        scratch.removeAll()
+        var s = scratch
+        if let separator { s.appendStatic(separator) }
+        writeObject(id: item.id, href: item.href, outcome, into: &s, bodiesInto: &out)
+        if lineEnd { s.appendByte(UInt8(ascii: "\n")) }
+        out.writeBytes(s.bytes)
     }
 
-    /// One result object; a `then` call's has no id of its own (it is the item's).
-    private func writeObject(id: String?, href: String, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
+    /// One result object; a `then` call's has no id of its own (it is the item's). An embedded
+    /// body goes straight from its buffer into `out`, after what `s` gathered before it.
+    private func writeObject(id: String?, href: String, _ outcome: ItemOutcome, into s: inout ByteScratch,
+                             bodiesInto out: inout ByteBuffer) {
         if let id {
-            out.writeStaticString("{\"id\":")
-            JSONWriter.writeString(id, into: &out)
-            out.writeStaticString(",\"href\":")
+            s.appendStatic("{\"id\":")
+            JSONWriter.writeString(id, into: &s)
+            s.appendStatic(",\"href\":")
         } else {
-            out.writeStaticString("{\"href\":")
+            s.appendStatic("{\"href\":")
         }
-        JSONWriter.writeString(href, into: &out)
-        out.writeStaticString(",\"status\":")
-        JSONWriter.writeDecimal(outcome.status, into: &out)
+        JSONWriter.writeString(href, into: &s)
+        s.appendStatic(",\"status\":")
+        JSONWriter.writeDecimal(outcome.status, into: &s)
         var wroteHeader = false
         forEachReportableHeader(outcome.headers, reported) { name, values in
-            out.writeStaticString(wroteHeader ? "," : ",\"headers\":{")
+            s.appendStatic(wroteHeader ? "," : ",\"headers\":{")
             wroteHeader = true
-            JSONWriter.writeString(name, into: &out)
-            out.writeInteger(UInt8(ascii: ":"))
+            JSONWriter.writeString(name, into: &s)
+            s.appendByte(UInt8(ascii: ":"))
             if values.isRepeated {
-                JSONWriter.write(.array(values.map(JSONValue.string)), into: &out)
+                JSONWriter.write(.array(values.map(JSONValue.string)), into: &s)
             } else {
-                JSONWriter.writeString(values.first, into: &out)
+                JSONWriter.writeString(values.first, into: &s)
             }
         }
-        if wroteHeader { out.writeInteger(UInt8(ascii: "}")) }
+        if wroteHeader { s.appendByte(UInt8(ascii: "}")) }
         if !properties.isEmpty, outcome.isUpstreamAnswer {
             // An absent property is null, as the XML lists it empty under 404.
-            out.writeStaticString(",\"properties\":{")
+            s.appendStatic(",\"properties\":{")
             for (index, property) in properties.enumerated() {
-                if index > 0 { out.writeInteger(UInt8(ascii: ",")) }
-                JSONWriter.writeString(property.rawValue, into: &out)
-                out.writeInteger(UInt8(ascii: ":"))
+                if index > 0 { s.appendByte(UInt8(ascii: ",")) }
+                JSONWriter.writeString(property.rawValue, into: &s)
+                s.appendByte(UInt8(ascii: ":"))
                 if let value = property.value(in: outcome) {
-                    JSONWriter.writeString(value, into: &out)
+                    JSONWriter.writeString(value, into: &s)
                 } else {
-                    out.writeStaticString("null")
+                    s.appendStatic("null")
                 }
             }
-            out.writeInteger(UInt8(ascii: "}"))
+            s.appendByte(UInt8(ascii: "}"))
         }
         if let body = outcome.body {
             switch BodyForm.classify(body, contentType: outcome.headers.first(where: { $0.name == "content-type" })?.value) {
             case .none:
                 break
             case .json:
-                out.writeStaticString(",\"body\":")
-                writeJSONBody(body, into: &out)
+                s.appendStatic(",\"body\":")
+                writeJSONBody(body, after: &s, into: &out)
             case .text:
-                out.writeStaticString(",\"body\":")
+                s.appendStatic(",\"body\":")
                 body.withUnsafeReadableBytes { raw in
-                    JSONWriter.writeString(bytes: raw.bindMemory(to: UInt8.self), into: &out)
+                    JSONWriter.writeString(bytes: raw.bindMemory(to: UInt8.self), into: &s)
                 }
             case .binary:
-                out.writeStaticString(",\"body\":\"")
-                out.writeString(Base64.encode(body))
-                out.writeStaticString("\",\"bodyEncoding\":\"base64\"")
+                s.appendStatic(",\"body\":\"")
+                s.appendUTF8(Base64.encode(body))
+                s.appendStatic("\",\"bodyEncoding\":\"base64\"")
             }
-            if outcome.bodyTruncated { out.writeStaticString(",\"bodyTruncated\":true") }
+            if outcome.bodyTruncated { s.appendStatic(",\"bodyTruncated\":true") }
         }
         if let reason = outcome.reason {
-            out.writeStaticString(",\"error\":")
-            JSONWriter.writeString(reason, into: &out)
+            s.appendStatic(",\"error\":")
+            JSONWriter.writeString(reason, into: &s)
         }
         if outcome.attempts > 1 {
-            out.writeStaticString(",\"attempts\":")
-            JSONWriter.writeDecimal(outcome.attempts, into: &out)
+            s.appendStatic(",\"attempts\":")
+            JSONWriter.writeDecimal(outcome.attempts, into: &s)
         }
         if let then = outcome.then {
-            out.writeStaticString(",\"then\":")
-            writeObject(id: nil, href: then.href, then.outcome, into: &out)
+            s.appendStatic(",\"then\":")
+            writeObject(id: nil, href: then.href, then.outcome, into: &s, bodiesInto: &out)
         }
-        out.writeInteger(UInt8(ascii: "}"))
+        s.appendByte(UInt8(ascii: "}"))
     }
 
     /// `{"total":3,"succeeded":1,"failed":2}`, with `retry_after` when an item gave one and
@@ -108,15 +118,21 @@ struct JSONResultWriter {
         out.writeInteger(UInt8(ascii: "}"))
     }
 
-    /// A valid JSON body, embedded as is: without a copy unless a line break must go.
-    private func writeJSONBody(_ body: ByteBuffer, into out: inout ByteBuffer) {
-        let breaks = singleLine && body.readableBytesView.contains { $0 == 0x0A || $0 == 0x0D }
-        guard breaks else {
-            out.writeImmutableBuffer(body)
-            return
-        }
-        for byte in body.readableBytesView {
-            out.writeInteger(byte == 0x0A || byte == 0x0D ? UInt8(ascii: " ") : byte)
+    /// A valid JSON body, embedded as is. A small one is gathered with the rest of the object (a
+    /// copy of a few hundred bytes costs less than two more `ByteBuffer` writes); a larger one
+    /// goes straight from its buffer, after what `s` gathered before it. NDJSON turns line breaks
+    /// into spaces.
+    private func writeJSONBody(_ body: ByteBuffer, after s: inout ByteScratch, into out: inout ByteBuffer) {
+        body.withUnsafeReadableBytes { raw in
+            if singleLine, raw.contains(where: { $0 == 0x0A || $0 == 0x0D }) {
+                for byte in raw { s.appendByte(byte == 0x0A || byte == 0x0D ? UInt8(ascii: " ") : byte) }
+            } else if raw.count <= 4096 {
+                s.appendBytes(raw)
+            } else {
+                out.writeBytes(s.bytes)
+                s.removeAll()
+                out.writeImmutableBuffer(body)
+            }
         }
     }
 }

@@ -1,3 +1,4 @@
+import Codecs
 import FanOut
 import NIOCore
 
@@ -7,6 +8,8 @@ import NIOCore
 public final class NDJSONMultiStatusEncoder: MultiStatusEncoder {
     public let contentType = "application/x-ndjson"
     private let writer: JSONResultWriter
+    /// Gathers each item's bytes for one write into the 207 (callers hold the writer's lock).
+    private let scratch = ByteScratch()
 
     public init(reporting: ReportedHeaders = .standard, properties: [DAVProperty] = []) {
         writer = JSONResultWriter(reported: reporting, properties: properties, singleLine: true)
@@ -15,8 +18,7 @@ public final class NDJSONMultiStatusEncoder: MultiStatusEncoder {
     public func begin(into out: inout ByteBuffer) {}
 
     public func item(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
-        writer.writeResult(item, outcome, into: &out)
-        out.writeInteger(UInt8(ascii: "\n"))
+        writer.writeResult(item, outcome, separator: nil, lineEnd: true, scratch: scratch, into: &out)
     }
 
     public func end(_ summary: BatchSummary, into out: inout ByteBuffer) {

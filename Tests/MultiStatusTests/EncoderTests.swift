@@ -236,3 +236,32 @@ private let noisy = ItemOutcome(status: 301, headers: [
     #expect(!none.contains("S:header"))
     #expect(none.contains("<S:body>moved</S:body>"))
 }
+
+/// Small JSON bodies are gathered with the rest of their object and large ones written from
+/// their own buffer: either way each lands whole, in its own item, and NDJSON keeps one line each.
+@Test(arguments: [ResponseFormat.json, .ndjson])
+func jsonBodiesOfEverySizeLandWholeInTheirOwnItem(format: ResponseFormat) throws {
+    let sizes = [0, 1, 4000, 4095, 4096, 4097, 70_000]
+    let entries = sizes.map { size -> (BatchItem, ItemOutcome) in
+        // A JSON string of `size` letters, pretty-printed over lines so NDJSON has breaks to turn.
+        let body = "{\n\"size\": \(size),\n\"text\": \"" + String(repeating: "x", count: size) + "\"\n}"
+        return (BatchItem(id: "s\(size)", href: "/sized/\(size)", rejection: "x"),
+                ItemOutcome(status: 200, headers: [("content-type", "application/json")], body: ByteBuffer(string: body)))
+    }
+    let output = encode(format, entries)
+    let results: [JSONValue]
+    if format == .ndjson {
+        let lines = output.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.isEmpty }
+        #expect(lines.count == sizes.count + 1)
+        results = try lines.dropLast().map { try JSONParser.parse(String($0)) }
+    } else {
+        guard case .array(let array) = try JSONParser.parse(output)["results"] else { Issue.record("no results"); return }
+        results = array
+    }
+    #expect(results.count == sizes.count)
+    for (result, size) in zip(results, sizes) {
+        #expect(result["id"] == .string("s\(size)"))
+        #expect(result["body"]?["size"] == .number("\(size)"))
+        #expect(result["body"]?["text"] == .string(String(repeating: "x", count: size)))
+    }
+}

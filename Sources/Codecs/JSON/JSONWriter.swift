@@ -1,100 +1,124 @@
 import NIOCore
 
-/// Writes JSON text into bytes: string escaping per RFC 8259, no Foundation on the hot path.
-public enum JSONWriter {
-    private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
+/// Where `JSONWriter` writes: a `ByteBuffer`, or a byte array that gathers one small document
+/// before a single `ByteBuffer` write. Every `ByteBuffer` call costs its own uniqueness and
+/// capacity checks (about 250 instructions for a few bytes, issue 13), an array append a few dozen.
+public protocol JSONOutput {
+    mutating func appendByte(_ byte: UInt8)
+    mutating func appendBytes(_ bytes: UnsafeRawBufferPointer)
+}
 
-    public static func write(_ value: JSONValue, into out: inout [UInt8]) {
-        var buffer = ByteBuffer()
-        write(value, into: &buffer)
-        out.append(contentsOf: buffer.readableBytesView)
+extension JSONOutput {
+    @inlinable
+    public mutating func appendStatic(_ text: StaticString) {
+        appendBytes(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
-    public static func write(_ value: JSONValue, into out: inout ByteBuffer) {
+    @inlinable
+    public mutating func appendUTF8(_ text: String) {
+        var text = text
+        text.withUTF8 { appendBytes(UnsafeRawBufferPointer($0)) }
+    }
+}
+
+extension ByteBuffer: JSONOutput {
+    @inlinable
+    public mutating func appendByte(_ byte: UInt8) { writeInteger(byte) }
+    @inlinable
+    public mutating func appendBytes(_ bytes: UnsafeRawBufferPointer) { writeBytes(bytes) }
+}
+
+extension Array: JSONOutput where Element == UInt8 {
+    @inlinable
+    public mutating func appendByte(_ byte: UInt8) { append(byte) }
+    @inlinable
+    public mutating func appendBytes(_ bytes: UnsafeRawBufferPointer) {
+        // Typed, so the append is one copy: a raw buffer pointer is appended byte by byte.
+        append(contentsOf: bytes.assumingMemoryBound(to: UInt8.self))
+    }
+}
+
+/// Writes JSON text into bytes: string escaping per RFC 8259, no Foundation on the hot path.
+public enum JSONWriter {
+    @usableFromInline static let hex: [UInt8] = Array("0123456789abcdef".utf8)
+
+    @inlinable
+    public static func write<Out: JSONOutput>(_ value: JSONValue, into out: inout Out) {
         switch value {
-        case .null: out.writeStaticString("null")
-        case .bool(let b): b ? out.writeStaticString("true") : out.writeStaticString("false")
-        case .number(let n): out.writeString(n)
+        case .null: out.appendStatic("null")
+        case .bool(let b): b ? out.appendStatic("true") : out.appendStatic("false")
+        case .number(let n): out.appendUTF8(n)
         case .string(let s): writeString(s, into: &out)
         case .array(let elements):
-            out.writeInteger(UInt8(ascii: "["))
+            out.appendByte(UInt8(ascii: "["))
             for (i, element) in elements.enumerated() {
-                if i > 0 { out.writeInteger(UInt8(ascii: ",")) }
+                if i > 0 { out.appendByte(UInt8(ascii: ",")) }
                 write(element, into: &out)
             }
-            out.writeInteger(UInt8(ascii: "]"))
+            out.appendByte(UInt8(ascii: "]"))
         case .object(let members):
-            out.writeInteger(UInt8(ascii: "{"))
+            out.appendByte(UInt8(ascii: "{"))
             for (i, member) in members.enumerated() {
-                if i > 0 { out.writeInteger(UInt8(ascii: ",")) }
+                if i > 0 { out.appendByte(UInt8(ascii: ",")) }
                 writeString(member.key, into: &out)
-                out.writeInteger(UInt8(ascii: ":"))
+                out.appendByte(UInt8(ascii: ":"))
                 write(member.value, into: &out)
             }
-            out.writeInteger(UInt8(ascii: "}"))
+            out.appendByte(UInt8(ascii: "}"))
         }
     }
 
     /// A JSON string literal, quotes included.
-    public static func writeString(_ string: String, into out: inout ByteBuffer) {
+    @inlinable
+    public static func writeString<Out: JSONOutput>(_ string: String, into out: inout Out) {
         var string = string
         string.withUTF8 { writeString(bytes: $0, into: &out) }
     }
 
     /// A JSON string literal from UTF-8 bytes (which must be valid UTF-8). A string that needs
-    /// no escape, as ids, hrefs and most header values, goes in with one write: each ByteBuffer
-    /// call costs its own checks, and this runs several times per item (issue 13).
-    public static func writeString(bytes: UnsafeBufferPointer<UInt8>, into out: inout ByteBuffer) {
-        guard let first = bytes.firstIndex(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) else {
-            out.writeWithUnsafeMutableBytes(minimumWritableBytes: bytes.count + 2) { raw in
-                raw[0] = UInt8(ascii: "\"")
-                if let base = bytes.baseAddress, bytes.count > 0 {
-                    (raw.baseAddress! + 1).copyMemory(from: base, byteCount: bytes.count)
-                }
-                raw[bytes.count + 1] = UInt8(ascii: "\"")
-                return bytes.count + 2
-            }
-            return
-        }
-        out.writeInteger(UInt8(ascii: "\""))
+    /// no escape, as ids, hrefs and most header values, goes in with one append.
+    @inlinable
+    public static func writeString<Out: JSONOutput>(bytes: UnsafeBufferPointer<UInt8>, into out: inout Out) {
+        out.appendByte(UInt8(ascii: "\""))
         var runStart = 0
-        for i in first..<bytes.count {
+        for i in 0..<bytes.count {
             let byte = bytes[i]
             guard byte < 0x20 || byte == 0x22 || byte == 0x5C else { continue }
-            if runStart < i { out.writeBytes(UnsafeBufferPointer(rebasing: bytes[runStart..<i])) }
+            if runStart < i { out.appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<i])) }
             runStart = i + 1
             switch byte {
-            case 0x22: out.writeStaticString("\\\"")
-            case 0x5C: out.writeStaticString("\\\\")
-            case 0x0A: out.writeStaticString("\\n")
-            case 0x0D: out.writeStaticString("\\r")
-            case 0x09: out.writeStaticString("\\t")
+            case 0x22: out.appendStatic("\\\"")
+            case 0x5C: out.appendStatic("\\\\")
+            case 0x0A: out.appendStatic("\\n")
+            case 0x0D: out.appendStatic("\\r")
+            case 0x09: out.appendStatic("\\t")
             default:
-                out.writeStaticString("\\u00")
-                out.writeInteger(hex[Int(byte >> 4)])
-                out.writeInteger(hex[Int(byte & 0x0F)])
+                out.appendStatic("\\u00")
+                out.appendByte(hex[Int(byte >> 4)])
+                out.appendByte(hex[Int(byte & 0x0F)])
             }
         }
-        if runStart < bytes.count { out.writeBytes(UnsafeBufferPointer(rebasing: bytes[runStart..<bytes.count])) }
-        out.writeInteger(UInt8(ascii: "\""))
+        if runStart < bytes.count {
+            out.appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<bytes.count]))
+        }
+        out.appendByte(UInt8(ascii: "\""))
     }
 
-    /// A non-negative integer's decimal digits, without making a String of it.
-    public static func writeDecimal(_ value: Int, into out: inout ByteBuffer) {
-        guard value >= 0 else {
-            out.writeString(String(value))
+    /// An integer's decimal digits, without making a String of it.
+    @inlinable
+    public static func writeDecimal<Out: JSONOutput>(_ value: Int, into out: inout Out) {
+        guard value >= 0, value < 1 << 62 else {
+            out.appendUTF8(String(value))
             return
         }
-        var digits = 1
-        var rest = value / 10
-        while rest > 0 { digits += 1; rest /= 10 }
-        out.writeWithUnsafeMutableBytes(minimumWritableBytes: digits) { raw in
-            var v = value
-            for i in stride(from: digits - 1, through: 0, by: -1) {
-                raw[i] = UInt8(ascii: "0") + UInt8(v % 10)
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var v = value, start = 20
+            repeat {
+                start -= 1
+                digits[start] = UInt8(ascii: "0") + UInt8(v % 10)
                 v /= 10
-            }
-            return digits
+            } while v > 0
+            out.appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(digits)[start..<20]))
         }
     }
 }

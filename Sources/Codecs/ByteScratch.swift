@@ -1,0 +1,49 @@
+/// Bytes gathered for a single write into a `ByteBuffer`: the JSON 207 builds each item's
+/// object here first. An append is a bounds check and a copy, where an `Array` append costs
+/// about a hundred instructions in uniqueness and capacity checks and a `ByteBuffer` write over
+/// two hundred (issue 13). One owner, reused: `removeAll` keeps the storage.
+public final class ByteScratch: JSONOutput {
+    @usableFromInline var base: UnsafeMutableRawPointer
+    @usableFromInline var capacity: Int
+    @usableFromInline var used = 0
+    /// Bytes gathered so far.
+    public var count: Int { used }
+
+    public init(capacity: Int = 1024) {
+        self.capacity = max(capacity, 16)
+        base = UnsafeMutableRawPointer.allocate(byteCount: self.capacity, alignment: 1)
+    }
+
+    deinit { base.deallocate() }
+
+    /// What was gathered, valid until the next append.
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: used) }
+
+    public func removeAll() { used = 0 }
+
+    @inlinable
+    public func appendByte(_ byte: UInt8) {
+        if used == capacity { grow(to: used + 1) }
+        base.storeBytes(of: byte, toByteOffset: used, as: UInt8.self)
+        used += 1
+    }
+
+    @inlinable
+    public func appendBytes(_ bytes: UnsafeRawBufferPointer) {
+        guard let source = bytes.baseAddress else { return }
+        if used + bytes.count > capacity { grow(to: used + bytes.count) }
+        (base + used).copyMemory(from: source, byteCount: bytes.count)
+        used += bytes.count
+    }
+
+    @usableFromInline
+    func grow(to needed: Int) {
+        var size = capacity * 2
+        while size < needed { size *= 2 }
+        let bigger = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 1)
+        bigger.copyMemory(from: base, byteCount: used)
+        base.deallocate()
+        base = bigger
+        capacity = size
+    }
+}
