@@ -18,7 +18,8 @@ final class HTTP2Connection {
     private var channel: Channel?
     private var session: OpaquePointer?
     private var machine: HTTP2ConnectionStateMachine
-    private var streams = StreamTable<HTTP2Exchange>()
+    /// Open streams by id (odd, rising by two: `shift: 1`).
+    private var streams = IntKeyTable<HTTP2Exchange>(shift: 1)
     /// True while inside nghttp2: callbacks park their outcomes instead of delivering them.
     private var inSession = false
     private var parkedOutcomes: [(HTTP2Exchange, UpstreamResult)] = []
@@ -179,13 +180,13 @@ final class HTTP2Connection {
         var resend: [HTTP2Exchange] = []
         var failures: [(HTTP2Exchange, UpstreamError)] = []
         var outcomesOnClose: [HTTP2Exchange] = []
-        for (id, exchange) in streams.sortedByID {
+        for (id, exchange) in streams.sortedByKey {
             exchange.connection = nil
             if exchange.responseComplete {
                 outcomesOnClose.append(exchange)
                 continue
             }
-            switch machine.disposition(streamID: id, sawResponseBytes: exchange.sawResponseBytes,
+            switch machine.disposition(streamID: Int32(id), sawResponseBytes: exchange.sawResponseBytes,
                                        idempotent: exchange.request.isIdempotent, sends: exchange.sends, reason: reason) {
             case .resend: resend.append(exchange)
             case .fail(let kind, let message): failures.append((exchange, UpstreamError(kind, message, cause: .reset)))
@@ -253,7 +254,7 @@ final class HTTP2Connection {
         exchange.sends += 1
         exchange.streamID = streamID
         exchange.connection = self
-        streams.insert(exchange, for: streamID)
+        streams.insert(exchange, for: Int(streamID))
         gauges.add(gauges.streams, 1)
         machine.streamOpened()
     }
@@ -278,7 +279,7 @@ final class HTTP2Connection {
 
     /// The exchange takes its body again: the bytes it held back go back to the upstream's window.
     func giveBackWindow(of exchange: HTTP2Exchange) {
-        guard exchange.unconsumed > 0, streams[exchange.streamID] === exchange else { return }
+        guard exchange.unconsumed > 0, streams[Int(exchange.streamID)] === exchange else { return }
         let count = exchange.unconsumed
         exchange.unconsumed = 0
         perform { session in _ = nghttp2_session_consume(session, exchange.streamID, count) }
@@ -295,7 +296,7 @@ final class HTTP2Connection {
 
     /// RST_STREAM(CANCEL) for an exchange Sheaf no longer wants; the caller settles it.
     func cancelStream(of exchange: HTTP2Exchange) {
-        guard streams[exchange.streamID] === exchange else { return }
+        guard streams[Int(exchange.streamID)] === exchange else { return }
         handle(reset(exchange))
         scheduleFlush()
     }
@@ -303,7 +304,7 @@ final class HTTP2Connection {
     /// Lets go of a stream Sheaf no longer wants (cancelled, timed out): RST_STREAM(CANCEL), its
     /// held-back window returned, its slot freed. Returns what the state machine decides.
     private func reset(_ exchange: HTTP2Exchange) -> HTTP2ConnectionStateMachine.Action {
-        if streams.removeValue(for: exchange.streamID) != nil { gauges.add(gauges.streams, -1) }
+        if streams.removeValue(for: Int(exchange.streamID)) != nil { gauges.add(gauges.streams, -1) }
         exchange.connection = nil
         returnUnconsumed(of: exchange)
         perform { session in
@@ -451,7 +452,7 @@ final class HTTP2Connection {
     // MARK: nghttp2 events (inside `perform`)
 
     fileprivate func header(stream: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        guard let exchange = streams[stream] else { return }
+        guard let exchange = streams[Int(stream)] else { return }
         exchange.sawResponseBytes = true
         if name.count == 7 && name.elementsEqual(":status".utf8) {
             let code = Self.parseStatus(value)
@@ -480,7 +481,7 @@ final class HTTP2Connection {
     }
 
     fileprivate func data(stream: Int32, bytes: UnsafeBufferPointer<UInt8>) {
-        guard let exchange = streams[stream] else {
+        guard let exchange = streams[Int(stream)] else {
             // A stream Sheaf let go of (reset, timed out): its bytes still count against the
             // connection's window.
             if let session { nghttp2_session_consume_connection(session, bytes.count) }
@@ -499,7 +500,7 @@ final class HTTP2Connection {
         // Both are empty but for a rare failed stream: no hashing per item then.
         let unsent = notSent.isEmpty ? nil : notSent.removeValue(forKey: stream)
         let invalid = invalidResponses.isEmpty ? nil : invalidResponses.removeValue(forKey: stream)
-        guard let exchange = streams.removeValue(for: stream) else { return }
+        guard let exchange = streams.removeValue(for: Int(stream)) else { return }
         gauges.add(gauges.streams, -1)
         exchange.connection = nil
         returnUnconsumed(of: exchange)
@@ -544,7 +545,7 @@ final class HTTP2Connection {
     }
 
     fileprivate func invalidFrame(stream: Int32, type: UInt8, libraryError: Int32) {
-        if stream > 0, streams[stream] != nil {
+        if stream > 0, streams[Int(stream)] != nil {
             // An answer that breaks HTTP/2's message rules (no or two :status, a bad header, a
             // body unlike its content-length): nghttp2 resets the stream; the item says why.
             invalidResponses[stream] = String(cString: nghttp2_strerror(libraryError))
@@ -570,7 +571,7 @@ final class HTTP2Connection {
     }
 
     fileprivate func endOfResponse(stream: Int32) {
-        guard let exchange = streams[stream], exchange.status >= 200 else { return }
+        guard let exchange = streams[Int(stream)], exchange.status >= 200 else { return }
         exchange.responseComplete = true
     }
 
@@ -579,7 +580,7 @@ final class HTTP2Connection {
     }
 
     fileprivate func requestBody(stream: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int) -> (Int, Bool)? {
-        guard let exchange = streams[stream], let body = exchange.request.body else { return nil }
+        guard let exchange = streams[Int(stream)], let body = exchange.request.body else { return nil }
         let remaining = body.readableBytes - exchange.bodySent
         let n = min(remaining, length)
         if n > 0 {
