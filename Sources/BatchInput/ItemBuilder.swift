@@ -22,6 +22,8 @@ public struct ItemBuilder {
     /// Coalescing: the first item on each path, and the first item of each full call key.
     private var firstOnPath: [String: (index: Int, request: UpstreamRequest)] = [:]
     private var byKey: [String: Int] = [:]
+    /// `templateFields`' last answer, with the template headers it was built from.
+    private var templatedFields: (template: [(name: String, value: String)], fields: [(name: String, value: String)])?
 
     /// What Sheaf adds to every item of this batch.
     public let shared: BatchHeaders
@@ -55,9 +57,22 @@ public struct ItemBuilder {
     /// item set, inherited ones fill in only what it did not.
     private func withShared(_ headers: [(name: String, value: String)], id: String) -> [(name: String, value: String)] {
         guard !shared.isEmpty else { return headers }
+        var out = merged(headers, room: 1)
+        if let field = requestIDField(id) { out.append(field) }
+        return out
+    }
+
+    /// `X-Request-ID: <request id>.<item id>`, when the batch has a request id.
+    private func requestIDField(_ id: String) -> (name: String, value: String)? {
+        shared.requestID.map { ("x-request-id", Self.joined($0, PercentEncoding.encodeSegment(id))) }
+    }
+
+    /// The item's headers with the batch's inherited and imposed ones, without the request id.
+    private func merged(_ headers: [(name: String, value: String)], room: Int = 0) -> [(name: String, value: String)] {
+        guard !shared.isEmpty else { return headers }
         // Sized once: growing it header by header cost two allocations per item (issue 13).
         var out: [(name: String, value: String)] = []
-        out.reserveCapacity(headers.count + shared.inherited.count + shared.imposed.count + 1)
+        out.reserveCapacity(headers.count + shared.inherited.count + shared.imposed.count + room)
         if replaced.isEmpty {
             out.append(contentsOf: headers)
         } else {
@@ -69,10 +84,19 @@ public struct ItemBuilder {
             out.append(header)
         }
         out.append(contentsOf: shared.imposed)
-        if let requestID = shared.requestID {
-            out.append(("x-request-id", Self.joined(requestID, PercentEncoding.encodeSegment(id))))
-        }
         return out
+    }
+
+    /// What every templated item sends alike: the template's headers merged with the batch's,
+    /// built once and shared by all their requests (`UpstreamRequest.batchHeaders`).
+    private mutating func templateFields(_ template: [(name: String, value: String)]) -> [(name: String, value: String)] {
+        if let cached = templatedFields,
+           cached.template.elementsEqual(template, by: { $0.name == $1.name && $0.value == $1.value }) {
+            return cached.fields
+        }
+        let fields = merged(template)
+        templatedFields = (template, fields)
+        return fields
     }
 
     public var count: Int { drained + items.count }
@@ -319,8 +343,9 @@ public struct ItemBuilder {
     /// Method, path and headers (the per-item request id aside): equal keys make the same call.
     private static func callKey(_ request: UpstreamRequest) -> String {
         var key = request.method + "\u{0}" + request.path
-        for header in request.headers where header.name.lowercased() != "x-request-id" {
-            key += "\u{0}" + header.name.lowercased() + "\u{1}" + header.value
+        request.forEachHeader { name, value in
+            let name = name.lowercased()
+            if name != "x-request-id" { key += "\u{0}" + name + "\u{1}" + value }
         }
         return key
     }
@@ -331,7 +356,8 @@ public struct ItemBuilder {
     public mutating func addTemplated(path: String, method: String, headers: [(name: String, value: String)],
                                       then: ChainTemplate? = nil) {
         let id = String(then == nil ? count : count / 2)
-        let request = UpstreamRequest(method: method, path: basePath + path, headers: withShared(headers, id: id))
+        let own = requestIDField(id).map { [$0] } ?? []
+        let request = UpstreamRequest(method: method, path: basePath + path, headers: own, batchHeaders: templateFields(headers))
         items.append(BatchItem(id: id, href: uniqueHref(path, id: id), request: request))
         guard let then else { return }
         // The second call depends on the first: it waits for its answer, takes values from it,

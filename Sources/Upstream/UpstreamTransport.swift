@@ -5,15 +5,38 @@ public struct UpstreamRequest: Sendable {
     public var method: String
     /// Path and query on the upstream, base path already applied, already validated.
     public var path: String
-    /// End-to-end request headers; hop-by-hop headers are already removed.
+    /// End-to-end request headers of this item alone; hop-by-hop headers are already removed.
     public var headers: [(name: String, value: String)]
+    /// Header fields every item of its batch sends alike (a route template's, the forwarded and
+    /// inherited ones), sent before `headers`. One array shared by the batch's requests: copying
+    /// or freeing a request retains or releases it once, not each of its strings (issue 13).
+    public var batchHeaders: [(name: String, value: String)]
     public var body: ByteBuffer?
 
-    public init(method: String, path: String, headers: [(name: String, value: String)] = [], body: ByteBuffer? = nil) {
+    public init(method: String, path: String, headers: [(name: String, value: String)] = [],
+                batchHeaders: [(name: String, value: String)] = [], body: ByteBuffer? = nil) {
         self.method = method
         self.path = path
         self.headers = headers
+        self.batchHeaders = batchHeaders
         self.body = body
+    }
+
+    /// Every header field as sent: `batchHeaders`, then `headers`.
+    public var allHeaders: [(name: String, value: String)] {
+        batchHeaders.isEmpty ? headers : batchHeaders + headers
+    }
+
+    /// Calls `body` with each field as sent (`batchHeaders`, then `headers`), without joining them.
+    @inlinable
+    public func forEachHeader(_ body: (_ name: String, _ value: String) -> Void) {
+        for header in batchHeaders { body(header.name, header.value) }
+        for header in headers { body(header.name, header.value) }
+    }
+
+    /// Whether any field, shared or own, satisfies `predicate`.
+    public func containsHeader(where predicate: (_ name: String, _ value: String) -> Bool) -> Bool {
+        batchHeaders.contains { predicate($0.name, $0.value) } || headers.contains { predicate($0.name, $0.value) }
     }
 
     /// The size of the request's header list as RFC 9113 §6.5.2 counts it (each field's name
@@ -25,7 +48,7 @@ public struct UpstreamRequest: Sendable {
         size += 32 + 5 + path.utf8.count           // :path
         size += 32 + 7 + scheme.utf8.count         // :scheme
         size += 32 + 10 + authorityByteCount       // :authority
-        for header in headers { size += 32 + header.name.utf8.count + header.value.utf8.count }
+        forEachHeader { name, value in size += 32 + name.utf8.count + value.utf8.count }
         if let body { size += 32 + 14 + String(body.readableBytes).utf8.count }
         return size
     }

@@ -291,7 +291,7 @@ func xmlBodyThatIsNotBase64IsRefused(encoded: String) {
 }
 
 private func header(_ item: BatchItem, _ name: String) -> [String] {
-    (item.request?.headers ?? []).filter { $0.name.lowercased() == name }.map(\.value)
+    (item.request?.allHeaders ?? []).filter { $0.name.lowercased() == name }.map(\.value)
 }
 
 @Test func everyItemCarriesTheRequestIDAndSheafsForwardingHeaders() throws {

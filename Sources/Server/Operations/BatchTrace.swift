@@ -50,6 +50,10 @@ final class BatchTrace: @unchecked Sendable {
     func itemStarting(_ index: Int, _ item: BatchItem, _ request: inout UpstreamRequest) {
         let span = startItemSpan(item, method: request.method)
         var headers = request.headers.filter { !Self.propagated.contains($0.name.lowercased()) }
+        // The batch's shared fields are copied only when they carry trace context to replace.
+        if request.batchHeaders.contains(where: { Self.propagated.contains($0.name.lowercased()) }) {
+            request.batchHeaders = request.batchHeaders.filter { !Self.propagated.contains($0.name.lowercased()) }
+        }
         tracer.inject(span.context, into: &headers, using: HeaderListInjector())
         request.headers = headers
         lock.withLock { items[index] = span }

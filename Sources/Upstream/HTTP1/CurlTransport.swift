@@ -379,15 +379,15 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         }
         var list: UnsafeMutablePointer<curl_slist>?
         var hasAccept = false, hasContentType = false, hasHost = false
-        for header in request.headers {
+        request.forEachHeader { name, value in
             // curl drops "Name:" with a blank value (that is how one removes its own headers);
             // "Name;" is its syntax for a header sent empty.
-            let blank = header.value.utf8.allSatisfy { $0 == 0x20 || $0 == 0x09 }
-            list = curl_slist_append(list, blank ? "\(header.name);" : "\(header.name): \(header.value)")
+            let blank = value.utf8.allSatisfy { $0 == 0x20 || $0 == 0x09 }
+            list = curl_slist_append(list, blank ? "\(name);" : "\(name): \(value)")
             // One pass, no lower-cased copies (issue 13).
-            if !hasAccept { hasAccept = HTTPSyntax.isName(header.name, "accept") }
-            if !hasContentType { hasContentType = HTTPSyntax.isName(header.name, "content-type") }
-            if !hasHost { hasHost = HTTPSyntax.isName(header.name, "host") }
+            if !hasAccept { hasAccept = HTTPSyntax.isName(name, "accept") }
+            if !hasContentType { hasContentType = HTTPSyntax.isName(name, "content-type") }
+            if !hasHost { hasHost = HTTPSyntax.isName(name, "host") }
         }
         // No "Expect: 100-continue" round trip. No Accept or Content-Type the item does not have:
         // curl adds "Accept: */*", and labels a body application/x-www-form-urlencoded.

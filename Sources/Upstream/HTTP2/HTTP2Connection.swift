@@ -220,7 +220,7 @@ final class HTTP2Connection {
         addField(":method", request.method)
         addField(":path", request.path)
         for (name, value) in fixedPseudoHeaders { addField(name, value) }
-        for header in request.headers { addField(header.name, header.value, lowercase: true) }
+        request.forEachHeader { name, value in addField(name, value, lowercase: true) }
         if let body = request.body { addField("content-length", String(body.readableBytes)) }
         let streamID: Int32? = perform { session in
             nvStorage.withUnsafeMutableBufferPointer { raw -> Int32 in

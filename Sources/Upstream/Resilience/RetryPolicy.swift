@@ -17,7 +17,7 @@ public struct RetryPolicy {
     static func mayRepeat(_ request: UpstreamRequest) -> Bool {
         switch request.method {
         case "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE": return true
-        default: return request.headers.contains { $0.name.lowercased() == "idempotency-key" }
+        default: return request.containsHeader { name, _ in name.lowercased() == "idempotency-key" }
         }
     }
 
