@@ -101,6 +101,13 @@ public struct ItemBuilder {
 
     public var count: Int { drained + items.count }
 
+    /// Room for `additional` more items, so the item list and the href set do not grow (and
+    /// rehash) on the way: a streamed body's chunk says how many elements it completed.
+    public mutating func reserve(additional: Int) {
+        items.reserveCapacity(items.count + additional)
+        if hrefFilter == nil { hrefs.reserveCapacity(min(hrefs.count + additional, Self.exactHrefs)) }
+    }
+
     /// `first.second`, written once into a string of the right size: `+` appended in steps,
     /// a few hundred instructions each, for every item's request id (issue 13).
     static func joined(_ first: String, _ second: String) -> String {

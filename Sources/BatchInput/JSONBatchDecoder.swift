@@ -182,6 +182,7 @@ public struct StreamingTemplateDecoder {
     }
 
     private mutating func build(_ elements: [(Int, JSONValue)]) -> (items: [BatchItem], error: BatchError?) {
+        builder.reserve(additional: elements.count)
         // An element error found after a syntax error further on still comes first: it is earlier in the body.
         for (index, element) in elements {
             switch template.path.expand(element, at: "\(pointer)/\(index)") {

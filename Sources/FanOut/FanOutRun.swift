@@ -400,7 +400,8 @@ public final class FanOutRun: @unchecked Sendable {
             return .send(request)
         }
         var request: UpstreamRequest
-        switch start {
+        // `consume`: binding a case's payload out of `start` copied it and freed the original.
+        switch consume start {
         case .cancelled(let outcome):
             settle(index, outcome ?? ItemOutcome(status: 499, reason: "cancelled"))
             return
@@ -634,7 +635,8 @@ public final class FanOutRun: @unchecked Sendable {
             if !ordered { dropSettled() }
             return (item, slot.started, cascade, ready, slot.holdsToken)
         }
-        guard let (item, started, cascade, ready, token) = settled else { return [] }
+        // Taken apart by `consume`: binding the tuple's parts copied the item and freed the original.
+        guard let (item, started, cascade, ready, token) = consume settled else { return [] }
         // Outside this run's lock: giving a token back may start another batch's items.
         if token { budget?.release(1) }
         defer { for dependent in ready { launch(dependent..<(dependent + 1)) } }
