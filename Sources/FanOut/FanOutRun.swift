@@ -109,12 +109,13 @@ public final class FanOutRun: @unchecked Sendable {
         // A whole batch's items at once: growing the table item by item rehashed it again and
         // again (issue 13). A streamed batch may stay small: its table grows past 1024 by itself.
         self.items.reserve(streamed ? max(items.count, min(2 * concurrency, 1024)) : items.count)
-        for item in items { self.items.append(item) }
+        let total = items.count
+        self.items.append(contentsOf: items)
         self.transport = transport
         self.onResult = onResult
         self.onFinish = onFinish
         self.ordered = ordered
-        self.scheduler = FanOutScheduler(total: items.count, concurrency: concurrency,
+        self.scheduler = FanOutScheduler(total: total, concurrency: concurrency,
                                          window: ordered ? 4 * max(1, concurrency) : nil, streamed: streamed)
     }
 
@@ -148,13 +149,17 @@ public final class FanOutRun: @unchecked Sendable {
     /// still held). Returns whether to keep reading input; when false, `whenInputRoom`'s handler
     /// is called once the items given have mostly started.
     @discardableResult
-    public func append(_ newItems: [BatchItem]) -> Bool {
+    public func append(_ newItems: consuming [BatchItem]) -> Bool {
         guard !newItems.isEmpty else { return true }
+        let count = newItems.count
+        // Each item is moved out (from the back, so the list is reversed first), not copied.
+        var pending = newItems
+        pending.reverse()
         let (start, never, outcome, more) = lock.withLock { () -> (Range<Int>, Range<Int>, ItemOutcome, Bool) in
             let none = scheduler.nextIndex..<scheduler.nextIndex
             // The input was ended (its client went away): nothing more is taken.
             guard !scheduler.inputEnded else { return (none, none, cancelOutcome, true) }
-            for var item in newItems {
+            while var item = pending.popLast() {
                 if scheduler.isCancelled {
                     // It settles at once with the cancel's outcome: it waits for nothing.
                     item.sameAs = nil
@@ -180,10 +185,10 @@ public final class FanOutRun: @unchecked Sendable {
             }
             related = related || !needed.isEmpty
             if scheduler.isCancelled {
-                return (none, scheduler.appendAfterCancel(newItems.count), cancelOutcome, true)
+                return (none, scheduler.appendAfterCancel(count), cancelOutcome, true)
             }
             // While paused, the scheduler claims nothing: the items wait for `resume`.
-            let start = admit(scheduler.append(newItems.count))
+            let start = admit(scheduler.append(count))
             let more = scheduler.unstarted < inputWindow
             if !more { waitingForInputRoom = true }
             return (start, none, cancelOutcome, more)

@@ -38,6 +38,18 @@ struct ItemWindow {
         storage.append(ItemSlot())
     }
 
+    /// Appends a whole batch's items, moving each out of `items` (taken from the back) instead of
+    /// copying it: a copy retained every string and array an item holds (issue 13).
+    mutating func append(contentsOf items: consuming [BatchItem]) {
+        let first = end
+        storage.append(contentsOf: repeatElement(ItemSlot(), count: items.count))
+        var index = first + items.count
+        while let item = items.popLast() {
+            index -= 1
+            live[index] = item
+        }
+    }
+
     /// An item not yet forgotten.
     func item(_ index: Int) -> BatchItem {
         live[index]!
