@@ -2,7 +2,7 @@
 /// object here first. An append is a bounds check and a copy, where an `Array` append costs
 /// about a hundred instructions in uniqueness and capacity checks and a `ByteBuffer` write over
 /// two hundred (issue 13). One owner, reused: `removeAll` keeps the storage.
-public final class ByteScratch: JSONOutput {
+public final class ByteScratch: ByteOutput {
     @usableFromInline var base: UnsafeMutableRawPointer
     @usableFromInline var capacity: Int
     @usableFromInline var used = 0
@@ -34,6 +34,20 @@ public final class ByteScratch: JSONOutput {
         if used + bytes.count > capacity { grow(to: used + bytes.count) }
         (base + used).copyMemory(from: source, byteCount: bytes.count)
         used += bytes.count
+    }
+
+    @inlinable
+    public func appendStatic(_ text: StaticString) {
+        appendBytes(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    /// Up to `maximum` bytes written in place through a pointer; `body` returns how many it wrote.
+    @inlinable
+    public func append(upTo maximum: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) {
+        if used + maximum > capacity { grow(to: used + maximum) }
+        let written = body(UnsafeMutableRawBufferPointer(start: base + used, count: maximum))
+        precondition(written >= 0 && written <= maximum, "wrote more than it asked room for")
+        used += written
     }
 
     @usableFromInline

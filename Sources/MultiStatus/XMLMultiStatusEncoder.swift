@@ -16,6 +16,8 @@ import NIOCore
 public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     public let contentType: String
     private var writer = XMLTextWriter()
+    /// Gathers each item's XML for one write into the 207 (callers hold the writer's lock).
+    private var scratch = ByteScratch()
     private let reported: ReportedHeaders
     private let properties: [DAVProperty]
 
@@ -26,12 +28,25 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     }
 
     public func begin(into out: inout ByteBuffer) {
-        XMLTextWriter.declaration(into: &out)
-        // The start tag whole: the first item may go out in another write.
-        out.writeStaticString("<D:multistatus xmlns:S=\"urn:sheaf\" xmlns:D=\"DAV:\">")
+        gathered(into: &out) { s in
+            XMLTextWriter.declaration(into: &s)
+            // The start tag whole: the first item may go out in another write.
+            s.appendStatic("<D:multistatus xmlns:S=\"urn:sheaf\" xmlns:D=\"DAV:\">")
+        }
+    }
+
+    /// Runs `write` against the emptied scratch, then puts what it gathered into `out` at once.
+    private func gathered(into out: inout ByteBuffer, _ write: (inout ByteScratch) -> Void) {
+        scratch.removeAll()
+        write(&scratch)
+        out.writeBytes(scratch.bytes)
     }
 
     public func item(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
+        gathered(into: &out) { write(item, outcome, into: &$0) }
+    }
+
+    private func write(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteScratch) {
         writer.start("D:response", into: &out)
         writer.element("D:href", item.href, into: &out)
         if !properties.isEmpty, outcome.isUpstreamAnswer {
@@ -64,7 +79,7 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     }
 
     /// Attempts, reported headers and the body of an answer.
-    private func details(_ outcome: ItemOutcome, into out: inout ByteBuffer) {
+    private func details(_ outcome: ItemOutcome, into out: inout ByteScratch) {
         if outcome.attempts > 1 { writer.element("S:attempts", String(outcome.attempts), into: &out) }
         forEachReportableHeader(outcome.headers, reported) { name, values in
             for value in values {
@@ -93,6 +108,10 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     }
 
     public func end(_ summary: BatchSummary, into out: inout ByteBuffer) {
+        gathered(into: &out) { write(summary, into: &$0) }
+    }
+
+    private func write(_ summary: BatchSummary, into out: inout ByteScratch) {
         writer.start("S:summary", into: &out)
         writer.attribute("total", String(summary.total), into: &out)
         writer.attribute("succeeded", String(summary.succeeded), into: &out)
@@ -106,12 +125,12 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
             writer.end(into: &out)
         }
         writer.end(into: &out)
-        out.writeStaticString("</D:multistatus>\n")
+        out.appendStatic("</D:multistatus>\n")
     }
 
     /// One `D:propstat`: the properties the answer has (`found`, with their values) or lacks
     /// (empty), in the route's order.
-    private func propstat(_ outcome: ItemOutcome, found: Bool, status: Int, into out: inout ByteBuffer) {
+    private func propstat(_ outcome: ItemOutcome, found: Bool, status: Int, into out: inout ByteScratch) {
         writer.start("D:propstat", into: &out)
         writer.start("D:prop", into: &out)
         for property in properties {

@@ -4,7 +4,8 @@ import NIOCore
 /// Writes XML straight into the 207's bytes, escaped as libxml2's text writer escaped (but `"`
 /// is left alone in text, where XML does not need it escaped: JSON bodies are full of them),
 /// without libxml2's allocations per element: the XML 207 had cost 2.5× the JSON one per item
-/// in the pipeline benchmark (issue 13). Each tag and each escaped text is one ByteBuffer write.
+/// in the pipeline benchmark (issue 13). An item's XML is gathered in a `ByteScratch` and reaches
+/// the 207 in one write.
 /// Element names are static; text and attribute values go through `withXMLText`, so the 207
 /// stays well-formed whatever a client or an upstream sent.
 struct XMLTextWriter {
@@ -17,11 +18,11 @@ struct XMLTextWriter {
         open.reserveCapacity(8)
     }
 
-    static func declaration(into out: inout ByteBuffer) {
-        out.writeStaticString("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n")
+    static func declaration(into out: inout ByteScratch) {
+        out.appendStatic("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n")
     }
 
-    mutating func start(_ name: StaticString, into out: inout ByteBuffer) {
+    mutating func start(_ name: StaticString, into out: inout ByteScratch) {
         if tagPending {
             out.writeStatic(">", "<", name)
             tagPending = false
@@ -33,33 +34,33 @@ struct XMLTextWriter {
     }
 
     /// ` name="value"` on the start tag just written.
-    mutating func attribute(_ name: StaticString, _ value: String, into out: inout ByteBuffer) {
+    mutating func attribute(_ name: StaticString, _ value: String, into out: inout ByteScratch) {
         precondition(tagPending, "an attribute after the start tag was closed")
         out.writeStatic(" ", name, "=\"")
         Self.escaped(value, attribute: true, into: &out)
-        out.writeInteger(UInt8(ascii: "\""))
+        out.appendByte(UInt8(ascii: "\""))
     }
 
-    mutating func text(_ value: String, into out: inout ByteBuffer) {
+    mutating func text(_ value: String, into out: inout ByteScratch) {
         closeTag(&out)
         Self.escaped(value, attribute: false, into: &out)
     }
 
-    mutating func text(bytes: UnsafeBufferPointer<UInt8>, into out: inout ByteBuffer) {
+    mutating func text(bytes: UnsafeBufferPointer<UInt8>, into out: inout ByteScratch) {
         closeTag(&out)
         Self.withXMLText(bytes) { Self.escape($0, attribute: false, into: &out) }
     }
 
     /// Text written as is: only for what needs no escape (base64).
-    mutating func raw(_ value: String, into out: inout ByteBuffer) {
+    mutating func raw(_ value: String, into out: inout ByteScratch) {
         closeTag(&out)
-        out.writeString(value)
+        out.appendUTF8(value)
     }
 
-    mutating func end(into out: inout ByteBuffer) {
+    mutating func end(into out: inout ByteScratch) {
         let name = open.removeLast()
         if tagPending {
-            out.writeStaticString("/>")
+            out.appendStatic("/>")
             tagPending = false
         } else {
             out.writeStatic("</", name, ">")
@@ -67,20 +68,20 @@ struct XMLTextWriter {
     }
 
     /// `<name>content</name>`: the tag pair even when the content is empty.
-    mutating func element(_ name: StaticString, _ content: String, into out: inout ByteBuffer) {
+    mutating func element(_ name: StaticString, _ content: String, into out: inout ByteScratch) {
         start(name, into: &out)
         text(content, into: &out)
         end(into: &out)
     }
 
-    private mutating func closeTag(_ out: inout ByteBuffer) {
+    private mutating func closeTag(_ out: inout ByteScratch) {
         if tagPending {
-            out.writeInteger(UInt8(ascii: ">"))
+            out.appendByte(UInt8(ascii: ">"))
             tagPending = false
         }
     }
 
-    private static func escaped(_ value: String, attribute: Bool, into out: inout ByteBuffer) {
+    private static func escaped(_ value: String, attribute: Bool, into out: inout ByteScratch) {
         var value = value
         value.withUTF8 { bytes in withXMLText(bytes) { escape($0, attribute: attribute, into: &out) } }
     }
@@ -88,14 +89,14 @@ struct XMLTextWriter {
     /// libxml2's escapes: `& < >` everywhere and `"` in attributes, CR as a character reference
     /// (so a parser does not fold it into LF), and in attributes tab and LF too (so value
     /// normalization keeps them). Measured first, then written in one go.
-    private static func escape(_ bytes: UnsafeBufferPointer<UInt8>, attribute: Bool, into out: inout ByteBuffer) {
+    private static func escape(_ bytes: UnsafeBufferPointer<UInt8>, attribute: Bool, into out: inout ByteScratch) {
         var length = bytes.count
         for byte in bytes { length += reference(for: byte, attribute: attribute).utf8CodeUnitCount }
         guard length > bytes.count else {
-            out.writeBytes(bytes)
+            out.appendBytes(UnsafeRawBufferPointer(bytes))
             return
         }
-        out.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
+        out.append(upTo: length) { raw in
             let target = raw.bindMemory(to: UInt8.self)
             var at = 0
             for byte in bytes {
@@ -160,18 +161,11 @@ struct XMLTextWriter {
     }
 }
 
-extension ByteBuffer {
-    /// Two or three static strings in one write.
-    fileprivate mutating func writeStatic(_ a: StaticString, _ b: StaticString, _ c: StaticString = "") {
-        let count = a.utf8CodeUnitCount + b.utf8CodeUnitCount + c.utf8CodeUnitCount
-        writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
-            let at = raw.baseAddress!
-            at.copyMemory(from: a.utf8Start, byteCount: a.utf8CodeUnitCount)
-            (at + a.utf8CodeUnitCount).copyMemory(from: b.utf8Start, byteCount: b.utf8CodeUnitCount)
-            if c.utf8CodeUnitCount > 0 {
-                (at + a.utf8CodeUnitCount + b.utf8CodeUnitCount).copyMemory(from: c.utf8Start, byteCount: c.utf8CodeUnitCount)
-            }
-            return count
-        }
+extension ByteScratch {
+    /// Two or three static strings.
+    fileprivate func writeStatic(_ a: StaticString, _ b: StaticString, _ c: StaticString = "") {
+        appendStatic(a)
+        appendStatic(b)
+        if c.utf8CodeUnitCount > 0 { appendStatic(c) }
     }
 }

@@ -1,14 +1,14 @@
 import NIOCore
 
-/// Where `JSONWriter` writes: a `ByteBuffer`, or a byte array that gathers one small document
-/// before a single `ByteBuffer` write. Every `ByteBuffer` call costs its own uniqueness and
+/// Where `JSONWriter` (and the XML 207's writer) write: a `ByteBuffer`, or a `ByteScratch` that
+/// gathers one item's bytes before a single `ByteBuffer` write. Every `ByteBuffer` call costs its own uniqueness and
 /// capacity checks (about 250 instructions for a few bytes, issue 13), an array append a few dozen.
-public protocol JSONOutput {
+public protocol ByteOutput {
     mutating func appendByte(_ byte: UInt8)
     mutating func appendBytes(_ bytes: UnsafeRawBufferPointer)
 }
 
-extension JSONOutput {
+extension ByteOutput {
     @inlinable
     public mutating func appendStatic(_ text: StaticString) {
         appendBytes(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
@@ -21,14 +21,14 @@ extension JSONOutput {
     }
 }
 
-extension ByteBuffer: JSONOutput {
+extension ByteBuffer: ByteOutput {
     @inlinable
     public mutating func appendByte(_ byte: UInt8) { writeInteger(byte) }
     @inlinable
     public mutating func appendBytes(_ bytes: UnsafeRawBufferPointer) { writeBytes(bytes) }
 }
 
-extension Array: JSONOutput where Element == UInt8 {
+extension Array: ByteOutput where Element == UInt8 {
     @inlinable
     public mutating func appendByte(_ byte: UInt8) { append(byte) }
     @inlinable
@@ -43,7 +43,7 @@ public enum JSONWriter {
     @usableFromInline static let hex: [UInt8] = Array("0123456789abcdef".utf8)
 
     @inlinable
-    public static func write<Out: JSONOutput>(_ value: JSONValue, into out: inout Out) {
+    public static func write<Out: ByteOutput>(_ value: JSONValue, into out: inout Out) {
         switch value {
         case .null: out.appendStatic("null")
         case .bool(let b): b ? out.appendStatic("true") : out.appendStatic("false")
@@ -70,7 +70,7 @@ public enum JSONWriter {
 
     /// A JSON string literal, quotes included.
     @inlinable
-    public static func writeString<Out: JSONOutput>(_ string: String, into out: inout Out) {
+    public static func writeString<Out: ByteOutput>(_ string: String, into out: inout Out) {
         var string = string
         string.withUTF8 { writeString(bytes: $0, into: &out) }
     }
@@ -78,7 +78,7 @@ public enum JSONWriter {
     /// A JSON string literal from UTF-8 bytes (which must be valid UTF-8). A string that needs
     /// no escape, as ids, hrefs and most header values, goes in with one append.
     @inlinable
-    public static func writeString<Out: JSONOutput>(bytes: UnsafeBufferPointer<UInt8>, into out: inout Out) {
+    public static func writeString<Out: ByteOutput>(bytes: UnsafeBufferPointer<UInt8>, into out: inout Out) {
         out.appendByte(UInt8(ascii: "\""))
         var runStart = 0
         for i in 0..<bytes.count {
@@ -106,7 +106,7 @@ public enum JSONWriter {
 
     /// An integer's decimal digits, without making a String of it.
     @inlinable
-    public static func writeDecimal<Out: JSONOutput>(_ value: Int, into out: inout Out) {
+    public static func writeDecimal<Out: ByteOutput>(_ value: Int, into out: inout Out) {
         guard value >= 0, value < 1 << 62 else {
             out.appendUTF8(String(value))
             return
