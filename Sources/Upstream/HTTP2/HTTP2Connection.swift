@@ -32,8 +32,11 @@ final class HTTP2Connection {
     /// Streams whose answer nghttp2 refused as invalid HTTP, with why.
     private var invalidResponses: [Int32: String] = [:]
     private var flushScheduled = false
-    private var nvStorage: [UInt8] = []
-    private var nvSpans: [(Int, Int, Int, Int)] = []
+    /// The header fields of the request being submitted that are its own.
+    private var itemFields = HeaderFieldBytes()
+    /// The fields every request of the current batch shares, and the array they came from.
+    private var sharedFields = HeaderFieldBytes()
+    private var sharedSource: [(name: String, value: String)]?
     private var nva: [nghttp2_nv] = []
     private var recentValues = RecentHeaderValues()
 
@@ -213,29 +216,35 @@ final class HTTP2Connection {
     /// Opens a stream for the exchange. The frames leave with the next flush.
     func submit(_ exchange: HTTP2Exchange) {
         let request = exchange.request
-        // One buffer holds every name and value; nghttp2 copies them during submit_request.
-        // The buffers live on the connection and are reused for every request.
-        nvStorage.removeAll(keepingCapacity: true)
-        nvSpans.removeAll(keepingCapacity: true)
-        addField(":method", request.method)
-        addField(":path", request.path)
-        for (name, value) in fixedPseudoHeaders { addField(name, value) }
-        request.forEachHeader { name, value in addField(name, value, lowercase: true) }
-        if let body = request.body { addField("content-length", String(body.readableBytes)) }
-        let streamID: Int32? = perform { session in
-            nvStorage.withUnsafeMutableBufferPointer { raw -> Int32 in
-                let base = raw.baseAddress!
-                nva.removeAll(keepingCapacity: true)
-                for span in nvSpans {
-                    nva.append(nghttp2_nv(name: base + span.0, value: base + span.2, namelen: span.1, valuelen: span.3,
-                                          flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
-                }
-                if request.body != nil {
-                    var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: readRequestBody)
-                    return nghttp2_submit_request(session, nil, nva, nva.count, &provider, nil)
-                }
-                return nghttp2_submit_request(session, nil, nva, nva.count, nil, nil)
+        // nghttp2 copies every name and value during submit_request, so the bytes live in
+        // buffers of the connection, reused for every request. The fields a batch's items share
+        // (`:scheme`, `:authority`, `batchHeaders`) are laid out once per batch, not per item.
+        itemFields.removeAll()
+        itemFields.add(":method", request.method)
+        itemFields.add(":path", request.path, unique: true)
+        if !sharedFieldsMatch(request.batchHeaders) {
+            sharedFields.removeAll()
+            for (name, value) in fixedPseudoHeaders { sharedFields.add(name, value) }
+            for header in request.batchHeaders {
+                sharedFields.add(header.name, header.value, lowercase: true, unique: Self.uniquePerItem(header.name))
             }
+            sharedSource = request.batchHeaders
+        }
+        for header in request.headers {
+            itemFields.add(header.name, header.value, lowercase: true, unique: Self.uniquePerItem(header.name))
+        }
+        if let body = request.body { itemFields.add("content-length", String(body.readableBytes)) }
+        let streamID: Int32? = perform { session in
+            nva.removeAll(keepingCapacity: true)
+            // Pseudo-headers first (RFC 9113 §8.3): the item's :method and :path, then the shared ones.
+            itemFields.entries(into: &nva, range: 0..<2)
+            sharedFields.entries(into: &nva)
+            itemFields.entries(into: &nva, range: 2..<itemFields.count)
+            if request.body != nil {
+                var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: readRequestBody)
+                return nghttp2_submit_request(session, nil, nva, nva.count, &provider, nil)
+            }
+            return nghttp2_submit_request(session, nil, nva, nva.count, nil, nil)
         }
         guard let streamID else {
             slot.resend([exchange])
@@ -259,22 +268,22 @@ final class HTTP2Connection {
         machine.streamOpened()
     }
 
-    private func addField(_ name: String, _ value: String, lowercase: Bool = false) {
-        let n = nvStorage.count
-        appendUTF8(name)
-        if lowercase {
-            for i in n..<nvStorage.count { nvStorage[i] = HTTPSyntax.lowercased(nvStorage[i]) }
+    /// Whether `sharedFields` were laid out from this very array. Held in `sharedSource`, its
+    /// storage cannot be freed and reused for another array, so the same address is the same
+    /// (immutable) contents.
+    private func sharedFieldsMatch(_ batchHeaders: [(name: String, value: String)]) -> Bool {
+        guard let source = sharedSource, source.count == batchHeaders.count else { return false }
+        return source.withUnsafeBufferPointer { held in
+            batchHeaders.withUnsafeBufferPointer { $0.baseAddress == held.baseAddress }
         }
-        let v = nvStorage.count
-        appendUTF8(value)
-        nvSpans.append((n, v - n, v, nvStorage.count - v))
     }
 
-    /// A string's bytes in one copy when it has contiguous UTF-8 (native strings do; appending
-    /// the UTF8View went byte by byte, several times per item).
-    private func appendUTF8(_ text: String) {
-        let copied: Void? = text.utf8.withContiguousStorageIfAvailable { nvStorage.append(contentsOf: $0) }
-        if copied == nil { nvStorage.append(contentsOf: text.utf8) }
+    /// Fields whose value differs for every item (`:path` mostly, the request id, trace context)
+    /// go as HPACK literals never indexed: indexing them inserted two entries into the dynamic
+    /// table per request and evicted the fields every item shares, which HPACK then sent as
+    /// literals again. Encoding the headers was the largest single cost of an item (issue 13).
+    private static func uniquePerItem(_ name: String) -> Bool {
+        HTTPSyntax.isName(name, "x-request-id") || HTTPSyntax.isName(name, "traceparent")
     }
 
     /// The exchange takes its body again: the bytes it held back go back to the upstream's window.
