@@ -14,6 +14,7 @@ let package = Package(
         // package name whatever the checkout's folder is called.
         .package(path: "../../.build-pipeline/sheaf"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
@@ -26,8 +27,13 @@ let package = Package(
             "SheafPipeline",
             .product(name: "Benchmark", package: "benchmark"),
         ], path: "Benchmarks/Pipeline", plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]),
-        // `pipeline-count FORMAT BATCHES`: runs that many 1000-item batches and nothing else, for callgrind.
-        .executableTarget(name: "pipeline-count", dependencies: ["SheafPipeline"]),
+        // `pipeline-count FORMAT BATCHES`: runs that many 1000-item batches and nothing else, for
+        // callgrind; `pipeline-count h2 PORT BATCHES` sends them through the HTTP/2 engine to an h2c upstream.
+        .executableTarget(name: "pipeline-count", dependencies: [
+            "SheafPipeline",
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -28,7 +28,7 @@ public struct PipelineBatch {
 
     /// What the server adds to every item by default (`forwarded: true`, a request id) and its
     /// default `coalesce: true`: the pipeline pays for them as a real batch does.
-    private static let shared = BatchHeaders(imposed: [("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"),
+    fileprivate static let shared = BatchHeaders(imposed: [("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"),
                                                        ("forwarded", "for=127.0.0.1;proto=http;host=127.0.0.1:8080")],
                                              requestID: "3f2a9c41d07b6e58a1c4f09e2d7b3a65")
 
@@ -46,6 +46,27 @@ public struct PipelineBatch {
         transport.answerAll()
         precondition(sink.finished && sink.summary.total == count, "the batch lost items: \(sink.summary.total) of \(count)")
         return sink.end()
+    }
+}
+
+extension PipelineBatch {
+    /// The same batch through a real transport, started on `loop` as the server starts a batch on
+    /// its client's loop; returns the 207 body's size once every item has settled.
+    public func run(through transport: UpstreamTransport, on loop: EventLoop) -> Int {
+        let items = try! JSONBatchDecoder.decode(body, template: template, basePath: "", maxItems: count,
+                                                 headers: Self.shared, coalesce: true)
+        let sink = Sink(encoder: format.makeEncoder())
+        let done = loop.makePromise(of: Int.self)
+        loop.execute {
+            let run = FanOutRun(items: items, transport: transport, concurrency: 1000,
+                                onResult: { _, item, outcome, _ in sink.item(item, outcome) },
+                                onFinish: { loop.execute { done.succeed(sink.end()) } })
+            run.start()
+        }
+        let size = try! done.futureResult.wait()
+        precondition(sink.summary.total == count && sink.summary.succeeded == count,
+                     "the batch lost or failed items: \(sink.summary.succeeded) of \(count) succeeded")
+        return size
     }
 }
 

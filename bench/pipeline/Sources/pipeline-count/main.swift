@@ -1,10 +1,30 @@
+import Logging
 import MultiStatus
+import NIOPosix
 import SheafPipeline
+import Upstream
 
 // `pipeline-count json|xml|ndjson BATCHES`: runs BATCHES 1000-item batches and exits. Under
 // callgrind, (instructions at N batches − at 0) / (N × 1000) is the pipeline's instructions per item.
+// `pipeline-count h2 PORT BATCHES`: the same JSON batches through the HTTP/2 engine (one event
+// loop, one connection) to an h2c upstream on 127.0.0.1:PORT serving /users/N: the engine's and
+// NIO's user-space instructions are counted with the pipeline's.
 let arguments = CommandLine.arguments
-let format: ResponseFormat = switch arguments.count > 1 ? arguments[1] : "json" {
+let mode = arguments.count > 1 ? arguments[1] : "json"
+if mode == "h2" {
+    let port = Int(arguments[2])!
+    let batches = arguments.count > 3 ? Int(arguments[3]) ?? 1 : 1
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let configuration = UpstreamConfiguration(name: "nginx", endpoint: UpstreamEndpoint(scheme: "http", host: "127.0.0.1", port: port, basePath: ""),
+                                              protocol: .h2c, connections: 1)
+    let transport = HTTP2Transport(configuration: configuration, group: group, logger: Logger(label: "pipeline"))
+    let batch = PipelineBatch(count: 1000, format: .json)
+    var bytes = 0
+    for _ in 0..<batches { bytes += batch.run(through: transport, on: group.next()) }
+    print(bytes)
+    exit(0)
+}
+let format: ResponseFormat = switch mode {
 case "xml": .xml(mediaType: "application/xml")
 case "ndjson": .ndjson
 default: .json

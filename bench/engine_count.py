@@ -1,0 +1,24 @@
+#!/usr/bin/env python3
+"""Total instructions callgrind counts for `pipeline-count h2 PORT BATCHES`: the pipeline's JSON
+batches through the HTTP/2 engine (libnghttp2, NIO) to the benchmark's nginx over h2c, started here
+as bench/run.py starts it. Kernel time is not counted; the engine's user-space work is, exactly,
+where wall time and CPU time on this VM move by a tenth between runs.
+Usage: python3 bench/engine_count.py COUNTED_BINARY BATCHES (run by bench/pipeline.sh)"""
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import run  # noqa: E402
+
+binary, batches = sys.argv[1], sys.argv[2]
+env = run.Env()
+try:
+    out = os.path.join(env.dir, "callgrind.out")
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "h2", str(env.h2c), batches],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+                   env={**os.environ, "SWIFT_DETERMINISTIC_HASHING": "1"})
+    with open(out) as f:
+        print(next(line.split()[1] for line in f if line.startswith("summary:")))
+finally:
+    env.close()
