@@ -463,7 +463,8 @@ final class HTTP2Connection {
     fileprivate func header(stream: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         guard let exchange = streams[Int(stream)] else { return }
         exchange.sawResponseBytes = true
-        if name.count == 7 && name.elementsEqual(":status".utf8) {
+        // Compared as bytes: `elementsEqual` against a string's UTF-8 view cost ~400 instructions.
+        if name.count == 7 && memcmp(name.baseAddress!, ":status", 7) == 0 {
             let code = Self.parseStatus(value)
             if code >= 200 {
                 exchange.status = code
