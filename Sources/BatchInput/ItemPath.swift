@@ -133,14 +133,14 @@ public enum ItemPath {
     /// (`..` + `%2Fsecret`), so expanded templates and references are checked whole.
     static func hasDecodedDotSegment(_ path: String) -> Bool {
         // A dot segment needs a "." or a "%2E"; most paths have neither (checked per item, issue 13).
-        // A plain loop: `prefix(while:)` before the check cost twice as much here.
-        var mayHaveOne = false
-        for byte in path.utf8 {
-            if byte == UInt8(ascii: "?") { break }
-            if byte == UInt8(ascii: ".") || byte == UInt8(ascii: "%") {
-                mayHaveOne = true
-                break
+        // A plain loop over the contiguous bytes: iterating the UTF-8 view cost ~35 instructions a byte.
+        var text = path
+        let mayHaveOne = text.withUTF8 { bytes -> Bool in
+            for byte in bytes {
+                if byte == UInt8(ascii: "?") { return false }
+                if byte == UInt8(ascii: ".") || byte == UInt8(ascii: "%") { return true }
             }
+            return false
         }
         guard mayHaveOne else { return false }
         let bytes = Array(path.utf8.prefix { $0 != UInt8(ascii: "?") })
