@@ -19,7 +19,21 @@ public final class ByteScratch: ByteOutput {
     /// What was gathered, valid until the next append.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: used) }
 
-    public func removeAll() { used = 0 }
+    /// Empties it. Storage grown past 64 KiB by a large item (an escaped body) is given back,
+    /// so that one large answer does not stay held for the rest of the batch.
+    public func removeAll() {
+        used = 0
+        if capacity > Self.keptCapacity {
+            base.deallocate()
+            capacity = Self.keptCapacity
+            base = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 1)
+        }
+    }
+
+    private static let keptCapacity = 64 << 10
+
+    /// Bytes of storage held now.
+    public var storageSize: Int { capacity }
 
     @inlinable
     public func appendByte(_ byte: UInt8) {

@@ -86,7 +86,7 @@ public final class FanOutRun: @unchecked Sendable {
     /// item claimed before its dependencies (or coalescing leader) have settled waits, holding
     /// its slot, which cannot deadlock: they all have lower indices, so they were claimed first.
     /// `streamed`: more items come through `append`, and `endInput` ends them.
-    public init(items: [BatchItem], transport: UpstreamTransport, concurrency: Int, ordered: Bool = false,
+    public init(items: consuming [BatchItem], transport: UpstreamTransport, concurrency: Int, ordered: Bool = false,
                 watchdog: Watchdog? = nil, prepare: Prepare? = nil, policy: FanOutPolicy = FanOutPolicy(),
                 budget: ItemBudget? = nil, streamed: Bool = false,
                 onResult: @escaping ResultHandler, onFinish: @escaping @Sendable () -> Void) {

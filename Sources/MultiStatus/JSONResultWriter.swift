@@ -22,6 +22,7 @@ struct JSONResultWriter {
         writeObject(id: item.id, href: item.href, outcome, into: &s, bodiesInto: &out)
         if lineEnd { s.appendByte(UInt8(ascii: "\n")) }
         out.writeBytes(s.bytes)
+        s.removeAll()
     }
 
     /// One result object; a `then` call's has no id of its own (it is the item's). An embedded

@@ -40,6 +40,7 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
         scratch.removeAll()
         write(&scratch)
         out.writeBytes(scratch.bytes)
+        scratch.removeAll()
     }
 
     public func item(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer) {

@@ -265,3 +265,22 @@ func jsonBodiesOfEverySizeLandWholeInTheirOwnItem(format: ResponseFormat) throws
         #expect(result["body"]?["text"] == .string(String(repeating: "x", count: size)))
     }
 }
+
+/// An item with a large escaped body grows the scratch its bytes are gathered in; emptying it
+/// gives that storage back, so one large answer is not held for the rest of the batch.
+@Test func theScratchGivesBackWhatALargeItemGrew() {
+    let scratch = ByteScratch()
+    // What an ordinary item grows stays: it is reused for the next one.
+    for _ in 0..<100 { scratch.appendStatic("&amp;&amp;&amp;&amp;&amp;&amp;&amp;&amp;&amp;&amp;") }
+    let ordinary = scratch.storageSize
+    scratch.removeAll()
+    #expect(scratch.storageSize == ordinary && scratch.count == 0)
+    let chunk = [UInt8](repeating: 0x26, count: 100_000)
+    chunk.withUnsafeBytes { for _ in 0..<20 { scratch.appendBytes($0) } }
+    #expect(scratch.count == 2_000_000 && scratch.storageSize >= 2_000_000)
+    #expect(scratch.bytes.allSatisfy { $0 == 0x26 })
+    scratch.removeAll()
+    #expect(scratch.count == 0 && scratch.storageSize <= 64 << 10)
+    scratch.appendStatic("after")
+    #expect(Array(scratch.bytes) == Array("after".utf8))
+}
