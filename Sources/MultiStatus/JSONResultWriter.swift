@@ -77,11 +77,22 @@ struct JSONResultWriter {
             case .text:
                 s.appendStatic(",\"body\":")
                 body.withUnsafeReadableBytes { raw in
-                    JSONWriter.writeString(bytes: raw.bindMemory(to: UInt8.self), into: &s)
+                    let text = raw.bindMemory(to: UInt8.self)
+                    if raw.count <= Self.gatheredBodyLimit {
+                        JSONWriter.writeString(bytes: text, into: &s)
+                    } else {
+                        Self.spill(&s, into: &out)
+                        JSONWriter.writeString(bytes: text, into: &out)
+                    }
                 }
             case .binary:
                 s.appendStatic(",\"body\":\"")
-                s.appendUTF8(Base64.encode(body))
+                if body.readableBytes <= Self.gatheredBodyLimit {
+                    s.appendUTF8(Base64.encode(body))
+                } else {
+                    Self.spill(&s, into: &out)
+                    out.writeString(Base64.encode(body))
+                }
                 s.appendStatic("\",\"bodyEncoding\":\"base64\"")
             }
             if outcome.bodyTruncated { s.appendStatic(",\"bodyTruncated\":true") }
@@ -119,20 +130,38 @@ struct JSONResultWriter {
         out.writeInteger(UInt8(ascii: "}"))
     }
 
-    /// A valid JSON body, embedded as is. A small one is gathered with the rest of the object (a
-    /// copy of a few hundred bytes costs less than two more `ByteBuffer` writes); a larger one
-    /// goes straight from its buffer, after what `s` gathered before it. NDJSON turns line breaks
+    /// Bodies up to this size are gathered with the rest of their object; a larger one goes
+    /// straight into the 207 after what was gathered before it, so the scratch never holds a
+    /// second copy of it (nor grows for it).
+    static let gatheredBodyLimit = 4096
+
+    /// What `s` gathered so far goes into `out` now (a large body follows it).
+    private static func spill(_ s: inout ByteScratch, into out: inout ByteBuffer) {
+        out.writeBytes(s.bytes)
+        s.removeAll()
+    }
+
+    /// A valid JSON body, embedded as is (a large one without a copy); NDJSON turns line breaks
     /// into spaces.
     private func writeJSONBody(_ body: ByteBuffer, after s: inout ByteScratch, into out: inout ByteBuffer) {
         body.withUnsafeReadableBytes { raw in
-            if singleLine, raw.contains(where: { $0 == 0x0A || $0 == 0x0D }) {
-                for byte in raw { s.appendByte(byte == 0x0A || byte == 0x0D ? UInt8(ascii: " ") : byte) }
-            } else if raw.count <= 4096 {
-                s.appendBytes(raw)
-            } else {
-                out.writeBytes(s.bytes)
-                s.removeAll()
+            let breaks = singleLine && raw.contains(where: { $0 == 0x0A || $0 == 0x0D })
+            if raw.count <= Self.gatheredBodyLimit {
+                if breaks {
+                    for byte in raw { s.appendByte(byte == 0x0A || byte == 0x0D ? UInt8(ascii: " ") : byte) }
+                } else {
+                    s.appendBytes(raw)
+                }
+                return
+            }
+            Self.spill(&s, into: &out)
+            if !breaks {
                 out.writeImmutableBuffer(body)
+                return
+            }
+            out.append(upTo: raw.count) { target in
+                for (i, byte) in raw.enumerated() { target[i] = byte == 0x0A || byte == 0x0D ? UInt8(ascii: " ") : byte }
+                return raw.count
             }
         }
     }

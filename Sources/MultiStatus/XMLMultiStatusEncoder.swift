@@ -44,10 +44,14 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     }
 
     public func item(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
-        gathered(into: &out) { write(item, outcome, into: &$0) }
+        scratch.removeAll()
+        write(item, outcome, into: &scratch, bodiesInto: &out)
+        out.writeBytes(scratch.bytes)
+        scratch.removeAll()
     }
 
-    private func write(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteScratch) {
+    /// A large body goes straight into `buffer`, after what `out` gathered before it.
+    private func write(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteScratch, bodiesInto buffer: inout ByteBuffer) {
         writer.start("D:response", into: &out)
         writer.element("D:href", item.href, into: &out)
         if !properties.isEmpty, outcome.isUpstreamAnswer {
@@ -66,21 +70,21 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
             writer.end(into: &out)
         }
         writer.element("S:id", item.id, into: &out)
-        details(outcome, into: &out)
+        details(outcome, into: &out, bodiesInto: &buffer)
         if let then = outcome.then {
             // The route's `then` call, as a response of its own inside the item's.
             writer.start("S:then", into: &out)
             writer.element("D:href", then.href, into: &out)
             writer.element("D:status", HTTPStatus.line(then.outcome.status), into: &out)
             if let reason = then.outcome.reason { writer.element("D:responsedescription", reason, into: &out) }
-            details(then.outcome, into: &out)
+            details(then.outcome, into: &out, bodiesInto: &buffer)
             writer.end(into: &out)
         }
         writer.end(into: &out)
     }
 
     /// Attempts, reported headers and the body of an answer.
-    private func details(_ outcome: ItemOutcome, into out: inout ByteScratch) {
+    private func details(_ outcome: ItemOutcome, into out: inout ByteScratch, bodiesInto buffer: inout ByteBuffer) {
         if outcome.attempts > 1 { writer.element("S:attempts", String(outcome.attempts), into: &out) }
         forEachReportableHeader(outcome.headers, reported) { name, values in
             for value in values {
@@ -97,9 +101,24 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
                 writer.start("S:body", into: &out)
                 if let contentType, reported.allows("content-type") { writer.attribute("content-type", contentType, into: &out) }
                 if outcome.bodyTruncated { writer.attribute("truncated", "true", into: &out) }
+                // A large body is written straight into the 207, after what was gathered
+                // before it: the scratch never holds a second, escaped copy of it.
+                let large = body.readableBytes > JSONResultWriter.gatheredBodyLimit
+                if large {
+                    buffer.writeBytes(out.bytes)
+                    out.removeAll()
+                }
                 if form == .binary {
                     writer.attribute("encoding", "base64", into: &out)
-                    writer.raw(Base64.encode(body), into: &out)
+                    if large {
+                        buffer.writeBytes(out.bytes)
+                        out.removeAll()
+                        writer.raw(Base64.encode(body), into: &buffer)
+                    } else {
+                        writer.raw(Base64.encode(body), into: &out)
+                    }
+                } else if large {
+                    body.withUnsafeReadableBytes { raw in writer.text(bytes: raw.bindMemory(to: UInt8.self), into: &buffer) }
                 } else {
                     body.withUnsafeReadableBytes { raw in writer.text(bytes: raw.bindMemory(to: UInt8.self), into: &out) }
                 }

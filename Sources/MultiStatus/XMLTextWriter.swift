@@ -46,13 +46,13 @@ struct XMLTextWriter {
         Self.escaped(value, attribute: false, into: &out)
     }
 
-    mutating func text(bytes: UnsafeBufferPointer<UInt8>, into out: inout ByteScratch) {
+    mutating func text<Out: ByteOutput>(bytes: UnsafeBufferPointer<UInt8>, into out: inout Out) {
         closeTag(&out)
         Self.withXMLText(bytes) { Self.escape($0, attribute: false, into: &out) }
     }
 
     /// Text written as is: only for what needs no escape (base64).
-    mutating func raw(_ value: String, into out: inout ByteScratch) {
+    mutating func raw<Out: ByteOutput>(_ value: String, into out: inout Out) {
         closeTag(&out)
         out.appendUTF8(value)
     }
@@ -74,14 +74,14 @@ struct XMLTextWriter {
         end(into: &out)
     }
 
-    private mutating func closeTag(_ out: inout ByteScratch) {
+    private mutating func closeTag<Out: ByteOutput>(_ out: inout Out) {
         if tagPending {
             out.appendByte(UInt8(ascii: ">"))
             tagPending = false
         }
     }
 
-    private static func escaped(_ value: String, attribute: Bool, into out: inout ByteScratch) {
+    private static func escaped<Out: ByteOutput>(_ value: String, attribute: Bool, into out: inout Out) {
         var value = value
         value.withUTF8 { bytes in withXMLText(bytes) { escape($0, attribute: attribute, into: &out) } }
     }
@@ -89,7 +89,7 @@ struct XMLTextWriter {
     /// libxml2's escapes: `& < >` everywhere and `"` in attributes, CR as a character reference
     /// (so a parser does not fold it into LF), and in attributes tab and LF too (so value
     /// normalization keeps them). Measured first, then written in one go.
-    private static func escape(_ bytes: UnsafeBufferPointer<UInt8>, attribute: Bool, into out: inout ByteScratch) {
+    private static func escape<Out: ByteOutput>(_ bytes: UnsafeBufferPointer<UInt8>, attribute: Bool, into out: inout Out) {
         var length = bytes.count
         for byte in bytes { length += reference(for: byte, attribute: attribute).utf8CodeUnitCount }
         guard length > bytes.count else {

@@ -284,3 +284,50 @@ func jsonBodiesOfEverySizeLandWholeInTheirOwnItem(format: ResponseFormat) throws
     scratch.appendStatic("after")
     #expect(Array(scratch.bytes) == Array("after".utf8))
 }
+
+/// Text and binary bodies on both sides of the size past which a body is written straight into
+/// the 207 instead of gathered: each lands whole and escaped, in its own item, in every format.
+@Test(arguments: [ResponseFormat.json, .ndjson, .xml(mediaType: "application/xml")])
+func textAndBinaryBodiesOfEverySizeLandWhole(format: ResponseFormat) throws {
+    let sizes = [10, 4095, 4096, 4097, 50_000]
+    var entries: [(BatchItem, ItemOutcome)] = []
+    for size in sizes {
+        // Text with characters both formats escape, and bytes only base64 can carry.
+        let text = String(repeating: "a<&>\"\\\n", count: size / 7 + 1)
+        entries.append((BatchItem(id: "t\(size)", href: "/t/\(size)", rejection: "x"),
+                        ItemOutcome(status: 200, headers: [("content-type", "text/plain")], body: ByteBuffer(string: text))))
+        entries.append((BatchItem(id: "b\(size)", href: "/b/\(size)", rejection: "x"),
+                        ItemOutcome(status: 200, headers: [("content-type", "application/octet-stream")],
+                                    body: ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 * 7 + 255) }))))
+    }
+    let output = encode(format, entries)
+    if case .xml = format {
+        #expect(isWellFormedXML(output))
+        for size in sizes {
+            let text = String(repeating: "a&lt;&amp;&gt;\"\\\n", count: size / 7 + 1)
+            #expect(output.components(separatedBy: "<S:id>t\(size)</S:id><S:header name=\"content-type\">text/plain</S:header><S:body content-type=\"text/plain\">\(text)</S:body>").count == 2)
+            let base64 = Base64.encode(ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 * 7 + 255) }))
+            #expect(output.components(separatedBy: "<S:id>b\(size)</S:id><S:header name=\"content-type\">application/octet-stream</S:header><S:body content-type=\"application/octet-stream\" encoding=\"base64\">\(base64)</S:body>").count == 2)
+        }
+        return
+    }
+    let results: [JSONValue]
+    if format == .ndjson {
+        let lines = output.split(separator: "\n").map(String.init)
+        #expect(lines.count == entries.count + 1)
+        results = try lines.dropLast().map { try JSONParser.parse($0) }
+    } else {
+        guard case .array(let array) = try JSONParser.parse(output)["results"] else { Issue.record("no results"); return }
+        results = array
+    }
+    #expect(results.count == entries.count)
+    for (result, (item, outcome)) in zip(results, entries) {
+        #expect(result["id"] == .string(item.id))
+        if item.id.hasPrefix("t") {
+            #expect(result["body"] == .string(String(buffer: outcome.body!)))
+        } else {
+            #expect(result["body"] == .string(Base64.encode(outcome.body!)))
+            #expect(result["bodyEncoding"] == .string("base64"))
+        }
+    }
+}

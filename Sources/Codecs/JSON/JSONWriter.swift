@@ -6,6 +6,8 @@ import NIOCore
 public protocol ByteOutput {
     mutating func appendByte(_ byte: UInt8)
     mutating func appendBytes(_ bytes: UnsafeRawBufferPointer)
+    /// Up to `maximum` bytes written in place through a pointer; `body` returns how many it wrote.
+    mutating func append(upTo maximum: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int)
 }
 
 extension ByteOutput {
@@ -26,6 +28,10 @@ extension ByteBuffer: ByteOutput {
     public mutating func appendByte(_ byte: UInt8) { writeInteger(byte) }
     @inlinable
     public mutating func appendBytes(_ bytes: UnsafeRawBufferPointer) { writeBytes(bytes) }
+    @inlinable
+    public mutating func append(upTo maximum: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) {
+        writeWithUnsafeMutableBytes(minimumWritableBytes: maximum) { body(UnsafeMutableRawBufferPointer(rebasing: $0[..<maximum])) }
+    }
 }
 
 extension Array: ByteOutput where Element == UInt8 {
@@ -35,6 +41,13 @@ extension Array: ByteOutput where Element == UInt8 {
     public mutating func appendBytes(_ bytes: UnsafeRawBufferPointer) {
         // Typed, so the append is one copy: a raw buffer pointer is appended byte by byte.
         append(contentsOf: bytes.assumingMemoryBound(to: UInt8.self))
+    }
+    @inlinable
+    public mutating func append(upTo maximum: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) {
+        let start = count
+        append(contentsOf: repeatElement(0, count: maximum))
+        let written = withUnsafeMutableBytes { body(UnsafeMutableRawBufferPointer(rebasing: $0[start...])) }
+        removeLast(maximum - written)
     }
 }
 
