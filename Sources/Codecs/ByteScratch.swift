@@ -1,3 +1,5 @@
+import NIOCore
+
 /// Bytes gathered for a single write into a `ByteBuffer`: the JSON 207 builds each item's
 /// object here first. An append is a bounds check and a copy, where an `Array` append costs
 /// about a hundred instructions in uniqueness and capacity checks and a `ByteBuffer` write over
@@ -31,6 +33,12 @@ public final class ByteScratch: ByteOutput {
     }
 
     private static let keptCapacity = 64 << 10
+
+    /// Writes what was gathered into `buffer` and empties it.
+    public func move(into buffer: inout ByteBuffer) {
+        buffer.writeBytes(bytes)
+        removeAll()
+    }
 
     /// Bytes of storage held now.
     public var storageSize: Int { capacity }

@@ -21,8 +21,7 @@ struct JSONResultWriter {
         if let separator { s.appendStatic(separator) }
         writeObject(id: item.id, href: item.href, outcome, into: &s, bodiesInto: &out)
         if lineEnd { s.appendByte(UInt8(ascii: "\n")) }
-        out.writeBytes(s.bytes)
-        s.removeAll()
+        s.move(into: &out)
     }
 
     /// One result object; a `then` call's has no id of its own (it is the item's). An embedded
@@ -78,19 +77,19 @@ struct JSONResultWriter {
                 s.appendStatic(",\"body\":")
                 body.withUnsafeReadableBytes { raw in
                     let text = raw.bindMemory(to: UInt8.self)
-                    if raw.count <= Self.gatheredBodyLimit {
+                    if raw.count <= gatheredBodyLimit {
                         JSONWriter.writeString(bytes: text, into: &s)
                     } else {
-                        Self.spill(&s, into: &out)
+                        s.move(into: &out)
                         JSONWriter.writeString(bytes: text, into: &out)
                     }
                 }
             case .binary:
                 s.appendStatic(",\"body\":\"")
-                if body.readableBytes <= Self.gatheredBodyLimit {
+                if body.readableBytes <= gatheredBodyLimit {
                     s.appendUTF8(Base64.encode(body))
                 } else {
-                    Self.spill(&s, into: &out)
+                    s.move(into: &out)
                     out.writeString(Base64.encode(body))
                 }
                 s.appendStatic("\",\"bodyEncoding\":\"base64\"")
@@ -130,23 +129,12 @@ struct JSONResultWriter {
         out.writeInteger(UInt8(ascii: "}"))
     }
 
-    /// Bodies up to this size are gathered with the rest of their object; a larger one goes
-    /// straight into the 207 after what was gathered before it, so the scratch never holds a
-    /// second copy of it (nor grows for it).
-    static let gatheredBodyLimit = 4096
-
-    /// What `s` gathered so far goes into `out` now (a large body follows it).
-    private static func spill(_ s: inout ByteScratch, into out: inout ByteBuffer) {
-        out.writeBytes(s.bytes)
-        s.removeAll()
-    }
-
     /// A valid JSON body, embedded as is (a large one without a copy); NDJSON turns line breaks
     /// into spaces.
     private func writeJSONBody(_ body: ByteBuffer, after s: inout ByteScratch, into out: inout ByteBuffer) {
         body.withUnsafeReadableBytes { raw in
             let breaks = singleLine && raw.contains(where: { $0 == 0x0A || $0 == 0x0D })
-            if raw.count <= Self.gatheredBodyLimit {
+            if raw.count <= gatheredBodyLimit {
                 if breaks {
                     for byte in raw { s.appendByte(byte == 0x0A || byte == 0x0D ? UInt8(ascii: " ") : byte) }
                 } else {
@@ -154,7 +142,7 @@ struct JSONResultWriter {
                 }
                 return
             }
-            Self.spill(&s, into: &out)
+            s.move(into: &out)
             if !breaks {
                 out.writeImmutableBuffer(body)
                 return

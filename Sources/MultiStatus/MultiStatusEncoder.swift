@@ -122,6 +122,12 @@ enum BodyForm {
     }
 }
 
+/// The JSON and XML writers gather an item's bytes in a `ByteScratch` and write them into the
+/// 207 at once. A body up to this size is gathered with the rest; a larger one goes straight
+/// into the 207 after what was gathered before it, so the scratch never holds a second copy of
+/// it (nor grows for it).
+let gatheredBodyLimit = 4096
+
 /// Calls `body` with each upstream header name `reported` allows, in order of first appearance,
 /// and its values. Allocates nothing.
 func forEachReportableHeader(_ headers: [(name: String, value: String)], _ reported: ReportedHeaders,

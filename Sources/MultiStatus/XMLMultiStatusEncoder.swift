@@ -39,15 +39,13 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
     private func gathered(into out: inout ByteBuffer, _ write: (inout ByteScratch) -> Void) {
         scratch.removeAll()
         write(&scratch)
-        out.writeBytes(scratch.bytes)
-        scratch.removeAll()
+        scratch.move(into: &out)
     }
 
     public func item(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
         scratch.removeAll()
         write(item, outcome, into: &scratch, bodiesInto: &out)
-        out.writeBytes(scratch.bytes)
-        scratch.removeAll()
+        scratch.move(into: &out)
     }
 
     /// A large body goes straight into `buffer`, after what `out` gathered before it.
@@ -101,26 +99,14 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
                 writer.start("S:body", into: &out)
                 if let contentType, reported.allows("content-type") { writer.attribute("content-type", contentType, into: &out) }
                 if outcome.bodyTruncated { writer.attribute("truncated", "true", into: &out) }
+                if form == .binary { writer.attribute("encoding", "base64", into: &out) }
                 // A large body is written straight into the 207, after what was gathered
                 // before it: the scratch never holds a second, escaped copy of it.
-                let large = body.readableBytes > JSONResultWriter.gatheredBodyLimit
-                if large {
-                    buffer.writeBytes(out.bytes)
-                    out.removeAll()
-                }
-                if form == .binary {
-                    writer.attribute("encoding", "base64", into: &out)
-                    if large {
-                        buffer.writeBytes(out.bytes)
-                        out.removeAll()
-                        writer.raw(Base64.encode(body), into: &buffer)
-                    } else {
-                        writer.raw(Base64.encode(body), into: &out)
-                    }
-                } else if large {
-                    body.withUnsafeReadableBytes { raw in writer.text(bytes: raw.bindMemory(to: UInt8.self), into: &buffer) }
+                if body.readableBytes > gatheredBodyLimit {
+                    out.move(into: &buffer)
+                    writeBody(body, binary: form == .binary, into: &buffer)
                 } else {
-                    body.withUnsafeReadableBytes { raw in writer.text(bytes: raw.bindMemory(to: UInt8.self), into: &out) }
+                    writeBody(body, binary: form == .binary, into: &out)
                 }
                 writer.end(into: &out)
             }
@@ -146,6 +132,15 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
         }
         writer.end(into: &out)
         out.appendStatic("</D:multistatus>\n")
+    }
+
+    /// The text of `S:body`: base64, or the body escaped.
+    private func writeBody<Out: ByteOutput>(_ body: ByteBuffer, binary: Bool, into out: inout Out) {
+        if binary {
+            writer.raw(Base64.encode(body), into: &out)
+        } else {
+            body.withUnsafeReadableBytes { raw in writer.text(bytes: raw.bindMemory(to: UInt8.self), into: &out) }
+        }
     }
 
     /// One `D:propstat`: the properties the answer has (`found`, with their values) or lacks
