@@ -31,3 +31,33 @@ extension CurlTransportTests {
         #expect(received.values("accept") == [""])
     }
 }
+
+extension CurlTransportTests {
+    /// Every field goes out as the item has it, shared fields first, a repeated name in its
+    /// order, values of every length whole (the engine lays the list out in one block of its own).
+    @Test func curlSendsEveryFieldWholeAndInOrder() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let long = String(repeating: "v", count: 3000)
+        let shared = [("X-Shared", "s1"), ("X-Multi", "first"), ("X-Long", long)]
+        let requests = (0..<3).map { index in
+            UpstreamRequest(method: "GET", path: "/ok?q=\(index)",
+                            headers: [("X-Multi", "second \(index)"), ("x-odd", String(repeating: "ab", count: index)), ("X-Id", "id-\(index)")],
+                            batchHeaders: shared)
+        }
+        for request in requests { #expect(harness.execute(request).settlements.response()?.status == 200) }
+        let received = harness.awaitRequests(3)
+        #expect(received.count == 3)
+        for (index, request) in received.enumerated() {
+            #expect(request.target == "/ok?q=\(index)")
+            let names = request.headers.map { $0.name.lowercased() }
+            #expect(names.firstIndex(of: "x-shared")! < names.firstIndex(of: "x-id")!)
+            #expect(request.values("x-shared") == ["s1"])
+            #expect(request.values("x-multi") == ["first", "second \(index)"])
+            #expect(request.values("x-long") == [long])
+            #expect(request.values("x-odd") == [String(repeating: "ab", count: index)])
+            #expect(request.values("x-id") == ["id-\(index)"])
+            #expect(request.values("accept") == [])
+        }
+    }
+}

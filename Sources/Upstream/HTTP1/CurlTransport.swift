@@ -54,6 +54,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     var recentHeaderValues = RecentHeaderValues()
     /// CURLOPT_ERRORBUFFER per easy handle, freed with the handle when the thread ends.
     private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
+    /// The url of the transfer being configured, NUL-terminated.
+    private var urlBytes: [UInt8] = []
 
     public init(configuration: UpstreamConfiguration, logger: Logger, events: UpstreamEvents = .none) {
         _ = curlGlobalInit
@@ -353,8 +355,14 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange) {
         let request = exchange.request
-        let url = urlOrigin + request.path
-        sheaf_easy_setopt_string(easy, CURLOPT_URL, url)
+        // Joined in a buffer kept for the next item (curl copies the url): no string per item.
+        urlBytes.removeAll(keepingCapacity: true)
+        urlBytes.append(contentsOf: urlOrigin.utf8)
+        urlBytes.append(contentsOf: request.path.utf8)
+        urlBytes.append(0)
+        urlBytes.withUnsafeBufferPointer { url in
+            _ = sheaf_easy_setopt_ptr(easy, CURLOPT_URL, UnsafeMutableRawPointer(mutating: url.baseAddress))
+        }
         errorBuffers[easy]?[0] = 0
         // The method, set whole every time: the handle still holds the last transfer's.
         if let body = request.body {
@@ -377,26 +385,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             default: sheaf_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method)
             }
         }
-        var list: UnsafeMutablePointer<curl_slist>?
-        var hasAccept = false, hasContentType = false, hasHost = false
-        request.forEachHeader { name, value in
-            // curl drops "Name:" with a blank value (that is how one removes its own headers);
-            // "Name;" is its syntax for a header sent empty.
-            let blank = value.utf8.allSatisfy { $0 == 0x20 || $0 == 0x09 }
-            list = curl_slist_append(list, blank ? "\(name);" : "\(name): \(value)")
-            // One pass, no lower-cased copies (issue 13).
-            if !hasAccept { hasAccept = HTTPSyntax.isName(name, "accept") }
-            if !hasContentType { hasContentType = HTTPSyntax.isName(name, "content-type") }
-            if !hasHost { hasHost = HTTPSyntax.isName(name, "host") }
-        }
-        // No "Expect: 100-continue" round trip. No Accept or Content-Type the item does not have:
-        // curl adds "Accept: */*", and labels a body application/x-www-form-urlencoded.
-        list = curl_slist_append(list, "Expect:")
-        if !hasAccept { list = curl_slist_append(list, "accept:") }
-        if !hasContentType { list = curl_slist_append(list, "content-type:") }
-        if connectTo != nil && !hasHost {
-            list = curl_slist_append(list, "Host: \(configuration.endpoint.authority)")
-        }
+        let list = CurlHeaderBlock.make(for: request, host: connectTo == nil ? nil : configuration.endpoint.authority)
         exchange.headerList = list
         sheaf_easy_setopt_ptr(easy, CURLOPT_HTTPHEADER, list)
         // Released when the transfer finishes (finish(_:_:)); `active` holds the exchange till then.
@@ -435,7 +424,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             exchange.easy = nil
         }
         if let list = exchange.headerList {
-            curl_slist_free_all(list)
+            free(list)  // CurlHeaderBlock: one allocation
             exchange.headerList = nil
         }
         exchange.settle(result)

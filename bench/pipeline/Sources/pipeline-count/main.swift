@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import MultiStatus
 import NIOPosix
@@ -9,15 +10,23 @@ import Upstream
 // `pipeline-count h2 PORT BATCHES`: the same JSON batches through the HTTP/2 engine (one event
 // loop, one connection) to an h2c upstream on 127.0.0.1:PORT serving /users/N: the engine's and
 // NIO's user-space instructions are counted with the pipeline's.
+// `pipeline-count h1 PORT BATCHES`: the same through the libcurl engine (8 keep-alive connections)
+// to an HTTP/1.1 upstream; libcurl's and the curl thread's instructions are counted too.
 let arguments = CommandLine.arguments
 let mode = arguments.count > 1 ? arguments[1] : "json"
-if mode == "h2" {
+if mode == "h2" || mode == "h1" {
     let port = Int(arguments[2])!
     let batches = arguments.count > 3 ? Int(arguments[3]) ?? 1 : 1
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    let configuration = UpstreamConfiguration(name: "nginx", endpoint: UpstreamEndpoint(scheme: "http", host: "127.0.0.1", port: port, basePath: ""),
-                                              protocol: .h2c, connections: 1)
-    let transport = HTTP2Transport(configuration: configuration, group: group, logger: Logger(label: "pipeline"))
+    let endpoint = UpstreamEndpoint(scheme: "http", host: "127.0.0.1", port: port, basePath: "")
+    let logger = Logger(label: "pipeline")
+    let transport: UpstreamTransport = if mode == "h2" {
+        HTTP2Transport(configuration: UpstreamConfiguration(name: "nginx", endpoint: endpoint, protocol: .h2c, connections: 1),
+                       group: group, logger: logger)
+    } else {
+        CurlTransport(configuration: UpstreamConfiguration(name: "nginx", endpoint: endpoint, protocol: .http1, connections: Int(ProcessInfo.processInfo.environment["H1_CONNECTIONS"] ?? "8")!),
+                      logger: logger)
+    }
     let batch = PipelineBatch(count: 1000, format: .json)
     var bytes = 0
     for _ in 0..<batches { bytes += batch.run(through: transport, on: group.next()) }
