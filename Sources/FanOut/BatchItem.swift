@@ -21,6 +21,9 @@ public struct BatchItem: Sendable {
     /// that item's outcome (coalescing).
     public var sameAs: Int?
 
+    /// Inlinable: across the module boundary the request was copied into the item and the
+    /// argument then freed, once per item (issue 13).
+    @inlinable
     public init(id: String, href: String, request: UpstreamRequest) {
         self.id = id
         self.href = href

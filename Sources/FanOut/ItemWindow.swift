@@ -46,7 +46,7 @@ struct ItemWindow {
         var index = first + items.count
         while let item = items.popLast() {
             index -= 1
-            live[index] = item
+            live[index] = consume item
         }
     }
 
