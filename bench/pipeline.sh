@@ -4,8 +4,8 @@
 # thresholds in bench/pipeline/Thresholds, then instructions per item counted by valgrind's
 # callgrind (no hardware counters needed, and exact where wall time on this VM moves by half
 # between runs), checked against Thresholds/instructions.tsv; `h2` there is the JSON pipeline
-# through the real HTTP/2 engine to nginx, `h1` the same through the libcurl engine
-# (bench/engine_count.py). Exit 1 on a regression.
+# through the real HTTP/2 engine to nginx, `h2tls` the same over TLS, `h1` through the libcurl
+# engine (bench/engine_count.py). Exit 1 on a regression.
 # `bench/pipeline.sh update` stores the current figures as the new thresholds instead.
 set -euo pipefail
 cd "$(dirname "$0")/pipeline"
@@ -43,7 +43,7 @@ counted="$scratch/pipeline-count.stripped"
 strip -g -o "$counted" "$bin/pipeline-count"
 instructions() {  # total instructions callgrind counts for `pipeline-count FORMAT BATCHES`
     # h2, h1: the JSON pipeline through an engine to an nginx the helper starts.
-    if [ "$1" = h2 ] || [ "$1" = h1 ]; then python3 ../engine_count.py "$counted" "$2" "$1" 2>/dev/null; return; fi
+    case "$1" in h2|h2tls|h1) python3 ../engine_count.py "$counted" "$2" "$1" 2>/dev/null; return ;; esac
     local out; out=$(mktemp)
     # Hashing seeded the same in every run: the counts then repeat to within a few instructions.
     SWIFT_DETERMINISTIC_HASHING=1 valgrind --tool=callgrind --callgrind-out-file="$out" "$counted" "$1" "$2" >/dev/null 2>&1
@@ -58,7 +58,7 @@ measured=()
 echo
 echo "| pipeline | instructions per item (callgrind, ($((warm + batches)) batches − $warm) / ($batches × 1000)) | stored | |"
 echo "| --- | ---: | ---: | --- |"
-for format in json xml ndjson h2 h1; do
+for format in json xml ndjson h2 h2tls h1; do
     base=$(instructions "$format" "$warm") run=$(instructions "$format" "$((warm + batches))")
     # An empty count (valgrind failed) would read as 0 and pass the gate.
     if [ -z "$base" ] || [ -z "$run" ]; then echo "| $format 207 | callgrind failed | | |"; status=1; continue; fi
@@ -71,6 +71,7 @@ for format in json xml ndjson h2 h1; do
     fi
     case "$format" in
         h2) label="JSON 207 through the HTTP/2 engine to nginx (h2c)" ;;
+        h2tls) label="JSON 207 through the HTTP/2 engine to nginx over TLS" ;;
         h1) label="JSON 207 through the libcurl engine to nginx (HTTP/1.1, 8 connections)" ;;
         *) label="$format 207" ;;
     esac

@@ -32,6 +32,8 @@ public enum JSONBatchDecoder {
         if let error { throw error }
         let (rest, failure) = decoder.finish()
         if let failure { throw failure }
+        // Unstreamed, every item comes from finish(): handed over, not copied element by element.
+        if items.isEmpty { return rest }
         items += rest
         return items
     }

@@ -153,7 +153,7 @@ public final class FanOutRun: @unchecked Sendable {
         guard !newItems.isEmpty else { return true }
         let count = newItems.count
         // Each item is moved out (from the back, so the list is reversed first), not copied.
-        var pending = newItems
+        var pending = consume newItems
         pending.reverse()
         let (start, never, outcome, more) = lock.withLock { () -> (Range<Int>, Range<Int>, ItemOutcome, Bool) in
             let none = scheduler.nextIndex..<scheduler.nextIndex

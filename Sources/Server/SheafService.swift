@@ -237,7 +237,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
                                           begin: { items, streamed, bytesIn in
                                               var access = access
                                               access.bytesIn = bytesIn
-                                              return self.startSession(route: route, head: head, items: items, streamed: streamed,
+                                              return self.startSession(route: route, head: head, items: consume items, streamed: streamed,
                                                                        format: format, shared: shared, writer: writer, received: received,
                                                                        access: access, admitted: admitted, ticket: ticket)
                                           })
@@ -296,7 +296,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     /// `ticket`: held until the batch ends, so a reload waits for it (a streamed batch's body
     /// may still be arriving).
     @discardableResult
-    private func startSession(route: RouteRuntime, head: HTTPRequestHead, items: [BatchItem], streamed: Bool,
+    private func startSession(route: RouteRuntime, head: HTTPRequestHead, items: consuming [BatchItem], streamed: Bool,
                               format: ResponseFormat, shared: BatchHeaders, writer: ResponseWriter, received: NIODeadline,
                               access: AccessEntry, admitted: AdmissionTicket, ticket: AnyObject? = nil) -> BatchSession {
         let configuration = route.configuration
@@ -319,7 +319,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         logger[metadataKey: "route"] = "\(configuration.name)"
         if let requestID = shared.requestID { logger[metadataKey: "request_id"] = "\(requestID)" }
         active.withLockedValue { $0 += 1 }
-        let session = BatchSession(route: route, items: items, streamed: streamed, format: format, requestID: shared.requestID,
+        let session = BatchSession(route: route, items: consume items, streamed: streamed, format: format, requestID: shared.requestID,
                                    writer: writer, metrics: metrics, received: received, logger: logger,
                                    access: accessLog.map { ($0, access) }, trace: trace,
                                    itemBudget: itemBudget) { [active, memory, admitted, ticket] count in

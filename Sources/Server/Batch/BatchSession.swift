@@ -45,7 +45,7 @@ final class BatchSession: @unchecked Sendable {
     private let trace: BatchTrace?
     private let itemBudget: ItemBudget?
 
-    init(route: RouteRuntime, items: [BatchItem], streamed: Bool = false, format: ResponseFormat, requestID: String?,
+    init(route: RouteRuntime, items: consuming [BatchItem], streamed: Bool = false, format: ResponseFormat, requestID: String?,
          writer: ResponseWriter, metrics: SheafMetrics, received: NIODeadline, logger: Logger,
          access: (AccessLog, AccessEntry)? = nil, trace: BatchTrace? = nil, itemBudget: ItemBudget? = nil,
          onDone: @escaping @Sendable (Int) -> Void) {
@@ -69,7 +69,7 @@ final class BatchSession: @unchecked Sendable {
         self.received = received
         self.logger = logger
         metrics.itemsAccepted(items.count)
-        let run = FanOutRun(items: items, transport: route.transport, concurrency: route.configuration.concurrency,
+        let run = FanOutRun(items: consume items, transport: route.transport, concurrency: route.configuration.concurrency,
                              ordered: route.configuration.requestOrder,
                              watchdog: FanOutRun.Watchdog(eventLoop: writer.loop),
                              prepare: trace.map { trace in { index, item, request in trace.itemStarting(index, item, &request) } },
@@ -83,9 +83,10 @@ final class BatchSession: @unchecked Sendable {
     }
 
     /// More items of a streamed batch; false: read no more input until `whenInputRoom`'s handler runs.
-    func append(_ items: [BatchItem]) -> Bool {
+    func append(_ items: consuming [BatchItem]) -> Bool {
         metrics.itemsAccepted(items.count)
-        return fanOut.withLockedValue { $0 }?.append(items) ?? true
+        guard let run = fanOut.withLockedValue({ $0 }) else { return true }
+        return run.append(consume items)
     }
 
     func whenInputRoom(_ handler: @escaping @Sendable () -> Void) {

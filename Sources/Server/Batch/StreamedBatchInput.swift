@@ -18,7 +18,8 @@ final class StreamedBatchInput: RequestBodySink {
     private let reading: BodyReading
     private let clientTimeout: TimeAmount
     private let refuse: (BatchError, Int) -> Void
-    private let begin: ([BatchItem], Bool, Int) -> BatchSession
+    /// Takes the items (consuming): a reference kept along the way made the run copy every item.
+    private let begin: (consuming [BatchItem], Bool, Int) -> BatchSession
     private var received = 0
     private var pending: [BatchItem] = []
     private var startScheduled = false
@@ -31,7 +32,7 @@ final class StreamedBatchInput: RequestBodySink {
     /// `refuse`: answers a body that went wrong before the 207 began (with the bytes read).
     /// `begin`: starts the 207 with the first items (`streamed`: more may come) and the bytes read so far.
     init(decoder: StreamingTemplateDecoder, maxBodyBytes: Int, loop: EventLoop, reading: BodyReading, clientTimeout: TimeAmount,
-         refuse: @escaping (BatchError, Int) -> Void, begin: @escaping ([BatchItem], Bool, Int) -> BatchSession) {
+         refuse: @escaping (BatchError, Int) -> Void, begin: @escaping (consuming [BatchItem], Bool, Int) -> BatchSession) {
         self.decoder = decoder
         self.maxBodyBytes = maxBodyBytes
         self.loop = loop
@@ -53,11 +54,12 @@ final class StreamedBatchInput: RequestBodySink {
             (items, error) = decoder.feed(part)
         }
         if let session {
-            if !items.isEmpty { waiting = !session.append(items) }
+            if !items.isEmpty { waiting = !session.append(consume items) }
             if let error { stop(session, error) }
             return !waiting
         }
-        pending += items
+        // Moved, not copied item by item, when nothing is pending (the usual first read).
+        if pending.isEmpty { pending = consume items } else { pending += items }
         if let error {
             closed = true
             refuse(error, received)
@@ -85,7 +87,7 @@ final class StreamedBatchInput: RequestBodySink {
         let first = pending
         pending = []
         // A "wait" here pauses reading at the next body part.
-        waiting = !session.append(first)
+        waiting = !session.append(consume first)
     }
 
     func end() {
@@ -93,11 +95,11 @@ final class StreamedBatchInput: RequestBodySink {
         closed = true
         let (items, error) = decoder.finish()
         if let session {
-            if !items.isEmpty { _ = session.append(items) }
+            if !items.isEmpty { _ = session.append(consume items) }
             session.endInput(problem: error.map(Self.problem), bytesIn: received)
             return
         }
-        pending += items
+        if pending.isEmpty { pending = consume items } else { pending += items }
         if let error {
             pending = []
             refuse(error, received)
@@ -106,7 +108,7 @@ final class StreamedBatchInput: RequestBodySink {
         // The whole body came before any item started: one batch of known size.
         let all = pending
         pending = []
-        _ = begin(all, false, received)
+        _ = begin(consume all, false, received)
     }
 
     func timedOut() {

@@ -12,21 +12,21 @@ import Upstream
 // NIO's user-space instructions are counted with the pipeline's.
 // `pipeline-count h1 PORT BATCHES`: the same through the libcurl engine (8 keep-alive connections)
 // to an HTTP/1.1 upstream; libcurl's and the curl thread's instructions are counted too.
+// `pipeline-count h2tls PORT BATCHES`: through the HTTP/2 engine over TLS (swift-nio-ssl), trusting
+// the CA file in SHEAF_CA_FILE.
 let arguments = CommandLine.arguments
 let mode = arguments.count > 1 ? arguments[1] : "json"
-if mode == "h2" || mode == "h1" {
+if mode == "h2" || mode == "h1" || mode == "h2tls" {
     let port = Int(arguments[2])!
     let batches = arguments.count > 3 ? Int(arguments[3]) ?? 1 : 1
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    let endpoint = UpstreamEndpoint(scheme: "http", host: "127.0.0.1", port: port, basePath: "")
-    let logger = Logger(label: "pipeline")
-    let transport: UpstreamTransport = if mode == "h2" {
-        HTTP2Transport(configuration: UpstreamConfiguration(name: "nginx", endpoint: endpoint, protocol: .h2c, connections: 1),
-                       group: group, logger: logger)
-    } else {
-        CurlTransport(configuration: UpstreamConfiguration(name: "nginx", endpoint: endpoint, protocol: .http1, connections: Int(ProcessInfo.processInfo.environment["H1_CONNECTIONS"] ?? "8")!),
-                      logger: logger)
-    }
+    let tls = mode == "h2tls"
+    var configuration = UpstreamConfiguration(name: "nginx", endpoint: UpstreamEndpoint(scheme: tls ? "https" : "http", host: "127.0.0.1", port: port, basePath: ""),
+                                              protocol: mode == "h1" ? .http1 : tls ? .h2 : .h2c,
+                                              connections: mode == "h1" ? Int(ProcessInfo.processInfo.environment["H1_CONNECTIONS"] ?? "8")! : 1)
+    // h2tls: the bench's CA (bench/engine_count.py passes its file).
+    configuration.caFile = ProcessInfo.processInfo.environment["SHEAF_CA_FILE"]
+    let transport = try! TransportFactory.make(configuration, group: group, logger: Logger(label: "pipeline"))
     let batch = PipelineBatch(count: 1000, format: .json)
     var bytes = 0
     for _ in 0..<batches { bytes += batch.run(through: transport, on: group.next()) }
