@@ -321,21 +321,29 @@ public struct ItemBuilder {
         firstOnPath.reserveCapacity(min(firstOnPath.count + items.count, 8192))
         for position in items.indices {
             let index = drained + position
-            guard let request = items[position].request, request.method == "GET" || request.method == "HEAD",
-                  request.body == nil, items[position].dependsOn.isEmpty else { continue }
-            guard let first = firstOnPath[request.path] else {
-                firstOnPath[request.path] = (index, request)
+            // Looked at in place: binding the request to a name copied it for every item.
+            guard let path = Self.coalescablePath(items[position]) else { continue }
+            guard let first = firstOnPath[path] else {
+                firstOnPath[path] = (index, items[position].request!)
                 continue
             }
             let firstKey = Self.callKey(first.request)
             if byKey[firstKey] == nil { byKey[firstKey] = first.index }
-            let key = Self.callKey(request)
+            let key = Self.callKey(items[position].request!)
             if let leader = byKey[key] {
                 items[position].sameAs = leader
             } else {
                 byKey[key] = index
             }
         }
+    }
+
+    /// The path of an item that may share its call with others: a GET or HEAD without a body
+    /// that waits for no other item.
+    private static func coalescablePath(_ item: borrowing BatchItem) -> String? {
+        guard item.dependsOn.isEmpty, let method = item.request?.method, method == "GET" || method == "HEAD",
+              item.request?.body == nil else { return nil }
+        return item.request?.path
     }
 
     /// Method, path and headers (the per-item request id aside): equal keys make the same call.
@@ -355,8 +363,10 @@ public struct ItemBuilder {
                                       then: ChainTemplate? = nil) {
         let id = String(then == nil ? count : count / 2)
         let own = requestIDField(id).map { [$0] } ?? []
-        let request = UpstreamRequest(method: method, path: basePath + path, headers: own, batchHeaders: templateFields(headers))
-        items.append(BatchItem(id: id, href: uniqueHref(path, id: id), request: request))
+        let href = uniqueHref(path, id: id)
+        // Built in place: a request bound to a name first was copied into the item.
+        items.append(BatchItem(id: id, href: href, request: UpstreamRequest(method: method, path: basePath + path, headers: own,
+                                                                             batchHeaders: templateFields(headers))))
         guard let then else { return }
         // The second call depends on the first: it waits for its answer, takes values from it,
         // and gets 424 when the first fails. BatchSession reports the two as one item.

@@ -156,7 +156,16 @@ extension UpstreamConfiguration {
     /// The 431 both engines give an item whose head is over `maxRequestHeaderBytes` (or a lower
     /// limit the peer announced), before anything is sent; nil when it fits.
     public func headTooLarge(_ request: UpstreamRequest, peerLimit: Int? = nil) -> UpstreamError? {
-        let size = request.headerListSize(authorityByteCount: endpoint.authorityByteCount, scheme: endpoint.scheme)
+        headTooLarge(size: headSize(request), peerLimit: peerLimit)
+    }
+
+    /// `request`'s head as `headTooLarge` counts it.
+    public func headSize(_ request: UpstreamRequest) -> Int {
+        request.headerListSize(authorityByteCount: endpoint.authorityByteCount, scheme: endpoint.scheme)
+    }
+
+    /// `headTooLarge` for a head of `size` bytes, counted before (`headSize`).
+    public func headTooLarge(size: Int, peerLimit: Int? = nil) -> UpstreamError? {
         let limit = min(maxRequestHeaderBytes, peerLimit ?? Int.max)
         guard size > limit else { return nil }
         let whose = limit == maxRequestHeaderBytes

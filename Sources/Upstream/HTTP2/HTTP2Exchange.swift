@@ -29,6 +29,9 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     /// Read position in `request.body` for the DATA frames nghttp2 asks for.
     var bodySent = 0
     var streamID: Int32 = -1
+    /// The request head's size (`UpstreamConfiguration.headSize`), counted once at enqueue and
+    /// checked again against the peer's limit when a stream opens.
+    var headSize = 0
     /// The connection whose `streams` hold this exchange, set and cleared with that entry (a
     /// cycle only while the stream is open). Strong, not weak: a weak reference gives the
     /// connection a side table, and then every retain and release of it, several per item, takes

@@ -79,7 +79,8 @@ final class HTTP2Slot {
             exchange.fail(.shuttingDown, "Sheaf is shutting down")
             return
         }
-        if let tooLarge = configuration.headTooLarge(exchange.request, peerLimit: current?.peerMaxHeaderListSize) {
+        exchange.headSize = configuration.headSize(exchange.request)
+        if let tooLarge = configuration.headTooLarge(size: exchange.headSize, peerLimit: current?.peerMaxHeaderListSize) {
             exchange.settle(.failure(tooLarge))
             return
         }
@@ -143,7 +144,7 @@ final class HTTP2Slot {
             }
             var submitted = false
             while connection.canOpenStream, let exchange = popLive() {
-                if let tooLarge = configuration.headTooLarge(exchange.request, peerLimit: connection.peerMaxHeaderListSize) {
+                if let tooLarge = configuration.headTooLarge(size: exchange.headSize, peerLimit: connection.peerMaxHeaderListSize) {
                     exchange.settle(.failure(tooLarge))
                     continue
                 }
