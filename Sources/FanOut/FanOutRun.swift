@@ -575,7 +575,9 @@ public final class FanOutRun: @unchecked Sendable {
     /// Settles `index` and, through a work list rather than recursion (a chain of 10,000
     /// dependencies must not take 10,000 stack frames), every waiting item its outcome decides.
     private func settle(_ index: Int, _ outcome: ItemOutcome) {
-        var work = [(index, outcome)]
+        // The item itself first, without a work list: most settle nothing else, and the list
+        // was an allocation and a copy of the outcome per item.
+        var work = settleOne(index, outcome)
         while let (next, nextOutcome) = work.popLast() {
             work += settleOne(next, nextOutcome)
         }
