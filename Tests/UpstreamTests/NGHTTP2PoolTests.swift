@@ -1,0 +1,71 @@
+import CNGHTTP2
+import Testing
+
+/// The allocator each HTTP/2 session uses (CNGHTTP2/pool.h), through the `nghttp2_mem` calls
+/// libnghttp2 makes.
+@Suite struct NGHTTP2PoolTests {
+    private func withPool(budget: Int, _ body: (UnsafeMutablePointer<sheaf_nghttp2_pool>) throws -> Void) rethrows {
+        let pool = sheaf_nghttp2_pool_create(budget)!
+        defer { sheaf_nghttp2_pool_destroy(pool) }
+        try body(pool)
+    }
+
+    /// Every size nghttp2 may ask for gets a block it can fill, and a freed block is handed out
+    /// again for the next request of its size class.
+    @Test(arguments: [0, 1, 31, 32, 33, 200, 4095, 4096, 4097, 100_000])
+    func blocksHoldWhatWasAskedAndComeBack(size: Int) {
+        withPool(budget: 1 << 20) { pool in
+            let mem = pool.pointee.mem
+            let first = mem.malloc(size, mem.mem_user_data)!
+            memset(first, 0xAB, size)
+            mem.free(first, mem.mem_user_data)
+            let second = mem.malloc(size, mem.mem_user_data)!
+            if size <= 4096 {
+                #expect(second == first)  // reused from the free list
+                #expect(sheaf_nghttp2_pool_cached(pool) == 0)
+            }
+            memset(second, 0xCD, size)
+            mem.free(second, mem.mem_user_data)
+        }
+    }
+
+    /// calloc zeroes a reused, dirty block; realloc keeps the contents across classes and into a
+    /// block of its own.
+    @Test func callocZeroesAndReallocKeepsContents() {
+        withPool(budget: 1 << 20) { pool in
+            let mem = pool.pointee.mem
+            let dirty = mem.malloc(64, mem.mem_user_data)!
+            memset(dirty, 0xFF, 64)
+            mem.free(dirty, mem.mem_user_data)
+            let zeroed = mem.calloc(8, 8, mem.mem_user_data)!
+            #expect(zeroed == dirty)
+            #expect(UnsafeRawBufferPointer(start: zeroed, count: 64).allSatisfy { $0 == 0 })
+            mem.free(zeroed, mem.mem_user_data)
+
+            var block = mem.malloc(10, mem.mem_user_data)!
+            for i in 0..<10 { block.storeBytes(of: UInt8(i), toByteOffset: i, as: UInt8.self) }
+            for size in [20, 300, 5000, 70_000, 40] {
+                block = mem.realloc(block, size, mem.mem_user_data)!
+                #expect((0..<10).allSatisfy { block.load(fromByteOffset: $0, as: UInt8.self) == UInt8($0) })
+                memset(block + 10, 0x11, size - 10)
+            }
+            mem.free(block, mem.mem_user_data)
+            #expect(mem.calloc(Int.max, 4, mem.mem_user_data) == nil)  // count × size overflows
+            #expect(mem.malloc(Int(bitPattern: UInt(UInt.max - 8)), mem.mem_user_data) == nil)  // size + header overflows
+        }
+    }
+
+    /// The pool keeps at most its budget in free blocks, and a trim gives back all but `keep`.
+    @Test func freeBlocksStayWithinTheBudgetAndTrimGivesThemBack() {
+        withPool(budget: 4096) { pool in
+            let mem = pool.pointee.mem
+            let blocks = (0..<10).map { _ in mem.malloc(1000, mem.mem_user_data)! }  // 1024-byte class
+            for block in blocks { mem.free(block, mem.mem_user_data) }
+            #expect(sheaf_nghttp2_pool_cached(pool) == 4096)
+            sheaf_nghttp2_pool_trim(pool, 1024)
+            #expect(sheaf_nghttp2_pool_cached(pool) == 1024)
+            sheaf_nghttp2_pool_trim(pool, 0)
+            #expect(sheaf_nghttp2_pool_cached(pool) == 0)
+        }
+    }
+}
