@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOCore
 import Testing
 import Upstream
@@ -49,5 +50,22 @@ extension CurlTransportTests {
         inFlight.call.cancel()
         harness.transport.beginShutdown()
         #expect(harness.server.requests.map(\.target) == ["/silent"])
+    }
+}
+
+extension CurlTransportTests {
+    /// A transport that was shut down and let go is freed: its curl thread lets go of it when
+    /// it ends (a reload drops the old generation's transports; a kept cycle leaked each one).
+    @Test func aShutDownCurlTransportIsFreed() async throws {
+        weak var released: CurlTransport?
+        do {
+            let endpoint = UpstreamEndpoint(scheme: "http", host: "127.0.0.1", port: 9, basePath: "")
+            let transport = CurlTransport(configuration: UpstreamConfiguration(name: "gone", endpoint: endpoint, protocol: .http1),
+                                          logger: Logger(label: "test"))
+            released = transport
+            await transport.shutdown()
+        }
+        for _ in 0..<200 where released != nil { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(released == nil)
     }
 }

@@ -23,7 +23,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// Host header keeps the url's authority. Curl thread only; freed when it ends.
     private let urlOrigin: String
     private var connectTo: UnsafeMutablePointer<curl_slist>?
-    private var thread: Thread?
 
     // Under `lock`.
     private let lock = NIOLock()
@@ -75,9 +74,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         sheaf_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, connections)
         sheaf_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, connections)
         sheaf_multi_setopt_long(multi, CURLMOPT_PIPELINING, Int(CURLPIPE_NOTHING))
+        // Not kept: the thread's block holds the transport until it ends, and a transport holding
+        // its thread made a cycle that outlived shutdown (a transport leaked per reload).
         let thread = Thread { [self] in self.run() }
         thread.name = "sheaf-curl-\(configuration.name)"
-        self.thread = thread
         thread.start()
     }
 
