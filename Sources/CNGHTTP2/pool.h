@@ -37,6 +37,15 @@ static inline uint32_t sheaf_pool_class(size_t size) {
 }
 
 static inline size_t sheaf_pool_capacity(uint32_t c) { return (size_t)32 << c; }
+/* What a free block of class c holds, header included: what the budget counts. */
+static inline size_t sheaf_pool_held(uint32_t c) { return sheaf_pool_capacity(c) + SHEAF_POOL_HEADER; }
+
+/* The class a block was handed out with, from its header. */
+static inline uint32_t sheaf_pool_block_class(void *ptr) {
+    uint32_t c;
+    memcpy(&c, (unsigned char *)ptr - SHEAF_POOL_HEADER, sizeof c);
+    return c;
+}
 
 static inline void *sheaf_pool_malloc(size_t size, void *user) {
     sheaf_nghttp2_pool *pool = (sheaf_nghttp2_pool *)user;
@@ -45,7 +54,7 @@ static inline void *sheaf_pool_malloc(size_t size, void *user) {
     if (c != SHEAF_POOL_LARGE && pool->free_lists[c]) {
         sheaf_pool_block *block = pool->free_lists[c];
         pool->free_lists[c] = block->next;
-        pool->cached_bytes -= sheaf_pool_capacity(c);
+        pool->cached_bytes -= sheaf_pool_held(c);
         raw = (unsigned char *)block - SHEAF_POOL_HEADER;
     } else {
         if (size > SIZE_MAX - SHEAF_POOL_HEADER) return NULL;
@@ -61,26 +70,23 @@ static inline void sheaf_pool_free(void *ptr, void *user) {
     if (!ptr) return;
     sheaf_nghttp2_pool *pool = (sheaf_nghttp2_pool *)user;
     unsigned char *raw = (unsigned char *)ptr - SHEAF_POOL_HEADER;
-    uint32_t c;
-    memcpy(&c, raw, sizeof c);
-    if (c == SHEAF_POOL_LARGE || pool->cached_bytes + sheaf_pool_capacity(c) > pool->budget) {
+    uint32_t c = sheaf_pool_block_class(ptr);
+    if (c == SHEAF_POOL_LARGE || pool->cached_bytes + sheaf_pool_held(c) > pool->budget) {
         free(raw);
         return;
     }
     sheaf_pool_block *block = (sheaf_pool_block *)ptr;
     block->next = pool->free_lists[c];
     pool->free_lists[c] = block;
-    pool->cached_bytes += sheaf_pool_capacity(c);
+    pool->cached_bytes += sheaf_pool_held(c);
 }
 
 /* The usable size of a block the pool handed out. */
 static inline size_t sheaf_pool_usable(void *ptr) {
-    unsigned char *raw = (unsigned char *)ptr - SHEAF_POOL_HEADER;
-    uint32_t c;
-    memcpy(&c, raw, sizeof c);
+    uint32_t c = sheaf_pool_block_class(ptr);
     if (c != SHEAF_POOL_LARGE) return sheaf_pool_capacity(c);
     uint64_t size;
-    memcpy(&size, raw + sizeof c, sizeof size);
+    memcpy(&size, (unsigned char *)ptr - SHEAF_POOL_HEADER + sizeof c, sizeof size);
     return (size_t)size;
 }
 
@@ -98,7 +104,11 @@ static inline void *sheaf_pool_realloc(void *ptr, size_t size, void *user) {
         return NULL;
     }
     size_t usable = sheaf_pool_usable(ptr);
-    if (size <= usable && sheaf_pool_class(size) != SHEAF_POOL_LARGE) return ptr;
+    /* Kept in place when it fits and stays on its side of the class limit: a large block shrunk
+       to a class size moves into a class block instead of pinning its large allocation. */
+    int was_large = sheaf_pool_block_class(ptr) == SHEAF_POOL_LARGE;
+    int is_large = sheaf_pool_class(size) == SHEAF_POOL_LARGE;
+    if (size <= usable && was_large == is_large) return ptr;
     void *moved = sheaf_pool_malloc(size, user);
     if (!moved) return NULL;
     memcpy(moved, ptr, usable < size ? usable : size);
@@ -106,7 +116,7 @@ static inline void *sheaf_pool_realloc(void *ptr, size_t size, void *user) {
     return moved;
 }
 
-/* A pool that keeps at most `budget` bytes of free blocks. */
+/* A pool that keeps at most `budget` bytes of free blocks (headers included). */
 static inline sheaf_nghttp2_pool *sheaf_nghttp2_pool_create(size_t budget) {
     sheaf_nghttp2_pool *pool = (sheaf_nghttp2_pool *)calloc(1, sizeof *pool);
     if (!pool) return NULL;
@@ -119,7 +129,7 @@ static inline sheaf_nghttp2_pool *sheaf_nghttp2_pool_create(size_t budget) {
     return pool;
 }
 
-/* Bytes the pool holds in free blocks. */
+/* Bytes the pool holds in free blocks, their headers included. */
 static inline size_t sheaf_nghttp2_pool_cached(const sheaf_nghttp2_pool *pool) { return pool->cached_bytes; }
 
 /* Frees free blocks, largest first, until at most `keep` bytes stay cached. */
@@ -128,7 +138,7 @@ static inline void sheaf_nghttp2_pool_trim(sheaf_nghttp2_pool *pool, size_t keep
         while (pool->free_lists[c] && pool->cached_bytes > keep) {
             sheaf_pool_block *block = pool->free_lists[c];
             pool->free_lists[c] = block->next;
-            pool->cached_bytes -= sheaf_pool_capacity((uint32_t)c);
+            pool->cached_bytes -= sheaf_pool_held((uint32_t)c);
             free((unsigned char *)block - SHEAF_POOL_HEADER);
         }
     }

@@ -17,6 +17,10 @@ import Testing
         withPool(budget: 1 << 20) { pool in
             let mem = pool.pointee.mem
             let first = mem.malloc(size, mem.mem_user_data)!
+            #expect(Int(bitPattern: first) % 16 == 0)  // malloc's alignment, kept by the header
+            // The smallest class that holds it: an off-by-one at a class edge shows here.
+            let expected = size <= 4096 ? max(32, 1 << (Int.bitWidth - (max(size, 1) - 1).leadingZeroBitCount)) : size
+            #expect(sheaf_pool_usable(first) == (size <= 1 ? 32 : expected))
             memset(first, 0xAB, size)
             mem.free(first, mem.mem_user_data)
             let second = mem.malloc(size, mem.mem_user_data)!
@@ -55,17 +59,37 @@ import Testing
         }
     }
 
-    /// The pool keeps at most its budget in free blocks, and a trim gives back all but `keep`.
+    /// The pool keeps at most its budget in free blocks (headers counted), and a trim gives
+    /// back the largest first, down to `keep`.
     @Test func freeBlocksStayWithinTheBudgetAndTrimGivesThemBack() {
-        withPool(budget: 4096) { pool in
+        let held1024 = 1024 + 16, held64 = 64 + 16
+        withPool(budget: 4 * held1024 + 2 * held64) { pool in
             let mem = pool.pointee.mem
-            let blocks = (0..<10).map { _ in mem.malloc(1000, mem.mem_user_data)! }  // 1024-byte class
-            for block in blocks { mem.free(block, mem.mem_user_data) }
-            #expect(sheaf_nghttp2_pool_cached(pool) == 4096)
-            sheaf_nghttp2_pool_trim(pool, 1024)
-            #expect(sheaf_nghttp2_pool_cached(pool) == 1024)
+            let large = (0..<10).map { _ in mem.malloc(1000, mem.mem_user_data)! }  // 1024-byte class
+            let small = (0..<2).map { _ in mem.malloc(50, mem.mem_user_data)! }  // 64-byte class
+            for block in small + large { mem.free(block, mem.mem_user_data) }
+            #expect(sheaf_nghttp2_pool_cached(pool) == 4 * held1024 + 2 * held64)
+            sheaf_nghttp2_pool_trim(pool, 2 * held64)
+            #expect(sheaf_nghttp2_pool_cached(pool) == 2 * held64)  // the 1024-byte blocks went first
+            #expect(mem.malloc(50, mem.mem_user_data) == small[1])  // the small ones stayed
             sheaf_nghttp2_pool_trim(pool, 0)
             #expect(sheaf_nghttp2_pool_cached(pool) == 0)
+        }
+    }
+
+    /// A large block shrunk to a class size moves into a class block (it does not pin the large
+    /// allocation); one shrunk but still large stays where it is.
+    @Test func aShrunkLargeBlockMovesToItsClass() {
+        withPool(budget: 1 << 20) { pool in
+            let mem = pool.pointee.mem
+            let large = mem.malloc(100_000, mem.mem_user_data)!
+            memset(large, 0x5A, 100_000)
+            let stillLarge = mem.realloc(large, 50_000, mem.mem_user_data)!
+            #expect(stillLarge == large)
+            let small = mem.realloc(stillLarge, 100, mem.mem_user_data)!
+            #expect(sheaf_pool_usable(small) == 128)
+            #expect(UnsafeRawBufferPointer(start: small, count: 100).allSatisfy { $0 == 0x5A })
+            mem.free(small, mem.mem_user_data)
         }
     }
 }

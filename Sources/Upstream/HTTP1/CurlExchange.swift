@@ -7,6 +7,8 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     let request: UpstreamRequest
     let deadline: NIODeadline
     private var completion: (@Sendable (UpstreamResult) -> Void)?
+    /// Unowned: whoever holds a call holds its transport too (the fan-out run, the resilience
+    /// layer, `auto`), so `cancel()` and the reading calls always find it.
     unowned let transport: CurlTransport
     let maxBodyBytes: Int
 

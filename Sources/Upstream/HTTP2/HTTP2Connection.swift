@@ -25,8 +25,10 @@ final class HTTP2Connection {
     /// What the pool keeps once the connection has had no open streams for a second: the
     /// burst's blocks go back to malloc when the connection falls idle.
     static let idlePoolBudget = 64 << 10
-    /// The last tick that found streams open.
+    /// The last tick that found streams open, or opened since the tick before.
     private var lastBusyTick = NIODeadline.now()
+    /// A stream opened since the last tick (a burst can start and end between two ticks).
+    private var openedSinceTick = false
     private var machine: HTTP2ConnectionStateMachine
     /// Open streams by id (odd, rising by two: `shift: 1`).
     private var streams = IntKeyTable<HTTP2Exchange>(shift: 1)
@@ -233,6 +235,7 @@ final class HTTP2Connection {
 
     /// Opens a stream for the exchange. The frames leave with the next flush.
     func submit(_ exchange: HTTP2Exchange) {
+        openedSinceTick = true
         let request = exchange.request
         // nghttp2 copies every name and value during submit_request, so the bytes live in
         // buffers of the connection, reused for every request. The fields a batch's items share
@@ -358,8 +361,9 @@ final class HTTP2Connection {
             handle(after)
         }
         // Idle for a second (not merely between two batches): the burst's blocks go back.
-        if streams.count > 0 {
+        if streams.count > 0 || openedSinceTick {
             lastBusyTick = now
+            openedSinceTick = false
         } else if now - lastBusyTick >= .seconds(1), let pool {
             sheaf_nghttp2_pool_trim(pool, Self.idlePoolBudget)
         }
