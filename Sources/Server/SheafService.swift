@@ -30,7 +30,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     private let active = NIOLockedValueBox(0)
 
     private let draining = NIOLockedValueBox(false)
-    private let memory = MemoryReturn()
+    private let memory: MemoryReturn
 
     /// Batches being fanned out or written right now, and bodies being read for a batch; shutdown,
     /// and a reload retiring this service's upstream pools, wait for this to reach zero.
@@ -64,6 +64,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
                 metrics: SheafMetrics, logger: Logger, accessLog: AccessLog? = nil, tracer: (any Tracer)? = nil,
                 admission: BatchAdmission = BatchAdmission(), itemBudget: ItemBudget? = nil) throws {
         self.configuration = configuration
+        memory = MemoryReturn(isIdle: { [active] in active.withLockedValue { $0 == 0 } })
         self.admission = admission
         self.itemBudget = itemBudget
         self.accessLog = accessLog

@@ -15,6 +15,11 @@ final class MemoryReturn: @unchecked Sendable {
     private let queue = DispatchQueue(label: "sheaf-memory-return", qos: .background)
     /// Items handled since the last trim before one is worth it.
     private let threshold: Int
+    /// How long Sheaf must stay quiet after a batch before the trim.
+    private let delay: DispatchTimeInterval
+    /// Whether no batch runs now, asked again when the trim is due.
+    private let isIdle: @Sendable () -> Bool
+    private let trim: @Sendable () -> Void
 
     /// glibc's `malloc_trim` (malloc.h is not in Swift's Glibc module); nil on other C libraries.
     private static let mallocTrim: (@convention(c) (Int) -> Int32)? = {
@@ -26,24 +31,33 @@ final class MemoryReturn: @unchecked Sendable {
         #endif
     }()
 
-    init(threshold: Int = 1_000) {
+    init(threshold: Int = 1_000, delay: DispatchTimeInterval = .seconds(1), isIdle: @escaping @Sendable () -> Bool,
+         trim: @escaping @Sendable () -> Void = { _ = MemoryReturn.mallocTrim?(0) }) {
         self.threshold = threshold
+        self.delay = delay
+        self.isIdle = isIdle
+        self.trim = trim
     }
 
     /// A batch of `items` ended; `idle` says no other batch is running.
     func batchEnded(items: Int, idle: Bool) {
-        let trim = lock.withLock { () -> Bool in
+        let schedule = lock.withLock { () -> Bool in
             itemsSinceTrim += items
             guard idle, !scheduled, itemsSinceTrim >= threshold else { return false }
             scheduled = true
-            itemsSinceTrim = 0
             return true
         }
-        guard trim else { return }
+        guard schedule else { return }
         // A short pause: a client sending batches back to back would reuse that memory at once.
-        queue.asyncAfter(deadline: .now() + .seconds(1)) { [self] in
-            _ = Self.mallocTrim?(0)
-            lock.withLock { scheduled = false }
+        queue.asyncAfter(deadline: .now() + delay) { [self] in
+            // Only if still quiet: a trim under load walks the heap while batches need it, and
+            // what it gives back is faulted in again at once. Owed to the next quiet moment.
+            let quiet = isIdle()
+            if quiet { trim() }
+            lock.withLock {
+                scheduled = false
+                if quiet { itemsSinceTrim = 0 }
+            }
         }
     }
 }
