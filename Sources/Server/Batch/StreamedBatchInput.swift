@@ -58,8 +58,7 @@ final class StreamedBatchInput: RequestBodySink {
             if let error { stop(session, error) }
             return !waiting
         }
-        // Moved, not copied item by item, when nothing is pending (the usual first read).
-        if pending.isEmpty { pending = consume items } else { pending += items }
+        hold(consume items)
         if let error {
             closed = true
             refuse(error, received)
@@ -99,7 +98,7 @@ final class StreamedBatchInput: RequestBodySink {
             session.endInput(problem: error.map(Self.problem), bytesIn: received)
             return
         }
-        if pending.isEmpty { pending = consume items } else { pending += items }
+        hold(consume items)
         if let error {
             pending = []
             refuse(error, received)
@@ -109,6 +108,12 @@ final class StreamedBatchInput: RequestBodySink {
         let all = pending
         pending = []
         _ = begin(consume all, false, received)
+    }
+
+    /// Keeps items until the 207 begins: moved, not copied item by item, when nothing is pending
+    /// yet (the usual first read).
+    private func hold(_ items: consuming [BatchItem]) {
+        if pending.isEmpty { pending = consume items } else { pending += items }
     }
 
     func timedOut() {

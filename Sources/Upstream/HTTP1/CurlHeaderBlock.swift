@@ -11,39 +11,38 @@ enum CurlHeaderBlock {
     /// its own (no `Accept: */*`, no form Content-Type, no `Expect: 100-continue`), and `host`
     /// added when the request does not name one. Free the result with `free`.
     static func make(for request: UpstreamRequest, host: String?) -> UnsafeMutablePointer<curl_slist> {
-        var lines = 1  // "Expect:"
-        var bytes = 8
         var hasAccept = false, hasContentType = false, hasHost = false
-        request.forEachHeader { name, value in
-            lines += 1
-            let blank = isBlank(value)
-            bytes += name.utf8.count + (blank ? 2 : 3 + value.utf8.count)
+        request.forEachHeader { name, _ in
+            // One pass, no lower-cased copies (issue 13).
             if !hasAccept { hasAccept = HTTPSyntax.isName(name, "accept") }
             if !hasContentType { hasContentType = HTTPSyntax.isName(name, "content-type") }
             if !hasHost { hasHost = HTTPSyntax.isName(name, "host") }
         }
         let host = hasHost ? nil : host
-        if !hasAccept { lines += 1; bytes += 8 }
-        if !hasContentType { lines += 1; bytes += 14 }
-        if let host { lines += 1; bytes += 7 + host.utf8.count }
-
+        // Every line, once to count its bytes and once to write it: one description of both.
+        func eachLine(_ body: (_ name: String, _ separator: StaticString, _ value: String?) -> Void) {
+            request.forEachHeader { name, value in
+                // curl drops "Name:" with a blank value (that is how one removes its own headers);
+                // "Name;" is its syntax for a header sent empty.
+                if isBlank(value) { body(name, ";", nil) } else { body(name, ": ", value) }
+            }
+            // No "Expect: 100-continue" round trip. No Accept or Content-Type the item does not
+            // have: curl adds "Accept: */*", and labels a body application/x-www-form-urlencoded.
+            body("Expect", ":", nil)
+            if !hasAccept { body("accept", ":", nil) }
+            if !hasContentType { body("content-type", ":", nil) }
+            if let host { body("Host", ": ", host) }
+        }
+        var lines = 0, bytes = 0
+        eachLine { name, separator, value in
+            lines += 1
+            bytes += name.utf8.count + separator.utf8CodeUnitCount + (value?.utf8.count ?? 0) + 1  // NUL
+        }
         let nodeBytes = lines * MemoryLayout<curl_slist>.stride
         let block = malloc(nodeBytes + bytes)!
         let nodes = block.bindMemory(to: curl_slist.self, capacity: lines)
         var writer = Writer(nodes: nodes, text: (block + nodeBytes).assumingMemoryBound(to: UInt8.self))
-        request.forEachHeader { name, value in
-            // curl drops "Name:" with a blank value (that is how one removes its own headers);
-            // "Name;" is its syntax for a header sent empty.
-            if isBlank(value) {
-                writer.line(name, separator: ";", nil)
-            } else {
-                writer.line(name, separator: ": ", value)
-            }
-        }
-        writer.line("Expect", separator: ":", nil)
-        if !hasAccept { writer.line("accept", separator: ":", nil) }
-        if !hasContentType { writer.line("content-type", separator: ":", nil) }
-        if let host { writer.line("Host", separator: ": ", host) }
+        eachLine { name, separator, value in writer.line(name, separator: separator, value) }
         precondition(writer.count == lines && writer.text == (block + nodeBytes + bytes).assumingMemoryBound(to: UInt8.self),
                      "header block laid out other than counted")
         nodes[lines - 1].next = nil

@@ -78,8 +78,15 @@ final class HTTP2Connection {
     }
 
     deinit {
+        deleteSession()
+    }
+
+    /// The session, then its allocator: deleting the session gives back every block it held.
+    private func deleteSession() {
         if let session { nghttp2_session_del(session) }
+        session = nil
         sheaf_nghttp2_pool_destroy(pool)
+        pool = nil
     }
 
     var openStreams: Int { streams.count }
@@ -218,13 +225,7 @@ final class HTTP2Connection {
             countedOpen = false
             gauges.add(gauges.connections, -1)
         }
-        if let session {
-            nghttp2_session_del(session)
-            self.session = nil
-        }
-        // After the session: deleting it gives back every block it held.
-        sheaf_nghttp2_pool_destroy(pool)
-        pool = nil
+        deleteSession()
         channel = nil
         slot.connectionClosed(self, reason: reason, established: established, notH2C: mismatch,
                               retriable: !mismatch && !handshakeFailed, resend: resend, failures: failures)
