@@ -4,7 +4,9 @@
    cache (seven blocks per size) overflows and almost every call took malloc's slow path (issue 13).
    Here blocks are kept on free lists by power-of-two size class, up to a byte budget, and reused.
    One pool belongs to one session, which is used on one event loop: no locking. Destroy the pool
-   after nghttp2_session_del (which returns every block the session held). */
+   after nghttp2_session_del (which returns every block the session held).
+   SwiftPM does not notice an edit to this header: touch a Swift file of Upstream (and of
+   UpstreamTests) so that they are compiled again with it. */
 #ifndef SHEAF_NGHTTP2_POOL_H
 #define SHEAF_NGHTTP2_POOL_H
 
