@@ -456,14 +456,6 @@ def sustained_round(env, path, body, accept=None):
     return rps * 1000, (cpu_seconds(env.sheaf.pid) - c0) / (ok * 1000) * 1e6
 
 
-def sustained_load(env, path):
-    """REPEAT rounds of sustained_round: (items/s, Sheaf's CPU µs per item) per round."""
-    body = batch_body(env)
-    post_batch(env.sheaf_port, path, 1000)  # connections up (and TLS handshakes done) first
-    rounds = [sustained_round(env, path, body) for _ in range(REPEAT)]
-    return [r[0] for r in rounds], [r[1] for r in rounds]
-
-
 def sustained_formats(env, path="/users"):
     """Sustained rounds with JSON and XML 207s interleaved round by round:
     {format: [Sheaf CPU µs per item per round]}."""
@@ -578,18 +570,26 @@ routes:
 def tls_section(env):
     """Section 8: (rows, ratios) for TLS and HTTP/1.1 upstreams."""
     rows, ratios = [], {}
+    # Each row's two sides interleaved round by round, so that drift hits both alike.
+    body = batch_body(env)
+    post_batch(env.sheaf_port, "/h2tls", 1000)  # connections up and TLS handshakes done first
     # h2 over TLS: Sheaf against h2load's own CPU per request over TLS to the same nginx.
-    h2tls_items, h2tls_cpu = sustained_load(env, "/h2tls")
-    floor_cpu = []
+    h2tls_items, h2tls_cpu, floor_cpu = [], [], []
     for _ in range(REPEAT):
+        items, cpu = sustained_round(env, "/h2tls", body)
+        h2tls_items.append(items)
+        h2tls_cpu.append(cpu)
         _, ok, cpu = h2load(["-c1", "-m100", "-n", "100000", f"https://127.0.0.1:{env.tls}/users/1"])
         floor_cpu.append(cpu / ok * 1e6)
     # HTTP/1.1 through libcurl, cleartext and TLS, against nginx proxying over keep-alive HTTP/1.1.
     measured = {}
     for name, proxy_path in (("h1", "/plain/users/1"), ("h1tls", "/tls/users/1")):
-        items, cpu = sustained_load(env, "/" + name)
-        proxy_cpu = []
+        post_batch(env.sheaf_port, "/" + name, 1000)
+        items, cpu, proxy_cpu = [], [], []
         for _ in range(REPEAT):
+            round_items, round_cpu = sustained_round(env, "/" + name, body)
+            items.append(round_items)
+            cpu.append(round_cpu)
             c0 = tree_cpu(env.proxy.pid)
             _, ok, _ = h2load(["-c1", "-m100", "-n", "50000", f"http://127.0.0.1:{env.proxy_port}{proxy_path}"])
             proxy_cpu.append((tree_cpu(env.proxy.pid) - c0) / ok * 1e6)
@@ -787,25 +787,27 @@ def main():
             cpu_text = fmt(cpu_per, " µs") if cpu_per else "(too short to measure)"
             rows.append(f"| {n} | {fmt(walls['json'], ' ms')} | {fmt(walls['xml'], ' ms')} | {cpu_text} |")
 
-        sustained, sheaf_cpu_item = sustained_load(env, "/users")
-        rows.append("")
-        rows.append(f"Sustained: 4 clients posting 1000-item batches back to back for {SUSTAIN_SECONDS} s (h2load over h2c): "
-                    f"**{fmt(sustained, ' items/s', 0)}**, Sheaf CPU **{fmt(sheaf_cpu_item, ' µs/item', 2)}**.")
-
-        # 2. The floor: h2load straight at nginx.
-        floor_rps, floor_cpu = [], []
+        # 1–3 interleaved round by round (Sheaf, then h2load at nginx, then nghttpx), so that the
+        # VM's drift over minutes hits all three alike instead of whichever ran last.
+        body = batch_body(env)
+        sustained, sheaf_cpu_item, floor_rps, floor_cpu, px_rps, px_cpu = [], [], [], [], [], []
         for _ in range(REPEAT):
+            items, cpu = sustained_round(env, "/users", body)
+            sustained.append(items)
+            sheaf_cpu_item.append(cpu)
+            # 2. The floor: h2load straight at nginx.
             rps, ok, cpu = h2load(["-c1", "-m100", "-n", "100000", f"http://127.0.0.1:{env.h2c}/users/1"])
             floor_rps.append(rps)
             floor_cpu.append(cpu / ok * 1e6)
-
-        # 3. nghttpx as the per-request proxy, h2load through it.
-        px_rps, px_cpu = [], []
-        for _ in range(REPEAT):
+            # 3. nghttpx as the per-request proxy, h2load through it.
             c0 = tree_cpu(env.nghttpx.pid)
             rps, ok, _ = h2load(["-c1", "-m100", "-n", "50000", f"http://127.0.0.1:{env.nghttpx_port}/users/1"])
             px_cpu.append((tree_cpu(env.nghttpx.pid) - c0) / ok * 1e6)
             px_rps.append(rps)
+        rows.append("")
+        rows.append(f"Sustained: 4 clients posting 1000-item batches back to back for {SUSTAIN_SECONDS} s (h2load over h2c): "
+                    f"**{fmt(sustained, ' items/s', 0)}**, Sheaf CPU **{fmt(sheaf_cpu_item, ' µs/item', 2)}**.")
+
         rows.append("")
         rows.append("### 2–3. Per-request floor and a per-request proxy\n")
         rows.append("| what | requests/s | CPU per request |")
