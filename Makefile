@@ -3,7 +3,7 @@
 # `make fuzz`, `make asan`, `make tsan` for the fuzz targets and the sanitizers (see FUZZING.md).
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-BUILD_PACKAGES := libcurl4-openssl-dev libnghttp2-dev libxml2-dev
+BUILD_PACKAGES := libcurl4-openssl-dev libnghttp2-dev libxml2-dev libjemalloc-dev
 TEST_PACKAGES := nginx libnginx-mod-http-echo curl openssl prometheus python3-pip
 BIN := .build/debug/sheaf
 # Python packages the deploy checks need, pinned (the Kubernetes version is pinned in Tests/e2e/test_deploy.py),

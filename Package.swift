@@ -108,7 +108,7 @@ let package = Package(
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-        ]),
+        ], linkerSettings: [.linkedLibrary("jemalloc")]),
 
         .testTarget(name: "ServerTests", dependencies: [
             "Server", "Config", "Upstream",

@@ -299,7 +299,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     @discardableResult
     private func startSession(route: RouteRuntime, head: HTTPRequestHead, items: consuming [BatchItem], streamed: Bool,
                               format: ResponseFormat, shared: BatchHeaders, writer: ResponseWriter, received: NIODeadline,
-                              access: AccessEntry, admitted: AdmissionTicket, ticket: AnyObject? = nil) -> BatchSession {
+                              access: AccessEntry, admitted: AdmissionTicket, ticket: BatchTicket? = nil) -> BatchSession {
         let configuration = route.configuration
         let id = Self.requestCounter.withLockedValue { value -> UInt64 in
             value += 1
@@ -325,7 +325,9 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
                                    access: accessLog.map { ($0, access) }, trace: trace,
                                    itemBudget: itemBudget) { [active, memory, admitted, ticket] count in
             withExtendedLifetime(admitted) {}
-            withExtendedLifetime(ticket) {}
+            // The batch's own count and its ticket's both end here: with the ticket still
+            // counted, no batch ever ended idle and memory was never given back.
+            ticket?.release()
             let idle = active.withLockedValue { value -> Bool in
                 value -= 1
                 return value == 0
@@ -382,16 +384,24 @@ final class AdmissionTicket: Sendable {
     }
 }
 
-/// Counts a batch whose body is being read as active for as long as its handler lives.
+/// Counts a batch whose body is being read as active for as long as its handler lives, or
+/// until the batch ends (`release()`), whichever comes first.
 private final class BatchTicket: Sendable {
     private let active: NIOLockedValueBox<Int>
+    private let held = NIOLockedValueBox(true)
 
     init(_ active: NIOLockedValueBox<Int>) {
         self.active = active
         active.withLockedValue { $0 += 1 }
     }
 
-    deinit {
+    /// Stops counting the batch; once only.
+    func release() {
+        guard held.withLockedValue({ held in defer { held = false }; return held }) else { return }
         active.withLockedValue { $0 -= 1 }
+    }
+
+    deinit {
+        release()
     }
 }

@@ -210,3 +210,31 @@ def test_upstream_dying_mid_batch_fails_only_with_reasons(workdir, protocol):
     finally:
         s.stop()
         upstream.stop()
+
+
+def test_memory_a_big_batch_took_is_given_back_once_sheaf_is_quiet(workdir, nginx):
+    """After a batch of tens of thousands of items, the allocator holds what the batch freed.
+    Sheaf hands it back to the system a second after it goes quiet (whichever allocator it runs
+    on), so an operator does not see the burst's peak as RSS for the life of the process."""
+    import time
+    from conftest import fan_out_sheaf
+    s = fan_out_sheaf(workdir, "memory-return", f'{{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c}}',
+                      "/users/{item}", max_items=40_000)
+    try:
+        with httpx.Client(timeout=120) as client:
+            assert client.post(s.url + "/b", json=list(range(1, 1001))).status_code == 207
+            time.sleep(1.5)
+            before = rss_kib(s.process.pid)
+            r = client.post(s.url + "/b", json=list(range(1, 40_001)))
+            assert r.status_code == 207 and r.json()["summary"]["total"] == 40_000
+            grown = rss_kib(s.process.pid) - before
+        assert grown > 8 * 1024, f"the batch grew RSS by {grown} KiB only: nothing to give back"
+        given_back = 0
+        for _ in range(30):  # up to 3 s: the return comes after a second of quiet
+            time.sleep(0.1)
+            given_back = before + grown - rss_kib(s.process.pid)
+            if given_back > grown / 2:
+                break
+        assert given_back > grown / 2, f"of {grown} KiB the batch took, {given_back} KiB were given back"
+    finally:
+        s.stop()

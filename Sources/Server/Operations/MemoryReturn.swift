@@ -4,10 +4,10 @@ import Glibc
 import Dispatch
 import NIOConcurrencyHelpers
 
-/// Gives memory freed by big batches back to the system once Sheaf is idle. glibc keeps freed
-/// heap in its arenas; after a 100k-item burst that is hundreds of MiB an operator sees as RSS
-/// for as long as the process lives. `malloc_trim` returns it; it runs off the event loops, at
-/// most once per quiet period, and only after batches big enough to matter.
+/// Gives memory freed by big batches back to the system once Sheaf is idle. An allocator keeps
+/// freed memory for reuse; after a 100k-item burst that is hundreds of MiB an operator sees as
+/// RSS for as long as the process lives. The return runs off the event loops, at most once per
+/// quiet period, and only after batches big enough to matter.
 final class MemoryReturn: @unchecked Sendable {
     private let lock = NIOLock()
     private var itemsSinceTrim = 0
@@ -21,18 +21,30 @@ final class MemoryReturn: @unchecked Sendable {
     private let isIdle: @Sendable () -> Bool
     private let trim: @Sendable () -> Void
 
-    /// glibc's `malloc_trim` (malloc.h is not in Swift's Glibc module); nil on other C libraries.
-    private static let mallocTrim: (@convention(c) (Int) -> Int32)? = {
+    /// Returns freed memory with whichever allocator the process runs on: jemalloc (which the
+    /// `sheaf` executable links) purges the dirty pages of all its arenas
+    /// (`arena.<MALLCTL_ARENAS_ALL>.purge`); glibc's malloc trims its heaps. Looked up at run
+    /// time: the library modules link no allocator, and neither header is in Swift's Glibc module.
+    static let returnFreedMemory: @Sendable () -> Void = {
         #if canImport(Glibc)
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
-        return unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)
-        #else
-        return nil
+        typealias MallCtl = @convention(c) (UnsafePointer<CChar>?, UnsafeMutableRawPointer?, UnsafeMutablePointer<Int>?,
+                                            UnsafeMutableRawPointer?, Int) -> Int32
+        typealias MallocTrim = @convention(c) (Int) -> Int32
+        let process = UnsafeMutableRawPointer(bitPattern: 0)
+        if let symbol = dlsym(process, "mallctl") {
+            let mallctl = unsafeBitCast(symbol, to: MallCtl.self)
+            return { _ = mallctl("arena.4096.purge", nil, nil, nil, 0) }
+        }
+        if let symbol = dlsym(process, "malloc_trim") {
+            let trim = unsafeBitCast(symbol, to: MallocTrim.self)
+            return { _ = trim(0) }
+        }
         #endif
+        return {}
     }()
 
     init(threshold: Int = 1_000, delay: DispatchTimeInterval = .seconds(1), isIdle: @escaping @Sendable () -> Bool,
-         trim: @escaping @Sendable () -> Void = { _ = MemoryReturn.mallocTrim?(0) }) {
+         trim: @escaping @Sendable () -> Void = MemoryReturn.returnFreedMemory) {
         self.threshold = threshold
         self.delay = delay
         self.isIdle = isIdle
