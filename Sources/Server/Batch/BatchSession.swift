@@ -30,7 +30,7 @@ final class BatchSession: @unchecked Sendable {
     // Guarded by the writer's lock (all touched inside `writer.append`).
     private var summary = BatchSummary()
     private var deadlineTimer: Scheduled<Void>?
-    private var statusCounts: [Int: Int] = [:]
+    private var statusCounts = StatusTally()
     private var resends = 0
     /// The run holds this session through its handlers: it is let go when the batch finishes.
     private let fanOut: NIOLockedValueBox<FanOutRun?> = NIOLockedValueBox(nil)
@@ -159,12 +159,12 @@ final class BatchSession: @unchecked Sendable {
                 let element = isFirst ? item : otherItem
                 // An element is counted once, by its first call's status (the summary and the
                 // access log then agree with sheaf_items_total).
-                statusCounts[first.status, default: 0] += 1
+                statusCounts.add(first.status)
                 summary.count(first)
                 counted(&out) { encoder.item(element, first, into: &$0) }
                 return
             }
-            statusCounts[outcome.status, default: 0] += 1
+            statusCounts.add(outcome.status)
             summary.count(outcome)
             counted(&out) { encoder.item(item, outcome, into: &$0) }
         }
@@ -195,7 +195,7 @@ final class BatchSession: @unchecked Sendable {
             deadlineTimer = nil
             counted(&end) { encoder.end(summary, into: &$0) }
             final = summary
-            counts = statusCounts
+            counts = statusCounts.counts
             resent = resends
             let run = fanOut.withLockedValue { run in
                 defer { run = nil }

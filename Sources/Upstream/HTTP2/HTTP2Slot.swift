@@ -26,6 +26,8 @@ final class HTTP2Slot {
     private(set) var isShutDown = false
     private var tickTask: Scheduled<Void>?
     private var nextTick: NIODeadline?
+    /// Whether `nextTick` was set at the busy interval (the shortest one).
+    private var nextTickIsBusy = false
     private var pumping = false
     private var pumpAgain = false
     private var closed: EventLoopPromise<Void>?
@@ -263,11 +265,15 @@ final class HTTP2Slot {
         guard !isShutDown else { return }
         let busy = outstanding > 0
         guard busy || current != nil || !draining.isEmpty else { return }
+        // A busy tick already due is never later than a new one would be: no clock read (this
+        // runs for every item enqueued).
+        if nextTick != nil, nextTickIsBusy || !busy { return }
         let idle = TimeAmount.nanoseconds(min(configuration.pingInterval.nanoseconds, configuration.pingTimeout.nanoseconds) / 2)
         let at = NIODeadline.now() + (busy ? tickInterval : max(idle, tickInterval))
         if let nextTick, nextTick <= at { return }
         tickTask?.cancel()
         nextTick = at
+        nextTickIsBusy = busy
         // Strong: the task is cancelled at shutdown, and a weak capture would give the slot a
         // side table (slow retains and releases for every item it carries).
         tickTask = eventLoop.scheduleTask(deadline: at) { [self] in
