@@ -448,7 +448,9 @@ def batch_body(env):
 
 def sustained_round(env, path, body, accept=None):
     """One round of 4 clients posting 1000-item batches back to back for SUSTAIN_SECONDS:
-    (items/s, Sheaf's CPU µs per item)."""
+    (items/s, Sheaf's CPU µs per item). A warm-up batch first: after a quiet second (the other
+    side's round) Sheaf has given its freed memory back, and every round starts from the same heap."""
+    post_batch(env.sheaf_port, path, 1000, accept or "application/json")
     c0 = cpu_seconds(env.sheaf.pid)
     extra = ["-H", f"accept: {accept}"] if accept else []
     rps, ok, _ = h2load(["-c4", "-m1", "-D", str(SUSTAIN_SECONDS), "-d", body, "-H", "content-type: application/json", *extra,

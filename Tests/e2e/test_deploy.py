@@ -90,18 +90,23 @@ def test_the_runtime_image_installs_every_c_library_sheaf_links():
     """The image's runtime stage must carry a package for each shared library `sheaf` needs (the
     Swift runtime is linked statically there; glibc, libstdc++ and zlib come with Debian slim):
     a library left out starts in CI and fails in the container."""
+    readelf, ldd, dpkg = need_tool("readelf"), need_tool("ldd"), need_tool("dpkg")
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]",
-                        subprocess.run(["readelf", "-d", BIN], capture_output=True, text=True, check=True).stdout)
+                        subprocess.run([readelf, "-d", BIN], capture_output=True, text=True, check=True).stdout)
     base = ("libswift", "libFoundation", "lib_Foundation", "libdispatch", "libBlocksRuntime", "libc.so", "libm.so",
             "ld-linux", "libgcc_s", "libstdc++", "libz.so")
     runs = [args for op, args in dockerfile_instructions() if op.upper() == "RUN"]
     runtime_installs = runs[-1].split()
-    resolved = dict(re.findall(r"^\s*(\S+) => (\S+)", subprocess.run(["ldd", BIN], capture_output=True, text=True).stdout, re.M))
+    resolved = dict(re.findall(r"^\s*(\S+) => (\S+)", subprocess.run([ldd, BIN], capture_output=True, text=True).stdout, re.M))
     for library in needed:
         if library.startswith(base):
             continue
-        owner = subprocess.run(["dpkg", "-S", os.path.realpath(resolved[library])], capture_output=True, text=True)
-        assert owner.returncode == 0, owner.stderr
+        assert library in resolved and os.path.exists(resolved[library]), f"{library}: ldd does not find it on this machine"
+        # dpkg records a library under /lib or /usr/lib (merged /usr): ask for both.
+        path = os.path.realpath(resolved[library])
+        candidates = {path, path.removeprefix("/usr")} if path.startswith("/usr/lib") else {path, "/usr" + path}
+        owner = subprocess.run([dpkg, "-S", *sorted(candidates)], capture_output=True, text=True)
+        assert owner.stdout.strip(), owner.stderr
         package = owner.stdout.split(":")[0]
         assert package in runtime_installs, f"{library} ({package}) is not installed by the image's runtime stage"
 
