@@ -323,10 +323,10 @@ public struct ItemBuilder {
             let index = drained + position
             // Looked at in place: binding the request to a name copied it for every item.
             guard let path = Self.coalescablePath(items[position]) else { continue }
-            guard let first = firstOnPath[path] else {
-                firstOnPath[path] = (index, items[position].request!)
-                continue
-            }
+            // One lookup for a new path (the common case): put it in, and only when it was
+            // there already put the first one back.
+            guard let first = firstOnPath.updateValue((index, items[position].request!), forKey: path) else { continue }
+            firstOnPath[path] = first
             let firstKey = Self.callKey(first.request)
             if byKey[firstKey] == nil { byKey[firstKey] = first.index }
             let key = Self.callKey(items[position].request!)
