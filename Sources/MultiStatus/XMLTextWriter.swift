@@ -48,7 +48,7 @@ struct XMLTextWriter {
 
     mutating func text<Out: ByteOutput>(bytes: UnsafeBufferPointer<UInt8>, into out: inout Out) {
         closeTag(&out)
-        Self.withXMLText(bytes) { Self.escape($0, attribute: false, into: &out) }
+        Self.escaped(bytes, attribute: false, into: &out)
     }
 
     /// Text written as is: only for what needs no escape (base64).
@@ -83,7 +83,18 @@ struct XMLTextWriter {
 
     private static func escaped<Out: ByteOutput>(_ value: String, attribute: Bool, into out: inout Out) {
         var value = value
-        value.withUTF8 { bytes in withXMLText(bytes) { escape($0, attribute: attribute, into: &out) } }
+        value.withUTF8 { escaped($0, attribute: attribute, into: &out) }
+    }
+
+    /// The leading run of plain ASCII (nothing to escape or replace) is found a word at a time
+    /// and copied as is; the rest, from the first byte that may need work, goes the long way.
+    /// Splitting there changes nothing: every byte before it is ASCII, so it starts a character.
+    private static func escaped<Out: ByteOutput>(_ bytes: UnsafeBufferPointer<UInt8>, attribute: Bool, into out: inout Out) {
+        let plain = PlainRun.end(in: bytes, from: 0, stops: attribute ? PlainRun.xmlAttribute : PlainRun.xmlText,
+                                 stopAtNonASCII: true)
+        if plain > 0 { out.appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[0..<plain])) }
+        guard plain < bytes.count else { return }
+        withXMLText(UnsafeBufferPointer(rebasing: bytes[plain...])) { escape($0, attribute: attribute, into: &out) }
     }
 
     /// libxml2's escapes: `& < >` everywhere and `"` in attributes, CR as a character reference

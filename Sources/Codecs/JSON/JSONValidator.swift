@@ -135,12 +135,10 @@ enum JSONValidator {
             // Plain bytes are skipped with a local index in a tight loop; anything else goes
             // back through `i`.
             var j = i + 1
-            while j < bytes.count {
+            while true {
+                j = PlainRun.end(in: bytes, from: j, stops: PlainRun.json, stopAtNonASCII: true)
+                guard j < bytes.count else { return false }
                 let byte = bytes[j]
-                if byte >= 0x20 && byte < 0x80 && byte != UInt8(ascii: "\"") && byte != UInt8(ascii: "\\") {
-                    j += 1
-                    continue
-                }
                 i = j
                 if byte == UInt8(ascii: "\"") {
                     i += 1
@@ -155,7 +153,6 @@ enum JSONValidator {
                 }
                 j = i
             }
-            return false
         }
 
         /// One escape at `i` (its backslash).

@@ -94,9 +94,9 @@ public enum JSONWriter {
     public static func writeString<Out: ByteOutput>(bytes: UnsafeBufferPointer<UInt8>, into out: inout Out) {
         out.appendByte(UInt8(ascii: "\""))
         var runStart = 0
-        for i in 0..<bytes.count {
+        var i = PlainRun.end(in: bytes, from: 0, stops: PlainRun.json, stopAtNonASCII: false)
+        while i < bytes.count {
             let byte = bytes[i]
-            guard byte < 0x20 || byte == 0x22 || byte == 0x5C else { continue }
             if runStart < i { out.appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<i])) }
             runStart = i + 1
             switch byte {
@@ -110,6 +110,7 @@ public enum JSONWriter {
                 out.appendByte(hex[Int(byte >> 4)])
                 out.appendByte(hex[Int(byte & 0x0F)])
             }
+            i = PlainRun.end(in: bytes, from: i + 1, stops: PlainRun.json, stopAtNonASCII: false)
         }
         if runStart < bytes.count {
             out.appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<bytes.count]))
