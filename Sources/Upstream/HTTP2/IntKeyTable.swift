@@ -3,7 +3,8 @@
 /// so `key >> shift` puts each in its own slot without hashing: no SipHash per lookup as in
 /// `Dictionary`, several per item (every response header, DATA chunk and the close; issue 13).
 ///
-/// Open addressing with tombstones. A removal only marks its slot: the backward shift of linear
+/// Open addressing with tombstones (only once a key has been placed away from its home slot;
+/// until then a removal frees its slot). A removal only marks its slot: the backward shift of linear
 /// probing would walk the whole run of open keys behind it, and with rising keys that run is
 /// every key open (up to a thousand streams). A lookup probes at most as far as
 /// the farthest any key was placed from its home, so a miss costs no more than a hit. The slots
@@ -20,6 +21,8 @@ struct IntKeyTable<Value> {
     private var taken = 0
     /// The farthest any key now in the table was placed from its home slot.
     private var farthest = 0
+    /// The largest key ever inserted.
+    private var largest = -1
 
     /// `shift`: how many low bits of a key do not vary between neighbours (1 for stream ids).
     init(capacity: Int = 16, shift: Int = 0) {
@@ -57,10 +60,13 @@ struct IntKeyTable<Value> {
     /// Adds or replaces the value of `key`.
     mutating func insert(_ value: Value, for key: Int) {
         precondition(key >= 0, "IntKeyTable keys are not negative")
-        if let i = position(of: key) {
+        // Keys come rising: one above every key given so far cannot be here, and the lookup
+        // that proves it (probing past the tombstones of closed streams) is skipped.
+        if key <= largest, let i = position(of: key) {
             values[i] = value
             return
         }
+        largest = max(largest, key)
         if (taken + 1) * 4 > keys.count * 3 { rebuild(minimumCapacity: used + 1) }
         var i = home(key), distance = 0
         while keys[i] >= 0 {
@@ -77,7 +83,15 @@ struct IntKeyTable<Value> {
     @discardableResult
     mutating func removeValue(for key: Int) -> Value? {
         guard let i = position(of: key) else { return nil }
-        keys[i] = Self.removed
+        // While every key sits in its home slot (no probe ever passes a slot), a removed one
+        // frees its slot outright: no tombstone to pile up and force a rebuild. Rising keys in a
+        // table larger than their window stay that way, so a busy connection never rebuilds.
+        if farthest == 0 {
+            keys[i] = Self.free
+            taken -= 1
+        } else {
+            keys[i] = Self.removed
+        }
         used -= 1
         return values[i].take()
     }
