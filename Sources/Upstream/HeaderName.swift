@@ -6,19 +6,43 @@ import Darwin
 /// Upstream response header names as Swift strings, without allocating for the common ones:
 /// every upstream response repeats the same handful of names.
 enum HeaderName {
-    private static let common: [String] = [
-        "content-type", "content-length", "date", "server", "location", "etag", "last-modified",
-        "cache-control", "vary", "expires", "set-cookie", "content-encoding", "x-request-id",
-        "retry-after", "connection", "keep-alive", "transfer-encoding", "accept-ranges",
-    ]
-    private static let commonBytes: [[UInt8]] = common.map { Array($0.utf8) }
-
-    /// `bytes` must already be lower-case.
+    /// `bytes` must already be lower-case. A common name comes back as a literal (no allocation,
+    /// no reference counting); picked by length first, so most names take one compare.
     static func intern(_ bytes: UnsafeBufferPointer<UInt8>) -> String {
-        for (index, candidate) in commonBytes.enumerated() where candidate.count == bytes.count {
-            if candidate.withUnsafeBufferPointer({ memcmp($0.baseAddress!, bytes.baseAddress!, bytes.count) == 0 }) {
-                return common[index]
-            }
+        guard let start = bytes.baseAddress else { return "" }
+        @inline(__always) func equal(_ name: StaticString) -> Bool { memcmp(name.utf8Start, start, bytes.count) == 0 }
+        switch bytes.count {
+        case 4:
+            if equal("date") { return "date" }
+            if equal("etag") { return "etag" }
+            if equal("vary") { return "vary" }
+        case 6:
+            if equal("server") { return "server" }
+        case 7:
+            if equal("expires") { return "expires" }
+        case 8:
+            if equal("location") { return "location" }
+        case 10:
+            if equal("set-cookie") { return "set-cookie" }
+            if equal("connection") { return "connection" }
+            if equal("keep-alive") { return "keep-alive" }
+        case 11:
+            if equal("retry-after") { return "retry-after" }
+        case 12:
+            if equal("content-type") { return "content-type" }
+            if equal("x-request-id") { return "x-request-id" }
+        case 13:
+            if equal("last-modified") { return "last-modified" }
+            if equal("cache-control") { return "cache-control" }
+            if equal("accept-ranges") { return "accept-ranges" }
+        case 14:
+            if equal("content-length") { return "content-length" }
+        case 16:
+            if equal("content-encoding") { return "content-encoding" }
+        case 17:
+            if equal("transfer-encoding") { return "transfer-encoding" }
+        default:
+            break
         }
         return String(decoding: bytes, as: UTF8.self)
     }

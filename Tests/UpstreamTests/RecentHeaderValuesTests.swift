@@ -48,3 +48,16 @@ private func value(_ recent: inout RecentHeaderValues, _ name: String, _ text: S
     // A long name is stored out of line, a short one inside the string: both ways are read.
     #expect(HTTPSyntax.isName("Access-Control-Request-Headers", "access-control-request-headers"))
 }
+
+/// Every name comes back as it was given: the common ones (as literals), names of the same
+/// length that differ in one byte, and names no table holds.
+@Test func internedNamesAreTheNamesGiven() {
+    let names = ["content-type", "content-length", "date", "server", "location", "etag", "last-modified",
+                 "cache-control", "vary", "expires", "set-cookie", "content-encoding", "x-request-id",
+                 "retry-after", "connection", "keep-alive", "transfer-encoding", "accept-ranges",
+                 "datf", "etah", "servers", "x-custom", "", "a", "content-typf", "transfer-encodinf", "strict-transport-security"]
+    for name in names {
+        let interned = Array(name.utf8).withUnsafeBufferPointer { HeaderName.intern($0) }
+        #expect(interned == name)
+    }
+}
