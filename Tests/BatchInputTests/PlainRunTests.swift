@@ -20,12 +20,16 @@ private func reference(_ bytes: [UInt8], from start: Int, stops: (UInt8, UInt8, 
     let specials: [UInt8] = [0x00, 0x01, 0x09, 0x0A, 0x0D, 0x1F, 0x20, 0x21, 0x22, 0x23, 0x26, 0x3C, 0x3E, 0x3F, 0x5B, 0x5C,
                              0x5D, 0x7E, 0x7F, 0x80, 0xA0, 0xC3, 0xFF]
     var generator = Xorshift(seed: 0x5EAF)
+    // Bytes no stop set stops at (0x20–0x7E but `"`, `\`, `&`, `<`, `>`).
+    let plain = (UInt8(0x20)...0x7E).filter { ![0x22, 0x5C, 0x26, 0x3C, 0x3E].contains($0) }
     for (stops, name) in sets {
         for nonASCII in [false, true] {
             for length in 0...40 {
                 for position in 0..<max(length, 1) {
                     for special in specials {
-                        var bytes = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+                        // Plain bytes before the stop, each of them different: a false mark on any
+                        // plain byte would end the run early.
+                        var bytes = (0..<length).map { _ in plain[Int(generator.next() % UInt64(plain.count))] }
                         if position < length { bytes[position] = special }
                         // Some noise after the stop: later marks must never win over the first.
                         for k in stride(from: position + 1, to: length, by: 3) { bytes[k] = specials[Int(generator.next() % UInt64(specials.count))] }

@@ -61,4 +61,9 @@ func theIntKeyTableAgreesWithADictionary(shift: Int, arbitraryKeys: Bool) {
     table.removeAll()
     #expect(table.isEmpty && table.sortedByKey.isEmpty)
     for (key, _) in reference { #expect(table[key] == nil) }
+    // Emptied, it takes keys again: lower ones than it has seen (looked up before insertion),
+    // and a key given twice is replaced, not held twice.
+    for key in [100_003, 0, 5, 0] { table.insert(Box(key), for: key) }
+    #expect(table.count == 3 && table[0]?.id == 0 && table[5]?.id == 5 && table[100_003]?.id == 100_003)
+    #expect(table.removeValue(for: 0)?.id == 0 && table[0] == nil && table.count == 2)
 }

@@ -10,12 +10,13 @@ public enum PlainRun {
     @inlinable public static var xmlAttribute: (UInt8, UInt8, UInt8, UInt8) { (0x26, 0x3C, 0x3E, 0x22) }
 
     /// The index of the first byte at or after `start` that is a control character (below 0x20),
-    /// one of `stops`, or, when `stopAtNonASCII`, a byte of 0x80 or above; `bytes.count` if none is.
+    /// one of `stops`, or, when `stopAtNonASCII`, a byte of 0x80 or above; `bytes.count` if none is
+    /// (or if `start` is past the end).
     @inlinable
     public static func end(in bytes: UnsafeBufferPointer<UInt8>, from start: Int,
                            stops: (UInt8, UInt8, UInt8, UInt8), stopAtNonASCII: Bool) -> Int {
-        guard let base = bytes.baseAddress else { return start }
         let count = bytes.count
+        guard let base = bytes.baseAddress, start < count else { return max(start, count) }
         var j = start
         let ones: UInt64 = 0x0101_0101_0101_0101
         let high: UInt64 = 0x8080_8080_8080_8080
@@ -25,14 +26,13 @@ public enum PlainRun {
         let a = ones &* UInt64(stops.0), b = ones &* UInt64(stops.1)
         let c = ones &* UInt64(stops.2), d = ones &* UInt64(stops.3)
         while j &+ 8 <= count {
-            let word = UnsafeRawPointer(base + j).loadUnaligned(as: UInt64.self)
+            // The first byte in memory as the lowest, on any machine: borrows run upward, so
+            // only then is the lowest mark the first match.
+            let word = UInt64(littleEndian: UnsafeRawPointer(base + j).loadUnaligned(as: UInt64.self))
             var marks = ((word &- ones &* 0x20) & ~word & high)  // below 0x20, the same way
                 | zeros(word ^ a) | zeros(word ^ b) | zeros(word ^ c) | zeros(word ^ d)
             if stopAtNonASCII { marks |= word & high }
-            if marks != 0 {
-                // Loaded little-endian: the first byte in memory is the lowest.
-                return j &+ (UInt64(littleEndian: marks).trailingZeroBitCount >> 3)
-            }
+            if marks != 0 { return j &+ (marks.trailingZeroBitCount >> 3) }
             j &+= 8
         }
         while j < count {

@@ -19,7 +19,8 @@ struct IntKeyTable<Value> {
     private var used = 0
     /// Slots holding a key or a tombstone: past three quarters, the slots are rebuilt.
     private var taken = 0
-    /// The farthest any key now in the table was placed from its home slot.
+    /// The farthest any key was placed from its home slot since the slots were last rebuilt or
+    /// emptied (0: no key has been placed away from home, so there are no tombstones).
     private var farthest = 0
     /// The largest key ever inserted.
     private var largest = -1
@@ -83,9 +84,11 @@ struct IntKeyTable<Value> {
     @discardableResult
     mutating func removeValue(for key: Int) -> Value? {
         guard let i = position(of: key) else { return nil }
-        // While every key sits in its home slot (no probe ever passes a slot), a removed one
-        // frees its slot outright: no tombstone to pile up and force a rebuild. Rising keys in a
-        // table larger than their window stay that way, so a busy connection never rebuilds.
+        // While no key has been placed away from its home slot since the last rebuild (no probe
+        // ever passes a slot), a removed one frees its slot outright: no tombstone to pile up and
+        // force a rebuild. Rising keys whose open span fits the table stay that way, so a busy
+        // connection does not rebuild; one stream left open across more than the table's size
+        // brings tombstones back until the next rebuild.
         if farthest == 0 {
             keys[i] = Self.free
             taken -= 1
