@@ -132,8 +132,8 @@ enum JSONValidator {
         /// A string at `i` (its opening quote): no control characters, valid escapes (a
         /// `\u` surrogate only as a high-low pair), well-formed UTF-8.
         mutating func string() -> Bool {
-            // Plain bytes are skipped with a local index in a tight loop; anything else goes
-            // back through `i`.
+            // Plain bytes are skipped a word at a time (`PlainRun`); anything else goes back
+            // through `i`.
             var j = i + 1
             while true {
                 j = PlainRun.end(in: bytes, from: j, stops: PlainRun.json, stopAtNonASCII: true)
