@@ -105,7 +105,7 @@ public struct FanOutPolicy: Sendable, Equatable {
 /// The one status every item leaves with: the upstream's own, or one Sheaf assigns and explains.
 public struct ItemOutcome: Sendable {
     public var status: Int
-    public var headers: [(name: String, value: String)]
+    public var headers: HeaderFields
     public var body: ByteBuffer?
     public var bodyTruncated: Bool
     /// Set when Sheaf assigned the status (400, 502, 504, ...): what happened, for a human.
@@ -115,7 +115,7 @@ public struct ItemOutcome: Sendable {
     /// A route's `then` call made with this answer's values, reported under the item.
     public var then: ChainedResult?
 
-    public init(status: Int, headers: [(name: String, value: String)] = [], body: ByteBuffer? = nil,
+    public init(status: Int, headers: HeaderFields = [], body: ByteBuffer? = nil,
                 bodyTruncated: Bool = false, reason: String? = nil, attempts: Int = 1) {
         self.status = status
         self.headers = headers

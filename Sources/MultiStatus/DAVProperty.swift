@@ -30,8 +30,8 @@ public enum DAVProperty: String, Sendable, CaseIterable {
     }
 
     /// Both transports deliver lower-case names.
-    private static func header(_ name: String, _ outcome: ItemOutcome) -> String? {
-        outcome.headers.first(where: { $0.name == name })?.value
+    private static func header(_ name: StaticString, _ outcome: ItemOutcome) -> String? {
+        outcome.headers.first(name)
     }
 }
 

@@ -42,12 +42,17 @@ struct JSONResultWriter {
         forEachReportableHeader(outcome.headers, reported) { name, values in
             s.appendStatic(wroteHeader ? "," : ",\"headers\":{")
             wroteHeader = true
-            JSONWriter.writeString(name, into: &s)
+            JSONWriter.writeString(bytes: name, into: &s)
             s.appendByte(UInt8(ascii: ":"))
             if values.isRepeated {
-                JSONWriter.write(.array(values.map(JSONValue.string)), into: &s)
+                s.appendByte(UInt8(ascii: "["))
+                for (index, value) in values.enumerated() {
+                    if index > 0 { s.appendByte(UInt8(ascii: ",")) }
+                    JSONWriter.writeString(bytes: value, into: &s)
+                }
+                s.appendByte(UInt8(ascii: "]"))
             } else {
-                JSONWriter.writeString(values.first, into: &s)
+                JSONWriter.writeString(bytes: values.first, into: &s)
             }
         }
         if wroteHeader { s.appendByte(UInt8(ascii: "}")) }
@@ -67,7 +72,7 @@ struct JSONResultWriter {
             s.appendByte(UInt8(ascii: "}"))
         }
         if let body = outcome.body {
-            switch BodyForm.classify(body, contentType: outcome.headers.first(where: { $0.name == "content-type" })?.value) {
+            switch BodyForm.classify(body, headers: outcome.headers) {
             case .none:
                 break
             case .json:

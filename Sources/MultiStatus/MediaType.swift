@@ -23,6 +23,13 @@ public enum MediaType {
         return e == "application/json" || (e.hasPrefix("application/") && e.hasSuffix("+json"))
     }
 
+    /// `isJSON` for a value's bytes (an upstream's field as it lies in its `HeaderFields`).
+    public static func isJSON(bytes value: UnsafeBufferPointer<UInt8>) -> Bool {
+        let plain: StaticString = "application/json"
+        if value.count == plain.utf8CodeUnitCount, memcmp(value.baseAddress!, plain.utf8Start, value.count) == 0 { return true }
+        return isJSON(String(decoding: value, as: UTF8.self))
+    }
+
     public static func isXML(_ value: String) -> Bool {
         let e = essence(value)
         return e == "application/xml" || e == "text/xml" || (e.hasPrefix("application/") && e.hasSuffix("+xml"))

@@ -22,8 +22,8 @@ public struct BatchSummary: Sendable, Equatable {
         total += 1
         if outcome.succeeded { succeeded += 1 } else { failed += 1 }
         if outcome.status == 429 || outcome.status == 503,
-           let header = outcome.headers.first(where: { $0.name == "retry-after" }),
-           let wait = RetryPolicy.parseRetryAfter(header.value, now: Date()) {
+           let header = outcome.headers.first("retry-after"),
+           let wait = RetryPolicy.parseRetryAfter(header, now: Date()) {
             let seconds = (wait.nanoseconds + 999_999_999) / 1_000_000_000
             retryAfter = max(retryAfter ?? 0, seconds)
         }
@@ -87,18 +87,34 @@ public struct ReportedHeaders: Sendable, Equatable {
             kept.append(name)
         }
         self.names = kept
-        self.lengths = kept.map(\.utf8.count)
+        var bytes: [UInt8] = [], spans: [Range<Int>] = []
+        for name in kept {
+            spans.append(bytes.count..<(bytes.count + name.utf8.count))
+            bytes.append(contentsOf: name.utf8)
+        }
+        self.bytes = bytes
+        self.spans = spans
     }
-    /// `names`' byte counts: most upstream header names are ruled out without a string compare.
-    private let lengths: [Int]
+    /// `names`' bytes end to end, and where each lies: compared with an upstream field's name as
+    /// it lies in its `HeaderFields`, without a string or a retain per name.
+    private let bytes: [UInt8]
+    private let spans: [Range<Int>]
 
     public static let standard = ReportedHeaders(["content-type", "etag", "last-modified", "location", "retry-after", "cache-control"])
 
     /// `name` must be lower-case, as both transports deliver it.
     func allows(_ name: String) -> Bool {
-        let length = name.utf8.count
-        for index in names.indices where lengths[index] == length && names[index] == name { return true }
-        return false
+        names.contains(name)
+    }
+
+    /// Whether `field`'s name is reported (names are stored lower-case).
+    func allows(_ field: HeaderFields.Field) -> Bool {
+        bytes.withUnsafeBufferPointer { bytes in
+            for span in spans where span.count == field.name.count && field.isNamed(UnsafeBufferPointer(rebasing: bytes[span])) {
+                return true
+            }
+            return false
+        }
     }
 }
 
@@ -109,11 +125,12 @@ enum BodyForm {
     /// JSON when labelled JSON and valid; text when valid UTF-8 without C0 control characters
     /// other than tab, LF and CR (the XML 207 replaces U+FFFE and U+FFFF with U+FFFD); otherwise
     /// binary (base64).
-    static func classify(_ body: ByteBuffer?, contentType: String?) -> BodyForm {
+    static func classify(_ body: ByteBuffer?, headers: HeaderFields) -> BodyForm {
         guard let body, body.readableBytes > 0 else { return .none }
+        let labelledJSON = headers.withFirst("content-type") { $0.map(MediaType.isJSON(bytes:)) ?? false }
         return body.withUnsafeReadableBytes { raw -> BodyForm in
             let bytes = raw.bindMemory(to: UInt8.self)
-            if let contentType, MediaType.isJSON(contentType), JSONParser.isValid(bytes) { return .json }
+            if labelledJSON, JSONParser.isValid(bytes) { return .json }
             for byte in bytes where byte < 0x20 && byte != 0x09 && byte != 0x0A && byte != 0x0D {
                 return .binary
             }
@@ -129,47 +146,40 @@ enum BodyForm {
 let gatheredBodyLimit = 4096
 
 /// Calls `body` with each upstream header name `reported` allows, in order of first appearance,
-/// and its values. Allocates nothing.
-func forEachReportableHeader(_ headers: [(name: String, value: String)], _ reported: ReportedHeaders,
-                             _ body: (String, HeaderValues) -> Void) {
-    for i in headers.indices {
-        // Both transports deliver lower-case names (HTTP/2 requires it; the curl engine lowers them).
-        let name = headers[i].name
-        if !reported.allows(name) { continue }
-        var seenEarlier = false
-        for j in 0..<i where headers[j].name == name {
-            seenEarlier = true
-            break
+/// and its values, as bytes inside `headers` (valid only during the call). Allocates nothing.
+func forEachReportableHeader(_ headers: HeaderFields, _ reported: ReportedHeaders,
+                             _ body: (_ name: UnsafeBufferPointer<UInt8>, HeaderValues) -> Void) {
+    headers.withUnsafeFields { fields in
+        for field in fields where reported.allows(field) && !fields.nameAppearsBefore(field) {
+            body(field.name, HeaderValues(fields, from: field))
         }
-        if seenEarlier { continue }
-        body(name, HeaderValues(headers, from: i))
     }
 }
 
-/// The values one header name has in an upstream response, in the order they came. They are
-/// kept apart, never joined with ", ": a `set-cookie` holds commas of its own (in `Expires`).
+/// The values one header name has in an upstream response, in the order they came, as bytes.
+/// They are kept apart, never joined with ", ": a `set-cookie` holds commas of its own (in `Expires`).
 struct HeaderValues: Sequence, IteratorProtocol {
-    private let headers: [(name: String, value: String)]
-    private let name: String
-    private var index: Int
+    private var rest: HeaderFields.UnsafeFields.Iterator
+    private let name: UnsafeBufferPointer<UInt8>
     /// The value of the name's first occurrence.
-    let first: String
+    let first: UnsafeBufferPointer<UInt8>
     /// True when the name occurs more than once.
     let isRepeated: Bool
 
-    init(_ headers: [(name: String, value: String)], from index: Int) {
-        self.headers = headers
-        self.index = index
-        let name = headers[index].name
-        self.name = name
-        first = headers[index].value
-        isRepeated = headers[(index + 1)...].contains { $0.name == name }
+    init(_ fields: HeaderFields.UnsafeFields, from field: HeaderFields.Field) {
+        rest = fields.starting(at: field)
+        name = field.name
+        first = field.value
+        var later = rest
+        _ = later.next()
+        var repeated = false
+        while !repeated, let other = later.next() { repeated = other.isNamed(field.name) }
+        isRepeated = repeated
     }
 
-    mutating func next() -> String? {
-        while index < headers.count {
-            defer { index += 1 }
-            if headers[index].name == name { return headers[index].value }
+    mutating func next() -> UnsafeBufferPointer<UInt8>? {
+        while let field = rest.next() {
+            if field.isNamed(name) { return field.value }
         }
         return nil
     }

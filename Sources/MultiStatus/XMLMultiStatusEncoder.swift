@@ -62,7 +62,7 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
             writer.element("D:responsedescription", reason, into: &out)
         }
         if (300..<400).contains(outcome.status), reported.allows("location"),
-           let location = outcome.headers.first(where: { $0.name == "location" })?.value {
+           let location = outcome.headers.first("location") {
             writer.start("D:location", into: &out)
             writer.element("D:href", location, into: &out)
             writer.end(into: &out)
@@ -87,17 +87,20 @@ public final class XMLMultiStatusEncoder: MultiStatusEncoder {
         forEachReportableHeader(outcome.headers, reported) { name, values in
             for value in values {
                 writer.start("S:header", into: &out)
-                writer.attribute("name", name, into: &out)
-                writer.text(value, into: &out)
+                writer.attribute("name", bytes: name, into: &out)
+                writer.text(bytes: value, into: &out)
                 writer.end(into: &out)
             }
         }
         if let body = outcome.body {
-            let contentType = outcome.headers.first(where: { $0.name == "content-type" })?.value
-            let form = BodyForm.classify(body, contentType: contentType)
+            let form = BodyForm.classify(body, headers: outcome.headers)
             if form != .none {
                 writer.start("S:body", into: &out)
-                if let contentType, reported.allows("content-type") { writer.attribute("content-type", contentType, into: &out) }
+                if reported.allows("content-type") {
+                    outcome.headers.withFirst("content-type") { value in
+                        if let value { writer.attribute("content-type", bytes: value, into: &out) }
+                    }
+                }
                 if outcome.bodyTruncated { writer.attribute("truncated", "true", into: &out) }
                 if form == .binary { writer.attribute("encoding", "base64", into: &out) }
                 // A large body is written straight into the 207, after what was gathered

@@ -41,6 +41,14 @@ struct XMLTextWriter {
         out.appendByte(UInt8(ascii: "\""))
     }
 
+    /// ` name="value"` from UTF-8 bytes.
+    mutating func attribute(_ name: StaticString, bytes value: UnsafeBufferPointer<UInt8>, into out: inout ByteScratch) {
+        precondition(tagPending, "an attribute after the start tag was closed")
+        out.writeStatic(" ", name, "=\"")
+        Self.escaped(value, attribute: true, into: &out)
+        out.appendByte(UInt8(ascii: "\""))
+    }
+
     mutating func text(_ value: String, into out: inout ByteScratch) {
         closeTag(&out)
         Self.escaped(value, attribute: false, into: &out)

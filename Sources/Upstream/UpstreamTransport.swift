@@ -66,7 +66,7 @@ public struct UpstreamRequest: Sendable {
 public struct UpstreamResponse: Sendable {
     public var status: Int
     /// Response headers in arrival order, names lower-cased.
-    public var headers: [(name: String, value: String)]
+    public var headers: HeaderFields
     public var body: ByteBuffer
     /// True when the body was cut at the configured size cap.
     public var bodyTruncated: Bool
@@ -74,7 +74,7 @@ public struct UpstreamResponse: Sendable {
     /// connection closed or the upstream refused it unprocessed.
     public var attempts: Int
 
-    public init(status: Int, headers: [(name: String, value: String)], body: ByteBuffer, bodyTruncated: Bool = false,
+    public init(status: Int, headers: HeaderFields, body: ByteBuffer, bodyTruncated: Bool = false,
                 attempts: Int = 1) {
         self.status = status
         self.headers = headers
@@ -85,7 +85,7 @@ public struct UpstreamResponse: Sendable {
 
     /// First value of a header, by lower-case name.
     public func header(_ name: String) -> String? {
-        headers.first(where: { $0.name == name })?.value
+        headers.first(name: name)
     }
 }
 

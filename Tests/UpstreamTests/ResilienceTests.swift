@@ -13,7 +13,7 @@ struct RetryPolicyTests {
     }
 
     func answer(_ status: Int, _ headers: [(String, String)] = []) -> UpstreamResult {
-        .success(UpstreamResponse(status: status, headers: headers.map { (name: $0.0, value: $0.1) }, body: ByteBuffer()))
+        .success(UpstreamResponse(status: status, headers: HeaderFields(headers.map { (name: $0.0, value: $0.1) }), body: ByteBuffer()))
     }
 
     func decide(_ outcome: UpstreamResult, _ method: String = "GET", headers: [(String, String)] = [], attempt: Int = 1,

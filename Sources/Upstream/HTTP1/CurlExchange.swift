@@ -14,7 +14,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
 
     var easy: UnsafeMutableRawPointer?
     var headerList: UnsafeMutablePointer<curl_slist>?
-    var headers: [(name: String, value: String)] = []
+    var headers = HeaderFields()
     var body = ByteBuffer()
     var truncated = false
     /// A HEAD with a body: it cannot go out under CURLOPT_NOBODY (curl then sends no body), and
@@ -77,9 +77,9 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         // "HTTP/": a status line. Compared byte by byte: a generic `starts(with:)` cost about a
         // hundred instructions for each header line (issue 13).
         if end > 5 && bytes[0] == 0x48 && bytes[1] == 0x54 && bytes[2] == 0x54 && bytes[3] == 0x50 && bytes[4] == 0x2F {
-            headers.removeAll(keepingCapacity: true)
+            headers.removeAll()
             // Room for a usual answer's fields: growing from empty was four allocations per item.
-            headers.reserveCapacity(8)
+            headers.reserveCapacity(256)
             // "HTTP/1.1 1xx ...": the status code's first digit follows the first space.
             if let space = bytes.firstIndex(of: 32), space + 1 < end {
                 interimHead = bytes[space + 1] == UInt8(ascii: "1")
@@ -87,14 +87,10 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             return true
         }
         guard let colon = bytes.firstIndex(of: 58) else { return true }
-        // Lowered on the stack: an array here was an allocation per header line (issue 13).
-        let name = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: colon) { lowered in
-            for i in 0..<colon { lowered[i] = HTTPSyntax.lowercased(bytes[i]) }
-            return HeaderName.intern(UnsafeBufferPointer(lowered))
-        }
         var start = colon + 1
         while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
-        headers.append((name, transport.recentHeaderValues.value(for: name, UnsafeBufferPointer(rebasing: bytes[start..<end]))))
+        headers.append(name: UnsafeBufferPointer(rebasing: bytes[0..<colon]), value: UnsafeBufferPointer(rebasing: bytes[start..<end]),
+                       lowercasingName: true)
         return true
     }
 

@@ -49,8 +49,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// issue 13). Curl gets at most `connections` transfers at a time.
     private var waiting = CircularBuffer<CurlExchange>()
     private var spareHandles: [UnsafeMutableRawPointer] = []
-    /// Response header values repeated from one transfer to the next (the exchanges' header callback).
-    var recentHeaderValues = RecentHeaderValues()
     /// CURLOPT_ERRORBUFFER per easy handle, freed with the handle when the thread ends.
     private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
     /// The url of the transfer being configured, NUL-terminated.

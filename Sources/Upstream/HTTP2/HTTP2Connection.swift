@@ -50,7 +50,6 @@ final class HTTP2Connection {
     private var sharedFields = HeaderFieldBytes()
     private var sharedSource: [(name: String, value: String)]?
     private var nva: [nghttp2_nv] = []
-    private var recentValues = RecentHeaderValues()
 
     /// The per-stream flow-control window offered to the upstream: one whole body
     /// (`max_response_bytes`, within 64 KiB–16 MiB). An answer then arrives without waiting for
@@ -497,16 +496,15 @@ final class HTTP2Connection {
             let code = Self.parseStatus(value)
             if code >= 200 {
                 exchange.status = code
-                exchange.headers.removeAll(keepingCapacity: true)
-                // One allocation for a usual answer's few headers, not one per doubling.
-                exchange.headers.reserveCapacity(8)
+                exchange.headers.removeAll()
+                // One allocation for a usual answer's fields, not one per doubling.
+                exchange.headers.reserveCapacity(256)
             }
             return
         }
         // Headers of a 1xx interim response, and trailers after the body, are not kept.
         guard exchange.status >= 200, exchange.body.readableBytes == 0 else { return }
-        let name = HeaderName.intern(name)
-        exchange.headers.append((name, recentValues.value(for: name, value)))
+        exchange.headers.append(name: name, value: value)
     }
 
     private static func parseStatus(_ value: UnsafeBufferPointer<UInt8>) -> Int {

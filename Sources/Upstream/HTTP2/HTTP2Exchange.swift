@@ -10,7 +10,7 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
 
     // Response state, filled by nghttp2 callbacks.
     var status = 0
-    var headers: [(name: String, value: String)] = []
+    var headers = HeaderFields()
     var body: ByteBuffer
     var truncated = false
     var sawResponseBytes = false
@@ -52,7 +52,7 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     /// Forget what an attempt received, before sending it again elsewhere.
     func resetForResend() {
         status = 0
-        headers.removeAll(keepingCapacity: true)
+        headers.removeAll()
         body.clear()
         truncated = false
         sawResponseBytes = false
