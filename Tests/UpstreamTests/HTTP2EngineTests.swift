@@ -130,6 +130,18 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         }
     }
 
+    /// RST_STREAM NO_ERROR ends a stream, not its answer: an answer whose END_STREAM never came is
+    /// cut short, and must not be reported as the upstream's 200 with part of its body.
+    @Test func aStreamResetWithNoErrorBeforeItsAnswerEndedIsA502() async throws {
+        try await withH2 { transport, _ in
+            let out = await runCalls(transport, [get("/partial-rst"), get("/ok")], within: 3)
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 502)
+            #expect(out.reason(0).contains("reset the stream: NO_ERROR"))
+            #expect(out.status(1) == 200)
+        }
+    }
+
     @Test(arguments: ["/early", "/early-rst"])
     func anAnswerBeforeTheBodyIsReadSettlesAtOnce(path: String) async throws {
         try await withH2 { transport, _ in

@@ -13,6 +13,8 @@ import NIOPosix
 ///   time for each full path, then an answer
 /// - `/early`, `/early-rst`: answered as soon as HEADERS arrive, before the body is read
 ///   (then, for `-rst`, RST_STREAM NO_ERROR as RFC 9113 §8.1 allows)
+/// - `/partial-rst`: HEADERS 200 and part of a body, then RST_STREAM NO_ERROR without END_STREAM
+///   (the answer never ended)
 /// - `/close-once`: the connection is closed without an answer the first time; 404 afterwards
 /// - `/goaway`: (the first time) GOAWAY NO_ERROR whose last stream id is two streams back;
 ///   streams up to it are answered, later ones never are (the client must re-send them), then
@@ -350,6 +352,15 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             } else {
                 answer(stream, status: 200)
             }
+        } else if path == "/partial-rst" {
+            open[stream]!.answered = true
+            var block: [UInt8] = []
+            literal(":status", "200", into: &block)
+            literal("content-type", "application/json", into: &block)
+            write(type: 1, flags: 0x4, stream: stream, block)
+            write(type: 0, flags: 0, stream: stream, Array("{\"partial\":".utf8))
+            write(type: 3, flags: 0, stream: stream, be32(0))
+            open.removeValue(forKey: stream)
         } else if path.hasPrefix("/reset/") {
             open.removeValue(forKey: stream)
             write(type: 3, flags: 0, stream: stream, be32(UInt32(path.dropFirst(7)) ?? 2))

@@ -554,7 +554,9 @@ final class HTTP2Connection {
                 parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError,
                     "could not send the request to upstream \(name) over HTTP/2: \(unsent.reason)"))))
             }
-        } else if errorCode == 0 && exchange.status >= 200 {
+        } else if errorCode == 0 && exchange.responseComplete {
+            // Only an answer whose END_STREAM came is whole: RST_STREAM NO_ERROR after it is how a
+            // server stops an upload it no longer needs (RFC 9113 §8.1); before it, the answer was cut.
             parkedOutcomes.append((exchange, .success(exchange.response)))
         } else if (errorCode == NGHTTP2_REFUSED_STREAM.rawValue || stream > machine.lastProcessedStreamID)
                     && !exchange.sawResponseBytes && exchange.sends < HTTP2ConnectionStateMachine.maxSends {
@@ -564,7 +566,7 @@ final class HTTP2Connection {
             parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError,
                 "upstream \(name) sent an invalid HTTP/2 response (\(invalid)); Sheaf reset the stream"))))
         } else {
-            let reason = errorCode == 0
+            let reason = errorCode == 0 && !exchange.sawResponseBytes
                 ? "upstream \(name) ended the stream without a response"
                 : "upstream \(name) reset the stream: \(String(cString: nghttp2_http2_strerror(errorCode)))"
             let cause: UpstreamError.Cause = errorCode == NGHTTP2_REFUSED_STREAM.rawValue && !exchange.sawResponseBytes ? .refusedStream : .reset
