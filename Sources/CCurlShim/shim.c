@@ -28,27 +28,107 @@ CURLcode sheaf_msg_result(const CURLMsg *message) {
     return message->data.result;
 }
 
-/* Counting the sockets curl opens and closes for a transfer's connections: curl keeps its
-   connection pool to itself, and these callbacks are the one place that sees every socket. */
+/* The sockets curl opens and closes for a transport's connections: curl keeps its connection
+   pool to itself, and these callbacks are the one place that sees every socket. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
-static curl_socket_t sheaf_open_socket(void *counter, curlsocktype purpose, struct curl_sockaddr *address) {
+
+sheaf_sockets *sheaf_sockets_create(void) {
+    return calloc(1, sizeof(sheaf_sockets));
+}
+
+void sheaf_sockets_destroy(sheaf_sockets *sockets) {
+    if (!sockets) return;
+    free(sockets->fds);
+    free(sockets->ports);
+    free(sockets->requests);
+    free(sockets);
+}
+
+long sheaf_sockets_count(const sheaf_sockets *sockets) {
+    return __atomic_load_n(&sockets->count, __ATOMIC_RELAXED);
+}
+
+static curl_socket_t sheaf_open_socket(void *userp, curlsocktype purpose, struct curl_sockaddr *address) {
     (void)purpose;
+    sheaf_sockets *sockets = userp;
+    if (sockets->used == sockets->capacity) {
+        int capacity = sockets->capacity ? sockets->capacity * 2 : 8;
+        curl_socket_t *fds = realloc(sockets->fds, capacity * sizeof *fds);
+        if (fds) sockets->fds = fds;
+        int *ports = realloc(sockets->ports, capacity * sizeof *ports);
+        if (ports) sockets->ports = ports;
+        long *requests = realloc(sockets->requests, capacity * sizeof *requests);
+        if (requests) sockets->requests = requests;
+        if (!fds || !ports || !requests) return CURL_SOCKET_BAD;
+        sockets->capacity = capacity;
+    }
     curl_socket_t fd = socket(address->family, address->socktype, address->protocol);
-    if (fd != CURL_SOCKET_BAD) __atomic_add_fetch((long *)counter, 1, __ATOMIC_RELAXED);
+    if (fd == CURL_SOCKET_BAD) return fd;
+    sockets->fds[sockets->used] = fd;
+    sockets->ports[sockets->used] = 0;
+    sockets->requests[sockets->used] = 0;
+    sockets->used++;
+    __atomic_add_fetch(&sockets->count, 1, __ATOMIC_RELAXED);
     return fd;
 }
-static int sheaf_close_socket(void *counter, curl_socket_t fd) {
-    __atomic_sub_fetch((long *)counter, 1, __ATOMIC_RELAXED);
+
+static int sheaf_close_socket(void *userp, curl_socket_t fd) {
+    sheaf_sockets *sockets = userp;
+    for (int i = 0; i < sockets->used; i++) {
+        if (sockets->fds[i] != fd) continue;
+        sockets->used--;
+        sockets->fds[i] = sockets->fds[sockets->used];
+        sockets->ports[i] = sockets->ports[sockets->used];
+        sockets->requests[i] = sockets->requests[sockets->used];
+        __atomic_sub_fetch(&sockets->count, 1, __ATOMIC_RELAXED);
+        break;
+    }
     return close(fd);
 }
-CURLcode sheaf_easy_count_sockets(CURL *handle, long *counter) {
-    CURLcode code = curl_easy_setopt(handle, CURLOPT_OPENSOCKETFUNCTION, sheaf_open_socket);
-    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_OPENSOCKETDATA, counter);
-    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_CLOSESOCKETFUNCTION, sheaf_close_socket);
-    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_CLOSESOCKETDATA, counter);
-    return code;
+
+static int sheaf_local_port(curl_socket_t fd) {
+    struct sockaddr_storage address;
+    socklen_t length = sizeof address;
+    if (getsockname(fd, (struct sockaddr *)&address, &length) != 0) return 0;
+    if (address.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&address)->sin_port);
+    if (address.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&address)->sin6_port);
+    return 0;
 }
-long sheaf_counter_load(const long *counter) {
-    return __atomic_load_n(counter, __ATOMIC_RELAXED);
+
+/* The connection a request is about to go on, found by its local port (curl names it no other
+   way here); each socket's port is looked up once. -1 when none matches. */
+static int sheaf_find_connection(sheaf_sockets *sockets, int local_port) {
+    for (int i = 0; i < sockets->used; i++) {
+        if (sockets->ports[i] == 0) sockets->ports[i] = sheaf_local_port(sockets->fds[i]);
+        if (sockets->ports[i] == local_port) return i;
+    }
+    return -1;
+}
+
+static int sheaf_before_request(void *userp, char *primary_ip, char *local_ip, int primary_port, int local_port) {
+    (void)primary_ip; (void)local_ip; (void)primary_port;
+    sheaf_sockets *sockets = userp;
+    int i = sheaf_find_connection(sockets, local_port);
+    /* A fresh connection goes as it is (a TLS server may still be sending session tickets). */
+    if (i < 0 || sockets->requests[i]++ == 0) return CURL_PREREQFUNC_OK;
+    char byte;
+    ssize_t n = recv(sockets->fds[i], &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return CURL_PREREQFUNC_OK;
+    /* Bytes nobody asked for, the peer's close, or an error: not a connection to send on. */
+    sockets->stale++;
+    return CURL_PREREQFUNC_ABORT;
+}
+
+CURLcode sheaf_easy_watch_sockets(CURL *handle, sheaf_sockets *sockets) {
+    CURLcode code = curl_easy_setopt(handle, CURLOPT_OPENSOCKETFUNCTION, sheaf_open_socket);
+    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_OPENSOCKETDATA, sockets);
+    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_CLOSESOCKETFUNCTION, sheaf_close_socket);
+    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_CLOSESOCKETDATA, sockets);
+    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_PREREQFUNCTION, sheaf_before_request);
+    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_PREREQDATA, sockets);
+    return code;
 }

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import Testing
 import Upstream
@@ -16,5 +17,22 @@ extension CurlTransportTests {
         #expect(half?.message == "upstream legacy connection failed: transfer closed with 90 bytes remaining to read")
         // The upstream's own error status is an answer, not a failure.
         #expect(harness.execute(UpstreamRequest(method: "GET", path: "/status/503")).settlements.response()?.status == 503)
+    }
+
+    /// Bytes an upstream sends on an idle keep-alive connection answer nothing Sheaf asked: the
+    /// next item must not take them for its answer (it would report another request's status
+    /// and body, perhaps another client's). It goes out on a fresh connection instead, and the
+    /// upstream receives it.
+    @Test(arguments: ["/stale-after/50", "/idle-408/50"])
+    func bytesOnAnIdleConnectionAreNobodysAnswer(first: String) throws {
+        let harness = try CurlHarness { $0.connections = 1 }
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        #expect(harness.execute(UpstreamRequest(method: "GET", path: first)).settlements.response()?.status == 200)
+        usleep(250_000)  // the unsolicited bytes are in by now
+        let next = harness.execute(UpstreamRequest(method: "GET", path: "/ok?next")).settlements.response()
+        #expect(next?.status == 200)
+        #expect(next.map { String(buffer: $0.body) } == "ok")
+        let requests = harness.awaitRequests(2)
+        #expect(requests.map(\.target) == [first, "/ok?next"])
     }
 }

@@ -14,6 +14,10 @@ import NIOPosix
 /// - `/busy-once/RA`: the first time for each full target (query included), 503 with
 ///   `Retry-After: RA`; afterwards `/ok`'s answer;
 /// - `/busy/RA`: always 503 with `Retry-After: RA`;
+/// - `/stale-after/MS`: `/ok`'s answer, then MS ms later an answer nobody asked for (`299`,
+///   body `stale`) on the idle keep-alive connection;
+/// - `/idle-408/MS`: `/ok`'s answer, then MS ms later `408` with `Connection: close`, and the
+///   connection closes (what servers send when a keep-alive connection idles too long);
 /// - anything else: 404.
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
@@ -157,6 +161,19 @@ private final class ScriptedConnection: ChannelInboundHandler {
             send(status: 200, body: "ok", headOnly: isHead, context: context)
         case ("busy", 2):
             write("HTTP/1.1 503 Busy\r\nRetry-After: \(parts[1])\r\nContent-Length: 0\r\n\r\n", context: context)
+        case ("stale-after", 2) where Int(parts[1]) != nil, ("idle-408", 2) where Int(parts[1]) != nil:
+            send(status: 200, body: "ok", headOnly: isHead, context: context)
+            let closes = parts[0] == "idle-408"
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: .milliseconds(Int64(parts[1])!)) {
+                let (connection, context) = bound.value
+                if closes {
+                    connection.write("HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", context: context)
+                    context.close(promise: nil)
+                } else {
+                    connection.write("HTTP/1.1 299 Stale\r\nContent-Length: 5\r\n\r\nstale", context: context)
+                }
+            }
         case ("silent", 1):
             done = true
         case ("close", 1):

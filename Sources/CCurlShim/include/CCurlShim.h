@@ -18,9 +18,25 @@ CURLcode sheaf_easy_getinfo_long(CURL *handle, CURLINFO info, long *value);
 CURLcode sheaf_easy_getinfo_ptr(CURL *handle, CURLINFO info, void **value);
 CURLMcode sheaf_multi_setopt_long(CURLM *handle, CURLMoption option, long value);
 
-/* Counts the sockets of the transfer's connections in *counter (atomically). */
-CURLcode sheaf_easy_count_sockets(CURL *handle, long *counter);
-long sheaf_counter_load(const long *counter);
+/* The sockets of one transport's connections, as curl opens and closes them (its callbacks run
+   on the curl thread; `count` is also read elsewhere, atomically, for the connections gauge). */
+typedef struct sheaf_sockets {
+    long count;
+    int used, capacity;
+    curl_socket_t *fds;
+    int *ports;     /* local port of each, 0 until looked up */
+    long *requests; /* requests started on each connection */
+    long stale;     /* requests kept off a reused connection that held unsolicited bytes */
+} sheaf_sockets;
+
+sheaf_sockets *sheaf_sockets_create(void);
+void sheaf_sockets_destroy(sheaf_sockets *sockets);
+long sheaf_sockets_count(const sheaf_sockets *sockets);
+/* Registers the handle's sockets in `sockets`, and checks a reused connection before each
+   request goes on it: bytes already waiting there answer nothing this request asked (a late
+   answer, a 408 before a close), so the transfer is aborted (CURLE_ABORTED_BY_CALLBACK) before
+   anything is sent, and curl closes that connection. */
+CURLcode sheaf_easy_watch_sockets(CURL *handle, sheaf_sockets *sockets);
 /* CURLMsg.data is a union; Swift reads the result code through this. */
 CURLcode sheaf_msg_result(const CURLMsg *message);
 

@@ -23,6 +23,9 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     let endsAtHead: Bool
     /// True once the transfer was ended on purpose after the final answer's head.
     private(set) var stoppedAtHead = false
+    /// Connections refused to this exchange before its request went out (they held bytes
+    /// nobody asked for): `CurlTransport` gives up after a few.
+    var connectionsRefused = 0
     /// The header block being read answers with 1xx: another head follows.
     private var interimHead = false
 

@@ -35,8 +35,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         didSet { publishLoad() }
     }
     private let engineGauges = UpstreamGauges(protocolName: "http/1.1")
-    /// Sockets curl has open (its callbacks count them, atomically, on the curl thread).
-    private let openSockets = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+    /// Sockets curl has open, registered by its callbacks on the curl thread (the count is read
+    /// atomically); also where a reused connection is checked before a request goes on it.
+    private let sockets: UnsafeMutablePointer<sheaf_sockets> = sheaf_sockets_create()
     /// False once the curl thread is about to clean `multi` up: nothing may wake it after that.
     private var multiAlive = true
     private var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
@@ -59,7 +60,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         self.events = events
-        openSockets.initialize(to: 0)
         let endpoint = configuration.endpoint
         if let name = configuration.serverName {
             urlOrigin = "\(endpoint.scheme)://\(name):\(endpoint.port)"
@@ -82,11 +82,11 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     deinit {
         // The curl thread holds the transport until it has cleaned the multi handle up, and
         // with it every socket whose close the callbacks count.
-        openSockets.deallocate()
+        sheaf_sockets_destroy(sockets)
     }
 
     public var gauges: [UpstreamGauges] {
-        engineGauges.connections.store(sheaf_counter_load(openSockets), ordering: .relaxed)
+        engineGauges.connections.store(sheaf_sockets_count(sockets), ordering: .relaxed)
         return [engineGauges]
     }
 
@@ -335,7 +335,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             sheaf_easy_setopt_string(easy, CURLOPT_CAINFO, caFile)
         }
         if let connectTo { sheaf_easy_setopt_ptr(easy, CURLOPT_CONNECT_TO, connectTo) }
-        sheaf_easy_count_sockets(easy, openSockets)
+        sheaf_easy_watch_sockets(easy, sockets)
         if let certificate = configuration.clientCertificate, let key = configuration.clientKey {
             sheaf_easy_setopt_string(easy, CURLOPT_SSLCERT, certificate)
             sheaf_easy_setopt_string(easy, CURLOPT_SSLKEY, key)
@@ -399,6 +399,13 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle,
                   let exchange = active[easy] else { continue }
             let code = sheaf_msg_result(message)
+            if code == CURLE_ABORTED_BY_CALLBACK {
+                // Kept off a reused connection that held bytes nobody asked for
+                // (sheaf_easy_watch_sockets): nothing was sent, and curl closed that connection.
+                // The item goes first in line again, for another connection.
+                reuse(exchange)
+                continue
+            }
             // A transfer stopped at the end of a HEAD's answer (see CurlExchange.endsAtHead) is whole.
             if code == CURLE_OK || exchange.stoppedAtHead {
                 var status = 0
@@ -413,6 +420,29 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     /// Removes the transfer from the multi handle (so a cancelled one stops for real) and settles it.
     private func finish(_ exchange: CurlExchange, _ result: UpstreamResult) {
+        release(exchange)
+        exchange.settle(result)
+    }
+
+    /// An exchange whose request never went out goes to the front of the queue: a connection
+    /// that held unsolicited bytes is gone, and the next may be fine. Bounded, in case every
+    /// connection the upstream gives talks out of turn.
+    private func reuse(_ exchange: CurlExchange) {
+        release(exchange)
+        exchange.connectionsRefused += 1
+        if exchange.connectionsRefused > Self.maxConnectionsRefused {
+            exchange.settle(.failure(UpstreamError(.protocolError,
+                "upstream \(configuration.name) sent bytes nobody asked for on \(Self.maxConnectionsRefused + 1) connections in a row; not sent",
+                attempts: 0)))
+        } else {
+            waiting.prepend(exchange)
+        }
+    }
+
+    static let maxConnectionsRefused = 3
+
+    /// Takes the transfer off the multi handle and keeps its handle for the next one.
+    private func release(_ exchange: CurlExchange) {
         if let easy = exchange.easy {
             curl_multi_remove_handle(multi, easy)
             active.removeValue(forKey: easy)
@@ -425,7 +455,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             free(list)  // CurlHeaderBlock: one allocation
             exchange.headerList = nil
         }
-        exchange.settle(result)
     }
 
     /// The one place libcurl result codes become Sheaf errors.
