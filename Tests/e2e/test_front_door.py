@@ -50,10 +50,14 @@ def test_an_h2c_connection_that_only_pings_is_closed_after_client_timeout(workdi
     s = one_route_sheaf(workdir, "pinger", demo, top="client_timeout: 1s")
     try:
         sock, conn = h2_client(s.port)
+        last = [0.0]
 
         def ping():
-            conn.ping(b"12345678")
-            sock.sendall(conn.data_to_send())
+            # Every 200 ms at most: faster is a flood, which the connection's GOAWAY ends at once.
+            if time.monotonic() - last[0] >= 0.2:
+                last[0] = time.monotonic()
+                conn.ping(b"12345678")
+                sock.sendall(conn.data_to_send())
 
         took = closed_within(sock, 6, keep_alive=ping)
         assert took is not None, "the pinging connection was still open after 6 s"
@@ -395,5 +399,75 @@ def test_a_client_reading_slowly_but_steadily_gets_the_whole_207(workdir, nginx,
         items = json.loads(data)["results"]
         assert sorted(int(x["id"]) for x in items) == list(range(20)) and all(x["status"] == 200 for x in items)
         assert metric(s.url, "sheaf_client_stalls_total") == 0
+    finally:
+        s.stop()
+
+
+def frame(kind, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+@pytest.mark.parametrize("bad", [
+    frame(4, 0, 0, b"\x00\x00\x00"),  # SETTINGS whose length is not a multiple of 6
+    frame(8, 0, 0, (0x7FFFFFFF).to_bytes(4, "big")) * 2,  # the connection's window over 2^31 - 1
+    frame(0, 0, 0, b"abc"),  # DATA on stream 0
+], ids=["settings-length", "window-overflow", "data-on-stream-0"])
+def test_a_connection_error_ends_the_connection_after_its_goaway(workdir, demo, bad):
+    """RFC 9113 §5.4.1: after a connection error, GOAWAY, then the TCP connection closes; it
+    is not held open (for client_timeout) answering each further frame with another GOAWAY."""
+    s = one_route_sheaf(workdir, "connerror", demo, top="client_timeout: 30s")
+    try:
+        sock, conn = h2_client(s.port)
+        sock.sendall(bad)
+        sock.settimeout(0.5)
+        received = b""
+        start = time.monotonic()
+        closed = None
+        while time.monotonic() - start < 5:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                closed = time.monotonic() - start
+                break
+            received += chunk
+        assert closed is not None and closed < 2, f"still open after 5 s (client_timeout 30s); read {received[:80]!r}"
+        events = conn.receive_data(received) if received else []
+        assert any(isinstance(e, h2.events.ConnectionTerminated) for e in events), events
+    finally:
+        s.stop()
+
+
+def test_a_stream_error_leaves_the_connection_serving(workdir, demo):
+    """A stream error (a request without :path) resets that stream only: the next request on
+    the same connection is answered."""
+    s = one_route_sheaf(workdir, "streamerror", demo, top="client_timeout: 30s")
+    try:
+        sock = socket.create_connection(("127.0.0.1", s.port))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding="utf-8", validate_outbound_headers=False, normalize_outbound_headers=False))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "x")], end_stream=True)
+        conn.send_headers(3, [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/healthz")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(0.5)
+        reset, answered, start = False, None, time.monotonic()
+        while answered is None and time.monotonic() - start < 5:
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                continue
+            assert data, "the connection closed"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.StreamReset) and event.stream_id == 1:
+                    reset = True
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == 3:
+                    answered = dict(event.headers)[":status"]
+                assert not isinstance(event, h2.events.ConnectionTerminated), event
+            sock.sendall(conn.data_to_send())
+        assert reset and answered == "200", (reset, answered)
     finally:
         s.stop()

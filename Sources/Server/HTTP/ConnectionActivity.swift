@@ -52,7 +52,10 @@ final class IdleConnectionCloser: ChannelInboundHandler {
 /// - `client_timeout` counts from the moment the connection last served no stream, whatever
 ///   else the client sends (PINGs, SETTINGS, WINDOW_UPDATEs keep the byte-level idle timer
 ///   alive; they must not keep an idle connection open);
-/// - on drain (`ChannelShouldQuiesceEvent`) it sends GOAWAY, and closes as soon as no stream runs.
+/// - on drain (`ChannelShouldQuiesceEvent`) it sends GOAWAY, and closes as soon as no stream runs;
+/// - after a connection error (RFC 9113 §5.4.1), which `NIOHTTP2Handler` answers with GOAWAY and
+///   then passes on, it closes the connection: held open, it answered each further frame of a
+///   hostile client with another GOAWAY until `client_timeout`.
 final class HTTP2FrontConnectionGuard: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
@@ -88,6 +91,32 @@ final class HTTP2FrontConnectionGuard: ChannelInboundHandler {
         check?.cancel()
         check = nil
         context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // A stream error resets that stream only (NIOHTTP2Handler did): the connection serves on.
+        if Self.isStreamScoped(error) { return }
+        context.close(promise: nil)
+    }
+
+    /// The errors `NIOHTTP2Handler` answers with RST_STREAM, not GOAWAY: a request that breaks
+    /// HTTP/2's message rules (RFC 9113 §8.1.1). It reports both kinds alike, as the bare error;
+    /// anything else it reports ended the connection (a frame it cannot parse, flow control,
+    /// a flood), or is the socket's own failure: either way the connection closes.
+    static func isStreamScoped(_ error: Error) -> Bool {
+        switch error {
+        case is NIOHTTP2Errors.StreamError, is NIOHTTP2Errors.BadStreamStateTransition,
+             is NIOHTTP2Errors.ContentLengthHeaderMalformedValue, is NIOHTTP2Errors.ContentLengthHeaderNegative,
+             is NIOHTTP2Errors.ContentLengthHeadersMismatch, is NIOHTTP2Errors.ContentLengthViolated,
+             is NIOHTTP2Errors.DuplicatePseudoHeader, is NIOHTTP2Errors.EmptyPathHeader,
+             is NIOHTTP2Errors.ForbiddenHeaderField, is NIOHTTP2Errors.InvalidPseudoHeaderValue,
+             is NIOHTTP2Errors.InvalidPseudoHeaders, is NIOHTTP2Errors.PseudoHeaderAfterRegularHeader,
+             is NIOHTTP2Errors.TrailersWithoutEndStream, is NIOHTTP2Errors.UnknownPseudoHeader,
+             is NIOHTTP2Errors.UnsupportedPseudoHeader, is NIOHTTP2Errors.InvalidHTTP2HeaderFieldName:
+            return true
+        default:
+            return false
+        }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
