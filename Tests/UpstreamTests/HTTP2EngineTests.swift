@@ -231,6 +231,25 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         }
     }
 
+    /// After a GOAWAY with an error code, the streams above its last stream id go again on a fresh
+    /// connection: `attempts` counts the times the upstream received each request, no more.
+    @Test func attemptsCountTheSendsAfterAGoawayWithAnError() async throws {
+        try await withH2(timeout: .seconds(3)) { transport, server in
+            for round in 0..<4 {
+                let out = await runCalls(transport, [get("/calm?\(round)"), get("/ok?a\(round)"), get("/ok?b\(round)")])
+                #expect(out.allSettledOnce)
+                #expect(out.status(0) == 502 && out.status(1) == 200 && out.status(2) == 200)
+                let requests = server.record.withLockedValue { $0.requests }
+                for (index, path) in ["/calm?\(round)", "/ok?a\(round)", "/ok?b\(round)"].enumerated() {
+                    let received = requests.filter { $0.path == path }.count
+                    #expect(out.attempts(index) == received, "round \(round), \(path): attempts \(out.attempts(index)), received \(received)")
+                }
+                let clean = await runCalls(transport, [get("/ok?c\(round)"), get("/ok?d\(round)")])
+                #expect(clean.allSettledOnce && clean.attempts(0) == 1 && clean.attempts(1) == 1)
+            }
+        }
+    }
+
     @Test(arguments: [UInt32(1), 0])
     func maxConcurrentStreamsIsHonoured(limit: UInt32) async throws {
         var script = ScriptedHTTP2Server.Script()

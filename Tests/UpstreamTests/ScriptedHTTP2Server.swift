@@ -21,6 +21,8 @@ import NIOPosix
 ///   the connection closes; afterwards an ordinary 200
 /// - `/kill`: GOAWAY COMPRESSION_ERROR covering every stream so far, and silence (as nginx does
 ///   while it finishes what it started)
+/// - `/calm`: GOAWAY ENHANCE_YOUR_CALM whose last stream id is this request's, and silence
+///   (the connection stays open); later streams on it were never processed
 /// - `/malformed`: a DATA frame on stream 0 (a connection error)
 /// - `/nostatus`, `/upperheader`: an answer without `:status`, or with an upper-case header name
 /// - `/bytes/N`: N bytes of body, sent as the client's flow-control windows allow (the count
@@ -298,6 +300,9 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
         case "/kill":
             goawayLast = highestStream
             write(type: 7, flags: 0, stream: 0, be32(highestStream) + be32(0x9) + Array("too large header field".utf8))
+        case "/calm":
+            goawayLast = stream
+            write(type: 7, flags: 0, stream: 0, be32(stream) + be32(0xB) + Array("calm down".utf8))
         case "/malformed":
             write(type: 0, flags: 0, stream: 0, [1, 2, 3])
         case "/goaway" where server.firstTime("goaway"):
