@@ -142,6 +142,20 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         }
     }
 
+    /// A body unlike its content-length is an answer HTTP/2 forbids: Sheaf resets the stream, and
+    /// the item says so; it does not blame the upstream for a reset it did not send.
+    @Test(arguments: ["/short-body", "/long-body"])
+    func aBodyUnlikeItsContentLengthIsNamedAsSuch(path: String) async throws {
+        try await withH2 { transport, _ in
+            let out = await runCalls(transport, [get(path), get("/ok")], within: 3)
+            #expect(out.allSettledOnce)
+            #expect(out.status(0) == 502 && out.status(1) == 200)
+            #expect(out.reason(0).contains("sent an invalid HTTP/2 response"), "\(out.reason(0))")
+            #expect(out.reason(0).contains("Sheaf reset the stream"))
+            if case .failure(let error)? = out.results[0].first { #expect(error.cause != .reset) }
+        }
+    }
+
     @Test(arguments: ["/early", "/early-rst"])
     func anAnswerBeforeTheBodyIsReadSettlesAtOnce(path: String) async throws {
         try await withH2 { transport, _ in

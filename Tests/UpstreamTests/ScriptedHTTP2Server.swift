@@ -21,6 +21,8 @@ import NIOPosix
 ///   the connection closes; afterwards an ordinary 200
 /// - `/kill`: GOAWAY COMPRESSION_ERROR covering every stream so far, and silence (as nginx does
 ///   while it finishes what it started)
+/// - `/short-body`, `/long-body`: `content-length: 10` and a body of 2 or 20 bytes (an answer
+///   HTTP/2 forbids, RFC 9113 §8.1.1: the client resets the stream)
 /// - `/calm`: GOAWAY ENHANCE_YOUR_CALM whose last stream id is this request's, and silence
 ///   (the connection stays open); later streams on it were never processed
 /// - `/malformed`: a DATA frame on stream 0 (a connection error)
@@ -357,6 +359,14 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             } else {
                 answer(stream, status: 200)
             }
+        } else if path == "/short-body" || path == "/long-body" {
+            open[stream]!.answered = true
+            var block: [UInt8] = []
+            literal(":status", "200", into: &block)
+            literal("content-length", "10", into: &block)
+            write(type: 1, flags: 0x4, stream: stream, block)
+            write(type: 0, flags: 0x1, stream: stream, Array((path == "/short-body" ? "ok" : "twenty bytes of body").utf8))
+            open.removeValue(forKey: stream)
         } else if path == "/partial-rst" {
             open[stream]!.answered = true
             var block: [UInt8] = []

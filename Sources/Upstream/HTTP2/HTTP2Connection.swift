@@ -43,6 +43,9 @@ final class HTTP2Connection {
     private var peerError: String?
     /// Streams whose answer nghttp2 refused as invalid HTTP, with why.
     private var invalidResponses: [Int32: String] = [:]
+    /// Streams the peer reset (RST_STREAM received). A stream closed with an error code that is
+    /// not here was reset by nghttp2, for Sheaf: its answer broke HTTP/2's rules.
+    private var peerResets: Set<Int32> = []
     private var flushScheduled = false
     /// The header fields of the request being submitted that are its own.
     private var itemFields = HeaderFieldBytes()
@@ -536,7 +539,12 @@ final class HTTP2Connection {
     fileprivate func streamClosed(stream: Int32, errorCode: UInt32) {
         // Both are empty but for a rare failed stream: no hashing per item then.
         let unsent = notSent.isEmpty ? nil : notSent.removeValue(forKey: stream)
-        let invalid = invalidResponses.isEmpty ? nil : invalidResponses.removeValue(forKey: stream)
+        var invalid = invalidResponses.isEmpty ? nil : invalidResponses.removeValue(forKey: stream)
+        let resetByPeer = !peerResets.isEmpty && peerResets.remove(stream) != nil
+        if invalid == nil, errorCode != 0, errorCode != NGHTTP2_REFUSED_STREAM.rawValue, !resetByPeer {
+            // nghttp2 reset it without naming the frame (a body unlike its content-length).
+            invalid = String(cString: nghttp2_http2_strerror(errorCode))
+        }
         guard let exchange = streams.removeValue(for: Int(stream)) else { return }
         gauges.add(gauges.streams, -1)
         exchange.connection = nil
@@ -593,6 +601,10 @@ final class HTTP2Connection {
         if peerError == nil {
             peerError = "invalid frame of type \(type): \(String(cString: nghttp2_strerror(libraryError)))"
         }
+    }
+
+    fileprivate func peerReset(stream: Int32) {
+        if streams[Int(stream)] != nil { peerResets.insert(stream) }
     }
 
     fileprivate func goaway(lastStreamID: Int32, errorCode: UInt32, debug: String) {
@@ -668,6 +680,8 @@ private let onFrameReceived: nghttp2_on_frame_recv_callback = { _, frame, userDa
         if frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0 {
             withOwner(userData) { $0.endOfResponse(stream: frame.pointee.hd.stream_id) }
         }
+    } else if type == UInt8(NGHTTP2_RST_STREAM.rawValue) {
+        withOwner(userData) { $0.peerReset(stream: frame.pointee.hd.stream_id) }
     } else if type == UInt8(NGHTTP2_GOAWAY.rawValue) {
         let goaway = frame.pointee.goaway
         var debug = ""
