@@ -10,15 +10,28 @@ public enum JSONBatchDecoder {
     static func parse(_ body: ByteBuffer, items: [String], field: String, maxItems: Int, maxDepth: Int) throws(BatchError) -> JSONValue {
         do {
             return try body.withUnsafeReadableBytes { raw in
-                try JSONParser.parse(raw.bindMemory(to: UInt8.self), countingArrayAt: items, upTo: maxItems, maxDepth: maxDepth)
+                try JSONParser.parse(raw.bindMemory(to: UInt8.self), countingArrayAt: items, upTo: maxItems, maxDepth: maxDepth,
+                                     uniqueNames: true)
             }
         } catch is JSONParser.TooManyElements {
             throw .tooManyItems(field: field, maxItems: maxItems)
+        } catch let error as JSONParser.Error where error.duplicate != nil {
+            // Named as the explicit form names its fields: requests[0].method.
+            var name = ""
+            for (index, token) in error.duplicate!.enumerated() {
+                if index == 1, Int(token) != nil { name += "[\(token)]" } else { name += (name.isEmpty ? "" : ".") + token }
+            }
+            throw duplicateName(error, field: name)
         } catch let error as JSONParser.Error {
             throw BatchError(status: 400, field: nil, "body is not valid JSON: \(error)", limit: error.tooDeep ? "max_nesting_depth" : nil)
         } catch {
             throw .badRequest("body is not valid JSON")
         }
+    }
+
+    /// A member name given twice in one object (`JSONParser`'s `uniqueNames`).
+    static func duplicateName(_ error: JSONParser.Error, field: String?) -> BatchError {
+        BatchError(status: 400, field: field, "\(error.message): readers disagree on which one counts (RFC 8259 §4)")
     }
 
     /// The template form: one upstream request per element of the array at `template.items`.
@@ -200,6 +213,8 @@ public struct StreamingTemplateDecoder {
 
     private func batchError(_ failure: JSONArrayStream.Failure) -> BatchError {
         switch failure {
+        case .syntax(let error) where error.duplicate != nil:
+            return JSONBatchDecoder.duplicateName(error, field: error.duplicatePointer)
         case .syntax(let error):
             return BatchError(status: 400, field: nil, "body is not valid JSON: \(error)", limit: error.tooDeep ? "max_nesting_depth" : nil)
         case .tooManyElements:

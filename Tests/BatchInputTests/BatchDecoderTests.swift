@@ -493,3 +493,47 @@ func templatesWithEncodedDotSegmentsAreRefused(path: String) {
     let harmless = ItemOutcome(status: 200, body: ByteBuffer(string: #"{"v":"s"}"#))
     #expect(try resolve([harmless]).get().path == "/api/x/..s")
 }
+
+/// A member name twice in one object means different things to different readers (first wins
+/// in one, last in another): a filter in front of Sheaf could approve a GET that Sheaf sends as a
+/// DELETE. Refused with a 400 naming the second one, in both forms and wherever it sits.
+@Test func aMemberNameGivenTwiceIsRefusedNamingIt() throws {
+    let explicit: [(String, String)] = [
+        (#"{"requests":[{"method":"GET","url":"/a","method":"DELETE"}]}"#, "requests[0].method"),
+        (#"{"requests":[{"url":"/a"}],"requests":[{"url":"/b"}]}"#, "requests"),
+        (#"{"requests":[{"url":"/a","headers":{"x-a":"1","x-a":"2"}}]}"#, "requests[0].headers.x-a"),
+        (#"{"requests":[{"url":"/a","body":{"a/b":1,"a/b":2}}]}"#, "requests[0].body.a/b"),
+    ]
+    for (body, field) in explicit {
+        let error = decodeError { () throws(BatchError) in
+            try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: body), basePath: "", maxItems: 10)
+        }
+        #expect(error?.status == 400, "\(body)")
+        #expect(error?.field == field, "\(body): \(String(describing: error))")
+        #expect(error?.description.contains("given twice") == true)
+    }
+    // Many members: still found (a set, not a scan per name), at the right place.
+    let many = "{" + (0..<40).map { "\"k\($0)\":\($0)" }.joined(separator: ",") + ",\"k7\":1}"
+    let manyError = decodeError { () throws(BatchError) in
+        try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: #"{"requests":[{"url":"/a","body":"# + many + "}]}"),
+                                            basePath: "", maxItems: 10)
+    }
+    #expect(manyError?.field == "requests[0].body.k7")
+    let templated: [(String, String, String)] = [
+        (#"{"ids":[1,2],"ids":[3,4,5]}"#, "/ids", "/u/{item}"),
+        (#"{"users":[{"org":"a","id":1},{"org":"b","id":2,"id":3}]}"#, "/users/1/id", "/orgs/{org}/users/{id}"),
+        (#"{"outer":{"users":[],"users":[{"org":"a","id":1}]}}"#, "/outer/users", "/orgs/{org}/users/{id}"),
+    ]
+    for (body, field, path) in templated {
+        let items = field.hasPrefix("/ids") ? "/ids" : field.hasPrefix("/outer") ? "/outer/users" : "/users"
+        let error = decodeError { () throws(BatchError) in
+            try JSONBatchDecoder.decode(ByteBuffer(string: body), template: try! template(path, items: items), basePath: "", maxItems: 10)
+        }
+        #expect(error?.status == 400, "\(body)")
+        #expect(error?.field == field, "\(body): \(String(describing: error))")
+    }
+    // The same name in different objects, and names off the path, are fine.
+    let fine = try JSONBatchDecoder.decode(ByteBuffer(string: #"{"meta":{"a":1},"other":{"a":2},"users":[{"org":"a","id":1},{"org":"a","id":2}]}"#),
+                                           template: try template("/orgs/{org}/users/{id}", items: "/users"), basePath: "", maxItems: 10)
+    #expect(fine.count == 2)
+}

@@ -38,7 +38,6 @@ private func stream(_ text: String, path: [String], piece: Int, maxElements: Int
     (#"{"a": [0, {"b": ["x", "y"]}]}"#, ["a", "1", "b"]),
     (#"[]"#, []),
     (#" { "ids" : [ ] } "#, ["ids"]),
-    (#"{"ids": [1], "ids": [2, 3]}"#, ["ids"]),
 ])
 func arrayStreamHandsOverTheElementsTheWholeParserFinds(text: String, path: [String]) throws {
     let document = try JSONParser.parse(text)
@@ -118,11 +117,23 @@ func arrayStreamRefusesWhatTheWholeParserRefuses(text: String) {
     }
 }
 
-@Test func aDuplicateKeyOnThePathIsFollowedAsJSONPointerFollowsIt() throws {
-    for text in [#"{"a": {"c": 1}, "a": {"b": [1]}}"#, #"{"a": 1, "a": {"b": [1]}}"#] {
-        #expect(try JSONPointer("/a/b").resolve(in: JSONParser.parse(text)) == nil)
-        #expect(stream(text, path: ["a", "b"], piece: 3).failure == .notFound, "\(text)")
+/// Which of two members with one name a reader follows is not agreed (RFC 8259 §4): on the
+/// path, a name given twice is refused, with where; off the path it does not matter.
+@Test func aDuplicateKeyOnThePathIsRefused() throws {
+    for text in [#"{"a": {"c": 1}, "a": {"b": [1]}}"#, #"{"a": 1, "a": {"b": [1]}}"#, #"{"ids": [1], "ids": [2, 3]}"#] {
+        let path = text.contains("ids") ? ["ids"] : ["a", "b"]
+        for piece in [1, 3, 1000] {
+            guard case .syntax(let error)? = stream(text, path: path, piece: piece).failure else {
+                Issue.record("\(text) accepted")
+                continue
+            }
+            #expect(error.duplicate == [path[0]], "\(text)")
+        }
     }
+    let (elements, failure) = stream(#"{"x": {"a": 1, "a": 2}, "ids": [{"k": 1}, {"k": 2, "k": 3}]}"#, path: ["ids"], piece: 4)
+    guard case .syntax(let error)? = failure else { Issue.record("a duplicate inside an element was accepted"); return }
+    #expect(error.duplicate == ["ids", "1", "k"])
+    #expect(elements.count == 1)
 }
 
 @Test func anElementAtTheDepthLimitMayNotOpenAnotherLevel() {

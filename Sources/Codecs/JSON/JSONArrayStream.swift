@@ -26,6 +26,10 @@ public struct JSONArrayStream {
         var isTarget: Bool
         var key: String?
         var count = 0
+        /// An object on `path`: its member names so far. A name given twice there would make
+        /// which array is read a matter of reader (RFC 8259 §4): refused, as `JSONParser` does
+        /// with `uniqueNames`.
+        var names: Set<String>?
     }
 
     private enum Token {
@@ -118,6 +122,11 @@ public struct JSONArrayStream {
                 let value = try parseBuffer()
                 if isKey {
                     guard case .string(let key) = value else { throw syntax("member name is not a string", at: tokenStart) }
+                    if stack[stack.count - 1].names != nil, !stack[stack.count - 1].names!.insert(key).inserted {
+                        var error = JSONParser.Error(offset: tokenStart, message: "member name \"\(key)\" given twice in one object")
+                        error.duplicate = Array(path.prefix(stack.count - 1)) + [key]
+                        throw .syntax(error)
+                    }
                     stack[stack.count - 1].key = key
                     expect = .colon
                 } else {
@@ -234,7 +243,7 @@ public struct JSONArrayStream {
                 error.tooDeep = true
                 throw .syntax(error)
             }
-            stack.append(Frame(isObject: isObject, onPath: onPath, isTarget: isTarget))
+            stack.append(Frame(isObject: isObject, onPath: onPath, isTarget: isTarget, names: isObject && onPath ? [] : nil))
             expect = isObject ? .keyOrEnd : .valueOrEnd
         case UInt8(ascii: "\""):
             if isTarget { throw .notAnArray(typeName: "string") }
@@ -255,12 +264,14 @@ public struct JSONArrayStream {
         }
     }
 
-    private mutating func parseBuffer(maxDepth: Int = 1) throws(Failure) -> JSONValue {
+    /// `element`: the buffer holds that element of the array (its member names must be unique).
+    private mutating func parseBuffer(maxDepth: Int = 1, element: Int? = nil) throws(Failure) -> JSONValue {
         do {
-            return try buffer.withUnsafeBufferPointer { try JSONParser.parse($0, maxDepth: maxDepth) }
+            return try buffer.withUnsafeBufferPointer { try JSONParser.parse($0, maxDepth: maxDepth, uniqueNames: element != nil) }
         } catch let error as JSONParser.Error {
             var error = error
             error.offset += tokenStart
+            if let inside = error.duplicate, let element { error.duplicate = path + [String(element)] + inside }
             throw .syntax(error)
         } catch {
             throw syntax("invalid JSON", at: tokenStart)
@@ -276,7 +287,7 @@ public struct JSONArrayStream {
     private mutating func endElement(_ element: (Int, JSONValue) -> Void) throws(Failure) {
         token = .none
         // The element's own nesting counts from the array's depth.
-        let value = try parseBuffer(maxDepth: maxDepth - stack.count)
+        let value = try parseBuffer(maxDepth: maxDepth - stack.count, element: elements)
         element(elements, value)
         elements += 1
         valueEnded()

@@ -8,7 +8,19 @@ public struct JSONParser {
         public var message: String
         /// The document is nested past the parser's depth limit (`max_nesting_depth`).
         public var tooDeep = false
+        /// For a member name given twice in one object (`uniqueNames`): the JSON Pointer
+        /// tokens of the second one, so that the 400 names the field.
+        public var duplicate: [String]?
         public var description: String { "\(message) at byte \(offset)" }
+
+        /// `duplicate` as a JSON Pointer (RFC 6901: `~` and `/` escaped).
+        public var duplicatePointer: String? {
+            duplicate.map { tokens in
+                tokens.map { token in
+                    "/" + token.map { $0 == "~" ? "~0" : $0 == "/" ? "~1" : String($0) }.joined()
+                }.joined()
+            }
+        }
     }
 
     /// Thrown by `parse(_:countingArrayAt:upTo:)` at the first element past the limit.
@@ -26,12 +38,17 @@ public struct JSONParser {
 
     /// Nesting past this is an error (`max_nesting_depth`): a deep document costs stack.
     private let depthLimit: Int
+    /// A member name given twice in one object is an error. RFC 8259 §4 leaves such an object's
+    /// meaning to each reader (first wins here, last there): a request Sheaf acts on must not be
+    /// read one way by a filter in front of it and another by Sheaf (RFC 7493 §2.3).
+    private let uniqueNames: Bool
 
     private init(bytes: UnsafeBufferPointer<UInt8>, counted: (path: [String], limit: Int)? = nil,
-                 depthLimit: Int = JSONParser.maxDepth) {
+                 depthLimit: Int = JSONParser.maxDepth, uniqueNames: Bool = false) {
         self.bytes = bytes
         self.counted = counted
         self.depthLimit = min(depthLimit, JSONParser.maxDepth)
+        self.uniqueNames = uniqueNames
     }
 
     public static func parse(_ bytes: UnsafeBufferPointer<UInt8>) throws -> JSONValue {
@@ -42,15 +59,16 @@ public struct JSONParser {
     /// Parses like `parse(_:)`, but throws `TooManyElements` as soon as the array that `path`
     /// (JSON Pointer tokens; empty for the root) names has more than `limit` elements.
     /// `maxDepth`: at most `JSONParser.maxDepth`.
+    /// `uniqueNames`: a member name given twice in one object is an error (`Error.duplicate`).
     public static func parse(_ bytes: UnsafeBufferPointer<UInt8>, countingArrayAt path: [String], upTo limit: Int,
-                             maxDepth: Int = JSONParser.maxDepth) throws -> JSONValue {
-        var parser = JSONParser(bytes: bytes, counted: (path, limit), depthLimit: maxDepth)
+                             maxDepth: Int = JSONParser.maxDepth, uniqueNames: Bool = false) throws -> JSONValue {
+        var parser = JSONParser(bytes: bytes, counted: (path, limit), depthLimit: maxDepth, uniqueNames: uniqueNames)
         return try parser.document()
     }
 
     /// Parses like `parse(_:)`, with nesting limited to `maxDepth` (at most `JSONParser.maxDepth`).
-    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int) throws -> JSONValue {
-        var parser = JSONParser(bytes: bytes, depthLimit: maxDepth)
+    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int, uniqueNames: Bool = false) throws -> JSONValue {
+        var parser = JSONParser(bytes: bytes, depthLimit: maxDepth, uniqueNames: uniqueNames)
         return try parser.document()
     }
 
@@ -134,6 +152,9 @@ public struct JSONParser {
         try enter()
         position += 1
         var members: [(key: String, value: JSONValue)] = []
+        /// The names so far, once an object is large enough that scanning `members` would cost
+        /// quadratic time (a hostile body).
+        var names: Set<String>?
         skipWhitespace()
         if position < bytes.count && bytes[position] == UInt8(ascii: "}") {
             position += 1
@@ -144,7 +165,18 @@ public struct JSONParser {
             skipWhitespace()
             guard position < bytes.count else { throw fail("unexpected end of JSON") }
             guard bytes[position] == UInt8(ascii: "\"") else { throw fail("expected a member name") }
+            let nameStart = position
             let key = try parseString()
+            if uniqueNames {
+                if names == nil, members.count >= 16 { names = Set(members.map(\.key)) }
+                let repeated: Bool
+                if names != nil { repeated = !names!.insert(key).inserted } else { repeated = members.contains { $0.key == key } }
+                if repeated {
+                    var error = Error(offset: nameStart, message: "member name \"\(key)\" given twice in one object")
+                    error.duplicate = [key]
+                    throw error
+                }
+            }
             skipWhitespace()
             guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw fail("expected ':'") }
             position += 1
@@ -152,7 +184,13 @@ public struct JSONParser {
             // Like JSONPointer.resolve, follow the first member with the name only.
             let follows = key == token
             if follows { token = nil }
-            let value = try parseValue(onPath: follows ? onPath.map { $0 + 1 } : nil)
+            let value: JSONValue
+            do {
+                value = try parseValue(onPath: follows ? onPath.map { $0 + 1 } : nil)
+            } catch var error as Error where error.duplicate != nil {
+                error.duplicate!.insert(key, at: 0)
+                throw error
+            }
             members.append((key, value))
             skipWhitespace()
             guard position < bytes.count else { throw fail("unexpected end of JSON") }
@@ -179,7 +217,13 @@ public struct JSONParser {
         var count = 0
         while true {
             skipWhitespace()
-            let value = try parseValue(onPath: token != nil && token == String(count) ? onPath.map { $0 + 1 } : nil)
+            let value: JSONValue
+            do {
+                value = try parseValue(onPath: token != nil && token == String(count) ? onPath.map { $0 + 1 } : nil)
+            } catch var error as Error where error.duplicate != nil {
+                error.duplicate!.insert(String(count), at: 0)
+                throw error
+            }
             count += 1
             if let limit, count > limit { throw TooManyElements(limit: limit) }
             elements.append(value)
