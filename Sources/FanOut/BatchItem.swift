@@ -112,6 +112,9 @@ public struct ItemOutcome: Sendable {
     public var reason: String?
     /// Times the item's request went on the wire; reported when above 1 (a re-send).
     public var attempts: Int
+    /// Sends among `attempts` that repeated a request the upstream left unprocessed (not the
+    /// retry policy's): `sheaf_upstream_resends_total`.
+    public var resends: Int
     /// A route's `then` call made with this answer's values, reported under the item.
     public var then: ChainedResult?
 
@@ -123,6 +126,7 @@ public struct ItemOutcome: Sendable {
         self.bodyTruncated = bodyTruncated
         self.reason = reason
         self.attempts = attempts
+        self.resends = max(0, attempts - 1)
     }
 
     public init(_ result: UpstreamResult) {
@@ -130,8 +134,10 @@ public struct ItemOutcome: Sendable {
         case .success(let response):
             self.init(status: response.status, headers: response.headers, body: response.body,
                       bodyTruncated: response.bodyTruncated, attempts: response.attempts)
+            resends = response.resends
         case .failure(let error):
             self.init(status: error.status, reason: error.message, attempts: error.attempts)
+            resends = error.resends
         }
     }
 

@@ -73,6 +73,15 @@ public struct UpstreamResponse: Sendable {
     /// Times the request went on the wire: above 1 when the transport sent it again after a
     /// connection closed or the upstream refused it unprocessed.
     public var attempts: Int
+    /// Sends among `attempts` that repeated a request the upstream left unprocessed (an engine's
+    /// re-sends); the others are the first send and the retry policy's (`retry`).
+    public var resends: Int {
+        get { countedResends ?? max(0, attempts - 1) }
+        set { countedResends = newValue }
+    }
+    /// Set by the retry policy, which knows which sends were its own; else every send after the
+    /// first was an engine's.
+    private var countedResends: Int?
 
     public init(status: Int, headers: HeaderFields, body: ByteBuffer, bodyTruncated: Bool = false,
                 attempts: Int = 1) {
@@ -128,6 +137,12 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
     /// Times the request went on the wire before it failed (0 when it never left).
     public var attempts: Int
     public var cause: Cause
+    /// As `UpstreamResponse.resends`: the sends that repeated a request left unprocessed.
+    public var resends: Int {
+        get { countedResends ?? max(0, attempts - 1) }
+        set { countedResends = newValue }
+    }
+    private var countedResends: Int?
 
     public init(_ kind: Kind, _ message: String, attempts: Int = 1, cause: Cause = .other) {
         self.kind = kind

@@ -24,6 +24,13 @@ struct Outcomes {
         guard let first = results[i].first, case .failure(let e) = first else { return "" }
         return e.message
     }
+    func resends(_ i: Int) -> Int {
+        switch results[i].first {
+        case .success(let r)?: return r.resends
+        case .failure(let e)?: return e.resends
+        case nil: return -1
+        }
+    }
     func attempts(_ i: Int) -> Int {
         switch results[i].first {
         case .success(let r)?: return r.attempts
@@ -87,8 +94,8 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         try await withH2 { transport, _ in
             let out = await runCalls(transport, [get("/refuse-once"), get("/ok")])
             #expect(out.allSettledOnce)
-            #expect(out.status(0) == 200 && out.attempts(0) == 2)
-            #expect(out.status(1) == 200 && out.attempts(1) == 1)
+            #expect(out.status(0) == 200 && out.attempts(0) == 2 && out.resends(0) == 1)
+            #expect(out.status(1) == 200 && out.attempts(1) == 1 && out.resends(1) == 0)
         }
     }
 

@@ -33,6 +33,8 @@ import Testing
         try await withHTTP1 { transport, server in
             let out = await runCalls(transport, [get("/busy-once/0")])
             #expect(out.allSettledOnce && out.status(0) == 200 && out.attempts(0) == 2)
+            // The policy's retry is not a re-send of an unprocessed request (resends_total).
+            #expect(out.resends(0) == 0)
             #expect(server.requests.count == 2)
         }
     }
@@ -127,8 +129,11 @@ import Testing
         let transport = try TransportFactory.make(configuration(port: server.port, protocol: .h2c), group: group, logger: Logger(label: "test"))
         let out = await runCalls(transport, [get("/reset-once"), post("/reset-once?post")])
         #expect(out.allSettledOnce)
-        #expect(out.status(0) == 200 && out.attempts(0) == 2)
+        #expect(out.status(0) == 200 && out.attempts(0) == 2 && out.resends(0) == 0)
         #expect(out.status(1) == 502 && out.attempts(1) == 1)  // a POST that may have arrived is not sent again
+        // Under the policy too, the engine's re-send of a refused stream is a re-send.
+        let mixed = await runCalls(transport, [get("/refuse-once?mixed")])
+        #expect(mixed.status(0) == 200 && mixed.attempts(0) == 2 && mixed.resends(0) == 1)
         await transport.shutdown()
         await server.stop()
         try await group.shutdownGracefully()

@@ -145,7 +145,7 @@ final class BatchSession: @unchecked Sendable {
     private func settled(_ index: Int, _ item: BatchItem, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
         trace?.itemSettled(index, item, outcome)
         writer.append { out in
-            if outcome.attempts > 1 { resends += outcome.attempts - 1 }
+            resends += outcome.resends
             if chained {
                 let pair = index / 2
                 guard let (otherItem, other) = halves.removeValue(forKey: pair) else {

@@ -160,6 +160,8 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
     private var begun = 0
     private var attempts = 0
     private var sends = 0
+    /// The engines' re-sends within those sends (the policy's own retries are not among them).
+    private var resends = 0
 
     init(request: UpstreamRequest, deadline: NIODeadline, probe: Bool, eventLoop: EventLoop,
          completion: @escaping @Sendable (UpstreamResult) -> Void) {
@@ -194,8 +196,12 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
         lock.withLock {
             attempts += 1
             switch result {
-            case .success(let response): sends += response.attempts
-            case .failure(let error): sends += error.attempts
+            case .success(let response):
+                sends += response.attempts
+                resends += response.resends
+            case .failure(let error):
+                sends += error.attempts
+                resends += error.resends
             }
             relay.inner = nil
             return completion == nil ? nil : attempts
@@ -226,7 +232,7 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
 
     /// Settles the item once, with every send of every attempt counted.
     func finish(_ result: UpstreamResult) {
-        let (done, call, total, retried) = lock.withLock { () -> ((@Sendable (UpstreamResult) -> Void)?, UpstreamCall?, Int, Bool) in
+        let (done, call, total, retried) = lock.withLock { () -> ((@Sendable (UpstreamResult) -> Void)?, UpstreamCall?, (sends: Int, resends: Int), Bool) in
             defer {
                 completion = nil
                 relay.inner = nil
@@ -235,16 +241,16 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
                 deadlineTimer?.cancel()
                 deadlineTimer = nil
             }
-            return (completion, relay.inner, sends, begun > 1)
+            return (completion, relay.inner, (sends, resends), begun > 1)
         }
         guard let done else { return }
         call?.cancel()
         switch result {
         case .success(var response):
-            if retried { response.attempts = total }
+            if retried { (response.attempts, response.resends) = total }
             done(.success(response))
         case .failure(var error):
-            if retried { error.attempts = total }
+            if retried { (error.attempts, error.resends) = total }
             done(.failure(error))
         }
     }
