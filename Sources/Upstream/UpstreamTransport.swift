@@ -153,6 +153,11 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
 
     public var description: String { message }
 
+    /// What every item still open when a transport shuts down says, whichever engine had it.
+    public static func shutDown(attempts: Int = 1) -> UpstreamError {
+        UpstreamError(.shuttingDown, "Sheaf shut down before the item finished", attempts: attempts)
+    }
+
     /// The HTTP status Sheaf reports for this failure.
     public var status: Int {
         switch kind {

@@ -20,7 +20,7 @@ extension CurlTransportTests {
             let error = call.error(within: .seconds(1))
             #expect(error?.kind == .shuttingDown, "call \(index)")
             #expect(error?.status == 503)
-            #expect(error?.message == "Sheaf is shutting down")
+            #expect(error?.message == "Sheaf shut down before the item finished")
         }
         // The /ok and the first /silent: the others never had the connection.
         #expect(harness.server.requests.count == 2)
@@ -38,7 +38,7 @@ extension CurlTransportTests {
         inFlight.call.cancel()
         let error = inFlight.settlements.error(within: .seconds(1))
         #expect(error?.kind == .shuttingDown)
-        #expect(error?.message == "Sheaf is shutting down")
+        #expect(error?.message == "Sheaf shut down before the item finished")
         // The curl thread settles its calls last thing before it cleans up and ends.
         usleep(20_000)
         let late = harness.execute(UpstreamRequest(method: "GET", path: "/ok"))

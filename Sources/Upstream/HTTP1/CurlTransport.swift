@@ -178,7 +178,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     }
 
     private static func shuttingDownError(attempts: Int = 1) -> UpstreamError {
-        UpstreamError(.shuttingDown, "Sheaf is shutting down", attempts: attempts)
+        UpstreamError.shutDown(attempts: attempts)
     }
 
     // MARK: the curl thread

@@ -78,7 +78,7 @@ final class HTTP2Slot {
     func enqueue(_ exchange: HTTP2Exchange) {
         eventLoop.preconditionInEventLoop()
         if isShutDown {
-            exchange.fail(.shuttingDown, "Sheaf is shutting down")
+            exchange.settle(.failure(.shutDown()))
             return
         }
         exchange.headSize = configuration.headSize(exchange.request)
@@ -103,7 +103,7 @@ final class HTTP2Slot {
     func resend(_ exchanges: [HTTP2Exchange]) {
         for exchange in exchanges.reversed() where !exchange.isSettled {
             if isShutDown {
-                exchange.fail(.shuttingDown, "Sheaf shut down before the item finished")
+                exchange.settle(.failure(.shutDown()))
                 continue
             }
             exchange.resetForResend()
@@ -210,13 +210,8 @@ final class HTTP2Slot {
             // Nothing was sent on a connection that never got SETTINGS.
             failQueued(notH2C ? .protocolMismatch : .unreachable, reason, cause: retriable ? .connectFailure : .other)
         }
-        let shutdownMessage = "Sheaf shut down before the item finished"
         for (exchange, error) in failures {
-            if isShutDown {
-                exchange.fail(.shuttingDown, shutdownMessage)
-            } else {
-                exchange.settle(.failure(error))
-            }
+            exchange.settle(.failure(isShutDown ? .shutDown() : error))
         }
         if !resend.isEmpty {
             logger.debug("re-sending items the upstream did not process",
@@ -318,7 +313,7 @@ final class HTTP2Slot {
         isShutDown = true
         tickTask?.cancel()
         tickTask = nil
-        failQueued(.shuttingDown, "Sheaf is shutting down")
+        failQueued(.shuttingDown, UpstreamError.shutDown().message)
         let promise = eventLoop.makePromise(of: Void.self)
         closed = promise
         for connection in connections { connection.close(reason: "Sheaf is shutting down") }
