@@ -18,14 +18,17 @@ public enum HTTPSyntax {
     /// Over the string's contiguous bytes: zipping its UTF-8 view cost over a thousand
     /// instructions a call, once per item on HTTP/2 and three times per header on HTTP/1.1 (issue 13).
     static func isName(_ name: String, _ lowercase: StaticString) -> Bool {
-        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-        guard name.utf8.count == expected.count else { return false }
-        func equal(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-            for i in 0..<bytes.count where lowercased(bytes[i]) != expected[i] { return false }
-            return true
-        }
-        if let answer = name.utf8.withContiguousStorageIfAvailable(equal) { return answer }
-        return Array(name.utf8).withUnsafeBufferPointer(equal)
+        guard name.utf8.count == lowercase.utf8CodeUnitCount else { return false }
+        if let answer = name.utf8.withContiguousStorageIfAvailable({ isName($0, lowercase) }) { return answer }
+        return Array(name.utf8).withUnsafeBufferPointer { isName($0, lowercase) }
+    }
+
+    /// `isName` for a name's bytes (an HTTP/1.1 header line's).
+    static func isName(_ name: UnsafeBufferPointer<UInt8>, _ lowercase: StaticString) -> Bool {
+        guard name.count == lowercase.utf8CodeUnitCount else { return false }
+        let expected = lowercase.utf8Start
+        for i in 0..<name.count where lowercased(name[i]) != expected[i] { return false }
+        return true
     }
 
     /// `name` in any case.

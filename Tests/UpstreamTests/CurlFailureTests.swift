@@ -35,4 +35,20 @@ extension CurlTransportTests {
         let requests = harness.awaitRequests(2)
         #expect(requests.map(\.target) == [first, "/ok?next"])
     }
+
+    /// Answers HTTP/1.1 forbids are 502s that say why, never the upstream's status: two
+    /// Content-Length values that disagree (which body is it? RFC 9112 §6.3), and a 101 to a
+    /// request that asked for no upgrade.
+    @Test func anAnswerHTTP1ForbidsIsA502NamingIt() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let lengths = harness.execute(UpstreamRequest(method: "GET", path: "/two-lengths")).settlements.error()
+        #expect(lengths?.status == 502)
+        #expect(lengths?.message.contains("Content-Length") == true, "\(lengths?.message ?? "")")
+        let switching = harness.execute(UpstreamRequest(method: "GET", path: "/switching")).settlements.error()
+        #expect(switching?.status == 502)
+        #expect(switching?.message.contains("101") == true, "\(switching?.message ?? "")")
+        // The connection after either is not reused wrongly: the next item gets its own answer.
+        #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok")).settlements.response()?.status == 200)
+    }
 }

@@ -18,6 +18,8 @@ import NIOPosix
 ///   body `stale`) on the idle keep-alive connection;
 /// - `/idle-408/MS`: `/ok`'s answer, then MS ms later `408` with `Connection: close`, and the
 ///   connection closes (what servers send when a keep-alive connection idles too long);
+/// - `/two-lengths`: two `Content-Length` fields that disagree (5 and 7), then 7 bytes;
+/// - `/switching`: `101 Switching Protocols` to a request that asked for no upgrade, then close;
 /// - anything else: 404.
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
@@ -174,6 +176,12 @@ private final class ScriptedConnection: ChannelInboundHandler {
                     connection.write("HTTP/1.1 299 Stale\r\nContent-Length: 5\r\n\r\nstale", context: context)
                 }
             }
+        case ("two-lengths", 1):
+            write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello12", context: context)
+        case ("switching", 1):
+            done = true
+            write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", context: context)
+            context.close(promise: nil)
         case ("silent", 1):
             done = true
         case ("close", 1):

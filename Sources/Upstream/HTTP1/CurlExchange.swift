@@ -28,6 +28,11 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     var connectionsRefused = 0
     /// The header block being read answers with 1xx: another head follows.
     private var interimHead = false
+    /// The final head's Content-Length value, to tell a second one that disagrees.
+    private var contentLength: [UInt8]?
+    /// Why the answer is not one HTTP/1.1 allows, when the header callback ended the transfer
+    /// for it; the item's 502 says this instead of curl's "Failed writing header".
+    private(set) var refusal: String?
 
     init(request: UpstreamRequest, deadline: NIODeadline, transport: CurlTransport, maxBodyBytes: Int,
          completion: @escaping @Sendable (UpstreamResult) -> Void) {
@@ -83,15 +88,32 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             headers.removeAll()
             // Room for a usual answer's fields: growing from empty was four allocations per item.
             headers.reserveCapacity(256)
-            // "HTTP/1.1 1xx ...": the status code's first digit follows the first space.
+            contentLength = nil
+            // "HTTP/1.1 1xx ...": the status code follows the first space.
             if let space = bytes.firstIndex(of: 32), space + 1 < end {
                 interimHead = bytes[space + 1] == UInt8(ascii: "1")
+                // Sheaf never asks for an upgrade (Upgrade is hop-by-hop, not forwarded): a 101
+                // answers nothing it sent, and what follows it is not HTTP/1.1.
+                if space + 3 < end, bytes[space + 1] == 0x31, bytes[space + 2] == 0x30, bytes[space + 3] == 0x31 {
+                    refusal = "101 Switching Protocols to a request that asked for no upgrade"
+                    return false
+                }
             }
             return true
         }
         guard let colon = bytes.firstIndex(of: 58) else { return true }
         var start = colon + 1
         while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
+        if colon == 14, HTTPSyntax.isName(UnsafeBufferPointer(rebasing: bytes[0..<colon]), "content-length") {
+            // Two lengths that disagree: which bytes are this body and which the next answer is
+            // anyone's guess (RFC 9112 §6.3); curl takes one. Refused, and the connection closes.
+            let value = Array(bytes[start..<end])
+            if let first = contentLength, first != value {
+                refusal = "Content-Length \(String(decoding: first, as: UTF8.self)) and \(String(decoding: value, as: UTF8.self)) in one answer"
+                return false
+            }
+            contentLength = value
+        }
         headers.append(name: UnsafeBufferPointer(rebasing: bytes[0..<colon]), value: UnsafeBufferPointer(rebasing: bytes[start..<end]),
                        lowercasingName: true)
         return true

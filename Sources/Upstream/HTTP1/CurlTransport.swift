@@ -406,6 +406,11 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 reuse(exchange)
                 continue
             }
+            if let refusal = exchange.refusal {
+                finish(exchange, .failure(UpstreamError(.protocolError,
+                    "upstream \(configuration.name) sent an invalid HTTP/1.1 response (\(refusal))")))
+                continue
+            }
             // A transfer stopped at the end of a HEAD's answer (see CurlExchange.endsAtHead) is whole.
             if code == CURLE_OK || exchange.stoppedAtHead {
                 var status = 0
