@@ -48,6 +48,9 @@ extension CurlTransportTests {
         let switching = harness.execute(UpstreamRequest(method: "GET", path: "/switching")).settlements.error()
         #expect(switching?.status == 502)
         #expect(switching?.message.contains("101") == true, "\(switching?.message ?? "")")
+        let huge = harness.execute(UpstreamRequest(method: "GET", path: "/huge-length")).settlements.error()
+        #expect(huge?.status == 502)
+        #expect(huge?.message.contains("is not a length") == true, "\(huge?.message ?? "")")
         // The connection after either is not reused wrongly: the next item gets its own answer.
         #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok")).settlements.response()?.status == 200)
     }

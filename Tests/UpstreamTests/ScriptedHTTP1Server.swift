@@ -19,6 +19,7 @@ import NIOPosix
 /// - `/idle-408/MS`: `/ok`'s answer, then MS ms later `408` with `Connection: close`, and the
 ///   connection closes (what servers send when a keep-alive connection idles too long);
 /// - `/two-lengths`: two `Content-Length` fields that disagree (5 and 7), then 7 bytes;
+/// - `/huge-length`: a Content-Length of 30 digits, then 5 bytes and close;
 /// - `/switching`: `101 Switching Protocols` to a request that asked for no upgrade, then close;
 /// - anything else: 404.
 ///
@@ -178,6 +179,10 @@ private final class ScriptedConnection: ChannelInboundHandler {
             }
         case ("two-lengths", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello12", context: context)
+        case ("huge-length", 1):
+            done = true
+            write("HTTP/1.1 200 OK\r\nContent-Length: 999999999999999999999999999999\r\n\r\nhello", context: context)
+            context.close(promise: nil)
         case ("switching", 1):
             done = true
             write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", context: context)

@@ -108,6 +108,11 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             // Two lengths that disagree: which bytes are this body and which the next answer is
             // anyone's guess (RFC 9112 §6.3); curl takes one. Refused, and the connection closes.
             let value = Array(bytes[start..<end])
+            // RFC 9110 §8.6: 1*DIGIT. Past 18 digits curl cannot hold it and read to the close.
+            guard !value.isEmpty, value.count <= 18, value.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+                refusal = "Content-Length \(String(decoding: value.prefix(40), as: UTF8.self)) is not a length"
+                return false
+            }
             if let first = contentLength, first != value {
                 refusal = "Content-Length \(String(decoding: first, as: UTF8.self)) and \(String(decoding: value, as: UTF8.self)) in one answer"
                 return false
