@@ -134,6 +134,16 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
 
     public func decide(_ head: HTTPRequestHead, from client: ClientConnection) -> HeadDecision {
         let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
+        if head.version == .http1_1 {
+            // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request, else 400. Two can disagree
+            // (the Forwarded host, a filter in front), none leaves the authority unknown.
+            let hosts = head.headers["host"].count
+            if hosts != 1 {
+                return rejected(Problem.response(.badRequest, detail: hosts == 0 ? "an HTTP/1.1 request must have a Host header field"
+                                                    : "an HTTP/1.1 request must have one Host header field, this one has \(hosts)",
+                                                 field: "host"), entry(head, client, route: nil))
+            }
+        }
         if path == configuration.metricsPath {
             guard head.method == .GET || head.method == .HEAD else {
                 return .respond(Problem.response(.methodNotAllowed, detail: "\(path) answers GET", extraHeaders: ["allow": "GET, HEAD"]))

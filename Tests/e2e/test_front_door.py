@@ -471,3 +471,32 @@ def test_a_stream_error_leaves_the_connection_serving(workdir, demo):
         assert reset and answered == "200", (reset, answered)
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("head,status", [
+    (b"GET /healthz HTTP/1.1\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+    (b"GET /healthz HTTP/1.0\r\n\r\n", 200),
+], ids=["no-host", "two-hosts", "one-host", "http-1.0"])
+def test_an_http11_request_needs_exactly_one_host(sheaf, head, status):
+    """RFC 9112 §3.2: an HTTP/1.1 request without Host, or with two, is a 400 naming the field."""
+    import json
+    sock = socket.create_connection(("127.0.0.1", sheaf.port))
+    try:
+        sock.sendall(head)
+        data = read_head(sock)
+        line = data.split(b"\r\n", 1)[0].decode()
+        assert line.split(" ")[1] == str(status), data[:300]
+        if status == 400:
+            sock.settimeout(3)
+            while not data.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            head_part, body = data.split(b"\r\n\r\n", 1)
+            assert b"application/problem+json" in head_part
+            assert json.loads(body)["field"] == "host"
+    finally:
+        sock.close()
