@@ -28,8 +28,8 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     var connectionsRefused = 0
     /// The header block being read answers with 1xx: another head follows.
     private var interimHead = false
-    /// The final head's Content-Length value, to tell a second one that disagrees.
-    private var contentLength: [UInt8]?
+    /// The final head's Content-Length, to tell a second one that disagrees.
+    private var contentLength: Int?
     /// Why the answer is not one HTTP/1.1 allows, when the header callback ended the transfer
     /// for it; the item's 502 says this instead of curl's "Failed writing header".
     private(set) var refusal: String?
@@ -107,17 +107,24 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         if colon == 14, HTTPSyntax.isName(UnsafeBufferPointer(rebasing: bytes[0..<colon]), "content-length") {
             // Two lengths that disagree: which bytes are this body and which the next answer is
             // anyone's guess (RFC 9112 §6.3); curl takes one. Refused, and the connection closes.
-            let value = Array(bytes[start..<end])
+            var valueEnd = end
+            while valueEnd > start && (bytes[valueEnd - 1] == 32 || bytes[valueEnd - 1] == 9) { valueEnd -= 1 }
+            let value = UnsafeBufferPointer(rebasing: bytes[start..<valueEnd])
             // RFC 9110 §8.6: 1*DIGIT. Past 18 digits curl cannot hold it and read to the close.
-            guard !value.isEmpty, value.count <= 18, value.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+            var length = 0, digits = true
+            for byte in value {
+                digits = digits && byte >= 0x30 && byte <= 0x39
+                length = length &* 10 &+ Int(byte &- 0x30)
+            }
+            guard digits, (1...18).contains(value.count) else {
                 refusal = "Content-Length \(String(decoding: value.prefix(40), as: UTF8.self)) is not a length"
                 return false
             }
-            if let first = contentLength, first != value {
-                refusal = "Content-Length \(String(decoding: first, as: UTF8.self)) and \(String(decoding: value, as: UTF8.self)) in one answer"
+            if let first = contentLength, first != length {
+                refusal = "Content-Length \(first) and \(length) in one answer"
                 return false
             }
-            contentLength = value
+            contentLength = length
         }
         headers.append(name: UnsafeBufferPointer(rebasing: bytes[0..<colon]), value: UnsafeBufferPointer(rebasing: bytes[start..<end]),
                        lowercasingName: true)
