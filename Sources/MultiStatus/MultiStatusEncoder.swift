@@ -110,7 +110,7 @@ public struct ReportedHeaders: Sendable, Equatable {
     /// Whether `field`'s name is reported (names are stored lower-case).
     func allows(_ field: HeaderFields.Field) -> Bool {
         bytes.withUnsafeBufferPointer { bytes in
-            for span in spans where span.count == field.name.count && field.isNamed(UnsafeBufferPointer(rebasing: bytes[span])) {
+            for span in spans where field.isNamed(UnsafeBufferPointer(rebasing: bytes[span])) {
                 return true
             }
             return false

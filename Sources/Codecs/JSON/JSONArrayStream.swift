@@ -123,9 +123,7 @@ public struct JSONArrayStream {
                 if isKey {
                     guard case .string(let key) = value else { throw syntax("member name is not a string", at: tokenStart) }
                     if stack[stack.count - 1].names != nil, !stack[stack.count - 1].names!.insert(key).inserted {
-                        var error = JSONParser.Error(offset: tokenStart, message: "member name \"\(key)\" given twice in one object")
-                        error.duplicate = Array(path.prefix(stack.count - 1)) + [key]
-                        throw .syntax(error)
+                        throw .syntax(.duplicateName(key, at: tokenStart, in: Array(path.prefix(stack.count - 1))))
                     }
                     stack[stack.count - 1].key = key
                     expect = .colon

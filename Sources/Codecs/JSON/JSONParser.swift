@@ -13,6 +13,13 @@ public struct JSONParser {
         public var duplicate: [String]?
         public var description: String { "\(message) at byte \(offset)" }
 
+        /// A member name given twice; `path`: the tokens of the object holding it.
+        static func duplicateName(_ key: String, at offset: Int, in path: [String] = []) -> Error {
+            var error = Error(offset: offset, message: "member name \"\(key)\" given twice in one object")
+            error.duplicate = path + [key]
+            return error
+        }
+
         /// `duplicate` as a JSON Pointer (RFC 6901: `~` and `/` escaped).
         public var duplicatePointer: String? {
             duplicate.map { tokens in
@@ -171,11 +178,7 @@ public struct JSONParser {
                 if names == nil, members.count >= 16 { names = Set(members.map(\.key)) }
                 let repeated: Bool
                 if names != nil { repeated = !names!.insert(key).inserted } else { repeated = members.contains { $0.key == key } }
-                if repeated {
-                    var error = Error(offset: nameStart, message: "member name \"\(key)\" given twice in one object")
-                    error.duplicate = [key]
-                    throw error
-                }
+                if repeated { throw Error.duplicateName(key, at: nameStart) }
             }
             skipWhitespace()
             guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw fail("expected ':'") }
