@@ -211,8 +211,12 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         let received = NIODeadline.now()
         var shared = BatchHeaders(requestID: RequestID.of(head))
         access.requestID = shared.requestID
-        for name in route.configuration.forwardHeaders {
-            for value in head.headers[name] { shared.inherited.append((name, value)) }
+        if !route.configuration.forwardHeaders.isEmpty {
+            // RFC 9110 §7.6.1: a field the request's Connection header names is for this hop only.
+            let hopOnly = Set(head.headers[canonicalForm: "connection"].map { $0.lowercased() })
+            for name in route.configuration.forwardHeaders where !hopOnly.contains(name.lowercased()) {
+                for value in head.headers[name] { shared.inherited.append((name, value)) }
+            }
         }
         if route.configuration.forwarded { shared.imposed = ForwardingHeaders.make(head, client: client) }
         let admitted: AdmissionTicket

@@ -12,7 +12,9 @@ import Darwin
 /// destroy per field to free, about 3,000 instructions per item (issue 13). Names are stored
 /// lower-case (both engines deliver them so); the bytes are always valid UTF-8 (a value that is
 /// not is stored as `String(decoding:)` repairs it), so a writer may copy them as they are.
-public struct HeaderFields: Sendable, Sequence, ExpressibleByArrayLiteral {
+/// Sendable as a value: its storage is never written while shared (copy on write), though
+/// `ManagedBuffer`, its storage's superclass, is not Sendable itself.
+public struct HeaderFields: @unchecked Sendable, Sequence, ExpressibleByArrayLiteral {
     /// Nil until the first field (or a reservation): Sheaf's own outcomes carry none.
     @usableFromInline var storage: HeaderStorage?
     /// Number of fields.
@@ -234,7 +236,7 @@ extension HeaderFields: CustomStringConvertible {
 /// The bytes behind a `HeaderFields`: one allocation, its byte count and capacity in front.
 /// Shared between copies and copied before a write when shared (`HeaderFields.makeRoom`).
 @usableFromInline
-final class HeaderStorage: ManagedBuffer<HeaderStorage.Header, UInt8>, @unchecked Sendable {
+final class HeaderStorage: ManagedBuffer<HeaderStorage.Header, UInt8> {
     @usableFromInline
     struct Header {
         @usableFromInline var used: Int

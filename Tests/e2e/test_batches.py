@@ -209,6 +209,19 @@ def test_forward_headers_copy_only_the_allowlisted_ones(sheaf):
     assert "x-other" not in plain and "x-other" not in own
 
 
+def test_forward_headers_skip_what_the_bulk_request_names_in_connection(sheaf):
+    """RFC 9110 §7.6.1: a field the received Connection header names is for that connection
+    only, so an allowlisted one it names is not forwarded; the others still are."""
+    r = httpx.post(sheaf.url + "/forward", json={"requests": [{"id": "a", "method": "GET", "url": "/echo"}]},
+                   headers={"Authorization": "Bearer abc", "X-Tenant": "t1", "Connection": "keep-alive, X-Tenant"},
+                   timeout=30)
+    assert r.status_code == 207
+    _, by_id = results_by_id(r.text)
+    headers = by_id["a"]["body"]["headers"]
+    assert headers["authorization"] == "Bearer abc"
+    assert "x-tenant" not in headers
+
+
 @pytest.mark.parametrize("accept", ["application/json", "application/xml"])
 def test_request_order_output(sheaf, accept):
     """order: request writes responses in the order of the batch even when later items finish first."""
