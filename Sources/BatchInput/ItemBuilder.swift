@@ -139,6 +139,8 @@ public struct ItemBuilder {
         var forwarded: [(name: String, value: String)] = []
         forwarded.reserveCapacity(headers.count + 1)
         var hasContentType = false
+        // RFC 9110 §7.6.1: what the item's own Connection header names is for that hop only, too.
+        let hopOnly = HTTPSyntax.connectionOptions(headers)
         for header in headers {
             guard !header.name.isEmpty, header.name.utf8.allSatisfy(HTTPSyntax.isTokenByte) else {
                 throw .badRequest(field: "\(field).headers", "\"\(header.name)\" is not a valid header name")
@@ -147,7 +149,7 @@ public struct ItemBuilder {
                 throw .badRequest(field: "\(field).headers.\(header.name)", "value contains a control character (CR, LF or NUL)")
             }
             let lower = header.name.lowercased()
-            if HTTPSyntax.hopByHop.contains(lower) { continue }
+            if HTTPSyntax.hopByHop.contains(lower) || hopOnly.contains(lower) { continue }
             if lower == "content-type" { hasContentType = true }
             forwarded.append(header)
         }

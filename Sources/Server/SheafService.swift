@@ -213,7 +213,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         access.requestID = shared.requestID
         if !route.configuration.forwardHeaders.isEmpty {
             // RFC 9110 §7.6.1: a field the request's Connection header names is for this hop only.
-            let hopOnly = Set(head.headers[canonicalForm: "connection"].map { $0.lowercased() })
+            let hopOnly = HTTPSyntax.connectionOptions(head.headers)
             for name in route.configuration.forwardHeaders where !hopOnly.contains(name.lowercased()) {
                 for value in head.headers[name] { shared.inherited.append((name, value)) }
             }

@@ -71,6 +71,14 @@ private func decodeError(_ body: () throws(BatchError) -> [BatchItem]) -> BatchE
     #expect(items[2].request.map { String(buffer: $0.body!) } == "raw")
 }
 
+/// RFC 9110 §7.6.1: the fields an item's own Connection header names belong to that one hop, as
+/// Connection itself does, so neither goes upstream; the rest of the item's headers do.
+@Test func anItemsConnectionOptionsAreNotForwarded() throws {
+    let body = #"{"requests":[{"method":"GET","url":"/a","headers":{"Connection":"X-Hop, keep-alive","X-Hop":"1","x-kept":"2"}}]}"#
+    let items = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: body), basePath: "", maxItems: 10)
+    #expect(items[0].request?.headers.map(\.name) == ["x-kept"])
+}
+
 @Test(arguments: [
     (#"{"requests":[{"method":"GET","url":"/a"},{"url":"/b"}]}"#, "requests[1].method: missing"),
     (#"{"requests":[{"method":"GET"}]}"#, "requests[0].url: missing"),

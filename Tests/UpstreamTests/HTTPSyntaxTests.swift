@@ -15,3 +15,12 @@ import Testing
     // A long name is stored out of line, a short one inside the string: both ways are read.
     #expect(HTTPSyntax.isName("Access-Control-Request-Headers", "access-control-request-headers"))
 }
+
+/// Connection's options: every field and every comma-separated entry, blanks around it dropped,
+/// in lower case; empty entries and other fields' values are not options.
+@Test func connectionOptionsAreEveryListedNameInLowerCase() {
+    let fields: [(name: String, value: String)] = [
+        ("connection", " X-Hop ,\tkeep-alive"), ("X-Other", "x-not-an-option"), ("CONNECTION", "x-second,,  ")]
+    #expect(HTTPSyntax.connectionOptions(fields) == ["x-hop", "keep-alive", "x-second"])
+    #expect(HTTPSyntax.connectionOptions([(name: String, value: String)]()).isEmpty)
+}
