@@ -500,3 +500,34 @@ def test_an_http11_request_needs_exactly_one_host(sheaf, head, status):
             assert json.loads(body)["field"] == "host"
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("extra", [b"NOT HTTP AT ALL\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"],
+                         ids=["garbage", "a-second-request"])
+@pytest.mark.parametrize("batch", [False, True], ids=["quick", "batch"])
+def test_nothing_is_served_after_a_request_that_said_connection_close(sheaf, extra, batch):
+    """RFC 9112 §9.6: after a request with Connection: close the server processes no further
+    request on that connection: what follows it gets no answer, a 400 included."""
+    sock = socket.create_connection(("127.0.0.1", sheaf.port))
+    try:
+        body = b'{"requests":[{"id":"a","method":"GET","url":"/users/1?delay_ms=300"}]}'
+        first = (b"POST /batch HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body) if batch else \
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        sock.sendall(first + extra)
+        if batch:  # more bytes while the 207 is still being written
+            time.sleep(0.1)
+            sock.sendall(b"MORE\r\n\r\n")
+        sock.settimeout(5)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 207" if batch else b"HTTP/1.1 200"), data[:200]
+        assert data.count(b"HTTP/1.1 ") == 1, data
+        if batch:  # the 207 itself is whole: its last chunk came before the close
+            assert data.endswith(b"\r\n0\r\n\r\n") and b'"succeeded":1' in data, data[-200:]
+    finally:
+        sock.close()

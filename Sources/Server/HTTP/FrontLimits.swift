@@ -39,17 +39,32 @@ public struct FrontLimits: Sendable, Equatable {
 /// Answers an HTTP/1.1 request NIO's parser cannot read: `431` for a head past the parser's own
 /// bound (80 KiB, above Sheaf's configurable limits), `400` otherwise, as problem+json, then
 /// closes. Like NIO's `HTTPServerProtocolErrorHandler`, it says nothing when a response has
-/// already begun, because a second head in the middle of one would corrupt the stream.
+/// already begun, because a second head in the middle of one would corrupt the stream; nor to
+/// bytes after a request that closes the connection.
 final class FrontProtocolErrorHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = Never
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
     private var responding = false
+    /// The request being answered closes the connection; what the client sends after it is ignored.
+    private var closing = false
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if closing {
+            // More of what follows the closing request (the parser stays in its error state).
+            if error is HTTPParserError { return }
+            if case ByteToMessageDecoderError.dataReceivedInErrorState = error { return }
+        }
         guard let parserError = error as? HTTPParserError else {
             context.fireErrorCaught(error)
+            return
+        }
+        if parserError == .closedConnection {
+            // Bytes after a request that said `Connection: close` (RFC 9112 §9.6): no further
+            // request is served on this connection, so they get no answer, a 400 included, and
+            // they do not cut the answer still being written: the connection closes after it.
+            closing = true
             return
         }
         if !responding {

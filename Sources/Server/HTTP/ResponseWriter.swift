@@ -269,7 +269,14 @@ public final class ResponseWriter: @unchecked Sendable {
                 self.lock.withLock { self.stallHandler = nil }  // it holds the batch: let both go
                 self.stallTimer?.cancel()
                 self.stallTimer = nil
-                if !keepAlive { self.context.close(promise: nil) }
+                if !keepAlive {
+                    // Half-closed first, so bytes the client sent after its request (RFC 9112
+                    // §9.6 serves none) cannot turn the close into a reset that loses the
+                    // answer's tail at the client; closed for good 2 s later, or when it closes.
+                    let context = self.context
+                    context.close(mode: .output, promise: nil)
+                    context.eventLoop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
+                }
                 self.onDone()
                 written?()
             }
