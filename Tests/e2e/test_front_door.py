@@ -84,6 +84,15 @@ def test_a_trickled_preface_is_cut_at_client_timeout(workdir, demo):
         s.stop()
 
 
+def read_to_close(sock, timeout):
+    """Everything the server sends until it closes (a socket timeout fails the test)."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
 def read_head(sock, timeout=3):
     sock.settimeout(timeout)
     data = b""
@@ -366,13 +375,7 @@ def test_sigterm_closes_idle_http1_keep_alive_connections_and_ends_busy_ones_aft
     time.sleep(0.3)
     os.kill(s.process.pid, signal.SIGTERM)
     assert closed_within(idle, 2) is not None, "an idle keep-alive connection stayed open while draining"
-    busy.settimeout(10)
-    data = b""
-    while True:
-        chunk = busy.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = read_to_close(busy, 10)
     assert data.startswith(b"HTTP/1.1 207") and b'"status":200' in data and data.rstrip().endswith(b"0")
     assert s.process.proc.wait(timeout=15) == 0
 
@@ -518,13 +521,7 @@ def test_nothing_is_served_after_a_request_that_said_connection_close(sheaf, ext
         if batch:  # more bytes while the 207 is still being written
             time.sleep(0.1)
             sock.sendall(b"MORE\r\n\r\n")
-        sock.settimeout(5)
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_close(sock, 5)
         assert data.startswith(b"HTTP/1.1 207" if batch else b"HTTP/1.1 200"), data[:200]
         assert data.count(b"HTTP/1.1 ") == 1, data
         if batch:  # the 207 itself is whole: its last chunk came before the close
