@@ -2,10 +2,11 @@
 /// connection only (RFC 9110 §7.6.1), so that they are never forwarded to an upstream nor
 /// reported from one.
 public enum HTTPSyntax {
-    /// Connection-level headers, and those Sheaf sets itself.
+    /// Connection-level headers, and those Sheaf sets or settles itself (`expect`: Sheaf holds an
+    /// item's whole body, and a client's expectation is for its own hop, RFC 9110 §10.1.1).
     public static let hopByHop: Set<String> = [
         "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-        "upgrade", "host", "content-length", "http2-settings",
+        "upgrade", "host", "content-length", "http2-settings", "expect",
     ]
 
     /// A byte of a header name in lower case (names are ASCII tokens; other bytes stay as they are).

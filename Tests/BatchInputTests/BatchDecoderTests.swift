@@ -71,6 +71,15 @@ private func decodeError(_ body: () throws(BatchError) -> [BatchItem]) -> BatchE
     #expect(items[2].request.map { String(buffer: $0.body!) } == "raw")
 }
 
+/// An item's `Expect: 100-continue` is not sent on: Sheaf holds the whole body, and the
+/// expectation was the client's, for its own hop (RFC 9110 §10.1.1); sent on, it made libcurl
+/// wait for a 100 (up to a second) before each such item's body.
+@Test func anItemsExpectationIsNotForwarded() throws {
+    let body = #"{"requests":[{"method":"POST","url":"/a","headers":{"Expect":"100-continue","x-kept":"2"},"body":"x"}]}"#
+    let items = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: body), basePath: "", maxItems: 10)
+    #expect(items[0].request?.headers.map(\.name) == ["x-kept"])
+}
+
 /// RFC 9110 §7.6.1: the fields an item's own Connection header names belong to that one hop, as
 /// Connection itself does, so neither goes upstream; the rest of the item's headers do.
 @Test func anItemsConnectionOptionsAreNotForwarded() throws {
