@@ -367,7 +367,7 @@ public struct ItemBuilder {
         let own = requestIDField(id).map { [$0] } ?? []
         let href = uniqueHref(path, id: id)
         // Built in place: a request bound to a name first was copied into the item.
-        items.append(BatchItem(id: id, href: href, request: UpstreamRequest(method: method, path: basePath + path, headers: own,
+        items.append(BatchItem(id: id, href: href, request: UpstreamRequest(method: method, path: basePath.isEmpty ? path : basePath + path, headers: own,
                                                                              batchHeaders: templateFields(headers))))
         guard let then else { return }
         // The second call depends on the first: it waits for its answer, takes values from it,

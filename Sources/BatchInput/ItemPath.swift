@@ -106,7 +106,7 @@ public enum ItemPath {
             return .failure("url \"\(raw)\" resolves to a path starting with '//' (a network-path reference to another host)")
         }
         if let query { href += "?" + query }
-        return .success(Resolved(href: href, upstreamPath: basePath + href))
+        return .success(Resolved(href: href, upstreamPath: basePath.isEmpty ? href : basePath + href))
     }
 
     /// An href for an item whose url was refused: the url as written when it is an absolute
