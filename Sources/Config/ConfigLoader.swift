@@ -166,7 +166,7 @@ struct ConfigReader {
             return nil
         }
         guard !HTTPSyntax.isHopByHop(name) else {
-            report(at: node, "\(what): \(name) is a hop-by-hop header and is never forwarded")
+            report(at: node, "\(what): \(name) is a header Sheaf handles itself (hop-by-hop, or set or settled by Sheaf) and is never forwarded")
             return nil
         }
         return name

@@ -209,16 +209,14 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
                                              field: "Accept"), access)
         }
         let received = NIODeadline.now()
-        var shared = BatchHeaders(requestID: RequestID.of(head))
+        // RFC 9110 §7.6.1: a field the request's Connection header names is for this hop only.
+        let hopOnly = HTTPSyntax.connectionOptions(head.headers)
+        var shared = BatchHeaders(requestID: RequestID.of(head, hopOnly: hopOnly))
         access.requestID = shared.requestID
-        if !route.configuration.forwardHeaders.isEmpty {
-            // RFC 9110 §7.6.1: a field the request's Connection header names is for this hop only.
-            let hopOnly = HTTPSyntax.connectionOptions(head.headers)
-            for name in route.configuration.forwardHeaders where !hopOnly.contains(name.lowercased()) {
-                for value in head.headers[name] { shared.inherited.append((name, value)) }
-            }
+        for name in route.configuration.forwardHeaders where !hopOnly.contains(name.lowercased()) {
+            for value in head.headers[name] { shared.inherited.append((name, value)) }
         }
-        if route.configuration.forwarded { shared.imposed = ForwardingHeaders.make(head, client: client) }
+        if route.configuration.forwarded { shared.imposed = ForwardingHeaders.make(head, client: client, hopOnly: hopOnly) }
         let admitted: AdmissionTicket
         switch admission.admit(route: name, routeLimit: route.configuration.maxBatches, processLimit: configuration.maxBatches) {
         case .success(let ticket):

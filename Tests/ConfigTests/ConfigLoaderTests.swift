@@ -154,8 +154,11 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     let bad = valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    forward_headers: [Connection, \"a b\"]")
     let found = problems(bad)
     #expect(found.count == 2)
-    #expect(found.first?.message.contains("Connection is a hop-by-hop header") == true)
+    #expect(found.first?.message.contains("Connection is a header Sheaf handles itself") == true)
     #expect(found.last?.message.contains("\"a b\" is not a header name") == true)
+    // A client's Expect is for its own hop: Sheaf holds the body and forwards no expectation.
+    let expect = problems(valid.replacingOccurrences(of: "    upstream: legacy", with: "    upstream: legacy\n    forward_headers: [Expect]"))
+    #expect(expect.map(\.message) == ["route 'batch' forward_headers: Expect is a header Sheaf handles itself (hop-by-hop, or set or settled by Sheaf) and is never forwarded"])
 }
 
 @Test func orderIsCompletionOrRequest() throws {
@@ -269,10 +272,10 @@ private func problems(_ yaml: String) -> [ConfigProblem] {
     let yaml = valid.replacingOccurrences(of: "      path: /users/{item}", with: headers)
     let found = problems(yaml)
     #expect(found.map(\.description) == [
-        "c.yaml:23:9: route 'users-by-id' fan_out.headers: Host is a hop-by-hop header and is never forwarded",
-        "c.yaml:24:9: route 'users-by-id' fan_out.headers: content-length is a hop-by-hop header and is never forwarded",
-        "c.yaml:25:9: route 'users-by-id' fan_out.headers: Connection is a hop-by-hop header and is never forwarded",
-        "c.yaml:26:9: route 'users-by-id' fan_out.headers: Transfer-Encoding is a hop-by-hop header and is never forwarded",
+        "c.yaml:23:9: route 'users-by-id' fan_out.headers: Host is a header Sheaf handles itself (hop-by-hop, or set or settled by Sheaf) and is never forwarded",
+        "c.yaml:24:9: route 'users-by-id' fan_out.headers: content-length is a header Sheaf handles itself (hop-by-hop, or set or settled by Sheaf) and is never forwarded",
+        "c.yaml:25:9: route 'users-by-id' fan_out.headers: Connection is a header Sheaf handles itself (hop-by-hop, or set or settled by Sheaf) and is never forwarded",
+        "c.yaml:26:9: route 'users-by-id' fan_out.headers: Transfer-Encoding is a header Sheaf handles itself (hop-by-hop, or set or settled by Sheaf) and is never forwarded",
     ])
     let fine = valid.replacingOccurrences(of: "      path: /users/{item}", with: "      path: /users/{item}\n      headers:\n        X-Api-Version: \"2\"")
     let headersSent = try ConfigLoader.parse(yaml: fine, file: "c.yaml").routes[0].fanOut?.headers
@@ -382,7 +385,7 @@ private func withTLS(_ lines: String...) -> String {
     let found = problems(bad).map(\.message)
     #expect(found.count == 3)
     #expect(found.contains { $0.contains("route 'batch' forwarded") && $0.contains("true or false") })
-    #expect(found.contains { $0.contains("route 'batch' response_headers: Transfer-Encoding is a hop-by-hop header") })
+    #expect(found.contains { $0.contains("route 'batch' response_headers: Transfer-Encoding is a header Sheaf handles itself") })
     #expect(found.contains { $0.contains("route 'batch' response_headers: \"a b\" is not a header name") })
 }
 

@@ -505,8 +505,8 @@ def test_an_http11_request_needs_exactly_one_host(sheaf, head, status):
         sock.close()
 
 
-@pytest.mark.parametrize("extra", [b"NOT HTTP AT ALL\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"],
-                         ids=["garbage", "a-second-request"])
+@pytest.mark.parametrize("extra", [b"NOT HTTP AT ALL\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", b"X" * 400_000],
+                         ids=["garbage", "a-second-request", "more-than-one-read"])
 @pytest.mark.parametrize("batch", [False, True], ids=["quick", "batch"])
 def test_nothing_is_served_after_a_request_that_said_connection_close(sheaf, extra, batch):
     """RFC 9112 §9.6: after a request with Connection: close the server processes no further

@@ -59,6 +59,24 @@ def test_items_carry_the_request_id_and_forwarding_headers(hygiene, nginx):
         assert line["fwd"] == f'for=127.0.0.1;proto=http;host="127.0.0.1:{hygiene.port}"'
 
 
+def test_forwarding_headers_the_request_names_in_connection_are_not_extended(hygiene, nginx):
+    """RFC 9110 §7.6.1: an X-Forwarded-For or Forwarded the bulk request's Connection names was
+    for that hop only, so Sheaf starts the chain afresh instead of extending it."""
+    r = httpx.post(hygiene.url + "/fan", json=[1],
+                   headers={"X-Request-ID": "batch-hop", "X-Forwarded-For": "203.0.113.9", "Forwarded": "for=203.0.113.9",
+                            "Connection": "keep-alive, X-Forwarded-For, Forwarded"}, timeout=10)
+    assert r.status_code == 207
+    [line] = _seen(nginx, "batch-hop")
+    assert line["xff"] == "127.0.0.1"
+    assert line["fwd"] == f'for=127.0.0.1;proto=http;host="127.0.0.1:{hygiene.port}"'
+
+
+def test_a_request_id_the_request_names_in_connection_is_not_taken(hygiene, nginx):
+    r = httpx.post(hygiene.url + "/fan", json=[1], headers={"X-Request-ID": "hop-only", "Connection": "X-Request-ID"}, timeout=10)
+    assert r.status_code == 207
+    assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+
+
 def test_a_request_without_an_id_gets_one(hygiene, nginx):
     r = httpx.post(hygiene.url + "/fan", json=[7], timeout=10)
     assert r.status_code == 207

@@ -19,18 +19,21 @@ public struct ClientConnection: Sendable {
 /// The forwarding headers a bulk request gives each of its items: `X-Forwarded-For` and
 /// `Forwarded` (RFC 7239) extend what the client sent with this hop, `X-Forwarded-Proto` names
 /// the scheme Sheaf was reached by. A chain an earlier hop sent is kept only when it is plain
-/// visible text, so a client cannot smuggle control characters through it.
+/// visible text, so a client cannot smuggle control characters through it, and only when the
+/// request's `Connection` does not name it (then it was for that hop only, RFC 9110 §7.6.1).
 enum ForwardingHeaders {
-    static func make(_ head: HTTPRequestHead, client: ClientConnection) -> [(name: String, value: String)] {
+    /// `hopOnly`: the request's Connection options (`HTTPSyntax.connectionOptions`).
+    static func make(_ head: HTTPRequestHead, client: ClientConnection, hopOnly: Set<String> = []) -> [(name: String, value: String)] {
         let proto = client.secure ? "https" : "http"
         let ip = client.address?.ipAddress
+        func earlier(_ name: String) -> [String] { hopOnly.contains(name) ? [] : head.headers[name] }
         var out: [(name: String, value: String)] = []
         out.reserveCapacity(3)
-        if let ip { out.append(("x-forwarded-for", extending(head.headers["x-forwarded-for"], with: ip))) }
+        if let ip { out.append(("x-forwarded-for", extending(earlier("x-forwarded-for"), with: ip))) }
         out.append(("x-forwarded-proto", proto))
         var element = "for=" + (ip.map(node) ?? "unknown") + ";proto=" + proto
         if let host = head.headers.first(name: "host"), isVisible(host) { element += ";host=" + token(host) }
-        out.append(("forwarded", extending(head.headers["forwarded"], with: element)))
+        out.append(("forwarded", extending(earlier("forwarded"), with: element)))
         return out
     }
 
@@ -63,9 +66,10 @@ enum ForwardingHeaders {
 
 /// A bulk request's id: its own `X-Request-ID` when that is 1–200 visible ASCII characters,
 /// otherwise 128 random bits in hex. Items are sent `<id>.<item id>` and the 207 echoes it.
+/// An id the request's `Connection` names (`hopOnly`) was for that hop only, and is not taken.
 enum RequestID {
-    static func of(_ head: HTTPRequestHead) -> String {
-        if let given = head.headers.first(name: "x-request-id"), (1...200).contains(given.utf8.count),
+    static func of(_ head: HTTPRequestHead, hopOnly: Set<String> = []) -> String {
+        if !hopOnly.contains("x-request-id"), let given = head.headers.first(name: "x-request-id"), (1...200).contains(given.utf8.count),
            given.utf8.allSatisfy({ (0x21...0x7E).contains($0) }) {
             return given
         }

@@ -51,11 +51,15 @@ final class FrontProtocolErrorHandler: ChannelDuplexHandler, RemovableChannelHan
     private var closing = false
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if closing {
+        if case ByteToMessageDecoderError.dataReceivedInErrorState(let first, _) = error,
+           closing || (first as? HTTPParserError) == .closedConnection {
             // More of what follows the closing request (the parser stays in its error state).
-            if error is HTTPParserError { return }
-            if case ByteToMessageDecoderError.dataReceivedInErrorState = error { return }
+            // It may come before the parser's own error, which the pipelining handler holds
+            // back until the answer ends.
+            closing = true
+            return
         }
+        if closing, error is HTTPParserError { return }
         guard let parserError = error as? HTTPParserError else {
             context.fireErrorCaught(error)
             return

@@ -223,19 +223,9 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                     if case .streaming = self.state {
                         // Answered before the body ended (refused, or its 207 cut short): the rest
                         // of the body is not read, so the connection (or stream) cannot go on.
-                        // HTTP/1.1 lingers as `reject` does, so the client reads the answer.
-                        if self.onHTTP2Stream {
-                            self.state = .closing
-                            context.close(promise: nil)
-                        } else {
-                            self.state = .lingering(dropped: 0)
-                            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-                            context.read()
-                            context.close(mode: .output, promise: nil)
-                            context.eventLoop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
-                        }
+                        self.closeAfterAnswer(context)
                     } else {
-                        self.state = .idle
+                        self.answered(context, keepAlive: head.isKeepAlive)
                     }
                     self.done()
                 }
@@ -280,7 +270,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                 send(context, response, keepAlive: keepAlive && !response.close)
             case .collecting(let head, _, let body, let handler):
                 let writer = makeWriter(context, head) { [weak self] in
-                    self?.state = .idle
+                    self?.answered(context, keepAlive: head.isKeepAlive)
                     self?.done()
                 }
                 state = .responding(writer)
@@ -354,22 +344,21 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         }
     }
 
-    /// Answers, then closes: the request's body is not read whole. HTTP/1.1 half-closes and
-    /// lingers, dropping what still arrives (bounded in bytes and time), so the client reads the
-    /// answer instead of a reset; an HTTP/2 stream just ends.
     private func client(_ context: ChannelHandlerContext) -> ClientConnection {
         let connection = onHTTP2Stream ? (context.channel.parent ?? context.channel) : context.channel
         return ClientConnection(address: connection.remoteAddress, secure: secure)
     }
 
+    /// Answers, then closes: the request's body is not read whole (see `closeAfterAnswer`).
     private func reject(_ context: ChannelHandlerContext, _ response: SimpleResponse) {
         var response = response
         response.close = true
-        state = onHTTP2Stream ? .closing : .lingering(dropped: 0)
-        send(context, response, keepAlive: false, linger: !onHTTP2Stream)
+        // Nothing more is served; once the answer is out, `closeAfterAnswer` lingers on HTTP/1.1.
+        state = .closing
+        send(context, response, keepAlive: false)
     }
 
-    private func send(_ context: ChannelHandlerContext, _ response: SimpleResponse, keepAlive: Bool, linger: Bool = false) {
+    private func send(_ context: ChannelHandlerContext, _ response: SimpleResponse, keepAlive: Bool) {
         var headers = response.headers
         if !headers.contains(name: "content-length") {
             headers.add(name: "content-length", value: String(response.body.readableBytes))
@@ -381,15 +370,41 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         }
         let written = context.writeAndFlushPromise()
         done()
-        if !keepAlive, case .idle = state { state = .closing }  // a pipelined request after this one is not served
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
-        if linger {
-            // The linger ends 2 s from now, whether or not the client ever reads the answer.
-            context.eventLoop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
-            written.futureResult.whenComplete { _ in context.close(mode: .output, promise: nil) }
-        } else if !keepAlive {
-            written.futureResult.whenComplete { _ in context.close(promise: nil) }
+        if !keepAlive {
+            // A pipelined request after this one is not served (RFC 9112 §9.6).
+            if case .idle = state { state = .closing }
+            written.futureResult.whenComplete { [weak self] _ in self?.closeAfterAnswer(context) }
         }
+    }
+
+    /// A response has ended: the next request may come, or, without keep-alive, the connection closes.
+    private func answered(_ context: ChannelHandlerContext, keepAlive: Bool) {
+        if keepAlive {
+            state = .idle
+        } else {
+            closeAfterAnswer(context)
+        }
+    }
+
+    /// Closes once an answer is out. An HTTP/2 stream just ends. HTTP/1.1 half-closes and
+    /// lingers, reading and dropping what still arrives (bounded in bytes, and closed for good
+    /// 2 s later): closing with unread bytes would send a reset, which can make the client lose
+    /// the answer's tail (a request body not read, bytes after a `Connection: close` request).
+    private func closeAfterAnswer(_ context: ChannelHandlerContext) {
+        guard context.channel.isActive else { return }
+        if onHTTP2Stream {
+            state = .closing
+            context.close(promise: nil)
+            return
+        }
+        if case .lingering = state { return }
+        state = .lingering(dropped: 0)
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        context.read()
+        context.close(mode: .output, promise: nil)
+        let deadline = context.eventLoop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
+        context.channel.closeFuture.whenComplete { _ in deadline.cancel() }
     }
 }
 

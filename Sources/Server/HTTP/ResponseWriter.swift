@@ -261,22 +261,14 @@ public final class ResponseWriter: @unchecked Sendable {
             self.flushPending()
             let promise = self.eventLoop.makePromise(of: Void.self)
             self.context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: promise)
-            let keepAlive = self.keepAlive
             // The request is over when its last byte is written, not queued: a client still
-            // reading a long 207 must not meet the next request's head timer.
+            // reading a long 207 must not meet the next request's head timer. Without keep-alive,
+            // `onDone` closes the connection (HTTPRequestHandler: lingering on HTTP/1.1).
             promise.futureResult.whenComplete { [self] _ in
                 self.endWritten = true
                 self.lock.withLock { self.stallHandler = nil }  // it holds the batch: let both go
                 self.stallTimer?.cancel()
                 self.stallTimer = nil
-                if !keepAlive {
-                    // Half-closed first, so bytes the client sent after its request (RFC 9112
-                    // §9.6 serves none) cannot turn the close into a reset that loses the
-                    // answer's tail at the client; closed for good 2 s later, or when it closes.
-                    let context = self.context
-                    context.close(mode: .output, promise: nil)
-                    context.eventLoop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
-                }
                 self.onDone()
                 written?()
             }
