@@ -528,3 +528,50 @@ def test_nothing_is_served_after_a_request_that_said_connection_close(sheaf, ext
             assert data.endswith(b"\r\n0\r\n\r\n") and b'"succeeded":1' in data, data[-200:]
     finally:
         sock.close()
+
+
+def test_pipelined_requests_whose_answers_are_not_read_hold_bounded_memory(sheaf):
+    """A client pipelining requests and reading none of the answers: each answer waits for the
+    socket before the next request is served, so Sheaf's memory does not grow with what it sends
+    (it grew by about a gigabyte for 7 MB of `GET /metrics`)."""
+    def rss_kib():
+        with open(f"/proc/{sheaf.process.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    request = b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n"
+    chunk = request * (65536 // len(request))
+    before = rss_kib()
+    sock = socket.create_connection(("127.0.0.1", sheaf.port))
+    sock.setblocking(False)
+    sent, deadline = 0, time.monotonic() + 4
+    try:
+        while sent < (8 << 20) and time.monotonic() < deadline:
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.01)
+        time.sleep(0.5)
+        grown = (rss_kib() - before) // 1024
+        assert grown < 40, f"{grown} MiB more after {sent >> 10} KiB of unread pipelined requests"
+    finally:
+        sock.close()
+    # The connection still serves others.
+    other = socket.create_connection(("127.0.0.1", sheaf.port))
+    try:
+        other.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert read_to_close(other, 5).startswith(b"HTTP/1.1 200")
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("connection", [b"close\t", b"\tclose\t", b"keep-alive,\tclose"])
+def test_connection_close_with_blanks_around_it_closes(sheaf, connection):
+    """RFC 9110 §5.6.1: a list element may have blanks (space or tab) around it; `close` among
+    them ends the connection after this answer, and a pipelined request after it is not served."""
+    sock = socket.create_connection(("127.0.0.1", sheaf.port))
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: " + connection + b"\r\n\r\n"
+                     b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = read_to_close(sock, 5)
+        assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1 ") == 1, data
+    finally:
+        sock.close()

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import Upstream
 
 /// What a responder decides from a request head alone.
 public enum HeadDecision: Sendable {
@@ -84,6 +85,10 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         /// Answered before the body was read; reading (and dropping) a bounded rest so the
         /// client sees the answer instead of a reset, then closing.
         case lingering(dropped: Int)
+        /// An answer ready while the client takes none of those before it (the socket not
+        /// writable): sent when it is. NIO's pipelining handler serves no later request, and
+        /// reads no more, until this one's end is written, so unread answers cannot pile up.
+        case held(SimpleResponse, keepAlive: Bool, stall: Scheduled<Void>)
         case closing
     }
 
@@ -212,7 +217,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                     reject(context, response)
                     return
                 }
-                state = .discarding(response, keepAlive: head.isKeepAlive)
+                state = .discarding(response, keepAlive: Self.keepAlive(head))
             case .collect(let limit, let handler):
                 guard acceptBody(context, head, limit: limit) else { return }
                 state = .collecting(head, limit: limit, body: context.channel.allocator.buffer(capacity: 0), handler: handler)
@@ -225,7 +230,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                         // of the body is not read, so the connection (or stream) cannot go on.
                         self.closeAfterAnswer(context)
                     } else {
-                        self.answered(context, keepAlive: head.isKeepAlive)
+                        self.answered(context, keepAlive: Self.keepAlive(head))
                     }
                     self.done()
                 }
@@ -266,11 +271,22 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             bodyTimer = nil
             switch state {
             case .discarding(let response, let keepAlive):
+                let keepAlive = keepAlive && !response.close
+                guard context.channel.isWritable else {
+                    // Cut as a stalled 207 is: no byte taken for client_timeout.
+                    let stall = context.eventLoop.scheduleTask(in: clientTimeout) { [weak self] in
+                        guard let self, case .held = self.state else { return }
+                        self.state = .closing
+                        context.close(promise: nil)
+                    }
+                    state = .held(response, keepAlive: keepAlive, stall: stall)
+                    return
+                }
                 state = .idle
-                send(context, response, keepAlive: keepAlive && !response.close)
+                send(context, response, keepAlive: keepAlive)
             case .collecting(let head, _, let body, let handler):
                 let writer = makeWriter(context, head) { [weak self] in
-                    self?.answered(context, keepAlive: head.isKeepAlive)
+                    self?.answered(context, keepAlive: Self.keepAlive(head))
                     self?.done()
                 }
                 state = .responding(writer)
@@ -285,6 +301,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if case .held(_, _, let stall) = state { stall.cancel() }
         if case .responding(let writer) = state { writer.clientWentAway() }
         if case .streaming(let writer, let sink) = state {
             writer.clientWentAway()
@@ -298,6 +315,10 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         switch state {
         case .responding(let writer), .streaming(let writer, _): writer.writabilityChanged(context.channel.isWritable)
+        case .held(let response, let keepAlive, let stall) where context.channel.isWritable:
+            stall.cancel()
+            state = .idle
+            send(context, response, keepAlive: keepAlive)
         default: break
         }
         context.fireChannelWritabilityChanged()
@@ -322,7 +343,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
 
     private func makeWriter(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, done: @escaping () -> Void) -> ResponseWriter {
         let connection = onHTTP2Stream ? (context.channel.parent ?? context.channel) : context.channel
-        return ResponseWriter(context: context, keepAlive: head.isKeepAlive, stallTimeout: clientTimeout,
+        return ResponseWriter(context: context, keepAlive: Self.keepAlive(head), stallTimeout: clientTimeout,
                               connection: connection, budget: activity.budget, onDone: done)
     }
 
@@ -370,12 +391,23 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         }
         let written = context.writeAndFlushPromise()
         done()
+        // Before the end is written, which lets the pipelining handler pass on the next request:
+        // a pipelined request after this one is not served (RFC 9112 §9.6).
+        if !keepAlive, case .idle = state { state = .closing }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
         if !keepAlive {
-            // A pipelined request after this one is not served (RFC 9112 §9.6).
-            if case .idle = state { state = .closing }
             written.futureResult.whenComplete { [weak self] _ in self?.closeAfterAnswer(context) }
         }
+    }
+
+    /// Whether the connection goes on after this request's answer. `Connection` is read as a
+    /// list of tokens with blanks around each (`close<TAB>` closes too, which NIO's own check
+    /// missed, and served the requests after it).
+    static func keepAlive(_ head: HTTPRequestHead) -> Bool {
+        let options = HTTPSyntax.connectionOptions(head.headers)
+        if options.contains("close") { return false }
+        if head.version == .http1_0 { return options.contains("keep-alive") }
+        return head.isKeepAlive
     }
 
     /// A response has ended: the next request may come, or, without keep-alive, the connection closes.
