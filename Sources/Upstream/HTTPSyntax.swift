@@ -35,12 +35,13 @@ public enum HTTPSyntax {
     /// The field names a message's Connection header lists, lower-cased: RFC 9110 §7.6.1 makes
     /// them belong to that hop only, so they are not forwarded.
     public static func connectionOptions<S: Sequence>(_ fields: S) -> Set<String> where S.Element == (name: String, value: String) {
+        func isBlank(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
         var options: Set<String> = []
         for field in fields where isName(field.name, "connection") {
             for option in field.value.utf8.split(separator: UInt8(ascii: ",")) {
-                let blank = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
-                let trimmed = option.drop(while: blank).reversed().drop(while: blank)
-                if !trimmed.isEmpty { options.insert(String(decoding: trimmed.reversed(), as: UTF8.self).lowercased()) }
+                var trimmed = option.drop(while: isBlank)
+                while let last = trimmed.last, isBlank(last) { trimmed = trimmed.dropLast() }
+                if !trimmed.isEmpty { options.insert(String(Substring(trimmed)).lowercased()) }
             }
         }
         return options

@@ -51,24 +51,20 @@ final class FrontProtocolErrorHandler: ChannelDuplexHandler, RemovableChannelHan
     private var closing = false
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if case ByteToMessageDecoderError.dataReceivedInErrorState(let first, _) = error,
-           closing || (first as? HTTPParserError) == .closedConnection {
-            // More of what follows the closing request (the parser stays in its error state).
-            // It may come before the parser's own error, which the pipelining handler holds
-            // back until the answer ends.
-            closing = true
-            return
-        }
-        if closing, error is HTTPParserError { return }
-        guard let parserError = error as? HTTPParserError else {
-            context.fireErrorCaught(error)
-            return
-        }
-        if parserError == .closedConnection {
+        // Bytes read while the parser is in error come with the error it first hit.
+        var underlying = error
+        if case ByteToMessageDecoderError.dataReceivedInErrorState(let first, _) = error { underlying = first }
+        if (underlying as? HTTPParserError) == .closedConnection || (closing && underlying is HTTPParserError) {
             // Bytes after a request that said `Connection: close` (RFC 9112 §9.6): no further
             // request is served on this connection, so they get no answer, a 400 included, and
             // they do not cut the answer still being written: the connection closes after it.
+            // More of them may come before the parser's own error, which the pipelining handler
+            // holds back until the answer ends.
             closing = true
+            return
+        }
+        guard let parserError = error as? HTTPParserError else {
+            context.fireErrorCaught(error)
             return
         }
         if !responding {

@@ -223,14 +223,15 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                 state = .collecting(head, limit: limit, body: context.channel.allocator.buffer(capacity: 0), handler: handler)
             case .stream(let limit, let open):
                 guard acceptBody(context, head, limit: limit) else { return }
-                let writer = makeWriter(context, head) { [weak self] in
+                let keepAlive = Self.keepAlive(head)
+                let writer = makeWriter(context, keepAlive: keepAlive) { [weak self] in
                     guard let self else { return }
                     if case .streaming = self.state {
                         // Answered before the body ended (refused, or its 207 cut short): the rest
                         // of the body is not read, so the connection (or stream) cannot go on.
                         self.closeAfterAnswer(context)
                     } else {
-                        self.answered(context, keepAlive: Self.keepAlive(head))
+                        self.answered(context, keepAlive: keepAlive)
                     }
                     self.done()
                 }
@@ -285,8 +286,9 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                 state = .idle
                 send(context, response, keepAlive: keepAlive)
             case .collecting(let head, _, let body, let handler):
-                let writer = makeWriter(context, head) { [weak self] in
-                    self?.answered(context, keepAlive: Self.keepAlive(head))
+                let keepAlive = Self.keepAlive(head)
+                let writer = makeWriter(context, keepAlive: keepAlive) { [weak self] in
+                    self?.answered(context, keepAlive: keepAlive)
                     self?.done()
                 }
                 state = .responding(writer)
@@ -341,9 +343,9 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         return true
     }
 
-    private func makeWriter(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, done: @escaping () -> Void) -> ResponseWriter {
+    private func makeWriter(_ context: ChannelHandlerContext, keepAlive: Bool, done: @escaping () -> Void) -> ResponseWriter {
         let connection = onHTTP2Stream ? (context.channel.parent ?? context.channel) : context.channel
-        return ResponseWriter(context: context, keepAlive: Self.keepAlive(head), stallTimeout: clientTimeout,
+        return ResponseWriter(context: context, keepAlive: keepAlive, stallTimeout: clientTimeout,
                               connection: connection, budget: activity.budget, onDone: done)
     }
 
