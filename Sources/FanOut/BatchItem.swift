@@ -129,14 +129,25 @@ public struct ItemOutcome: Sendable {
         self.resends = max(0, attempts - 1)
     }
 
-    public init(_ result: UpstreamResult) {
-        switch result {
+    /// Consuming: the answer's headers and body move into the outcome instead of being copied.
+    public init(_ result: consuming UpstreamResult) {
+        // Fields set one by one: a delegating init copied the whole outcome once more.
+        switch consume result {
         case .success(let response):
-            self.init(status: response.status, headers: response.headers, body: response.body,
-                      bodyTruncated: response.bodyTruncated, attempts: response.attempts)
+            status = response.status
+            headers = response.headers
+            body = response.body
+            bodyTruncated = response.bodyTruncated
+            reason = nil
+            attempts = response.attempts
             resends = response.resends
         case .failure(let error):
-            self.init(status: error.status, reason: error.message, attempts: error.attempts)
+            status = error.status
+            headers = HeaderFields()
+            body = nil
+            bodyTruncated = false
+            reason = error.message
+            attempts = error.attempts
             resends = error.resends
         }
     }

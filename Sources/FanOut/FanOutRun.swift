@@ -430,12 +430,12 @@ public final class FanOutRun: @unchecked Sendable {
             }
             prepare?(index, item, &request)
         }
-        let call = transport.execute(request) { [self] result in
-            var outcome = ItemOutcome(result)
+        let call = transport.execute(consume request) { [self] result in
             if case .failure(let error) = result, error.kind == .cancelled {
-                outcome = lock.withLock { cancelOutcome }
+                settle(index, lock.withLock { cancelOutcome })
+            } else {
+                settle(index, ItemOutcome(result))
             }
-            settle(index, outcome)
         }
         let missedCancel = lock.withLock { () -> Bool in
             // The call may already have settled; keep a handle only to cancel live ones.

@@ -231,7 +231,9 @@ extension UpstreamCall {
 /// `completion` is called exactly once, on a thread of the transport's choosing; it must not block.
 public protocol UpstreamTransport: AnyObject, Sendable {
     var configuration: UpstreamConfiguration { get }
-    func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall
+    /// `request` is consumed: an engine keeps it, and a borrowed one was copied into the engine's
+    /// exchange (a retain and release of each of its strings and arrays per item, issue 13).
+    func execute(_ request: consuming UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall
     /// Fails queued calls and every call still running (503), closes connections, stops
     /// threads; returns when every call has settled.
     func shutdown() async

@@ -97,7 +97,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         engineGauges.queued.store(max(0, admitted - connections), ordering: .relaxed)
     }
 
-    public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+    public func execute(_ request: consuming UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
         let exchange = CurlExchange(request: request, deadline: .now() + configuration.timeout, transport: self,
                                     maxBodyBytes: configuration.maxResponseBodyBytes) { [unowned self] result in
             // Unowned, as the exchange's own `transport`: a weak capture would give the transport

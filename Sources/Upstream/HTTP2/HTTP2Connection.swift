@@ -34,7 +34,7 @@ final class HTTP2Connection {
     private var streams = IntKeyTable<HTTP2Exchange>(shift: 1)
     /// True while inside nghttp2: callbacks park their outcomes instead of delivering them.
     private var inSession = false
-    private var parkedOutcomes: [(HTTP2Exchange, UpstreamResult)] = []
+    private var parkedOutcomes: [ParkedOutcome] = []
     private var parkedResends: [HTTP2Exchange] = []
     private var parkedActions: [HTTP2ConnectionStateMachine.Action] = []
     /// Why nghttp2 could not send a stream's HEADERS (`on_frame_not_send`), by stream id.
@@ -231,7 +231,7 @@ final class HTTP2Connection {
         channel = nil
         slot.connectionClosed(self, reason: reason, established: established, notH2C: mismatch,
                               retriable: !mismatch && !handshakeFailed, resend: resend, failures: failures)
-        for exchange in outcomesOnClose { exchange.settle(.success(exchange.response)) }
+        for exchange in outcomesOnClose { exchange.settleAnswered() }
     }
 
     // MARK: requests
@@ -358,7 +358,7 @@ final class HTTP2Connection {
                 if action != .none { after = action }
             }
             for exchange in expired {
-                exchange.settle(exchange.responseComplete ? .success(exchange.response) : .failure(slot.timeoutError()))
+                if exchange.responseComplete { exchange.settleAnswered() } else { exchange.settle(.failure(slot.timeoutError())) }
             }
             flush()
             handle(after)
@@ -455,13 +455,24 @@ final class HTTP2Connection {
         while !parkedOutcomes.isEmpty || !parkedResends.isEmpty || !parkedActions.isEmpty {
             let resends = parkedResends
             let actions = parkedActions
-            let outcomes = parkedOutcomes
+            var outcomes: [ParkedOutcome] = []
+            swap(&outcomes, &parkedOutcomes)
             parkedResends.removeAll()
             parkedActions.removeAll()
-            parkedOutcomes.removeAll()
             if !resends.isEmpty { slot.resend(resends) }
             for action in actions { handle(action) }
-            for (exchange, result) in outcomes { exchange.settle(result) }
+            // Read in place: iterating copied every outcome, and freeing the array then destroyed
+            // each one through the runtime's generic tuple code (issue 13).
+            for i in outcomes.indices {
+                if let error = outcomes[i].error {
+                    outcomes[i].exchange.settle(.failure(error))
+                } else {
+                    outcomes[i].exchange.settleAnswered()
+                }
+            }
+            // Its capacity serves the next turn, unless settling parked new outcomes meanwhile.
+            outcomes.removeAll(keepingCapacity: true)
+            if parkedOutcomes.isEmpty { swap(&outcomes, &parkedOutcomes) }
         }
     }
 
@@ -559,26 +570,26 @@ final class HTTP2Connection {
             if unsent.code == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED.rawValue && exchange.sends < HTTP2ConnectionStateMachine.maxSends {
                 parkedResends.append(exchange)
             } else {
-                parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError,
-                    "could not send the request to upstream \(name) over HTTP/2: \(unsent.reason)"))))
+                parkedOutcomes.append(ParkedOutcome(exchange: exchange, error: UpstreamError(.protocolError,
+                    "could not send the request to upstream \(name) over HTTP/2: \(unsent.reason)")))
             }
         } else if errorCode == 0 && exchange.responseComplete {
             // Only an answer whose END_STREAM came is whole: RST_STREAM NO_ERROR after it is how a
             // server stops an upload it no longer needs (RFC 9113 §8.1); before it, the answer was cut.
-            parkedOutcomes.append((exchange, .success(exchange.response)))
+            parkedOutcomes.append(ParkedOutcome(exchange: exchange, error: nil))
         } else if (errorCode == NGHTTP2_REFUSED_STREAM.rawValue || stream > machine.lastProcessedStreamID)
                     && !exchange.sawResponseBytes && exchange.sends < HTTP2ConnectionStateMachine.maxSends {
             // RFC 9113 §8.7: a refused stream, or one past GOAWAY's last stream id, was not processed.
             parkedResends.append(exchange)
         } else if let invalid {
-            parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError,
-                "upstream \(name) sent an invalid HTTP/2 response (\(invalid)); Sheaf reset the stream"))))
+            parkedOutcomes.append(ParkedOutcome(exchange: exchange, error: UpstreamError(.protocolError,
+                "upstream \(name) sent an invalid HTTP/2 response (\(invalid)); Sheaf reset the stream")))
         } else {
             let reason = errorCode == 0 && !exchange.sawResponseBytes
                 ? "upstream \(name) ended the stream without a response"
                 : "upstream \(name) reset the stream: \(String(cString: nghttp2_http2_strerror(errorCode)))"
             let cause: UpstreamError.Cause = errorCode == NGHTTP2_REFUSED_STREAM.rawValue && !exchange.sawResponseBytes ? .refusedStream : .reset
-            parkedOutcomes.append((exchange, .failure(UpstreamError(.protocolError, reason, cause: cause))))
+            parkedOutcomes.append(ParkedOutcome(exchange: exchange, error: UpstreamError(.protocolError, reason, cause: cause)))
         }
     }
 

@@ -63,11 +63,12 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
         connection = nil
     }
 
-    /// Every outcome leaves through here, stamped with the number of sends.
-    func settle(_ result: UpstreamResult) {
+    /// Every outcome leaves through here, stamped with the number of sends. Consuming: the
+    /// answer is moved on to the fan-out, not copied (a retain and release of each of its parts).
+    func settle(_ result: consuming UpstreamResult) {
         guard let completion else { return }
         self.completion = nil
-        switch result {
+        switch consume result {
         case .success(var response):
             response.attempts = sends
             completion(.success(response))
@@ -81,9 +82,13 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
         settle(.failure(UpstreamError(kind, message, cause: cause)))
     }
 
-    /// The response as received so far.
-    var response: UpstreamResponse {
-        UpstreamResponse(status: status, headers: headers, body: body, bodyTruncated: truncated)
+    /// Settles with the answer received, moving its headers and body out of the exchange: the
+    /// exchange is done with them, and a copy cost a retain and a release of each (issue 13).
+    func settleAnswered() {
+        var fields = HeaderFields(), bytes = ByteBuffer()
+        swap(&fields, &headers)
+        swap(&bytes, &body)
+        settle(.success(UpstreamResponse(status: status, headers: fields, body: bytes, bodyTruncated: truncated)))
     }
 
     func cancel() {
@@ -114,4 +119,11 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
             slot.eventLoop.execute { body(slot) }
         }
     }
+}
+
+/// An exchange's end, parked while nghttp2 runs: answered (no error), or failed with `error`.
+/// A struct, not a tuple: an array of tuples is freed through the runtime's generic code.
+struct ParkedOutcome {
+    let exchange: HTTP2Exchange
+    let error: UpstreamError?
 }

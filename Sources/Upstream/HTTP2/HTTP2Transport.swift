@@ -38,7 +38,7 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
 
     public var gauges: [UpstreamGauges] { [engineGauges] }
 
-    public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+    public func execute(_ request: consuming UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
         let slot = pickSlot()
         let exchange = HTTP2Exchange(request: request, deadline: .now() + configuration.timeout,
                                      slot: slot, completion: completion)
