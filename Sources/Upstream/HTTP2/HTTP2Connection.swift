@@ -29,6 +29,8 @@ final class HTTP2Connection {
     private var lastBusyTick = NIODeadline.now()
     /// A stream opened since the last tick (a burst can start and end between two ticks).
     private var openedSinceTick = false
+    /// Requests submitted on this connection (wrapping), to index a per-item field now and then.
+    private var submitted = 0
     private var machine: HTTP2ConnectionStateMachine
     /// Open streams by id (odd, rising by two: `shift: 1`).
     private var streams = IntKeyTable<HTTP2Exchange>(shift: 1)
@@ -53,6 +55,8 @@ final class HTTP2Connection {
     private var sharedFields = HeaderFieldBytes()
     private var sharedSource: [(name: String, value: String)]?
     private var nva: [nghttp2_nv] = []
+    /// `sharedFields` as nghttp2 takes them, made once per batch with them (valid until they change).
+    private var sharedEntries: [nghttp2_nv] = []
 
     /// The per-stream flow-control window offered to the upstream: one whole body
     /// (`max_response_bytes`, within 64 KiB–16 MiB). An answer then arrives without waiting for
@@ -253,16 +257,23 @@ final class HTTP2Connection {
                 sharedFields.add(header.name, header.value, lowercase: true, unique: Self.uniquePerItem(header.name))
             }
             sharedSource = request.batchHeaders
+            sharedEntries.removeAll(keepingCapacity: true)
+            sharedFields.entries(into: &sharedEntries)
         }
+        // Now and then one such field is indexed after all: its entry puts the name in the
+        // dynamic table, and every later value is then sent with the name as an index. Never
+        // indexed, the name went as a Huffman-coded literal in every request (issue 13).
+        let indexOne = submitted & 1023 == 0
+        submitted &+= 1
         for header in request.headers {
-            itemFields.add(header.name, header.value, lowercase: true, unique: Self.uniquePerItem(header.name))
+            itemFields.add(header.name, header.value, lowercase: true, unique: !indexOne && Self.uniquePerItem(header.name))
         }
         if let body = request.body { itemFields.add("content-length", String(body.readableBytes)) }
         let streamID: Int32? = perform { session in
             nva.removeAll(keepingCapacity: true)
             // Pseudo-headers first (RFC 9113 §8.3): the item's :method and :path, then the shared ones.
             itemFields.entries(into: &nva, range: 0..<2)
-            sharedFields.entries(into: &nva)
+            nva.append(contentsOf: sharedEntries)
             itemFields.entries(into: &nva, range: 2..<itemFields.count)
             if request.body != nil {
                 var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: readRequestBody)
