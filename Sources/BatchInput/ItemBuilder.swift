@@ -57,18 +57,10 @@ public struct ItemBuilder {
         hrefs.reserveCapacity(min(expectedCount, Self.exactHrefs))
     }
 
-    /// The item's own headers plus the batch's: imposed ones and the request id replace what the
-    /// item set, inherited ones fill in only what it did not.
-    private func withShared(_ headers: [(name: String, value: String)], id: String) -> [(name: String, value: String)] {
-        guard !shared.isEmpty else { return headers }
-        var out = merged(headers, room: 1)
-        if let field = requestIDField(id) { out.append(field) }
-        return out
-    }
-
-    /// `X-Request-ID: <request id>.<item id>`, when the batch has a request id.
-    private func requestIDField(_ id: String) -> (name: String, value: String)? {
-        requestIDPrefix.map { ("x-request-id", $0 + PercentEncoding.encodeSegment(id)) }
+    /// `X-Request-ID: <request id>.<item id>`, when the batch has a request id. It replaces
+    /// what the item set (`replaced`), as the imposed headers do.
+    private func requestID(for id: String) -> ItemRequestID? {
+        requestIDPrefix.map { ItemRequestID(prefix: $0, suffix: PercentEncoding.encodeSegment(id)) }
     }
 
     /// The item's headers with the batch's inherited and imposed ones, without the request id.
@@ -157,7 +149,7 @@ public struct ItemBuilder {
         let method = rawMethod.uppercased()
         if !dependsOn.isEmpty {
             dependencyIDs[index] = (dependsOn, "\(field).dependsOn")
-            switch try referencing(field: field, method: method, url: url, headers: withShared(forwarded, id: id),
+            switch try referencing(field: field, method: method, url: url, headers: merged(forwarded), requestID: requestID(for: id),
                                    own: Set(forwarded.map { $0.name.lowercased() }),
                                    body: body, jsonBody: bodyIsJSON ? jsonBody : nil, dependsOn: dependsOn) {
             case nil:
@@ -174,7 +166,8 @@ public struct ItemBuilder {
         }
         switch ItemPath.resolve(url, basePath: basePath) {
         case .success(let resolved):
-            let request = UpstreamRequest(method: method, path: resolved.upstreamPath, headers: withShared(forwarded, id: id), body: body)
+            let request = UpstreamRequest(method: method, path: resolved.upstreamPath, headers: merged(forwarded), body: body,
+                                          requestID: requestID(for: id))
             items.append(BatchItem(id: id, href: uniqueHref(resolved.href, id: id), request: request))
         case .failure(let rejection):
             let href = ItemPath.reportableHref(url)
@@ -185,7 +178,7 @@ public struct ItemBuilder {
     /// The template of an item whose url, headers or JSON body refer to its dependencies'
     /// answers; nil when nothing does. References must name an item in `dependsOn`.
     private func referencing(field: String, method: String, url: String, headers: [(name: String, value: String)],
-                             own: Set<String>, body: ByteBuffer?, jsonBody: JSONValue?, dependsOn: [String]) throws(BatchError)
+                             requestID: ItemRequestID?, own: Set<String>, body: ByteBuffer?, jsonBody: JSONValue?, dependsOn: [String]) throws(BatchError)
         -> Result<ItemTemplate, ItemPath.Rejection>? {
         func parse(_ text: String, _ what: String) throws(BatchError) -> ReferencedText {
             let parsed: ReferencedText
@@ -222,7 +215,7 @@ public struct ItemBuilder {
         guard referenced || bodyReferences else { return nil }
         return ReferencedPath.make(urlText, basePath: basePath).map { path in
             ItemTemplate(method: method, dependencyIDs: dependsOn, url: path, headers: headerTexts,
-                         body: body, jsonBody: bodyReferences ? jsonBody : nil)
+                         requestID: requestID, body: body, jsonBody: bodyReferences ? jsonBody : nil)
         }
     }
 
@@ -364,19 +357,18 @@ public struct ItemBuilder {
     public mutating func addTemplated(path: String, method: String, headers: [(name: String, value: String)],
                                       then: ChainTemplate? = nil) {
         let id = String(then == nil ? count : count / 2)
-        let own = requestIDField(id).map { [$0] } ?? []
         let href = uniqueHref(path, id: id)
         // Built in place: a request bound to a name first was copied into the item.
-        items.append(BatchItem(id: id, href: href, request: UpstreamRequest(method: method, path: basePath.isEmpty ? path : basePath + path, headers: own,
-                                                                             batchHeaders: templateFields(headers))))
+        items.append(BatchItem(id: id, href: href, request: UpstreamRequest(method: method, path: basePath.isEmpty ? path : basePath + path,
+                                                                             batchHeaders: templateFields(headers), requestID: requestID(for: id))))
         guard let then else { return }
         // The second call depends on the first: it waits for its answer, takes values from it,
         // and gets 424 when the first fails. BatchSession reports the two as one item.
         let first = count - 1
         let chained = ItemTemplate(method: then.method, dependencyIDs: ["answer"],
                                    url: ReferencedPath.make(then.path, basePath: basePath, prevalidated: true),
-                                   headers: withShared(headers, id: id + ".then").map { ($0.name, ReferencedText.plain($0.value)) },
-                                   body: nil, jsonBody: nil)
+                                   headers: merged(headers).map { ($0.name, ReferencedText.plain($0.value)) },
+                                   requestID: requestID(for: id + ".then"), body: nil, jsonBody: nil)
         var second = BatchItem(id: id + ".then", href: then.text, dependsOn: [first]) { chained.resolve($0) }
         second.dependsOn = [first]
         items.append(second)

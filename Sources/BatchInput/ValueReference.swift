@@ -197,6 +197,8 @@ struct ItemTemplate: Sendable {
     var dependencyIDs: [String]
     var url: ReferencedPath
     var headers: [(name: String, value: ReferencedText)]
+    /// Sent as it is: Sheaf's own, never holding references.
+    var requestID: ItemRequestID?
     var body: ByteBuffer?
     /// A JSON body: its strings that are exactly one reference are replaced by the value.
     var jsonBody: JSONValue?
@@ -231,7 +233,7 @@ struct ItemTemplate: Sendable {
                 JSONWriter.write(try Self.substitute(jsonBody, &answers), into: &out)
                 body = out
             }
-            return .success(UpstreamRequest(method: method, path: path, headers: headers, body: body))
+            return .success(UpstreamRequest(method: method, path: path, headers: headers, body: body, requestID: requestID))
         } catch {
             return .failure(error)
         }

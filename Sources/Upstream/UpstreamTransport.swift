@@ -12,31 +12,41 @@ public struct UpstreamRequest: Sendable {
     /// or freeing a request retains or releases it once, not each of its strings (issue 13).
     public var batchHeaders: [(name: String, value: String)]
     public var body: ByteBuffer?
+    /// The `X-Request-ID` the item is sent with, after `headers`.
+    public var requestID: ItemRequestID?
 
     public init(method: String, path: String, headers: [(name: String, value: String)] = [],
-                batchHeaders: [(name: String, value: String)] = [], body: ByteBuffer? = nil) {
+                batchHeaders: [(name: String, value: String)] = [], body: ByteBuffer? = nil,
+                requestID: ItemRequestID? = nil) {
         self.method = method
         self.path = path
         self.headers = headers
         self.batchHeaders = batchHeaders
         self.body = body
+        self.requestID = requestID
     }
 
-    /// Every header field as sent: `batchHeaders`, then `headers`.
+    /// Every header field as sent: `batchHeaders`, then `headers`, then the request id.
     public var allHeaders: [(name: String, value: String)] {
-        batchHeaders.isEmpty ? headers : batchHeaders + headers
+        var all = batchHeaders + headers
+        if let requestID { all.append((ItemRequestID.name, requestID.value)) }
+        return all
     }
 
-    /// Calls `body` with each field as sent (`batchHeaders`, then `headers`), without joining them.
+    /// Calls `body` with each field as sent (`batchHeaders`, then `headers`, then the request id),
+    /// without joining them. The engines write the request id's two parts themselves
+    /// (`requestID`); this joins them, for the paths that are not per item.
     @inlinable
     public func forEachHeader(_ body: (_ name: String, _ value: String) -> Void) {
         for header in batchHeaders { body(header.name, header.value) }
         for header in headers { body(header.name, header.value) }
+        if let requestID { body(ItemRequestID.name, requestID.value) }
     }
 
     /// Whether any field, shared or own, satisfies `predicate`.
     public func containsHeader(where predicate: (_ name: String, _ value: String) -> Bool) -> Bool {
         batchHeaders.contains { predicate($0.name, $0.value) } || headers.contains { predicate($0.name, $0.value) }
+            || requestID.map { predicate(ItemRequestID.name, $0.value) } ?? false
     }
 
     /// The size of the request's header list as RFC 9113 §6.5.2 counts it (each field's name
@@ -48,7 +58,9 @@ public struct UpstreamRequest: Sendable {
         size += 32 + 5 + path.utf8.count           // :path
         size += 32 + 7 + scheme.utf8.count         // :scheme
         size += 32 + 10 + authorityByteCount       // :authority
-        forEachHeader { name, value in size += 32 + name.utf8.count + value.utf8.count }
+        for header in batchHeaders { size += 32 + header.name.utf8.count + header.value.utf8.count }
+        for header in headers { size += 32 + header.name.utf8.count + header.value.utf8.count }
+        if let requestID { size += 32 + ItemRequestID.name.utf8.count + requestID.byteCount }
         if let body { size += 32 + 14 + String(body.readableBytes).utf8.count }
         return size
     }
@@ -60,6 +72,27 @@ public struct UpstreamRequest: Sendable {
         default: return false
         }
     }
+}
+
+/// An item's `X-Request-ID`: its batch's id and a dot, then the item's id (percent-encoded).
+/// Kept as the two parts, which the engines write one after the other: joined, they were a new
+/// string (and an array to hold the field) per item (issue 13).
+public struct ItemRequestID: Sendable, Equatable {
+    public static let name = "x-request-id"
+    /// `<batch request id>.`, one string shared by the batch's items.
+    public var prefix: String
+    /// The item's id, percent-encoded.
+    public var suffix: String
+
+    public init(prefix: String, suffix: String) {
+        self.prefix = prefix
+        self.suffix = suffix
+    }
+
+    /// The field's value.
+    public var value: String { prefix + suffix }
+
+    public var byteCount: Int { prefix.utf8.count + suffix.utf8.count }
 }
 
 /// What the upstream answered for one item.

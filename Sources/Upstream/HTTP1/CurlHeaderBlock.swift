@@ -12,37 +12,43 @@ enum CurlHeaderBlock {
     /// added when the request does not name one. Free the result with `free`.
     static func make(for request: UpstreamRequest, host: String?) -> UnsafeMutablePointer<curl_slist> {
         var hasAccept = false, hasContentType = false, hasHost = false
-        request.forEachHeader { name, _ in
-            // One pass, no lower-cased copies (issue 13).
+        // One pass, no lower-cased copies (issue 13); the request id is none of these.
+        func look(at name: String) {
             if !hasAccept { hasAccept = HTTPSyntax.isName(name, "accept") }
             if !hasContentType { hasContentType = HTTPSyntax.isName(name, "content-type") }
             if !hasHost { hasHost = HTTPSyntax.isName(name, "host") }
         }
+        for header in request.batchHeaders { look(at: header.name) }
+        for header in request.headers { look(at: header.name) }
         let host = hasHost ? nil : host
         // Every line, once to count its bytes and once to write it: one description of both.
-        func eachLine(_ body: (_ name: String, _ separator: StaticString, _ value: String?) -> Void) {
-            request.forEachHeader { name, value in
+        func eachLine(_ body: (_ name: String, _ separator: StaticString, _ value: String?, _ valueTail: String?) -> Void) {
+            func field(_ name: String, _ value: String) {
                 // curl drops "Name:" with a blank value (that is how one removes its own headers);
                 // "Name;" is its syntax for a header sent empty.
-                if isBlank(value) { body(name, ";", nil) } else { body(name, ": ", value) }
+                if isBlank(value) { body(name, ";", nil, nil) } else { body(name, ": ", value, nil) }
             }
+            for header in request.batchHeaders { field(header.name, header.value) }
+            for header in request.headers { field(header.name, header.value) }
+            // Its two parts written one after the other, not joined first (never blank).
+            if let id = request.requestID { body(ItemRequestID.name, ": ", id.prefix, id.suffix) }
             // No "Expect: 100-continue" round trip. No Accept or Content-Type the item does not
             // have: curl adds "Accept: */*", and labels a body application/x-www-form-urlencoded.
-            body("Expect", ":", nil)
-            if !hasAccept { body("accept", ":", nil) }
-            if !hasContentType { body("content-type", ":", nil) }
-            if let host { body("Host", ": ", host) }
+            body("Expect", ":", nil, nil)
+            if !hasAccept { body("accept", ":", nil, nil) }
+            if !hasContentType { body("content-type", ":", nil, nil) }
+            if let host { body("Host", ": ", host, nil) }
         }
         var lines = 0, bytes = 0
-        eachLine { name, separator, value in
+        eachLine { name, separator, value, valueTail in
             lines += 1
-            bytes += name.utf8.count + separator.utf8CodeUnitCount + (value?.utf8.count ?? 0) + 1  // NUL
+            bytes += name.utf8.count + separator.utf8CodeUnitCount + (value?.utf8.count ?? 0) + (valueTail?.utf8.count ?? 0) + 1  // NUL
         }
         let nodeBytes = lines * MemoryLayout<curl_slist>.stride
         let block = malloc(nodeBytes + bytes)!
         let nodes = block.bindMemory(to: curl_slist.self, capacity: lines)
         var writer = Writer(nodes: nodes, text: (block + nodeBytes).assumingMemoryBound(to: UInt8.self))
-        eachLine { name, separator, value in writer.line(name, separator: separator, value) }
+        eachLine { name, separator, value, valueTail in writer.line(name, separator: separator, value, valueTail) }
         precondition(writer.count == lines && writer.text == (block + nodeBytes + bytes).assumingMemoryBound(to: UInt8.self),
                      "header block laid out other than counted")
         nodes[lines - 1].next = nil
@@ -59,12 +65,13 @@ enum CurlHeaderBlock {
         var text: UnsafeMutablePointer<UInt8>
         var count = 0
 
-        mutating func line(_ name: String, separator: StaticString, _ value: String?) {
+        mutating func line(_ name: String, separator: StaticString, _ value: String?, _ valueTail: String?) {
             let start = text
             copy(name)
             text.update(from: separator.utf8Start, count: separator.utf8CodeUnitCount)
             text += separator.utf8CodeUnitCount
             if let value { copy(value) }
+            if let valueTail { copy(valueTail) }
             text.pointee = 0
             text += 1
             nodes[count].data = UnsafeMutableRawPointer(start).assumingMemoryBound(to: CChar.self)

@@ -268,6 +268,7 @@ final class HTTP2Connection {
         for header in request.headers {
             itemFields.add(header.name, header.value, lowercase: true, unique: !indexOne && Self.uniquePerItem(header.name))
         }
+        if let id = request.requestID { itemFields.add(ItemRequestID.name, id.prefix, id.suffix, unique: !indexOne) }
         if let body = request.body { itemFields.add("content-length", String(body.readableBytes)) }
         let streamID: Int32? = perform { session in
             nva.removeAll(keepingCapacity: true)

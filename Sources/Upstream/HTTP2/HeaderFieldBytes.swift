@@ -29,7 +29,8 @@ final class HeaderFieldBytes {
 
     /// `lowercase`: the name is lowered (HTTP/2 requires lower-case names; items may send any case).
     /// `unique`: the value differs for every request, so HPACK sends it never indexed.
-    func add(_ name: String, _ value: String, lowercase: Bool = false, unique: Bool = false) {
+    /// `valueTail`: more of the value, written right after `value` (the parts of a request id).
+    func add(_ name: String, _ value: String, _ valueTail: String? = nil, lowercase: Bool = false, unique: Bool = false) {
         let nameAt = used
         append(name)
         if lowercase {
@@ -37,6 +38,7 @@ final class HeaderFieldBytes {
         }
         let valueAt = used
         append(value)
+        if let valueTail { append(valueTail) }
         spans.append((nameAt, valueAt - nameAt, valueAt, used - valueAt,
                       UInt8(unique ? NGHTTP2_NV_FLAG_NO_INDEX.rawValue : NGHTTP2_NV_FLAG_NONE.rawValue)))
     }
