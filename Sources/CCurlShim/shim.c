@@ -111,24 +111,36 @@ static int sheaf_find_connection(sheaf_sockets *sockets, int local_port) {
 
 static int sheaf_before_request(void *userp, char *primary_ip, char *local_ip, int primary_port, int local_port) {
     (void)primary_ip; (void)local_ip; (void)primary_port;
-    sheaf_sockets *sockets = userp;
+    sheaf_transfer *transfer = userp;
+    /* curl re-sending on its own after a reused connection died unanswered: the upstream may
+       have the request already, so only a request that may go twice goes again, and not forever. */
+    if (transfer->sends >= transfer->max_sends) {
+        transfer->refused_send = 1;
+        return CURL_PREREQFUNC_ABORT;
+    }
+    sheaf_sockets *sockets = transfer->sockets;
     int i = sheaf_find_connection(sockets, local_port);
     /* A fresh connection goes as it is (a TLS server may still be sending session tickets). */
-    if (i < 0 || sockets->requests[i]++ == 0) return CURL_PREREQFUNC_OK;
-    char byte;
-    ssize_t n = recv(sockets->fds[i], &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return CURL_PREREQFUNC_OK;
-    /* Bytes nobody asked for, the peer's close, or an error: not a connection to send on. */
-    sockets->stale++;
-    return CURL_PREREQFUNC_ABORT;
+    if (i >= 0 && sockets->requests[i]++ > 0) {
+        char byte;
+        ssize_t n = recv(sockets->fds[i], &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (!(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) {
+            /* Bytes nobody asked for, the peer's close, or an error: not a connection to send on. */
+            sockets->stale++;
+            return CURL_PREREQFUNC_ABORT;
+        }
+    }
+    transfer->sends++;
+    return CURL_PREREQFUNC_OK;
 }
 
-CURLcode sheaf_easy_watch_sockets(CURL *handle, sheaf_sockets *sockets) {
+CURLcode sheaf_easy_watch_sockets(CURL *handle, sheaf_transfer *transfer) {
     CURLcode code = curl_easy_setopt(handle, CURLOPT_OPENSOCKETFUNCTION, sheaf_open_socket);
-    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_OPENSOCKETDATA, sockets);
+    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_OPENSOCKETDATA, transfer->sockets);
     if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_CLOSESOCKETFUNCTION, sheaf_close_socket);
-    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_CLOSESOCKETDATA, sockets);
+    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_CLOSESOCKETDATA, transfer->sockets);
     if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_PREREQFUNCTION, sheaf_before_request);
-    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_PREREQDATA, sockets);
+    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_PREREQDATA, transfer);
+    if (code == CURLE_OK) code = curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, transfer->error);
     return code;
 }

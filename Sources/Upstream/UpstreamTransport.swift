@@ -65,6 +65,10 @@ public struct UpstreamRequest: Sendable {
         return size
     }
 
+    /// The most times an engine puts one idempotent request on the wire when the upstream
+    /// provably left it unprocessed or a connection died before any byte of answer.
+    public static let maxSends = 4
+
     /// RFC 9110 §9.2.2: safe to send again when the upstream may not have seen it.
     public var isIdempotent: Bool {
         switch method {

@@ -36,6 +36,27 @@ extension CurlTransportTests {
         #expect(requests.map(\.target) == [first, "/ok?next"])
     }
 
+    /// libcurl sends a request again by itself when a reused keep-alive connection closes
+    /// without a byte of answer (up to five times, whatever the method). A POST may have been
+    /// processed by then: it goes once and its 502 says why it was not sent again. A GET goes
+    /// again, and `attempts` counts every send.
+    @Test func aReusedConnectionThatDiesUnansweredResendsOnlyWhatMayGoTwice() throws {
+        let harness = try CurlHarness { $0.connections = 1 }
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok")).settlements.response()?.status == 200)
+        let post = harness.execute(UpstreamRequest(method: "POST", path: "/close", body: ByteBuffer(string: "pay"))).settlements.error()
+        #expect(post?.status == 502)
+        #expect(post?.message == "upstream legacy closed the connection before answering; a POST is not sent again (the upstream may have processed it)")
+        #expect(post?.attempts == 1)
+        #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok?again")).settlements.response()?.status == 200)
+        let get = harness.execute(UpstreamRequest(method: "GET", path: "/close?get")).settlements.error()
+        #expect(get?.status == 502)
+        #expect(get?.attempts == 2)
+        #expect(get?.resends == 1)
+        let requests = harness.awaitRequests(5)
+        #expect(requests.map(\.target) == ["/ok", "/close", "/ok?again", "/close?get", "/close?get"])
+    }
+
     /// Answers HTTP/1.1 forbids are 502s that say why, never the upstream's status: two
     /// Content-Length values that disagree (which body is it? RFC 9112 §6.3), and a 101 to a
     /// request that asked for no upgrade.

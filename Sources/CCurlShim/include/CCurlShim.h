@@ -29,14 +29,28 @@ typedef struct sheaf_sockets {
     long stale;     /* requests kept off a reused connection that held unsolicited bytes */
 } sheaf_sockets;
 
+/* What one easy handle's current transfer did, and may do, as its pre-request callback sees it.
+   libcurl sends a request again by itself when a reused connection dies before any byte of
+   answer (up to five times, whatever the method): each send passes the callback, which counts
+   it and refuses the ones past `max_sends` (CURLE_ABORTED_BY_CALLBACK, `refused_send` set).
+   One per handle, kept with it; `sends`, `max_sends` and `refused_send` are set before each
+   transfer. */
+typedef struct sheaf_transfer {
+    sheaf_sockets *sockets;
+    int sends;        /* requests this transfer put on the wire */
+    int max_sends;    /* 1 for a request that must not go twice (not idempotent) */
+    int refused_send; /* a send past max_sends was refused */
+    char error[CURL_ERROR_SIZE + 1]; /* CURLOPT_ERRORBUFFER */
+} sheaf_transfer;
+
 sheaf_sockets *sheaf_sockets_create(void);
 void sheaf_sockets_destroy(sheaf_sockets *sockets);
 long sheaf_sockets_count(const sheaf_sockets *sockets);
-/* Registers the handle's sockets in `sockets`, and checks a reused connection before each
-   request goes on it: bytes already waiting there answer nothing this request asked (a late
-   answer, a 408 before a close), so the transfer is aborted (CURLE_ABORTED_BY_CALLBACK) before
-   anything is sent, and curl closes that connection. */
-CURLcode sheaf_easy_watch_sockets(CURL *handle, sheaf_sockets *sockets);
+/* Registers the handle's sockets in `transfer->sockets`, and checks each request before it goes
+   out: past `max_sends` it is refused; on a reused connection, bytes already waiting there
+   answer nothing this request asked (a late answer, a 408 before a close), so the transfer is
+   aborted (CURLE_ABORTED_BY_CALLBACK) before anything is sent, and curl closes that connection. */
+CURLcode sheaf_easy_watch_sockets(CURL *handle, sheaf_transfer *transfer);
 /* CURLMsg.data is a union; Swift reads the result code through this. */
 CURLcode sheaf_msg_result(const CURLMsg *message);
 

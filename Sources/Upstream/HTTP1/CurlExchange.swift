@@ -26,6 +26,8 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     /// Connections refused to this exchange before its request went out (they held bytes
     /// nobody asked for): `CurlTransport` gives up after a few.
     var connectionsRefused = 0
+    /// Times the request went on the wire, over every transfer it took.
+    var sends = 0
     /// The header block being read answers with 1xx: another head follows.
     private var interimHead = false
     /// The final head's Content-Length, to tell a second one that disagrees.
@@ -46,10 +48,19 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
 
     var isSettled: Bool { completion == nil }
 
+    /// Stamped with the sends counted (libcurl's own re-sends included); a failure that says it
+    /// was never sent (attempts 0) keeps that unless a send did happen.
     func settle(_ result: UpstreamResult) {
         guard let completion else { return }
         self.completion = nil
-        completion(result)
+        switch result {
+        case .success(var response):
+            response.attempts = max(1, sends)
+            completion(.success(response))
+        case .failure(var error):
+            error.attempts = sends > 0 ? sends : min(error.attempts, 1)
+            completion(.failure(error))
+        }
     }
 
     func cancel() {

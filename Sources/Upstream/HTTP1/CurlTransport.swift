@@ -51,7 +51,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     private var waiting = CircularBuffer<CurlExchange>()
     private var spareHandles: [UnsafeMutableRawPointer] = []
     /// CURLOPT_ERRORBUFFER per easy handle, freed with the handle when the thread ends.
-    private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
+    /// Each handle's `sheaf_transfer`: its sends, what it may send, its error text.
+    private var transfers: [UnsafeMutableRawPointer: UnsafeMutablePointer<sheaf_transfer>] = [:]
     /// The url of the transfer being configured, NUL-terminated.
     private var urlBytes: [UInt8] = []
 
@@ -234,8 +235,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             return shutdownWaiters
         }
         for handle in spareHandles { curl_easy_cleanup(handle) }
-        for buffer in errorBuffers.values { buffer.deallocate() }
-        errorBuffers.removeAll()
+        for transfer in transfers.values { transfer.deallocate() }
+        transfers.removeAll()
         spareHandles.removeAll()
         curl_multi_cleanup(multi)
         curl_slist_free_all(connectTo)
@@ -335,7 +336,11 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             sheaf_easy_setopt_string(easy, CURLOPT_CAINFO, caFile)
         }
         if let connectTo { sheaf_easy_setopt_ptr(easy, CURLOPT_CONNECT_TO, connectTo) }
-        sheaf_easy_watch_sockets(easy, sockets)
+        let transfer = UnsafeMutablePointer<sheaf_transfer>.allocate(capacity: 1)
+        transfer.initialize(to: sheaf_transfer())
+        transfer.pointee.sockets = sockets
+        transfers[easy] = transfer
+        sheaf_easy_watch_sockets(easy, transfer)
         if let certificate = configuration.clientCertificate, let key = configuration.clientKey {
             sheaf_easy_setopt_string(easy, CURLOPT_SSLCERT, certificate)
             sheaf_easy_setopt_string(easy, CURLOPT_SSLKEY, key)
@@ -344,9 +349,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             sheaf_easy_setopt_long(easy, CURLOPT_SSL_VERIFYPEER, 0)
             sheaf_easy_setopt_long(easy, CURLOPT_SSL_VERIFYHOST, 0)
         }
-        let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
-        errorBuffers[easy] = errorBuffer
-        sheaf_easy_setopt_ptr(easy, CURLOPT_ERRORBUFFER, errorBuffer)
         sheaf_easy_setopt_data_callback(easy, CURLOPT_WRITEFUNCTION, curlWrite)
         sheaf_easy_setopt_data_callback(easy, CURLOPT_HEADERFUNCTION, curlHeader)
     }
@@ -361,7 +363,15 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         urlBytes.withUnsafeBufferPointer { url in
             _ = sheaf_easy_setopt_ptr(easy, CURLOPT_URL, UnsafeMutableRawPointer(mutating: url.baseAddress))
         }
-        errorBuffers[easy]?[0] = 0
+        if let transfer = transfers[easy] {
+            transfer.pointee.error.0 = 0
+            transfer.pointee.sends = 0
+            transfer.pointee.refused_send = 0
+            // libcurl sends again by itself when a reused connection dies unanswered: a request
+            // that must not go twice goes once (RFC 9110 §9.2.2), the others as HTTP/2's do.
+            let allowed = request.isIdempotent ? UpstreamRequest.maxSends : 1
+            transfer.pointee.max_sends = Int32(max(0, allowed - exchange.sends))
+        }
         // The method, set whole every time: the handle still holds the last transfer's.
         if let body = request.body {
             // POSTFIELDS is how curl sends a body, and it turns the request into a POST:
@@ -399,6 +409,15 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle,
                   let exchange = active[easy] else { continue }
             let code = sheaf_msg_result(message)
+            if code == CURLE_ABORTED_BY_CALLBACK, transfers[easy]?.pointee.refused_send != 0 {
+                // libcurl was about to send it again after a reused connection died unanswered.
+                let method = exchange.request.method
+                finish(exchange, .failure(UpstreamError(.unreachable, exchange.request.isIdempotent
+                    ? "upstream \(configuration.name) closed the connection before the response completed"
+                    : "upstream \(configuration.name) closed the connection before answering; a \(method) is not sent again (the upstream may have processed it)",
+                    cause: .reset)))
+                continue
+            }
             if code == CURLE_ABORTED_BY_CALLBACK {
                 // Kept off a reused connection that held bytes nobody asked for
                 // (sheaf_easy_watch_sockets): nothing was sent, and curl closed that connection.
@@ -449,6 +468,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// Takes the transfer off the multi handle and keeps its handle for the next one.
     private func release(_ exchange: CurlExchange) {
         if let easy = exchange.easy {
+            if let transfer = transfers[easy] {
+                exchange.sends += Int(transfer.pointee.sends)
+                transfer.pointee.sends = 0
+            }
             curl_multi_remove_handle(multi, easy)
             active.removeValue(forKey: easy)
             // Kept configured for the next transfer (configureOnce); only a body's copy goes now.
@@ -465,8 +488,12 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// The one place libcurl result codes become Sheaf errors.
     private func error(for code: CURLcode, easy: UnsafeMutableRawPointer) -> UpstreamError {
         // curl's message for this transfer when it wrote one, else the generic text for the code.
-        let detail = errorBuffers[easy].flatMap { $0[0] != 0 ? String(cString: $0) : nil }
-            ?? String(cString: curl_easy_strerror(code))
+        let written = transfers[easy].flatMap { transfer in
+            withUnsafeBytes(of: &transfer.pointee.error) { raw in
+                raw[0] == 0 ? nil : String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+        }
+        let detail = written ?? String(cString: curl_easy_strerror(code))
         switch code {
         case CURLE_OPERATION_TIMEDOUT:
             // CURLOPT_CONNECTTIMEOUT_MS ran out: item deadlines are the curl thread's own (expireOverdue).

@@ -42,7 +42,7 @@ struct HTTP2ConnectionStateMachine {
     /// close without any) answer the prior-knowledge preface.
     let overTLS: Bool
     /// Sends of one item at most (the first one included) after connections closed under it.
-    static let maxSends = 4
+    static let maxSends = UpstreamRequest.maxSends
 
     private(set) var state = State.connecting
     /// RFC 9113 §6.5.2 leaves it unlimited until SETTINGS; streams wait for SETTINGS anyway.
