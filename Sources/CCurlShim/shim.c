@@ -21,6 +21,9 @@ CURLcode sheaf_easy_getinfo_long(CURL *handle, CURLINFO info, long *value) {
 CURLcode sheaf_easy_getinfo_ptr(CURL *handle, CURLINFO info, void **value) {
     return curl_easy_getinfo(handle, info, value);
 }
+CURLcode sheaf_easy_getinfo_off_t(CURL *handle, CURLINFO info, curl_off_t *value) {
+    return curl_easy_getinfo(handle, info, value);
+}
 CURLMcode sheaf_multi_setopt_long(CURLM *handle, CURLMoption option, long value) {
     return curl_multi_setopt(handle, option, value);
 }

@@ -30,6 +30,24 @@ struct HTTP2ConnectionStateMachineTests {
         #expect(m.channelInactive() == reason)
     }
 
+    /// A peer that takes TCP and never answers the ClientHello: the handshake is given up on
+    /// once `connect_timeout` has passed since TCP came up, not left to hold the connection.
+    @Test func aTLSHandshakeThatStallsTimesOut() {
+        var m = HTTP2ConnectionStateMachine(upstream: "u", pingInterval: .seconds(5), pingTimeout: .seconds(3), now: t0,
+                                            overTLS: true, handshakeTimeout: .milliseconds(500))
+        m.tcpConnected(now: t0)
+        #expect(m.state == .handshaking && !m.canOpenStream)
+        #expect(m.tick(now: t0 + .milliseconds(499)) == .none)
+        #expect(m.tick(now: t0 + .milliseconds(500)) == .handshakeTimedOut(.milliseconds(500)))
+        var done = HTTP2ConnectionStateMachine(upstream: "u", pingInterval: .seconds(5), pingTimeout: .seconds(3), now: t0,
+                                               overTLS: true, handshakeTimeout: .milliseconds(500))
+        done.tcpConnected(now: t0)
+        #expect(done.tlsHandshakeCompleted(alpn: "h2") == .none)
+        done.channelActive(now: t0 + .milliseconds(400))
+        #expect(done.state == .awaitingSettings)
+        #expect(done.tick(now: t0 + .seconds(2)) == .none)
+    }
+
     @Test func overTLSTheProtocolIsWhatALPNPicked() {
         var m = HTTP2ConnectionStateMachine(upstream: "u", pingInterval: .seconds(5), pingTimeout: .seconds(3), now: t0, overTLS: true)
         m.channelActive(now: t0)

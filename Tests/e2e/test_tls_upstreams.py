@@ -2,6 +2,9 @@
 (`protocol: h2`), ALPN auto-detection (`protocol: auto`, the default), `server_name`, mTLS,
 `insecure_skip_verify`, and TLS failures named per item and counted by kind."""
 import re
+import socket
+import threading
+import time
 
 import httpx
 import pytest
@@ -160,3 +163,58 @@ routes:
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert f"{path}:5:17: upstream 'up' client_key: the key does not belong to client_certificate" in out, out
+
+
+class _SilentListener:
+    """Accepts TCP connections and never says a word: a TLS handshake to it stalls."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.accepted = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.done.is_set():
+            try:
+                self.accepted.append(self.listener.accept()[0])
+            except socket.timeout:
+                pass
+
+    def close(self):
+        self.done.set()
+        self.thread.join(timeout=5)
+        for conn in self.accepted:
+            conn.close()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("protocol", ["h2", "auto", "http1"])
+def test_a_tls_handshake_that_stalls_fails_within_connect_timeout(workdir, protocol):
+    """An upstream that accepts TCP and never answers the ClientHello: its items are 502s
+    naming a TLS handshake failure within connect_timeout (counted as one), not a wait for a
+    connection that never comes, and SIGTERM still ends Sheaf at once."""
+    silent = _SilentListener()
+    s = _tls_sheaf(workdir, f"tls-stall-{protocol}", silent.port, "connect_timeout: 500ms, timeout: 10s",
+                   protocol=f"protocol: {protocol}, ")
+    try:
+        for _ in range(2):  # the second batch finds no connection stuck from the first
+            began = time.monotonic()
+            items = _items(s, [1, 2, 3])
+            assert time.monotonic() - began < 3
+            for item in items:
+                assert item["status"] == 502, item
+                assert item["error"].startswith("TLS with upstream up failed: handshake failure ("), item
+                assert "within 500ms" in item["error"], item
+        assert _tls_failures(s).get("handshake", 0) >= 2
+        began = time.monotonic()
+        assert s.stop() == 0
+        assert time.monotonic() - began < 5, "SIGTERM waited for the stalled handshake"
+    finally:
+        s.stop()
+        silent.close()

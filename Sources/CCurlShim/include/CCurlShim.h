@@ -16,6 +16,7 @@ CURLcode sheaf_easy_setopt_off_t(CURL *handle, CURLoption option, curl_off_t val
 CURLcode sheaf_easy_setopt_data_callback(CURL *handle, CURLoption option, sheaf_curl_data_callback value);
 CURLcode sheaf_easy_getinfo_long(CURL *handle, CURLINFO info, long *value);
 CURLcode sheaf_easy_getinfo_ptr(CURL *handle, CURLINFO info, void **value);
+CURLcode sheaf_easy_getinfo_off_t(CURL *handle, CURLINFO info, curl_off_t *value);
 CURLMcode sheaf_multi_setopt_long(CURLM *handle, CURLMoption option, long value);
 
 /* The sockets of one transport's connections, as curl opens and closes them (its callbacks run

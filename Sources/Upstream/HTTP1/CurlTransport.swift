@@ -496,8 +496,21 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         let detail = written ?? String(cString: curl_easy_strerror(code))
         switch code {
         case CURLE_OPERATION_TIMEDOUT:
-            // CURLOPT_CONNECTTIMEOUT_MS ran out: item deadlines are the curl thread's own (expireOverdue).
-            return timeoutError()
+            // CURLOPT_CONNECTTIMEOUT_MS ran out (item deadlines are the curl thread's own,
+            // expireOverdue): the connection could not be made, TCP or, over TLS, its handshake.
+            var tcpUp: curl_off_t = 0
+            sheaf_easy_getinfo_off_t(easy, CURLINFO_CONNECT_TIME_T, &tcpUp)
+            let limit = configuration.connectTimeout.configText
+            // libcurl 7.88 records no connect time for a transfer that failed; its words
+            // ("SSL connection timeout") tell the handshake's timeout from TCP's then.
+            if configuration.endpoint.scheme == "https" && (tcpUp > 0 || detail.contains("SSL")) {
+                events.tlsFailure(configuration.name, .handshake)
+                let failure = TLSFailure(.handshake, upstream: configuration.name, name: configuration.serverName ?? configuration.endpoint.host,
+                                         detail: "it did not finish within \(limit), the upstream's connect_timeout")
+                return UpstreamError(.unreachable, failure.message)
+            }
+            return UpstreamError(.unreachable, "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): no connection within \(limit) (\(detail))",
+                                 cause: .connectFailure)
         case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CONNECT_ERROR, CURLE_SSL_CACERT_BADFILE, CURLE_SSL_CERTPROBLEM:
             // curl words a name mismatch "no alternative certificate subject name matches target
             // host name" (OpenSSL) or "does not match target host name".

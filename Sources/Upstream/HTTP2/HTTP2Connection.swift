@@ -80,7 +80,7 @@ final class HTTP2Connection {
         self.machine = HTTP2ConnectionStateMachine(upstream: slot.configuration.name,
                                                    pingInterval: slot.configuration.pingInterval,
                                                    pingTimeout: slot.configuration.pingTimeout, now: .now(),
-                                                   overTLS: slot.tls != nil)
+                                                   overTLS: slot.tls != nil, handshakeTimeout: slot.configuration.connectTimeout)
     }
 
     deinit {
@@ -125,6 +125,15 @@ final class HTTP2Connection {
     /// Streams wait for the peer's SETTINGS (its limits are not known before).
     /// Counted in the connections gauge (from activation to the channel's end).
     private var countedOpen = false
+
+    /// Over TLS, TCP is up and the handshake begins: the channel is known from now on, so a
+    /// handshake that stalls can be closed (by the state machine's timer, or at shutdown).
+    func tcpConnected(channel: Channel) {
+        slot.eventLoop.preconditionInEventLoop()
+        self.channel = channel
+        machine.tcpConnected(now: .now())
+        if machine.closeReason != nil { channel.close(promise: nil) }
+    }
 
     func activate(channel: Channel) {
         slot.eventLoop.preconditionInEventLoop()
@@ -504,6 +513,8 @@ final class HTTP2Connection {
         case .sendPing:
             perform { session in _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil) }
             flush()
+        case .handshakeTimedOut(let limit):
+            if let tls = slot.tls { closeAfterFailedHandshake(tls.handshakeTimedOut(within: limit)) }
         case .close:
             // Once it had worked, its queue moves to a fresh connection now; before SETTINGS,
             // the queue fails with the reason when the channel is gone (no reconnect loop).
@@ -755,7 +766,7 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        if tls == nil { connection.activate(channel: context.channel) }
+        if tls == nil { connection.activate(channel: context.channel) } else { connection.tcpConnected(channel: context.channel) }
         context.fireChannelActive()
     }
 

@@ -1,13 +1,15 @@
 import NIOCore
 
-/// The life of one HTTP/2 upstream connection as a value: connecting → awaiting the peer's
-/// SETTINGS → active → draining (GOAWAY received, or stream ids exhausted) → closed.
+/// The life of one HTTP/2 upstream connection as a value: connecting → (over TLS, handshaking →)
+/// awaiting the peer's SETTINGS → active → draining (GOAWAY received, or stream ids exhausted) → closed.
 /// It decides when streams may open, when to PING and when a silent peer is given up on, and
 /// what becomes of a stream still open when the connection ends. No I/O and no clock of its
 /// own: `HTTP2Connection` feeds it events with the time and performs the actions it returns.
 struct HTTP2ConnectionStateMachine {
     enum State: Equatable {
         case connecting
+        /// Over TLS: TCP is up, the handshake is under way (bounded by `handshakeTimeout`).
+        case handshaking
         case awaitingSettings
         case active
         case draining
@@ -25,6 +27,8 @@ struct HTTP2ConnectionStateMachine {
         case sendPing
         /// Close the channel; open streams then settle by `disposition(...)`.
         case close(reason: String)
+        /// The TLS handshake did not finish within `handshakeTimeout`: close, as a failed handshake.
+        case handshakeTimedOut(TimeAmount)
     }
 
     /// What becomes of a stream that is still open when its connection ends.
@@ -41,6 +45,8 @@ struct HTTP2ConnectionStateMachine {
     /// Over TLS, ALPN says whether the peer speaks HTTP/2; without it the first bytes (or a
     /// close without any) answer the prior-knowledge preface.
     let overTLS: Bool
+    /// How long TCP plus the TLS handshake may take (`connect_timeout`, as libcurl counts it).
+    let handshakeTimeout: TimeAmount
     /// Sends of one item at most (the first one included) after connections closed under it.
     static let maxSends = UpstreamRequest.maxSends
 
@@ -62,9 +68,11 @@ struct HTTP2ConnectionStateMachine {
     /// ones together with its neighbours).
     private var peerFailedConnection = false
 
-    init(upstream: String, pingInterval: TimeAmount, pingTimeout: TimeAmount, now: NIODeadline, overTLS: Bool = false) {
+    init(upstream: String, pingInterval: TimeAmount, pingTimeout: TimeAmount, now: NIODeadline, overTLS: Bool = false,
+         handshakeTimeout: TimeAmount = .seconds(10)) {
         self.upstream = upstream
         self.overTLS = overTLS
+        self.handshakeTimeout = handshakeTimeout
         self.pingInterval = pingInterval
         self.pingTimeout = pingTimeout
         self.lastRead = now
@@ -82,9 +90,18 @@ struct HTTP2ConnectionStateMachine {
 
     // MARK: events
 
-    /// TCP is up; the preface and SETTINGS are on their way.
-    mutating func channelActive(now: NIODeadline) {
+    /// Over TLS: TCP is up and the handshake starts; it must end within `handshakeTimeout`.
+    /// (A peer that takes TCP and never answers the ClientHello held the connection, and every
+    /// item waiting for it, until the item timed out; and Sheaf's shutdown waited for it too.)
+    mutating func tcpConnected(now: NIODeadline) {
         guard state == .connecting else { return }
+        state = .handshaking
+        lastRead = now
+    }
+
+    /// TCP is up (over TLS: the handshake is done); the preface and SETTINGS are on their way.
+    mutating func channelActive(now: NIODeadline) {
+        guard state == .connecting || state == .handshaking else { return }
         state = .awaitingSettings
         lastRead = now
     }
@@ -121,7 +138,7 @@ struct HTTP2ConnectionStateMachine {
             return .startStreams
         case .active:
             return .startStreams
-        case .connecting, .draining, .closed:
+        case .connecting, .handshaking, .draining, .closed:
             return .none
         }
     }
@@ -173,6 +190,9 @@ struct HTTP2ConnectionStateMachine {
     /// not); retire one whose PING went unanswered for `pingTimeout`.
     mutating func tick(now: NIODeadline) -> Action {
         switch state {
+        case .handshaking:
+            guard now - lastRead >= handshakeTimeout, closeReason == nil else { return .none }
+            return .handshakeTimedOut(handshakeTimeout)
         case .awaitingSettings:
             // A peer that accepted TCP but never sends SETTINGS is as dead as a silent one.
             if now - lastRead >= pingInterval + pingTimeout {
@@ -222,7 +242,7 @@ struct HTTP2ConnectionStateMachine {
         let reason: String
         if let closeReason {
             reason = closeReason
-        } else if overTLS && (state == .connecting || state == .awaitingSettings) {
+        } else if overTLS && (state == .connecting || state == .handshaking || state == .awaitingSettings) {
             reason = "upstream \(upstream) closed the TLS connection before its HTTP/2 SETTINGS"
         } else if state == .connecting || state == .awaitingSettings {
             if !sawBytes { peerRefusesHTTP2 = true }

@@ -137,6 +137,12 @@ struct UpstreamTLS {
         return counted(TLSFailure(kind, upstream: upstream, name: verifiedName, detail: detail))
     }
 
+    /// The handshake did not finish within `limit` (`connect_timeout`), counted as a handshake failure.
+    func handshakeTimedOut(within limit: TimeAmount) -> TLSFailure {
+        counted(TLSFailure(.handshake, upstream: upstream, name: verifiedName,
+                           detail: "it did not finish within \(limit.configText), the upstream's connect_timeout"))
+    }
+
     /// The handshake completed with `alpn` where HTTP/2 was wanted. Under `auto` that is the
     /// upstream's choice of HTTP/1.1, not a failure.
     func refusedHTTP2(alpn: String?) {
