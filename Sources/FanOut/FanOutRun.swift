@@ -51,6 +51,8 @@ public final class FanOutRun: @unchecked Sendable {
     // Items that wait on others (dependencies, coalescing). Empty for independent batches,
     // which then pay one branch per item for all of this.
     private let policy: FanOutPolicy
+    /// The route's `deadline` as an instant, handed to each request (`UpstreamRequest.batchDeadline`).
+    private let batchDeadline: NIODeadline?
     private var related: Bool
     /// Indices whose outcome another item needs (a dependency, a coalescing leader).
     private var needed: Set<Int>
@@ -88,9 +90,10 @@ public final class FanOutRun: @unchecked Sendable {
     /// `streamed`: more items come through `append`, and `endInput` ends them.
     public init(items: consuming [BatchItem], transport: UpstreamTransport, concurrency: Int, ordered: Bool = false,
                 watchdog: Watchdog? = nil, prepare: Prepare? = nil, policy: FanOutPolicy = FanOutPolicy(),
-                budget: ItemBudget? = nil, streamed: Bool = false,
+                budget: ItemBudget? = nil, streamed: Bool = false, batchDeadline: NIODeadline? = nil,
                 onResult: @escaping ResultHandler, onFinish: @escaping @Sendable () -> Void) {
         self.prepare = prepare
+        self.batchDeadline = batchDeadline
         self.budget = budget
         self.inputWindow = max(2 * concurrency, 256)
         self.policy = policy
@@ -430,6 +433,7 @@ public final class FanOutRun: @unchecked Sendable {
             }
             prepare?(index, item, &request)
         }
+        if let batchDeadline { request.batchDeadline = batchDeadline }
         let call = transport.execute(consume request) { [self] result in
             if case .failure(let error) = result, error.kind == .cancelled {
                 settle(index, lock.withLock { cancelOutcome })

@@ -14,6 +14,9 @@ public struct UpstreamRequest: Sendable {
     public var body: ByteBuffer?
     /// The `X-Request-ID` the item is sent with, after `headers`.
     public var requestID: ItemRequestID?
+    /// When the item's batch ends by its route's `deadline`: a retry does not wait past it (the
+    /// answer in hand stands instead of becoming the deadline's 504).
+    public var batchDeadline: NIODeadline?
 
     public init(method: String, path: String, headers: [(name: String, value: String)] = [],
                 batchHeaders: [(name: String, value: String)] = [], body: ByteBuffer? = nil,

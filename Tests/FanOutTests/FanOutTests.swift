@@ -129,6 +129,19 @@ func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurrency: Int,
     #expect(results.count == 50_000)
 }
 
+/// The route's deadline reaches every request, so that a retry policy does not wait past it.
+@Test func everyRequestCarriesItsBatchsDeadline() async {
+    let transport = FakeTransport()
+    let deadline = NIODeadline.now() + .seconds(7)
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+        let run = FanOutRun(items: items(20), transport: transport, concurrency: 5, batchDeadline: deadline,
+                            onResult: { _, _, _, _ in }, onFinish: { done.resume() })
+        run.start()
+    }
+    let sent = transport.sent.withLockedValue { $0 }
+    #expect(!sent.isEmpty && sent.allSatisfy { $0.batchDeadline == deadline })
+}
+
 @Test func emptyBatchFinishesAtOnce() async {
     let results = await run([], FakeTransport(), concurrency: 10)
     #expect(results.isEmpty)

@@ -60,6 +60,21 @@ import Testing
         }
     }
 
+    /// A Retry-After the item could wait for, but not its batch: the route's `deadline` comes
+    /// first, so the upstream's 503 stands (it became the deadline's 504, the 503 lost).
+    @Test func aRetryAfterPastTheBatchDeadlineIsNotWaitedFor() async throws {
+        try await withHTTP1({ $0.retry.maxBackoff = .seconds(5) }) { transport, server in
+            var request = get("/busy/1")
+            request.batchDeadline = .now() + .milliseconds(500)
+            let out = await runCalls(transport, [request])
+            #expect(out.allSettledOnce && out.status(0) == 503 && out.attempts(0) == 1)
+            #expect(server.requests.count == 1)
+            // Without a batch deadline, the same answer is waited for and sent again.
+            let waited = await runCalls(transport, [get("/busy-once/1")])
+            #expect(waited.status(0) == 200 && waited.attempts(0) == 2)
+        }
+    }
+
     @Test func theBudgetCapsRetriesDuringATotalOutage() async throws {
         try await withHTTP1({ $0.retry.budget = 0.2; $0.retry.minRetries = 3; $0.connections = 8 }) { transport, server in
             let out = await runCalls(transport, (0..<100).map { get("/status/503?i=\($0)") }, within: 10)

@@ -30,6 +30,8 @@ final class BatchSession: @unchecked Sendable {
     // Guarded by the writer's lock (all touched inside `writer.append`).
     private var summary = BatchSummary()
     private var deadlineTimer: Scheduled<Void>?
+    /// The route's `deadline` from the batch's start, as an instant.
+    private let batchDeadline: NIODeadline?
     private var statusCounts = StatusTally()
     private var resends = 0
     /// The run holds this session through its handlers: it is let go when the batch finishes.
@@ -69,11 +71,13 @@ final class BatchSession: @unchecked Sendable {
         self.received = received
         self.logger = logger
         metrics.itemsAccepted(items.count)
+        let deadline = route.configuration.deadline.map { NIODeadline.now() + $0 }
+        self.batchDeadline = deadline
         let run = FanOutRun(items: consume items, transport: route.transport, concurrency: route.configuration.concurrency,
                              ordered: route.configuration.requestOrder,
                              watchdog: FanOutRun.Watchdog(eventLoop: writer.loop),
                              prepare: trace.map { trace in { index, item, request in trace.itemStarting(index, item, &request) } },
-                             policy: route.configuration.policy, budget: itemBudget, streamed: streamed,
+                             policy: route.configuration.policy, budget: itemBudget, streamed: streamed, batchDeadline: deadline,
                              onResult: { [self] index, item, outcome, nanoseconds in
                                  self.settled(index, item, outcome, nanoseconds)
                              }, onFinish: { [self] in
@@ -131,9 +135,8 @@ final class BatchSession: @unchecked Sendable {
             // The rest of a streamed body will not come.
             if streamed { run.endInput() }
         }
-        if let deadline = route.configuration.deadline {
-            let text = deadline.configText
-            let timer = writer.loop.scheduleTask(in: deadline) { [logger] in
+        if let deadline = batchDeadline, let text = route.configuration.deadline?.configText {
+            let timer = writer.loop.scheduleTask(deadline: deadline) { [logger] in
                 logger.info("batch deadline passed; cancelling what is still running", metadata: ["deadline": "\(text)"])
                 run.cancel(status: 504, reason: "the batch deadline (\(text)) passed before this item finished")
             }

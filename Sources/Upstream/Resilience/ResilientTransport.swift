@@ -72,7 +72,8 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
             return
         }
         let decision = call.isCancelled ? .finish
-            : policy.decide(result, request: call.request, attempt: attempt, now: now, deadline: call.deadline,
+            : policy.decide(result, request: call.request, attempt: attempt, now: now,
+                            deadline: min(call.deadline, call.request.batchDeadline ?? call.deadline),
                             random: { Int64.random(in: $0) })
         var retryReason: String?
         var delay = TimeAmount.zero
