@@ -23,9 +23,9 @@ public enum JSONBatchDecoder {
             }
             throw duplicateName(error, field: name)
         } catch let error as JSONParser.Error {
-            throw BatchError(status: 400, field: nil, "body is not valid JSON: \(error)", limit: error.tooDeep ? "max_nesting_depth" : nil)
+            throw BatchError(status: 400, field: "body", "body is not valid JSON: \(error)", limit: error.tooDeep ? "max_nesting_depth" : nil)
         } catch {
-            throw .badRequest("body is not valid JSON")
+            throw .badRequest(field: "body", "body is not valid JSON")
         }
     }
 
@@ -216,7 +216,7 @@ public struct StreamingTemplateDecoder {
         case .syntax(let error) where error.duplicate != nil:
             return JSONBatchDecoder.duplicateName(error, field: error.duplicatePointer)
         case .syntax(let error):
-            return BatchError(status: 400, field: nil, "body is not valid JSON: \(error)", limit: error.tooDeep ? "max_nesting_depth" : nil)
+            return BatchError(status: 400, field: "body", "body is not valid JSON: \(error)", limit: error.tooDeep ? "max_nesting_depth" : nil)
         case .tooManyElements:
             return .tooManyItems(field: field, maxItems: maxItems)
         case .notFound:

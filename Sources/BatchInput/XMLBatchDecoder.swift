@@ -51,7 +51,7 @@ public enum XMLBatchDecoder {
             }
             let options = Int32(XML_PARSE_NONET.rawValue) | Int32(XML_PARSE_NOERROR.rawValue) | Int32(XML_PARSE_NOWARNING.rawValue)
             guard let reader = xmlReaderForMemory(base, Int32(raw.count), nil, nil, options) else {
-                return .failure(.badRequest("body could not be read as XML"))
+                return .failure(.badRequest(field: "body", "body could not be read as XML"))
             }
             defer { xmlFreeTextReader(reader) }
             let context = Unmanaged.passUnretained(sink).toOpaque()  // sink outlives the reader
@@ -184,7 +184,7 @@ public enum XMLBatchDecoder {
             if status == 0 { break }
             if status < 0 {
                 let where_ = sink.line > 0 ? " (line \(sink.line))" : ""
-                throw .badRequest("body is not well-formed XML: \(sink.message ?? "parse error")\(where_)")
+                throw .badRequest(field: "body", "body is not well-formed XML: \(sink.message ?? "parse error")\(where_)")
             }
             let type = xmlTextReaderNodeType(reader)
             // Inside an element in another namespace: read through it (not skipped with
@@ -199,9 +199,9 @@ public enum XMLBatchDecoder {
             }
             switch xmlReaderTypes(rawValue: UInt32(type)) {
             case XML_READER_TYPE_DOCUMENT_TYPE:
-                throw .badRequest("a DTD (<!DOCTYPE>) is not allowed in a batch")
+                throw .badRequest(field: "body", "a DTD (<!DOCTYPE>) is not allowed in a batch")
             case XML_READER_TYPE_ENTITY_REFERENCE, XML_READER_TYPE_ENTITY:
-                throw .badRequest("entity references are not allowed in a batch")
+                throw .badRequest(field: "body", "entity references are not allowed in a batch")
             case XML_READER_TYPE_ELEMENT:
                 let depth = xmlTextReaderDepth(reader)
                 if Int(depth) >= maxDepth { throw BatchError(status: 400, field: "body", "XML nested deeper than \(maxDepth) levels", limit: "max_nesting_depth") }
@@ -280,7 +280,7 @@ public enum XMLBatchDecoder {
             }
         }
         if let message = sink.message {
-            throw .badRequest("body is not well-formed XML: \(message) (line \(sink.line))")
+            throw .badRequest(field: "body", "body is not well-formed XML: \(message) (line \(sink.line))")
         }
         guard sawRoot else { throw .badRequest(field: "body", "empty XML document") }
         return try builder.finish()

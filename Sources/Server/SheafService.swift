@@ -89,7 +89,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         metrics.limitRefused("max_body_bytes")
         let route = match(head)?.route?.configuration.name
         if let route { metrics.batchFinished(route: route, outcome: "rejected", duration: nil) }
-        let response = Problem.response(.payloadTooLarge, detail: "request body is larger than this route's max_body_bytes (\(limit) bytes)")
+        let response = Problem.response(.payloadTooLarge, detail: "request body is larger than this route's max_body_bytes (\(limit) bytes)", field: "body")
         logRejected(entry(head, client, route: route), response)
         return response
     }

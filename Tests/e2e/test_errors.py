@@ -23,17 +23,17 @@ def test_malformed_batch_names_item_and_field(sheaf):
 
 def test_invalid_json_and_xml(sheaf):
     doc = problem(httpx.post(sheaf.url + "/batch", content=b'{"requests": [', headers={"content-type": "application/json"}), 400)
-    assert "not valid JSON" in doc["detail"]
+    assert "not valid JSON" in doc["detail"] and doc["field"] == "body"
     doc = problem(httpx.post(sheaf.url + "/batch", content=b"<S:batch xmlns:S='urn:sheaf'>",
                              headers={"content-type": "application/xml"}), 400)
-    assert "not well-formed XML" in doc["detail"]
+    assert "not well-formed XML" in doc["detail"] and doc["field"] == "body"
 
 
 def test_xml_with_a_dtd_is_refused(sheaf):
     bomb = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
             '<S:batch xmlns:S="urn:sheaf" xmlns:D="DAV:"><S:request method="GET"><D:href>/users/&lol2;</D:href></S:request></S:batch>')
     doc = problem(httpx.post(sheaf.url + "/batch", content=bomb, headers={"content-type": "application/xml"}), 400)
-    assert "DTD" in doc["detail"]
+    assert "DTD" in doc["detail"] and doc["field"] == "body"
 
 
 def test_too_many_items_is_413(sheaf):

@@ -31,18 +31,22 @@ def limited(workdir, nginx):
     s.stop()
 
 
-def _problem(r, status, needle):
+def _problem(r, status, needle, field=None):
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
     assert needle in r.json()["detail"], r.json()
+    if field:
+        assert r.json().get("field") == field, r.json()
 
 
 def test_heads_past_the_limits_are_414_and_431(limited):
-    _problem(httpx.post(limited.url + "/batch?" + "q" * 2000, json={"requests": []}), 414, "max_url_bytes (1024)")
-    _problem(httpx.post(limited.url + "/batch", json={"requests": []}, headers={f"x-h{i}": "v" for i in range(30)}), 431, "max_headers (20)")
-    _problem(httpx.post(limited.url + "/batch", json={"requests": []}, headers={"x-big": "v" * 5000}), 431, "max_header_bytes (4096)")
+    _problem(httpx.post(limited.url + "/batch?" + "q" * 2000, json={"requests": []}), 414, "max_url_bytes (1024)", "url")
+    _problem(httpx.post(limited.url + "/batch", json={"requests": []}, headers={f"x-h{i}": "v" for i in range(30)}), 431,
+             "max_headers (20)", "headers")
+    _problem(httpx.post(limited.url + "/batch", json={"requests": []}, headers={"x-big": "v" * 5000}), 431,
+             "max_header_bytes (4096)", "headers")
     with httpx.Client(http1=False, http2=True) as h2:
-        _problem(h2.post(limited.url + "/batch", json={"requests": []}, headers={"x-big": "v" * 5000}), 431, "max_header_bytes")
+        _problem(h2.post(limited.url + "/batch", json={"requests": []}, headers={"x-big": "v" * 5000}), 431, "max_header_bytes", "headers")
     # Past what the HTTP/1.1 parser reads at all: still a 431 with a body, not a bare 400.
     with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as raw:
         raw.sendall(b"POST /batch HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 1000) for i in range(100)) + b"\r\n")

@@ -48,7 +48,7 @@ final class StreamedBatchInput: RequestBodySink {
         var items: [BatchItem] = []
         var error: BatchError?
         if received > maxBodyBytes {
-            error = BatchError(status: 413, field: nil, "request body is larger than this route's max_body_bytes (\(maxBodyBytes) bytes)",
+            error = BatchError(status: 413, field: "body", "request body is larger than this route's max_body_bytes (\(maxBodyBytes) bytes)",
                                limit: "max_body_bytes")
         } else {
             (items, error) = decoder.feed(part)
@@ -118,7 +118,7 @@ final class StreamedBatchInput: RequestBodySink {
 
     func timedOut() {
         guard !closed else { return }
-        let error = BatchError(status: 408, field: nil, "the request body stopped arriving for \(clientTimeout.nanoseconds / 1_000_000_000)s")
+        let error = BatchError(status: 408, field: "body", "the request body stopped arriving for \(clientTimeout.nanoseconds / 1_000_000_000)s")
         if let session {
             stop(session, error)
         } else {

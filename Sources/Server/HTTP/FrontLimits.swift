@@ -20,17 +20,17 @@ public struct FrontLimits: Sendable, Equatable {
     func problem(_ head: HTTPRequestHead) -> (limit: String, response: SimpleResponse)? {
         if head.uri.utf8.count > maxURLBytes {
             return ("max_url_bytes", Problem.response(.uriTooLong,
-                detail: "the request target is \(head.uri.utf8.count) bytes, more than max_url_bytes (\(maxURLBytes))"))
+                detail: "the request target is \(head.uri.utf8.count) bytes, more than max_url_bytes (\(maxURLBytes))", field: "url"))
         }
         if head.headers.count > maxHeaders {
             return ("max_headers", Problem.response(.requestHeaderFieldsTooLarge,
-                detail: "the request has \(head.headers.count) header fields, more than max_headers (\(maxHeaders))"))
+                detail: "the request has \(head.headers.count) header fields, more than max_headers (\(maxHeaders))", field: "headers"))
         }
         var bytes = 0
         for (name, value) in head.headers { bytes += name.utf8.count + value.utf8.count }
         if bytes > maxHeaderBytes {
             return ("max_header_bytes", Problem.response(.requestHeaderFieldsTooLarge,
-                detail: "the request's header fields are \(bytes) bytes, more than max_header_bytes (\(maxHeaderBytes))"))
+                detail: "the request's header fields are \(bytes) bytes, more than max_header_bytes (\(maxHeaderBytes))", field: "headers"))
         }
         return nil
     }
@@ -71,7 +71,7 @@ final class FrontProtocolErrorHandler: ChannelDuplexHandler, RemovableChannelHan
             let response: SimpleResponse
             switch parserError {
             case .headerOverflow:
-                response = Problem.response(.requestHeaderFieldsTooLarge, detail: "the request head is larger than this server reads (80 KiB)")
+                response = Problem.response(.requestHeaderFieldsTooLarge, detail: "the request head is larger than this server reads (80 KiB)", field: "headers")
             default:
                 response = Problem.response(.badRequest, detail: "the request is not valid HTTP/1.1: \(parserError)")
             }

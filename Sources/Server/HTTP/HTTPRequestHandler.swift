@@ -135,7 +135,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             case .streaming(_, let sink):
                 sink.timedOut()
             case .collecting:
-                self.reject(context, Problem.response(.requestTimeout, detail: "the request body did not arrive within \(self.clientTimeout.nanoseconds / 1_000_000_000)s"))
+                self.reject(context, Problem.response(.requestTimeout, detail: "the request body did not arrive within \(self.clientTimeout.nanoseconds / 1_000_000_000)s", field: "body"))
             case .discarding(let response, _):
                 self.reject(context, response)
             default:
