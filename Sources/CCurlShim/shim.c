@@ -12,6 +12,10 @@ CURLcode sheaf_easy_setopt_string(CURL *handle, CURLoption option, const char *v
 CURLcode sheaf_easy_setopt_off_t(CURL *handle, CURLoption option, curl_off_t value) {
     return curl_easy_setopt(handle, option, value);
 }
+CURLcode sheaf_easy_setopt_blob(CURL *handle, CURLoption option, const void *data, size_t length) {
+    struct curl_blob blob = { (void *)data, length, CURL_BLOB_COPY };
+    return curl_easy_setopt(handle, option, &blob);
+}
 CURLcode sheaf_easy_setopt_data_callback(CURL *handle, CURLoption option, sheaf_curl_data_callback value) {
     return curl_easy_setopt(handle, option, value);
 }

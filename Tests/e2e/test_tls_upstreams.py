@@ -1,7 +1,9 @@
 """Upstreams behind TLS, against nginx with a CA made by openssl in the test: HTTP/2 over TLS
 (`protocol: h2`), ALPN auto-detection (`protocol: auto`, the default), `server_name`, mTLS,
 `insecure_skip_verify`, and TLS failures named per item and counted by kind."""
+import os
 import re
+import shutil
 import socket
 import threading
 import time
@@ -218,3 +220,22 @@ def test_a_tls_handshake_that_stalls_fails_within_connect_timeout(workdir, proto
     finally:
         s.stop()
         silent.close()
+
+
+@pytest.mark.parametrize("protocol", ["h2", "http1"])
+def test_tls_files_are_read_once_so_removing_them_later_breaks_nothing(workdir, nginx, protocol):
+    """A running upstream keeps the CA it started with, on both engines: libcurl read ca_file
+    again for every new connection, so a CA file rotated away (or a reload refused because of
+    it) failed the HTTP/1.1 upstream's next connections while the running config kept serving."""
+    ca = os.path.join(workdir, f"ca-{protocol}.pem")
+    shutil.copy(nginx.ca, ca)
+    port = nginx.h2tls if protocol == "h2" else nginx.https
+    s = _tls_sheaf(workdir, f"tls-files-{protocol}", port, f"ca_file: {ca}, connections: 4",
+                   protocol=f"protocol: {protocol}, ")
+    try:
+        assert [x["status"] for x in _items(s, [1])] == [200]
+        os.remove(ca)
+        items = _items(s, list(range(1, 41)))
+        assert all(x["status"] == 200 for x in items), [x for x in items if x["status"] != 200][:2]
+    finally:
+        s.stop()

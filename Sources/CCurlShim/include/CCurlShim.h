@@ -13,6 +13,8 @@ CURLcode sheaf_easy_setopt_long(CURL *handle, CURLoption option, long value);
 CURLcode sheaf_easy_setopt_ptr(CURL *handle, CURLoption option, void *value);
 CURLcode sheaf_easy_setopt_string(CURL *handle, CURLoption option, const char *value);
 CURLcode sheaf_easy_setopt_off_t(CURL *handle, CURLoption option, curl_off_t value);
+/* A blob option (CURLOPT_CAINFO_BLOB, ...); curl keeps its own copy of the bytes. */
+CURLcode sheaf_easy_setopt_blob(CURL *handle, CURLoption option, const void *data, size_t length);
 CURLcode sheaf_easy_setopt_data_callback(CURL *handle, CURLoption option, sheaf_curl_data_callback value);
 CURLcode sheaf_easy_getinfo_long(CURL *handle, CURLINFO info, long *value);
 CURLcode sheaf_easy_getinfo_ptr(CURL *handle, CURLINFO info, void **value);

@@ -55,6 +55,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     private var transfers: [UnsafeMutableRawPointer: UnsafeMutablePointer<sheaf_transfer>] = [:]
     /// The url of the transfer being configured, NUL-terminated.
     private var urlBytes: [UInt8] = []
+    /// `ca_file`, `client_certificate` and `client_key` as read when the upstream was built: given
+    /// to libcurl as bytes, which otherwise read the files again for every new connection (a
+    /// file rotated away then failed the running upstream, which the HTTP/2 engine never did).
+    private let tlsFiles: (ca: [UInt8]?, certificate: [UInt8]?, key: [UInt8]?)
 
     public init(configuration: UpstreamConfiguration, logger: Logger, events: UpstreamEvents = .none) {
         _ = curlGlobalInit
@@ -68,6 +72,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         } else {
             urlOrigin = endpoint.origin
         }
+        func read(_ path: String?) -> [UInt8]? { path.flatMap { FileManager.default.contents(atPath: $0) }.map { [UInt8]($0) } }
+        tlsFiles = (read(configuration.caFile), read(configuration.clientCertificate), read(configuration.clientKey))
         self.multi = curl_multi_init()
         let connections = max(1, configuration.connections)
         sheaf_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, connections)
@@ -332,7 +338,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         // the environment on every transfer (getenv showed in the profile, issue 13).
         sheaf_easy_setopt_string(easy, CURLOPT_PROXY, "")
         sheaf_easy_setopt_string(easy, CURLOPT_NOPROXY, "*")
-        if let caFile = configuration.caFile {
+        // The bytes read at start; the path only if they could not be read (curl then names the problem).
+        if let ca = tlsFiles.ca {
+            sheaf_easy_setopt_blob(easy, CURLOPT_CAINFO_BLOB, ca, ca.count)
+        } else if let caFile = configuration.caFile {
             sheaf_easy_setopt_string(easy, CURLOPT_CAINFO, caFile)
         }
         if let connectTo { sheaf_easy_setopt_ptr(easy, CURLOPT_CONNECT_TO, connectTo) }
@@ -342,8 +351,16 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         transfers[easy] = transfer
         sheaf_easy_watch_sockets(easy, transfer)
         if let certificate = configuration.clientCertificate, let key = configuration.clientKey {
-            sheaf_easy_setopt_string(easy, CURLOPT_SSLCERT, certificate)
-            sheaf_easy_setopt_string(easy, CURLOPT_SSLKEY, key)
+            if let bytes = tlsFiles.certificate {
+                sheaf_easy_setopt_blob(easy, CURLOPT_SSLCERT_BLOB, bytes, bytes.count)
+            } else {
+                sheaf_easy_setopt_string(easy, CURLOPT_SSLCERT, certificate)
+            }
+            if let bytes = tlsFiles.key {
+                sheaf_easy_setopt_blob(easy, CURLOPT_SSLKEY_BLOB, bytes, bytes.count)
+            } else {
+                sheaf_easy_setopt_string(easy, CURLOPT_SSLKEY, key)
+            }
         }
         if configuration.insecureSkipVerify {
             sheaf_easy_setopt_long(easy, CURLOPT_SSL_VERIFYPEER, 0)
