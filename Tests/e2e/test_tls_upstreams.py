@@ -5,6 +5,8 @@ import os
 import re
 import shutil
 import socket
+import ssl
+import struct
 import threading
 import time
 
@@ -239,3 +241,109 @@ def test_tls_files_are_read_once_so_removing_them_later_breaks_nothing(workdir, 
         assert all(x["status"] == 200 for x in items), [x for x in items if x["status"] != 200][:2]
     finally:
         s.stop()
+
+
+class _TLSUpstream:
+    """A TLS server with the test CA's certificate that misbehaves on purpose: `reset` sends a
+    TCP reset as soon as the ClientHello is in; `cut` answers every request (HTTP/2 or
+    HTTP/1.1, as ALPN picked) with a 200 promising 1000 bytes, sends 10, and closes without
+    TLS's close_notify."""
+
+    def __init__(self, ca, mode):
+        import h2.config
+        import h2.connection
+        import h2.events
+        self.h2 = (h2.config, h2.connection, h2.events)
+        self.mode = mode
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(ca.server_cert, ca.server_key)
+        self.context.set_alpn_protocols(["h2", "http/1.1"])
+        self.silent = _SilentListener()  # accepting only; the threads below serve each socket
+        self.port = self.silent.port
+        self.served = set()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.silent.done.is_set():
+            for conn in list(self.silent.accepted):
+                if id(conn) not in self.served:
+                    self.served.add(id(conn))
+                    threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+            time.sleep(0.01)
+
+    def _one(self, conn):
+        try:
+            if self.mode == "reset":
+                conn.settimeout(5)
+                conn.recv(1024)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                return
+            tls = self.context.wrap_socket(conn, server_side=True)
+            tls.settimeout(5)
+            if tls.selected_alpn_protocol() == "h2":
+                config, connection, events = self.h2
+                h2c = connection.H2Connection(config=config.H2Configuration(client_side=False))
+                h2c.initiate_connection()
+                tls.sendall(h2c.data_to_send())
+                while True:
+                    data = tls.recv(65536)
+                    if not data:
+                        return
+                    for event in h2c.receive_data(data):
+                        if isinstance(event, events.RequestReceived):
+                            h2c.send_headers(event.stream_id, [(":status", "200"), ("content-length", "1000")])
+                            h2c.send_data(event.stream_id, b"x" * 10)
+                            tls.sendall(h2c.data_to_send())
+                            time.sleep(0.05)
+                            conn.close()  # the raw socket: no close_notify
+                            return
+                    tls.sendall(h2c.data_to_send())
+            else:
+                tls.recv(65536)
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+                time.sleep(0.05)
+                conn.close()
+        except (OSError, ssl.SSLError):
+            pass
+
+    def close(self):
+        self.silent.close()
+
+
+@pytest.mark.parametrize("protocol", ["h2", "http1"])
+def test_a_reset_during_the_tls_handshake_is_a_handshake_failure_on_both_engines(workdir, test_ca, protocol):
+    """Both engines word TLS failures alike: a connection reset before the handshake finished
+    is a handshake failure (counted as one), not an HTTP/2 "connection failed"."""
+    upstream = _TLSUpstream(test_ca, "reset")
+    s = _tls_sheaf(workdir, f"tls-reset-{protocol}", upstream.port, f"ca_file: {test_ca.ca}, connect_timeout: 2s",
+                   protocol=f"protocol: {protocol}, ")
+    try:
+        for item in _items(s, [1, 2]):
+            assert item["status"] == 502, item
+            assert item["error"].startswith("TLS with upstream up failed: handshake failure ("), item
+        assert _tls_failures(s).get("handshake", 0) >= 1
+    finally:
+        s.stop()
+        upstream.close()
+
+
+@pytest.mark.parametrize("protocol", ["h2", "http1"])
+def test_a_tls_answer_cut_without_close_notify_reads_as_a_cut_answer(workdir, test_ca, protocol):
+    """An answer cut short by a close without close_notify: a 502 that says the connection
+    closed before the response completed, not swift-nio-ssl's `uncleanShutdown`."""
+    upstream = _TLSUpstream(test_ca, "cut")
+    s = _tls_sheaf(workdir, f"tls-cut-{protocol}", upstream.port, f"ca_file: {test_ca.ca}, connect_timeout: 2s",
+                   protocol=f"protocol: {protocol}, ")
+    try:
+        [item] = _items(s, [1])
+        assert item["status"] == 502, item
+        assert "uncleanShutdown" not in item["error"], item
+        if protocol == "h2":
+            assert item["error"] == "upstream up closed the connection before the response completed", item
+        else:
+            assert item["error"].startswith("upstream up connection failed: transfer closed with 990 bytes remaining"), item
+    finally:
+        s.stop()
+        upstream.close()

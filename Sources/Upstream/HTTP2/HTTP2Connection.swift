@@ -793,12 +793,15 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // Only handshake errors are TLS failures; later ones (an unclean shutdown) are lost connections.
-        if !handshakeDone, let failure = tls?.failure(for: error) {
-            connection.closeAfterFailedHandshake(failure)
+        // Any error before the handshake finished is a TLS failure (a reset too, as libcurl
+        // words it); later ones are lost connections.
+        if let tls, !handshakeDone {
+            connection.closeAfterFailedHandshake(tls.failure(for: error) ?? tls.handshakeFailed("\(error)"))
             context.close(promise: nil)
             return
         }
+        // A close without close_notify: the close itself says what it cut (channelInactive).
+        if tls != nil, let sslError = error as? NIOSSLError, case .uncleanShutdown = sslError { return }
         connection.socketFailed(error)
     }
 }

@@ -139,8 +139,13 @@ struct UpstreamTLS {
 
     /// The handshake did not finish within `limit` (`connect_timeout`), counted as a handshake failure.
     func handshakeTimedOut(within limit: TimeAmount) -> TLSFailure {
-        counted(TLSFailure(.handshake, upstream: upstream, name: verifiedName,
-                           detail: "it did not finish within \(limit.configText), the upstream's connect_timeout"))
+        handshakeFailed("it did not finish within \(limit.configText), the upstream's connect_timeout")
+    }
+
+    /// The connection failed under the handshake (a reset, a close): a handshake failure, as
+    /// libcurl reports it on HTTP/1.1, counted.
+    func handshakeFailed(_ detail: String) -> TLSFailure {
+        counted(TLSFailure(.handshake, upstream: upstream, name: verifiedName, detail: detail))
     }
 
     /// The handshake completed with `alpn` where HTTP/2 was wanted. Under `auto` that is the
