@@ -112,6 +112,25 @@ import Testing
         }
     }
 
+    /// A half-open circuit closes after three probe items succeed, not after three attempts of
+    /// one: a probe answered 429 and retried counted each retry as another probe's success.
+    @Test func oneProbeRetriedIsOneProbe() async throws {
+        try await withHTTP1({
+            var breaker = CircuitBreakerConfiguration()
+            breaker.minRequests = 4
+            breaker.openFor = .milliseconds(300)
+            $0.circuitBreaker = breaker
+        }) { transport, _ in
+            let resilient = try #require(transport as? ResilientTransport)
+            _ = await runCalls(transport, (0..<6).map { get("/status/500?i=\($0)") })
+            #expect(resilient.circuitState == .open)
+            try await Task.sleep(nanoseconds: 350_000_000)
+            let probe = await runCalls(transport, [get("/status/429?probe")])
+            #expect(probe.status(0) == 429 && probe.attempts(0) == 3)
+            #expect(resilient.circuitState == .halfOpen)
+        }
+    }
+
     @Test func maxQueuedFailsTheExcessFastOnHTTP1() async throws {
         try await withHTTP1({ $0.retry.attempts = 1; $0.connections = 1; $0.maxQueued = 2 }) { transport, server in
             let out = await runCalls(transport, (0..<5).map { get("/slow/300?i=\($0)") })

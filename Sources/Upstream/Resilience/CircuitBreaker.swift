@@ -67,7 +67,7 @@ public struct CircuitBreaker: Sendable {
     /// An admitted item's outcome. Neutral outcomes (cancelled, 4xx) are not reported.
     mutating func record(failed: Bool, probe: Bool, now: NIODeadline) -> Transition? {
         if probe {
-            guard state == .halfOpen else { return nil }
+            guard state == .halfOpen, probesOut > 0 else { return nil }
             probesOut -= 1
             if failed {
                 return trip(now: now)

@@ -88,6 +88,11 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
                     exhausted = true
                 }
             }
+            // A probe is one item: its attempts before a retry are not probes of their own (each
+            // answered 429 and retried counted as another probe's success).
+            if call.probe && retryReason != nil {
+                return
+            }
             if let verdict = Self.failed(result) {
                 transition = breaker?.record(failed: verdict, probe: call.probe, now: now)
             } else if call.probe {
