@@ -131,6 +131,29 @@ import Testing
         }
     }
 
+    /// A retry is counted when it goes: one cancelled during its backoff (the client left)
+    /// never reached the upstream, and sheaf_upstream_retries_total counted it all the same.
+    @Test func aRetryCancelledInItsBackoffIsNotCounted() async throws {
+        let server = try ScriptedHTTP1Server()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let retries = NIOLockedValueBox(0)
+        var events = UpstreamEvents()
+        events.retry = { _, _ in retries.withLockedValue { $0 += 1 } }
+        let transport = try TransportFactory.make(configuration(port: server.port) { $0.retry.maxBackoff = .seconds(5) },
+                                                  group: group, logger: Logger(label: "test"), events: events)
+        let settled = NIOLockedValueBox<UpstreamResult?>(nil)
+        let call = transport.execute(get("/busy/1")) { result in settled.withLockedValue { $0 = result } }
+        try await Task.sleep(nanoseconds: 300_000_000)  // the 503 is in; the retry waits 1 s
+        call.cancel()
+        try await Task.sleep(nanoseconds: 1_200_000_000)
+        #expect(server.requests.count == 1)
+        #expect(retries.withLockedValue { $0 } == 0)
+        #expect(settled.withLockedValue { $0 } != nil)
+        await transport.shutdown()
+        try server.stop()
+        try await group.shutdownGracefully()
+    }
+
     @Test func maxQueuedFailsTheExcessFastOnHTTP1() async throws {
         try await withHTTP1({ $0.retry.attempts = 1; $0.connections = 1; $0.maxQueued = 2 }) { transport, server in
             let out = await runCalls(transport, (0..<5).map { get("/slow/300?i=\($0)") })

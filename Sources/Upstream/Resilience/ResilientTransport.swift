@@ -105,8 +105,12 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
             call.finish(result)
             return
         }
-        events.retry(configuration.name, reason)
-        call.scheduleRetry(after: delay, timeout: timeoutError()) { [self] in self.attempt(call) }
+        // Counted when it goes, not when it is scheduled: a client that leaves during the
+        // backoff cancels it, and sheaf_upstream_retries_total counted retries never sent.
+        call.scheduleRetry(after: delay, timeout: timeoutError()) { [self] in
+            events.retry(configuration.name, reason)
+            self.attempt(call)
+        }
     }
 
     /// Whether an outcome counts against the circuit: transport failures and 5xx answers do,
