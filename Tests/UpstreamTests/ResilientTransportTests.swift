@@ -131,6 +131,30 @@ import Testing
         }
     }
 
+    /// A probe that ends without an outcome of its own (cancelled in its backoff) gives its place
+    /// back: a leaked place left the circuit half-open and turning every item away for good.
+    @Test func aProbeCancelledInItsBackoffGivesItsPlaceBack() async throws {
+        try await withHTTP1({
+            var breaker = CircuitBreakerConfiguration()
+            breaker.minRequests = 4
+            breaker.openFor = .milliseconds(300)
+            $0.circuitBreaker = breaker
+            $0.retry.maxBackoff = .seconds(5)
+        }) { transport, _ in
+            let resilient = try #require(transport as? ResilientTransport)
+            _ = await runCalls(transport, (0..<6).map { get("/status/500?i=\($0)") })
+            #expect(resilient.circuitState == .open)
+            try await Task.sleep(nanoseconds: 350_000_000)
+            let probe = transport.execute(get("/busy/1?probe")) { _ in }
+            try await Task.sleep(nanoseconds: 300_000_000)  // its 503 is in; the retry waits 1 s
+            probe.cancel()
+            try await Task.sleep(nanoseconds: 50_000_000)
+            let next = await runCalls(transport, (0..<3).map { get("/ok?probe=\($0)") })
+            #expect((0..<3).allSatisfy { next.status($0) == 200 }, "\((0..<3).map { next.reason($0) })")
+            #expect(resilient.circuitState == .closed)
+        }
+    }
+
     /// A retry is counted when it goes: one cancelled during its backoff (the client left)
     /// never reached the upstream, and sheaf_upstream_retries_total counted it all the same.
     @Test func aRetryCancelledInItsBackoffIsNotCounted() async throws {

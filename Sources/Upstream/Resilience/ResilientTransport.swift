@@ -46,12 +46,28 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
         report(transition)
         let call = ResilientCall(request: request, deadline: now + configuration.timeout, probe: admission == .probe,
                                  eventLoop: group.next(), completion: completion)
+        if call.probe {
+            // However it ends (a cancel in its backoff, its deadline), a probe's place comes back.
+            call.onFinish = { [self] in lock.withLock { _ = reportProbe(call, failed: nil, now: .now()) } }
+        }
         if admission == .rejected {
             call.finish(.failure(UpstreamError(.overloaded, "circuit open for upstream \(configuration.name); not sent", attempts: 0)))
         } else {
             attempt(call)
         }
         return call
+    }
+
+    /// Under `lock`: tells the breaker how probe `call` ended, once. `failed` nil: an end that
+    /// says nothing of the upstream (cancelled, a neutral answer), which gives the place back.
+    private func reportProbe(_ call: ResilientCall, failed: Bool?, now: NIODeadline) -> CircuitBreaker.Transition? {
+        guard !call.probeReported else { return nil }
+        call.probeReported = true
+        guard let failed else {
+            breaker?.probeAbandoned()
+            return nil
+        }
+        return breaker?.record(failed: failed, probe: true, now: now)
     }
 
     private func attempt(_ call: ResilientCall) {
@@ -65,8 +81,9 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
         guard let attempt = call.attemptEnded(result) else {
             // The item already settled (its deadline, a cancel): only the circuit hears of it.
             let transition = lock.withLock { () -> CircuitBreaker.Transition? in
+                if call.probe { return reportProbe(call, failed: Self.failed(result), now: now) }
                 guard let verdict = Self.failed(result) else { return nil }
-                return breaker?.record(failed: verdict, probe: call.probe, now: now)
+                return breaker?.record(failed: verdict, probe: false, now: now)
             }
             report(transition)
             return
@@ -90,13 +107,10 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
             }
             // A probe is one item: its attempts before a retry are not probes of their own (each
             // answered 429 and retried counted as another probe's success).
-            if call.probe && retryReason != nil {
-                return
-            }
-            if let verdict = Self.failed(result) {
-                transition = breaker?.record(failed: verdict, probe: call.probe, now: now)
-            } else if call.probe {
-                breaker?.probeAbandoned()
+            if call.probe {
+                if retryReason == nil { transition = reportProbe(call, failed: Self.failed(result), now: now) }
+            } else if let verdict = Self.failed(result) {
+                transition = breaker?.record(failed: verdict, probe: false, now: now)
             }
         }
         report(transition)
@@ -160,6 +174,10 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
     /// The item's own deadline: retries never go past it.
     let deadline: NIODeadline
     let probe: Bool
+    /// Under the transport's lock: the breaker has heard how this probe ended.
+    var probeReported = false
+    /// Called once when the item settles, however it does; set before its first attempt.
+    var onFinish: (@Sendable () -> Void)?
     private let eventLoop: EventLoop
     private let lock = NIOLock()
     private var completion: (@Sendable (UpstreamResult) -> Void)?
@@ -255,6 +273,7 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
         }
         guard let done else { return }
         call?.cancel()
+        onFinish?()
         switch result {
         case .success(var response):
             if retried { (response.attempts, response.resends) = total }
