@@ -50,7 +50,9 @@ public enum XMLBatchDecoder {
                 return .failure(.badRequest(field: "body", "an XML element (at byte \(crowded)) has more than \(maxAttributes) attributes"))
             }
             let options = Int32(XML_PARSE_NONET.rawValue) | Int32(XML_PARSE_NOERROR.rawValue) | Int32(XML_PARSE_NOWARNING.rawValue)
-            guard let reader = xmlReaderForMemory(base, Int32(raw.count), nil, nil, options) else {
+            // Read as UTF-8 whatever the body declares: the attribute scan above reads its bytes as
+            // UTF-8, and a UTF-16 name character can be a `>` byte that ended its tag early.
+            guard let reader = xmlReaderForMemory(base, Int32(raw.count), nil, "UTF-8", options) else {
                 return .failure(.badRequest(field: "body", "body could not be read as XML"))
             }
             defer { xmlFreeTextReader(reader) }

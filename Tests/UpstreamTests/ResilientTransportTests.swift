@@ -112,28 +112,9 @@ import Testing
         }
     }
 
-    /// A half-open circuit closes after three probe items succeed, not after three attempts of
-    /// one: a probe answered 429 and retried counted each retry as another probe's success.
-    @Test func oneProbeRetriedIsOneProbe() async throws {
-        try await withHTTP1({
-            var breaker = CircuitBreakerConfiguration()
-            breaker.minRequests = 4
-            breaker.openFor = .milliseconds(300)
-            $0.circuitBreaker = breaker
-        }) { transport, _ in
-            let resilient = try #require(transport as? ResilientTransport)
-            _ = await runCalls(transport, (0..<6).map { get("/status/500?i=\($0)") })
-            #expect(resilient.circuitState == .open)
-            try await Task.sleep(nanoseconds: 350_000_000)
-            let probe = await runCalls(transport, [get("/status/429?probe")])
-            #expect(probe.status(0) == 429 && probe.attempts(0) == 3)
-            #expect(resilient.circuitState == .halfOpen)
-        }
-    }
-
-    /// A probe that ends without an outcome of its own (cancelled in its backoff) gives its place
-    /// back: a leaked place left the circuit half-open and turning every item away for good.
-    @Test func aProbeCancelledInItsBackoffGivesItsPlaceBack() async throws {
+    /// An HTTP/1.1 transport with a circuit breaker that an outage has opened and whose
+    /// `openFor` has passed: its next items are probes.
+    func withHalfOpenCircuit(_ body: (UpstreamTransport, ResilientTransport) async throws -> Void) async throws {
         try await withHTTP1({
             var breaker = CircuitBreakerConfiguration()
             breaker.minRequests = 4
@@ -145,6 +126,24 @@ import Testing
             _ = await runCalls(transport, (0..<6).map { get("/status/500?i=\($0)") })
             #expect(resilient.circuitState == .open)
             try await Task.sleep(nanoseconds: 350_000_000)
+            try await body(transport, resilient)
+        }
+    }
+
+    /// A half-open circuit closes after three probe items succeed, not after three attempts of
+    /// one: a probe answered 429 and retried counted each retry as another probe's success.
+    @Test func oneProbeRetriedIsOneProbe() async throws {
+        try await withHalfOpenCircuit { transport, resilient in
+            let probe = await runCalls(transport, [get("/status/429?probe")])
+            #expect(probe.status(0) == 429 && probe.attempts(0) == 3)
+            #expect(resilient.circuitState == .halfOpen)
+        }
+    }
+
+    /// A probe that ends without an outcome of its own (cancelled in its backoff) gives its place
+    /// back: a leaked place left the circuit half-open and turning every item away for good.
+    @Test func aProbeCancelledInItsBackoffGivesItsPlaceBack() async throws {
+        try await withHalfOpenCircuit { transport, resilient in
             let probe = transport.execute(get("/busy/1?probe")) { _ in }
             try await Task.sleep(nanoseconds: 300_000_000)  // its 503 is in; the retry waits 1 s
             probe.cancel()

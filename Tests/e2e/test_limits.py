@@ -108,6 +108,12 @@ def test_an_xml_element_with_too_many_attributes_is_refused_before_libxml2_reads
         r = httpx.post(limited.url + "/batch", content=xml, headers={"content-type": "application/xml"}, timeout=30)
         _problem(r, 400, "more than 64 attributes")
         assert r.json()["field"] == "body"
+    # The scan reads bytes as UTF-8, and so does libxml2: UTF-16 (where a name character can be
+    # a `>` byte, ending the scan's tag early) is not read past the limit either.
+    utf16 = ('<S:batch xmlns:S="urn:sheaf" xmlns:D="DAV:"><x:\u3e00 xmlns:x="urn:x" '
+             + " ".join(f'a{i}="v"' for i in range(50_000)) + "/></S:batch>").encode("utf-16")
+    r = httpx.post(limited.url + "/batch", content=utf16, headers={"content-type": "application/xml"}, timeout=30)
+    assert r.status_code == 400 and r.json()["field"] == "body", r.text
     # 64 are fine (the namespace declarations count): the element is skipped as before.
     attributes = " ".join(f'a{i}="v"' for i in range(62))
     xml = f'<S:batch xmlns:S="urn:sheaf" xmlns:D="DAV:"><x:a xmlns:x="urn:x" {attributes}/></S:batch>'

@@ -50,7 +50,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// issue 13). Curl gets at most `connections` transfers at a time.
     private var waiting = CircularBuffer<CurlExchange>()
     private var spareHandles: [UnsafeMutableRawPointer] = []
-    /// CURLOPT_ERRORBUFFER per easy handle, freed with the handle when the thread ends.
     /// Each handle's `sheaf_transfer`: its sends, what it may send, its error text.
     private var transfers: [UnsafeMutableRawPointer: UnsafeMutablePointer<sheaf_transfer>] = [:]
     /// The url of the transfer being configured, NUL-terminated.

@@ -90,13 +90,13 @@ struct HTTP2ConnectionStateMachine {
 
     // MARK: events
 
-    /// Over TLS: TCP is up and the handshake starts; it must end within `handshakeTimeout`.
-    /// (A peer that takes TCP and never answers the ClientHello held the connection, and every
-    /// item waiting for it, until the item timed out; and Sheaf's shutdown waited for it too.)
+    /// Over TLS: TCP is up and the handshake starts; it must end within `handshakeTimeout` of
+    /// the connect's start (`init`'s `now`), TCP's time included, as libcurl counts it. (A peer
+    /// that takes TCP and never answers the ClientHello held the connection, and every item
+    /// waiting for it, until the item timed out; and Sheaf's shutdown waited for it too.)
     mutating func tcpConnected(now: NIODeadline) {
         guard state == .connecting else { return }
         state = .handshaking
-        lastRead = now
     }
 
     /// TCP is up (over TLS: the handshake is done); the preface and SETTINGS are on their way.
