@@ -13,6 +13,8 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     let maxBodyBytes: Int
 
     var easy: UnsafeMutableRawPointer?
+    /// `easy`'s `sheaf_transfer` while the exchange has the handle.
+    var transfer: UnsafeMutablePointer<sheaf_transfer>?
     var headerList: UnsafeMutablePointer<curl_slist>?
     var headers = HeaderFields()
     var body = ByteBuffer()
@@ -50,10 +52,10 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
 
     /// Stamped with the sends counted (libcurl's own re-sends included); a failure that says it
     /// was never sent (attempts 0) keeps that unless a send did happen.
-    func settle(_ result: UpstreamResult) {
+    func settle(_ result: consuming UpstreamResult) {
         guard let completion else { return }
         self.completion = nil
-        switch result {
+        switch consume result {
         case .success(var response):
             response.attempts = max(1, sends)
             completion(.success(response))

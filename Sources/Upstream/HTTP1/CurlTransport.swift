@@ -49,8 +49,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// made each finished transfer cost a thousand steps (28 % of Sheaf's CPU on this path,
     /// issue 13). Curl gets at most `connections` transfers at a time.
     private var waiting = CircularBuffer<CurlExchange>()
-    private var spareHandles: [UnsafeMutableRawPointer] = []
-    /// Each handle's `sheaf_transfer`: its sends, what it may send, its error text.
+    /// Easy handles between transfers, each with its `sheaf_transfer` (no lookup per item).
+    private var spareHandles: [(easy: UnsafeMutableRawPointer, transfer: UnsafeMutablePointer<sheaf_transfer>)] = []
+    /// Each handle's `sheaf_transfer`: its sends, what it may send, its error text. Freed with the
+    /// handles when the thread ends; a transfer's exchange holds its own (`CurlExchange.transfer`).
     private var transfers: [UnsafeMutableRawPointer: UnsafeMutablePointer<sheaf_transfer>] = [:]
     /// The url of the transfer being configured, NUL-terminated.
     private var urlBytes: [UInt8] = []
@@ -239,7 +241,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             defer { shutdownWaiters.removeAll() }
             return shutdownWaiters
         }
-        for handle in spareHandles { curl_easy_cleanup(handle) }
+        for spare in spareHandles { curl_easy_cleanup(spare.easy) }
         for transfer in transfers.values { transfer.deallocate() }
         transfers.removeAll()
         spareHandles.removeAll()
@@ -275,13 +277,14 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         }
         let easy: UnsafeMutableRawPointer
         if let spare = spareHandles.popLast() {
-            easy = spare
+            easy = spare.easy
+            exchange.transfer = spare.transfer
         } else {
             guard let fresh = curl_easy_init() else {
                 exchange.settle(.failure(UpstreamError(.unreachable, "libcurl could not create a handle")))
                 return
             }
-            configureOnce(fresh)
+            exchange.transfer = configureOnce(fresh)
             easy = fresh
         }
         exchange.easy = easy
@@ -325,7 +328,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// What every transfer of this upstream shares, set once per easy handle: handles are kept
     /// for the next transfer without `curl_easy_reset`, which freed and rebuilt all of this per
     /// item (issue 13). `configure` sets every option that differs between transfers.
-    private func configureOnce(_ easy: UnsafeMutableRawPointer) {
+    /// Returns the handle's `sheaf_transfer`.
+    private func configureOnce(_ easy: UnsafeMutableRawPointer) -> UnsafeMutablePointer<sheaf_transfer> {
         sheaf_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
         sheaf_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
         sheaf_easy_setopt_long(easy, CURLOPT_TCP_NODELAY, 1)
@@ -367,6 +371,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         }
         sheaf_easy_setopt_data_callback(easy, CURLOPT_WRITEFUNCTION, curlWrite)
         sheaf_easy_setopt_data_callback(easy, CURLOPT_HEADERFUNCTION, curlHeader)
+        return transfer
     }
 
     private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange) {
@@ -379,7 +384,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         urlBytes.withUnsafeBufferPointer { url in
             _ = sheaf_easy_setopt_ptr(easy, CURLOPT_URL, UnsafeMutableRawPointer(mutating: url.baseAddress))
         }
-        if let transfer = transfers[easy] {
+        if let transfer = exchange.transfer {
             transfer.pointee.error.0 = 0
             transfer.pointee.sends = 0
             transfer.pointee.refused_send = 0
@@ -425,7 +430,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle,
                   let exchange = active[easy] else { continue }
             let code = sheaf_msg_result(message)
-            if code == CURLE_ABORTED_BY_CALLBACK, transfers[easy]?.pointee.refused_send != 0 {
+            if code == CURLE_ABORTED_BY_CALLBACK, exchange.transfer?.pointee.refused_send != 0 {
                 // libcurl was about to send it again after a reused connection died unanswered.
                 let method = exchange.request.method
                 finish(exchange, .failure(UpstreamError(.unreachable, exchange.request.isIdempotent
@@ -453,7 +458,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 finish(exchange, .success(UpstreamResponse(status: status, headers: exchange.headers,
                                                            body: exchange.body, bodyTruncated: exchange.truncated)))
             } else {
-                finish(exchange, .failure(error(for: code, easy: easy)))
+                finish(exchange, .failure(error(for: code, easy: easy, transfer: exchange.transfer)))
             }
         }
     }
@@ -483,17 +488,16 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     /// Takes the transfer off the multi handle and keeps its handle for the next one.
     private func release(_ exchange: CurlExchange) {
-        if let easy = exchange.easy {
-            if let transfer = transfers[easy] {
-                exchange.sends += Int(transfer.pointee.sends)
-                transfer.pointee.sends = 0
-            }
+        if let easy = exchange.easy, let transfer = exchange.transfer {
+            exchange.sends += Int(transfer.pointee.sends)
+            transfer.pointee.sends = 0
             curl_multi_remove_handle(multi, easy)
             active.removeValue(forKey: easy)
             // Kept configured for the next transfer (configureOnce); only a body's copy goes now.
             if exchange.request.body != nil { sheaf_easy_setopt_ptr(easy, CURLOPT_POSTFIELDS, nil) }
-            spareHandles.append(easy)
+            spareHandles.append((easy, transfer))
             exchange.easy = nil
+            exchange.transfer = nil
         }
         if let list = exchange.headerList {
             free(list)  // CurlHeaderBlock: one allocation
@@ -502,9 +506,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     }
 
     /// The one place libcurl result codes become Sheaf errors.
-    private func error(for code: CURLcode, easy: UnsafeMutableRawPointer) -> UpstreamError {
+    private func error(for code: CURLcode, easy: UnsafeMutableRawPointer, transfer: UnsafeMutablePointer<sheaf_transfer>?) -> UpstreamError {
         // curl's message for this transfer when it wrote one, else the generic text for the code.
-        let written = transfers[easy].flatMap { transfer in
+        let written = transfer.flatMap { transfer in
             withUnsafeBytes(of: &transfer.pointee.error) { raw in
                 raw[0] == 0 ? nil : String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
             }
