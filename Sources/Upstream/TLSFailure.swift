@@ -1,3 +1,5 @@
+import NIOCore
+
 /// Why a TLS connection to an upstream failed, in the words an operator acts on. Both engines
 /// classify their library's errors into these kinds, so an item's reason and the
 /// `sheaf_upstream_tls_failures_total{kind}` metric read the same on HTTP/2 and HTTP/1.1.
@@ -30,6 +32,13 @@ public struct TLSFailure: Sendable, Equatable {
         case .handshake:
             message = "TLS with upstream \(upstream) failed: handshake failure (\(detail))"
         }
+    }
+}
+
+extension TLSFailure {
+    /// Why a handshake still unfinished at `connect_timeout` failed, in both engines' words.
+    static func handshakeTimeoutDetail(_ limit: TimeAmount) -> String {
+        "it did not finish within \(limit.configText), the upstream's connect_timeout"
     }
 }
 

@@ -61,9 +61,11 @@ public struct UpstreamRequest: Sendable {
         size += 32 + 5 + path.utf8.count           // :path
         size += 32 + 7 + scheme.utf8.count         // :scheme
         size += 32 + 10 + authorityByteCount       // :authority
-        for header in batchHeaders { size += 32 + header.name.utf8.count + header.value.utf8.count }
-        for header in headers { size += 32 + header.name.utf8.count + header.value.utf8.count }
-        if let requestID { size += 32 + ItemRequestID.name.utf8.count + requestID.byteCount }
+        // Field by field, not through `forEachHeader`, which joins the request id's parts.
+        func field(_ name: String, _ valueBytes: Int) { size += 32 + name.utf8.count + valueBytes }
+        for header in batchHeaders { field(header.name, header.value.utf8.count) }
+        for header in headers { field(header.name, header.value.utf8.count) }
+        if let requestID { field(ItemRequestID.name, requestID.byteCount) }
         if let body { size += 32 + 14 + String(body.readableBytes).utf8.count }
         return size
     }

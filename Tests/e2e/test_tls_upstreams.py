@@ -1,6 +1,7 @@
 """Upstreams behind TLS, against nginx with a CA made by openssl in the test: HTTP/2 over TLS
 (`protocol: h2`), ALPN auto-detection (`protocol: auto`, the default), `server_name`, mTLS,
 `insecure_skip_verify`, and TLS failures named per item and counted by kind."""
+import contextlib
 import os
 import re
 import shutil
@@ -312,31 +313,35 @@ class _TLSUpstream:
         self.silent.close()
 
 
-@pytest.mark.parametrize("protocol", ["h2", "http1"])
-def test_a_reset_during_the_tls_handshake_is_a_handshake_failure_on_both_engines(workdir, test_ca, protocol):
-    """Both engines word TLS failures alike: a connection reset before the handshake finished
-    is a handshake failure (counted as one), not an HTTP/2 "connection failed"."""
-    upstream = _TLSUpstream(test_ca, "reset")
-    s = _tls_sheaf(workdir, f"tls-reset-{protocol}", upstream.port, f"ca_file: {test_ca.ca}, connect_timeout: 2s",
+@contextlib.contextmanager
+def _sheaf_before(workdir, ca, mode, protocol):
+    """A Sheaf whose one route goes to a `_TLSUpstream` misbehaving by `mode`, over `protocol`."""
+    upstream = _TLSUpstream(ca, mode)
+    s = _tls_sheaf(workdir, f"tls-{mode}-{protocol}", upstream.port, f"ca_file: {ca.ca}, connect_timeout: 2s",
                    protocol=f"protocol: {protocol}, ")
     try:
-        for item in _items(s, [1, 2]):
-            assert item["status"] == 502, item
-            assert item["error"].startswith("TLS with upstream up failed: handshake failure ("), item
-        assert _tls_failures(s).get("handshake", 0) >= 1
+        yield s
     finally:
         s.stop()
         upstream.close()
 
 
 @pytest.mark.parametrize("protocol", ["h2", "http1"])
+def test_a_reset_during_the_tls_handshake_is_a_handshake_failure_on_both_engines(workdir, test_ca, protocol):
+    """Both engines word TLS failures alike: a connection reset before the handshake finished
+    is a handshake failure (counted as one), not an HTTP/2 "connection failed"."""
+    with _sheaf_before(workdir, test_ca, "reset", protocol) as s:
+        for item in _items(s, [1, 2]):
+            assert item["status"] == 502, item
+            assert item["error"].startswith("TLS with upstream up failed: handshake failure ("), item
+        assert _tls_failures(s).get("handshake", 0) >= 1
+
+
+@pytest.mark.parametrize("protocol", ["h2", "http1"])
 def test_a_tls_answer_cut_without_close_notify_reads_as_a_cut_answer(workdir, test_ca, protocol):
     """An answer cut short by a close without close_notify: a 502 that says the connection
     closed before the response completed, not swift-nio-ssl's `uncleanShutdown`."""
-    upstream = _TLSUpstream(test_ca, "cut")
-    s = _tls_sheaf(workdir, f"tls-cut-{protocol}", upstream.port, f"ca_file: {test_ca.ca}, connect_timeout: 2s",
-                   protocol=f"protocol: {protocol}, ")
-    try:
+    with _sheaf_before(workdir, test_ca, "cut", protocol) as s:
         [item] = _items(s, [1])
         assert item["status"] == 502, item
         assert "uncleanShutdown" not in item["error"], item
@@ -344,6 +349,3 @@ def test_a_tls_answer_cut_without_close_notify_reads_as_a_cut_answer(workdir, te
             assert item["error"] == "upstream up closed the connection before the response completed", item
         else:
             assert item["error"].startswith("upstream up connection failed: transfer closed with 990 bytes remaining"), item
-    finally:
-        s.stop()
-        upstream.close()

@@ -51,9 +51,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     private var waiting = CircularBuffer<CurlExchange>()
     /// Easy handles between transfers, each with its `sheaf_transfer` (no lookup per item).
     private var spareHandles: [(easy: UnsafeMutableRawPointer, transfer: UnsafeMutablePointer<sheaf_transfer>)] = []
-    /// Each handle's `sheaf_transfer`: its sends, what it may send, its error text. Freed with the
-    /// handles when the thread ends; a transfer's exchange holds its own (`CurlExchange.transfer`).
-    private var transfers: [UnsafeMutableRawPointer: UnsafeMutablePointer<sheaf_transfer>] = [:]
+    /// Every handle's `sheaf_transfer` (its sends, what it may send, its error text), freed when the
+    /// thread ends; a transfer's exchange holds its own (`CurlExchange.transfer`), so none is looked up.
+    private var transfers: [UnsafeMutablePointer<sheaf_transfer>] = []
     /// The url of the transfer being configured, NUL-terminated.
     private var urlBytes: [UInt8] = []
     /// `ca_file`, `client_certificate` and `client_key` as read when the upstream was built: given
@@ -242,7 +242,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             return shutdownWaiters
         }
         for spare in spareHandles { curl_easy_cleanup(spare.easy) }
-        for transfer in transfers.values { transfer.deallocate() }
+        for transfer in transfers { transfer.deallocate() }
         transfers.removeAll()
         spareHandles.removeAll()
         curl_multi_cleanup(multi)
@@ -351,7 +351,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         let transfer = UnsafeMutablePointer<sheaf_transfer>.allocate(capacity: 1)
         transfer.initialize(to: sheaf_transfer())
         transfer.pointee.sockets = sockets
-        transfers[easy] = transfer
+        transfers.append(transfer)
         sheaf_easy_watch_sockets(easy, transfer)
         if let certificate = configuration.clientCertificate, let key = configuration.clientKey {
             if let bytes = tlsFiles.certificate {
@@ -520,26 +520,19 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             // expireOverdue): the connection could not be made, TCP or, over TLS, its handshake.
             var tcpUp: curl_off_t = 0
             sheaf_easy_getinfo_off_t(easy, CURLINFO_CONNECT_TIME_T, &tcpUp)
-            let limit = configuration.connectTimeout.configText
             // libcurl 7.88 records no connect time for a transfer that failed; its words
             // ("SSL connection timeout") tell the handshake's timeout from TCP's then.
             if configuration.endpoint.scheme == "https" && (tcpUp > 0 || detail.contains("SSL")) {
-                events.tlsFailure(configuration.name, .handshake)
-                let failure = TLSFailure(.handshake, upstream: configuration.name, name: configuration.serverName ?? configuration.endpoint.host,
-                                         detail: "it did not finish within \(limit), the upstream's connect_timeout")
-                return UpstreamError(.unreachable, failure.message)
+                return tlsFailure(.handshake, TLSFailure.handshakeTimeoutDetail(configuration.connectTimeout))
             }
-            return UpstreamError(.unreachable, "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): no connection within \(limit) (\(detail))",
+            return UpstreamError(.unreachable, "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): no connection within \(configuration.connectTimeout.configText) (\(detail))",
                                  cause: .connectFailure)
         case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CONNECT_ERROR, CURLE_SSL_CACERT_BADFILE, CURLE_SSL_CERTPROBLEM:
             // curl words a name mismatch "no alternative certificate subject name matches target
             // host name" (OpenSSL) or "does not match target host name".
             let hostname = code == CURLE_PEER_FAILED_VERIFICATION && detail.contains("host name")
             let kind: TLSFailureKind = hostname ? .hostname : code == CURLE_PEER_FAILED_VERIFICATION ? .certificate : .handshake
-            events.tlsFailure(configuration.name, kind)
-            let failure = TLSFailure(kind, upstream: configuration.name,
-                                     name: configuration.serverName ?? configuration.endpoint.host, detail: detail)
-            return UpstreamError(.unreachable, failure.message)
+            return tlsFailure(kind, detail)
         case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST:
             return UpstreamError(.unreachable, "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): \(detail)",
                                  cause: .connectFailure)
@@ -548,6 +541,14 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         default:
             return UpstreamError(.protocolError, "upstream \(configuration.name): \(detail)")
         }
+    }
+
+    /// A TLS failure of `kind`, counted, as the item's error.
+    private func tlsFailure(_ kind: TLSFailureKind, _ detail: String) -> UpstreamError {
+        events.tlsFailure(configuration.name, kind)
+        let failure = TLSFailure(kind, upstream: configuration.name, name: configuration.serverName ?? configuration.endpoint.host,
+                                 detail: detail)
+        return UpstreamError(.unreachable, failure.message)
     }
 
     private func timeoutError() -> UpstreamError {

@@ -139,7 +139,7 @@ struct UpstreamTLS {
 
     /// The handshake did not finish within `limit` (`connect_timeout`), counted as a handshake failure.
     func handshakeTimedOut(within limit: TimeAmount) -> TLSFailure {
-        handshakeFailed("it did not finish within \(limit.configText), the upstream's connect_timeout")
+        handshakeFailed(TLSFailure.handshakeTimeoutDetail(limit))
     }
 
     /// The connection failed under the handshake (a reset, a close): a handshake failure, as
