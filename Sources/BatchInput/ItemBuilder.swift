@@ -20,7 +20,7 @@ public struct ItemBuilder {
     private var hrefFilter: HrefFilter?
     static let exactHrefs = 1 << 16
     /// Coalescing: the first item on each path, and the first item of each full call key.
-    private var firstOnPath: [String: (index: Int, request: UpstreamRequest)] = [:]
+    private var firstOnPath: [String: CallShape] = [:]
     private var byKey: [String: Int] = [:]
     /// `templateFields`' last answer, with the template headers it was built from.
     private var templatedFields: (template: [(name: String, value: String)], fields: [(name: String, value: String)])?
@@ -320,11 +320,11 @@ public struct ItemBuilder {
             guard let path = Self.coalescablePath(items[position]) else { continue }
             // One lookup for a new path (the common case): put it in, and only when it was
             // there already put the first one back.
-            guard let first = firstOnPath.updateValue((index, items[position].request!), forKey: path) else { continue }
+            guard let first = firstOnPath.updateValue(CallShape(index: index, items[position].request!), forKey: path) else { continue }
             firstOnPath[path] = first
-            let firstKey = Self.callKey(first.request)
+            let firstKey = first.key(path: path)
             if byKey[firstKey] == nil { byKey[firstKey] = first.index }
-            let key = Self.callKey(items[position].request!)
+            let key = CallShape(index: index, items[position].request!).key(path: path)
             if let leader = byKey[key] {
                 items[position].sameAs = leader
             } else {
@@ -339,16 +339,6 @@ public struct ItemBuilder {
         guard item.dependsOn.isEmpty, let method = item.request?.method, method == "GET" || method == "HEAD",
               item.request?.body == nil else { return nil }
         return item.request?.path
-    }
-
-    /// Method, path and headers (the per-item request id aside): equal keys make the same call.
-    private static func callKey(_ request: UpstreamRequest) -> String {
-        var key = request.method + "\u{0}" + request.path
-        request.forEachHeader { name, value in
-            let name = name.lowercased()
-            if name != "x-request-id" { key += "\u{0}" + name + "\u{1}" + value }
-        }
-        return key
     }
 
     /// One item of a route template. The path needs no normalization: `PathTemplate` refuses dot
@@ -438,4 +428,31 @@ public struct BatchHeaders: Sendable {
     }
 
     var isEmpty: Bool { inherited.isEmpty && imposed.isEmpty && requestID == nil }
+}
+
+/// What decides whether two requests on one path make the same call: the method and the
+/// headers (the per-item request id aside). Kept for the first item on each path instead of its
+/// whole request, whose copy retained every part of it for every item (issue 13).
+private struct CallShape {
+    let index: Int
+    let method: String
+    let batchHeaders: [(name: String, value: String)]
+    let headers: [(name: String, value: String)]
+
+    init(index: Int, _ request: borrowing UpstreamRequest) {
+        self.index = index
+        method = request.method
+        batchHeaders = request.batchHeaders
+        headers = request.headers
+    }
+
+    /// Method, path and headers: equal keys make the same call.
+    func key(path: String) -> String {
+        var key = method + "\u{0}" + path
+        for header in batchHeaders + headers {
+            let name = header.name.lowercased()
+            if name != ItemRequestID.name { key += "\u{0}" + name + "\u{1}" + header.value }
+        }
+        return key
+    }
 }

@@ -94,11 +94,16 @@ public struct ReportedHeaders: Sendable, Equatable {
         }
         self.bytes = bytes
         self.spans = spans
+        lengths = kept.reduce(0) { $0 | (1 << UInt64(min($1.utf8.count, 63))) }
     }
     /// `names`' bytes end to end, and where each lies: compared with an upstream field's name as
     /// it lies in its `HeaderFields`, without a string or a retain per name.
     private let bytes: [UInt8]
     private let spans: [Range<Int>]
+    /// Bit n set when a reported name is n bytes long (63: that long or longer). Most of an
+    /// answer's fields (`server`, `date`, `content-length`) are ruled out by their length alone,
+    /// without comparing them with each name (issue 13).
+    private let lengths: UInt64
 
     public static let standard = ReportedHeaders(["content-type", "etag", "last-modified", "location", "retry-after", "cache-control"])
 
@@ -109,7 +114,8 @@ public struct ReportedHeaders: Sendable, Equatable {
 
     /// Whether `field`'s name is reported (names are stored lower-case).
     func allows(_ field: HeaderFields.Field) -> Bool {
-        bytes.withUnsafeBufferPointer { bytes in
+        guard lengths & (1 << UInt64(min(field.name.count, 63))) != 0 else { return false }
+        return bytes.withUnsafeBufferPointer { bytes in
             for span in spans where field.isNamed(UnsafeBufferPointer(rebasing: bytes[span])) {
                 return true
             }

@@ -11,7 +11,7 @@ public final class SheafMetrics: @unchecked Sendable {
     private let lock = NIOLock()
     private var batchCounters: [String: Counter] = [:]
     private var itemCounters: [String: Counter] = [:]
-    private var itemHistograms: [String: DurationHistogram] = [:]
+    private var itemHistograms: [String: ValueHistogram] = [:]
     private var batchHistograms: [String: DurationHistogram] = [:]
     private var resendCounters: [String: Counter] = [:]
     private var lostCounters: [String: Counter] = [:]
@@ -24,7 +24,7 @@ public final class SheafMetrics: @unchecked Sendable {
     private var budgetCounters: [String: Counter] = [:]
     private var transitionCounters: [String: Counter] = [:]
     private var goawayCounters: [String: Counter] = [:]
-    private var upstreamHistograms: [String: DurationHistogram] = [:]
+    private var upstreamHistograms: [String: ValueHistogram] = [:]
     private var engineGauges: [String: Gauge] = [:]
     /// The engine gauges the scrape in progress set; the others (an upstream a reload removed, a
     /// protocol `auto` moved away from) are unregistered rather than left at a stale value.
@@ -43,6 +43,16 @@ public final class SheafMetrics: @unchecked Sendable {
         .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
         .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10),
     ]
+    /// `itemBuckets` in seconds. The per-item histograms hold `Double`s: a `Duration` histogram
+    /// compared each observation with every bound through the runtime's 128-bit `Duration.<`, a
+    /// call apiece, twice per item (issue 13). The bounds print the same either way ("0.001").
+    static let itemBucketSeconds: [Double] = itemBuckets.map(seconds)
+
+    /// A duration in seconds.
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+
     static let batchBuckets: [Duration] = [
         .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
         .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5),
@@ -127,18 +137,18 @@ public final class SheafMetrics: @unchecked Sendable {
     }
 
     /// The latency histogram of a route's items; fetched once per batch, recorded into per item.
-    public func itemHistogram(route: String) -> DurationHistogram {
+    public func itemHistogram(route: String) -> ValueHistogram {
         lock.withLock {
             cachedHistogram(&itemHistograms, "item_duration", "Time from an item's start to its outcome", label: ("route", route))
         }
     }
 
     /// The item-bucket histogram of `metric` for one label value, made on first use. Called under `lock`.
-    private func cachedHistogram(_ cache: inout [String: DurationHistogram], _ metric: String, _ help: String,
-                                 label: (String, String)) -> DurationHistogram {
+    private func cachedHistogram(_ cache: inout [String: ValueHistogram], _ metric: String, _ help: String,
+                                 label: (String, String)) -> ValueHistogram {
         if let histogram = cache[label.1] { return histogram }
-        let histogram = registry.makeDurationHistogram(descriptor: Self.name(metric, "seconds", help), labels: [label],
-                                                       buckets: Self.itemBuckets)
+        let histogram = registry.makeValueHistogram(descriptor: Self.name(metric, "seconds", help), labels: [label],
+                                                    buckets: Self.itemBucketSeconds)
         cache[label.1] = histogram
         return histogram
     }
@@ -253,7 +263,7 @@ public final class SheafMetrics: @unchecked Sendable {
     }
 
     /// The duration histogram of an upstream's requests (hand-over to outcome, retries included).
-    public func upstreamHistogram(upstream: String) -> DurationHistogram {
+    public func upstreamHistogram(upstream: String) -> ValueHistogram {
         lock.withLock {
             cachedHistogram(&upstreamHistograms, "upstream_request_duration",
                             "Time from an item's hand-over to an upstream to its outcome, retries included", label: ("upstream", upstream))

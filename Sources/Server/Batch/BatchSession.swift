@@ -21,8 +21,8 @@ final class BatchSession: @unchecked Sendable {
     private let requestID: String?
     private let writer: ResponseWriter
     private let metrics: SheafMetrics
-    private let histogram: DurationHistogram
-    private let upstreamHistogram: DurationHistogram
+    private let histogram: ValueHistogram
+    private let upstreamHistogram: ValueHistogram
     private let received: NIODeadline
     private let logger: Logger
     /// Called with the number of items once the 207's last byte is written.
@@ -171,8 +171,9 @@ final class BatchSession: @unchecked Sendable {
             summary.count(outcome)
             counted(&out) { encoder.item(item, outcome, into: &$0) }
         }
-        histogram.recordNanoseconds(Int64(nanoseconds))
-        if outcome.attempts > 0 { upstreamHistogram.recordNanoseconds(Int64(nanoseconds)) }
+        let seconds = Double(nanoseconds) / 1e9
+        histogram.record(seconds)
+        if outcome.attempts > 0 { upstreamHistogram.record(seconds) }
         metrics.itemSettled()
     }
 
