@@ -76,7 +76,7 @@ final class BatchSession: @unchecked Sendable {
         let run = FanOutRun(items: consume items, transport: route.transport, concurrency: route.configuration.concurrency,
                              ordered: route.configuration.requestOrder,
                              watchdog: FanOutRun.Watchdog(eventLoop: writer.loop),
-                             prepare: trace.map { trace in { index, item, request in trace.itemStarting(index, item, &request) } },
+                             prepare: trace.map { trace in { @Sendable index, item, request in trace.itemStarting(index, item, &request) } },
                              policy: route.configuration.policy, budget: itemBudget, streamed: streamed, batchDeadline: deadline,
                              onResult: { [self] index, item, outcome, nanoseconds in
                                  self.settled(index, item, outcome, nanoseconds)
