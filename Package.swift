@@ -39,7 +39,7 @@ let package = Package(
                        providers: [.apt(["libxml2-dev"])]),
 
         .target(name: "Upstream", dependencies: [
-            "CCurlShim", "CNGHTTP2",
+            "CCurlShim", "CNGHTTP2", "Codecs",
             .product(name: "Atomics", package: "swift-atomics"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOTLS", package: "swift-nio"),

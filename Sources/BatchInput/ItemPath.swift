@@ -1,3 +1,4 @@
+import Codecs
 /// Turns the path a client wrote for an item into the path sent upstream, or says why not.
 /// Items address paths on their route's upstream only: absolute URLs, `//host`, backslashes,
 /// encoded slashes and backslashes in the path, encoded dot segments and dot segments that climb
@@ -134,8 +135,7 @@ public enum ItemPath {
     static func hasDecodedDotSegment(_ path: String) -> Bool {
         // A dot segment needs a "." or a "%2E"; most paths have neither (checked per item, issue 13).
         // A plain loop over the contiguous bytes: iterating the UTF-8 view cost ~35 instructions a byte.
-        var text = path
-        let mayHaveOne = text.withUTF8 { bytes -> Bool in
+        let mayHaveOne = path.withUTF8Bytes { bytes -> Bool in
             for byte in bytes {
                 if byte == UInt8(ascii: "?") { return false }
                 if byte == UInt8(ascii: ".") || byte == UInt8(ascii: "%") { return true }

@@ -90,8 +90,7 @@ struct XMLTextWriter {
     }
 
     private static func escaped<Out: ByteOutput>(_ value: String, attribute: Bool, into out: inout Out) {
-        var value = value
-        value.withUTF8 { escaped($0, attribute: attribute, into: &out) }
+        value.withUTF8Bytes { escaped($0, attribute: attribute, into: &out) }
     }
 
     /// The leading run of plain ASCII (nothing to escape or replace) is found a word at a time

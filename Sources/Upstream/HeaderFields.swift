@@ -1,3 +1,4 @@
+import Codecs
 #if canImport(Glibc)
 import Glibc
 #else
@@ -51,8 +52,8 @@ public struct HeaderFields: @unchecked Sendable, Sequence, ExpressibleByArrayLit
                                 lowercasingName: Bool = false) {
         guard Self.isASCII(name), Self.isASCII(value) else {
             // Rare (obs-text): as Strings they are repaired, so the stored bytes stay valid UTF-8.
-            var name = String(decoding: name, as: UTF8.self), value = String(decoding: value, as: UTF8.self)
-            name.withUTF8 { n in value.withUTF8 { v in appendValid(name: n, value: v, lowercasingName: lowercasingName) } }
+            let name = String(decoding: name, as: UTF8.self), value = String(decoding: value, as: UTF8.self)
+            name.withUTF8Bytes { n in value.withUTF8Bytes { v in appendValid(name: n, value: v, lowercasingName: lowercasingName) } }
             return
         }
         appendValid(name: name, value: value, lowercasingName: lowercasingName)
@@ -95,14 +96,12 @@ public struct HeaderFields: @unchecked Sendable, Sequence, ExpressibleByArrayLit
 
     /// Appends a field given as strings; the name is lower-cased.
     public mutating func append(name: String, value: String) {
-        var name = name, value = value
-        name.withUTF8 { n in value.withUTF8 { v in append(name: n, value: v, lowercasingName: true) } }
+        name.withUTF8Bytes { n in value.withUTF8Bytes { v in append(name: n, value: v, lowercasingName: true) } }
     }
 
     /// The value of the first field named `name` (lower-case), or nil.
     public func first(name: String) -> String? {
-        var name = name
-        return name.withUTF8 { wanted in withFirst(wanted) { $0.map { String(decoding: $0, as: UTF8.self) } } }
+        name.withUTF8Bytes { wanted in withFirst(wanted) { $0.map { String(decoding: $0, as: UTF8.self) } } }
     }
 
     /// `first(name:)` for a name known when compiling (no String made of the name).

@@ -18,8 +18,7 @@ extension ByteOutput {
 
     @inlinable
     public mutating func appendUTF8(_ text: String) {
-        var text = text
-        text.withUTF8 { appendBytes(UnsafeRawBufferPointer($0)) }
+        text.withUTF8Bytes { appendBytes(UnsafeRawBufferPointer($0)) }
     }
 }
 
@@ -84,8 +83,7 @@ public enum JSONWriter {
     /// A JSON string literal, quotes included.
     @inlinable
     public static func writeString<Out: ByteOutput>(_ string: String, into out: inout Out) {
-        var string = string
-        string.withUTF8 { writeString(bytes: $0, into: &out) }
+        string.withUTF8Bytes { writeString(bytes: $0, into: &out) }
     }
 
     /// A JSON string literal from UTF-8 bytes (which must be valid UTF-8). A string that needs

@@ -1,3 +1,4 @@
+import Codecs
 import CCurlShim
 import Glibc
 
@@ -80,8 +81,7 @@ enum CurlHeaderBlock {
         }
 
         private mutating func copy(_ string: String) {
-            var string = string
-            string.withUTF8 { bytes in
+            string.withUTF8Bytes { bytes in
                 if let base = bytes.baseAddress { text.update(from: base, count: bytes.count) }
                 text += bytes.count
             }

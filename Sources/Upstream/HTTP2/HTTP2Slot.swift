@@ -9,7 +9,10 @@ import NIOCore
 /// The queue is FIFO, which is deadline order (every item of an upstream has the same timeout).
 /// A cancelled item stays in it, settled, and is skipped when it comes up: cancelling costs
 /// O(1) per item however long the queue.
-final class HTTP2Slot {
+///
+/// Confined to `eventLoop`: it is handed from other threads only to run there (`execute`,
+/// `flatSubmit`), as its exchanges are.
+final class HTTP2Slot: @unchecked Sendable {
     let configuration: UpstreamConfiguration
     let eventLoop: EventLoop
     let logger: Logger

@@ -96,9 +96,7 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
 
     public func shutdown() async {
         for slot in slots {
-            // A slot lives on its loop: it goes there bound to it, not as a Sendable value.
-            let bound = NIOLoopBound(slot, eventLoop: slot.eventLoop)
-            try? await slot.eventLoop.flatSubmit { bound.value.shutdown() }.get()
+            try? await slot.eventLoop.flatSubmit { slot.shutdown() }.get()
         }
     }
 }

@@ -52,12 +52,19 @@ final class HeaderFieldBytes {
     }
 
     private func append(_ text: String) {
-        var text = text
-        text.withUTF8 { bytes in
-            if used + bytes.count > capacity { grow(to: used + bytes.count) }
-            if let source = bytes.baseAddress { (base + used).update(from: source, count: bytes.count) }
-            used += bytes.count
+        // Read in place, as `withUTF8Bytes` reads (a local copy for `withUTF8` cost a retain and
+        // a release per field). Spelled out here: through the helper this path measured 150
+        // instructions an item more (issue 13).
+        if text.utf8.withContiguousStorageIfAvailable({ append(bytes: $0) }) == nil {
+            var text = text
+            text.withUTF8 { append(bytes: $0) }
         }
+    }
+
+    private func append(bytes: UnsafeBufferPointer<UInt8>) {
+        if used + bytes.count > capacity { grow(to: used + bytes.count) }
+        if let source = bytes.baseAddress { (base + used).update(from: source, count: bytes.count) }
+        used += bytes.count
     }
 
     private func grow(to needed: Int) {
