@@ -30,12 +30,12 @@ typedef struct sheaf_nghttp2_pool {
     size_t budget;
 } sheaf_nghttp2_pool;
 
+/* The smallest class that holds size: from the bit length of size - 1 (a loop over the classes
+   cost up to eight compares, eleven times an item). */
 static inline uint32_t sheaf_pool_class(size_t size) {
-    size_t capacity = 32;
-    for (uint32_t c = 0; c < SHEAF_POOL_CLASSES; c++, capacity <<= 1) {
-        if (size <= capacity) return c;
-    }
-    return SHEAF_POOL_LARGE;
+    if (size <= 32) return 0;
+    if (size > ((size_t)32 << (SHEAF_POOL_CLASSES - 1))) return SHEAF_POOL_LARGE;
+    return (uint32_t)(64 - __builtin_clzll((unsigned long long)(size - 1))) - 5;
 }
 
 static inline size_t sheaf_pool_capacity(uint32_t c) { return (size_t)32 << c; }

@@ -12,7 +12,7 @@ import Testing
 
     /// Every size nghttp2 may ask for gets a block it can fill, and a freed block is handed out
     /// again for the next request of its size class.
-    @Test(arguments: [0, 1, 31, 32, 33, 200, 4095, 4096, 4097, 100_000])
+    @Test(arguments: [0, 1, 31, 32, 33, 64, 65, 200, 2048, 2049, 4095, 4096, 4097, 100_000])
     func blocksHoldWhatWasAskedAndComeBack(size: Int) {
         withPool(budget: 1 << 20) { pool in
             let mem = pool.pointee.mem
