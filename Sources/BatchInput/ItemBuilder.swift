@@ -115,7 +115,7 @@ public struct ItemBuilder {
         guard !id.isEmpty else { throw .badRequest(field: "\(field).id", "must not be empty") }
         guard ids.insert(id).inserted else { throw .badRequest(field: "\(field).id", "duplicate id \"\(id)\"") }
         guard let rawMethod = method else { throw .badRequest(field: "\(field).method", "missing") }
-        guard !rawMethod.isEmpty, rawMethod.utf8.allSatisfy(HTTPSyntax.isTokenByte) else {
+        guard !rawMethod.isEmpty, rawMethod.withUTF8Bytes({ $0.allSatisfy(HTTPSyntax.isTokenByte) }) else {
             throw .badRequest(field: "\(field).method", "\"\(rawMethod)\" is not an HTTP method")
         }
         // CONNECT opens a tunnel (RFC 9110 §9.3.6), not a single-item request; neither engine can send it.
@@ -134,10 +134,10 @@ public struct ItemBuilder {
         // RFC 9110 §7.6.1: what the item's own Connection header names is for that hop only, too.
         let hopOnly = HTTPSyntax.connectionOptions(headers)
         for header in headers {
-            guard !header.name.isEmpty, header.name.utf8.allSatisfy(HTTPSyntax.isTokenByte) else {
+            guard !header.name.isEmpty, header.name.withUTF8Bytes({ $0.allSatisfy(HTTPSyntax.isTokenByte) }) else {
                 throw .badRequest(field: "\(field).headers", "\"\(header.name)\" is not a valid header name")
             }
-            guard header.value.utf8.allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) }) else {
+            guard header.value.withUTF8Bytes({ $0.allSatisfy { $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) } }) else {
                 throw .badRequest(field: "\(field).headers.\(header.name)", "value contains a control character (CR, LF or NUL)")
             }
             let lower = header.name.lowercased()

@@ -206,7 +206,7 @@ public enum PercentEncoding {
 
     public static func encodeSegment(_ text: String) -> String {
         // Ids and numbers need nothing encoded: the same string, nothing allocated (issue 13).
-        if text.utf8.allSatisfy(isUnreserved) { return text }
+        if text.withUTF8Bytes({ $0.allSatisfy(isUnreserved) }) { return text }
         var out: [UInt8] = []
         out.reserveCapacity(text.utf8.count)
         for byte in text.utf8 {

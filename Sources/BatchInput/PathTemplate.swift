@@ -130,7 +130,8 @@ public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
     static func segment(_ text: String) -> Result<String, DependencyFailure> {
         // Ids and numbers, nearly every value: unreserved bytes but no dot, so nothing to encode
         // and no dot segment to check (issue 13).
-        if !text.isEmpty, text.utf8.allSatisfy({ $0 != UInt8(ascii: ".") && PercentEncoding.isUnreserved($0) }) {
+        // Over the bytes in place: iterating the UTF-8 view cost ~35 instructions a byte (issue 13).
+        if !text.isEmpty, text.withUTF8Bytes({ $0.allSatisfy { $0 != UInt8(ascii: ".") && PercentEncoding.isUnreserved($0) } }) {
             return .success(text)
         }
         guard !text.isEmpty, text != ".", text != ".." else {

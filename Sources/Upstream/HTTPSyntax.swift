@@ -1,3 +1,4 @@
+import Codecs
 /// HTTP syntax both directions share: which header names are tokens, and which belong to one
 /// connection only (RFC 9110 §7.6.1), so that they are never forwarded to an upstream nor
 /// reported from one.
@@ -65,5 +66,5 @@ public enum HTTPSyntax {
     }
 
     /// A header name: one or more token characters.
-    public static func isToken(_ text: String) -> Bool { !text.isEmpty && text.utf8.allSatisfy(isTokenByte) }
+    public static func isToken(_ text: String) -> Bool { !text.isEmpty && text.withUTF8Bytes { $0.allSatisfy(isTokenByte) } }
 }

@@ -57,7 +57,7 @@ enum CurlHeaderBlock {
     }
 
     private static func isBlank(_ value: String) -> Bool {
-        value.utf8.allSatisfy { $0 == 0x20 || $0 == 0x09 }
+        value.withUTF8Bytes { $0.allSatisfy { $0 == 0x20 || $0 == 0x09 } }
     }
 
     /// Appends lines and links each node to the next.
