@@ -12,7 +12,7 @@ let package = Package(
         .executable(name: "sheaf", targets: ["sheaf"]),
         // The libraries without the server, for the packages that depend on this one by path: the
         // libFuzzer targets (Fuzz/) and the in-process pipeline benchmark (bench/pipeline/).
-        .library(name: "SheafCore", targets: ["Codecs", "BatchInput", "MultiStatus", "Config", "Upstream", "FanOut"]),
+        .library(name: "SheafCore", targets: ["TextBytes", "Codecs", "BatchInput", "MultiStatus", "Config", "Upstream", "FanOut"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -39,7 +39,7 @@ let package = Package(
                        providers: [.apt(["libxml2-dev"])]),
 
         .target(name: "Upstream", dependencies: [
-            "CCurlShim", "CNGHTTP2", "Codecs",
+            "CCurlShim", "CNGHTTP2", "TextBytes",
             .product(name: "Atomics", package: "swift-atomics"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOTLS", package: "swift-nio"),
@@ -51,9 +51,12 @@ let package = Package(
             "Upstream",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: hotPath),
+        // A String's UTF-8 bytes read in place, without copying the string: the one helper both
+        // the engines and the codecs need, in a module of its own so that neither depends on the other.
+        .target(name: "TextBytes", swiftSettings: hotPath),
         // Small text codecs both sides share: JSON reader and writer, JSON Pointer, base64, libxml2 set-up.
         .target(name: "Codecs", dependencies: [
-            "CLibXML2",
+            "CLibXML2", "TextBytes",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: hotPath),
         // What turns a bulk request body into items: JSON and XML batch decoders, route

@@ -1,6 +1,7 @@
 import Codecs
 import FanOut
 import NIOCore
+import TextBytes
 import Upstream
 
 /// Turns the fields of one requested item, from whichever batch format, into a `BatchItem`:
@@ -320,11 +321,12 @@ public struct ItemBuilder {
             guard let path = Self.coalescablePath(items[position]) else { continue }
             // One lookup for a new path (the common case): put it in, and only when it was
             // there already put the first one back.
-            guard let first = firstOnPath.updateValue(CallShape(index: index, items[position].request!), forKey: path) else { continue }
+            let shape = CallShape(index: index, items[position].request!)
+            guard let first = firstOnPath.updateValue(shape, forKey: path) else { continue }
             firstOnPath[path] = first
             let firstKey = first.key(path: path)
             if byKey[firstKey] == nil { byKey[firstKey] = first.index }
-            let key = CallShape(index: index, items[position].request!).key(path: path)
+            let key = shape.key(path: path)
             if let leader = byKey[key] {
                 items[position].sameAs = leader
             } else {
@@ -449,10 +451,14 @@ private struct CallShape {
     /// Method, path and headers: equal keys make the same call.
     func key(path: String) -> String {
         var key = method + "\u{0}" + path
-        for header in batchHeaders + headers {
-            let name = header.name.lowercased()
-            if name != ItemRequestID.name { key += "\u{0}" + name + "\u{1}" + header.value }
+        func add(_ list: [(name: String, value: String)]) {
+            for header in list {
+                let name = header.name.lowercased()
+                if name != ItemRequestID.name { key += "\u{0}" + name + "\u{1}" + header.value }
+            }
         }
+        add(batchHeaders)
+        add(headers)
         return key
     }
 }

@@ -1,4 +1,5 @@
-import Codecs
+import TextBytes
+
 /// Turns the path a client wrote for an item into the path sent upstream, or says why not.
 /// Items address paths on their route's upstream only: absolute URLs, `//host`, backslashes,
 /// encoded slashes and backslashes in the path, encoded dot segments and dot segments that climb

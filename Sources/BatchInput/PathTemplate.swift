@@ -1,5 +1,6 @@
 import Codecs
 import FanOut
+import TextBytes
 
 /// A route's `fan_out.path`, e.g. `/users/{item}` or `/orgs/{org}/users/{id}`: literal text and
 /// placeholders. `{item}` is the array element itself; `{name}` is a field of an object element.

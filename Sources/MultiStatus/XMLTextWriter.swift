@@ -1,5 +1,6 @@
 import Codecs
 import NIOCore
+import TextBytes
 
 /// Writes XML straight into the 207's bytes, escaped as libxml2's text writer escaped (but `"`
 /// is left alone in text, where XML does not need it escaped: JSON bodies are full of them),

@@ -53,6 +53,13 @@ public final class SheafMetrics: @unchecked Sendable {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
+    /// What the per-item histograms record for an item that took `nanoseconds`. Both sides are
+    /// correctly rounded doubles, so an item of exactly a bound's length counts in that bound's
+    /// bucket, and one a nanosecond longer does not, as with `Duration`s.
+    public static func seconds(nanoseconds: UInt64) -> Double {
+        Double(nanoseconds) / 1e9
+    }
+
     static let batchBuckets: [Duration] = [
         .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
         .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5),

@@ -1,4 +1,5 @@
-import Codecs
+import TextBytes
+
 /// HTTP syntax both directions share: which header names are tokens, and which belong to one
 /// connection only (RFC 9110 §7.6.1), so that they are never forwarded to an upstream nor
 /// reported from one.

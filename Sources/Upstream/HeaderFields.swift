@@ -1,4 +1,4 @@
-import Codecs
+import TextBytes
 #if canImport(Glibc)
 import Glibc
 #else

@@ -411,6 +411,23 @@ func badDependenciesAre400NamingThem(body: String, expected: String) {
     #expect(templated.map(\.sameAs) == [nil, nil, 0, 0])
 }
 
+/// The call key coalescing compares: the batch's shared headers count, a header name's case
+/// does not, and neither does a request id (Sheaf's own per item, or one the client sent).
+@Test func coalescingIgnoresRequestIDsAndHeaderNameCase() throws {
+    let body = """
+        {"requests":[{"id":"1","method":"GET","url":"/u/1","headers":{"Accept":"text/plain","X-Request-ID":"a"}},
+                     {"id":"2","method":"GET","url":"/u/1","headers":{"accept":"text/plain","x-request-id":"b"}},
+                     {"id":"3","method":"GET","url":"/u/1","headers":{"Accept":"text/html"}},
+                     {"id":"4","method":"GET","url":"/u/1","headers":{"ACCEPT":"text/html"}}]}
+        """
+    let shared = BatchHeaders(inherited: [("authorization", "Bearer t")], requestID: "batch")
+    let items = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: body), basePath: "/api", maxItems: 100,
+                                                    headers: shared, coalesce: true)
+    #expect(items.map(\.sameAs) == [nil, 0, nil, 2])
+    // Each item still carries its own request id, which the key left out.
+    #expect(Set(items.compactMap { $0.request?.requestID?.value }).count == 4)
+}
+
 @Test func xmlItemsNameTheirDependencies() throws {
     let items = try XMLBatchDecoder.decode(ByteBuffer(string: """
         <S:batch xmlns:S="urn:sheaf" xmlns:D="DAV:"><S:request id="b" method="GET"><D:href>/b/{a:/id}</D:href>\

@@ -222,6 +222,19 @@ private let noisy = ItemOutcome(status: 301, headers: [
     #expect(bare[0]["body"] == .string("moved"))
 }
 
+/// Names of 63 bytes or more share one length class in the allow-list's quick check: a long
+/// reported name still matches only itself.
+@Test func longReportedHeaderNamesMatchOnlyThemselves() throws {
+    let long = "x-" + String(repeating: "a", count: 68), other = "x-" + String(repeating: "b", count: 62)
+    let outcome = ItemOutcome(status: 200, headers: [(other, "no"), (long, "yes"), ("x-short", "no")], body: ByteBuffer())
+    let parsed = try JSONParser.parse(encode(.json, reporting: ReportedHeaders([long.uppercased()]), outcome))
+    guard case .array(let results) = parsed["results"], case .object(let headers) = results.first?["headers"] else {
+        Issue.record("no headers"); return
+    }
+    #expect(headers.map(\.key) == [long])
+    #expect(results[0]["headers"]?[long] == .string("yes"))
+}
+
 @Test func onlyAllowlistedResponseHeadersReachTheXML207() {
     let standard = encode(.xml(mediaType: "application/xml"), reporting: .standard, noisy)
     #expect(standard.contains("<D:location><D:href>/b</D:href></D:location>"))

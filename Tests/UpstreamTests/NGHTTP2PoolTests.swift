@@ -33,6 +33,23 @@ import Testing
         }
     }
 
+    /// Every size up to past the largest class gets the smallest class that holds it, counted
+    /// here the plain way (doubling from 32), not the pool's way (the size's bit length).
+    @Test func everySizeGetsTheSmallestClassThatHoldsIt() {
+        withPool(budget: 0) { pool in
+            let mem = pool.pointee.mem
+            for size in 0...5000 {
+                var expected = 32
+                while expected < size && expected <= 4096 { expected *= 2 }
+                let block = mem.malloc(size, mem.mem_user_data)!
+                let usable = sheaf_pool_usable(block)
+                #expect(usable == (expected > 4096 ? size : expected), "size \(size)")
+                mem.free(block, mem.mem_user_data)
+                if usable != (expected > 4096 ? size : expected) { return }
+            }
+        }
+    }
+
     /// calloc zeroes a reused, dirty block; realloc keeps the contents across classes and into a
     /// block of its own.
     @Test func callocZeroesAndReallocKeepsContents() {

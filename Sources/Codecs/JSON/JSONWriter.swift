@@ -1,4 +1,5 @@
 import NIOCore
+import TextBytes
 
 /// Where `JSONWriter` (and the XML 207's writer) write: a `ByteBuffer`, or a `ByteScratch` that
 /// gathers one item's bytes before a single `ByteBuffer` write. Every `ByteBuffer` call costs its own uniqueness and

@@ -171,7 +171,7 @@ final class BatchSession: @unchecked Sendable {
             summary.count(outcome)
             counted(&out) { encoder.item(item, outcome, into: &$0) }
         }
-        let seconds = Double(nanoseconds) / 1e9
+        let seconds = SheafMetrics.seconds(nanoseconds: nanoseconds)
         histogram.record(seconds)
         if outcome.attempts > 0 { upstreamHistogram.record(seconds) }
         metrics.itemSettled()

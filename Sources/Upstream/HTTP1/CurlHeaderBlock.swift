@@ -1,6 +1,6 @@
-import Codecs
 import CCurlShim
 import Glibc
+import TextBytes
 
 /// A request's header fields as the `curl_slist` CURLOPT_HTTPHEADER reads, laid out in one
 /// allocation: the list's nodes first, then their NUL-terminated lines. Built from the

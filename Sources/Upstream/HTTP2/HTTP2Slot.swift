@@ -62,7 +62,8 @@ final class HTTP2Slot: @unchecked Sendable {
 
     /// On the slot's loop: an item enqueued now would go on the wire at once, not wait.
     var hasRoomNow: Bool {
-        queued == 0 && !isShutDown && (current?.canOpenStream ?? false)
+        eventLoop.assertInEventLoop()
+        return queued == 0 && !isShutDown && (current?.canOpenStream ?? false)
     }
 
     /// `hasRoomNow` as last seen on the slot's loop, for other loops to read: a hint, which may
@@ -75,7 +76,8 @@ final class HTTP2Slot: @unchecked Sendable {
 
     /// Items queued or on the wire in this slot.
     var outstanding: Int {
-        queued + (current?.openStreams ?? 0) + draining.values.reduce(0) { $0 + $1.openStreams }
+        eventLoop.assertInEventLoop()
+        return queued + (current?.openStreams ?? 0) + draining.values.reduce(0) { $0 + $1.openStreams }
     }
 
     func enqueue(_ exchange: HTTP2Exchange) {
