@@ -41,7 +41,9 @@ public final class FanOutRun: @unchecked Sendable {
     private var readingSuspended = false
     private var launching = false
     private var launchQueue: [Range<Int>] = []
-    private var cancelOutcome = ItemOutcome(status: 499, reason: "the client went away")
+    /// What a cancel settles items with. No attempts: the items it settles itself never went out
+    /// (one on the wire gets the sends its transport reports).
+    private var cancelOutcome = ItemOutcome(status: 499, reason: "the client went away", attempts: 0)
     // Request order: outcomes that settled ahead of their turn, and who is writing.
     private let ordered: Bool
     private var held: [Int: (BatchItem, ItemOutcome, UInt64)] = [:]
@@ -313,7 +315,7 @@ public final class FanOutRun: @unchecked Sendable {
     /// Every item still settles once, with `status` and `reason`.
     /// Only the first cancellation counts (a deadline and a departing client may race).
     public func cancel(status: Int, reason: String) {
-        let outcome = ItemOutcome(status: status, reason: reason)
+        let outcome = ItemOutcome(status: status, reason: reason, attempts: 0)
         let work = lock.withLock { () -> (Range<Int>, [UpstreamCall], [Int], (@Sendable () -> Void)?)? in
             guard !scheduler.isCancelled else { return nil }
             cancelOutcome = outcome
@@ -411,10 +413,10 @@ public final class FanOutRun: @unchecked Sendable {
         // `consume`: binding a case's payload out of `start` copied it and freed the original.
         switch consume start {
         case .cancelled(let outcome):
-            settle(index, outcome ?? ItemOutcome(status: 499, reason: "cancelled"))
+            settle(index, outcome ?? ItemOutcome(status: 499, reason: "cancelled", attempts: 0))
             return
         case .rejected(let reason):
-            settle(index, ItemOutcome(status: 400, reason: reason ?? "invalid item"))
+            settle(index, ItemOutcome(status: 400, reason: reason ?? "invalid item", attempts: 0))
             return
         case .send(let plain):
             request = plain
@@ -436,7 +438,10 @@ public final class FanOutRun: @unchecked Sendable {
         if let batchDeadline { request.batchDeadline = batchDeadline }
         let call = transport.execute(consume request) { [self] result in
             if case .failure(let error) = result, error.kind == .cancelled {
-                settle(index, lock.withLock { cancelOutcome })
+                // The cancel's status and reason, with the sends this item made before it.
+                var outcome = lock.withLock { cancelOutcome }
+                outcome.attempts = error.attempts
+                settle(index, outcome)
             } else {
                 settle(index, ItemOutcome(result))
             }
@@ -531,11 +536,11 @@ public final class FanOutRun: @unchecked Sendable {
             if let resolve = item.resolve {
                 switch resolve(outcomes) {
                 case .success(let request): return .send(request)
-                case .failure(let failure): return .settle(ItemOutcome(status: 424, reason: failure.reason))
+                case .failure(let failure): return .settle(ItemOutcome(status: 424, reason: failure.reason, attempts: 0))
                 }
             }
             guard let request = item.request else {
-                return .settle(ItemOutcome(status: 400, reason: item.rejection ?? "invalid item"))
+                return .settle(ItemOutcome(status: 400, reason: item.rejection ?? "invalid item", attempts: 0))
             }
             return .send(request)
         }

@@ -191,6 +191,38 @@ func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurrency: Int,
     #expect(results.withLockedValue { $0.values.map(\.status) } == Array(repeating: 504, count: 6))
 }
 
+/// `attempts` counts sends to the upstream, and the upstream latency histogram counts the items
+/// that made one: an item Sheaf refused, one whose value reference found nothing, and ones a
+/// cancel stopped before they started made none. One cancelled on the wire made the sends its
+/// transport says.
+@Test func itemsThatNeverWentOutCountNoAttempts() async {
+    let transport = FakeTransport(hold: true)
+    let results = NIOLockedValueBox<[Int: ItemOutcome]>([:])
+    var batch = (0..<3).map { BatchItem(id: "\($0)", href: "/\($0)", request: UpstreamRequest(method: "GET", path: "/\($0)")) }
+    batch.append(BatchItem(id: "bad", href: "/bad", rejection: "refused url"))
+    batch.append(BatchItem(id: "ref", href: "/ref", dependsOn: [0], resolve: { _ in .failure(DependencyFailure("nothing at /id")) }))
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+        let run = FanOutRun(items: batch, transport: transport, concurrency: 3, onResult: { index, _, outcome, _ in
+            results.withLockedValue { $0[index] = outcome }
+        }, onFinish: { done.resume() })
+        run.start()  // 0, 1 and 2 on the wire; the cap holds the rest back
+        run.cancel(status: 504, reason: "deadline")
+    }
+    let outcomes = results.withLockedValue { $0 }
+    #expect(outcomes.count == 5)
+    #expect((0..<3).map { outcomes[$0]?.attempts } == [1, 1, 1])
+    #expect(outcomes[3]?.attempts == 0 && outcomes[4]?.attempts == 0)
+
+    // Refused and unresolvable items settle by themselves, without a cancel.
+    let alone = await run([BatchItem(id: "bad", href: "/bad", rejection: "refused url"),
+                           BatchItem(id: "ok", href: "/200", request: UpstreamRequest(method: "GET", path: "/200")),
+                           BatchItem(id: "ref", href: "/ref", dependsOn: [1], resolve: { _ in .failure(DependencyFailure("nothing")) })],
+                          FakeTransport(), concurrency: 2)
+    #expect(alone[0]?.status == 400 && alone[0]?.attempts == 0)
+    #expect(alone[1]?.status == 200 && alone[1]?.attempts == 1)
+    #expect(alone[2]?.status == 424 && alone[2]?.attempts == 0)
+}
+
 @Test func aWindowLimitsHowFarAheadItemsStart() {
     var scheduler = FanOutScheduler(total: 10, concurrency: 4, window: 3)
     #expect(scheduler.claim() == 0..<3)
