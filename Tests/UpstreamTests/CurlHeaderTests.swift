@@ -61,3 +61,19 @@ extension CurlTransportTests {
         }
     }
 }
+
+extension CurlTransportTests {
+    /// Fields after the body (a chunked answer's trailer section) are not headers: RFC 9110
+    /// §6.5.1 forbids merging them, and an upstream could otherwise set the ETag, Location or
+    /// Content-Type the 207 reports after its body. HTTP/2 drops them too.
+    @Test func trailerFieldsAreNotReportedAsHeaders() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let response = try #require(harness.execute(UpstreamRequest(method: "GET", path: "/trailers")).settlements.response())
+        #expect(response.status == 200)
+        #expect(String(buffer: response.body) == "ok")
+        #expect(response.headers.map(\.name) == ["content-type", "transfer-encoding", "trailer"])
+        #expect(response.headers.first(name: "content-type") == "text/plain")
+        #expect(response.headers.first(name: "etag") == nil && response.headers.first(name: "location") == nil)
+    }
+}

@@ -323,6 +323,22 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         }
     }
 
+    /// A trailer block is not the answer's header, with a body or without one (RFC 9110
+    /// §6.5.1): an upstream cannot set the ETag or Location the 207 reports after its head.
+    @Test func trailerFieldsAreNotReportedAsHeaders() async throws {
+        try await withH2 { transport, _ in
+            let out = await runCalls(transport, [get("/trailers")])
+            #expect(out.allSettledOnce)
+            guard case .success(let response)? = out.results[0].first else {
+                Issue.record("no answer: \(out.reason(0))")
+                return
+            }
+            #expect(response.status == 200)
+            #expect(response.headers.map(\.name) == ["content-type"])
+            #expect(response.headers.first(name: "content-type") == "text/plain")
+        }
+    }
+
     @Test func anHTTP1OnlyServerIsNamedForWhatItIs() async throws {
         var script = ScriptedHTTP2Server.Script()
         script.answerWithHTTP1 = true

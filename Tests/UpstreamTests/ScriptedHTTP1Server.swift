@@ -21,6 +21,8 @@ import NIOPosix
 /// - `/two-lengths`: two `Content-Length` fields that disagree (5 and 7), then 7 bytes;
 /// - `/huge-length`: a Content-Length of 30 digits, then 5 bytes and close;
 /// - `/switching`: `101 Switching Protocols` to a request that asked for no upgrade, then close;
+/// - `/trailers`: 200, `Content-Type: text/plain`, a chunked body `ok`, then the trailer fields
+///   `Content-Type`, `ETag`, `Location` and `Content-Length`;
 /// - anything else: 404.
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
@@ -177,6 +179,10 @@ private final class ScriptedConnection: ChannelInboundHandler {
                     connection.write("HTTP/1.1 299 Stale\r\nContent-Length: 5\r\n\r\nstale", context: context)
                 }
             }
+        case ("trailers", 1):
+            write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: ETag\r\n\r\n"
+                  + "2\r\nok\r\n0\r\nContent-Type: application/json\r\nETag: \"forged\"\r\nLocation: /evil\r\n"
+                  + "Content-Length: 9\r\n\r\n", context: context)
         case ("two-lengths", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello12", context: context)
         case ("huge-length", 1):

@@ -27,6 +27,8 @@ import NIOPosix
 ///   (the connection stays open); later streams on it were never processed
 /// - `/malformed`: a DATA frame on stream 0 (a connection error)
 /// - `/nostatus`, `/upperheader`: an answer without `:status`, or with an upper-case header name
+/// - `/trailers`: HEADERS 200 with `content-type: text/plain`, then, with no body, a trailer
+///   block with END_STREAM naming `content-type`, `etag` and `location`
 /// - `/bytes/N`: N bytes of body, sent as the client's flow-control windows allow (the count
 ///   sent so far is in `Record.bodyBytesSent`)
 ///
@@ -344,6 +346,19 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             write(type: 1, flags: 0x4, stream: stream, block)
             bodiesLeft[stream] = Int(path.dropFirst(7)) ?? 0
             sendBodies()
+        } else if path == "/trailers" {
+            open[stream]!.answered = true
+            answers += 1
+            var head: [UInt8] = []
+            literal(":status", "200", into: &head)
+            literal("content-type", "text/plain", into: &head)
+            write(type: 1, flags: 0x4, stream: stream, head)
+            var trailers: [UInt8] = []
+            literal("content-type", "application/json", into: &trailers)
+            literal("etag", "\"forged\"", into: &trailers)
+            literal("location", "/evil", into: &trailers)
+            write(type: 1, flags: 0x5, stream: stream, trailers)
+            open.removeValue(forKey: stream)
         } else if path == "/nostatus" || path == "/upperheader" {
             // Answers HTTP/2 forbids: no :status, or an upper-case header name.
             open[stream]!.answered = true

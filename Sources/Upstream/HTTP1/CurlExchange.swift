@@ -32,6 +32,9 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     var sends = 0
     /// The header block being read answers with 1xx: another head follows.
     private var interimHead = false
+    /// The final answer's head has ended: what curl passes on now is the trailer section, which
+    /// is not merged into the headers (RFC 9110 §6.5.1).
+    private var headEnded = false
     /// The final head's Content-Length, to tell a second one that disagrees.
     private var contentLength: Int?
     /// Why the answer is not one HTTP/1.1 allows, when the header callback ended the transfer
@@ -88,6 +91,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         var end = line.count
         while end > 0 && (line[end - 1] == 10 || line[end - 1] == 13) { end -= 1 }
         if end == 0 {
+            if !interimHead { headEnded = true }
             if endsAtHead && !interimHead {
                 stoppedAtHead = true
                 return false
@@ -98,6 +102,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         // "HTTP/": a status line. Compared byte by byte: a generic `starts(with:)` cost about a
         // hundred instructions for each header line (issue 13).
         if end > 5 && bytes[0] == 0x48 && bytes[1] == 0x54 && bytes[2] == 0x54 && bytes[3] == 0x50 && bytes[4] == 0x2F {
+            headEnded = false
             headers.removeAll()
             // Room for a usual answer's fields: growing from empty was four allocations per item.
             headers.reserveCapacity(256)
@@ -114,7 +119,8 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             }
             return true
         }
-        guard let colon = bytes.firstIndex(of: 58) else { return true }
+        // A trailer field: not the answer's header, whatever its name says.
+        guard !headEnded, let colon = bytes.firstIndex(of: 58) else { return true }
         var start = colon + 1
         while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
         if colon == 14, HTTPSyntax.isName(UnsafeBufferPointer(rebasing: bytes[0..<colon]), "content-length") {

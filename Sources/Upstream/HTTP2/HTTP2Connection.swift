@@ -539,8 +539,8 @@ final class HTTP2Connection {
             }
             return
         }
-        // Headers of a 1xx interim response, and trailers after the body, are not kept.
-        guard exchange.status >= 200, exchange.body.readableBytes == 0 else { return }
+        // Headers of a 1xx interim response, and trailers (with a body before them or not), are not kept.
+        guard exchange.status >= 200, !exchange.headEnded, exchange.body.readableBytes == 0 else { return }
         exchange.headers.append(name: name, value: value)
     }
 
@@ -655,6 +655,13 @@ final class HTTP2Connection {
                                                       maxHeaderListSize: headerList == UInt32.max ? nil : Int(headerList)))
     }
 
+    /// A header block ended without ending its stream: once the final answer's, what follows
+    /// is body and trailers.
+    fileprivate func headBlockEnded(stream: Int32) {
+        guard let exchange = streams[Int(stream)], exchange.status >= 200 else { return }
+        exchange.headEnded = true
+    }
+
     fileprivate func endOfResponse(stream: Int32) {
         guard let exchange = streams[Int(stream)], exchange.status >= 200 else { return }
         exchange.responseComplete = true
@@ -713,6 +720,9 @@ private let onFrameReceived: nghttp2_on_frame_recv_callback = { _, frame, userDa
     if type <= UInt8(NGHTTP2_HEADERS.rawValue) {  // DATA or HEADERS
         if frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0 {
             withOwner(userData) { $0.endOfResponse(stream: frame.pointee.hd.stream_id) }
+        } else if type == UInt8(NGHTTP2_HEADERS.rawValue) {
+            // Trailers can follow only a block that left its stream open.
+            withOwner(userData) { $0.headBlockEnded(stream: frame.pointee.hd.stream_id) }
         }
     } else if type == UInt8(NGHTTP2_RST_STREAM.rawValue) {
         withOwner(userData) { $0.peerReset(stream: frame.pointee.hd.stream_id) }

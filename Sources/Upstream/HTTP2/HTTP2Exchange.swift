@@ -17,6 +17,9 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     /// The peer ended its side (END_STREAM) with a final status: the answer is whole even if our
     /// upload is still going (RFC 9113 §8.1 lets a server answer before reading the body).
     var responseComplete = false
+    /// The final answer's header block has ended: a later block is the trailer section, whose
+    /// fields are not the answer's headers (RFC 9110 §6.5.1).
+    var headEnded = false
     /// Times the request was put on a stream (re-sends after a connection closed under it count).
     var sends = 0
     /// In its slot's queue (which skips settled exchanges lazily, so cancelling one costs O(1)).
