@@ -75,9 +75,12 @@ public struct ItemBuilder {
         } else {
             for header in headers where !replaced.contains(header.name.lowercased()) { out.append(header) }
         }
+        // An item's own field of a name replaces the inherited one; an inherited name on several
+        // lines keeps them all (comparing with `out` kept only the first).
+        let own = out.count
         for header in shared.inherited {
             let name = header.name.lowercased()
-            if replaced.contains(name) || out.contains(where: { $0.name.lowercased() == name }) { continue }
+            if replaced.contains(name) || out[..<own].contains(where: { $0.name.lowercased() == name }) { continue }
             out.append(header)
         }
         out.append(contentsOf: shared.imposed)

@@ -214,7 +214,14 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         var shared = BatchHeaders(requestID: RequestID.of(head, hopOnly: hopOnly))
         access.requestID = shared.requestID
         for name in route.configuration.forwardHeaders where !hopOnly.contains(name.lowercased()) {
-            for value in head.headers[name] { shared.inherited.append((name, value)) }
+            let values = head.headers[name]
+            if name.lowercased() == "cookie" && values.count > 1 {
+                // Crumbs (HTTP/2 clients split a cookie into several fields) go as one field,
+                // joined with "; ", which HTTP/1.1 upstreams require (RFC 9113 §8.2.3).
+                shared.inherited.append((name, values.joined(separator: "; ")))
+            } else {
+                for value in values { shared.inherited.append((name, value)) }
+            }
         }
         if route.configuration.forwarded { shared.imposed = ForwardingHeaders.make(head, client: client, hopOnly: hopOnly) }
         let admitted: AdmissionTicket

@@ -411,6 +411,22 @@ func badDependenciesAre400NamingThem(body: String, expected: String) {
     #expect(templated.map(\.sameAs) == [nil, nil, 0, 0])
 }
 
+/// A forwarded header on several lines keeps every line; an item's own field of that name
+/// replaces them all.
+@Test func inheritedHeadersKeepEveryLineUnlessTheItemSetsTheName() throws {
+    let shared = BatchHeaders(inherited: [("X-Tenant", "t1"), ("X-Tenant", "t2"), ("Authorization", "Bearer a")])
+    let items = try JSONBatchDecoder.decodeExplicit(ByteBuffer(string: """
+        {"requests":[{"id":"1","method":"GET","url":"/u/1"},
+                     {"id":"2","method":"GET","url":"/u/2","headers":{"x-tenant":"mine"}}]}
+        """), basePath: "", maxItems: 10, headers: shared)
+    func values(_ item: BatchItem, _ name: String) -> [String] {
+        (item.request?.allHeaders ?? []).filter { $0.name.lowercased() == name }.map(\.value)
+    }
+    #expect(values(items[0], "x-tenant") == ["t1", "t2"])
+    #expect(values(items[1], "x-tenant") == ["mine"])
+    #expect(values(items[1], "authorization") == ["Bearer a"])
+}
+
 /// The call key coalescing compares: the batch's shared headers count, a header name's case
 /// does not, and neither does a request id (Sheaf's own per item, or one the client sent).
 @Test func coalescingIgnoresRequestIDsAndHeaderNameCase() throws {

@@ -411,7 +411,7 @@ def sheaf(workdir, demo, nginx):
             method: POST
             path: /forward
             upstream: demo1
-            forward_headers: [Authorization, X-Tenant]
+            forward_headers: [Authorization, X-Tenant, Cookie]
           - name: delete
             method: DELETE
             path: /batch

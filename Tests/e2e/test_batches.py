@@ -209,6 +209,19 @@ def test_forward_headers_copy_only_the_allowlisted_ones(sheaf):
     assert "x-other" not in plain and "x-other" not in own
 
 
+def test_forward_headers_keep_every_field_line(sheaf):
+    """A forwarded header sent on two field lines reaches the upstream whole: both X-Tenant
+    lines, and cookie crumbs (as HTTP/2 clients split them, RFC 9113 §8.2.3) joined with "; "
+    into one Cookie, which the HTTP/1.1 upstream reads as one. Before, only the first line went."""
+    r = httpx.post(sheaf.url + "/forward", json={"requests": [{"id": "a", "method": "GET", "url": "/echo"}]},
+                   headers=[("Authorization", "Bearer abc"), ("X-Tenant", "t1"), ("X-Tenant", "t2"),
+                            ("Cookie", "a=1"), ("Cookie", "b=2")], timeout=30)
+    assert r.status_code == 207
+    echoed = r.text  # the echo repeats a name as a repeated JSON key: read as text
+    assert '"x-tenant":"t1"' in echoed and '"x-tenant":"t2"' in echoed, echoed
+    assert echoed.count('"cookie":') == 1 and '"cookie":"a=1; b=2"' in echoed, echoed
+
+
 def test_forward_headers_skip_what_the_bulk_request_names_in_connection(sheaf):
     """RFC 9110 §7.6.1: a field the received Connection header names is for that connection
     only, so an allowlisted one it names is not forwarded; the others still are."""
