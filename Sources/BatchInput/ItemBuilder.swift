@@ -142,7 +142,7 @@ public struct ItemBuilder {
                 throw .badRequest(field: "\(field).headers", "\"\(header.name)\" is not a valid header name")
             }
             guard header.value.withUTF8Bytes({ $0.allSatisfy { $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) } }) else {
-                throw .badRequest(field: "\(field).headers.\(header.name)", "value contains a control character (CR, LF or NUL)")
+                throw .badRequest(field: "\(field).headers.\(header.name)", "value contains a control character (a value may hold tabs and visible characters only)")
             }
             let lower = header.name.lowercased()
             if HTTPSyntax.hopByHop.contains(lower) || hopOnly.contains(lower) { continue }
