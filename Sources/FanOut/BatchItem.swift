@@ -129,6 +129,13 @@ public struct ItemOutcome: Sendable {
         self.resends = max(0, attempts - 1)
     }
 
+    /// An outcome Sheaf assigns to an item that made no call (refused, not resolvable, stopped,
+    /// cancelled before it started): no attempts, so it is neither a re-send nor an upstream
+    /// latency sample.
+    public static func unsent(_ status: Int, _ reason: String) -> ItemOutcome {
+        ItemOutcome(status: status, reason: reason, attempts: 0)
+    }
+
     /// Consuming: the answer's headers and body move into the outcome instead of being copied.
     public init(_ result: consuming UpstreamResult) {
         // Fields set one by one: a delegating init copied the whole outcome once more.

@@ -43,7 +43,7 @@ public final class FanOutRun: @unchecked Sendable {
     private var launchQueue: [Range<Int>] = []
     /// What a cancel settles items with. No attempts: the items it settles itself never went out
     /// (one on the wire gets the sends its transport reports).
-    private var cancelOutcome = ItemOutcome(status: 499, reason: "the client went away", attempts: 0)
+    private var cancelOutcome = ItemOutcome.unsent(499, "the client went away")
     // Request order: outcomes that settled ahead of their turn, and who is writing.
     private let ordered: Bool
     private var held: [Int: (BatchItem, ItemOutcome, UInt64)] = [:]
@@ -315,7 +315,7 @@ public final class FanOutRun: @unchecked Sendable {
     /// Every item still settles once, with `status` and `reason`.
     /// Only the first cancellation counts (a deadline and a departing client may race).
     public func cancel(status: Int, reason: String) {
-        let outcome = ItemOutcome(status: status, reason: reason, attempts: 0)
+        let outcome = ItemOutcome.unsent(status, reason)
         let work = lock.withLock { () -> (Range<Int>, [UpstreamCall], [Int], (@Sendable () -> Void)?)? in
             guard !scheduler.isCancelled else { return nil }
             cancelOutcome = outcome
@@ -413,10 +413,10 @@ public final class FanOutRun: @unchecked Sendable {
         // `consume`: binding a case's payload out of `start` copied it and freed the original.
         switch consume start {
         case .cancelled(let outcome):
-            settle(index, outcome ?? ItemOutcome(status: 499, reason: "cancelled", attempts: 0))
+            settle(index, outcome ?? ItemOutcome.unsent(499, "cancelled"))
             return
         case .rejected(let reason):
-            settle(index, ItemOutcome(status: 400, reason: reason ?? "invalid item", attempts: 0))
+            settle(index, ItemOutcome.unsent(400, reason ?? "invalid item"))
             return
         case .send(let plain):
             request = plain
@@ -495,7 +495,7 @@ public final class FanOutRun: @unchecked Sendable {
         let decision = lock.withLock { () -> Decision in
             if let stopReason {
                 consumeAll(of: item)
-                return .gate(.settle(ItemOutcome(status: 424, reason: stopReason, attempts: 0)))
+                return .gate(.settle(ItemOutcome.unsent(424, stopReason)))
             }
             if let leader = item.sameAs {
                 if items.isSettled(leader), let outcome = retained[leader] {
@@ -536,11 +536,11 @@ public final class FanOutRun: @unchecked Sendable {
             if let resolve = item.resolve {
                 switch resolve(outcomes) {
                 case .success(let request): return .send(request)
-                case .failure(let failure): return .settle(ItemOutcome(status: 424, reason: failure.reason, attempts: 0))
+                case .failure(let failure): return .settle(ItemOutcome.unsent(424, failure.reason))
                 }
             }
             guard let request = item.request else {
-                return .settle(ItemOutcome(status: 400, reason: item.rejection ?? "invalid item", attempts: 0))
+                return .settle(ItemOutcome.unsent(400, item.rejection ?? "invalid item"))
             }
             return .send(request)
         }
@@ -578,7 +578,7 @@ public final class FanOutRun: @unchecked Sendable {
         // The dependency's own reason, unless it is a 424 itself: a chain would nest them all.
         let cause = outcome.status == 424 ? nil : outcome.reason
         let reason = "not sent: dependency \"\(items.item(dependency).id)\" ended \(outcome.status)" + (cause.map { " (\($0))" } ?? "")
-        return ItemOutcome(status: 424, reason: reason, attempts: 0)
+        return ItemOutcome.unsent(424, reason)
     }
 
     /// Settles `index` and, through a work list rather than recursion (a chain of 10,000

@@ -340,19 +340,13 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
         } else if path.hasPrefix("/bytes/") {
             open[stream]!.answered = true
             answers += 1
-            var block: [UInt8] = []
-            literal(":status", "200", into: &block)
-            literal("content-type", "application/octet-stream", into: &block)
-            write(type: 1, flags: 0x4, stream: stream, block)
+            writeHead(stream, "content-type", "application/octet-stream")
             bodiesLeft[stream] = Int(path.dropFirst(7)) ?? 0
             sendBodies()
         } else if path == "/trailers" {
             open[stream]!.answered = true
             answers += 1
-            var head: [UInt8] = []
-            literal(":status", "200", into: &head)
-            literal("content-type", "text/plain", into: &head)
-            write(type: 1, flags: 0x4, stream: stream, head)
+            writeHead(stream, "content-type", "text/plain")
             var trailers: [UInt8] = []
             literal("content-type", "application/json", into: &trailers)
             literal("etag", "\"forged\"", into: &trailers)
@@ -376,18 +370,12 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             }
         } else if path == "/short-body" || path == "/long-body" {
             open[stream]!.answered = true
-            var block: [UInt8] = []
-            literal(":status", "200", into: &block)
-            literal("content-length", "10", into: &block)
-            write(type: 1, flags: 0x4, stream: stream, block)
+            writeHead(stream, "content-length", "10")
             write(type: 0, flags: 0x1, stream: stream, Array((path == "/short-body" ? "ok" : "twenty bytes of body").utf8))
             open.removeValue(forKey: stream)
         } else if path == "/partial-rst" {
             open[stream]!.answered = true
-            var block: [UInt8] = []
-            literal(":status", "200", into: &block)
-            literal("content-type", "application/json", into: &block)
-            write(type: 1, flags: 0x4, stream: stream, block)
+            writeHead(stream, "content-type", "application/json")
             write(type: 0, flags: 0, stream: stream, Array("{\"partial\":".utf8))
             write(type: 3, flags: 0, stream: stream, be32(0))
             open.removeValue(forKey: stream)
@@ -402,6 +390,14 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             }
         }
         // "/silent", "/kill", "/goaway" after it: nothing.
+    }
+
+    /// HEADERS 200 with one more field, leaving the stream open: a body or trailers follow.
+    func writeHead(_ stream: UInt32, _ name: String, _ value: String) {
+        var block: [UInt8] = []
+        literal(":status", "200", into: &block)
+        literal(name, value, into: &block)
+        write(type: 1, flags: 0x4, stream: stream, block)
     }
 
     func answer(_ stream: UInt32, status: Int) {
