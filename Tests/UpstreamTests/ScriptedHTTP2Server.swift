@@ -15,7 +15,10 @@ import NIOPosix
 ///   (then, for `-rst`, RST_STREAM NO_ERROR as RFC 9113 §8.1 allows)
 /// - `/partial-rst`: HEADERS 200 and part of a body, then RST_STREAM NO_ERROR without END_STREAM
 ///   (the answer never ended)
-/// - `/close-once`: the connection is closed without an answer the first time; 404 afterwards
+/// - `/close-once`: the connection is closed without an answer the first time; 404 afterwards.
+///   The close lingers as nginx's does: FIN after what was written, the rest of the input read
+///   and dropped. A close with unread input would be a TCP reset, which may destroy answers
+///   already written to other streams, so their status would depend on timing.
 /// - `/goaway`: (the first time) GOAWAY NO_ERROR whose last stream id is two streams back;
 ///   streams up to it are answered, later ones never are (the client must re-send them), then
 ///   the connection closes; afterwards an ordinary 200
@@ -138,6 +141,8 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
     var lastAnswered: UInt32 = 0
     var idleTimer: Scheduled<Void>?
     var context: ChannelHandlerContext!
+    /// Output closed (`/close-once`): input is read and dropped until the client closes.
+    var lingering = false
 
     init(server: ScriptedHTTP2Server, index: Int) {
         self.server = server
@@ -176,7 +181,7 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
                 context.eventLoop.scheduleTask(in: server.script.settingsDelay) { self.sendSettings() }
             }
         }
-        if silent && settingsSent { buffer.clear(); return }
+        if (silent && settingsSent) || lingering { buffer.clear(); return }
         while buffer.readableBytes >= 9 {
             let view = buffer.readableBytesView
             let start = view.startIndex
@@ -188,7 +193,7 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             buffer.moveReaderIndex(forwardBy: 9)
             let payload = buffer.readBytes(length: length) ?? []
             frame(type: type, flags: flags, stream: stream, payload: payload)
-            if !context.channel.isActive { return }
+            if !context.channel.isActive || lingering { return }
         }
     }
 
@@ -384,7 +389,8 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             write(type: 3, flags: 0, stream: stream, be32(UInt32(path.dropFirst(7)) ?? 2))
         } else if path == "/close-once" {
             if server.firstTime("close:\(fullPath)") {
-                context.close(promise: nil)
+                lingering = true
+                context.close(mode: .output, promise: nil)
             } else {
                 answer(stream, status: 404)
             }
@@ -473,7 +479,7 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
     }
 
     func write(type: UInt8, flags: UInt8, stream: UInt32, _ payload: [UInt8]) {
-        guard context.channel.isActive else { return }
+        guard context.channel.isActive, !lingering else { return }
         var out = context.channel.allocator.buffer(capacity: 9 + payload.count)
         out.writeBytes([UInt8(payload.count >> 16 & 0xff), UInt8(payload.count >> 8 & 0xff), UInt8(payload.count & 0xff), type, flags])
         out.writeBytes(be32(stream))
