@@ -34,6 +34,16 @@ public enum HTTPSyntax {
         return true
     }
 
+    /// Why a response's status code is not HTTP's, or nil when it is three digits in 100–599.
+    /// RFC 9110 §15 leaves 600–999 to libraries' own uses; reported in a 207 they would be a
+    /// status line no client can read, so both engines fail the item with this reason.
+    static func statusOutsideRange(_ digits: UnsafeBufferPointer<UInt8>) -> String? {
+        guard digits.count == 3, digits[0] &- 0x30 < 10, digits[1] &- 0x30 < 10, digits[2] &- 0x30 < 10 else {
+            return "the status code is not three digits"
+        }
+        return digits[0] >= 0x31 && digits[0] <= 0x35 ? nil : "status \(String(decoding: digits, as: UTF8.self)) is outside 100–599"
+    }
+
     /// The field names a message's Connection header lists, lower-cased: RFC 9110 §7.6.1 makes
     /// them belong to that hop only, so they are not forwarded.
     public static func connectionOptions<S: Sequence>(_ fields: S) -> Set<String> where S.Element == (name: String, value: String) {

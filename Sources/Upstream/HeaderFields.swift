@@ -78,6 +78,40 @@ public struct HeaderFields: @unchecked Sendable, Sequence, ExpressibleByArrayLit
         count += 1
     }
 
+    /// Goes on with the last field's value: a space, then `continuation` (an HTTP/1.1 obs-fold
+    /// line, RFC 9112 §5.2). Rare, so the last field is found by walking the fields.
+    public mutating func continueLastValue(_ continuation: UnsafeBufferPointer<UInt8>) {
+        guard count > 0 else { return }
+        guard Self.isASCII(continuation) else {
+            // Repaired as `append` repairs a value, so the stored bytes stay valid UTF-8.
+            let text = String(decoding: continuation, as: UTF8.self)
+            text.withUTF8Bytes { continueLastValidValue($0) }
+            return
+        }
+        continueLastValidValue(continuation)
+    }
+
+    private mutating func continueLastValidValue(_ continuation: UnsafeBufferPointer<UInt8>) {
+        makeRoom(for: 1 + continuation.count)
+        let fields = count
+        storage!.withUnsafeMutablePointers { header, bytes in
+            var offset = 0, last = 0
+            for _ in 0..<fields {
+                last = offset
+                let raw = UnsafeRawPointer(bytes + offset)
+                offset += 8 + Int(UInt32(littleEndian: raw.loadUnaligned(as: UInt32.self)))
+                    + Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+            }
+            let field = UnsafeMutableRawPointer(bytes + last)
+            let valueCount = Int(UInt32(littleEndian: field.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+            field.storeBytes(of: UInt32(truncatingIfNeeded: valueCount + 1 + continuation.count).littleEndian, toByteOffset: 4, as: UInt32.self)
+            let end = bytes + header.pointee.used
+            end.pointee = 32
+            if let base = continuation.baseAddress { (end + 1).update(from: base, count: continuation.count) }
+            header.pointee.used += 1 + continuation.count
+        }
+    }
+
     /// Makes the storage this value's own with room for `size` more bytes (doubling, so that
     /// appends stay amortized O(1)).
     private mutating func makeRoom(for size: Int) {

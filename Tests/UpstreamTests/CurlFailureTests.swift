@@ -75,4 +75,18 @@ extension CurlTransportTests {
         // The connection after either is not reused wrongly: the next item gets its own answer.
         #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok")).settlements.response()?.status == 200)
     }
+
+    /// RFC 9110 §15: a status outside 100–599 is not HTTP's; the item is a 502 that names it.
+    @Test func aStatusOutsideHTTPsRangeIsA502NamingIt() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        for code in ["999", "600"] {
+            let error = harness.execute(UpstreamRequest(method: "GET", path: "/status/\(code)")).settlements.error()
+            #expect(error?.status == 502, "\(code)")
+            #expect(error?.message.contains("status \(code) is outside 100–599") == true, "\(error?.message ?? "")")
+        }
+        // Below 100 libcurl refuses the answer itself.
+        #expect(harness.execute(UpstreamRequest(method: "GET", path: "/status/099")).settlements.error()?.status == 502)
+        #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok")).settlements.response()?.status == 200)
+    }
 }

@@ -76,4 +76,21 @@ extension CurlTransportTests {
         #expect(response.headers.first(name: "content-type") == "text/plain")
         #expect(response.headers.first(name: "etag") == nil && response.headers.first(name: "location") == nil)
     }
+
+    /// An obs-fold (a line that starts with a space or tab) continues the field before it:
+    /// RFC 9112 §5.2 has a proxy join it with a space, not keep the first line only.
+    @Test func aFoldedFieldIsReportedWhole() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let response = try #require(harness.execute(UpstreamRequest(method: "GET", path: "/folded")).settlements.response())
+        #expect(response.status == 200)
+        #expect(response.headers.first(name: "x-long") == "first second third")
+        #expect(response.headers.first(name: "content-type") == "text/plain")
+        #expect(response.headers.first(name: "etag") == "\"e1\"")
+        #expect(String(buffer: response.body) == "ok")
+        // A fold of Content-Length would change how the body is framed: refused.
+        let framing = harness.execute(UpstreamRequest(method: "GET", path: "/folded-length")).settlements.error()
+        #expect(framing?.status == 502)
+        #expect(framing?.message.contains("folded Content-Length") == true, "\(framing?.message ?? "")")
+    }
 }

@@ -323,6 +323,22 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         }
     }
 
+    /// RFC 9110 §15: a status outside 100–599 is not HTTP's; the item is a 502 that names it,
+    /// not a 207 entry with a status line no client can read.
+    @Test func aStatusOutsideHTTPsRangeIsA502NamingIt() async throws {
+        try await withH2 { transport, _ in
+            let out = await runCalls(transport, [get("/status/999"), get("/status/600"), get("/status/099"), get("/ok")])
+            #expect(out.allSettledOnce)
+            for (i, code) in ["999", "600"].enumerated() {
+                #expect(out.status(i) == 502, "\(code)")
+                #expect(out.reason(i).contains("status \(code) is outside 100–599"), "\(out.reason(i))")
+            }
+            // Below 100 nghttp2 refuses the field itself.
+            #expect(out.status(2) == 502 && out.reason(2).contains("invalid HTTP/2 response"), "\(out.reason(2))")
+            #expect(out.status(3) == 200)
+        }
+    }
+
     /// A trailer block is not the answer's header, with a body or without one (RFC 9110
     /// §6.5.1): an upstream cannot set the ETag or Location the 207 reports after its head.
     @Test func trailerFieldsAreNotReportedAsHeaders() async throws {

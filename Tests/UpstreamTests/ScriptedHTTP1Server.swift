@@ -23,6 +23,8 @@ import NIOPosix
 /// - `/switching`: `101 Switching Protocols` to a request that asked for no upgrade, then close;
 /// - `/trailers`: 200, `Content-Type: text/plain`, a chunked body `ok`, then the trailer fields
 ///   `Content-Type`, `ETag`, `Location` and `Content-Length`;
+/// - `/folded`: 200 with `Content-Type`, then an `X-Long` field that goes on over two obs-fold lines, then `ETag`;
+/// - `/folded-length`: 200 whose `Content-Length: 2` goes on in an obs-fold line;
 /// - anything else: 404.
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
@@ -183,6 +185,10 @@ private final class ScriptedConnection: ChannelInboundHandler {
             write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: ETag\r\n\r\n"
                   + "2\r\nok\r\n0\r\nContent-Type: application/json\r\nETag: \"forged\"\r\nLocation: /evil\r\n"
                   + "Content-Length: 9\r\n\r\n", context: context)
+        case ("folded", 1):
+            write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Long: first\r\n  second\r\n\tthird \r\nETag: \"e1\"\r\nContent-Length: 2\r\n\r\nok", context: context)
+        case ("folded-length", 1):
+            write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n 0\r\n\r\nok", context: context)
         case ("two-lengths", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello12", context: context)
         case ("huge-length", 1):

@@ -37,6 +37,8 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     private var headEnded = false
     /// The final head's Content-Length, to tell a second one that disagrees.
     private var contentLength: Int?
+    /// The last field read was Content-Length: an obs-fold line now would go on with it.
+    private var lastFieldIsContentLength = false
     /// Why the answer is not one HTTP/1.1 allows, when the header callback ended the transfer
     /// for it; the item's 502 says this instead of curl's "Failed writing header".
     private(set) var refusal: String?
@@ -107,8 +109,13 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             // Room for a usual answer's fields: growing from empty was four allocations per item.
             headers.reserveCapacity(256)
             contentLength = nil
+            lastFieldIsContentLength = false
             // "HTTP/1.1 1xx ...": the status code follows the first space.
             if let space = bytes.firstIndex(of: 32), space + 1 < end {
+                if let refused = HTTPSyntax.statusOutsideRange(UnsafeBufferPointer(rebasing: bytes[(space + 1)..<min(space + 4, end)])) {
+                    refusal = refused
+                    return false
+                }
                 interimHead = bytes[space + 1] == UInt8(ascii: "1")
                 // Sheaf never asks for an upgrade (Upgrade is hop-by-hop, not forwarded): a 101
                 // answers nothing it sent, and what follows it is not HTTP/1.1.
@@ -120,7 +127,23 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             return true
         }
         // A trailer field: not the answer's header, whatever its name says.
-        guard !headEnded, let colon = bytes.firstIndex(of: 58) else { return true }
+        guard !headEnded else { return true }
+        if bytes[0] == 32 || bytes[0] == 9 {
+            // obs-fold: the field before goes on. RFC 9112 §5.2 has a proxy join it with a space
+            // (kept as its first line only, a value was cut). Not for Content-Length, whose
+            // value curl framed the body with already.
+            if lastFieldIsContentLength {
+                refusal = "a folded Content-Length"
+                return false
+            }
+            var start = 0, valueEnd = end
+            while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
+            while valueEnd > start && (bytes[valueEnd - 1] == 32 || bytes[valueEnd - 1] == 9) { valueEnd -= 1 }
+            if !headers.isEmpty && valueEnd > start { headers.continueLastValue(UnsafeBufferPointer(rebasing: bytes[start..<valueEnd])) }
+            return true
+        }
+        guard let colon = bytes.firstIndex(of: 58) else { return true }
+        lastFieldIsContentLength = false
         var start = colon + 1
         while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
         if colon == 14, HTTPSyntax.isName(UnsafeBufferPointer(rebasing: bytes[0..<colon]), "content-length") {
@@ -144,6 +167,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
                 return false
             }
             contentLength = length
+            lastFieldIsContentLength = true
         }
         headers.append(name: UnsafeBufferPointer(rebasing: bytes[0..<colon]), value: UnsafeBufferPointer(rebasing: bytes[start..<end]),
                        lowercasingName: true)

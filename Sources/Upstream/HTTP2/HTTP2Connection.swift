@@ -530,6 +530,12 @@ final class HTTP2Connection {
         exchange.sawResponseBytes = true
         // Compared as bytes: `elementsEqual` against a string's UTF-8 view cost ~400 instructions.
         if name.count == 7 && memcmp(name.baseAddress!, ":status", 7) == 0 {
+            if let refused = HTTPSyntax.statusOutsideRange(value) {
+                // Reset, and the item's 502 says why (see `streamClosed`).
+                invalidResponses[stream] = refused
+                nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, NGHTTP2_PROTOCOL_ERROR.rawValue)
+                return
+            }
             let code = Self.parseStatus(value)
             if code >= 200 {
                 exchange.status = code
