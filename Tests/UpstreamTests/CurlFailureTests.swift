@@ -89,4 +89,15 @@ extension CurlTransportTests {
         #expect(harness.execute(UpstreamRequest(method: "GET", path: "/status/099")).settlements.error()?.status == 502)
         #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok")).settlements.response()?.status == 200)
     }
+
+    /// Content-Length beside Transfer-Encoding is how responses are split (RFC 9112 §6.3 says to
+    /// handle it as an error): a 502, not an item reporting a length its body does not have.
+    @Test func bothContentLengthAndTransferEncodingIsA502() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let error = harness.execute(UpstreamRequest(method: "GET", path: "/cl-te")).settlements.error()
+        #expect(error?.status == 502)
+        #expect(error?.message.contains("both Content-Length and Transfer-Encoding") == true, "\(error?.message ?? "")")
+        #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok")).settlements.response()?.status == 200)
+    }
 }

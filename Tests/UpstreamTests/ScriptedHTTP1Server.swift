@@ -25,6 +25,7 @@ import NIOPosix
 ///   `Content-Type`, `ETag`, `Location` and `Content-Length`;
 /// - `/folded`: 200 with `Content-Type`, then an `X-Long` field that goes on over two obs-fold lines, then `ETag`;
 /// - `/folded-length`: 200 whose `Content-Length: 2` goes on in an obs-fold line;
+/// - `/cl-te`: 200 with both `Content-Length: 5` and `Transfer-Encoding: chunked`, then a chunked `ok`;
 /// - anything else: 404.
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
@@ -189,6 +190,8 @@ private final class ScriptedConnection: ChannelInboundHandler {
             write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Long: first\r\n  second\r\n\tthird \r\nETag: \"e1\"\r\nContent-Length: 2\r\n\r\nok", context: context)
         case ("folded-length", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n 0\r\n\r\nok", context: context)
+        case ("cl-te", 1):
+            write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", context: context)
         case ("two-lengths", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello12", context: context)
         case ("huge-length", 1):

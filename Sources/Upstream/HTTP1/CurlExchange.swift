@@ -37,6 +37,8 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     private var headEnded = false
     /// The final head's Content-Length, to tell a second one that disagrees.
     private var contentLength: Int?
+    /// The final head has a Transfer-Encoding field (with a Content-Length too, it is refused).
+    private var sawTransferEncoding = false
     /// The last field read was Content-Length: an obs-fold line now would go on with it.
     private var lastFieldIsContentLength = false
     /// Why the answer is not one HTTP/1.1 allows, when the header callback ended the transfer
@@ -93,6 +95,11 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         var end = line.count
         while end > 0 && (line[end - 1] == 10 || line[end - 1] == 13) { end -= 1 }
         if end == 0 {
+            if !interimHead && !headEnded && contentLength != nil && sawTransferEncoding {
+                // How responses are split (RFC 9112 §6.3: "ought to be handled as an error").
+                refusal = "both Content-Length and Transfer-Encoding"
+                return false
+            }
             if !interimHead { headEnded = true }
             if endsAtHead && !interimHead {
                 stoppedAtHead = true
@@ -110,6 +117,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             headers.reserveCapacity(256)
             contentLength = nil
             lastFieldIsContentLength = false
+            sawTransferEncoding = false
             // "HTTP/1.1 1xx ...": the status code follows the first space.
             if let space = bytes.firstIndex(of: 32), space + 1 < end {
                 if let refused = HTTPSyntax.statusOutsideRange(UnsafeBufferPointer(rebasing: bytes[(space + 1)..<min(space + 4, end)])) {
@@ -146,7 +154,9 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         lastFieldIsContentLength = false
         var start = colon + 1
         while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
-        if colon == 14, HTTPSyntax.isName(UnsafeBufferPointer(rebasing: bytes[0..<colon]), "content-length") {
+        if colon == 17, HTTPSyntax.isName(UnsafeBufferPointer(rebasing: bytes[0..<colon]), "transfer-encoding") {
+            sawTransferEncoding = true
+        } else if colon == 14, HTTPSyntax.isName(UnsafeBufferPointer(rebasing: bytes[0..<colon]), "content-length") {
             // Two lengths that disagree: which bytes are this body and which the next answer is
             // anyone's guess (RFC 9112 §6.3); curl takes one. Refused, and the connection closes.
             var valueEnd = end
