@@ -177,6 +177,64 @@ import Testing
         try await group.shutdownGracefully()
     }
 
+    /// Silent calls cut as `FanOutRun` cuts them: all at once through `transport.cancel`, a
+    /// moment after `deadline` (the batch's, nil: the client left before any deadline).
+    func cut(_ transport: UpstreamTransport, _ count: Int, tag: String, deadline: TimeAmount?) async throws {
+        let batchDeadline = NIODeadline.now() + (deadline ?? .seconds(60))
+        let calls = (0..<count).map { i -> UpstreamCall in
+            var request = get("/silent?\(tag)=\(i)")
+            request.batchDeadline = batchDeadline
+            return transport.execute(request) { _ in }
+        }
+        try await Task.sleep(nanoseconds: UInt64((deadline ?? .milliseconds(300)).nanoseconds) + 100_000_000)
+        transport.cancel(calls)
+        try await Task.sleep(nanoseconds: 100_000_000)
+    }
+
+    /// A call on the wire that the batch's deadline cuts is the upstream not answering in the
+    /// time the client allowed: it counts against the circuit, as a route timeout counts in
+    /// Envoy's outlier detection. Before, a silent upstream behind a `deadline` shorter than its
+    /// `timeout` never opened it. A call cut while it waited for a connection, or cancelled
+    /// before any deadline (its client left), says nothing of the upstream.
+    @Test(arguments: [UpstreamProtocol.http1, .h2c])
+    func deadlineCutsOnTheWireCountAgainstTheCircuit(_ engine: UpstreamProtocol) async throws {
+        let server: any Sendable
+        let port: Int
+        if engine == .h2c {
+            let h2 = try ScriptedHTTP2Server()
+            (server, port) = (h2, h2.port)
+        } else {
+            let h1 = try ScriptedHTTP1Server()
+            (server, port) = (h1, h1.port)
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let transport = try TransportFactory.make(configuration(port: port, protocol: engine, connections: 2) {
+            $0.retry.attempts = 1
+            var breaker = CircuitBreakerConfiguration()
+            breaker.minRequests = 4
+            breaker.openFor = .seconds(5)
+            $0.circuitBreaker = breaker
+        }, group: group, logger: Logger(label: "test"))
+        let resilient = try #require(transport as? ResilientTransport)
+        try await cut(transport, 6, tag: "left", deadline: nil)
+        #expect(resilient.circuitState == .closed)
+        if engine == .http1 {
+            // Two connections: two calls on the wire, four waiting. Two failures are under min_requests.
+            try await cut(transport, 6, tag: "queued", deadline: .milliseconds(300))
+            #expect(resilient.circuitState == .closed)
+            try await cut(transport, 2, tag: "more", deadline: .milliseconds(300))
+        } else {
+            try await cut(transport, 4, tag: "cut", deadline: .milliseconds(300))
+        }
+        #expect(resilient.circuitState == .open)
+        let fast = await runCalls(transport, [get("/ok?fast")])
+        #expect(fast.status(0) == 503 && fast.reason(0) == "circuit open for upstream flaky; not sent")
+        await transport.shutdown()
+        if let h2 = server as? ScriptedHTTP2Server { await h2.stop() }
+        if let h1 = server as? ScriptedHTTP1Server { try h1.stop() }
+        try await group.shutdownGracefully()
+    }
+
     @Test func maxQueuedFailsTheExcessFastOnHTTP1() async throws {
         try await withHTTP1({ $0.retry.attempts = 1; $0.connections = 1; $0.maxQueued = 2 }) { transport, server in
             let out = await runCalls(transport, (0..<5).map { get("/slow/300?i=\($0)") })

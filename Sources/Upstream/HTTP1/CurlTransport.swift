@@ -216,7 +216,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             }
             // Cancelled before shutdown(): cancel() takes no more once `stopping` is set.
             for exchange in cancelled where !exchange.isSettled {
-                finish(exchange, .failure(UpstreamError(.cancelled, "cancelled")))
+                // Attempts 0 unless it went out (`settle` counts the sends): one cut while it
+                // waited for a connection never reached the upstream.
+                finish(exchange, .failure(UpstreamError(.cancelled, "cancelled", attempts: 0)))
             }
             if stop {
                 for exchange in incoming where !exchange.isSettled {

@@ -78,11 +78,12 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
 
     private func settled(_ call: ResilientCall, _ result: UpstreamResult) {
         let now = NIODeadline.now()
+        let failed = Self.failed(result, batchDeadline: call.request.batchDeadline, now: now)
         guard let attempt = call.attemptEnded(result) else {
             // The item already settled (its deadline, a cancel): only the circuit hears of it.
             let transition = lock.withLock { () -> CircuitBreaker.Transition? in
-                if call.probe { return reportProbe(call, failed: Self.failed(result), now: now) }
-                guard let verdict = Self.failed(result) else { return nil }
+                if call.probe { return reportProbe(call, failed: failed, now: now) }
+                guard let verdict = failed else { return nil }
                 return breaker?.record(failed: verdict, probe: false, now: now)
             }
             report(transition)
@@ -108,8 +109,8 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
             // A probe is one item: its attempts before a retry are not probes of their own (each
             // answered 429 and retried counted as another probe's success).
             if call.probe {
-                if retryReason == nil { transition = reportProbe(call, failed: Self.failed(result), now: now) }
-            } else if let verdict = Self.failed(result) {
+                if retryReason == nil { transition = reportProbe(call, failed: failed, now: now) }
+            } else if let verdict = failed {
                 transition = breaker?.record(failed: verdict, probe: false, now: now)
             }
         }
@@ -128,15 +129,22 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
     }
 
     /// Whether an outcome counts against the circuit: transport failures and 5xx answers do,
-    /// cancellations and 4xx are neutral (nil).
-    static func failed(_ result: UpstreamResult) -> Bool? {
+    /// 4xx and most cancellations are neutral (nil). A call on the wire that its batch's
+    /// deadline cut is a failure: the upstream did not answer in the time the client allowed
+    /// (Envoy's outlier detection counts a route timeout so). Otherwise a silent upstream behind
+    /// a `deadline` shorter than its `timeout` never opened the circuit. A call cut while it
+    /// waited (attempts 0), or cancelled before any deadline (its client left), says nothing.
+    static func failed(_ result: UpstreamResult, batchDeadline: NIODeadline?, now: NIODeadline) -> Bool? {
         switch result {
         case .success(let response):
             return response.status >= 500
         case .failure(let error):
             switch error.kind {
             case .unreachable, .protocolError, .timeout, .protocolMismatch: return true
-            case .cancelled, .shuttingDown, .requestHeadTooLarge, .overloaded: return nil
+            case .cancelled:
+                guard let batchDeadline, now >= batchDeadline, error.attempts > 0 else { return nil }
+                return true
+            case .shuttingDown, .requestHeadTooLarge, .overloaded: return nil
             }
         }
     }
