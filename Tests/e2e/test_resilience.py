@@ -4,10 +4,11 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import httpx
 
-from conftest import fan_out_sheaf
+from conftest import Sheaf, fan_out_sheaf
 
 
 def _metrics(s):
@@ -47,6 +48,43 @@ def test_an_outage_is_retried_within_the_budget_then_the_circuit_opens(workdir, 
         items = r.json()["results"]
         assert all(x["status"] == 503 and x["error"] == "circuit open for upstream up; not sent" for x in items), items
         assert len(nginx.access_lines()) == before
+    finally:
+        s.stop()
+
+
+def test_a_silent_upstream_behind_a_shorter_deadline_opens_the_circuit(workdir, nginx):
+    """The route's deadline (500ms) is shorter than the upstream's timeout (5s): every item nginx
+    keeps waiting is cut at the deadline with 504. Those cuts count against the circuit, which
+    opens, and the next batch fails fast instead of waiting out its deadline again."""
+    s = Sheaf(workdir, "deadline-circuit", f"""
+        upstreams:
+          up: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c, timeout: 5s,
+                circuit_breaker: {{min_requests: 10, failure_ratio: 0.5, open_for: 1m}}}}
+        routes:
+          - name: r
+            method: POST
+            path: /b
+            upstream: up
+            deadline: 500ms
+            fan_out: {{items: "", method: GET, path: "/sleep/{{item}}"}}
+        """)
+    try:
+        r = httpx.post(s.url + "/b", json=list(range(12)), timeout=30)
+        assert r.status_code == 207
+        doc = r.json()
+        assert sorted(int(x["id"]) for x in doc["results"]) == list(range(12))
+        assert all(x["status"] == 504 for x in doc["results"]), doc["results"]
+        # The cut calls report to the circuit as their streams end, just after the 207.
+        for _ in range(40):
+            if _metrics(s).get('sheaf_upstream_circuit_state{upstream="up",state="open"}') == 1:
+                break
+            time.sleep(0.05)
+        assert _metrics(s)['sheaf_upstream_circuit_state{upstream="up",state="open"}'] == 1
+        started = time.monotonic()
+        r = httpx.post(s.url + "/b", json=list(range(5)), timeout=30)
+        items = r.json()["results"]
+        assert all(x["status"] == 503 and x["error"] == "circuit open for upstream up; not sent" for x in items), items
+        assert time.monotonic() - started < 0.4
     finally:
         s.stop()
 
