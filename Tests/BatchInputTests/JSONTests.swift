@@ -13,7 +13,7 @@ import Testing
 }
 
 @Test(arguments: [
-    ("{", "unexpected end"), ("[1,]", "unexpected character"), ("01", "unexpected data"), ("\"a", "unterminated"),
+    ("{", "unexpected end"), ("[1,]", "unexpected character"), ("01", "leading zero"), ("[-01]", "leading zero"), ("1.", "a digit must follow '.'"), ("[1e]", "a digit must follow the exponent"), ("-", "a digit must follow '-'"), ("\"a", "unterminated"),
     ("{\"a\" 1}", "expected ':'"), ("\"\\ud800\"", "unpaired surrogate"), ("[1] x", "unexpected data"),
     ("\"\u{01}\"", "control character"), ("tru", "unexpected end"),
 ])

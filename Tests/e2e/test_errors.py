@@ -29,6 +29,13 @@ def test_invalid_json_and_xml(sheaf):
     assert "not well-formed XML" in doc["detail"] and doc["field"] == "body"
 
 
+def test_a_malformed_number_is_named_for_what_is_wrong(sheaf):
+    for body, detail in [(b'{"ids":[01]}', "a number has a leading zero at byte 9"),
+                         (b'{"ids":[1.]}', "a digit must follow '.' in a number at byte 10")]:
+        doc = problem(httpx.post(sheaf.url + "/bulk/users", content=body, headers={"content-type": "application/json"}), 400)
+        assert doc["detail"].endswith(detail) and doc["field"] == "body", doc
+
+
 def test_xml_with_a_dtd_is_refused(sheaf):
     bomb = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
             '<S:batch xmlns:S="urn:sheaf" xmlns:D="DAV:"><S:request method="GET"><D:href>/users/&lol2;</D:href></S:request></S:batch>')

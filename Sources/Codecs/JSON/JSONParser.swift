@@ -243,23 +243,24 @@ public struct JSONParser {
     private mutating func parseNumber() throws -> JSONValue {
         let start = position
         if bytes[position] == UInt8(ascii: "-") { position += 1 }
-        guard position < bytes.count else { throw fail("invalid number") }
+        // Each refusal says what RFC 8259 §6 wants there: "invalid number", or "unexpected data"
+        // after a leading zero, left a client guessing.
+        guard position < bytes.count, isDigit(bytes[position]) else { throw fail("a digit must follow '-' in a number") }
         if bytes[position] == UInt8(ascii: "0") {
             position += 1
-        } else if isDigit(bytes[position]) {
-            while position < bytes.count && isDigit(bytes[position]) { position += 1 }
+            if position < bytes.count && isDigit(bytes[position]) { throw fail("a number has a leading zero") }
         } else {
-            throw fail("invalid number")
+            while position < bytes.count && isDigit(bytes[position]) { position += 1 }
         }
         if position < bytes.count && bytes[position] == UInt8(ascii: ".") {
             position += 1
-            guard position < bytes.count, isDigit(bytes[position]) else { throw fail("invalid number") }
+            guard position < bytes.count, isDigit(bytes[position]) else { throw fail("a digit must follow '.' in a number") }
             while position < bytes.count && isDigit(bytes[position]) { position += 1 }
         }
         if position < bytes.count && (bytes[position] | 0x20) == UInt8(ascii: "e") {
             position += 1
             if position < bytes.count && (bytes[position] == UInt8(ascii: "+") || bytes[position] == UInt8(ascii: "-")) { position += 1 }
-            guard position < bytes.count, isDigit(bytes[position]) else { throw fail("invalid number") }
+            guard position < bytes.count, isDigit(bytes[position]) else { throw fail("a digit must follow the exponent in a number") }
             while position < bytes.count && isDigit(bytes[position]) { position += 1 }
         }
         return .number(String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self))
