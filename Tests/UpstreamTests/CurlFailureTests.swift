@@ -85,8 +85,9 @@ extension CurlTransportTests {
             #expect(error?.status == 502, "\(code)")
             #expect(error?.message.contains("status \(code) is outside 100–599") == true, "\(error?.message ?? "")")
         }
-        // Below 100 libcurl refuses the answer itself.
-        #expect(harness.execute(UpstreamRequest(method: "GET", path: "/status/099")).settlements.error()?.status == 502)
+        // Below 100 libcurl refuses the status line itself, before the header callback.
+        let low = harness.execute(UpstreamRequest(method: "GET", path: "/status/099")).settlements.error()
+        #expect(low?.status == 502 && low?.message.contains("Unsupported response code") == true, "\(low?.message ?? "")")
         #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok")).settlements.response()?.status == 200)
     }
 
@@ -99,5 +100,15 @@ extension CurlTransportTests {
         #expect(error?.status == 502)
         #expect(error?.message.contains("both Content-Length and Transfer-Encoding") == true, "\(error?.message ?? "")")
         #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok")).settlements.response()?.status == 200)
+    }
+
+    /// A folded Transfer-Encoding frames the body one way for libcurl (its first line) and
+    /// another for the headers reported: refused, as a folded Content-Length is.
+    @Test func aFoldedTransferEncodingIsA502() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let error = harness.execute(UpstreamRequest(method: "GET", path: "/folded-te")).settlements.error()
+        #expect(error?.status == 502)
+        #expect(error?.message.contains("a folded Transfer-Encoding") == true, "\(error?.message ?? "")")
     }
 }

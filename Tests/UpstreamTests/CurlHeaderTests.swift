@@ -75,6 +75,11 @@ extension CurlTransportTests {
         #expect(response.headers.map(\.name) == ["content-type", "transfer-encoding", "trailer"])
         #expect(response.headers.first(name: "content-type") == "text/plain")
         #expect(response.headers.first(name: "etag") == nil && response.headers.first(name: "location") == nil)
+        // A trailer line that looks like a status line does not start a new head either.
+        let disguised = try #require(harness.execute(UpstreamRequest(method: "GET", path: "/trailer-status")).settlements.response())
+        #expect(disguised.status == 200)
+        #expect(disguised.headers.map(\.name) == ["content-type", "transfer-encoding"])
+        #expect(disguised.headers.first(name: "etag") == nil)
     }
 
     /// An obs-fold (a line that starts with a space or tab) continues the field before it:

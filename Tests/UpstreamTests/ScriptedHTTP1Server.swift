@@ -6,7 +6,7 @@ import NIOPosix
 /// request as it came (request line, headers as sent, body bytes) and answers by path:
 ///
 /// - `/ok`: 200 with the body `ok` (headers only for HEAD);
-/// - `/status/N`: status N with an empty body;
+/// - `/status/N`: status N (its digits as given) with an empty body;
 /// - `/silent`: reads the request and never answers, keeping the connection open;
 /// - `/close`: closes the connection without answering;
 /// - `/slow/MS`: `/ok`'s answer after MS milliseconds;
@@ -26,6 +26,9 @@ import NIOPosix
 /// - `/folded`: 200 with `Content-Type`, then an `X-Long` field that goes on over two obs-fold lines, then `ETag`;
 /// - `/folded-length`: 200 whose `Content-Length: 2` goes on in an obs-fold line;
 /// - `/cl-te`: 200 with both `Content-Length: 5` and `Transfer-Encoding: chunked`, then a chunked `ok`;
+/// - `/trailer-status`: `/trailers`' answer whose trailer section starts with a status line,
+///   `HTTP/1.1 999 X: y` (a field to libcurl), then `ETag`;
+/// - `/folded-te`: 200 whose `Transfer-Encoding: gzip` goes on in an obs-fold line ` chunked`, then close;
 /// - anything else: 404.
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
@@ -149,7 +152,8 @@ private final class ScriptedConnection: ChannelInboundHandler {
         case ("ok", 1):
             send(status: 200, body: "ok", headOnly: isHead, context: context)
         case ("status", 2) where Int(parts[1]) != nil:
-            send(status: Int(parts[1])!, body: "", headOnly: isHead, context: context)
+            // The digits as the path gives them: `/status/099` sends `099`, not `99`.
+            write("HTTP/1.1 \(parts[1]) Scripted\r\nContent-Length: 0\r\n\r\n", context: context)
         case ("slow", 2) where Int(parts[1]) != nil:
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             context.eventLoop.scheduleTask(in: .milliseconds(Int64(parts[1])!)) {
@@ -187,9 +191,16 @@ private final class ScriptedConnection: ChannelInboundHandler {
                   + "2\r\nok\r\n0\r\nContent-Type: application/json\r\nETag: \"forged\"\r\nLocation: /evil\r\n"
                   + "Content-Length: 9\r\n\r\n", context: context)
         case ("folded", 1):
-            write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Long: first\r\n  second\r\n\tthird \r\nETag: \"e1\"\r\nContent-Length: 2\r\n\r\nok", context: context)
+            write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Long: first \r\n  second\r\n\tthird \r\nETag: \"e1\"\r\nContent-Length: 2\r\n\r\nok", context: context)
         case ("folded-length", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n 0\r\n\r\nok", context: context)
+        case ("trailer-status", 1):
+            write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  + "2\r\nok\r\n0\r\nHTTP/1.1 999 X: y\r\nETag: \"forged\"\r\n\r\n", context: context)
+        case ("folded-te", 1):
+            done = true
+            write("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", context: context)
+            context.close(promise: nil)
         case ("cl-te", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", context: context)
         case ("two-lengths", 1):

@@ -333,7 +333,7 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
         let path = fullPath.split(separator: "?", maxSplits: 1).first.map(String.init) ?? fullPath
         if let last = goawayLast, stream > last { return }
         if path == "/ok" || path == "/goaway" || path.hasPrefix("/early") { answer(stream, status: 200) }
-        else if path.hasPrefix("/status/") { answer(stream, status: Int(path.dropFirst(8)) ?? 500) }
+        else if path.hasPrefix("/status/") { answer(stream, status: String(path.dropFirst(8))) }
         else if path.hasPrefix("/slow/") {
             let ms = Int64(path.dropFirst(6)) ?? 100
             context.eventLoop.scheduleTask(in: .milliseconds(ms)) { self.answer(stream, status: 200) }
@@ -407,13 +407,18 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
     }
 
     func answer(_ stream: UInt32, status: Int) {
+        answer(stream, status: String(status))
+    }
+
+    /// `status` as it goes in `:status` (`099` stays three digits).
+    func answer(_ stream: UInt32, status: String) {
         guard let entry = open[stream], !entry.answered, context.channel.isActive else { return }
         open[stream]!.answered = true
         answers += 1
         let complete = entry.complete
         server.record.withLockedValue { $0.processed.append(entry.path) }
         var block: [UInt8] = []
-        literal(":status", String(status), into: &block)
+        literal(":status", status, into: &block)
         literal("content-type", "text/plain", into: &block)
         write(type: 1, flags: 0x4, stream: stream, block)
         write(type: 0, flags: 0x1, stream: stream, Array("ok".utf8))

@@ -39,8 +39,12 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     private var contentLength: Int?
     /// The final head has a Transfer-Encoding field (with a Content-Length too, it is refused).
     private var sawTransferEncoding = false
-    /// The last field read was Content-Length: an obs-fold line now would go on with it.
-    private var lastFieldIsContentLength = false
+    /// What an obs-fold line would go on with now: nothing (no field yet, or a line that was
+    /// none), an ordinary field, or one curl framed the body with (refused).
+    private var foldTarget = FoldTarget.none
+    private enum FoldTarget {
+        case none, field, framing(StaticString)
+    }
     /// Why the answer is not one HTTP/1.1 allows, when the header callback ended the transfer
     /// for it; the item's 502 says this instead of curl's "Failed writing header".
     private(set) var refusal: String?
@@ -108,15 +112,17 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             return true
         }
         let bytes = UnsafeBufferPointer(rebasing: line[0..<end])
+        // After the final head, a trailer field: not the answer's header, whatever its name says,
+        // nor a new head if it looks like a status line.
+        guard !headEnded else { return true }
         // "HTTP/": a status line. Compared byte by byte: a generic `starts(with:)` cost about a
         // hundred instructions for each header line (issue 13).
         if end > 5 && bytes[0] == 0x48 && bytes[1] == 0x54 && bytes[2] == 0x54 && bytes[3] == 0x50 && bytes[4] == 0x2F {
-            headEnded = false
             headers.removeAll()
             // Room for a usual answer's fields: growing from empty was four allocations per item.
             headers.reserveCapacity(256)
             contentLength = nil
-            lastFieldIsContentLength = false
+            foldTarget = .none
             sawTransferEncoding = false
             // "HTTP/1.1 1xx ...": the status code follows the first space.
             if let space = bytes.firstIndex(of: 32), space + 1 < end {
@@ -134,33 +140,40 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             }
             return true
         }
-        // A trailer field: not the answer's header, whatever its name says.
-        guard !headEnded else { return true }
+        // Optional white space around a value is not part of it (RFC 9110 §5.5).
+        var valueEnd = end
+        while valueEnd > 0 && (bytes[valueEnd - 1] == 32 || bytes[valueEnd - 1] == 9) { valueEnd -= 1 }
         if bytes[0] == 32 || bytes[0] == 9 {
             // obs-fold: the field before goes on. RFC 9112 §5.2 has a proxy join it with a space
-            // (kept as its first line only, a value was cut). Not for Content-Length, whose
-            // value curl framed the body with already.
-            if lastFieldIsContentLength {
-                refusal = "a folded Content-Length"
+            // (kept as its first line only, a value was cut). Not for the fields curl framed the
+            // body with already: it read their first line only.
+            var start = 0
+            while start < valueEnd && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
+            guard valueEnd > start else { return true }
+            switch foldTarget {
+            case .none:
+                return true
+            case .field:
+                headers.continueLastValue(UnsafeBufferPointer(rebasing: bytes[start..<valueEnd]))
+                return true
+            case .framing(let name):
+                refusal = "a folded \(name)"
                 return false
             }
-            var start = 0, valueEnd = end
-            while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
-            while valueEnd > start && (bytes[valueEnd - 1] == 32 || bytes[valueEnd - 1] == 9) { valueEnd -= 1 }
-            if !headers.isEmpty && valueEnd > start { headers.continueLastValue(UnsafeBufferPointer(rebasing: bytes[start..<valueEnd])) }
+        }
+        guard let colon = bytes.firstIndex(of: 58) else {
+            foldTarget = .none
             return true
         }
-        guard let colon = bytes.firstIndex(of: 58) else { return true }
-        lastFieldIsContentLength = false
+        foldTarget = .field
         var start = colon + 1
-        while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
+        while start < valueEnd && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
         if colon == 17, HTTPSyntax.isName(UnsafeBufferPointer(rebasing: bytes[0..<colon]), "transfer-encoding") {
             sawTransferEncoding = true
+            foldTarget = .framing("Transfer-Encoding")
         } else if colon == 14, HTTPSyntax.isName(UnsafeBufferPointer(rebasing: bytes[0..<colon]), "content-length") {
             // Two lengths that disagree: which bytes are this body and which the next answer is
             // anyone's guess (RFC 9112 §6.3); curl takes one. Refused, and the connection closes.
-            var valueEnd = end
-            while valueEnd > start && (bytes[valueEnd - 1] == 32 || bytes[valueEnd - 1] == 9) { valueEnd -= 1 }
             let value = UnsafeBufferPointer(rebasing: bytes[start..<valueEnd])
             // RFC 9110 §8.6: 1*DIGIT. Past 18 digits curl cannot hold it and read to the close.
             var length = 0, digits = true
@@ -177,9 +190,9 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
                 return false
             }
             contentLength = length
-            lastFieldIsContentLength = true
+            foldTarget = .framing("Content-Length")
         }
-        headers.append(name: UnsafeBufferPointer(rebasing: bytes[0..<colon]), value: UnsafeBufferPointer(rebasing: bytes[start..<end]),
+        headers.append(name: UnsafeBufferPointer(rebasing: bytes[0..<colon]), value: UnsafeBufferPointer(rebasing: bytes[start..<max(start, valueEnd)]),
                        lowercasingName: true)
         return true
     }
