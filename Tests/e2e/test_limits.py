@@ -57,6 +57,19 @@ def test_heads_past_the_limits_are_414_and_431(limited):
     assert b"application/problem+json" in answer
 
 
+def test_an_http2_head_past_the_limit_is_431_and_its_connection_serves_on(limited):
+    """Past max_header_bytes, an HTTP/2 request gets its 431 and the connection goes on serving
+    the client's other streams (RFC 9113 §10.5.1). Once the client had acknowledged Sheaf's
+    SETTINGS, a head over the advertised SETTINGS_MAX_HEADER_LIST_SIZE used to end the whole
+    connection with COMPRESSION_ERROR, and every batch on it."""
+    with httpx.Client(http1=False, http2=True) as h2:
+        assert h2.post(limited.url + "/batch", json={"requests": []}).status_code == 207
+        for size in (5000, 30000, 70000):
+            _problem(h2.post(limited.url + "/batch", json={"requests": []}, headers={"x-big": "v" * size}), 431,
+                     "max_header_bytes (4096)", "headers")
+        assert h2.post(limited.url + "/batch", json={"requests": []}).status_code == 207
+
+
 def test_deep_nesting_and_large_item_bodies_name_what_was_too_large(limited):
     deep = {"requests": [{"method": "POST", "url": "/x", "body": [[[[[[[[[[1]]]]]]]]]]}]}
     _problem(httpx.post(limited.url + "/batch", json=deep), 400, "nested deeper than 8 levels")

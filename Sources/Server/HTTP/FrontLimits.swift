@@ -16,6 +16,20 @@ public struct FrontLimits: Sendable, Equatable {
 
     public init() {}
 
+    /// What an HTTP/1.1 head may hold before NIO's parser stops reading it: past Sheaf's limits,
+    /// a head up to this gets their `431` all the same.
+    static let headReadCeiling = 80 << 10
+
+    /// The SETTINGS_MAX_HEADER_LIST_SIZE HTTP/2 clients are told. NIOHTTP2's decoder takes it as
+    /// its own bound once the client acknowledges it, and a field block past that bound ends the
+    /// connection (COMPRESSION_ERROR), every stream on it. So it is not the limits' total (names,
+    /// values and RFC 9113 §6.5.2's 32 bytes per field) but at least `headReadCeiling`: a head
+    /// over the limits and under this gets its `431`, and the connection serves on, as RFC 9113
+    /// §10.5.1 has it.
+    var http2MaxHeaderListSize: Int {
+        max(maxHeaderBytes + 32 * maxHeaders, Self.headReadCeiling)
+    }
+
     /// The limit a head passes (its config key) and the problem to answer, or nil.
     func problem(_ head: HTTPRequestHead) -> (limit: String, response: SimpleResponse)? {
         if head.uri.utf8.count > maxURLBytes {

@@ -41,8 +41,7 @@ struct FrontPipeline {
             HTTP2Setting(parameter: .maxConcurrentStreams, value: maxStreams),
             HTTP2Setting(parameter: .initialWindowSize, value: limits.http2InitialWindowSize),
             HTTP2Setting(parameter: .maxFrameSize, value: limits.http2MaxFrameSize),
-            // RFC 9113 §6.5.2 counts 32 bytes per field on top of names and values.
-            HTTP2Setting(parameter: .maxHeaderListSize, value: limits.maxHeaderBytes + 32 * limits.maxHeaders),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: limits.http2MaxHeaderListSize),
         ]
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = limits.http2InitialWindowSize
