@@ -40,6 +40,9 @@ final class BatchSession: @unchecked Sendable {
     /// one item: whichever settles first waits here for the other (guarded by the writer's lock).
     private let chained: Bool
     private var halves: [Int: (BatchItem, ItemOutcome)] = [:]
+    /// Where each second call went (by index), once its values were resolved: the 207 reports
+    /// that path, not the `then` template, for a call that was made.
+    private let sentPaths = NIOLockedValueBox<[Int: String]>([:])
     /// Where the batch's access log line goes, and what it says so far; bytes of the 207 body
     /// are added up as they are encoded (guarded by the writer's lock).
     private let accessLog: AccessLog?
@@ -76,7 +79,8 @@ final class BatchSession: @unchecked Sendable {
         let run = FanOutRun(items: consume items, transport: route.transport, concurrency: route.configuration.concurrency,
                              ordered: route.configuration.requestOrder,
                              watchdog: FanOutRun.Watchdog(eventLoop: writer.loop),
-                             prepare: trace.map { trace in { @Sendable index, item, request in trace.itemStarting(index, item, &request) } },
+                             prepare: Self.prepare(trace: trace, chained: chained, sentPaths: sentPaths,
+                                                   basePath: route.transport.configuration.endpoint.basePath),
                              policy: route.configuration.policy, budget: itemBudget, streamed: streamed, batchDeadline: deadline,
                              onResult: { [self] index, item, outcome, nanoseconds in
                                  self.settled(index, item, outcome, nanoseconds)
@@ -84,6 +88,20 @@ final class BatchSession: @unchecked Sendable {
                                  self.finished()
                              })
         fanOut.withLockedValue { $0 = run }
+    }
+
+    /// The hook each item's request passes just before it goes: the tracing hook, and on a
+    /// `then` route the path of each second call. Nil when neither applies (then no item is
+    /// copied for it).
+    private static func prepare(trace: BatchTrace?, chained: Bool, sentPaths: NIOLockedValueBox<[Int: String]>,
+                                basePath: String) -> FanOutRun.Prepare? {
+        guard chained else { return trace.map { trace in { @Sendable index, item, request in trace.itemStarting(index, item, &request) } } }
+        return { @Sendable index, item, request in
+            trace?.itemStarting(index, item, &request)
+            guard index % 2 == 1 else { return }
+            let path = request.path.hasPrefix(basePath) ? String(request.path.dropFirst(basePath.count)) : request.path
+            sentPaths.withLockedValue { $0[index] = path }
+        }
     }
 
     /// More items of a streamed batch; false: read no more input until `whenInputRoom`'s handler runs.
@@ -158,7 +176,8 @@ final class BatchSession: @unchecked Sendable {
                 let isFirst = index % 2 == 0
                 var first = isFirst ? outcome : other
                 let second = isFirst ? other : outcome
-                first.then = ChainedResult(href: (isFirst ? otherItem : item).href, outcome: second)
+                let sent = sentPaths.withLockedValue { $0.removeValue(forKey: pair * 2 + 1) }
+                first.then = ChainedResult(href: sent ?? (isFirst ? otherItem : item).href, outcome: second)
                 let element = isFirst ? item : otherItem
                 // An element is counted once, by its first call's status (the summary and the
                 // access log then agree with sheaf_items_total).
