@@ -31,6 +31,10 @@ CURLcode sheaf_easy_getinfo_off_t(CURL *handle, CURLINFO info, curl_off_t *value
 CURLMcode sheaf_multi_setopt_long(CURLM *handle, CURLMoption option, long value) {
     return curl_multi_setopt(handle, option, value);
 }
+unsigned int sheaf_curl_version_num(void) {
+    return curl_version_info(CURLVERSION_NOW)->version_num;
+}
+
 CURLcode sheaf_msg_result(const CURLMsg *message) {
     return message->data.result;
 }

@@ -111,4 +111,19 @@ extension CurlTransportTests {
         #expect(error?.status == 502)
         #expect(error?.message.contains("a folded Transfer-Encoding") == true, "\(error?.message ?? "")")
     }
+
+    /// A head whose first line is a fold, on an easy handle a transfer used before: libcurl
+    /// 7.88 kept a pointer to that transfer's last stored header (freed since) and appended the
+    /// fold to it (curl#11101), which corrupted the heap and crashed Sheaf a request or two later.
+    /// Each answer now ends, a 502 naming it, and the transfers after it are served.
+    @Test func aHeadThatStartsWithAFoldIsA502AndHarmsNoLaterTransfer() throws {
+        let harness = try CurlHarness { $0.connections = 1 }
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        for round in 0..<8 {
+            #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok?r=\(round)")).settlements.response()?.status == 200)
+            let folded = harness.execute(UpstreamRequest(method: "GET", path: "/fold-first?r=\(round)")).settlements.error()
+            #expect(folded?.status == 502)
+            #expect(folded?.message.contains("sent an invalid HTTP/1.1 response") == true, "\(folded?.message ?? "")")
+        }
+    }
 }

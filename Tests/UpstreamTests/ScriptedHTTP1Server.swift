@@ -29,6 +29,7 @@ import NIOPosix
 /// - `/trailer-status`: `/trailers`' answer whose trailer section starts with a status line,
 ///   `HTTP/1.1 999 X: y` (a field to libcurl), then `ETag`;
 /// - `/folded-te`: 200 whose `Transfer-Encoding: gzip` goes on in an obs-fold line ` chunked`, then close;
+/// - `/fold-first`: 200 whose first header line is an obs-fold (` X-A: 1`), before any field;
 /// - anything else: 404.
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
@@ -201,6 +202,8 @@ private final class ScriptedConnection: ChannelInboundHandler {
             done = true
             write("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", context: context)
             context.close(promise: nil)
+        case ("fold-first", 1):
+            write("HTTP/1.1 200 OK\r\n X-A: 1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok", context: context)
         case ("cl-te", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", context: context)
         case ("two-lengths", 1):

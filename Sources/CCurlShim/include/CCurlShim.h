@@ -56,5 +56,7 @@ long sheaf_sockets_count(const sheaf_sockets *sockets);
 CURLcode sheaf_easy_watch_sockets(CURL *handle, sheaf_transfer *transfer);
 /* CURLMsg.data is a union; Swift reads the result code through this. */
 CURLcode sheaf_msg_result(const CURLMsg *message);
+/* The running libcurl's version as 0xXXYYZZ (CURLVERSION_NOW is a macro Swift cannot see). */
+unsigned int sheaf_curl_version_num(void);
 
 #endif

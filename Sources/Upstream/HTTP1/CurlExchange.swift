@@ -45,6 +45,9 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     private enum FoldTarget {
         case none, field, framing(StaticString)
     }
+    /// A status line came and the head it starts has not ended: an error now is the head's.
+    var isReadingHead: Bool { sawStatusLine && !headEnded }
+    private var sawStatusLine = false
     /// Why the answer is not one HTTP/1.1 allows, when the header callback ended the transfer
     /// for it; the item's 502 says this instead of curl's "Failed writing header".
     private(set) var refusal: String?
@@ -118,6 +121,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         // "HTTP/": a status line. Compared byte by byte: a generic `starts(with:)` cost about a
         // hundred instructions for each header line (issue 13).
         if end > 5 && bytes[0] == 0x48 && bytes[1] == 0x54 && bytes[2] == 0x54 && bytes[3] == 0x50 && bytes[4] == 0x2F {
+            sawStatusLine = true
             headers.removeAll()
             // Room for a usual answer's fields: growing from empty was four allocations per item.
             headers.reserveCapacity(256)

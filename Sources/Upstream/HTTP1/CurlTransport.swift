@@ -49,9 +49,18 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// made each finished transfer cost a thousand steps (28 % of Sheaf's CPU on this path,
     /// issue 13). Curl gets at most `connections` transfers at a time.
     private var waiting = CircularBuffer<CurlExchange>()
-    /// Easy handles between transfers, each with its `sheaf_transfer` (no lookup per item).
-    private var spareHandles: [(easy: UnsafeMutableRawPointer, transfer: UnsafeMutablePointer<sheaf_transfer>)] = []
-    /// Every handle's `sheaf_transfer` (its sends, what it may send, its error text), freed when the
+    /// Easy handles between transfers, each with its `sheaf_transfer` (no lookup per item). A
+    /// handle is kept configured for the next transfer only on a libcurl that may reuse one
+    /// (`reusesHandles`); otherwise only its `sheaf_transfer` is kept, and the handle is freed.
+    private var spareHandles: [(easy: UnsafeMutableRawPointer?, transfer: UnsafeMutablePointer<sheaf_transfer>)] = []
+    /// Whether a handle may serve a second transfer. Before 8.1.0, libcurl kept a pointer to the
+    /// last header a handle stored past the transfer that freed it (curl#11101), and an answer
+    /// whose first header line is a fold then wrote into freed memory: an upstream could corrupt
+    /// Sheaf's heap with two answers. There each transfer gets a fresh handle (connections and
+    /// TLS sessions live in the multi handle, so they are still reused), for about 16 % more
+    /// instructions per item on this path than a kept handle costs.
+    static let reusesHandles = sheaf_curl_version_num() >= 0x08_01_00
+    /// Every `sheaf_transfer` (its sends, what it may send, its error text), freed when the
     /// thread ends; a transfer's exchange holds its own (`CurlExchange.transfer`), so none is looked up.
     private var transfers: [UnsafeMutablePointer<sheaf_transfer>] = []
     /// The url of the transfer being configured, NUL-terminated.
@@ -243,7 +252,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             defer { shutdownWaiters.removeAll() }
             return shutdownWaiters
         }
-        for spare in spareHandles { curl_easy_cleanup(spare.easy) }
+        for spare in spareHandles { if let easy = spare.easy { curl_easy_cleanup(easy) } }
         for transfer in transfers { transfer.deallocate() }
         transfers.removeAll()
         spareHandles.removeAll()
@@ -277,18 +286,21 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             exchange.settle(.failure(tooLarge))
             return
         }
+        let spare = spareHandles.popLast()
+        let transfer = spare?.transfer ?? makeTransfer()
         let easy: UnsafeMutableRawPointer
-        if let spare = spareHandles.popLast() {
-            easy = spare.easy
-            exchange.transfer = spare.transfer
+        if let kept = spare?.easy {
+            easy = kept
         } else {
             guard let fresh = curl_easy_init() else {
+                spareHandles.append((nil, transfer))
                 exchange.settle(.failure(UpstreamError(.unreachable, "libcurl could not create a handle")))
                 return
             }
-            exchange.transfer = configureOnce(fresh)
+            configureHandle(fresh, transfer)
             easy = fresh
         }
+        exchange.transfer = transfer
         exchange.easy = easy
         configure(easy, for: exchange)
         active[easy] = exchange
@@ -327,11 +339,19 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         return Int32((max(0, (next - now).nanoseconds) + 999_999) / 1_000_000)
     }
 
-    /// What every transfer of this upstream shares, set once per easy handle: handles are kept
-    /// for the next transfer without `curl_easy_reset`, which freed and rebuilt all of this per
-    /// item (issue 13). `configure` sets every option that differs between transfers.
-    /// Returns the handle's `sheaf_transfer`.
-    private func configureOnce(_ easy: UnsafeMutableRawPointer) -> UnsafeMutablePointer<sheaf_transfer> {
+    /// A `sheaf_transfer` for this upstream's sockets, kept until the thread ends.
+    private func makeTransfer() -> UnsafeMutablePointer<sheaf_transfer> {
+        let transfer = UnsafeMutablePointer<sheaf_transfer>.allocate(capacity: 1)
+        transfer.initialize(to: sheaf_transfer())
+        transfer.pointee.sockets = sockets
+        transfers.append(transfer)
+        return transfer
+    }
+
+    /// What every transfer of this upstream shares, set once per easy handle: a kept handle
+    /// goes to its next transfer without `curl_easy_reset`, which freed and rebuilt all of this
+    /// per item (issue 13). `configure` sets every option that differs between transfers.
+    private func configureHandle(_ easy: UnsafeMutableRawPointer, _ transfer: UnsafeMutablePointer<sheaf_transfer>) {
         sheaf_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
         sheaf_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
         sheaf_easy_setopt_long(easy, CURLOPT_TCP_NODELAY, 1)
@@ -350,10 +370,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             sheaf_easy_setopt_string(easy, CURLOPT_CAINFO, caFile)
         }
         if let connectTo { sheaf_easy_setopt_ptr(easy, CURLOPT_CONNECT_TO, connectTo) }
-        let transfer = UnsafeMutablePointer<sheaf_transfer>.allocate(capacity: 1)
-        transfer.initialize(to: sheaf_transfer())
-        transfer.pointee.sockets = sockets
-        transfers.append(transfer)
         sheaf_easy_watch_sockets(easy, transfer)
         if let certificate = configuration.clientCertificate, let key = configuration.clientKey {
             if let bytes = tlsFiles.certificate {
@@ -373,7 +389,6 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         }
         sheaf_easy_setopt_data_callback(easy, CURLOPT_WRITEFUNCTION, curlWrite)
         sheaf_easy_setopt_data_callback(easy, CURLOPT_HEADERFUNCTION, curlHeader)
-        return transfer
     }
 
     private func configure(_ easy: UnsafeMutableRawPointer, for exchange: CurlExchange) {
@@ -448,6 +463,13 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 reuse(exchange)
                 continue
             }
+            // libcurl 7.88 stores each header line before Sheaf sees it, and refuses one it
+            // cannot store (a fold before any field) with this code.
+            if code == CURLE_BAD_FUNCTION_ARGUMENT && exchange.isReadingHead {
+                finish(exchange, .failure(UpstreamError(.protocolError,
+                    "upstream \(configuration.name) sent an invalid HTTP/1.1 response (a header line libcurl cannot read, such as a fold before any field)")))
+                continue
+            }
             if let refusal = exchange.refusal {
                 finish(exchange, .failure(UpstreamError(.protocolError,
                     "upstream \(configuration.name) sent an invalid HTTP/1.1 response (\(refusal))")))
@@ -488,16 +510,22 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     static let maxConnectionsRefused = 3
 
-    /// Takes the transfer off the multi handle and keeps its handle for the next one.
+    /// Takes the transfer off the multi handle and keeps its handle (see `reusesHandles`) for
+    /// the next one.
     private func release(_ exchange: CurlExchange) {
         if let easy = exchange.easy, let transfer = exchange.transfer {
             exchange.sends += Int(transfer.pointee.sends)
             transfer.pointee.sends = 0
             curl_multi_remove_handle(multi, easy)
             active.removeValue(forKey: easy)
-            // Kept configured for the next transfer (configureOnce); only a body's copy goes now.
-            if exchange.request.body != nil { sheaf_easy_setopt_ptr(easy, CURLOPT_POSTFIELDS, nil) }
-            spareHandles.append((easy, transfer))
+            if Self.reusesHandles {
+                // Kept configured for the next transfer; only a body's copy goes now.
+                if exchange.request.body != nil { sheaf_easy_setopt_ptr(easy, CURLOPT_POSTFIELDS, nil) }
+                spareHandles.append((easy, transfer))
+            } else {
+                curl_easy_cleanup(easy)
+                spareHandles.append((nil, transfer))
+            }
             exchange.easy = nil
             exchange.transfer = nil
         }
