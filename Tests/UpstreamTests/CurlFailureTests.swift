@@ -126,4 +126,28 @@ extension CurlTransportTests {
             #expect(folded?.message.contains("sent an invalid HTTP/1.1 response") == true, "\(folded?.message ?? "")")
         }
     }
+
+    /// A connection that closes inside the head leaves an answer HTTP/1.1 calls incomplete
+    /// (RFC 9112 §8): libcurl returned it as whole, and the item reported the upstream's 201.
+    @Test func aHeadCutBeforeItsEndIsA502() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        for method in ["GET", "POST"] {
+            let error = harness.execute(UpstreamRequest(method: method, path: "/head-cut")).settlements.error()
+            #expect(error?.status == 502, "\(method)")
+            #expect(error?.message.contains("closed the connection before the response head ended") == true, "\(error?.message ?? "")")
+        }
+    }
+
+    /// A status line must be `HTTP/1.x`, three digits, then a space or its end (RFC 9112 §4);
+    /// libcurl takes looser ones.
+    @Test func aLooseStatusLineIsA502() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        for variant in 0..<3 {
+            let error = harness.execute(UpstreamRequest(method: "GET", path: "/loose/\(variant)")).settlements.error()
+            #expect(error?.status == 502, "variant \(variant)")
+            #expect(error?.message.contains("sent an invalid HTTP/1.1 response") == true, "\(error?.message ?? "")")
+        }
+    }
 }

@@ -98,4 +98,15 @@ extension CurlTransportTests {
         #expect(framing?.status == 502)
         #expect(framing?.message.contains("folded Content-Length") == true, "\(framing?.message ?? "")")
     }
+
+    /// White space before a field's colon is removed, not the field (RFC 9112 §5.1), and control
+    /// bytes in a value become spaces (RFC 9110 §5.5: CR and NUL must not pass): the 207 carries
+    /// them to clients that would read a CR as a line's end.
+    @Test func aFieldsNameLosesTrailingSpaceAndItsValueItsControls() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let response = try #require(harness.execute(UpstreamRequest(method: "GET", path: "/space-colon")).settlements.response())
+        #expect(response.headers.first(name: "etag") == "\"e\"")
+        #expect(response.headers.first(name: "x-ctl") == "a b c d")
+    }
 }

@@ -30,6 +30,9 @@ import NIOPosix
 ///   `HTTP/1.1 999 X: y` (a field to libcurl), then `ETag`;
 /// - `/folded-te`: 200 whose `Transfer-Encoding: gzip` goes on in an obs-fold line ` chunked`, then close;
 /// - `/fold-first`: 200 whose first header line is an obs-fold (` X-A: 1`), before any field;
+/// - `/head-cut`: `201` and an `ETag` line, then the connection closes before the head's blank line;
+/// - `/loose/N`: status line variant N: `HTTP/1.1 200x OK`, `HTTP/2 200 OK`, `http/1.1 200 OK`;
+/// - `/space-colon`: 200 with `ETag : "e"` (white space before the colon) and `X-Ctl` holding CR, ESC and DEL;
 /// - anything else: 404.
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
@@ -204,6 +207,17 @@ private final class ScriptedConnection: ChannelInboundHandler {
             context.close(promise: nil)
         case ("fold-first", 1):
             write("HTTP/1.1 200 OK\r\n X-A: 1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok", context: context)
+        case ("head-cut", 1):
+            done = true
+            write("HTTP/1.1 201 Created\r\nETag: \"v1\"\r\n", context: context)
+            context.close(promise: nil)
+        case ("loose", 2):
+            done = true
+            let line = ["HTTP/1.1 200x OK", "HTTP/2 200 OK", "http/1.1 200 OK"][Int(parts[1]) ?? 0]
+            write(line + "\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", context: context)
+            context.close(promise: nil)
+        case ("space-colon", 1):
+            write("HTTP/1.1 200 OK\r\nETag : \"e\"\r\nX-Ctl: a\rb\u{1B}c\u{7F}d\r\nContent-Length: 2\r\n\r\nok", context: context)
         case ("cl-te", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", context: context)
         case ("two-lengths", 1):

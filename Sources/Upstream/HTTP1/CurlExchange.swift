@@ -47,6 +47,8 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     }
     /// A status line came and the head it starts has not ended: an error now is the head's.
     var isReadingHead: Bool { sawStatusLine && !headEnded }
+    /// The final answer's head ended with its blank line.
+    var headIsWhole: Bool { headEnded }
     private var sawStatusLine = false
     /// Why the answer is not one HTTP/1.1 allows, when the header callback ended the transfer
     /// for it; the item's 502 says this instead of curl's "Failed writing header".
@@ -120,7 +122,16 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         guard !headEnded else { return true }
         // "HTTP/": a status line. Compared byte by byte: a generic `starts(with:)` cost about a
         // hundred instructions for each header line (issue 13).
-        if end > 5 && bytes[0] == 0x48 && bytes[1] == 0x54 && bytes[2] == 0x54 && bytes[3] == 0x50 && bytes[4] == 0x2F {
+        let looksLikeStatus = end > 5 && bytes[0] == 0x48 && bytes[1] == 0x54 && bytes[2] == 0x54 && bytes[3] == 0x50 && bytes[4] == 0x2F
+        if looksLikeStatus || !sawStatusLine {
+            // RFC 9112 §4: "HTTP/1.x", a space, three digits, then a space or the line's end.
+            // libcurl takes looser lines ("HTTP/2 200", "http/1.1 200", "200x").
+            guard looksLikeStatus, end >= 12, bytes[5] == 0x31, bytes[6] == 0x2E, bytes[7] == 0x30 || bytes[7] == 0x31,
+                  bytes[8] == 32, end == 12 || bytes[12] == 32 else {
+                let shown = bytes.prefix(40).map { $0 >= 0x20 && $0 < 0x7F ? Character(UnicodeScalar($0)) : "?" }
+                refusal = "the status line \"\(String(shown))\" is not HTTP/1.1's"
+                return false
+            }
             sawStatusLine = true
             headers.removeAll()
             // Room for a usual answer's fields: growing from empty was four allocations per item.
@@ -128,19 +139,17 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             contentLength = nil
             foldTarget = .none
             sawTransferEncoding = false
-            // "HTTP/1.1 1xx ...": the status code follows the first space.
-            if let space = bytes.firstIndex(of: 32), space + 1 < end {
-                if let refused = HTTPSyntax.statusOutsideRange(UnsafeBufferPointer(rebasing: bytes[(space + 1)..<min(space + 4, end)])) {
-                    refusal = refused
-                    return false
-                }
-                interimHead = bytes[space + 1] == UInt8(ascii: "1")
-                // Sheaf never asks for an upgrade (Upgrade is hop-by-hop, not forwarded): a 101
-                // answers nothing it sent, and what follows it is not HTTP/1.1.
-                if space + 3 < end, bytes[space + 1] == 0x31, bytes[space + 2] == 0x30, bytes[space + 3] == 0x31 {
-                    refusal = "101 Switching Protocols to a request that asked for no upgrade"
-                    return false
-                }
+            if let refused = HTTPSyntax.statusOutsideRange(UnsafeBufferPointer(rebasing: bytes[9..<12])) {
+                refusal = refused
+                return false
+            }
+            // "HTTP/1.1 1xx ...": another head follows.
+            interimHead = bytes[9] == 0x31
+            // Sheaf never asks for an upgrade (Upgrade is hop-by-hop, not forwarded): a 101
+            // answers nothing it sent, and what follows it is not HTTP/1.1.
+            if bytes[9] == 0x31, bytes[10] == 0x30, bytes[11] == 0x31 {
+                refusal = "101 Switching Protocols to a request that asked for no upgrade"
+                return false
             }
             return true
         }
@@ -158,7 +167,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             case .none:
                 return true
             case .field:
-                headers.continueLastValue(UnsafeBufferPointer(rebasing: bytes[start..<valueEnd]))
+                Self.withoutControls(UnsafeBufferPointer(rebasing: bytes[start..<valueEnd])) { headers.continueLastValue($0) }
                 return true
             case .framing(let name):
                 refusal = "a folded \(name)"
@@ -169,13 +178,21 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             foldTarget = .none
             return true
         }
+        // White space before the colon is removed, not the field (RFC 9112 §5.1).
+        var nameEnd = colon
+        while nameEnd > 0 && (bytes[nameEnd - 1] == 32 || bytes[nameEnd - 1] == 9) { nameEnd -= 1 }
+        guard nameEnd > 0 else {
+            foldTarget = .none
+            return true
+        }
+        let name = UnsafeBufferPointer(rebasing: bytes[0..<nameEnd])
         foldTarget = .field
         var start = colon + 1
         while start < valueEnd && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
-        if colon == 17, HTTPSyntax.isName(UnsafeBufferPointer(rebasing: bytes[0..<colon]), "transfer-encoding") {
+        if nameEnd == 17, HTTPSyntax.isName(name, "transfer-encoding") {
             sawTransferEncoding = true
             foldTarget = .framing("Transfer-Encoding")
-        } else if colon == 14, HTTPSyntax.isName(UnsafeBufferPointer(rebasing: bytes[0..<colon]), "content-length") {
+        } else if nameEnd == 14, HTTPSyntax.isName(name, "content-length") {
             // Two lengths that disagree: which bytes are this body and which the next answer is
             // anyone's guess (RFC 9112 §6.3); curl takes one. Refused, and the connection closes.
             let value = UnsafeBufferPointer(rebasing: bytes[start..<valueEnd])
@@ -196,9 +213,20 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             contentLength = length
             foldTarget = .framing("Content-Length")
         }
-        headers.append(name: UnsafeBufferPointer(rebasing: bytes[0..<colon]), value: UnsafeBufferPointer(rebasing: bytes[start..<max(start, valueEnd)]),
-                       lowercasingName: true)
+        Self.withoutControls(UnsafeBufferPointer(rebasing: bytes[start..<max(start, valueEnd)])) { value in
+            headers.append(name: name, value: value, lowercasingName: true)
+        }
         return true
+    }
+
+    /// `value`, or a copy whose control bytes but tab are spaces: RFC 9110 §5.5 has a recipient
+    /// replace CR and NUL so (they would pass to the 207's readers), and the rest go alike.
+    private static func withoutControls(_ value: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
+        var clean = true
+        for byte in value { clean = clean && (byte >= 0x20 || byte == 9) && byte != 0x7F }
+        if clean { return body(value) }
+        let copy = value.map { ($0 < 0x20 && $0 != 9) || $0 == 0x7F ? 32 : $0 }
+        copy.withUnsafeBufferPointer(body)
     }
 
     func bodyBytes(_ bytes: UnsafeBufferPointer<UInt8>) {

@@ -475,6 +475,13 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                     "upstream \(configuration.name) sent an invalid HTTP/1.1 response (\(refusal))")))
                 continue
             }
+            // libcurl takes a connection closed inside the head for the answer's end: an answer
+            // HTTP/1.1 calls incomplete (RFC 9112 §8), never the upstream's status.
+            if code == CURLE_OK && !exchange.headIsWhole {
+                finish(exchange, .failure(UpstreamError(.protocolError,
+                    "upstream \(configuration.name) closed the connection before the response head ended", cause: .reset)))
+                continue
+            }
             // A transfer stopped at the end of a HEAD's answer (see CurlExchange.endsAtHead) is whole.
             if code == CURLE_OK || exchange.stoppedAtHead {
                 var status = 0
