@@ -55,6 +55,8 @@ public final class FanOutRun: @unchecked Sendable {
     private let policy: FanOutPolicy
     /// The route's `deadline` as an instant, handed to each request (`UpstreamRequest.batchDeadline`).
     private let batchDeadline: NIODeadline?
+    /// When the run was made: its batch's start, for `UpstreamRequest.batchStarted`.
+    private let created = NIODeadline.now()
     private var related: Bool
     /// Indices whose outcome another item needs (a dependency, a coalescing leader).
     private var needed: Set<Int>
@@ -435,7 +437,10 @@ public final class FanOutRun: @unchecked Sendable {
             }
             prepare?(index, item, &request)
         }
-        if let batchDeadline { request.batchDeadline = batchDeadline }
+        if let batchDeadline {
+            request.batchDeadline = batchDeadline
+            request.batchStarted = created
+        }
         let call = transport.execute(consume request) { [self] result in
             if case .failure(let error) = result, error.kind == .cancelled {
                 // The cancel's status and reason, with the sends this item made before it.

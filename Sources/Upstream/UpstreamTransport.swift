@@ -17,6 +17,9 @@ public struct UpstreamRequest: Sendable {
     /// When the item's batch ends by its route's `deadline`: a retry does not wait past it (the
     /// answer in hand stands instead of becoming the deadline's 504).
     public var batchDeadline: NIODeadline?
+    /// When the item's batch began, with `batchDeadline`: how much of its time an item had when
+    /// it went (a deadline cut counts against the circuit only for one that had half of it).
+    public var batchStarted: NIODeadline?
 
     public init(method: String, path: String, headers: [(name: String, value: String)] = [],
                 batchHeaders: [(name: String, value: String)] = [], body: ByteBuffer? = nil,

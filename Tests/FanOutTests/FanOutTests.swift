@@ -140,6 +140,8 @@ func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurrency: Int,
     }
     let sent = transport.sent.withLockedValue { $0 }
     #expect(!sent.isEmpty && sent.allSatisfy { $0.batchDeadline == deadline })
+    // With when the batch began: how much of its time an item had when it went.
+    #expect(sent.allSatisfy { ($0.batchStarted ?? deadline) < deadline && $0.batchStarted == sent[0].batchStarted })
 }
 
 @Test func emptyBatchFinishesAtOnce() async {

@@ -179,11 +179,15 @@ import Testing
 
     /// Silent calls cut as `FanOutRun` cuts them: all at once through `transport.cancel`, a
     /// moment after `deadline` (the batch's, nil: the client left before any deadline).
-    func cut(_ transport: UpstreamTransport, _ count: Int, tag: String, deadline: TimeAmount?) async throws {
+    /// `batchAge`: how long the batch had run when these calls were handed over.
+    func cut(_ transport: UpstreamTransport, _ count: Int, tag: String, deadline: TimeAmount?,
+             batchAge: TimeAmount = .zero) async throws {
         let batchDeadline = NIODeadline.now() + (deadline ?? .seconds(60))
+        let batchStarted = NIODeadline.now() - batchAge
         let calls = (0..<count).map { i -> UpstreamCall in
             var request = get("/silent?\(tag)=\(i)")
             request.batchDeadline = batchDeadline
+            request.batchStarted = batchStarted
             return transport.execute(request) { _ in }
         }
         try await Task.sleep(nanoseconds: UInt64((deadline ?? .milliseconds(300)).nanoseconds) + 100_000_000)
@@ -195,7 +199,8 @@ import Testing
     /// time the client allowed: it counts against the circuit, as a route timeout counts in
     /// Envoy's outlier detection. Before, a silent upstream behind a `deadline` shorter than its
     /// `timeout` never opened it. A call cut while it waited for a connection, or cancelled
-    /// before any deadline (its client left), says nothing of the upstream.
+    /// before any deadline (its client left), or handed over late in its batch, says nothing of
+    /// the upstream.
     @Test(arguments: [UpstreamProtocol.http1, .h2c])
     func deadlineCutsOnTheWireCountAgainstTheCircuit(_ engine: UpstreamProtocol) async throws {
         let server: any Sendable
@@ -217,6 +222,11 @@ import Testing
         }, group: group, logger: Logger(label: "test"))
         let resilient = try #require(transport as? ResilientTransport)
         try await cut(transport, 6, tag: "left", deadline: nil)
+        #expect(resilient.circuitState == .closed)
+        // Handed over late in their batch (700 ms into a 1 s deadline): the last wave of a batch
+        // too big for its deadline, cut soon after it went. A client could otherwise open the
+        // circuit of a healthy upstream with one oversized batch.
+        try await cut(transport, 6, tag: "late", deadline: .milliseconds(300), batchAge: .milliseconds(700))
         #expect(resilient.circuitState == .closed)
         if engine == .http1 {
             // Two connections: two calls on the wire, four waiting. Two failures are under min_requests.

@@ -89,6 +89,36 @@ def test_a_silent_upstream_behind_a_shorter_deadline_opens_the_circuit(workdir, 
         s.stop()
 
 
+def test_one_batch_too_big_for_its_deadline_does_not_open_a_healthy_upstreams_circuit(workdir, nginx):
+    """nginx answers in 700 ms; 100 items at concurrency 50 with a 1 s deadline: the first wave
+    answers, the second is cut 300 ms after it went. Those cuts are the batch's size, not the
+    upstream's health: counted, one client's batch opened the circuit for every route on it."""
+    s = Sheaf(workdir, "oversized-batch", f"""
+        upstreams:
+          up: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c, timeout: 10s,
+                circuit_breaker: {{min_requests: 20, failure_ratio: 0.5, open_for: 1m}}}}
+        routes:
+          - name: r
+            method: POST
+            path: /b
+            upstream: up
+            deadline: 1s
+            concurrency: 50
+            fan_out: {{items: "", method: GET, path: "/pause/{{item}}"}}
+        """)
+    try:
+        r = httpx.post(s.url + "/b", json=list(range(100)), timeout=30)
+        assert r.status_code == 207
+        statuses = [x["status"] for x in r.json()["results"]]
+        assert len(statuses) == 100 and statuses.count(200) >= 40 and statuses.count(504) >= 40, statuses
+        time.sleep(0.3)
+        assert _metrics(s)['sheaf_upstream_circuit_state{upstream="up",state="closed"}'] == 1
+        r = httpx.post(s.url + "/b", json=[1, 2], timeout=30)
+        assert [x["status"] for x in r.json()["results"]] == [200, 200]
+    finally:
+        s.stop()
+
+
 def test_upstream_gauges_and_goaways(workdir, nginx):
     s = fan_out_sheaf(workdir, "gauges", f'{{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c, connections: 2}}',
                       "/users/{item}", max_items=5000)

@@ -78,7 +78,7 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
 
     private func settled(_ call: ResilientCall, _ result: UpstreamResult) {
         let now = NIODeadline.now()
-        let failed = Self.failed(result, batchDeadline: call.request.batchDeadline, now: now)
+        let failed = Self.failed(result, request: call.request, handedOver: call.deadline - configuration.timeout, now: now)
         guard let attempt = call.attemptEnded(result) else {
             // The item already settled (its deadline, a cancel): only the circuit hears of it.
             let transition = lock.withLock { () -> CircuitBreaker.Transition? in
@@ -130,11 +130,14 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
 
     /// Whether an outcome counts against the circuit: transport failures and 5xx answers do,
     /// 4xx and most cancellations are neutral (nil). A call on the wire that its batch's
-    /// deadline cut is a failure: the upstream did not answer in the time the client allowed
-    /// (Envoy's outlier detection counts a route timeout so). Otherwise a silent upstream behind
-    /// a `deadline` shorter than its `timeout` never opened the circuit. A call cut while it
-    /// waited (attempts 0), or cancelled before any deadline (its client left), says nothing.
-    static func failed(_ result: UpstreamResult, batchDeadline: NIODeadline?, now: NIODeadline) -> Bool? {
+    /// deadline cut, handed over (`handedOver`) in the first half of its batch's time, is a
+    /// failure: the upstream did not answer in the time the client allowed (Envoy's outlier
+    /// detection counts a route timeout so). Otherwise a silent upstream behind a `deadline`
+    /// shorter than its `timeout` never opened the circuit. Neutral: a call cut while it waited
+    /// (attempts 0), one cancelled before any deadline (its client left), and one handed over
+    /// in the second half, as the last wave of a batch too big for its deadline is: counted,
+    /// one oversized batch opened a healthy upstream's circuit for every route on it.
+    static func failed(_ result: UpstreamResult, request: UpstreamRequest, handedOver: NIODeadline, now: NIODeadline) -> Bool? {
         switch result {
         case .success(let response):
             return response.status >= 500
@@ -142,8 +145,9 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
             switch error.kind {
             case .unreachable, .protocolError, .timeout, .protocolMismatch: return true
             case .cancelled:
-                guard let batchDeadline, now >= batchDeadline, error.attempts > 0 else { return nil }
-                return true
+                guard let deadline = request.batchDeadline, now >= deadline, error.attempts > 0 else { return nil }
+                let batchTime = (deadline - (request.batchStarted ?? handedOver)).nanoseconds
+                return (deadline - handedOver).nanoseconds * 2 >= batchTime ? true : nil
             case .shuttingDown, .requestHeadTooLarge, .overloaded: return nil
             }
         }
