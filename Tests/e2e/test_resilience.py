@@ -52,22 +52,29 @@ def test_an_outage_is_retried_within_the_budget_then_the_circuit_opens(workdir, 
         s.stop()
 
 
-def test_a_silent_upstream_behind_a_shorter_deadline_opens_the_circuit(workdir, nginx):
-    """The route's deadline (500ms) is shorter than the upstream's timeout (5s): every item nginx
-    keeps waiting is cut at the deadline with 504. Those cuts count against the circuit, which
-    opens, and the next batch fails fast instead of waiting out its deadline again."""
-    s = Sheaf(workdir, "deadline-circuit", f"""
+def _deadline_sheaf(workdir, name, nginx, deadline, min_requests, concurrency, path):
+    """A route with a `deadline` shorter than its h2c upstream's 10 s timeout, the upstream with
+    a circuit breaker (half of `min_requests` failed opens it for a minute)."""
+    return Sheaf(workdir, name, f"""
         upstreams:
-          up: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c, timeout: 5s,
-                circuit_breaker: {{min_requests: 10, failure_ratio: 0.5, open_for: 1m}}}}
+          up: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c, timeout: 10s,
+                circuit_breaker: {{min_requests: {min_requests}, failure_ratio: 0.5, open_for: 1m}}}}
         routes:
           - name: r
             method: POST
             path: /b
             upstream: up
-            deadline: 500ms
-            fan_out: {{items: "", method: GET, path: "/sleep/{{item}}"}}
+            deadline: {deadline}
+            concurrency: {concurrency}
+            fan_out: {{items: "", method: GET, path: "{path}"}}
         """)
+
+
+def test_a_silent_upstream_behind_a_shorter_deadline_opens_the_circuit(workdir, nginx):
+    """The route's deadline (500ms) is shorter than the upstream's timeout (10s): every item nginx
+    keeps waiting is cut at the deadline with 504. Those cuts count against the circuit, which
+    opens, and the next batch fails fast instead of waiting out its deadline again."""
+    s = _deadline_sheaf(workdir, "deadline-circuit", nginx, deadline="500ms", min_requests=10, concurrency=100, path="/sleep/{item}")
     try:
         r = httpx.post(s.url + "/b", json=list(range(12)), timeout=30)
         assert r.status_code == 207
@@ -93,19 +100,7 @@ def test_one_batch_too_big_for_its_deadline_does_not_open_a_healthy_upstreams_ci
     """nginx answers in 700 ms; 100 items at concurrency 50 with a 1 s deadline: the first wave
     answers, the second is cut 300 ms after it went. Those cuts are the batch's size, not the
     upstream's health: counted, one client's batch opened the circuit for every route on it."""
-    s = Sheaf(workdir, "oversized-batch", f"""
-        upstreams:
-          up: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c, timeout: 10s,
-                circuit_breaker: {{min_requests: 20, failure_ratio: 0.5, open_for: 1m}}}}
-        routes:
-          - name: r
-            method: POST
-            path: /b
-            upstream: up
-            deadline: 1s
-            concurrency: 50
-            fan_out: {{items: "", method: GET, path: "/pause/{{item}}"}}
-        """)
+    s = _deadline_sheaf(workdir, "oversized-batch", nginx, deadline="1s", min_requests=20, concurrency=50, path="/pause/{item}")
     try:
         r = httpx.post(s.url + "/b", json=list(range(100)), timeout=30)
         assert r.status_code == 207
