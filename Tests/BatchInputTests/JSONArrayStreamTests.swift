@@ -144,3 +144,18 @@ func arrayStreamRefusesWhatTheWholeParserRefuses(text: String) {
     #expect(error.tooDeep)
     #expect(stream("[1]", path: [], piece: 2, maxDepth: 1).failure == nil)
 }
+
+/// An element too deep is refused as its bytes arrive, with the limit as configured: waiting
+/// for its end buffered a body of `[` up to `max_body_bytes` (8 MiB, then a 413), and the
+/// message named the element's own budget ("62 levels" for a limit of 64).
+@Test func anElementTooDeepIsRefusedBeforeItEnds() {
+    let (elements, failure) = stream("[1, " + String(repeating: "[", count: 100_000), path: [], piece: 4096, maxDepth: 64)
+    #expect(elements.count == 1)
+    guard case .syntax(let error)? = failure else {
+        Issue.record("an unfinished element 100,000 levels deep passed: \(String(describing: failure))")
+        return
+    }
+    #expect(error.tooDeep)
+    #expect(error.message == "JSON nested deeper than 64 levels")
+    #expect(error.offset < 100)
+}

@@ -160,6 +160,9 @@ public struct JSONArrayStream {
                 inString = true
             } else if byte == UInt8(ascii: "{") || byte == UInt8(ascii: "[") {
                 depth += 1
+                // Refused as it opens, not when the element ends: a body of `[` was buffered up
+                // to `max_body_bytes`. Counted from the root, as the parser counts.
+                if stack.count + depth > maxDepth { throw tooDeep() }
             } else if byte == UInt8(ascii: "}") || byte == UInt8(ascii: "]") {
                 depth -= 1
             }
@@ -236,11 +239,7 @@ public struct JSONArrayStream {
                 guard !isObject else { throw .notAnArray(typeName: "object") }
                 targetSeen = true
             }
-            guard stack.count < maxDepth else {
-                var error = JSONParser.Error(offset: offset, message: "JSON nested deeper than \(maxDepth) levels")
-                error.tooDeep = true
-                throw .syntax(error)
-            }
+            guard stack.count < maxDepth else { throw tooDeep() }
             stack.append(Frame(isObject: isObject, onPath: onPath, isTarget: isTarget, names: isObject && onPath ? [] : nil))
             expect = isObject ? .keyOrEnd : .valueOrEnd
         case UInt8(ascii: "\""):
@@ -280,6 +279,13 @@ public struct JSONArrayStream {
         token = .none
         _ = try parseBuffer()
         valueEnded()
+    }
+
+    /// The failure for a container opened at `offset` past `maxDepth` levels.
+    private func tooDeep() -> Failure {
+        var error = JSONParser.Error(offset: offset, message: "JSON nested deeper than \(maxDepth) levels")
+        error.tooDeep = true
+        return .syntax(error)
     }
 
     private mutating func endElement(_ element: (Int, JSONValue) -> Void) throws(Failure) {
