@@ -150,4 +150,14 @@ extension CurlTransportTests {
             #expect(error?.message.contains("sent an invalid HTTP/1.1 response") == true, "\(error?.message ?? "")")
         }
     }
+
+    /// A header field past what libcurl reads (100 KiB) is named for what it is, not as libcurl's
+    /// "Out of memory".
+    @Test func aHeadPastWhatLibcurlReadsIsA502NamingIt() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let error = harness.execute(UpstreamRequest(method: "GET", path: "/huge-header")).settlements.error()
+        #expect(error?.status == 502)
+        #expect(error?.message.contains("a header line longer than libcurl reads (100 KiB)") == true, "\(error?.message ?? "")")
+    }
 }

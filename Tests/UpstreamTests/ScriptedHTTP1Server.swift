@@ -33,6 +33,7 @@ import NIOPosix
 /// - `/head-cut`: `201` and an `ETag` line, then the connection closes before the head's blank line;
 /// - `/loose/N`: status line variant N: `HTTP/1.1 200x OK`, `HTTP/2 200 OK`, `http/1.1 200 OK`;
 /// - `/space-colon`: 200 with `ETag : "e"` (white space before the colon) and `X-Ctl` holding CR, ESC and DEL;
+/// - `/huge-header`: 200 with a 200,000-byte `X-Big` field;
 /// - anything else: 404.
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
@@ -218,6 +219,8 @@ private final class ScriptedConnection: ChannelInboundHandler {
             context.close(promise: nil)
         case ("space-colon", 1):
             write("HTTP/1.1 200 OK\r\nETag : \"e\"\r\nX-Ctl: a\rb\u{1B}c\u{7F}d\r\nContent-Length: 2\r\n\r\nok", context: context)
+        case ("huge-header", 1):
+            write("HTTP/1.1 200 OK\r\nX-Big: " + String(repeating: "a", count: 200_000) + "\r\nContent-Length: 2\r\n\r\nok", context: context)
         case ("cl-te", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", context: context)
         case ("two-lengths", 1):

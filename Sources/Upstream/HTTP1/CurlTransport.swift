@@ -464,10 +464,13 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 continue
             }
             // libcurl 7.88 stores each header line before Sheaf sees it, and refuses one it
-            // cannot store (a fold before any field) with this code.
-            if code == CURLE_BAD_FUNCTION_ARGUMENT && exchange.isReadingHead {
+            // cannot store (a fold before any field) with the first code; the second is how it
+            // refuses a line past CURL_MAX_HTTP_HEADER (100 KiB).
+            if exchange.isReadingHead && (code == CURLE_BAD_FUNCTION_ARGUMENT || code == CURLE_OUT_OF_MEMORY) {
+                let what = code == CURLE_OUT_OF_MEMORY ? "a header line longer than libcurl reads (100 KiB)"
+                    : "a header line libcurl cannot read, such as a fold before any field"
                 finish(exchange, .failure(UpstreamError(.protocolError,
-                    "upstream \(configuration.name) sent an invalid HTTP/1.1 response (a header line libcurl cannot read, such as a fold before any field)")))
+                    "upstream \(configuration.name) sent an invalid HTTP/1.1 response (\(what))")))
                 continue
             }
             if let refusal = exchange.refusal {
