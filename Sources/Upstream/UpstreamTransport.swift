@@ -14,12 +14,24 @@ public struct UpstreamRequest: Sendable {
     public var body: ByteBuffer?
     /// The `X-Request-ID` the item is sent with, after `headers`.
     public var requestID: ItemRequestID?
+    /// The route's `deadline` and the batch's start, one optional: a second optional took the
+    /// request past 128 bytes, where Swift moves it with `memcpy` (+430 instructions an item).
+    private var batchTimes: (deadline: NIODeadline, started: NIODeadline)?
+
     /// When the item's batch ends by its route's `deadline`: a retry does not wait past it (the
     /// answer in hand stands instead of becoming the deadline's 504).
-    public var batchDeadline: NIODeadline?
-    /// When the item's batch began, with `batchDeadline`: how much of its time an item had when
-    /// it went (a deadline cut counts against the circuit only for one that had half of it).
-    public var batchStarted: NIODeadline?
+    public var batchDeadline: NIODeadline? {
+        get { batchTimes?.deadline }
+        set { batchTimes = newValue.map { ($0, batchTimes?.started ?? $0) } }
+    }
+
+    /// When the item's batch began (set after `batchDeadline`; without it, the deadline): how
+    /// much of its time an item had when it went, since a deadline cut counts against the circuit
+    /// only for one that had half of it.
+    public var batchStarted: NIODeadline? {
+        get { batchTimes?.started }
+        set { if let newValue, let deadline = batchTimes?.deadline { batchTimes = (deadline, newValue) } }
+    }
 
     public init(method: String, path: String, headers: [(name: String, value: String)] = [],
                 batchHeaders: [(name: String, value: String)] = [], body: ByteBuffer? = nil,
