@@ -46,17 +46,28 @@ public struct HeaderFields: @unchecked Sendable, Sequence, ExpressibleByArrayLit
         if isKnownUniquelyReferenced(&storage) { storage!.header.used = 0 } else { storage = nil }
     }
 
-    /// Appends a field from an engine's bytes. `lowercasingName`: the name is lowered while it
-    /// is copied (HTTP/1.1 names come in any case; HTTP/2's are lower-case already).
+    /// Appends a field from an engine's bytes, its value `repaired` when it holds anything but
+    /// printable ASCII. `lowercasingName`: the name is lowered while it is copied (HTTP/1.1
+    /// names come in any case; HTTP/2's are lower-case already).
     public mutating func append(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>,
                                 lowercasingName: Bool = false) {
-        guard Self.isASCII(name), Self.isASCII(value) else {
-            // Rare (obs-text): as Strings they are repaired, so the stored bytes stay valid UTF-8.
-            let name = String(decoding: name, as: UTF8.self), value = String(decoding: value, as: UTF8.self)
-            name.withUTF8Bytes { n in value.withUTF8Bytes { v in appendValid(name: n, value: v, lowercasingName: lowercasingName) } }
+        guard Self.isASCII(name), Self.isPrintable(value) else {
+            // Rare (obs-text, a tab, a control byte): as Strings they are repaired, so the
+            // stored bytes stay valid UTF-8, and controls become spaces (`repaired`).
+            let name = String(decoding: name, as: UTF8.self)
+            name.withUTF8Bytes { n in Self.repaired(value) { v in appendValid(name: n, value: v, lowercasingName: lowercasingName) } }
             return
         }
         appendValid(name: name, value: value, lowercasingName: lowercasingName)
+    }
+
+    /// `value` as valid UTF-8 whose control bytes but tab are spaces: RFC 9110 §5.5 has a
+    /// recipient replace CR and NUL so (libcurl passes a bare CR on, and the 207 would carry it
+    /// to clients that read it as a line's end); the other controls go alike.
+    private static func repaired(_ value: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
+        var bytes = isASCII(value) ? Array(value) : Array(String(decoding: value, as: UTF8.self).utf8)
+        for i in bytes.indices where (bytes[i] < 0x20 && bytes[i] != 9) || bytes[i] == 0x7F { bytes[i] = 32 }
+        bytes.withUnsafeBufferPointer(body)
     }
 
     private mutating func appendValid(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>,
@@ -82,10 +93,9 @@ public struct HeaderFields: @unchecked Sendable, Sequence, ExpressibleByArrayLit
     /// line, RFC 9112 §5.2). Rare, so the last field is found by walking the fields.
     public mutating func continueLastValue(_ continuation: UnsafeBufferPointer<UInt8>) {
         guard count > 0 else { return }
-        guard Self.isASCII(continuation) else {
-            // Repaired as `append` repairs a value, so the stored bytes stay valid UTF-8.
-            let text = String(decoding: continuation, as: UTF8.self)
-            text.withUTF8Bytes { continueLastValidValue($0) }
+        guard Self.isPrintable(continuation) else {
+            // Repaired as `append` repairs a value.
+            Self.repaired(continuation) { continueLastValidValue($0) }
             return
         }
         continueLastValidValue(continuation)
@@ -129,8 +139,10 @@ public struct HeaderFields: @unchecked Sendable, Sequence, ExpressibleByArrayLit
     }
 
     /// Appends a field given as strings; the name is lower-cased.
+    /// Strings are valid UTF-8 already, and Sheaf's own values are kept as given: only what an
+    /// engine read from an upstream has its control bytes replaced.
     public mutating func append(name: String, value: String) {
-        name.withUTF8Bytes { n in value.withUTF8Bytes { v in append(name: n, value: v, lowercasingName: true) } }
+        name.withUTF8Bytes { n in value.withUTF8Bytes { v in appendValid(name: n, value: v, lowercasingName: true) } }
     }
 
     /// The value of the first field named `name` (lower-case), or nil.
@@ -255,6 +267,14 @@ public struct HeaderFields: @unchecked Sendable, Sequence, ExpressibleByArrayLit
     }
 
     @inline(__always)
+    /// Every byte is in 0x20–0x7E. One pass of or-ed arithmetic the compiler vectorizes, as
+    /// `isASCII`'s: `byte + 1` sets the top bit from 0x7F up, `byte - 0x20` below 0x20.
+    private static func isPrintable(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        var any: UInt8 = 0
+        for byte in bytes { any |= (byte &+ 1) | (byte &- 0x20) }
+        return any < 0x80
+    }
+
     private static func isASCII(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
         var any: UInt8 = 0
         for byte in bytes { any |= byte }

@@ -167,7 +167,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             case .none:
                 return true
             case .field:
-                Self.withoutControls(UnsafeBufferPointer(rebasing: bytes[start..<valueEnd])) { headers.continueLastValue($0) }
+                headers.continueLastValue(UnsafeBufferPointer(rebasing: bytes[start..<valueEnd]))
                 return true
             case .framing(let name):
                 refusal = "a folded \(name)"
@@ -213,20 +213,9 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
             contentLength = length
             foldTarget = .framing("Content-Length")
         }
-        Self.withoutControls(UnsafeBufferPointer(rebasing: bytes[start..<max(start, valueEnd)])) { value in
-            headers.append(name: name, value: value, lowercasingName: true)
-        }
+        // Control bytes in the value become spaces there (`HeaderFields.append`).
+        headers.append(name: name, value: UnsafeBufferPointer(rebasing: bytes[start..<max(start, valueEnd)]), lowercasingName: true)
         return true
-    }
-
-    /// `value`, or a copy whose control bytes but tab are spaces: RFC 9110 §5.5 has a recipient
-    /// replace CR and NUL so (they would pass to the 207's readers), and the rest go alike.
-    private static func withoutControls(_ value: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
-        var clean = true
-        for byte in value { clean = clean && (byte >= 0x20 || byte == 9) && byte != 0x7F }
-        if clean { return body(value) }
-        let copy = value.map { ($0 < 0x20 && $0 != 9) || $0 == 0x7F ? 32 : $0 }
-        copy.withUnsafeBufferPointer(body)
     }
 
     func bodyBytes(_ bytes: UnsafeBufferPointer<UInt8>) {
