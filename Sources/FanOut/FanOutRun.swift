@@ -498,6 +498,13 @@ public final class FanOutRun: @unchecked Sendable {
             case resolve([ItemOutcome])
         }
         let decision = lock.withLock { () -> Decision in
+            // A cancel between `start`'s check and this one: what the item would wait for was
+            // let go (`cancel` clears `retained`, `needed` and the waiting lists), so parked it
+            // would never settle, and the 207 never end. It takes the cancel's outcome.
+            if scheduler.isCancelled {
+                consumeAll(of: item)
+                return .gate(.settle(cancelOutcome))
+            }
             if let stopReason {
                 consumeAll(of: item)
                 return .gate(.settle(ItemOutcome.unsent(424, stopReason)))
