@@ -34,6 +34,10 @@ public enum HTTPSyntax {
         return true
     }
 
+    /// Optional white space's bytes (RFC 9110 §5.6.3): space and tab.
+    @inline(__always)
+    static func isBlank(_ byte: UInt8) -> Bool { byte == 32 || byte == 9 }
+
     /// Why a response's status code is not HTTP's, or nil when it is three digits in 100–599.
     /// RFC 9110 §15 leaves 600–999 to libraries' own uses; reported in a 207 they would be a
     /// status line no client can read, so both engines fail the item with this reason.
@@ -47,7 +51,6 @@ public enum HTTPSyntax {
     /// The field names a message's Connection header lists, lower-cased: RFC 9110 §7.6.1 makes
     /// them belong to that hop only, so they are not forwarded.
     public static func connectionOptions<S: Sequence>(_ fields: S) -> Set<String> where S.Element == (name: String, value: String) {
-        func isBlank(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
         var options: Set<String> = []
         for field in fields where isName(field.name, "connection") {
             for option in field.value.utf8.split(separator: UInt8(ascii: ",")) {

@@ -203,20 +203,14 @@ private final class ScriptedConnection: ChannelInboundHandler {
             write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
                   + "2\r\nok\r\n0\r\nHTTP/1.1 999 X: y\r\nETag: \"forged\"\r\n\r\n", context: context)
         case ("folded-te", 1):
-            done = true
-            write("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", context: context)
-            context.close(promise: nil)
+            writeThenClose("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", context: context)
         case ("fold-first", 1):
             write("HTTP/1.1 200 OK\r\n X-A: 1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok", context: context)
         case ("head-cut", 1):
-            done = true
-            write("HTTP/1.1 201 Created\r\nETag: \"v1\"\r\n", context: context)
-            context.close(promise: nil)
+            writeThenClose("HTTP/1.1 201 Created\r\nETag: \"v1\"\r\n", context: context)
         case ("loose", 2):
-            done = true
             let line = ["HTTP/1.1 200x OK", "HTTP/2 200 OK", "http/1.1 200 OK"][Int(parts[1]) ?? 0]
-            write(line + "\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", context: context)
-            context.close(promise: nil)
+            writeThenClose(line + "\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", context: context)
         case ("space-colon", 1):
             write("HTTP/1.1 200 OK\r\nETag : \"e\"\r\nX-Ctl: a\rb\u{1B}c\u{7F}d\r\nContent-Length: 2\r\n\r\nok", context: context)
         case ("huge-header", 1):
@@ -226,25 +220,26 @@ private final class ScriptedConnection: ChannelInboundHandler {
         case ("two-lengths", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello12", context: context)
         case ("huge-length", 1):
-            done = true
-            write("HTTP/1.1 200 OK\r\nContent-Length: 999999999999999999999999999999\r\n\r\nhello", context: context)
-            context.close(promise: nil)
+            writeThenClose("HTTP/1.1 200 OK\r\nContent-Length: 999999999999999999999999999999\r\n\r\nhello", context: context)
         case ("switching", 1):
-            done = true
-            write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", context: context)
-            context.close(promise: nil)
+            writeThenClose("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", context: context)
         case ("silent", 1):
             done = true
         case ("close", 1):
             done = true
             context.close(promise: nil)
         case ("half", 1):
-            done = true
-            write("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", context: context)
-            context.close(promise: nil)
+            writeThenClose("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", context: context)
         default:
             send(status: 404, body: "", headOnly: isHead, context: context)
         }
+    }
+
+    /// `text`, then the connection closes; nothing more is read from it.
+    private func writeThenClose(_ text: String, context: ChannelHandlerContext) {
+        done = true
+        write(text, context: context)
+        context.close(promise: nil)
     }
 
     private func send(status: Int, body: String, headOnly: Bool, context: ChannelHandlerContext) {

@@ -32,9 +32,9 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     var sends = 0
     /// The header block being read answers with 1xx: another head follows.
     private var interimHead = false
-    /// The final answer's head has ended: what curl passes on now is the trailer section, which
-    /// is not merged into the headers (RFC 9110 §6.5.1).
-    private var headEnded = false
+    /// The final answer's head has ended with its blank line: what curl passes on now is the
+    /// trailer section, which is not merged into the headers (RFC 9110 §6.5.1).
+    private(set) var headEnded = false
     /// The final head's Content-Length, to tell a second one that disagrees.
     private var contentLength: Int?
     /// The final head has a Transfer-Encoding field (with a Content-Length too, it is refused).
@@ -47,8 +47,6 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     }
     /// A status line came and the head it starts has not ended: an error now is the head's.
     var isReadingHead: Bool { sawStatusLine && !headEnded }
-    /// The final answer's head ended with its blank line.
-    var headIsWhole: Bool { headEnded }
     private var sawStatusLine = false
     /// Why the answer is not one HTTP/1.1 allows, when the header callback ended the transfer
     /// for it; the item's 502 says this instead of curl's "Failed writing header".
@@ -155,13 +153,13 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         }
         // Optional white space around a value is not part of it (RFC 9110 §5.5).
         var valueEnd = end
-        while valueEnd > 0 && (bytes[valueEnd - 1] == 32 || bytes[valueEnd - 1] == 9) { valueEnd -= 1 }
-        if bytes[0] == 32 || bytes[0] == 9 {
+        while valueEnd > 0 && HTTPSyntax.isBlank(bytes[valueEnd - 1]) { valueEnd -= 1 }
+        if HTTPSyntax.isBlank(bytes[0]) {
             // obs-fold: the field before goes on. RFC 9112 §5.2 has a proxy join it with a space
             // (kept as its first line only, a value was cut). Not for the fields curl framed the
             // body with already: it read their first line only.
             var start = 0
-            while start < valueEnd && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
+            while start < valueEnd && HTTPSyntax.isBlank(bytes[start]) { start += 1 }
             guard valueEnd > start else { return true }
             switch foldTarget {
             case .none:
@@ -180,7 +178,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         }
         // White space before the colon is removed, not the field (RFC 9112 §5.1).
         var nameEnd = colon
-        while nameEnd > 0 && (bytes[nameEnd - 1] == 32 || bytes[nameEnd - 1] == 9) { nameEnd -= 1 }
+        while nameEnd > 0 && HTTPSyntax.isBlank(bytes[nameEnd - 1]) { nameEnd -= 1 }
         guard nameEnd > 0 else {
             foldTarget = .none
             return true
@@ -188,7 +186,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         let name = UnsafeBufferPointer(rebasing: bytes[0..<nameEnd])
         foldTarget = .field
         var start = colon + 1
-        while start < valueEnd && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
+        while start < valueEnd && HTTPSyntax.isBlank(bytes[start]) { start += 1 }
         if nameEnd == 17, HTTPSyntax.isName(name, "transfer-encoding") {
             sawTransferEncoding = true
             foldTarget = .framing("Transfer-Encoding")

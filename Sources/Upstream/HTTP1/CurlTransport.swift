@@ -480,7 +480,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             }
             // libcurl takes a connection closed inside the head for the answer's end: an answer
             // HTTP/1.1 calls incomplete (RFC 9112 §8), never the upstream's status.
-            if code == CURLE_OK && !exchange.headIsWhole {
+            if code == CURLE_OK && !exchange.headEnded {
                 finish(exchange, .failure(UpstreamError(.protocolError,
                     "upstream \(configuration.name) closed the connection before the response head ended", cause: .reset)))
                 continue
