@@ -1,5 +1,6 @@
 """The front door under clients that misbehave: h2c connections that only ping or trickle, bodies
 the answer does not need, Expect: 100-continue, and draining on SIGTERM."""
+import json
 import os
 import signal
 import socket
@@ -8,6 +9,7 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 import pytest
@@ -575,3 +577,140 @@ def test_connection_close_with_blanks_around_it_closes(sheaf, connection):
         assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1 ") == 1, data
     finally:
         sock.close()
+
+
+def batch_headers(stream_path="/slow", content_type="application/json"):
+    return [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", stream_path),
+            ("content-type", content_type)]
+
+
+SLOW_BATCH = b'{"requests":[{"method":"GET","url":"/users/1?delay_ms=1000"}]}'
+
+
+def received(sock, seconds, done):
+    """Yields what the server sends until `done()`, `seconds`, or its close (an empty chunk, last)."""
+    sock.settimeout(0.3)
+    start = time.monotonic()
+    while not done() and time.monotonic() - start < seconds:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            data = b""
+        yield data
+        if not data:
+            return
+
+
+def run_h2(sock, conn, done, seconds=8):
+    """Reads and answers frames until `done(events so far)` or `seconds`; returns every event."""
+    events = []
+    for data in received(sock, seconds, lambda: done(events)):
+        if not data:
+            events.append("closed")
+            break
+        events.extend(conn.receive_data(data))
+        try:
+            sock.sendall(conn.data_to_send())
+        except OSError:
+            events.append("closed")
+            break
+    return events
+
+
+def ended_streams(events):
+    return {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)}
+
+
+def answers_past_goaway(sock, conn, streams, seconds=8):
+    """The status and whole body of each of `streams`, read frame by frame: the h2 library ends
+    every stream at a GOAWAY, where RFC 9113 §6.8 lets those at or below its last stream id end."""
+    buffered, heads, bodies, ended, goaways = b"", {}, {}, set(), []
+    for data in received(sock, seconds, lambda: streams <= ended):
+        buffered += data
+        while len(buffered) >= 9 and len(buffered) >= 9 + int.from_bytes(buffered[:3], "big"):
+            length, kind, flags = int.from_bytes(buffered[:3], "big"), buffered[3], buffered[4]
+            stream = int.from_bytes(buffered[5:9], "big") & 0x7FFFFFFF
+            payload, buffered = buffered[9:9 + length], buffered[9 + length:]
+            if kind == 1:
+                heads[stream] = dict(conn.decoder.decode(payload))
+            elif kind == 0:
+                bodies[stream] = bodies.get(stream, b"") + payload
+            elif kind == 7:
+                goaways.append(int.from_bytes(payload[4:8], "big"))
+            if kind in (0, 1) and flags & 1:
+                ended.add(stream)
+    return {n: (heads.get(n, {}).get(":status"), bodies.get(n, b"")) for n in ended}, goaways
+
+
+def test_an_early_refusal_over_http2_ends_its_stream_without_error(workdir, demo):
+    """RFC 9113 §8.1: a complete answer sent before the request's body has all come is followed
+    by RST_STREAM(NO_ERROR), which asks the client to stop sending; CANCEL made curl and httpx
+    throw the answer away. The connection serves on."""
+    s = one_route_sheaf(workdir, "early", demo)
+    try:
+        sock, conn = h2_client(s.port)
+        conn.send_headers(1, batch_headers(content_type="text/plain"))
+        conn.send_data(1, b"x" * 1000)
+        sock.sendall(conn.data_to_send())
+        events = run_h2(sock, conn, lambda ev: any(isinstance(e, h2.events.StreamReset) for e in ev))
+        statuses = [dict(e.headers)[":status"] for e in events if isinstance(e, h2.events.ResponseReceived)]
+        resets = [e.error_code for e in events if isinstance(e, h2.events.StreamReset)]
+        assert statuses == ["415"] and 1 in ended_streams(events), events
+        assert resets == [h2.errors.ErrorCodes.NO_ERROR], resets
+        conn.send_headers(3, batch_headers(), end_stream=False)
+        conn.send_data(3, b'{"requests":[{"method":"GET","url":"/users/1"}]}', end_stream=True)
+        sock.sendall(conn.data_to_send())
+        events = run_h2(sock, conn, lambda ev: 3 in ended_streams(ev))
+        assert 3 in ended_streams(events), events
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("increment", [0, 0x7FFFFFFF], ids=["zero-increment", "stream-window-overflow"])
+def test_a_stream_flow_control_error_leaves_the_other_batches_running(workdir, demo, increment):
+    """RFC 9113 §6.9: a WINDOW_UPDATE of 0, or one that overflows a stream's window, is a stream
+    error: that stream is reset, and the batches on the other streams end with their 207s (the
+    connection then winds down with GOAWAY, as after any error the HTTP/2 library reports)."""
+    s = one_route_sheaf(workdir, "flowerror", demo, top="client_timeout: 30s")
+    try:
+        sock, conn = h2_client(s.port)
+        for stream in (1, 3, 5):
+            conn.send_headers(stream, batch_headers())
+            conn.send_data(stream, SLOW_BATCH, end_stream=True)
+        conn.send_headers(7, batch_headers())
+        sock.sendall(conn.data_to_send())
+        time.sleep(0.3)
+        sock.sendall(frame(8, 0, 7, increment.to_bytes(4, "big")) * (1 if increment == 0 else 2))
+        answers, _ = answers_past_goaway(sock, conn, {1, 3, 5})
+        assert sorted(answers) == [1, 3, 5], answers
+        for status, body in answers.values():
+            assert status == "207" and json.loads(body)["results"][0]["status"] == 200, (status, body)
+    finally:
+        s.stop()
+
+
+def test_a_stream_over_the_announced_limit_does_not_cut_the_running_batches(workdir, demo):
+    """A client that opens more streams than max_streams_per_connection (or races the SETTINGS
+    that announce it) is told to stop, but the batches already running on the connection end
+    with their 207s (before, the connection closed at once and every one of them was lost)."""
+    s = one_route_sheaf(workdir, "overlimit", demo, top="max_streams_per_connection: 3\n        client_timeout: 30s")
+    try:
+        sock, conn = h2_client(s.port)
+        run_h2(sock, conn, lambda ev: any(isinstance(e, h2.events.SettingsAcknowledged) for e in ev)
+               and conn.remote_settings.max_concurrent_streams == 3, seconds=3)
+        for stream in (1, 3, 5):
+            conn.send_headers(stream, batch_headers())
+            conn.send_data(stream, SLOW_BATCH, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        time.sleep(0.3)
+        # Past the limit: h2 would refuse to send it, so the frame is written by hand.
+        encoded = conn.encoder.encode(batch_headers())
+        sock.sendall(frame(1, 0x4, 7, encoded))
+        answers, goaways = answers_past_goaway(sock, conn, {1, 3, 5})
+        assert sorted(answers) == [1, 3, 5] and goaways, (answers, goaways)
+        for status, body in answers.values():
+            assert status == "207" and json.loads(body)["results"][0]["status"] == 200, (status, body)
+    finally:
+        s.stop()

@@ -96,7 +96,22 @@ final class HTTP2FrontConnectionGuard: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // A stream error resets that stream only (NIOHTTP2Handler did): the connection serves on.
         if Self.isStreamScoped(error) { return }
+        // NIOHTTP2Handler reports these for one stream and for the whole connection alike, and
+        // ends the connection for a stream over the announced limit. Either way the batches
+        // already running on it still end with their 207s; closing at once lost them all.
+        if Self.endsTheConnectionGracefully(error) {
+            drain(context)
+            return
+        }
         context.close(promise: nil)
+    }
+
+    /// Flow-control errors (RFC 9113 §6.9: a stream error on a stream, a connection error on
+    /// stream 0), and a stream opened past SETTINGS_MAX_CONCURRENT_STREAMS (§5.1.2: a stream
+    /// error, which NIOHTTP2Handler answers with GOAWAY).
+    static func endsTheConnectionGracefully(_ error: Error) -> Bool {
+        error is NIOHTTP2Errors.InvalidWindowIncrementSize || error is NIOHTTP2Errors.InvalidFlowControlWindowSize
+            || error is NIOHTTP2Errors.MaxStreamsViolation
     }
 
     /// The errors `NIOHTTP2Handler` answers with RST_STREAM, not GOAWAY: a request that breaks
@@ -120,17 +135,21 @@ final class HTTP2FrontConnectionGuard: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent, !draining {
-            draining = true
-            Self.goAway(context, close: activity.inProgress == 0)
-            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            // On the next tick: the last stream's final frames are still on their way down from
-            // its stream channel. The second GOAWAY is written after them; the close after it.
-            activity.onIdle = {
-                loopBound.value.eventLoop.execute { Self.goAway(loopBound.value, close: true) }
-            }
-        }
+        if event is ChannelShouldQuiesceEvent { drain(context) }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// GOAWAY, then the close once the streams running have ended (at once if none is).
+    private func drain(_ context: ChannelHandlerContext) {
+        guard !draining else { return }
+        draining = true
+        Self.goAway(context, close: activity.inProgress == 0)
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        // On the next tick: the last stream's final frames are still on their way down from
+        // its stream channel. The second GOAWAY is written after them; the close after it.
+        activity.onIdle = {
+            loopBound.value.eventLoop.execute { Self.goAway(loopBound.value, close: true) }
+        }
     }
 
     private static func goAway(_ context: ChannelHandlerContext, close: Bool) {

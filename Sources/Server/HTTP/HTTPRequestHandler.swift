@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import Upstream
 
 /// What a responder decides from a request head alone.
@@ -429,7 +430,16 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         guard context.channel.isActive else { return }
         if onHTTP2Stream {
             state = .closing
-            context.close(promise: nil)
+            // The answer is whole: a client still sending its body is asked to stop, without
+            // error (RFC 9113 §8.1). Closing the stream channel as it is would reset the stream
+            // with CANCEL, and curl and httpx then throw the whole answer away.
+            guard let codec = try? context.pipeline.syncOperations.context(handlerType: HTTP2FramePayloadToHTTP1ServerCodec.self) else {
+                context.close(promise: nil)
+                return
+            }
+            codec.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.rstStream(.noError))).whenComplete { _ in
+                context.close(promise: nil)
+            }
             return
         }
         if case .lingering = state { return }
