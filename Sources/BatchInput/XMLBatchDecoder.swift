@@ -46,8 +46,8 @@ public enum XMLBatchDecoder {
             guard let base = raw.bindMemory(to: CChar.self).baseAddress, raw.count > 0 else {
                 return .failure(.badRequest(field: "body", "empty XML document"))
             }
-            if let crowded = firstElementWithAttributes(over: maxAttributes, in: raw) {
-                return .failure(.badRequest(field: "body", "an XML element (at byte \(crowded)) has more than \(maxAttributes) attributes"))
+            if let crowded = firstCrowdedElement(in: raw) {
+                return .failure(.badRequest(field: "body", crowded.problem))
             }
             let options = Int32(XML_PARSE_NONET.rawValue) | Int32(XML_PARSE_NOERROR.rawValue) | Int32(XML_PARSE_NOWARNING.rawValue)
             // Read as UTF-8 whatever the body declares: the attribute scan above reads its bytes as
@@ -74,14 +74,21 @@ public enum XMLBatchDecoder {
 
     /// Attributes one element may have; Sheaf's own elements use two, plus namespace declarations.
     static let maxAttributes = 64
+    /// Namespace declarations in scope at any element (the root's `S` and `D` among them).
+    static let maxNamespacesInScope = 64
 
-    /// The offset of the first start tag with more than `limit` attributes, found in one pass
-    /// before libxml2 reads the body: libxml2 compares an element's attributes with each other,
-    /// so 50,000 on one element held the event loop for seconds (and 8 MiB of them for hours).
-    /// Counts `=` outside quotes within a start tag; skips comments, CDATA, processing
-    /// instructions, end tags and declarations. Malformed XML may be miscounted here; libxml2
+    /// The first start tag with more than `maxAttributes` attributes, or with more than
+    /// `maxNamespacesInScope` namespace declarations in scope, and what is wrong with it, found
+    /// in one pass before libxml2 reads the body. libxml2 compares an element's attributes with
+    /// each other, so 50,000 on one element held the event loop for seconds (and 8 MiB of them
+    /// for hours); and it finds a prefix's namespace by walking every declaration in scope, so
+    /// 3,800 of them and a body of prefixed elements held it for 11 s.
+    /// Counts `=` outside quotes within a start tag, and among them the `xmlns` ones; skips
+    /// comments, CDATA, processing instructions and declarations, and takes an element's
+    /// declarations out of scope at its end tag. Malformed XML may be miscounted here; libxml2
     /// refuses it afterwards anyway.
-    static func firstElementWithAttributes(over limit: Int, in bytes: UnsafeRawBufferPointer) -> Int? {
+    static func firstCrowdedElement(in bytes: UnsafeRawBufferPointer) -> (offset: Int, problem: String)? {
+        let limit = maxAttributes
         let lt = UInt8(ascii: "<"), gt = UInt8(ascii: ">")
         func starts(_ text: StaticString, at i: Int) -> Bool {
             let count = text.utf8CodeUnitCount
@@ -98,6 +105,24 @@ public enum XMLBatchDecoder {
             }
             return bytes.count
         }
+        /// Whether the attribute whose `=` is at `equals` is a namespace declaration (`xmlns` or `xmlns:p`).
+        func declaresNamespace(_ equals: Int) -> Bool {
+            func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D }
+            var end = equals
+            while end > 0, isSpace(bytes[end - 1]) { end -= 1 }
+            var begin = end
+            // A name holds none of these: the walk back is never longer than the name.
+            func endsName(_ byte: UInt8) -> Bool {
+                isSpace(byte) || byte == UInt8(ascii: "<") || byte == UInt8(ascii: "=") || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "'")
+            }
+            while begin > 0, !endsName(bytes[begin - 1]) { begin -= 1 }
+            guard starts("xmlns", at: begin) else { return false }
+            return end - begin == 5 || bytes[begin + 5] == UInt8(ascii: ":")
+        }
+        // Open elements, and the declarations of those that made any: (depth, count).
+        var depth = 0
+        var declaring: [(depth: Int, count: Int)] = []
+        var inScope = 0
         var i = 0
         while i < bytes.count {
             guard bytes[i] == lt else { i += 1; continue }
@@ -105,9 +130,19 @@ public enum XMLBatchDecoder {
             if starts("<!--", at: i) { i = skip(to: "-->", from: i + 4); continue }
             if starts("<![CDATA[", at: i) { i = skip(to: "]]>", from: i + 9); continue }
             if starts("<?", at: i) { i = skip(to: "?>", from: i + 2); continue }
-            if starts("</", at: i) || starts("<!", at: i) { i = skip(to: ">", from: i + 2); continue }
-            var attributes = 0
+            if starts("</", at: i) {
+                i = skip(to: ">", from: i + 2)
+                depth -= 1
+                if let last = declaring.last, last.depth == depth {
+                    declaring.removeLast()
+                    inScope -= last.count
+                }
+                continue
+            }
+            if starts("<!", at: i) { i = skip(to: ">", from: i + 2); continue }
+            var attributes = 0, declarations = 0
             var quote: UInt8 = 0
+            var closedItself = false
             i += 1
             while i < bytes.count {
                 let byte = bytes[i]
@@ -118,11 +153,24 @@ public enum XMLBatchDecoder {
                     quote = byte
                 } else if byte == UInt8(ascii: "=") {
                     attributes += 1
-                    if attributes > limit { return start }
+                    if attributes > limit {
+                        return (start, "an XML element (at byte \(start)) has more than \(limit) attributes")
+                    }
+                    if declaresNamespace(i - 1) { declarations += 1 }
                 } else if byte == gt || byte == lt {
+                    closedItself = byte == gt && bytes[i - 2] == UInt8(ascii: "/")
                     break
                 }
             }
+            if inScope + declarations > maxNamespacesInScope {
+                return (start, "an XML element (at byte \(start)) has more than \(maxNamespacesInScope) namespace declarations in scope")
+            }
+            if closedItself { continue }
+            if declarations > 0 {
+                declaring.append((depth, declarations))
+                inScope += declarations
+            }
+            depth += 1
         }
         return nil
     }
