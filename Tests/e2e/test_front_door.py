@@ -714,3 +714,23 @@ def test_a_stream_over_the_announced_limit_does_not_cut_the_running_batches(work
             assert status == "207" and json.loads(body)["results"][0]["status"] == 200, (status, body)
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n"], ids=["plain", "keep-alive"])
+@pytest.mark.parametrize("path, body", [(b"/bulk/users", b'{"ids":[1,2]}'),
+                                        (b"/batch", b'{"requests":[{"id":"a","method":"GET","url":"/users/1"}]}')],
+                         ids=["streamed", "collected"])
+def test_an_http10_client_gets_its_207_whole_and_unchunked(sheaf, connection, path, body):
+    """RFC 9112 §6.1: chunked is HTTP/1.1's; an HTTP/1.0 client read the chunk sizes as part of
+    the body. A 207 (its length unknown when it starts) ends with the close instead."""
+    sock = socket.create_connection(("127.0.0.1", sheaf.port))
+    try:
+        sock.sendall(b"POST " + path + b" HTTP/1.0\r\n" + connection + b"Content-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        head, _, rest = read_to_close(sock, 5).partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0].endswith(b" 207 Multi-Status"), head
+        assert b"transfer-encoding" not in head.lower(), head
+        doc = json.loads(rest)
+        assert doc["summary"]["total"] == len(doc["results"]) and doc["summary"]["succeeded"] >= 1, doc
+    finally:
+        sock.close()

@@ -224,8 +224,8 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                 state = .collecting(head, limit: limit, body: context.channel.allocator.buffer(capacity: 0), handler: handler)
             case .stream(let limit, let open):
                 guard acceptBody(context, head, limit: limit) else { return }
-                let keepAlive = Self.keepAlive(head)
-                let writer = makeWriter(context, keepAlive: keepAlive) { [weak self] in
+                let keepAlive = Self.keepAlive(afterWriterFor: head)
+                let writer = makeWriter(context, head, keepAlive: keepAlive) { [weak self] in
                     guard let self else { return }
                     if case .streaming = self.state {
                         // Answered before the body ended (refused, or its 207 cut short): the rest
@@ -287,8 +287,8 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                 state = .idle
                 send(context, response, keepAlive: keepAlive)
             case .collecting(let head, _, let body, let handler):
-                let keepAlive = Self.keepAlive(head)
-                let writer = makeWriter(context, keepAlive: keepAlive) { [weak self] in
+                let keepAlive = Self.keepAlive(afterWriterFor: head)
+                let writer = makeWriter(context, head, keepAlive: keepAlive) { [weak self] in
                     self?.answered(context, keepAlive: keepAlive)
                     self?.done()
                 }
@@ -344,10 +344,11 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         return true
     }
 
-    private func makeWriter(_ context: ChannelHandlerContext, keepAlive: Bool, done: @escaping () -> Void) -> ResponseWriter {
+    private func makeWriter(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, keepAlive: Bool,
+                            done: @escaping () -> Void) -> ResponseWriter {
         let connection = onHTTP2Stream ? (context.channel.parent ?? context.channel) : context.channel
-        return ResponseWriter(context: context, keepAlive: keepAlive, stallTimeout: clientTimeout,
-                              connection: connection, budget: activity.budget, onDone: done)
+        return ResponseWriter(context: context, keepAlive: keepAlive, version: onHTTP2Stream ? .http1_1 : head.version,
+                              stallTimeout: clientTimeout, connection: connection, budget: activity.budget, onDone: done)
     }
 
     /// A streamed body's sink wants more: read again, with the body timer running again.
@@ -411,6 +412,12 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         if options.contains("close") { return false }
         if head.version == .http1_0 { return options.contains("keep-alive") }
         return head.isKeepAlive
+    }
+
+    /// Whether the connection goes on after an answer through a `ResponseWriter` (a batch's, whose
+    /// 207 has no length when it starts): never for HTTP/1.0, where such a body ends with the close.
+    static func keepAlive(afterWriterFor head: HTTPRequestHead) -> Bool {
+        head.version != .http1_0 && keepAlive(head)
     }
 
     /// A response has ended: the next request may come, or, without keep-alive, the connection closes.

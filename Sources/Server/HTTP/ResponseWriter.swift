@@ -8,6 +8,9 @@ public final class ResponseWriter: @unchecked Sendable {
     private let context: ChannelHandlerContext
     private let eventLoop: EventLoop
     private let keepAlive: Bool
+    /// The request's: an HTTP/1.0 client gets an HTTP/1.0 head, and a body without a length
+    /// ends with the connection (it knows no chunked encoding, RFC 9112 §6.1).
+    private let version: HTTPVersion
     private let onDone: () -> Void
     private let lock = NIOLock()
     private var pending: ByteBuffer?
@@ -30,8 +33,9 @@ public final class ResponseWriter: @unchecked Sendable {
     /// socket has taken it).
     private let budget: OutputBudget?
 
-    init(context: ChannelHandlerContext, keepAlive: Bool, stallTimeout: TimeAmount = .seconds(60), connection: Channel? = nil,
-         budget: OutputBudget? = nil, onDone: @escaping () -> Void) {
+    init(context: ChannelHandlerContext, keepAlive: Bool, version: HTTPVersion = .http1_1, stallTimeout: TimeAmount = .seconds(60),
+         connection: Channel? = nil, budget: OutputBudget? = nil, onDone: @escaping () -> Void) {
+        self.version = version
         self.connection = connection
         self.budget = budget
         self.context = context
@@ -149,11 +153,13 @@ public final class ResponseWriter: @unchecked Sendable {
         finish()
     }
 
-    /// Sends the head; without Content-Length, HTTP/1.1 uses chunked encoding and HTTP/2 DATA frames.
+    /// Sends the head; without Content-Length, HTTP/1.1 uses chunked encoding, HTTP/1.0 the
+    /// connection's end (the handler closes after it: see `HTTPRequestHandler.keepAlive(afterWriterFor:)`),
+    /// and HTTP/2 DATA frames.
     public func start(status: HTTPResponseStatus, headers: HTTPHeaders) {
         var headers = headers
         if !keepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
-        let head = HTTPResponseHead(version: .http1_1, status: status, headers: headers)
+        let head = HTTPResponseHead(version: version, status: status, headers: headers)
         onLoop { [context] in
             context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
         }
