@@ -236,7 +236,7 @@ struct ConfigReader {
     // MARK: the document
 
     mutating func read(_ root: Node) -> SheafConfiguration? {
-        let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "client_timeout",
+        let top = entries(root, allowed: ["listen", "metrics_path", "demo_upstream", "drain_timeout", "client_timeout", "min_body_rate",
                                        "max_connections_per_client", "max_streams_per_connection", "max_buffered_output",
                                        "max_url_bytes", "max_headers", "max_header_bytes", "http2_initial_window_size",
                                        "http2_max_frame_size", "max_batches", "max_nesting_depth", "max_items_in_flight",
@@ -308,6 +308,10 @@ struct ConfigReader {
                                                upstreams: upstreams, routes: routes)
         if let drain = duration(top["drain_timeout"]?.value, "drain_timeout") { configuration.drainTimeout = drain }
         if let client = duration(top["client_timeout"]?.value, "client_timeout") { configuration.clientTimeout = client }
+        if let rate = parsed(top["min_body_rate"]?.value, "min_body_rate", expected: "a size per second (write e.g. 256, 1KiB; 0 for no minimum)",
+                             ConfigValues.byteSize) {
+            configuration.minBodyRate = rate
+        }
         if let entry = top["tracing"] { configuration.tracing = readTracing(key: entry.key, entry.value) }
         if let entry = top["access_log"], let text = string(entry.value, "access_log") {
             switch text {

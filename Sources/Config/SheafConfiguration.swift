@@ -153,6 +153,9 @@ public struct SheafConfiguration: Sendable {
     public var drainTimeout: TimeAmount = .seconds(10)
     /// Idle client connections, and request bodies still arriving, are cut after this long.
     public var clientTimeout: TimeAmount = .seconds(60)
+    /// Bytes per second a streamed request body must average, counted once `clientTimeout` of
+    /// reading has passed (time Sheaf itself held reading back excluded); 0: no minimum.
+    public var minBodyRate = 256
     /// Open connections one client address may hold; more are refused at accept (0: no limit).
     public var maxConnectionsPerClient = 256
     /// Encoded 207 bytes a client connection may have waiting for its socket; past it, its

@@ -201,6 +201,7 @@ public final class SheafServer: Service, @unchecked Sendable {
         settings.limits.maxHeaderBytes = configuration.maxHeaderBytes
         settings.limits.http2InitialWindowSize = configuration.http2InitialWindowSize
         settings.limits.http2MaxFrameSize = configuration.http2MaxFrameSize
+        settings.limits.minBodyRate = configuration.minBodyRate
         return settings
     }
 

@@ -519,3 +519,11 @@ func aShortRelativeAccessLogIsAProblemNotACrash(value: String) {
     #expect(found.count == 1)
     #expect(found.first?.message.contains("rate_limit.requests_per_second must be a number from 0.001") == true, "\(found)")
 }
+
+@Test func minBodyRateIsReadAndChecked() throws {
+    #expect(try ConfigLoader.parse(yaml: valid, file: "c.yaml").minBodyRate == 256)
+    #expect(try ConfigLoader.parse(yaml: "min_body_rate: 1KiB\n" + valid, file: "c.yaml").minBodyRate == 1024)
+    #expect(try ConfigLoader.parse(yaml: "min_body_rate: 0\n" + valid, file: "c.yaml").minBodyRate == 0)
+    let refused = problems("min_body_rate: fast\n" + valid)
+    #expect(refused.count == 1 && refused[0].message.contains("min_body_rate: \"fast\" is not a size per second"))
+}

@@ -212,3 +212,44 @@ def test_a_client_that_stops_reading_mid_upload_is_cut_and_its_place_given_back(
         upload.conn.sock.close()
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("rate, cut", [("", True), ("min_body_rate: 0", False)], ids=["default", "off"])
+def test_a_body_trickled_below_min_body_rate_is_cut_with_an_input_error(workdir, nginx, rate, cut):
+    """A byte every 0.4 s resets no idle timer's worth of silence, and held a batch (and its
+    max_batches place) for as long as the client liked. Below min_body_rate, averaged over the
+    body's reading time once client_timeout has passed, the body is cut: the items read so far
+    are reported, each once, and the summary's input_error (408) names the limit."""
+    s = Sheaf(workdir, "trickle" + str(cut), f"""
+        client_timeout: 1s
+        {rate}
+        upstreams:
+          h2c: {{url: "http://127.0.0.1:{nginx.h2c}", protocol: h2c}}
+        routes:
+          - {{name: r, method: POST, path: /r, upstream: h2c, fan_out: {{items: "", method: GET, path: "/users/{{item}}"}}}}
+        """)
+    try:
+        upload = Upload(s, "/r")
+        upload.send("[1,2,3,")
+        first = upload.line()
+        start = time.monotonic()
+        while time.monotonic() - start < 4:
+            try:
+                upload.send(" ")
+            except OSError:
+                break
+            time.sleep(0.4)
+        if cut:
+            results, summary = ndjson_lines([first], upload.rest())
+            assert_each_once(results, range(3))
+            problem = summary["input_error"]
+            # Cut by the rate while bytes still came (the idle cut's detail says it stopped arriving).
+            assert problem["status"] == 408 and "slower than min_body_rate (256 bytes/s)" in problem["detail"], problem
+        else:
+            upload.send("4]")
+            upload.end()
+            results, summary = ndjson_lines([first], upload.rest())
+            assert_each_once(results, range(4))
+            assert "input_error" not in summary, summary
+    finally:
+        s.stop()

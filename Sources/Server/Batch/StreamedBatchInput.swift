@@ -116,9 +116,9 @@ final class StreamedBatchInput: RequestBodySink {
         if pending.isEmpty { pending = consume items } else { pending += items }
     }
 
-    func timedOut() {
+    func timedOut(_ detail: String?) {
         guard !closed else { return }
-        let error = BatchError(status: 408, field: "body", "the request body stopped arriving for \(clientTimeout.nanoseconds / 1_000_000_000)s")
+        let error = BatchError(status: 408, field: "body", detail ?? "the request body stopped arriving for \(clientTimeout.nanoseconds / 1_000_000_000)s")
         if let session {
             stop(session, error)
         } else {

@@ -13,6 +13,9 @@ public struct FrontLimits: Sendable, Equatable {
     public var http2InitialWindowSize = 1 << 20
     /// HTTP/2 SETTINGS_MAX_FRAME_SIZE (16 KiB to 16 MiB - 1).
     public var http2MaxFrameSize = 1 << 14
+    /// Bytes per second a streamed request body must average once the client timeout of
+    /// reading has passed (`min_body_rate`; 0: no minimum).
+    public var minBodyRate = 256
 
     public init() {}
 

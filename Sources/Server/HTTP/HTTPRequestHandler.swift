@@ -21,8 +21,9 @@ public protocol RequestBodySink: AnyObject {
     func body(_ part: ByteBuffer) -> Bool
     /// The body is complete.
     func end()
-    /// No byte of the body came for the client timeout while it was being read.
-    func timedOut()
+    /// No byte of the body came for the client timeout while it was being read (`detail` nil),
+    /// or it came slower than `min_body_rate` (`detail` says so).
+    func timedOut(_ detail: String?)
     /// The client went away before the body ended.
     func clientGone()
 }
@@ -103,6 +104,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     private var state = State.idle
     private var counted = false
     private var bodyTimer: Scheduled<Void>?
+    private var bodyRate = BodyRate()
     private var headTimer: Scheduled<Void>?
     private var context: ChannelHandlerContext?
 
@@ -134,7 +136,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
             guard let self else { return }
             switch self.state {
             case .streaming(_, let sink):
-                sink.timedOut()
+                sink.timedOut(nil)
             case .collecting:
                 self.reject(context, Problem.response(.requestTimeout, detail: "the request body did not arrive within \(self.clientTimeout.nanoseconds / 1_000_000_000)s", field: "body"))
             case .discarding(let response, _):
@@ -240,11 +242,17 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                 let reading = BodyReading {
                     handler.eventLoop.execute { handler.value.resumeReading() }
                 }
+                bodyRate = BodyRate(started: .now())
                 state = .streaming(writer, open(head, writer, reading))
             }
         case .body(var part):
             if case .streaming(_, let sink) = state {
+                if let slow = bodyRate.received(part.readableBytes, now: .now(), grace: clientTimeout, minimum: limits.minBodyRate) {
+                    sink.timedOut(slow)
+                    return
+                }
                 if !sink.body(part) {
+                    bodyRate.paused(at: .now())
                     // Backpressure: the batch has enough items waiting; TCP (or HTTP/2 flow
                     // control) holds the rest of the body at the client until it asks again.
                     bodyTimer?.cancel()
@@ -354,6 +362,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
     /// A streamed body's sink wants more: read again, with the body timer running again.
     private func resumeReading() {
         guard case .streaming = state, let context, context.channel.isActive else { return }
+        bodyRate.resumed(at: .now())
         armBodyTimer(context)
         context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
         context.read()
@@ -365,7 +374,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         bodyTimer?.cancel()
         bodyTimer = context.eventLoop.scheduleTask(in: clientTimeout) { [weak self] in
             guard let self, case .streaming(_, let sink) = self.state else { return }
-            sink.timedOut()
+            sink.timedOut(nil)
         }
     }
 
