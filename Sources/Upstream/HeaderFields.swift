@@ -170,6 +170,19 @@ public struct HeaderFields: @unchecked Sendable, Sequence, ExpressibleByArrayLit
         }
     }
 
+    /// The first `content-length` as a number, when it is one (digits only, at most 18 of them).
+    public var contentLength: Int? {
+        withFirst("content-length") { value -> Int? in
+            guard let value, !value.isEmpty, value.count <= 18 else { return nil }
+            var number = 0
+            for byte in value {
+                guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }
+                number = number * 10 + Int(byte - UInt8(ascii: "0"))
+            }
+            return number
+        }
+    }
+
     /// Whether a field is named `name` (lower-case).
     public func contains(_ name: StaticString) -> Bool {
         withFirst(name) { $0 != nil }

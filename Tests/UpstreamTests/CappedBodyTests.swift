@@ -2,11 +2,11 @@ import NIOCore
 import Testing
 @testable import Upstream
 
-private func capped(_ chunks: [String], limit: Int) -> (body: String, whole: Bool) {
+private func capped(_ chunks: [String], limit: Int, declared: Int? = nil) -> (body: String, whole: Bool) {
     var body = ByteBuffer()
     var whole = true
     for chunk in chunks {
-        let fitted = Array(chunk.utf8).withUnsafeBufferPointer { body.writeCapped($0, limit: limit) }
+        let fitted = Array(chunk.utf8).withUnsafeBufferPointer { body.writeCapped($0, limit: limit, declaredLength: { declared }) }
         whole = whole && fitted
     }
     return (String(buffer: body), whole)
@@ -23,4 +23,34 @@ private func capped(_ chunks: [String], limit: Int) -> (body: String, whole: Boo
     #expect(capped(["", "hi"], limit: 5) == ("hi", true))
     #expect(capped(["x"], limit: 0) == ("", false))
     #expect(capped([String(repeating: "a", count: 70_000), "b"], limit: 1 << 20).body.count == 70_001)
+}
+
+/// With a Content-Length, the second chunk makes room for the whole declared body (up to the
+/// limit) at once: grown by doubling, a 1 MB body was copied six times on its way, and the old
+/// storage and the new were both held at each step.
+@Test func aDeclaredLengthSizesTheBodyOnce() {
+    var body = ByteBuffer()
+    let chunk = [UInt8](repeating: 0x61, count: 10_000)
+    var storages = Set<UInt>()
+    for _ in 0..<100 {
+        _ = chunk.withUnsafeBufferPointer { body.writeCapped($0, limit: 1 << 20, declaredLength: { 1_000_000 }) }
+        storages.insert(body.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) })
+    }
+    #expect(body.readableBytes == 1_000_000)
+    // The first chunk's own storage, then the whole body's.
+    #expect(storages.count == 2, "\(storages.count) storages")
+    // A declared length past the limit reserves the limit only, and a wrong one is only a hint.
+    #expect(capped(["ab", "cd", "ef"], limit: 5, declared: 1_000_000) == ("abcde", false))
+    #expect(capped(["ab", "cd", "ef"], limit: 100, declared: 3) == ("abcdef", true))
+}
+
+@Test func contentLengthIsReadOnlyWhenItIsANumber() {
+    func length(_ value: String) -> Int? {
+        var fields = HeaderFields()
+        fields.append(name: "Content-Length", value: value)
+        return fields.contentLength
+    }
+    #expect(length("1048576") == 1_048_576)
+    #expect(length("") == nil && length("12a") == nil && length("-1") == nil && length(String(repeating: "9", count: 19)) == nil)
+    #expect(HeaderFields().contentLength == nil)
 }

@@ -217,6 +217,6 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     }
 
     func bodyBytes(_ bytes: UnsafeBufferPointer<UInt8>) {
-        if !body.writeCapped(bytes, limit: maxBodyBytes) { truncated = true }
+        if !body.writeCapped(bytes, limit: maxBodyBytes, declaredLength: { headers.contentLength }) { truncated = true }
     }
 }

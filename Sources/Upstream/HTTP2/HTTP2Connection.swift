@@ -573,7 +573,9 @@ final class HTTP2Connection {
             nghttp2_session_consume(session, stream, bytes.count)
         }
         exchange.sawResponseBytes = true
-        if !exchange.body.writeCapped(bytes, limit: maxResponseBodyBytes) { exchange.truncated = true }
+        if !exchange.body.writeCapped(bytes, limit: maxResponseBodyBytes, declaredLength: { exchange.headers.contentLength }) {
+            exchange.truncated = true
+        }
     }
 
     fileprivate func streamClosed(stream: Int32, errorCode: UInt32) {
