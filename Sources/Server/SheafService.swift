@@ -144,6 +144,15 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
                                                  field: "host"), entry(head, client, route: nil))
             }
         }
+        // RFC 9112 §6.1: chunked is the only transfer coding Sheaf reads; another (gzip before
+        // chunked) was ignored, and its bytes read as the batch.
+        let codings = head.headers["transfer-encoding"].flatMap { $0.split(separator: ",") }
+            .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        if !codings.isEmpty && codings != ["chunked"] {
+            let other = codings.first { $0 != "chunked" } ?? codings.joined(separator: ", ")
+            return rejected(Problem.response(.notImplemented, detail: "transfer coding \"\(other)\" is not supported: send the body chunked or with a Content-Length",
+                                             field: "transfer-encoding"), entry(head, client, route: nil))
+        }
         if path == configuration.metricsPath {
             guard head.method == .GET || head.method == .HEAD else {
                 return .respond(Problem.response(.methodNotAllowed, detail: "\(path) answers GET", extraHeaders: ["allow": "GET, HEAD"]))

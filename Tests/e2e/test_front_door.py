@@ -734,3 +734,33 @@ def test_an_http10_client_gets_its_207_whole_and_unchunked(sheaf, connection, pa
         assert doc["summary"]["total"] == len(doc["results"]) and doc["summary"]["succeeded"] >= 1, doc
     finally:
         sock.close()
+
+
+def test_a_request_in_absolute_form_is_served(sheaf):
+    """RFC 9112 §3.2.2: a server must accept a target in absolute-form (`POST http://host/path`),
+    and its authority stands for the Host field."""
+    sock = socket.create_connection(("127.0.0.1", sheaf.port))
+    try:
+        body = b'{"ids":[1]}'
+        sock.sendall(b"POST HTTP://sheaf.example:8080/bulk/users?x=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        head, _, rest = read_to_close(sock, 5).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 207"), head
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate,chunked"])
+def test_a_transfer_coding_other_than_chunked_is_501(sheaf, coding):
+    """RFC 9112 §6.1: a transfer coding the server does not understand gets 501. The gzip layer
+    was ignored, and the gzip bytes read as the batch."""
+    sock = socket.create_connection(("127.0.0.1", sheaf.port))
+    try:
+        body = b'{"ids":[1]}'
+        sock.sendall(b"POST /bulk/users HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: " + coding + b"\r\n"
+                     b"Content-Type: application/json\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        head, _, rest = read_to_close(sock, 5).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 501"), head
+        assert json.loads(rest)["field"] == "transfer-encoding", rest
+    finally:
+        sock.close()

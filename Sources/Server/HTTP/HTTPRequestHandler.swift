@@ -189,7 +189,8 @@ final class HTTPRequestHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head(let head):
+        case .head(var head):
+            if !onHTTP2Stream { Self.toOriginForm(&head) }
             switch state {
             case .lingering, .closing: return  // answered and closing: nothing more is served
             default: break
@@ -213,8 +214,9 @@ final class HTTPRequestHandler: ChannelInboundHandler {
                     response.body = ByteBuffer()
                 }
                 let declared = head.headers.first(name: "content-length").flatMap(Int.init)
-                let chunked = head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
-                if head.headers.contains(name: "expect") || chunked || (declared ?? 0) > Self.discardLimit {
+                // Any transfer coding: a body of unknown length (and one Sheaf may not read at all, 501).
+                let coded = head.headers.contains(name: "transfer-encoding")
+                if head.headers.contains(name: "expect") || coded || (declared ?? 0) > Self.discardLimit {
                     // The answer does not depend on the body: do not wait for one that may be
                     // large, slow or (after Expect: 100-continue) never sent. Answer and close.
                     reject(context, response)
@@ -411,6 +413,21 @@ final class HTTPRequestHandler: ChannelInboundHandler {
         if !keepAlive {
             written.futureResult.whenComplete { [weak self] _ in self?.closeAfterAnswer(context) }
         }
+    }
+
+    /// RFC 9112 §3.2.2: a target in absolute-form (`http://host/path?query`) is served as its
+    /// origin form (`/path?query`), and its authority replaces any Host field.
+    static func toOriginForm(_ head: inout HTTPRequestHead) {
+        let uri = head.uri.utf8
+        guard let first = uri.first, first != UInt8(ascii: "/"), let separator = head.uri.range(of: "://") else { return }
+        let scheme = head.uri[..<separator.lowerBound].lowercased()
+        guard scheme == "http" || scheme == "https" else { return }
+        let rest = head.uri[separator.upperBound...]
+        let pathStart = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
+        let authority = String(rest[..<pathStart])
+        let target = rest[pathStart...]
+        head.uri = target.first == "/" ? String(target) : "/" + target
+        if !authority.isEmpty { head.headers.replaceOrAdd(name: "host", value: authority) }
     }
 
     /// Whether the connection goes on after this request's answer. `Connection` is read as a
