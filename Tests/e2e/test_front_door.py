@@ -764,3 +764,24 @@ def test_a_transfer_coding_other_than_chunked_is_501(sheaf, coding):
         assert json.loads(rest)["field"] == "transfer-encoding", rest
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("host", [[], [("host", "sheaf.example")]], ids=["no-host", "host"])
+def test_an_http2_request_without_authority_is_answered(workdir, demo, host):
+    """RFC 9113 §8.3.1 lets a request leave :authority out (with no authority to convey, or a
+    Host field instead); it was reset with CANCEL and no status."""
+    s = one_route_sheaf(workdir, "noauthority", demo)
+    try:
+        sock = socket.create_connection(("127.0.0.1", s.port))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding="utf-8", validate_outbound_headers=False, normalize_outbound_headers=False))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", "/slow"),
+                              ("content-type", "application/json"), *host])
+        conn.send_data(1, b'{"requests":[{"method":"GET","url":"/users/1"}]}', end_stream=True)
+        sock.sendall(conn.data_to_send())
+        events = run_h2(sock, conn, lambda ev: 1 in ended_streams(ev) or any(isinstance(e, h2.events.StreamReset) for e in ev))
+        statuses = [dict(e.headers)[":status"] for e in events if isinstance(e, h2.events.ResponseReceived)]
+        assert statuses == ["207"] and 1 in ended_streams(events), events
+    finally:
+        s.stop()

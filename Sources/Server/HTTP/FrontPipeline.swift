@@ -50,7 +50,7 @@ struct FrontPipeline {
         ) { streamChannel in
             streamChannel.eventLoop.makeCompletedFuture {
                 try streamChannel.pipeline.syncOperations.addHandlers([
-                    HTTP2FramePayloadToHTTP1ServerCodec(), makeHandler(true),
+                    HTTP2AuthorityFiller(), HTTP2FramePayloadToHTTP1ServerCodec(), makeHandler(true),
                 ])
             }
         }
