@@ -6,7 +6,8 @@ private func capped(_ chunks: [String], limit: Int, declared: Int? = nil) -> (bo
     var body = ByteBuffer()
     var whole = true
     for chunk in chunks {
-        let fitted = Array(chunk.utf8).withUnsafeBufferPointer { body.writeCapped($0, limit: limit, declaredLength: { declared }) }
+        if body.mustGrow(for: chunk.utf8.count) { body.makeRoom(declared: declared, limit: limit) }
+        let fitted = Array(chunk.utf8).withUnsafeBufferPointer { body.writeCapped($0, limit: limit) }
         whole = whole && fitted
     }
     return (String(buffer: body), whole)
@@ -33,7 +34,8 @@ private func capped(_ chunks: [String], limit: Int, declared: Int? = nil) -> (bo
     let chunk = [UInt8](repeating: 0x61, count: 10_000)
     var storages = Set<UInt>()
     for _ in 0..<100 {
-        _ = chunk.withUnsafeBufferPointer { body.writeCapped($0, limit: 1 << 20, declaredLength: { 1_000_000 }) }
+        if body.mustGrow(for: chunk.count) { body.makeRoom(declared: 1_000_000, limit: 1 << 20) }
+        _ = chunk.withUnsafeBufferPointer { body.writeCapped($0, limit: 1 << 20) }
         storages.insert(body.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) })
     }
     #expect(body.readableBytes == 1_000_000)

@@ -217,6 +217,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     }
 
     func bodyBytes(_ bytes: UnsafeBufferPointer<UInt8>) {
-        if !body.writeCapped(bytes, limit: maxBodyBytes, declaredLength: { headers.contentLength }) { truncated = true }
+        if body.mustGrow(for: bytes.count) { body.makeRoom(declared: headers.contentLength, limit: maxBodyBytes) }
+        if !body.writeCapped(bytes, limit: maxBodyBytes) { truncated = true }
     }
 }

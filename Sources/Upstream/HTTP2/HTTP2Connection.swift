@@ -573,9 +573,10 @@ final class HTTP2Connection {
             nghttp2_session_consume(session, stream, bytes.count)
         }
         exchange.sawResponseBytes = true
-        if !exchange.body.writeCapped(bytes, limit: maxResponseBodyBytes, declaredLength: { exchange.headers.contentLength }) {
-            exchange.truncated = true
+        if exchange.body.mustGrow(for: bytes.count) {
+            exchange.body.makeRoom(declared: exchange.headers.contentLength, limit: maxResponseBodyBytes)
         }
+        if !exchange.body.writeCapped(bytes, limit: maxResponseBodyBytes) { exchange.truncated = true }
     }
 
     fileprivate func streamClosed(stream: Int32, errorCode: UInt32) {
