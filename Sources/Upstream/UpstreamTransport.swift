@@ -17,6 +17,9 @@ public struct UpstreamRequest: Sendable {
     /// The route's `deadline` and the batch's start, one optional: a second optional took the
     /// request past 128 bytes, where Swift moves it with `memcpy` (+430 instructions an item).
     private var batchTimes: (deadline: NIODeadline, started: NIODeadline)?
+    /// Sends the item's earlier tries made (set by the retry policy), so that an engine's own
+    /// re-sends and the policy's retries share one bound. One byte, to stay within 128.
+    public var priorSends: UInt8 = 0
 
     /// When the item's batch ends by its route's `deadline`: a retry does not wait past it (the
     /// answer in hand stands instead of becoming the deadline's 504).
@@ -88,6 +91,14 @@ public struct UpstreamRequest: Sendable {
     /// The most times an engine puts one idempotent request on the wire when the upstream
     /// provably left it unprocessed or a connection died before any byte of answer.
     public static let maxSends = 4
+
+    /// The sends this try may make in all, re-sends of a request the upstream left unprocessed
+    /// included: a try's first send always goes (the retry policy decided it), and re-sends stop
+    /// at `maxSends` counting the sends of earlier tries. So an item goes at most
+    /// max(`maxSends`, `retry.attempts`) times.
+    public var sendBudget: Int {
+        max(1, Self.maxSends - Int(priorSends))
+    }
 
     /// RFC 9110 §9.2.2: safe to send again when the upstream may not have seen it.
     public var isIdempotent: Bool {

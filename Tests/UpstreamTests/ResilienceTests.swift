@@ -22,6 +22,27 @@ struct RetryPolicyTests {
         return policy.decide(outcome, request: request, attempt: attempt, now: t0, deadline: t0 + deadline, random: { $0.upperBound })
     }
 
+    /// An item goes at most max(4, attempts) times: the engines' re-sends count.
+    @Test func sendsOfEarlierAttemptsBoundTheRetries() {
+        let request = UpstreamRequest(method: "GET", path: "/x")
+        let reset = UpstreamResult.failure(UpstreamError(.unreachable, "closed", attempts: 2, cause: .reset))
+        func decide(sent: Int, attempts: Int) -> RetryPolicy.Decision {
+            var c = RetryConfiguration()
+            c.attempts = attempts
+            return RetryPolicy(configuration: c).decide(reset, request: request, attempt: 1, sent: sent, now: t0,
+                                                        deadline: t0 + .seconds(5), random: { $0.upperBound })
+        }
+        #expect(decide(sent: 3, attempts: 3) != .finish)
+        #expect(decide(sent: 4, attempts: 3) == .finish)
+        #expect(decide(sent: 4, attempts: 10) != .finish)
+        #expect(decide(sent: 10, attempts: 10) == .finish)
+        var later = request
+        later.priorSends = 3
+        #expect(request.sendBudget == 4 && later.sendBudget == 1)
+        later.priorSends = 9
+        #expect(later.sendBudget == 1)
+    }
+
     @Test func a503WithRetryAfterZeroIsRetriedAtOnceForAGet() {
         #expect(decide(answer(503, [("retry-after", "0")])) == .retry(after: .zero, reason: "503"))
         #expect(decide(answer(200)) == .finish)

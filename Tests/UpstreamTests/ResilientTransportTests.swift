@@ -39,6 +39,23 @@ import Testing
         }
     }
 
+    /// The engine's own re-sends (libcurl's, after a kept connection died unanswered) and the
+    /// policy's retries share one bound: at most max(4, retry.attempts) sends in all. Each try
+    /// re-sent as if it were the first, and one item went out 8 times with `attempts: 3`.
+    @Test func reSendsAndRetriesTogetherStayWithinFourSends() async throws {
+        try await withHTTP1({ $0.connections = 8 }) { transport, server in
+            for round in 0..<3 {
+                // Eight kept connections, each of which dies at the next request on it.
+                let warm = await runCalls(transport, (0..<8).map { get("/slow/50?warm\(round)-\($0)") })
+                #expect(warm.allSettledOnce)
+                let out = await runCalls(transport, [get("/close?r\(round)")])
+                let sent = server.requests.filter { $0.target == "/close?r\(round)" }.count
+                #expect(out.allSettledOnce && out.status(0) == 502)
+                #expect(sent <= 4 && out.attempts(0) == sent, "sent \(sent), attempts \(out.attempts(0))")
+            }
+        }
+    }
+
     @Test func aPostIsRetriedOnlyWithAnIdempotencyKey() async throws {
         try await withHTTP1 { transport, server in
             var keyed = post("/busy-once/0?keyed")

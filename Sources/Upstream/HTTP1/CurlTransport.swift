@@ -407,7 +407,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
             transfer.pointee.refused_send = 0
             // libcurl sends again by itself when a reused connection dies unanswered: a request
             // that must not go twice goes once (RFC 9110 §9.2.2), the others as HTTP/2's do.
-            let allowed = request.isIdempotent ? UpstreamRequest.maxSends : 1
+            let allowed = request.isIdempotent ? request.sendBudget : 1
             transfer.pointee.max_sends = Int32(max(0, allowed - exchange.sends))
         }
         // The method, set whole every time: the handle still holds the last transfer's.

@@ -229,7 +229,8 @@ final class HTTP2Connection {
                 continue
             }
             switch machine.disposition(streamID: Int32(id), sawResponseBytes: exchange.sawResponseBytes,
-                                       idempotent: exchange.request.isIdempotent, sends: exchange.sends, reason: reason) {
+                                       idempotent: exchange.request.isIdempotent, sends: exchange.sends,
+                                       sendBudget: exchange.request.sendBudget, reason: reason) {
             case .resend: resend.append(exchange)
             case .fail(let kind, let message): failures.append((exchange, UpstreamError(kind, message, cause: .reset)))
             }
@@ -599,7 +600,7 @@ final class HTTP2Connection {
             // The request never left: not an attempt. HEADERS that a GOAWAY overtook go to a
             // fresh connection; a head nghttp2 cannot send fails now (sending it again would too).
             exchange.sends -= 1
-            if unsent.code == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED.rawValue && exchange.sends < HTTP2ConnectionStateMachine.maxSends {
+            if unsent.code == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED.rawValue && exchange.sends < exchange.request.sendBudget {
                 parkedResends.append(exchange)
             } else {
                 parkedOutcomes.append(ParkedOutcome(exchange: exchange, error: UpstreamError(.protocolError,
@@ -610,7 +611,7 @@ final class HTTP2Connection {
             // server stops an upload it no longer needs (RFC 9113 §8.1); before it, the answer was cut.
             parkedOutcomes.append(ParkedOutcome(exchange: exchange, error: nil))
         } else if (errorCode == NGHTTP2_REFUSED_STREAM.rawValue || stream > machine.lastProcessedStreamID)
-                    && !exchange.sawResponseBytes && exchange.sends < HTTP2ConnectionStateMachine.maxSends {
+                    && !exchange.sawResponseBytes && exchange.sends < exchange.request.sendBudget {
             // RFC 9113 §8.7: a refused stream, or one past GOAWAY's last stream id, was not processed.
             parkedResends.append(exchange)
         } else if let invalid {

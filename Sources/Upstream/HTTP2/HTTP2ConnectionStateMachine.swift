@@ -259,11 +259,12 @@ struct HTTP2ConnectionStateMachine {
 
     /// What becomes of a stream still open when the connection ended with `reason`.
     /// Sent again: streams the peer's GOAWAY disowned, and idempotent requests of which no byte
-    /// of answer came (RFC 9110 §9.2.2), at most `maxSends` times in all.
+    /// of answer came (RFC 9110 §9.2.2), at most `sendBudget` times in all (`maxSends`, less
+    /// the sends of the item's earlier tries: `UpstreamRequest.sendBudget`).
     func disposition(streamID: Int32, sawResponseBytes: Bool, idempotent: Bool, sends: Int,
-                     reason: String) -> Disposition {
+                     sendBudget: Int = maxSends, reason: String) -> Disposition {
         let unprocessed = streamID > lastProcessedStreamID || (!peerFailedConnection && !sawResponseBytes && idempotent)
-        if unprocessed && sends < Self.maxSends { return .resend }
+        if unprocessed && sends < sendBudget { return .resend }
         return .fail(.unreachable, reason)
     }
 }

@@ -71,8 +71,10 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
     }
 
     private func attempt(_ call: ResilientCall) {
-        let number = call.beginAttempt()
-        let inner = self.inner.execute(call.request) { [self] result in settled(call, result) }
+        let (number, sent) = call.beginAttempt()
+        var request = call.request
+        request.priorSends = UInt8(min(sent, Int(UInt8.max)))
+        let inner = self.inner.execute(request) { [self] result in settled(call, result) }
         call.started(inner, attempt: number)
     }
 
@@ -90,7 +92,7 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
             return
         }
         let decision = call.isCancelled ? .finish
-            : policy.decide(result, request: call.request, attempt: attempt, now: now,
+            : policy.decide(result, request: call.request, attempt: attempt, sent: call.sent, now: now,
                             deadline: min(call.deadline, call.request.batchDeadline ?? call.deadline),
                             random: { Int64.random(in: $0) })
         var retryReason: String?
@@ -214,10 +216,14 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
 
     var isCancelled: Bool { lock.withLock { relay.cancelled } }
 
-    func beginAttempt() -> Int {
+    /// Sends of the attempts ended so far.
+    var sent: Int { lock.withLock { sends } }
+
+    /// The new attempt's number, and the sends of those before it.
+    func beginAttempt() -> (number: Int, sent: Int) {
         lock.withLock {
             begun += 1
-            return begun
+            return (begun, sends)
         }
     }
 

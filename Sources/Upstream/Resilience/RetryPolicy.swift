@@ -21,10 +21,13 @@ public struct RetryPolicy {
         }
     }
 
-    /// `attempt`: the number of the attempt that just ended (1 for the first).
-    func decide(_ outcome: UpstreamResult, request: UpstreamRequest, attempt: Int, now: NIODeadline,
+    /// `attempt`: the number of the attempt that just ended (1 for the first); `sent`: the sends
+    /// of all attempts so far, the engines' re-sends among them. An item goes at most
+    /// max(`UpstreamRequest.maxSends`, `attempts`) times: with the engines' re-sends bounded by
+    /// the same count (`UpstreamRequest.sendBudget`), each try re-sent as if it were the first.
+    func decide(_ outcome: UpstreamResult, request: UpstreamRequest, attempt: Int, sent: Int = 0, now: NIODeadline,
                 deadline: NIODeadline, random: (ClosedRange<Int64>) -> Int64) -> Decision {
-        guard attempt < configuration.attempts else { return .finish }
+        guard attempt < configuration.attempts, sent < max(UpstreamRequest.maxSends, configuration.attempts) else { return .finish }
         let condition: RetryCondition
         var retryAfter: TimeAmount?
         switch outcome {
