@@ -63,6 +63,15 @@ long sheaf_sockets_count(const sheaf_sockets *sockets) {
     return __atomic_load_n(&sockets->count, __ATOMIC_RELAXED);
 }
 
+/* Takes entry `i` out of the table (the last one takes its place). */
+static void sheaf_sockets_remove(sheaf_sockets *sockets, int i) {
+    sockets->used--;
+    sockets->fds[i] = sockets->fds[sockets->used];
+    sockets->ports[i] = sockets->ports[sockets->used];
+    sockets->requests[i] = sockets->requests[sockets->used];
+    __atomic_sub_fetch(&sockets->count, 1, __ATOMIC_RELAXED);
+}
+
 static curl_socket_t sheaf_open_socket(void *userp, curlsocktype purpose, struct curl_sockaddr *address) {
     (void)purpose;
     sheaf_sockets *sockets = userp;
@@ -79,6 +88,16 @@ static curl_socket_t sheaf_open_socket(void *userp, curlsocktype purpose, struct
     }
     curl_socket_t fd = socket(address->family, address->socktype, address->protocol);
     if (fd == CURL_SOCKET_BAD) return fd;
+    /* libcurl 7.88 closes a connection attempt it gives up on (a transfer removed while it
+       connects) without the close callback, so its entry stayed and the connections gauge only
+       grew. The kernel hands out a closed descriptor's number again: an entry with the new
+       socket's number is one of those, closed already. */
+    for (int i = 0; i < sockets->used; i++) {
+        if (sockets->fds[i] == fd) {
+            sheaf_sockets_remove(sockets, i);
+            break;
+        }
+    }
     sockets->fds[sockets->used] = fd;
     sockets->ports[sockets->used] = 0;
     sockets->requests[sockets->used] = 0;
@@ -91,11 +110,7 @@ static int sheaf_close_socket(void *userp, curl_socket_t fd) {
     sheaf_sockets *sockets = userp;
     for (int i = 0; i < sockets->used; i++) {
         if (sockets->fds[i] != fd) continue;
-        sockets->used--;
-        sockets->fds[i] = sockets->fds[sockets->used];
-        sockets->ports[i] = sockets->ports[sockets->used];
-        sockets->requests[i] = sockets->requests[sockets->used];
-        __atomic_sub_fetch(&sockets->count, 1, __ATOMIC_RELAXED);
+        sheaf_sockets_remove(sockets, i);
         break;
     }
     return close(fd);

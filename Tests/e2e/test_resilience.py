@@ -142,3 +142,33 @@ def test_http1_gauges_count_curls_connections(workdir, nginx):
         assert m['sheaf_upstream_queued_items{upstream="up",protocol="http/1.1"}'] == 0
     finally:
         s.stop()
+
+
+def test_http1_connections_gauge_holds_when_batches_are_abandoned(workdir, demo):
+    """Clients that leave mid-batch cancel transfers while libcurl connects; libcurl 7.88 closes
+    such an attempt without the close callback, and the gauge grew by one for each (hundreds,
+    with connections: 4, while none was open)."""
+    import socket
+    import threading
+    s = fan_out_sheaf(workdir, "abandoned", f'{{url: "http://127.0.0.1:{demo}", protocol: http1, connections: 4}}',
+                      "/users/{item}")
+    try:
+        body = ("[" + ",".join(str(i % 100 + 1) for i in range(300)) + "]").encode()
+        head = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+
+        def abandon():
+            for _ in range(50):
+                with socket.create_connection(("127.0.0.1", s.port)) as c:
+                    c.settimeout(3)
+                    c.sendall(head + body)
+                    c.recv(100)
+
+        threads = [threading.Thread(target=abandon) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(2)
+        assert _metrics(s)['sheaf_upstream_connections{upstream="up",protocol="http/1.1"}'] <= 8
+    finally:
+        s.stop()
