@@ -111,6 +111,8 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         entry.method = head.method.rawValue
         entry.path = head.uri
         entry.traceID = TraceParent(head.headers.first(name: "traceparent"))?.traceID
+        // A refused request is found by it too, in its answer and its log line.
+        entry.requestID = RequestID.of(head, hopOnly: HTTPSyntax.connectionOptions(head.headers))
         return entry
     }
 
@@ -120,7 +122,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         entry.status = Int(response.status.code)
         entry.bytesIn = bytesIn
         entry.bytesOut = response.body.readableBytes
-        entry.requestID = response.headers.first(name: "x-request-id")
+        entry.requestID = response.headers.first(name: "x-request-id") ?? entry.requestID
         entry.outcome = "rejected"
         accessLog.record(entry)
     }
@@ -153,10 +155,11 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
             return rejected(Problem.response(.notImplemented, detail: "transfer coding \"\(other)\" is not supported: send the body chunked or with a Content-Length",
                                              field: "transfer-encoding"), entry(head, client, route: nil))
         }
+        // Sheaf's own endpoints answer GET and HEAD only (a POST to /healthz is no health check).
+        if path == configuration.metricsPath || path == "/healthz" || path == "/readyz", head.method != .GET && head.method != .HEAD {
+            return .respond(Problem.response(.methodNotAllowed, detail: "\(path) answers GET", extraHeaders: ["allow": "GET, HEAD"]))
+        }
         if path == configuration.metricsPath {
-            guard head.method == .GET || head.method == .HEAD else {
-                return .respond(Problem.response(.methodNotAllowed, detail: "\(path) answers GET", extraHeaders: ["allow": "GET, HEAD"]))
-            }
             return .respond(SimpleResponse(status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"],
                                            body: metrics.render()))
         }
@@ -282,6 +285,10 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     }
 
     private func rejected(_ response: SimpleResponse, _ entry: AccessEntry) -> HeadDecision {
+        var response = response
+        if let id = entry.requestID, !response.headers.contains(name: "x-request-id") {
+            response.headers.add(name: "x-request-id", value: id)
+        }
         logRejected(entry, response)
         return .respond(response)
     }

@@ -118,3 +118,20 @@ def test_off_writes_nothing_and_stderr_is_the_default(workdir, nginx):
     finally:
         quiet.stop()
         loud.stop()
+
+
+def test_a_refused_request_has_a_request_id_in_its_answer_and_its_line(workdir, nginx):
+    """A request refused before its batch began (406, 404, 415) had `request_id: null` in its
+    log line and none in its answer: nothing to find it by. It gets the client's X-Request-ID,
+    or one of Sheaf's, in both."""
+    path = os.path.join(workdir, "access-refused.log")
+    s = _sheaf(workdir, nginx, "refused", path)
+    try:
+        mine = httpx.post(s.url + "/users", json=[1], headers={"accept": "image/png", "x-request-id": "client-7"}, timeout=10)
+        assert mine.status_code == 406 and mine.headers["x-request-id"] == "client-7"
+        made = httpx.post(s.url + "/nowhere", json=[1], timeout=10)
+        assert made.status_code == 404 and made.headers["x-request-id"]
+        lines = _lines(path, 2)
+        assert [(line["status"], line["request_id"]) for line in lines] == [(406, "client-7"), (404, made.headers["x-request-id"])]
+    finally:
+        s.stop()

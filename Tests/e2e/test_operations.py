@@ -62,6 +62,10 @@ def test_health_and_head_on_one_keep_alive_connection(sheaf):
         assert head.status_code == 200 and int(head.headers["content-length"]) > 0 and head.content == b""
         assert client.get(sheaf.url + "/healthz").json() == {"status": "ok"}
         assert client.get(sheaf.url + "/readyz").status_code == 200
+        # They answer GET and HEAD, as /metrics does; a POST is not a health check.
+        for path in ("/healthz", "/readyz"):
+            refused = client.post(sheaf.url + path, json=[1])
+            assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD", refused.text
 
 
 def test_default_config_serves_a_mixed_207_with_its_embedded_demo(workdir):
