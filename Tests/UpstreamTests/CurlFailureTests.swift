@@ -15,6 +15,11 @@ extension CurlTransportTests {
         let half = harness.execute(UpstreamRequest(method: "GET", path: "/half")).settlements.error()
         #expect(half?.kind == .unreachable)
         #expect(half?.message == "upstream legacy connection failed: transfer closed with 90 bytes remaining to read")
+        // No status line at all (an HTTP/2-only server, say): libcurl's "Received HTTP/0.9 when
+        // not allowed" said nothing an operator could act on.
+        let notHTTP = harness.execute(UpstreamRequest(method: "GET", path: "/not-http")).settlements.error()
+        #expect(notHTTP?.status == 502)
+        #expect(notHTTP?.message == "upstream legacy did not answer in HTTP/1.x (no status line; an upstream that speaks only HTTP/2 needs protocol: h2c, h2 or auto)")
         // The upstream's own error status is an answer, not a failure.
         #expect(harness.execute(UpstreamRequest(method: "GET", path: "/status/503")).settlements.response()?.status == 503)
     }

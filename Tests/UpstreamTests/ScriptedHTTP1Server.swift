@@ -228,6 +228,9 @@ private final class ScriptedConnection: ChannelInboundHandler {
         case ("close", 1):
             done = true
             context.close(promise: nil)
+        case ("not-http", 1):
+            // What an HTTP/2-only server's first bytes look like to an HTTP/1.1 client: no status line.
+            writeThenClose("\u{0}\u{0}\u{12}\u{4}\u{0}\u{0}\u{0}\u{0}\u{0}", context: context)
         case ("half", 1):
             writeThenClose("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", context: context)
         default:

@@ -576,6 +576,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST:
             return UpstreamError(.unreachable, "cannot connect to upstream \(configuration.name) at \(configuration.endpoint.authority): \(detail)",
                                  cause: .connectFailure)
+        case CURLE_UNSUPPORTED_PROTOCOL where detail.contains("HTTP/0.9"):
+            // libcurl's words for an answer with no status line, which is what an HTTP/2-only
+            // server's first frame is to an HTTP/1.1 client.
+            return UpstreamError(.protocolError, "upstream \(configuration.name) did not answer in HTTP/1.x (no status line; an upstream that speaks only HTTP/2 needs protocol: h2c, h2 or auto)")
         case CURLE_GOT_NOTHING, CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_PARTIAL_FILE:
             return UpstreamError(.unreachable, "upstream \(configuration.name) connection failed: \(detail)", cause: .reset)
         default:
