@@ -36,6 +36,22 @@ public struct TLSFailure: Sendable, Equatable {
 }
 
 extension TLSFailure {
+    /// The reasons in BoringSSL's error strings (`error:1000007d:SSL routines:OPENSSL_internal:
+    /// CERTIFICATE_VERIFY_FAILED` gives `CERTIFICATE_VERIFY_FAILED`), for a detail an operator
+    /// reads: NIOSSL's error described itself as a dump of its values, source paths included.
+    /// The text as it is when it holds none.
+    static func libraryReasons(_ text: String) -> String {
+        let reasons = text.components(separatedBy: "error:").dropFirst().compactMap { entry -> String? in
+            let fields = entry.split(separator: ":", maxSplits: 4, omittingEmptySubsequences: false)
+            guard fields.count >= 4 else { return nil }
+            let reason = fields[3].prefix { $0.isLetter || $0.isNumber || $0 == "_" }
+            return reason.isEmpty ? nil : String(reason)
+        }
+        var seen = Set<String>()
+        let unique = reasons.filter { seen.insert($0).inserted }
+        return unique.isEmpty ? text : unique.joined(separator: ", ")
+    }
+
     /// Why a handshake still unfinished at `connect_timeout` failed, in both engines' words.
     static func handshakeTimeoutDetail(_ limit: TimeAmount) -> String {
         "it did not finish within \(limit.configText), the upstream's connect_timeout"

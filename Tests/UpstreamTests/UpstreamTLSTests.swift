@@ -15,3 +15,10 @@ struct UpstreamTLSNameTests {
         #expect(!UpstreamTLS.certificateNames(["api*.example.com"], match: "api1.example.com"))
     }
 }
+
+/// BoringSSL's reason codes, not NIOSSL's description of its error values.
+@Test func tlsFailureDetailsAreBoringSSLsReasons() {
+    let dump = "handshakeFailed(NIOSSL.BoringSSLError.sslError([Error: 268435581 error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED at /x/handshake.cc:320]))"
+    #expect(TLSFailure.libraryReasons(dump) == "CERTIFICATE_VERIFY_FAILED")
+    #expect(TLSFailure.libraryReasons("connection reset by peer") == "connection reset by peer")
+}

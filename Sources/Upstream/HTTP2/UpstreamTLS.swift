@@ -133,7 +133,7 @@ struct UpstreamTLS {
         } else {
             return nil
         }
-        let detail = kind == .alpn ? "no ALPN protocol in common: it offers no h2" : text
+        let detail = kind == .alpn ? "no ALPN protocol in common: it offers no h2" : TLSFailure.libraryReasons(text)
         return counted(TLSFailure(kind, upstream: upstream, name: verifiedName, detail: detail))
     }
 
