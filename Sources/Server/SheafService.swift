@@ -148,8 +148,7 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         }
         // RFC 9112 §6.1: chunked is the only transfer coding Sheaf reads; another (gzip before
         // chunked) was ignored, and its bytes read as the batch.
-        let codings = head.headers["transfer-encoding"].flatMap { $0.split(separator: ",") }
-            .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        let codings = HTTPSyntax.listElements(head.headers, named: "transfer-encoding")
         if !codings.isEmpty && codings != ["chunked"] {
             let other = codings.first { $0 != "chunked" } ?? codings.joined(separator: ", ")
             return rejected(Problem.response(.notImplemented, detail: "transfer coding \"\(other)\" is not supported: send the body chunked or with a Content-Length",
@@ -223,7 +222,8 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         let received = NIODeadline.now()
         // RFC 9110 §7.6.1: a field the request's Connection header names is for this hop only.
         let hopOnly = HTTPSyntax.connectionOptions(head.headers)
-        var shared = BatchHeaders(requestID: RequestID.of(head, hopOnly: hopOnly))
+        // The id `entry` took (the client's, or a new one): one per request.
+        var shared = BatchHeaders(requestID: access.requestID ?? RequestID.of(head, hopOnly: hopOnly))
         access.requestID = shared.requestID
         for name in route.configuration.forwardHeaders where !hopOnly.contains(name.lowercased()) {
             let values = head.headers[name]

@@ -51,15 +51,21 @@ public enum HTTPSyntax {
     /// The field names a message's Connection header lists, lower-cased: RFC 9110 §7.6.1 makes
     /// them belong to that hop only, so they are not forwarded.
     public static func connectionOptions<S: Sequence>(_ fields: S) -> Set<String> where S.Element == (name: String, value: String) {
-        var options: Set<String> = []
-        for field in fields where isName(field.name, "connection") {
-            for option in field.value.utf8.split(separator: UInt8(ascii: ",")) {
-                var trimmed = option.drop(while: isBlank)
+        Set(listElements(fields, named: "connection"))
+    }
+
+    /// The elements of every `name` field, a comma-separated list (RFC 9110 §5.6.1), in order,
+    /// blanks around each removed, lower-cased, empty ones left out.
+    public static func listElements<S: Sequence>(_ fields: S, named name: StaticString) -> [String] where S.Element == (name: String, value: String) {
+        var elements: [String] = []
+        for field in fields where isName(field.name, name) {
+            for element in field.value.utf8.split(separator: UInt8(ascii: ",")) {
+                var trimmed = element.drop(while: isBlank)
                 while let last = trimmed.last, isBlank(last) { trimmed = trimmed.dropLast() }
-                if !trimmed.isEmpty { options.insert(String(Substring(trimmed)).lowercased()) }
+                if !trimmed.isEmpty { elements.append(String(Substring(trimmed)).lowercased()) }
             }
         }
-        return options
+        return elements
     }
 
     /// `name` in any case.

@@ -81,7 +81,7 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
     private func settled(_ call: ResilientCall, _ result: UpstreamResult) {
         let now = NIODeadline.now()
         let failed = Self.failed(result, request: call.request, handedOver: call.deadline - configuration.timeout, now: now)
-        guard let attempt = call.attemptEnded(result) else {
+        guard let (attempt, sent) = call.attemptEnded(result) else {
             // The item already settled (its deadline, a cancel): only the circuit hears of it.
             let transition = lock.withLock { () -> CircuitBreaker.Transition? in
                 if call.probe { return reportProbe(call, failed: failed, now: now) }
@@ -92,7 +92,7 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
             return
         }
         let decision = call.isCancelled ? .finish
-            : policy.decide(result, request: call.request, attempt: attempt, sent: call.sent, now: now,
+            : policy.decide(result, request: call.request, attempt: attempt, sent: sent, now: now,
                             deadline: min(call.deadline, call.request.batchDeadline ?? call.deadline),
                             random: { Int64.random(in: $0) })
         var retryReason: String?
@@ -216,9 +216,6 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
 
     var isCancelled: Bool { lock.withLock { relay.cancelled } }
 
-    /// Sends of the attempts ended so far.
-    var sent: Int { lock.withLock { sends } }
-
     /// The new attempt's number, and the sends of those before it.
     func beginAttempt() -> (number: Int, sent: Int) {
         lock.withLock {
@@ -236,9 +233,9 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
         call.catchUp(cancel: cancel, suspend: suspend)
     }
 
-    /// Counts the attempt that ended and its sends; returns its number, or nil when the item
-    /// has settled already.
-    func attemptEnded(_ result: UpstreamResult) -> Int? {
+    /// Counts the attempt that ended and its sends; returns its number and the sends of every
+    /// attempt so far, or nil when the item has settled already.
+    func attemptEnded(_ result: UpstreamResult) -> (number: Int, sent: Int)? {
         lock.withLock {
             attempts += 1
             switch result {
@@ -250,7 +247,7 @@ final class ResilientCall: UpstreamCall, @unchecked Sendable {
                 resends += error.resends
             }
             relay.inner = nil
-            return completion == nil ? nil : attempts
+            return completion == nil ? nil : (attempts, sends)
         }
     }
 
