@@ -137,4 +137,32 @@ struct HTTP2ConnectionStateMachineTests {
         #expect(m.channelInactive().contains("does not speak h2c"))
         #expect(!m.sawSettings)
     }
+
+    /// Cancelled streams are reset while the budget lasts (100 in any 30 s), then left to finish;
+    /// a request not all sent is reset regardless, and a forced reset counts against the budget.
+    @Test func cancelledStreamsAreResetWithinABudgetThenLeftToFinish() {
+        var m = machine()
+        var decisions: [Bool] = []
+        for i in 0..<100 { decisions.append(m.shouldReset(requestSent: true, now: t0 + .milliseconds(Int64(i)))) }
+        #expect(decisions.allSatisfy { $0 })
+        decisions = [m.shouldReset(requestSent: true, now: t0 + .seconds(1)),
+                     m.shouldReset(requestSent: false, now: t0 + .seconds(1)),
+                     // The window slides: the oldest reset left in it (sent at 1 ms; the forced one
+                     // pushed out the one at 0) leaves it 30 s after it was sent.
+                     m.shouldReset(requestSent: true, now: t0 + .seconds(30)),
+                     m.shouldReset(requestSent: true, now: t0 + .seconds(30) + .milliseconds(1)),
+                     m.shouldReset(requestSent: true, now: t0 + .seconds(30) + .milliseconds(1))]
+        #expect(decisions == [false, true, false, true, false])
+        // Timeouts' resets fill the budget too.
+        var n = machine()
+        for _ in 0..<100 { n.resetSent(now: t0) }
+        let afterTimeouts = n.shouldReset(requestSent: true, now: t0 + .seconds(29))
+        #expect(!afterTimeouts)
+    }
+
+    @Test func aResetBudgetOfNothingNeverAllows() {
+        var budget = ResetBudget(limit: 0)
+        budget.record(now: t0)
+        #expect(!budget.allows(now: t0 + .seconds(60)))
+    }
 }

@@ -492,6 +492,51 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         }
     }
 
+    /// Items their batch gave up on are reset within a budget only (100 per connection and 30 s);
+    /// past it their answers are let finish and dropped. An upstream that guards against rapid
+    /// resets (NIO: 200 per 30 s) then keeps the connection, and other batches' items on it live.
+    @Test func abandonedItemsPastTheResetBudgetFinishInsteadOfTrippingARapidResetGuard() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.settings = [(0x3, 1000)]
+        script.calmAfterResets = 200
+        try await withH2(script, timeout: .seconds(5)) { transport, server in
+            let innocent = NIOLockedValueBox([[UpstreamResult]](repeating: [], count: 20))
+            for i in 0..<20 {
+                _ = transport.execute(get("/slow/1200")) { r in innocent.withLockedValue { $0[i].append(r) } }
+            }
+            let abandoned = NIOLockedValueBox([[UpstreamResult]](repeating: [], count: 450))
+            for round in 0..<3 {
+                var calls: [UpstreamCall] = []
+                for i in 0..<150 {
+                    let n = round * 150 + i
+                    calls.append(transport.execute(get("/slow/800")) { r in abandoned.withLockedValue { $0[n].append(r) } })
+                }
+                try await Task.sleep(nanoseconds: 100_000_000)
+                for call in calls.reversed() { call.cancel() }
+            }
+            let deadline = ContinuousClock.now + .seconds(4)
+            while innocent.withLockedValue({ $0.contains { $0.isEmpty } }) && ContinuousClock.now < deadline {
+                try await Task.sleep(nanoseconds: 10_000_000)
+            }
+            try await Task.sleep(nanoseconds: 600_000_000)
+            let statuses = innocent.withLockedValue { $0.map { results -> String in
+                guard results.count == 1 else { return "\(results.count) outcomes" }
+                switch results[0] {
+                case .success(let response): return "\(response.status)"
+                case .failure(let error): return error.message
+                }
+            } }
+            #expect(statuses.allSatisfy { $0 == "200" }, "innocent items: \(Set(statuses))")
+            #expect(abandoned.withLockedValue { $0.allSatisfy { $0.count == 1 } })
+            #expect(abandoned.withLockedValue { $0.allSatisfy { if case .failure(let e) = $0.first { e.kind == .cancelled } else { false } } })
+            #expect(server.record.withLockedValue { $0.resets.count } <= 100, "\(server.record.withLockedValue { $0.resets.map { "\($0.0):\($0.1)" } })")
+            // The connection lives on: the next item is answered on it.
+            let after = await runCalls(transport, [get("/ok")])
+            #expect(after.status(0) == 200)
+            #expect(server.record.withLockedValue { $0.connections } == 1)
+        }
+    }
+
     /// Items handed over on an event loop go to the connection that lives on that loop while it
     /// has a free stream: a batch stays on its client's loop, with no hop per item (issue 13).
     @Test func itemsStayOnTheirLoopsConnectionWhileItHasRoom() async throws {

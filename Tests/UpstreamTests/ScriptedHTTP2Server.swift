@@ -56,6 +56,9 @@ final class ScriptedHTTP2Server: @unchecked Sendable {
         /// Send GOAWAY NO_ERROR (last stream id = the last stream answered) this long after a
         /// connection's streams all finished, then close it.
         var goawayWhenIdleAfter: TimeAmount?
+        /// A rapid-reset guard as NIO's (200 per 30 s): past this many RST_STREAMs from the
+        /// client on one connection, GOAWAY ENHANCE_YOUR_CALM covering every stream, then close.
+        var calmAfterResets: Int?
     }
 
     /// One request as the server decoded it.
@@ -143,6 +146,8 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
     var context: ChannelHandlerContext!
     /// Output closed (`/close-once`): input is read and dropped until the client closes.
     var lingering = false
+    /// RST_STREAMs the client sent on this connection (for `calmAfterResets`).
+    var resetsReceived = 0
 
     init(server: ScriptedHTTP2Server, index: Int) {
         self.server = server
@@ -239,6 +244,11 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             let code = payload.count >= 4 ? UInt32(payload[0]) << 24 | UInt32(payload[1]) << 16 | UInt32(payload[2]) << 8 | UInt32(payload[3]) : 0
             server.record.withLockedValue { $0.resets.append((stream, code)) }
             open.removeValue(forKey: stream)
+            resetsReceived += 1
+            if let limit = server.script.calmAfterResets, resetsReceived == limit + 1 {
+                write(type: 7, flags: 0, stream: 0, be32(highestStream) + be32(0xB) + Array("too many resets".utf8))
+                context.close(promise: nil)
+            }
         case 0x8:  // WINDOW_UPDATE
             guard payload.count >= 4 else { return }
             let increment = Int(UInt32(payload[0] & 0x7f) << 24 | UInt32(payload[1]) << 16 | UInt32(payload[2]) << 8 | UInt32(payload[3]))

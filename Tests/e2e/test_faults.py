@@ -1,6 +1,9 @@
 """Every item exactly once when the upstream or a signal misbehaves: the built binary against the
 demo upstream and nginx. (Faults nginx cannot produce are scripted in Tests/UpstreamTests.)"""
 import os
+import re
+import socket
+import struct
 import signal
 import threading
 import time
@@ -125,5 +128,41 @@ def test_the_default_protocol_keeps_an_h2c_upstream_on_http2(workdir, nginx):
         lines = nginx.access_lines()[before:]
         assert len(lines) == 20 and all(line.endswith("HTTP/2.0 200") for line in lines), lines[:3]
         assert "using HTTP/1.1" not in s.process.output()
+    finally:
+        s.stop()
+
+
+def test_abandoned_batches_do_not_trip_the_upstreams_rapid_reset_guard(workdir, demo):
+    """Clients that give up on large batches make Sheaf cancel their items on the wire. The demo
+    upstream (SwiftNIO) fails a connection past 200 RST_STREAMs in 30 s, as a guard against
+    rapid-reset floods; Sheaf resets 100 at most in any 30 s per connection and lets the rest
+    finish. The connection lives on, and a patient client's batch on it gets every answer."""
+    s = fan_out_sheaf(workdir, "reset-budget", f'{{url: "http://127.0.0.1:{demo}", protocol: h2c, connections: 1}}',
+                      "/users/{item}?delay_ms=1500")
+    try:
+        patient = {}
+
+        def wait_for_all():
+            r = httpx.post(f"{s.url}/b", json=list(range(1, 11)), timeout=30)
+            patient["status"] = r.status_code
+            patient["items"] = [item["status"] for item in r.json()["results"]]
+
+        t = threading.Thread(target=wait_for_all)
+        body = ("[" + ",".join(str(i) for i in range(1, 201)) + "]").encode()
+        for round in range(6):
+            if round == 2:
+                t.start()
+            with socket.create_connection(("127.0.0.1", s.port)) as c:
+                # Gone at once (a reset, not a half-close a client may still read after).
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.sendall(b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                time.sleep(0.15)  # the items are on the wire; the client goes away
+        t.join(timeout=30)
+        assert patient.get("status") == 207
+        assert patient["items"] == [200] * 10, patient["items"]
+        metrics = httpx.get(f"{s.url}/metrics").text
+        goaways = re.search(r'^sheaf_upstream_goaways_total\{upstream="up"\} (\d+)', metrics, re.M)
+        assert goaways is None or goaways.group(1) == "0", goaways.group(0)
     finally:
         s.stop()

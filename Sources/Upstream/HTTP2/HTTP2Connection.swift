@@ -34,6 +34,9 @@ final class HTTP2Connection {
     private var machine: HTTP2ConnectionStateMachine
     /// Open streams by id (odd, rising by two: `shift: 1`).
     private var streams = IntKeyTable<HTTP2Exchange>(shift: 1)
+    /// Streams Sheaf let go of without a reset (past the reset budget), by id, with the
+    /// deadline at which they are reset after all. Their answers are read and dropped.
+    private var discarding: [Int32: NIODeadline] = [:]
     /// True while inside nghttp2: callbacks park their outcomes instead of delivering them.
     private var inSession = false
     private var parkedOutcomes: [ParkedOutcome] = []
@@ -95,7 +98,7 @@ final class HTTP2Connection {
         pool = nil
     }
 
-    var openStreams: Int { streams.count }
+    var openStreams: Int { streams.count + discarding.count }
     var canOpenStream: Bool { machine.canOpenStream }
     var peerMaxHeaderListSize: Int? { machine.peerMaxHeaderListSize }
     var peerMaxConcurrentStreams: Int? { machine.sawSettings ? machine.maxConcurrentStreams : nil }
@@ -235,8 +238,9 @@ final class HTTP2Connection {
             case .fail(let kind, let message): failures.append((exchange, UpstreamError(kind, message, cause: .reset)))
             }
         }
-        gauges.add(gauges.streams, -streams.count)
+        gauges.add(gauges.streams, -(streams.count + discarding.count))
         streams.removeAll()
+        discarding.removeAll()
         if countedOpen {
             countedOpen = false
             gauges.add(gauges.connections, -1)
@@ -349,10 +353,24 @@ final class HTTP2Connection {
         perform { session in _ = nghttp2_session_consume_connection(session, count) }
     }
 
-    /// RST_STREAM(CANCEL) for an exchange Sheaf no longer wants; the caller settles it.
+    /// Lets go of an exchange Sheaf no longer wants; the caller settles it. RST_STREAM(CANCEL)
+    /// while the reset budget lasts (or when its request is not all sent); past it the stream is
+    /// left to finish, its answer dropped as it comes (`HTTP2ConnectionStateMachine.shouldReset`).
     func cancelStream(of exchange: HTTP2Exchange) {
         guard streams[Int(exchange.streamID)] === exchange else { return }
-        handle(reset(exchange))
+        let requestSent = exchange.request.body == nil || exchange.bodyEnded
+
+        if machine.shouldReset(requestSent: requestSent, now: .now()) {
+            handle(reset(exchange))
+        } else {
+            streams.removeValue(for: Int(exchange.streamID))
+            exchange.connection = nil
+            discarding[exchange.streamID] = exchange.deadline
+            let held = exchange.unconsumed
+            exchange.unconsumed = 0
+            // What a suspended stream held back goes back to both windows: the rest may come.
+            if held > 0 { perform { session in _ = nghttp2_session_consume(session, exchange.streamID, held) } }
+        }
         scheduleFlush()
     }
 
@@ -373,15 +391,30 @@ final class HTTP2Connection {
     func tick(now: NIODeadline) {
         var expired: [HTTP2Exchange] = []
         streams.forEach { if $0.deadline <= now { expired.append($0) } }
-        if !expired.isEmpty {
-            var after = HTTP2ConnectionStateMachine.Action.none
-            for exchange in expired {
-                let action = reset(exchange)
-                if action != .none { after = action }
+        var after = HTTP2ConnectionStateMachine.Action.none
+        var resetAny = false
+        for (stream, deadline) in discarding where deadline <= now {
+            // Left to finish, and its answer still has not ended: reset after all.
+            discarding.removeValue(forKey: stream)
+            gauges.add(gauges.streams, -1)
+            machine.resetSent(now: now)
+            perform { session in
+                _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, NGHTTP2_CANCEL.rawValue)
             }
-            for exchange in expired {
-                if exchange.responseComplete { exchange.settleAnswered() } else { exchange.settle(.failure(slot.timeoutError())) }
-            }
+            let action = machine.streamClosed()
+            if action != .none { after = action }
+            resetAny = true
+        }
+        for exchange in expired {
+            machine.resetSent(now: now)
+            let action = reset(exchange)
+            if action != .none { after = action }
+            resetAny = true
+        }
+        for exchange in expired {
+            if exchange.responseComplete { exchange.settleAnswered() } else { exchange.settle(.failure(slot.timeoutError())) }
+        }
+        if resetAny {
             flush()
             handle(after)
         }
@@ -563,9 +596,15 @@ final class HTTP2Connection {
 
     fileprivate func data(stream: Int32, bytes: UnsafeBufferPointer<UInt8>) {
         guard let exchange = streams[Int(stream)] else {
-            // A stream Sheaf let go of (reset, timed out): its bytes still count against the
-            // connection's window.
-            if let session { nghttp2_session_consume_connection(session, bytes.count) }
+            // A stream Sheaf let go of: its bytes still count against the connection's window,
+            // and one left to finish (`discarding`) needs its stream's window for the rest.
+            if let session {
+                if !discarding.isEmpty && discarding[stream] != nil {
+                    nghttp2_session_consume(session, stream, bytes.count)
+                } else {
+                    nghttp2_session_consume_connection(session, bytes.count)
+                }
+            }
             return
         }
         if exchange.readingSuspended {
@@ -589,7 +628,14 @@ final class HTTP2Connection {
             // nghttp2 reset it without naming the frame (a body unlike its content-length).
             invalid = String(cString: nghttp2_http2_strerror(errorCode))
         }
-        guard let exchange = streams.removeValue(for: Int(stream)) else { return }
+        guard let exchange = streams.removeValue(for: Int(stream)) else {
+            if !discarding.isEmpty && discarding.removeValue(forKey: stream) != nil {
+                gauges.add(gauges.streams, -1)
+                let action = machine.streamClosed()
+                if action != .none && parkedActions.last != action { parkedActions.append(action) }
+            }
+            return
+        }
         gauges.add(gauges.streams, -1)
         exchange.connection = nil
         returnUnconsumed(of: exchange)
@@ -691,7 +737,9 @@ final class HTTP2Connection {
             }
         }
         exchange.bodySent += n
-        return (n, exchange.bodySent == body.readableBytes)
+        let ended = exchange.bodySent == body.readableBytes
+        exchange.bodyEnded = ended
+        return (n, ended)
     }
 }
 

@@ -67,6 +67,8 @@ struct HTTP2ConnectionStateMachine {
     /// what failed it, so only the streams it disowned are sent again (an item that kills connections must not kill fresh
     /// ones together with its neighbours).
     private var peerFailedConnection = false
+    /// The resets this connection sent lately (`ResetBudget`).
+    private var resets = ResetBudget()
 
     init(upstream: String, pingInterval: TimeAmount, pingTimeout: TimeAmount, now: NIODeadline, overTLS: Bool = false,
          handshakeTimeout: TimeAmount = .seconds(10)) {
@@ -179,6 +181,21 @@ struct HTTP2ConnectionStateMachine {
         case .draining where openStreams == 0: return close("upstream \(upstream) connection drained")
         default: return .none
         }
+    }
+
+    /// Sheaf no longer wants a stream (its batch was abandoned). Returns true to reset it:
+    /// always when its request has not all been sent (it cannot be finished), otherwise while
+    /// the reset budget lasts. False: the stream is left to finish and its answer dropped, so
+    /// that mass cancellation does not look like a rapid-reset attack to the upstream.
+    mutating func shouldReset(requestSent: Bool, now: NIODeadline) -> Bool {
+        guard !requestSent || resets.allows(now: now) else { return false }
+        resets.record(now: now)
+        return true
+    }
+
+    /// A stream is reset whatever the budget says (its deadline passed): counted all the same.
+    mutating func resetSent(now: NIODeadline) {
+        resets.record(now: now)
     }
 
     mutating func pingAcknowledged(now: NIODeadline) {

@@ -31,6 +31,8 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     var unconsumed = 0
     /// Read position in `request.body` for the DATA frames nghttp2 asks for.
     var bodySent = 0
+    /// The request's last DATA frame has been handed to nghttp2: the request is all on its way.
+    var bodyEnded = false
     var streamID: Int32 = -1
     /// The request head's size (`UpstreamConfiguration.headSize`), counted once at enqueue and
     /// checked again against the peer's limit when a stream opens.
@@ -62,6 +64,7 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
         responseComplete = false
         unconsumed = 0
         bodySent = 0
+        bodyEnded = false
         streamID = -1
         connection = nil
     }
