@@ -4,6 +4,9 @@
 public enum PlainRun {
     /// The bytes a JSON string escapes (besides control characters): `"` and `\`.
     @inlinable public static var json: (UInt8, UInt8, UInt8, UInt8) { (0x22, 0x5C, 0x5C, 0x5C) }
+    /// The bytes the JSON writer stops at: `"`, `\`, and the lead bytes of U+0085 (0xC2) and of
+    /// U+2028 / U+2029 (0xE2), which it writes escaped (see `JSONWriter.writeString`).
+    @inlinable public static var jsonOutput: (UInt8, UInt8, UInt8, UInt8) { (0x22, 0x5C, 0xC2, 0xE2) }
     /// The bytes XML text escapes: `&`, `<` and `>`.
     @inlinable public static var xmlText: (UInt8, UInt8, UInt8, UInt8) { (0x26, 0x3C, 0x3E, 0x3E) }
     /// The bytes an XML attribute value escapes: `&`, `<`, `>` and `"`.

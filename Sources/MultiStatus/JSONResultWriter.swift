@@ -134,28 +134,50 @@ struct JSONResultWriter {
         out.writeInteger(UInt8(ascii: "}"))
     }
 
-    /// A valid JSON body, embedded as is (a large one without a copy); NDJSON turns line breaks
-    /// into spaces.
+    /// A valid JSON body, embedded as is (a large one without a copy). NDJSON makes its line
+    /// breaks harmless: CR and LF (whitespace between tokens) become spaces, and U+0085, U+2028
+    /// and U+2029 (which valid JSON has inside strings only) are escaped, as the writer escapes them.
     private func writeJSONBody(_ body: ByteBuffer, after s: inout ByteScratch, into out: inout ByteBuffer) {
         body.withUnsafeReadableBytes { raw in
-            let breaks = singleLine && raw.contains(where: { $0 == 0x0A || $0 == 0x0D })
+            if singleLine && raw.contains(where: { $0 == 0x0A || $0 == 0x0D || $0 == 0xC2 || $0 == 0xE2 }) {
+                s.move(into: &out)
+                Self.writeSingleLine(raw, into: &out)
+                return
+            }
             if raw.count <= gatheredBodyLimit {
-                if breaks {
-                    for byte in raw { s.appendByte(byte == 0x0A || byte == 0x0D ? UInt8(ascii: " ") : byte) }
-                } else {
-                    s.appendBytes(raw)
-                }
+                s.appendBytes(raw)
                 return
             }
             s.move(into: &out)
-            if !breaks {
-                out.writeImmutableBuffer(body)
-                return
-            }
-            out.append(upTo: raw.count) { target in
-                for (i, byte) in raw.enumerated() { target[i] = byte == 0x0A || byte == 0x0D ? UInt8(ascii: " ") : byte }
-                return raw.count
-            }
+            out.writeImmutableBuffer(body)
         }
+    }
+
+    private static func writeSingleLine(_ raw: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
+        var runStart = 0, i = 0
+        while i < raw.count {
+            let byte = raw[i]
+            var width = 0
+            if byte == 0x0A || byte == 0x0D {
+                width = 1
+            } else if byte == 0xC2, i + 1 < raw.count, raw[i + 1] == 0x85 {
+                width = 2
+            } else if byte == 0xE2, i + 2 < raw.count, raw[i + 1] == 0x80, raw[i + 2] & 0xFE == 0xA8 {
+                width = 3
+            }
+            guard width > 0 else {
+                i += 1
+                continue
+            }
+            out.writeBytes(UnsafeRawBufferPointer(rebasing: raw[runStart..<i]))
+            switch width {
+            case 1: out.writeInteger(UInt8(ascii: " "))
+            case 2: out.writeStaticString("\\u0085")
+            default: out.writeStaticString(raw[i + 2] == 0xA8 ? "\\u2028" : "\\u2029")
+            }
+            i += width
+            runStart = i
+        }
+        out.writeBytes(UnsafeRawBufferPointer(rebasing: raw[runStart..<raw.count]))
     }
 }

@@ -45,10 +45,20 @@ func rejectsMalformedJSON(input: String, message: String) {
     #expect(String(buffer: out) == #""a\"b\\c\n\u0001é""#)
 }
 
+/// U+2028, U+2029 and U+0085 are valid raw in JSON, but readers that split NDJSON on every line
+/// break (Python's `splitlines`, editors) cut a record at them: they are written escaped. Other
+/// characters that share their first bytes (`—`, `©`) stay as they are.
+@Test func writerEscapesUnicodeLineBreaks() {
+    var out = ByteBuffer()
+    JSONWriter.writeString("a\u{2028}b\u{2029}c\u{85}d—e©f\u{2028}", into: &out)
+    #expect(String(buffer: out) == #""a\u2028b\u2029c\u0085d—e©f\u2028""#)
+    #expect(!String(buffer: out).contains { $0.isNewline })
+}
+
 /// Both ways through the writer, the one-write path for strings that need no escape and the
 /// escaping one, round-trip through the parser; and numbers are written without a String.
 @Test func writerRoundTripsPlainAndEscapedStrings() throws {
-    for text in ["", "a", "plain id 42", "/users/1", String(repeating: "x", count: 5000), "tab\there", "q\"", "\\", "é ü 😀"] {
+    for text in ["", "a", "plain id 42", "/users/1", String(repeating: "x", count: 5000), "tab\there", "q\"", "\\", "é ü 😀", "x\u{2028}\u{2029}\u{85}y", "—©"] {
         var out = ByteBuffer()
         JSONWriter.writeString(text, into: &out)
         #expect(try JSONParser.parse(String(buffer: out)) == .string(text), "\(text.prefix(20))")

@@ -279,6 +279,26 @@ func jsonBodiesOfEverySizeLandWholeInTheirOwnItem(format: ResponseFormat) throws
     }
 }
 
+/// NDJSON lines hold no character any reader takes for a line break (Python's `splitlines`
+/// splits at U+0085, U+2028 and U+2029 too): ids, headers and embedded bodies, small and large,
+/// carry them escaped, and each line still parses to the same values.
+@Test func ndjsonLinesHoldNoUnicodeLineBreaks() throws {
+    let text = "a\u{2028}b\u{2029}c\u{85}d—e©"
+    let entries = [0, 5000].map { pad -> (BatchItem, ItemOutcome) in
+        let body = "{\n\"text\": \"" + text + String(repeating: "x", count: pad) + "\"\n}"
+        return (BatchItem(id: "i\(pad)\u{2028}", href: "/u/\(pad)", rejection: "x"),
+                ItemOutcome(status: 200, headers: [("content-type", "application/json"), ("x-note", text)], body: ByteBuffer(string: body)))
+    }
+    let output = encode(.ndjson, entries)
+    let lines = output.split(whereSeparator: { $0.isNewline }).filter { !$0.isEmpty }
+    #expect(lines.count == entries.count + 1)
+    for (line, pad) in zip(lines, [0, 5000]) {
+        let result = try JSONParser.parse(String(line))
+        #expect(result["id"] == .string("i\(pad)\u{2028}"))
+        #expect(result["body"]?["text"] == .string(text + String(repeating: "x", count: pad)))
+    }
+}
+
 /// An item with a large escaped body grows the scratch its bytes are gathered in; emptying it
 /// gives that storage back, so one large answer is not held for the rest of the batch.
 @Test func theScratchGivesBackWhatALargeItemGrew() {

@@ -88,28 +88,44 @@ public enum JSONWriter {
     }
 
     /// A JSON string literal from UTF-8 bytes (which must be valid UTF-8). A string that needs
-    /// no escape, as ids, hrefs and most header values, goes in with one append.
+    /// no escape, as ids, hrefs and most header values, goes in with one append. U+0085, U+2028
+    /// and U+2029 are escaped although JSON allows them raw: readers that split NDJSON on every
+    /// line break (Python's `splitlines`) would cut a record at them.
     @inlinable
     public static func writeString<Out: ByteOutput>(bytes: UnsafeBufferPointer<UInt8>, into out: inout Out) {
         out.appendByte(UInt8(ascii: "\""))
         var runStart = 0
-        var i = PlainRun.end(in: bytes, from: 0, stops: PlainRun.json, stopAtNonASCII: false)
+        var i = PlainRun.end(in: bytes, from: 0, stops: PlainRun.jsonOutput, stopAtNonASCII: false)
         while i < bytes.count {
             let byte = bytes[i]
+            var width = 1
+            if byte >= 0x80 {
+                // A lead byte of a character that may be a line break; most are not (`—`, `©`).
+                if byte == 0xC2, i + 1 < bytes.count, bytes[i + 1] == 0x85 {
+                    width = 2
+                } else if byte == 0xE2, i + 2 < bytes.count, bytes[i + 1] == 0x80, bytes[i + 2] & 0xFE == 0xA8 {
+                    width = 3
+                } else {
+                    i = PlainRun.end(in: bytes, from: i + 1, stops: PlainRun.jsonOutput, stopAtNonASCII: false)
+                    continue
+                }
+            }
             if runStart < i { out.appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<i])) }
-            runStart = i + 1
+            runStart = i + width
             switch byte {
             case 0x22: out.appendStatic("\\\"")
             case 0x5C: out.appendStatic("\\\\")
             case 0x0A: out.appendStatic("\\n")
             case 0x0D: out.appendStatic("\\r")
             case 0x09: out.appendStatic("\\t")
+            case 0xC2: out.appendStatic("\\u0085")
+            case 0xE2: out.appendStatic(bytes[i + 2] == 0xA8 ? "\\u2028" : "\\u2029")
             default:
                 out.appendStatic("\\u00")
                 out.appendByte(hex[Int(byte >> 4)])
                 out.appendByte(hex[Int(byte & 0x0F)])
             }
-            i = PlainRun.end(in: bytes, from: i + 1, stops: PlainRun.json, stopAtNonASCII: false)
+            i = PlainRun.end(in: bytes, from: runStart, stops: PlainRun.jsonOutput, stopAtNonASCII: false)
         }
         if runStart < bytes.count {
             out.appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<bytes.count]))
