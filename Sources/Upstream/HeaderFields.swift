@@ -122,15 +122,18 @@ public struct HeaderFields: @unchecked Sendable, Sequence, ExpressibleByArrayLit
         }
     }
 
-    /// Makes the storage this value's own with room for `size` more bytes (doubling, so that
-    /// appends stay amortized O(1)).
+    /// Makes the storage this value's own with room for `size` more bytes. Growing doubles the
+    /// capacity (appends stay amortized O(1)); a copy for writing keeps it. Uniqueness is checked
+    /// on the stored reference alone: a local binding of it is a second reference (in unoptimized
+    /// builds, and in some optimized ones), and every append then copied into twice the space.
     private mutating func makeRoom(for size: Int) {
         let used = storage?.header.used ?? 0
-        if let storage, storage.header.capacity - used >= size, isKnownUniquelyReferenced(&self.storage) { return }
-        let capacity = Swift.max(used + size, 2 * (storage?.header.capacity ?? 0), 64)
-        let fresh = HeaderStorage.make(capacity: capacity)
-        if let storage, used > 0 {
-            storage.withUnsafeMutablePointerToElements { old in
+        let capacity = storage?.header.capacity ?? 0
+        let fits = capacity - used >= size
+        if fits && isKnownUniquelyReferenced(&storage) { return }
+        let fresh = HeaderStorage.make(capacity: fits ? capacity : Swift.max(used + size, 2 * capacity, 64))
+        if let old = storage, used > 0 {
+            old.withUnsafeMutablePointerToElements { old in
                 fresh.withUnsafeMutablePointerToElements { new in new.update(from: old, count: used) }
             }
         }
