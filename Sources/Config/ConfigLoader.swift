@@ -449,7 +449,7 @@ struct ConfigReader {
         let what = "upstream '\(name)'"
         let fields = entries(node, allowed: ["url", "protocol", "connections", "timeout", "connect_timeout", "max_response_bytes", "ca_file",
                                              "server_name", "client_certificate", "client_key", "insecure_skip_verify",
-                                             "max_request_header_bytes", "ping_interval", "ping_timeout",
+                                             "max_request_header_bytes", "max_response_header_bytes", "ping_interval", "ping_timeout",
                                              "max_queued", "retry", "circuit_breaker", "balance"], what: what)
         guard !fields.isEmpty || problems.isEmpty else { return nil }
         var endpoint: UpstreamEndpoint?
@@ -475,6 +475,9 @@ struct ConfigReader {
         if let v = byteSize(fields["max_response_bytes"]?.value, "\(what) max_response_bytes") { configuration.maxResponseBodyBytes = v }
         if let v = byteSize(fields["max_request_header_bytes"]?.value, "\(what) max_request_header_bytes") {
             configuration.maxRequestHeaderBytes = v
+        }
+        if let v = byteSize(fields["max_response_header_bytes"]?.value, "\(what) max_response_header_bytes") {
+            configuration.maxResponseHeaderBytes = v
         }
         if let v = duration(fields["ping_interval"]?.value, "\(what) ping_interval") { configuration.pingInterval = v }
         if let v = duration(fields["ping_timeout"]?.value, "\(what) ping_timeout") { configuration.pingTimeout = v }

@@ -93,6 +93,9 @@ public struct UpstreamConfiguration: Sendable, Equatable {
     public var insecureSkipVerify = false
     /// Items whose request head (RFC 9113 §6.5.2 size) is larger are answered 431, not sent.
     public var maxRequestHeaderBytes: Int = 64 << 10
+    /// Answers whose head (RFC 9113 §6.5.2 size, interim heads and trailers counted) grows past
+    /// this are 502: HPACK lets a few bytes on the wire stand for kilobytes of fields.
+    public var maxResponseHeaderBytes: Int = 64 << 10
     /// HTTP/2: a PING goes out when a connection with open streams has read nothing this long,
     /// and this often on an idle pooled connection.
     public var pingInterval: TimeAmount = .seconds(5)

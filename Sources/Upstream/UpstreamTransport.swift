@@ -252,6 +252,11 @@ extension UpstreamConfiguration {
         request.headerListSize(authorityByteCount: endpoint.authorityByteCount, scheme: endpoint.scheme)
     }
 
+    /// Why an answer whose head grew past `maxResponseHeaderBytes` is refused (either engine).
+    public var responseHeadTooLarge: String {
+        "a head over max_response_header_bytes, \(maxResponseHeaderBytes) bytes by the RFC 9113 §6.5.2 count"
+    }
+
     /// `headTooLarge` for a head of `size` bytes, counted before (`headSize`).
     public func headTooLarge(size: Int, peerLimit: Int? = nil) -> UpstreamError? {
         let limit = min(maxRequestHeaderBytes, peerLimit ?? Int.max)

@@ -527,3 +527,12 @@ func aShortRelativeAccessLogIsAProblemNotACrash(value: String) {
     let refused = problems("min_body_rate: fast\n" + valid)
     #expect(refused.count == 1 && refused[0].message.contains("min_body_rate: \"fast\" is not a size per second"))
 }
+
+@Test func maxResponseHeaderBytesIsReadAndChecked() throws {
+    let users = { (yaml: String) in try ConfigLoader.parse(yaml: yaml, file: "c.yaml").upstream(named: "users") }
+    #expect(try users(valid)?.maxResponseHeaderBytes == 64 << 10)
+    let set = valid.replacingOccurrences(of: "    timeout: 5s", with: "    timeout: 5s\n    max_response_header_bytes: 256KiB")
+    #expect(try users(set)?.maxResponseHeaderBytes == 256 << 10)
+    let refused = problems(valid.replacingOccurrences(of: "    timeout: 5s", with: "    timeout: 5s\n    max_response_header_bytes: 0"))
+    #expect(refused.count == 1 && refused[0].message.contains("upstream 'users' max_response_header_bytes: \"0\""), "\(refused)")
+}

@@ -110,3 +110,16 @@ extension CurlTransportTests {
         #expect(response.headers.first(name: "x-ctl") == "a b c d")
     }
 }
+
+extension CurlTransportTests {
+    /// An answer's head is capped by `max_response_header_bytes`, as on HTTP/2 (RFC 9113 §6.5.2
+    /// count: 32 bytes per field besides its name and value): past it the item is a 502 naming the key.
+    @Test func aResponseHeadOverTheCapIsA502NamingTheKey() throws {
+        let harness = try CurlHarness { $0.maxResponseHeaderBytes = 64 << 10 }
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let over = harness.execute(UpstreamRequest(method: "GET", path: "/many-headers/100")).settlements.error()
+        #expect(over?.message.contains("max_response_header_bytes, 65536 bytes") == true, "\(over?.message ?? "")")
+        #expect(harness.execute(UpstreamRequest(method: "GET", path: "/many-headers/10")).settlements.response()?.status == 200)
+    }
+}
+

@@ -325,6 +325,18 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
 
     /// RFC 9110 §15: a status outside 100–599 is not HTTP's; the item is a 502 that names it,
     /// not a 207 entry with a status line no client can read.
+    /// An answer's head is capped (`max_response_header_bytes`, RFC 9113 §6.5.2 size), as its
+    /// body is: a compressed head can stand for a thousand times its bytes on the wire.
+    @Test func aResponseHeadOverTheCapIsA502AndTheConnectionGoesOn() async throws {
+        try await withH2(tweak: { $0.maxResponseHeaderBytes = 64 << 10 }) { transport, server in
+            let outcomes = await runCalls(transport, [get("/bighead/100"), get("/bighead/10"), get("/ok")])
+            #expect(outcomes.status(0) == 502)
+            #expect(outcomes.reason(0).contains("max_response_header_bytes, 65536 bytes"), "\(outcomes.reason(0))")
+            #expect(outcomes.status(1) == 200 && outcomes.status(2) == 200)
+            #expect(server.record.withLockedValue { $0.connections } == 1)
+        }
+    }
+
     @Test func aStatusOutsideHTTPsRangeIsA502NamingIt() async throws {
         try await withH2 { transport, _ in
             let out = await runCalls(transport, [get("/status/999"), get("/status/600"), get("/status/099"), get("/ok")])

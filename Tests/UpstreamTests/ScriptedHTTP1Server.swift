@@ -34,6 +34,7 @@ import NIOPosix
 /// - `/loose/N`: status line variant N: `HTTP/1.1 200x OK`, `HTTP/2 200 OK`, `http/1.1 200 OK`;
 /// - `/space-colon`: 200 with `ETag : "e"` (white space before the colon) and `X-Ctl` holding CR, ESC and DEL;
 /// - `/huge-header`: 200 with a 200,000-byte `X-Big` field;
+/// - `/many-headers/N`: 200 with N fields of 1000 bytes each (`X-F0`, `X-F1`, ...), body `ok`;
 /// - anything else: 404.
 ///
 /// The parser is its own (no NIOHTTP1) so that the tests see exactly what the engine put on the
@@ -213,6 +214,9 @@ private final class ScriptedConnection: ChannelInboundHandler {
             writeThenClose(line + "\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", context: context)
         case ("space-colon", 1):
             write("HTTP/1.1 200 OK\r\nETag : \"e\"\r\nX-Ctl: a\rb\u{1B}c\u{7F}d\r\nContent-Length: 2\r\n\r\nok", context: context)
+        case ("many-headers", 2):
+            let fields = (0..<(Int(parts[1]) ?? 0)).map { "X-F\($0): " + String(repeating: "v", count: 1000) + "\r\n" }.joined()
+            write("HTTP/1.1 200 OK\r\n" + fields + "Content-Length: 2\r\n\r\nok", context: context)
         case ("huge-header", 1):
             write("HTTP/1.1 200 OK\r\nX-Big: " + String(repeating: "a", count: 200_000) + "\r\nContent-Length: 2\r\n\r\nok", context: context)
         case ("cl-te", 1):

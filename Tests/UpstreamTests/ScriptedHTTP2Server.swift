@@ -32,6 +32,8 @@ import NIOPosix
 /// - `/nostatus`, `/upperheader`: an answer without `:status`, or with an upper-case header name
 /// - `/trailers`: HEADERS 200 with `content-type: text/plain`, then, with no body, a trailer
 ///   block with END_STREAM naming `content-type`, `etag` and `location`
+/// - `/bighead/N`: a 200 whose head carries N fields of 1000 bytes each, in HEADERS and
+///   CONTINUATION frames of 16,000 bytes, and no body
 /// - `/bytes/N`: N bytes of body, sent as the client's flow-control windows allow (the count
 ///   sent so far is in `Record.bodyBytesSent`)
 ///
@@ -358,6 +360,23 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             writeHead(stream, "content-type", "application/octet-stream")
             bodiesLeft[stream] = Int(path.dropFirst(7)) ?? 0
             sendBodies()
+        } else if path.hasPrefix("/bighead/") {
+            open[stream]!.answered = true
+            answers += 1
+            var block: [UInt8] = []
+            literal(":status", "200", into: &block)
+            for i in 0..<(Int(path.dropFirst(9)) ?? 0) { literal("x-f\(i)", String(repeating: "v", count: 1000), into: &block) }
+            var frames: [[UInt8]] = []
+            var rest = block[...]
+            repeat {
+                frames.append(Array(rest.prefix(16_000)))
+                rest = rest.dropFirst(16_000)
+            } while !rest.isEmpty
+            for (i, frame) in frames.enumerated() {
+                let last: UInt8 = i == frames.count - 1 ? 0x4 : 0
+                write(type: i == 0 ? 1 : 9, flags: (i == 0 ? 0x1 : 0) | last, stream: stream, frame)
+            }
+            open.removeValue(forKey: stream)
         } else if path == "/trailers" {
             open[stream]!.answered = true
             answers += 1

@@ -51,13 +51,18 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     /// Why the answer is not one HTTP/1.1 allows, when the header callback ended the transfer
     /// for it; the item's 502 says this instead of curl's "Failed writing header".
     private(set) var refusal: String?
+    /// `max_response_header_bytes`, and the answer's header lines so far by the same count
+    /// (RFC 9113 §6.5.2: 32 bytes per field besides its bytes; interim heads and trailers too).
+    let maxHeadBytes: Int
+    private var headBytes = 0
 
     init(request: UpstreamRequest, deadline: NIODeadline, transport: CurlTransport, maxBodyBytes: Int,
-         completion: @escaping @Sendable (UpstreamResult) -> Void) {
+         maxHeadBytes: Int = 64 << 10, completion: @escaping @Sendable (UpstreamResult) -> Void) {
         self.request = request
         self.deadline = deadline
         self.transport = transport
         self.maxBodyBytes = maxBodyBytes
+        self.maxHeadBytes = maxHeadBytes
         self.completion = completion
         self.endsAtHead = request.method == "HEAD" && request.body != nil
     }
@@ -113,6 +118,11 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
                 return false
             }
             return true
+        }
+        headBytes += end + 32
+        if headBytes > maxHeadBytes {
+            refusal = transport.configuration.responseHeadTooLarge
+            return false
         }
         let bytes = UnsafeBufferPointer(rebasing: line[0..<end])
         // After the final head, a trailer field: not the answer's header, whatever its name says,

@@ -116,7 +116,8 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
 
     public func execute(_ request: consuming UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
         let exchange = CurlExchange(request: request, deadline: .now() + configuration.timeout, transport: self,
-                                    maxBodyBytes: configuration.maxResponseBodyBytes) { [unowned self] result in
+                                    maxBodyBytes: configuration.maxResponseBodyBytes,
+                                    maxHeadBytes: configuration.maxResponseHeaderBytes) { [unowned self] result in
             // Unowned, as the exchange's own `transport`: a weak capture would give the transport
             // a side table, and every retain and release of it the runtime's slow path.
             self.lock.withLock { self.admitted -= 1 }

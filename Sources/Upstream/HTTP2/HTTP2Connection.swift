@@ -74,12 +74,14 @@ final class HTTP2Connection {
     private let gauges: UpstreamGauges
     private let fixedPseudoHeaders: [(String, String)]
     private let maxResponseBodyBytes: Int
+    private let maxResponseHeaderBytes: Int
 
     init(slot: HTTP2Slot) {
         self.slot = slot
         gauges = slot.gauges
         fixedPseudoHeaders = slot.fixedPseudoHeaders
         maxResponseBodyBytes = slot.configuration.maxResponseBodyBytes
+        maxResponseHeaderBytes = slot.configuration.maxResponseHeaderBytes
         self.machine = HTTP2ConnectionStateMachine(upstream: slot.configuration.name,
                                                    pingInterval: slot.configuration.pingInterval,
                                                    pingTimeout: slot.configuration.pingTimeout, now: .now(),
@@ -180,6 +182,9 @@ final class HTTP2Connection {
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
             // What one stream may send ahead of Sheaf taking it: the most a suspended stream holds.
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(streamWindow)),
+            // Advisory (RFC 9113 §6.5.2): the cap is enforced as the fields arrive, in `header`.
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
+                                   value: UInt32(clamping: maxResponseHeaderBytes)),
         ]
         perform { session in
             nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
@@ -559,16 +564,23 @@ final class HTTP2Connection {
 
     // MARK: nghttp2 events (inside `perform`)
 
-    fileprivate func header(stream: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        guard let exchange = streams[Int(stream)] else { return }
+    /// Returns false to have nghttp2 reset the stream and skip the rest of its header block: the
+    /// answer's head grew past `max_response_header_bytes`.
+    fileprivate func header(stream: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard let exchange = streams[Int(stream)] else { return true }
         exchange.sawResponseBytes = true
+        exchange.headBytes += name.count + value.count + 32
+        if exchange.headBytes > maxResponseHeaderBytes {
+            invalidResponses[stream] = slot.configuration.responseHeadTooLarge
+            return false
+        }
         // Compared as bytes: `elementsEqual` against a string's UTF-8 view cost ~400 instructions.
         if name.count == 7 && memcmp(name.baseAddress!, ":status", 7) == 0 {
             if let refused = HTTPSyntax.statusOutsideRange(value) {
                 // Reset, and the item's 502 says why (see `streamClosed`).
                 invalidResponses[stream] = refused
                 nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, NGHTTP2_PROTOCOL_ERROR.rawValue)
-                return
+                return true
             }
             let code = Self.parseStatus(value)
             if code >= 200 {
@@ -577,11 +589,12 @@ final class HTTP2Connection {
                 // One allocation for a usual answer's fields, not one per doubling.
                 exchange.headers.reserveCapacity(256)
             }
-            return
+            return true
         }
         // Headers of a 1xx interim response, and trailers (with a body before them or not), are not kept.
-        guard exchange.status >= 200, !exchange.headEnded, exchange.body.readableBytes == 0 else { return }
+        guard exchange.status >= 200, !exchange.headEnded, exchange.body.readableBytes == 0 else { return true }
         exchange.headers.append(name: name, value: value)
+        return true
     }
 
     private static func parseStatus(_ value: UnsafeBufferPointer<UInt8>) -> Int {
@@ -754,11 +767,11 @@ private func withOwner<T>(_ userData: UnsafeMutableRawPointer?, _ body: (HTTP2Co
 
 private let onHeader: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
     guard let frame, frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) else { return 0 }
-    withOwner(userData) {
+    let accepted = withOwner(userData) {
         $0.header(stream: frame.pointee.hd.stream_id, name: UnsafeBufferPointer(start: name, count: nameLength),
                   value: UnsafeBufferPointer(start: value, count: valueLength))
     }
-    return 0
+    return accepted ? 0 : NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
 }
 
 private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, streamID, data, length, userData in

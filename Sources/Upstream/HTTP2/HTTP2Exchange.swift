@@ -20,6 +20,8 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     /// The final answer's header block has ended: a later block is the trailer section, whose
     /// fields are not the answer's headers (RFC 9110 §6.5.1).
     var headEnded = false
+    /// The answer's header fields so far, RFC 9113 §6.5.2 count (against `max_response_header_bytes`).
+    var headBytes = 0
     /// Times the request was put on a stream (re-sends after a connection closed under it count).
     var sends = 0
     /// In its slot's queue (which skips settled exchanges lazily, so cancelling one costs O(1)).
@@ -62,6 +64,7 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
         truncated = false
         sawResponseBytes = false
         responseComplete = false
+        headBytes = 0
         unconsumed = 0
         bodySent = 0
         bodyEnded = false
