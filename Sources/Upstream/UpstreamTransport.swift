@@ -252,6 +252,13 @@ extension UpstreamConfiguration {
         request.headerListSize(authorityByteCount: endpoint.authorityByteCount, scheme: endpoint.scheme)
     }
 
+    /// The 504 of an item whose timeout passed. `answerBegun`: its answer's head had come, and
+    /// the item waited for the body (saying "did not answer" then sent operators the wrong way).
+    public func timeoutError(answerBegun: Bool = false, waiting: String = "") -> UpstreamError {
+        let what = answerBegun ? "began its answer but did not finish it" : "did not answer"
+        return UpstreamError(.timeout, "upstream \(name) \(what) within \(timeout.configText)\(waiting)")
+    }
+
     /// Why an answer whose head grew past `maxResponseHeaderBytes` is refused (either engine).
     public var responseHeadTooLarge: String {
         "a head over max_response_header_bytes, \(maxResponseHeaderBytes) bytes by the RFC 9113 §6.5.2 count"

@@ -123,3 +123,29 @@ extension CurlTransportTests {
     }
 }
 
+extension CurlTransportTests {
+    /// A body past `max_response_bytes` is cut there: the item is answered at once, flagged
+    /// truncated, instead of reading on until the body ends or the item times out as a 504.
+    @Test func aBodyPastTheCapIsAnsweredAtTheCapNotReadToItsEnd() throws {
+        let harness = try CurlHarness { $0.maxResponseBodyBytes = 64 << 10; $0.timeout = .seconds(3) }
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let start = ContinuousClock.now
+        let response = harness.execute(UpstreamRequest(method: "GET", path: "/endless")).settlements.response()
+        #expect(ContinuousClock.now - start < .seconds(1))
+        #expect(response?.status == 200 && response?.bodyTruncated == true && response?.body.readableBytes == 64 << 10)
+        #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok")).settlements.response()?.status == 200)
+    }
+}
+
+extension CurlTransportTests {
+    /// An answer whose head came but whose body did not end in time is a 504 that says so.
+    @Test func aBodyThatDoesNotEndInTimeIsA504ThatSaysTheAnswerBegan() throws {
+        let harness = try CurlHarness { $0.timeout = .milliseconds(300) }
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let stalled = harness.execute(UpstreamRequest(method: "GET", path: "/stall-body")).settlements.error()
+        #expect(stalled?.message == "upstream legacy began its answer but did not finish it within 300ms", "\(stalled?.message ?? "")")
+        let silent = harness.execute(UpstreamRequest(method: "GET", path: "/silent")).settlements.error()
+        #expect(silent?.message == "upstream legacy did not answer within 300ms", "\(silent?.message ?? "")")
+    }
+}
+

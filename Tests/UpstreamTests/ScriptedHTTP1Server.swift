@@ -34,6 +34,8 @@ import NIOPosix
 /// - `/loose/N`: status line variant N: `HTTP/1.1 200x OK`, `HTTP/2 200 OK`, `http/1.1 200 OK`;
 /// - `/space-colon`: 200 with `ETag : "e"` (white space before the colon) and `X-Ctl` holding CR, ESC and DEL;
 /// - `/huge-header`: 200 with a 200,000-byte `X-Big` field;
+/// - `/stall-body`: 200 with `Content-Length: 10` and two bytes of body, then nothing more;
+/// - `/endless`: 200, chunked, then a 16 KiB chunk every 2 ms while the connection is open (10 s at most);
 /// - `/many-headers/N`: 200 with N fields of 1000 bytes each (`X-F0`, `X-F1`, ...), body `ok`;
 /// - anything else: 404.
 ///
@@ -172,6 +174,18 @@ private final class ScriptedConnection: ChannelInboundHandler {
             context.eventLoop.scheduleTask(in: .milliseconds(50)) {
                 let (connection, context) = bound.value
                 connection.send(status: 200, body: String(repeating: "a", count: Int(parts[1])!), headOnly: isHead, context: context)
+            }
+        case ("stall-body", 1):
+            write("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab", context: context)
+        case ("endless", 1):
+            write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", context: context)
+            let chunk = "4000\r\n" + String(repeating: "e", count: 0x4000) + "\r\n"
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            for i in 1...5000 {
+                context.eventLoop.scheduleTask(in: .milliseconds(Int64(2 * i))) {
+                    let (connection, context) = bound.value
+                    if context.channel.isActive { connection.write(chunk, context: context) }
+                }
             }
         case ("busy-once", 2) where seen.withLockedValue({ $0.insert(request.target).inserted }):
             write("HTTP/1.1 503 Busy\r\nRetry-After: \(parts[1])\r\nContent-Length: 0\r\n\r\n", context: context)

@@ -32,6 +32,7 @@ import NIOPosix
 /// - `/nostatus`, `/upperheader`: an answer without `:status`, or with an upper-case header name
 /// - `/trailers`: HEADERS 200 with `content-type: text/plain`, then, with no body, a trailer
 ///   block with END_STREAM naming `content-type`, `etag` and `location`
+/// - `/stall-body`: HEADERS 200 and two bytes of body, then nothing more (the stream stays open)
 /// - `/bighead/N`: a 200 whose head carries N fields of 1000 bytes each, in HEADERS and
 ///   CONTINUATION frames of 16,000 bytes, and no body
 /// - `/bytes/N`: N bytes of body, sent as the client's flow-control windows allow (the count
@@ -360,6 +361,10 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             writeHead(stream, "content-type", "application/octet-stream")
             bodiesLeft[stream] = Int(path.dropFirst(7)) ?? 0
             sendBodies()
+        } else if path == "/stall-body" {
+            open[stream]!.answered = true
+            writeHead(stream, "content-type", "text/plain")
+            write(type: 0, flags: 0, stream: stream, Array("ab".utf8))
         } else if path.hasPrefix("/bighead/") {
             open[stream]!.answered = true
             answers += 1

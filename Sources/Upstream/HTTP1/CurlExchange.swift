@@ -25,6 +25,8 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     let endsAtHead: Bool
     /// True once the transfer was ended on purpose after the final answer's head.
     private(set) var stoppedAtHead = false
+    /// The body passed `max_response_bytes` and the transfer was ended there (see `bodyBytes`).
+    private(set) var cutAtCap = false
     /// Connections refused to this exchange before its request went out (they held bytes
     /// nobody asked for): `CurlTransport` gives up after a few.
     var connectionsRefused = 0
@@ -226,8 +228,13 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
         return true
     }
 
-    func bodyBytes(_ bytes: UnsafeBufferPointer<UInt8>) {
+    /// Returns false once the body passed `max_response_bytes`: the transfer ends there and the
+    /// item is answered with what came, flagged truncated (`cutAtCap`), not read on to its end.
+    func bodyBytes(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
         if body.mustGrow(for: bytes.count) { body.makeRoom(declared: headers.contentLength, limit: maxBodyBytes) }
-        if !body.writeCapped(bytes, limit: maxBodyBytes) { truncated = true }
+        if body.writeCapped(bytes, limit: maxBodyBytes) { return true }
+        truncated = true
+        cutAtCap = true
+        return false
     }
 }

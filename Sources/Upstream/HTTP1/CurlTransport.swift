@@ -335,7 +335,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         for exchange in active.values {
             if exchange.deadline <= now { overdue.append(exchange) } else { next = min(next, exchange.deadline) }
         }
-        for exchange in overdue { finish(exchange, .failure(timeoutError())) }
+        for exchange in overdue { finish(exchange, .failure(configuration.timeoutError(answerBegun: exchange.headEnded))) }
         // Rounded up: waking before the deadline would only go round the loop once more.
         return Int32((max(0, (next - now).nanoseconds) + 999_999) / 1_000_000)
     }
@@ -486,8 +486,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                     "upstream \(configuration.name) closed the connection before the response head ended", cause: .reset)))
                 continue
             }
-            // A transfer stopped at the end of a HEAD's answer (see CurlExchange.endsAtHead) is whole.
-            if code == CURLE_OK || exchange.stoppedAtHead {
+            // A transfer stopped at the end of a HEAD's answer (see CurlExchange.endsAtHead) is
+            // whole; one stopped at `max_response_bytes` is answered with its body cut.
+            if code == CURLE_OK || exchange.stoppedAtHead || exchange.cutAtCap {
                 var status = 0
                 sheaf_easy_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
                 finish(exchange, .success(UpstreamResponse(status: status, headers: exchange.headers,
@@ -597,7 +598,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     }
 
     private func timeoutError() -> UpstreamError {
-        UpstreamError(.timeout, "upstream \(configuration.name) did not answer within \(configuration.timeout.configText)")
+        configuration.timeoutError()
     }
 }
 
@@ -617,10 +618,10 @@ private let curlWrite: sheaf_curl_data_callback = { pointer, size, count, userDa
             exchange.paused = true
             return Int(CURL_WRITEFUNC_PAUSE)
         }
-        pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
+        let more = pointer?.withMemoryRebound(to: UInt8.self, capacity: length) { bytes in
             exchange.bodyBytes(UnsafeBufferPointer(start: bytes, count: length))
-        }
-        return length
+        } ?? true
+        return more ? length : 0
     }
 }
 

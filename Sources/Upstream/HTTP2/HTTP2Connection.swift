@@ -363,20 +363,22 @@ final class HTTP2Connection {
     /// left to finish, its answer dropped as it comes (`HTTP2ConnectionStateMachine.shouldReset`).
     func cancelStream(of exchange: HTTP2Exchange) {
         guard streams[Int(exchange.streamID)] === exchange else { return }
-        let requestSent = exchange.request.body == nil || exchange.bodyEnded
-
-        if machine.shouldReset(requestSent: requestSent, now: .now()) {
-            handle(reset(exchange))
-        } else {
-            streams.removeValue(for: Int(exchange.streamID))
-            exchange.connection = nil
-            discarding[exchange.streamID] = exchange.deadline
-            let held = exchange.unconsumed
-            exchange.unconsumed = 0
-            // What a suspended stream held back goes back to both windows: the rest may come.
-            if held > 0 { perform { session in _ = nghttp2_session_consume(session, exchange.streamID, held) } }
-        }
+        handle(letGo(exchange))
         scheduleFlush()
+    }
+
+    /// Removes an exchange from its stream, which is reset or left to finish (see `cancelStream`).
+    private func letGo(_ exchange: HTTP2Exchange) -> HTTP2ConnectionStateMachine.Action {
+        let requestSent = exchange.request.body == nil || exchange.bodyEnded
+        if machine.shouldReset(requestSent: requestSent, now: .now()) { return reset(exchange) }
+        streams.removeValue(for: Int(exchange.streamID))
+        exchange.connection = nil
+        discarding[exchange.streamID] = exchange.deadline
+        let held = exchange.unconsumed
+        exchange.unconsumed = 0
+        // What a suspended stream held back goes back to both windows: the rest may come.
+        if held > 0 { perform { session in _ = nghttp2_session_consume(session, exchange.streamID, held) } }
+        return .none
     }
 
     /// Lets go of a stream Sheaf no longer wants (cancelled, timed out): RST_STREAM(CANCEL), its
@@ -417,7 +419,11 @@ final class HTTP2Connection {
             resetAny = true
         }
         for exchange in expired {
-            if exchange.responseComplete { exchange.settleAnswered() } else { exchange.settle(.failure(slot.timeoutError())) }
+            if exchange.responseComplete {
+                exchange.settleAnswered()
+            } else {
+                exchange.settle(.failure(slot.timeoutError(answerBegun: exchange.status >= 200)))
+            }
         }
         if resetAny {
             flush()
@@ -629,7 +635,14 @@ final class HTTP2Connection {
         if exchange.body.mustGrow(for: bytes.count) {
             exchange.body.makeRoom(declared: exchange.headers.contentLength, limit: maxResponseBodyBytes)
         }
-        if !exchange.body.writeCapped(bytes, limit: maxResponseBodyBytes) { exchange.truncated = true }
+        if !exchange.body.writeCapped(bytes, limit: maxResponseBodyBytes) {
+            // At `max_response_bytes` the item is answered with what came, flagged truncated; the
+            // rest is not waited for (an endless body ended only at the item's timeout, as a 504).
+            exchange.truncated = true
+            let action = letGo(exchange)
+            if action != .none { parkedActions.append(action) }
+            parkedOutcomes.append(ParkedOutcome(exchange: exchange, error: nil))
+        }
     }
 
     fileprivate func streamClosed(stream: Int32, errorCode: UInt32) {

@@ -297,18 +297,18 @@ final class HTTP2Slot: @unchecked Sendable {
     }
 
     /// The 504 of an item whose timeout passed; a queued one says what it was waiting for.
-    func timeoutError(queued: Bool = false) -> UpstreamError {
-        var message = "upstream \(configuration.name) did not answer within \(configuration.timeout.configText)"
+    func timeoutError(queued: Bool = false, answerBegun: Bool = false) -> UpstreamError {
+        var waiting = ""
         if queued {
             if let limit = current?.peerMaxConcurrentStreams, limit == 0 {
-                message += " (waiting for a stream: it allows 0 concurrent streams)"
+                waiting = " (waiting for a stream: it allows 0 concurrent streams)"
             } else if current == nil || current?.peerMaxConcurrentStreams == nil {
-                message += " (waiting for a connection)"
+                waiting = " (waiting for a connection)"
             } else {
-                message += " (waiting for a stream)"
+                waiting = " (waiting for a stream)"
             }
         }
-        return UpstreamError(.timeout, message)
+        return configuration.timeoutError(answerBegun: answerBegun, waiting: waiting)
     }
 
     /// Fails what is queued, closes every connection (their streams then fail with 503), and
