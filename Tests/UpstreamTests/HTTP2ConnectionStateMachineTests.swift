@@ -153,11 +153,31 @@ struct HTTP2ConnectionStateMachineTests {
                      m.shouldReset(requestSent: true, now: t0 + .seconds(30) + .milliseconds(1)),
                      m.shouldReset(requestSent: true, now: t0 + .seconds(30) + .milliseconds(1))]
         #expect(decisions == [false, true, false, true, false])
-        // Timeouts' resets fill the budget too.
+        // Resets of streams whose request was not all sent fill the budget too.
         var n = machine()
-        for _ in 0..<100 { n.resetSent(now: t0) }
-        let afterTimeouts = n.shouldReset(requestSent: true, now: t0 + .seconds(29))
-        #expect(!afterTimeouts)
+        for _ in 0..<100 { _ = n.shouldReset(requestSent: false, now: t0) }
+        let afterUploads = n.shouldReset(requestSent: true, now: t0 + .seconds(29))
+        #expect(!afterUploads)
+    }
+
+    /// Out of budget with a stream left to finish past its deadline, the connection drains: no new
+    /// streams, and it closes when the last stream someone waits for ends, not the ones left.
+    @Test func outOfResetBudgetTheConnectionClosesWhenItsLiveStreamsEnd() {
+        var m = machine()
+        _ = m.settingsReceived(maxConcurrentStreams: 100, maxHeaderListSize: nil)
+        m.streamOpened(); m.streamOpened(); m.streamOpened()
+        m.streamLeftToFinish()
+        #expect(m.liveStreams == 2 && m.openStreams == 3)
+        #expect(m.outOfResetBudget() == .drain && !m.canOpenStream)
+        #expect(m.streamClosed() == .none)
+        guard case .close = m.streamClosed() else { Issue.record("expected close"); return }
+        // With nothing live it closes at once.
+        var idle = machine()
+        _ = idle.settingsReceived(maxConcurrentStreams: 100, maxHeaderListSize: nil)
+        idle.streamOpened()
+        idle.streamLeftToFinish()
+        guard case .close(let reason) = idle.outOfResetBudget() else { Issue.record("expected close"); return }
+        #expect(reason.contains("reset budget"))
     }
 
     @Test func aResetBudgetOfNothingNeverAllows() {

@@ -578,6 +578,33 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         }
     }
 
+    /// Streams left to finish whose upstream never answers are not all reset at their deadline
+    /// (that burst tripped the guard the budget avoids): past the budget the connection takes no
+    /// new streams, and closes once the items still waited for on it have their answers.
+    @Test func streamsLeftToFinishPastTheirDeadlineRetireTheConnectionInsteadOfResetting() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.settings = [(0x3, 1000)]
+        script.calmAfterResets = 150
+        try await withH2(script, timeout: .seconds(2)) { transport, server in
+            let abandoned = NIOLockedValueBox([[UpstreamResult]](repeating: [], count: 300))
+            var calls: [UpstreamCall] = []
+            for i in 0..<300 {
+                calls.append(transport.execute(get("/silent?\(i)")) { r in abandoned.withLockedValue { $0[i].append(r) } })
+            }
+            try await Task.sleep(nanoseconds: 100_000_000)
+            for call in calls.reversed() { call.cancel() }
+            try await Task.sleep(nanoseconds: 1_500_000_000)
+            // Live on the first connection when the abandoned streams' deadline passes.
+            let waited = await runCalls(transport, Array(repeating: get("/slow/1000"), count: 20), within: 4)
+            #expect((0..<20).allSatisfy { waited.status($0) == 200 }, "\((0..<20).map { waited.reason($0) })")
+            let later = await runCalls(transport, [get("/ok")])
+            #expect(later.status(0) == 200)
+            #expect(server.record.withLockedValue { $0.resets.count } <= 100)
+            #expect(server.record.withLockedValue { $0.connections } == 2)
+            #expect(abandoned.withLockedValue { $0.allSatisfy { $0.count == 1 } })
+        }
+    }
+
     /// Items handed over on an event loop go to the connection that lives on that loop while it
     /// has a free stream: a batch stays on its client's loop, with no hop per item (issue 13).
     @Test func itemsStayOnTheirLoopsConnectionWhileItHasRoom() async throws {

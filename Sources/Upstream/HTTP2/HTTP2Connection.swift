@@ -374,6 +374,7 @@ final class HTTP2Connection {
         streams.removeValue(for: Int(exchange.streamID))
         exchange.connection = nil
         discarding[exchange.streamID] = exchange.deadline
+        machine.streamLeftToFinish()
         let held = exchange.unconsumed
         exchange.unconsumed = 0
         // What a suspended stream held back goes back to both windows: the rest may come.
@@ -400,22 +401,27 @@ final class HTTP2Connection {
         streams.forEach { if $0.deadline <= now { expired.append($0) } }
         var after = HTTP2ConnectionStateMachine.Action.none
         var resetAny = false
+        var outOfBudget = false
         for (stream, deadline) in discarding where deadline <= now {
-            // Left to finish, and its answer still has not ended: reset after all.
+            // Left to finish, and its answer still has not ended: reset now if the budget allows.
+            guard machine.shouldReset(requestSent: true, now: now) else {
+                outOfBudget = true
+                continue
+            }
             discarding.removeValue(forKey: stream)
             gauges.add(gauges.streams, -1)
-            machine.resetSent(now: now)
             perform { session in
                 _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, NGHTTP2_CANCEL.rawValue)
             }
-            let action = machine.streamClosed()
+            let action = machine.streamClosed(leftToFinish: true)
             if action != .none { after = action }
             resetAny = true
         }
         for exchange in expired {
-            machine.resetSent(now: now)
-            let action = reset(exchange)
+            // Reset within the budget (or when its request is not all sent), else left to finish.
+            let action = letGo(exchange)
             if action != .none { after = action }
+            if exchange.connection == nil && discarding[exchange.streamID] != nil { outOfBudget = true }
             resetAny = true
         }
         for exchange in expired {
@@ -425,7 +431,11 @@ final class HTTP2Connection {
                 exchange.settle(.failure(slot.timeoutError(answerBegun: exchange.status >= 200)))
             }
         }
-        if resetAny {
+        if outOfBudget {
+            let action = machine.outOfResetBudget()
+            if action != .none { after = action }
+        }
+        if resetAny || after != .none {
             flush()
             handle(after)
         }
@@ -657,7 +667,7 @@ final class HTTP2Connection {
         guard let exchange = streams.removeValue(for: Int(stream)) else {
             if !discarding.isEmpty && discarding.removeValue(forKey: stream) != nil {
                 gauges.add(gauges.streams, -1)
-                let action = machine.streamClosed()
+                let action = machine.streamClosed(leftToFinish: true)
                 if action != .none && parkedActions.last != action { parkedActions.append(action) }
             }
             return

@@ -56,6 +56,10 @@ struct HTTP2ConnectionStateMachine {
     /// The peer's SETTINGS_MAX_HEADER_LIST_SIZE, when it announced one.
     private(set) var peerMaxHeaderListSize: Int?
     private(set) var openStreams = 0
+    /// Streams among `openStreams` that Sheaf let go of without a reset and leaves to finish.
+    private(set) var leftToFinish = 0
+    /// The streams whose answers someone waits for: a draining connection closes when they end.
+    var liveStreams: Int { openStreams - leftToFinish }
     /// Streams above this id were never processed by the peer (its GOAWAY said so).
     private(set) var lastProcessedStreamID = Int32.max
     /// Why the connection is ending, once something decided it.
@@ -166,7 +170,17 @@ struct HTTP2ConnectionStateMachine {
     private mutating func enterDraining() -> Action {
         guard state == .active || state == .awaitingSettings else { return .none }
         state = .draining
-        if openStreams == 0 { return close("upstream \(upstream) connection drained") }
+        if liveStreams == 0 { return close("upstream \(upstream) connection drained") }
+        return .drain
+    }
+
+    /// A stream left to finish reached its deadline with the reset budget spent: resetting it
+    /// would look like an attack, and leaving it holds a stream forever. The connection takes no
+    /// new streams and closes once the live ones end, ending the others without a reset.
+    mutating func outOfResetBudget() -> Action {
+        guard state == .active || state == .awaitingSettings else { return .none }
+        state = .draining
+        if liveStreams == 0 { return close("upstream \(upstream) connection retired: streams left to finish outlived their deadline with the reset budget spent") }
         return .drain
     }
 
@@ -174,11 +188,17 @@ struct HTTP2ConnectionStateMachine {
         openStreams += 1
     }
 
-    mutating func streamClosed() -> Action {
+    /// A stream Sheaf no longer waits for is left to finish (see `shouldReset`).
+    mutating func streamLeftToFinish() {
+        leftToFinish += 1
+    }
+
+    mutating func streamClosed(leftToFinish wasLeft: Bool = false) -> Action {
         openStreams -= 1
+        if wasLeft { leftToFinish -= 1 }
         switch state {
         case .active: return .startStreams
-        case .draining where openStreams == 0: return close("upstream \(upstream) connection drained")
+        case .draining where liveStreams == 0: return close("upstream \(upstream) connection drained")
         default: return .none
         }
     }
@@ -191,11 +211,6 @@ struct HTTP2ConnectionStateMachine {
         guard !requestSent || resets.allows(now: now) else { return false }
         resets.record(now: now)
         return true
-    }
-
-    /// A stream is reset whatever the budget says (its deadline passed): counted all the same.
-    mutating func resetSent(now: NIODeadline) {
-        resets.record(now: now)
     }
 
     mutating func pingAcknowledged(now: NIODeadline) {
