@@ -40,6 +40,18 @@ struct Outcomes {
     }
 }
 
+/// Starts `requests`, lets them reach the wire for 100 ms, then cancels them in the order
+/// FanOutRun cancels a batch (latest first). Outcomes land in `box` from index `offset`.
+func startThenAbandon(_ transport: UpstreamTransport, _ requests: [UpstreamRequest],
+                      into box: NIOLockedValueBox<[[UpstreamResult]]>, from offset: Int = 0) async throws {
+    var calls: [UpstreamCall] = []
+    for (i, request) in requests.enumerated() {
+        calls.append(transport.execute(request) { r in box.withLockedValue { $0[offset + i].append(r) } })
+    }
+    try await Task.sleep(nanoseconds: 100_000_000)
+    for call in calls.reversed() { call.cancel() }
+}
+
 /// Runs requests on a transport and waits, at most `within` seconds, for every one to settle;
 /// then waits a little more to catch a second outcome for any item.
 func runCalls(_ transport: UpstreamTransport, _ requests: [UpstreamRequest], within: Double = 5) async -> Outcomes {
@@ -547,13 +559,7 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
             }
             let abandoned = NIOLockedValueBox([[UpstreamResult]](repeating: [], count: 450))
             for round in 0..<3 {
-                var calls: [UpstreamCall] = []
-                for i in 0..<150 {
-                    let n = round * 150 + i
-                    calls.append(transport.execute(get("/slow/800")) { r in abandoned.withLockedValue { $0[n].append(r) } })
-                }
-                try await Task.sleep(nanoseconds: 100_000_000)
-                for call in calls.reversed() { call.cancel() }
+                try await startThenAbandon(transport, Array(repeating: get("/slow/800"), count: 150), into: abandoned, from: round * 150)
             }
             let deadline = ContinuousClock.now + .seconds(4)
             while innocent.withLockedValue({ $0.contains { $0.isEmpty } }) && ContinuousClock.now < deadline {
@@ -587,12 +593,7 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         script.calmAfterResets = 150
         try await withH2(script, timeout: .seconds(2)) { transport, server in
             let abandoned = NIOLockedValueBox([[UpstreamResult]](repeating: [], count: 300))
-            var calls: [UpstreamCall] = []
-            for i in 0..<300 {
-                calls.append(transport.execute(get("/silent?\(i)")) { r in abandoned.withLockedValue { $0[i].append(r) } })
-            }
-            try await Task.sleep(nanoseconds: 100_000_000)
-            for call in calls.reversed() { call.cancel() }
+            try await startThenAbandon(transport, (0..<300).map { get("/silent?\($0)") }, into: abandoned)
             try await Task.sleep(nanoseconds: 1_500_000_000)
             // Live on the first connection when the abandoned streams' deadline passes.
             let waited = await runCalls(transport, Array(repeating: get("/slow/1000"), count: 20), within: 4)
