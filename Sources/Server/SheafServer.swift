@@ -146,12 +146,12 @@ public final class SheafServer: Service, @unchecked Sendable {
         let drainTimeout = lock.withLock { running?.current.configuration.drainTimeout } ?? configuration.drainTimeout
         let deadline = NIODeadline.now() + drainTimeout
         if activeBatches > 0 {
-            logger.info("draining", metadata: ["batches": "\(activeBatches)"])
+            logger.info("draining", metadata: ["batches": "\(runningBatches)"])
         }
         while activeBatches > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(nanoseconds: 20_000_000)
         }
-        logger.info("shutting down", metadata: ["unfinished batches": "\(activeBatches)"])
+        logger.info("shutting down", metadata: ["unfinished batches": "\(runningBatches)"])
         // Every call still running settles 503 here, so every unfinished 207 can end.
         for transport in liveTransports() { await transport.shutdown() }
         // Let those 207s' last bytes reach their clients before the event loops stop.
@@ -163,11 +163,17 @@ public final class SheafServer: Service, @unchecked Sendable {
         accessLog.flush()
     }
 
-    /// Batches running on any generation, the current one and those a reload replaced.
-    private var activeBatches: Int {
+    /// Batches running on any generation, the current one and those a reload replaced (with
+    /// bodies being read and heads being decided: what shutdown waits for).
+    private var activeBatches: Int { sumOverGenerations(\.activeBatches) }
+
+    /// `activeBatches` as the logs count them: each running batch once.
+    private var runningBatches: Int { sumOverGenerations(\.runningBatches) }
+
+    private func sumOverGenerations(_ count: (SheafService) -> Int) -> Int {
         lock.withLock {
             guard let running else { return 0 }
-            return ([running.current] + running.retiring).reduce(0) { $0 + $1.service.activeBatches }
+            return ([running.current] + running.retiring).reduce(0) { $0 + count($1.service) }
         }
     }
 

@@ -28,6 +28,9 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     /// Numbers bulk requests for the logs, across reloads.
     private static let requestCounter = NIOLockedValueBox(UInt64(0))
     private let active = NIOLockedValueBox(0)
+    /// Batches being fanned out or written, each once (`active` also counts bodies being read
+    /// and heads being decided, so it says when to stop waiting, not how many batches run).
+    private let sessions = NIOLockedValueBox(0)
 
     private let draining = NIOLockedValueBox(false)
     private let memory: MemoryReturn
@@ -35,6 +38,9 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
     /// Batches being fanned out or written right now, and bodies being read for a batch; shutdown,
     /// and a reload retiring this service's upstream pools, wait for this to reach zero.
     public var activeBatches: Int { active.withLockedValue { $0 } }
+
+    /// Batches being fanned out or written right now, each counted once: what the logs report.
+    public var runningBatches: Int { sessions.withLockedValue { $0 } }
 
     /// A request head is being decided on this service: counted as active until `leave`, so a
     /// reload retiring this service cannot close its pools between the head's decision and the
@@ -355,11 +361,13 @@ public final class SheafService: HTTPResponder, @unchecked Sendable {
         logger[metadataKey: "route"] = "\(configuration.name)"
         if let requestID = shared.requestID { logger[metadataKey: "request_id"] = "\(requestID)" }
         active.withLockedValue { $0 += 1 }
+        sessions.withLockedValue { $0 += 1 }
         let session = BatchSession(route: route, items: consume items, streamed: streamed, format: format, requestID: shared.requestID,
                                    writer: writer, metrics: metrics, received: received, logger: logger,
                                    access: accessLog.map { ($0, access) }, trace: trace,
-                                   itemBudget: itemBudget) { [active, memory, admitted, ticket] count in
+                                   itemBudget: itemBudget) { [active, sessions, memory, admitted, ticket] count in
             withExtendedLifetime(admitted) {}
+            sessions.withLockedValue { $0 -= 1 }
             // The batch's own count and its ticket's both end here: with the ticket still
             // counted, no batch ever ended idle and memory was never given back.
             ticket?.release()

@@ -166,3 +166,21 @@ def test_abandoned_batches_do_not_trip_the_upstreams_rapid_reset_guard(workdir, 
         assert goaways is None or goaways.group(1) == "0", goaways.group(0)
     finally:
         s.stop()
+
+
+def test_the_drain_log_counts_each_running_batch_once(workdir, demo):
+    """A template batch whose body was read counted twice in the drain's log lines (its body's
+    ticket and the batch itself): two running batches were logged as four."""
+    s = fan_out_sheaf(workdir, "drain-count", f'{{url: "http://127.0.0.1:{demo}", protocol: h2c, timeout: 10s}}',
+                      "/users/{item}?delay_ms=2000", top=["drain_timeout: 300ms"])
+    clients = [threading.Thread(target=lambda: httpx.post(f"{s.url}/b", json=[1, 2], timeout=30)) for _ in range(2)]
+    for t in clients:
+        t.start()
+    time.sleep(0.5)
+    os.kill(s.process.proc.pid, signal.SIGTERM)
+    for t in clients:
+        t.join(timeout=30)
+    assert s.process.proc.wait(timeout=15) == 0
+    out = s.process.output()
+    assert re.search(r"batches=2 \[Server\] draining", out), [line for line in out.splitlines() if "draining" in line]
+    assert re.search(r"unfinished batches=2 ", out), [line for line in out.splitlines() if "shutting down" in line]
