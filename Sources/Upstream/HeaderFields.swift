@@ -127,10 +127,14 @@ public struct HeaderFields: @unchecked Sendable, Sequence, ExpressibleByArrayLit
     /// on the stored reference alone: a local binding of it is a second reference (in unoptimized
     /// builds, and in some optimized ones), and every append then copied into twice the space.
     private mutating func makeRoom(for size: Int) {
+        // The common case first, with one read of the header: appends are per field per item.
+        if isKnownUniquelyReferenced(&storage) {
+            let header = storage.unsafelyUnwrapped.header
+            if header.capacity - header.used >= size { return }
+        }
         let used = storage?.header.used ?? 0
         let capacity = storage?.header.capacity ?? 0
         let fits = capacity - used >= size
-        if fits && isKnownUniquelyReferenced(&storage) { return }
         let fresh = HeaderStorage.make(capacity: fits ? capacity : Swift.max(used + size, 2 * capacity, 64))
         if let old = storage, used > 0 {
             old.withUnsafeMutablePointerToElements { old in
