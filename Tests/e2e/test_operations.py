@@ -211,6 +211,10 @@ def test_upstream_dying_mid_batch_fails_only_with_reasons(workdir, protocol):
             assert item["status"] == 502, item
             assert item["error"], item
         assert result["elapsed"] < 8
+        if protocol == "h2c":
+            # The operator hears of it once, with the reason the items carry.
+            lost = [line for line in s.process.output().splitlines() if "upstream connection lost" in line]
+            assert lost and "reason=upstream demo" in lost[0], lost
     finally:
         s.stop()
         upstream.stop()

@@ -252,7 +252,7 @@ final class HTTP2Connection {
         }
         deleteSession()
         channel = nil
-        slot.connectionClosed(self, reason: reason, established: established, notH2C: mismatch,
+        slot.connectionClosed(self, reason: reason, established: established, lost: !machine.endedDrained, notH2C: mismatch,
                               retriable: !mismatch && !handshakeFailed, resend: resend, failures: failures)
         for exchange in outcomesOnClose { exchange.settleAnswered() }
     }

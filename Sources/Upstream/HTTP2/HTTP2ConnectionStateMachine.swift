@@ -170,7 +170,7 @@ struct HTTP2ConnectionStateMachine {
     private mutating func enterDraining() -> Action {
         guard state == .active || state == .awaitingSettings else { return .none }
         state = .draining
-        if liveStreams == 0 { return close("upstream \(upstream) connection drained") }
+        if liveStreams == 0 { return closeDrained("upstream \(upstream) connection drained") }
         return .drain
     }
 
@@ -180,7 +180,7 @@ struct HTTP2ConnectionStateMachine {
     mutating func outOfResetBudget() -> Action {
         guard state == .active || state == .awaitingSettings else { return .none }
         state = .draining
-        if liveStreams == 0 { return close("upstream \(upstream) connection retired: streams left to finish outlived their deadline with the reset budget spent") }
+        if liveStreams == 0 { return closeDrained("upstream \(upstream) connection retired: streams left to finish outlived their deadline with the reset budget spent") }
         return .drain
     }
 
@@ -198,7 +198,7 @@ struct HTTP2ConnectionStateMachine {
         if wasLeft { leftToFinish -= 1 }
         switch state {
         case .active: return .startStreams
-        case .draining where liveStreams == 0: return close("upstream \(upstream) connection drained")
+        case .draining where liveStreams == 0: return closeDrained("upstream \(upstream) connection drained")
         default: return .none
         }
     }
@@ -260,6 +260,15 @@ struct HTTP2ConnectionStateMachine {
             return close("upstream \(upstream) dropped the connection without answering the HTTP/2 preface (\(detail)): it does not speak h2c (prior knowledge)")
         }
         return close("upstream \(upstream) connection failed: \(detail)")
+    }
+
+    /// The connection ended because it was done: drained after a GOAWAY, or retired by Sheaf,
+    /// with no stream anyone waits for. Any other end lost what was open on it.
+    private(set) var endedDrained = false
+
+    private mutating func closeDrained(_ reason: String) -> Action {
+        if closeReason == nil { endedDrained = true }
+        return close(reason)
     }
 
     /// Records why the connection ends (the first reason wins) and asks for the close.

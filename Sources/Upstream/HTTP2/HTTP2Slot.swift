@@ -204,7 +204,8 @@ final class HTTP2Slot: @unchecked Sendable {
     /// or refuses us): reconnecting in a loop would only hide that.
     /// `retriable`: the queue's items may go again by the retry policy (a refused or dropped
     /// connection; not a failed TLS handshake nor a peer without HTTP/2).
-    func connectionClosed(_ connection: HTTP2Connection, reason: String, established: Bool, notH2C: Bool = false,
+    /// `lost`: the connection did not end drained (see `HTTP2ConnectionStateMachine.endedDrained`).
+    func connectionClosed(_ connection: HTTP2Connection, reason: String, established: Bool, lost: Bool = true, notH2C: Bool = false,
                           retriable: Bool = true, resend: [HTTP2Exchange], failures: [(HTTP2Exchange, UpstreamError)]) {
         if current === connection { current = nil }
         draining.removeValue(forKey: ObjectIdentifier(connection))
@@ -214,6 +215,13 @@ final class HTTP2Slot: @unchecked Sendable {
                            metadata: ["upstream": "\(configuration.name)", "reason": "\(reason)"])
             // Nothing was sent on a connection that never got SETTINGS.
             failQueued(notH2C ? .protocolMismatch : .unreachable, reason, cause: retriable ? .connectFailure : .other)
+        }
+        if established && !isShutDown && lost && !(failures.isEmpty && resend.isEmpty) {
+            // Items failed or went again with the connection (a GOAWAY with an error, a reset, a
+            // silent peer): each says so in the 207, and the operator hears it once here.
+            logger.warning("upstream connection lost with items on it",
+                           metadata: ["upstream": "\(configuration.name)", "reason": "\(reason)",
+                                      "failed": "\(failures.count)", "resent": "\(resend.count)"])
         }
         for (exchange, error) in failures {
             exchange.settle(.failure(isShutDown ? .shutDown() : error))
