@@ -476,8 +476,14 @@ struct ConfigReader {
         if let v = byteSize(fields["max_request_header_bytes"]?.value, "\(what) max_request_header_bytes") {
             configuration.maxRequestHeaderBytes = v
         }
-        if let v = byteSize(fields["max_response_header_bytes"]?.value, "\(what) max_response_header_bytes") {
-            configuration.maxResponseHeaderBytes = v
+        if let node = fields["max_response_header_bytes"]?.value, let v = byteSize(node, "\(what) max_response_header_bytes") {
+            // The engines' own limits are below anything larger: nghttp2 takes a header block of
+            // nine 16 KiB frames and no field over 64 KiB, libcurl 300 KiB with no line over 100 KiB.
+            if v > 128 << 10 {
+                report(at: node, "\(what) max_response_header_bytes: at most 128KiB (HTTP/2 and HTTP/1.1 libraries refuse larger heads themselves)")
+            } else {
+                configuration.maxResponseHeaderBytes = v
+            }
         }
         if let v = duration(fields["ping_interval"]?.value, "\(what) ping_interval") { configuration.pingInterval = v }
         if let v = duration(fields["ping_timeout"]?.value, "\(what) ping_timeout") { configuration.pingTimeout = v }

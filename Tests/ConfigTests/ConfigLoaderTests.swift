@@ -531,8 +531,10 @@ func aShortRelativeAccessLogIsAProblemNotACrash(value: String) {
 @Test func maxResponseHeaderBytesIsReadAndChecked() throws {
     let users = { (yaml: String) in try ConfigLoader.parse(yaml: yaml, file: "c.yaml").upstream(named: "users") }
     #expect(try users(valid)?.maxResponseHeaderBytes == 64 << 10)
-    let set = valid.replacingOccurrences(of: "    timeout: 5s", with: "    timeout: 5s\n    max_response_header_bytes: 256KiB")
-    #expect(try users(set)?.maxResponseHeaderBytes == 256 << 10)
+    let set = valid.replacingOccurrences(of: "    timeout: 5s", with: "    timeout: 5s\n    max_response_header_bytes: 100KiB")
+    #expect(try users(set)?.maxResponseHeaderBytes == 100 << 10)
     let refused = problems(valid.replacingOccurrences(of: "    timeout: 5s", with: "    timeout: 5s\n    max_response_header_bytes: 0"))
     #expect(refused.count == 1 && refused[0].message.contains("upstream 'users' max_response_header_bytes: \"0\""), "\(refused)")
+    let huge = problems(valid.replacingOccurrences(of: "    timeout: 5s", with: "    timeout: 5s\n    max_response_header_bytes: 8GiB"))
+    #expect(huge.count == 1 && huge[0].message.contains("max_response_header_bytes: at most 128KiB"), "\(huge)")
 }

@@ -147,5 +147,30 @@ extension CurlTransportTests {
         let silent = harness.execute(UpstreamRequest(method: "GET", path: "/silent")).settlements.error()
         #expect(silent?.message == "upstream legacy did not answer within 300ms", "\(silent?.message ?? "")")
     }
+
+    /// An item that timed out waiting for one of the upstream's connections says so.
+    @Test func anItemThatNeverGotAConnectionSaysItWaited() throws {
+        let harness = try CurlHarness { $0.timeout = .milliseconds(300); $0.connections = 1 }
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let first = harness.execute(UpstreamRequest(method: "GET", path: "/silent"))
+        let second = harness.execute(UpstreamRequest(method: "GET", path: "/ok?2"))
+        #expect(first.settlements.error()?.message == "upstream legacy did not answer within 300ms")
+        let waited = second.settlements.error()?.message ?? ""
+        #expect(waited == "upstream legacy did not answer within 300ms (waiting for a connection: all 1 were busy)", "\(waited)")
+    }
+}
+
+extension CurlTransportTests {
+    /// Trailer fields are not reported, however long: libcurl 7.88 keeps 4 KiB of them and fails
+    /// the transfer past that ("Out of memory in chunked-encoding"), after the body's last chunk.
+    @Test func aLongTrailerSectionDoesNotCostTheAnswer() throws {
+        let harness = try CurlHarness()
+        defer { #expect(throws: Never.self) { try harness.close() } }
+        let settled = harness.execute(UpstreamRequest(method: "GET", path: "/big-trailer")).settlements
+        let response = settled.response()
+        #expect(response?.status == 200 && response.map { String(buffer: $0.body) } == "ok", "\(settled.error()?.message ?? "")")
+        #expect(response?.headers.first(name: "x-t") == nil)
+        #expect(harness.execute(UpstreamRequest(method: "GET", path: "/ok")).settlements.response()?.status == 200)
+    }
 }
 

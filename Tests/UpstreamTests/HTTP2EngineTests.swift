@@ -378,6 +378,17 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
         }
     }
 
+    /// One field over nghttp2's 64 KiB is an HPACK error, which ends the connection (the shared
+    /// decoding state is lost): the items on it say what broke, not only that something did.
+    @Test func aFieldOverHPACKsLimitNamesWhatBrokeTheConnection() async throws {
+        try await withH2(tweak: { $0.maxResponseHeaderBytes = 128 << 10 }) { transport, _ in
+            let outcomes = await runCalls(transport, [get("/bighead/70000?one")])
+            #expect(outcomes.status(0) == 502)
+            #expect(!outcomes.reason(0).contains("the session ended on a protocol error"), "\(outcomes.reason(0))")
+            #expect(outcomes.reason(0).lowercased().contains("header"), "\(outcomes.reason(0))")
+        }
+    }
+
     @Test func aStatusOutsideHTTPsRangeIsA502NamingIt() async throws {
         try await withH2 { transport, _ in
             let out = await runCalls(transport, [get("/status/999"), get("/status/600"), get("/status/099"), get("/ok")])
@@ -603,6 +614,37 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
             #expect(server.record.withLockedValue { $0.resets.count } <= 100)
             #expect(server.record.withLockedValue { $0.connections } == 2)
             #expect(abandoned.withLockedValue { $0.allSatisfy { $0.count == 1 } })
+        }
+    }
+
+    /// Answers Sheaf refuses (a head over the cap) spend the same reset budget as cancellations:
+    /// past it their streams are left to finish, so a burst of them cannot trip the upstream's
+    /// rapid-reset guard and fail the other items on the connection.
+    @Test func refusedAnswersPastTheResetBudgetAreLeftToFinish() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.settings = [(0x3, 1000)]
+        script.calmAfterResets = 150
+        try await withH2(script, timeout: .seconds(5), tweak: { $0.maxResponseHeaderBytes = 64 << 10 }) { transport, server in
+            let requests = Array(repeating: get("/slow/1000"), count: 20) + Array(repeating: get("/bighead/100"), count: 250)
+            let outcomes = await runCalls(transport, requests, within: 5)
+            #expect((0..<20).allSatisfy { outcomes.status($0) == 200 }, "\(Set((0..<20).map { outcomes.reason($0) }))")
+            #expect((20..<270).allSatisfy { outcomes.status($0) == 502 && outcomes.reason($0).contains("max_response_header_bytes") })
+            #expect(server.record.withLockedValue { $0.resets.count } <= 100)
+            #expect(server.record.withLockedValue { $0.connections } == 1)
+        }
+    }
+
+    /// Bodies cut at the cap past the reset budget are not read on: their streams get no window
+    /// back, so each costs at most one stream window, not everything until the item's timeout.
+    @Test func bodiesCutPastTheResetBudgetAreNotReadOn() async throws {
+        var script = ScriptedHTTP2Server.Script()
+        script.settings = [(0x3, 1000)]
+        try await withH2(script, timeout: .seconds(3), tweak: { $0.maxResponseBodyBytes = 64 << 10 }) { transport, server in
+            let outcomes = await runCalls(transport, Array(repeating: get("/bytes/50000000"), count: 150))
+            #expect((0..<150).allSatisfy { outcomes.status($0) == 200 })
+            try await Task.sleep(nanoseconds: 1_000_000_000)
+            let sent = server.record.withLockedValue { $0.bodyBytesSent }
+            #expect(sent < 150 * (3 * 64 << 10), "the upstream sent \(sent) bytes")
         }
     }
 

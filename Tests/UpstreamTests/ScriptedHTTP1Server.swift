@@ -34,6 +34,7 @@ import NIOPosix
 /// - `/loose/N`: status line variant N: `HTTP/1.1 200x OK`, `HTTP/2 200 OK`, `http/1.1 200 OK`;
 /// - `/space-colon`: 200 with `ETag : "e"` (white space before the colon) and `X-Ctl` holding CR, ESC and DEL;
 /// - `/huge-header`: 200 with a 200,000-byte `X-Big` field;
+/// - `/big-trailer`: 200, a chunked body `ok`, then a 5000-byte trailer field `X-T`;
 /// - `/stall-body`: 200 with `Content-Length: 10` and two bytes of body, then nothing more;
 /// - `/endless`: 200, chunked, then a 16 KiB chunk every 2 ms while the connection is open (10 s at most);
 /// - `/many-headers/N`: 200 with N fields of 1000 bytes each (`X-F0`, `X-F1`, ...), body `ok`;
@@ -175,6 +176,9 @@ private final class ScriptedConnection: ChannelInboundHandler {
                 let (connection, context) = bound.value
                 connection.send(status: 200, body: String(repeating: "a", count: Int(parts[1])!), headOnly: isHead, context: context)
             }
+        case ("big-trailer", 1):
+            write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: "
+                  + String(repeating: "t", count: 5000) + "\r\n\r\n", context: context)
         case ("stall-body", 1):
             write("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab", context: context)
         case ("endless", 1):

@@ -33,8 +33,8 @@ import NIOPosix
 /// - `/trailers`: HEADERS 200 with `content-type: text/plain`, then, with no body, a trailer
 ///   block with END_STREAM naming `content-type`, `etag` and `location`
 /// - `/stall-body`: HEADERS 200 and two bytes of body, then nothing more (the stream stays open)
-/// - `/bighead/N`: a 200 whose head carries N fields of 1000 bytes each, in HEADERS and
-///   CONTINUATION frames of 16,000 bytes, and no body
+/// - `/bighead/N`: a 200 whose head carries N fields of 1000 bytes each (`?one`: one field of
+///   N bytes), in HEADERS and CONTINUATION frames of 16,000 bytes, and no body
 /// - `/bytes/N`: N bytes of body, sent as the client's flow-control windows allow (the count
 ///   sent so far is in `Record.bodyBytesSent`)
 ///
@@ -370,7 +370,12 @@ private final class ScriptedHTTP2Handler: ChannelInboundHandler {
             answers += 1
             var block: [UInt8] = []
             literal(":status", "200", into: &block)
-            for i in 0..<(Int(path.dropFirst(9)) ?? 0) { literal("x-f\(i)", String(repeating: "v", count: 1000), into: &block) }
+            let count = Int(path.dropFirst(9)) ?? 0
+            if fullPath.hasSuffix("?one") {
+                literal("x-big", String(repeating: "v", count: count), into: &block)  // one field of N bytes
+            } else {
+                for i in 0..<count { literal("x-f\(i)", String(repeating: "v", count: 1000), into: &block) }
+            }
             var frames: [[UInt8]] = []
             var rest = block[...]
             repeat {

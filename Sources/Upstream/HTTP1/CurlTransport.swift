@@ -487,8 +487,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 continue
             }
             // A transfer stopped at the end of a HEAD's answer (see CurlExchange.endsAtHead) is
-            // whole; one stopped at `max_response_bytes` is answered with its body cut.
-            if code == CURLE_OK || exchange.stoppedAtHead || exchange.cutAtCap {
+            // whole; one stopped at `max_response_bytes` is answered with its body cut; one that
+            // failed in its trailer section has its whole body (`trailersOverflowed`).
+            if code == CURLE_OK || exchange.stoppedAtHead || exchange.cutAtCap || trailersOverflowed(code, exchange) {
                 var status = 0
                 sheaf_easy_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
                 finish(exchange, .success(UpstreamResponse(status: status, headers: exchange.headers,
@@ -550,12 +551,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
     /// The one place libcurl result codes become Sheaf errors.
     private func error(for code: CURLcode, easy: UnsafeMutableRawPointer, transfer: UnsafeMutablePointer<sheaf_transfer>?) -> UpstreamError {
         // curl's message for this transfer when it wrote one, else the generic text for the code.
-        let written = transfer.flatMap { transfer in
-            withUnsafeBytes(of: &transfer.pointee.error) { raw in
-                raw[0] == 0 ? nil : String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
-            }
-        }
-        let detail = written ?? String(cString: curl_easy_strerror(code))
+        let detail = transfer.flatMap(Self.message) ?? String(cString: curl_easy_strerror(code))
         switch code {
         case CURLE_OPERATION_TIMEDOUT:
             // CURLOPT_CONNECTTIMEOUT_MS ran out (item deadlines are the curl thread's own,
@@ -589,6 +585,22 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         }
     }
 
+    /// libcurl 7.88 keeps at most 4 KiB of a chunked answer's trailer fields and fails the
+    /// transfer past that, as "Out of memory in chunked-encoding" (its only out-of-memory case
+    /// there). That comes after the body's last chunk: the answer is whole, and its trailers are
+    /// never reported anyway (RFC 9110 §6.5.1).
+    private func trailersOverflowed(_ code: CURLcode, _ exchange: CurlExchange) -> Bool {
+        guard code == CURLE_RECV_ERROR, exchange.headEnded, let transfer = exchange.transfer else { return false }
+        return Self.message(transfer) == "Out of memory in chunked-encoding"
+    }
+
+    /// What libcurl wrote in the transfer's error buffer, if anything.
+    private static func message(_ transfer: UnsafeMutablePointer<sheaf_transfer>) -> String? {
+        withUnsafeBytes(of: &transfer.pointee.error) { raw in
+            raw[0] == 0 ? nil : String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+        }
+    }
+
     /// A TLS failure of `kind`, counted, as the item's error.
     private func tlsFailure(_ kind: TLSFailureKind, _ detail: String) -> UpstreamError {
         events.tlsFailure(configuration.name, kind)
@@ -597,8 +609,9 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         return UpstreamError(.unreachable, failure.message)
     }
 
+    /// The 504 of an item whose timeout passed before it got a connection.
     private func timeoutError() -> UpstreamError {
-        configuration.timeoutError()
+        configuration.timeoutError(waiting: " (waiting for a connection: all \(max(1, configuration.connections)) were busy)")
     }
 }
 

@@ -375,10 +375,8 @@ final class HTTP2Connection {
         exchange.connection = nil
         discarding[exchange.streamID] = exchange.deadline
         machine.streamLeftToFinish()
-        let held = exchange.unconsumed
-        exchange.unconsumed = 0
-        // What a suspended stream held back goes back to both windows: the rest may come.
-        if held > 0 { perform { session in _ = nghttp2_session_consume(session, exchange.streamID, held) } }
+        // What a suspended stream held back goes back to the connection's window only (see `data`).
+        returnUnconsumed(of: exchange)
         return .none
     }
 
@@ -428,7 +426,7 @@ final class HTTP2Connection {
             if exchange.responseComplete {
                 exchange.settleAnswered()
             } else {
-                exchange.settle(.failure(slot.timeoutError(answerBegun: exchange.status >= 200)))
+                exchange.settle(.failure(slot.timeoutError(answerBegun: exchange.headEnded)))
             }
         }
         if outOfBudget {
@@ -506,8 +504,10 @@ final class HTTP2Connection {
             handle(machine.close("HTTP/2 session error: \(String(cString: nghttp2_strerror(Int32(failure))))"))
         } else if finished {
             // nghttp2 ended the session itself: the peer broke the protocol.
-            handle(machine.peerViolatedProtocol(peerError.map { "upstream \(slot.configuration.name) broke HTTP/2: \($0)" }
-                                 ?? "upstream \(slot.configuration.name) broke HTTP/2: the session ended on a protocol error"))
+            // Without a frame it named, nghttp2 ended the session over the header compression
+            // state (RFC 7541: a field it cannot decode, such as one over its 64 KiB limit).
+            let what = peerError ?? "a header block it could not decode (HPACK COMPRESSION_ERROR: a malformed block, or one field over nghttp2's 64 KiB); the connection's decoding state is lost"
+            handle(machine.peerViolatedProtocol("upstream \(slot.configuration.name) broke HTTP/2: \(what)"))
         }
     }
 
@@ -580,23 +580,19 @@ final class HTTP2Connection {
 
     // MARK: nghttp2 events (inside `perform`)
 
-    /// Returns false to have nghttp2 reset the stream and skip the rest of its header block: the
-    /// answer's head grew past `max_response_header_bytes`.
-    fileprivate func header(stream: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) -> Bool {
-        guard let exchange = streams[Int(stream)] else { return true }
+    fileprivate func header(stream: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        guard let exchange = streams[Int(stream)] else { return }
         exchange.sawResponseBytes = true
         exchange.headBytes += name.count + value.count + 32
         if exchange.headBytes > maxResponseHeaderBytes {
-            invalidResponses[stream] = slot.configuration.responseHeadTooLarge
-            return false
+            refuse(exchange, slot.configuration.responseHeadTooLarge)
+            return
         }
         // Compared as bytes: `elementsEqual` against a string's UTF-8 view cost ~400 instructions.
         if name.count == 7 && memcmp(name.baseAddress!, ":status", 7) == 0 {
             if let refused = HTTPSyntax.statusOutsideRange(value) {
-                // Reset, and the item's 502 says why (see `streamClosed`).
-                invalidResponses[stream] = refused
-                nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, NGHTTP2_PROTOCOL_ERROR.rawValue)
-                return true
+                refuse(exchange, refused)
+                return
             }
             let code = Self.parseStatus(value)
             if code >= 200 {
@@ -605,12 +601,21 @@ final class HTTP2Connection {
                 // One allocation for a usual answer's fields, not one per doubling.
                 exchange.headers.reserveCapacity(256)
             }
-            return true
+            return
         }
         // Headers of a 1xx interim response, and trailers (with a body before them or not), are not kept.
-        guard exchange.status >= 200, !exchange.headEnded, exchange.body.readableBytes == 0 else { return true }
+        guard exchange.status >= 200, !exchange.headEnded, exchange.body.readableBytes == 0 else { return }
         exchange.headers.append(name: name, value: value)
-        return true
+    }
+
+    /// An answer Sheaf will not report (a status outside 100–599, a head over the cap): the item
+    /// fails now with why, and the stream is let go as a cancelled one is, within the reset
+    /// budget (a burst of such answers must not trip the upstream's rapid-reset guard).
+    private func refuse(_ exchange: HTTP2Exchange, _ why: String) {
+        let action = letGo(exchange)
+        if action != .none { parkedActions.append(action) }
+        parkedOutcomes.append(ParkedOutcome(exchange: exchange, error: UpstreamError(.protocolError,
+            "upstream \(slot.configuration.name) sent an invalid HTTP/2 response (\(why)); Sheaf refused it")))
     }
 
     private static func parseStatus(_ value: UnsafeBufferPointer<UInt8>) -> Int {
@@ -625,15 +630,10 @@ final class HTTP2Connection {
 
     fileprivate func data(stream: Int32, bytes: UnsafeBufferPointer<UInt8>) {
         guard let exchange = streams[Int(stream)] else {
-            // A stream Sheaf let go of: its bytes still count against the connection's window,
-            // and one left to finish (`discarding`) needs its stream's window for the rest.
-            if let session {
-                if !discarding.isEmpty && discarding[stream] != nil {
-                    nghttp2_session_consume(session, stream, bytes.count)
-                } else {
-                    nghttp2_session_consume_connection(session, bytes.count)
-                }
-            }
+            // A stream Sheaf let go of: its bytes still count against the connection's window.
+            // One left to finish gets no stream window back: an answer within the window it
+            // had ends, a longer one stops there (costing one window, not all until its deadline).
+            if let session { nghttp2_session_consume_connection(session, bytes.count) }
             return
         }
         if exchange.readingSuspended {
@@ -790,11 +790,11 @@ private func withOwner<T>(_ userData: UnsafeMutableRawPointer?, _ body: (HTTP2Co
 
 private let onHeader: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
     guard let frame, frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) else { return 0 }
-    let accepted = withOwner(userData) {
+    withOwner(userData) {
         $0.header(stream: frame.pointee.hd.stream_id, name: UnsafeBufferPointer(start: name, count: nameLength),
                   value: UnsafeBufferPointer(start: value, count: valueLength))
     }
-    return accepted ? 0 : NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
+    return 0
 }
 
 private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, streamID, data, length, userData in
