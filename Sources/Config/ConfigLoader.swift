@@ -481,6 +481,8 @@ struct ConfigReader {
             // nine 16 KiB frames and no field over 64 KiB, libcurl 300 KiB with no line over 100 KiB.
             if v > 128 << 10 {
                 report(at: node, "\(what) max_response_header_bytes: at most 128KiB (HTTP/2 and HTTP/1.1 libraries refuse larger heads themselves)")
+            } else if v < 1 << 10 {
+                report(at: node, "\(what) max_response_header_bytes: at least 1KiB (a status line and a date take a good part of that)")
             } else {
                 configuration.maxResponseHeaderBytes = v
             }

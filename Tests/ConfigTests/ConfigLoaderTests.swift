@@ -537,4 +537,6 @@ func aShortRelativeAccessLogIsAProblemNotACrash(value: String) {
     #expect(refused.count == 1 && refused[0].message.contains("upstream 'users' max_response_header_bytes: \"0\""), "\(refused)")
     let huge = problems(valid.replacingOccurrences(of: "    timeout: 5s", with: "    timeout: 5s\n    max_response_header_bytes: 8GiB"))
     #expect(huge.count == 1 && huge[0].message.contains("max_response_header_bytes: at most 128KiB"), "\(huge)")
+    let tiny = problems(valid.replacingOccurrences(of: "    timeout: 5s", with: "    timeout: 5s\n    max_response_header_bytes: 40"))
+    #expect(tiny.count == 1 && tiny[0].message.contains("max_response_header_bytes: at least 1KiB"), "\(tiny)")
 }

@@ -166,7 +166,7 @@ struct HTTP2ConnectionStateMachineTests {
         var m = machine()
         _ = m.settingsReceived(maxConcurrentStreams: 100, maxHeaderListSize: nil)
         m.streamOpened(); m.streamOpened(); m.streamOpened()
-        m.streamLeftToFinish()
+        #expect(m.streamLeftToFinish() == .none)
         #expect(m.liveStreams == 2 && m.openStreams == 3)
         #expect(m.outOfResetBudget() == .drain && !m.canOpenStream)
         #expect(m.streamClosed() == .none)
@@ -175,7 +175,7 @@ struct HTTP2ConnectionStateMachineTests {
         var idle = machine()
         _ = idle.settingsReceived(maxConcurrentStreams: 100, maxHeaderListSize: nil)
         idle.streamOpened()
-        idle.streamLeftToFinish()
+        _ = idle.streamLeftToFinish()
         guard case .close(let reason) = idle.outOfResetBudget() else { Issue.record("expected close"); return }
         #expect(reason.contains("reset budget"))
     }
@@ -184,5 +184,16 @@ struct HTTP2ConnectionStateMachineTests {
         var budget = ResetBudget(limit: 0)
         budget.record(now: t0)
         #expect(!budget.allows(now: t0 + .seconds(60)))
+    }
+
+    /// A draining connection whose last live stream is left to finish closes then: nothing else
+    /// would close it before the reset budget frees up.
+    @Test func aDrainingConnectionClosesWhenItsLastLiveStreamIsLeftToFinish() {
+        var m = machine()
+        _ = m.settingsReceived(maxConcurrentStreams: 100, maxHeaderListSize: nil)
+        m.streamOpened(); m.streamOpened()
+        #expect(m.goawayReceived(lastStreamID: 3, errorCode: 0, errorName: "NO_ERROR", debug: "") == .drain)
+        #expect(m.streamLeftToFinish() == .none)
+        guard case .close = m.streamLeftToFinish() else { Issue.record("expected close"); return }
     }
 }

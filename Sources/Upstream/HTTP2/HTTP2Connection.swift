@@ -34,9 +34,20 @@ final class HTTP2Connection {
     private var machine: HTTP2ConnectionStateMachine
     /// Open streams by id (odd, rising by two: `shift: 1`).
     private var streams = IntKeyTable<HTTP2Exchange>(shift: 1)
-    /// Streams Sheaf let go of without a reset (past the reset budget), by id, with the
-    /// deadline at which they are reset after all. Their answers are read and dropped.
-    private var discarding: [Int32: NIODeadline] = [:]
+    /// Streams Sheaf let go of without a reset (past the reset budget), by id. Their answers
+    /// are read and dropped.
+    private var discarding: [Int32: LeftToFinish] = [:]
+
+    /// A stream left to finish: when it is reset after all, and how many more of its bytes get
+    /// their stream window back. A long answer (a body cut at the cap) then ends as usual, and an
+    /// endless one stops once the allowance is spent instead of being read until its deadline.
+    private struct LeftToFinish {
+        let deadline: NIODeadline
+        var allowance: Int
+    }
+
+    /// What a stream left to finish may still read with its window given back: four windows.
+    private var leftToFinishAllowance: Int { 4 * streamWindow }
     /// True while inside nghttp2: callbacks park their outcomes instead of delivering them.
     private var inSession = false
     private var parkedOutcomes: [ParkedOutcome] = []
@@ -373,11 +384,12 @@ final class HTTP2Connection {
         if machine.shouldReset(requestSent: requestSent, now: .now()) { return reset(exchange) }
         streams.removeValue(for: Int(exchange.streamID))
         exchange.connection = nil
-        discarding[exchange.streamID] = exchange.deadline
-        machine.streamLeftToFinish()
-        // What a suspended stream held back goes back to the connection's window only (see `data`).
-        returnUnconsumed(of: exchange)
-        return .none
+        discarding[exchange.streamID] = LeftToFinish(deadline: exchange.deadline, allowance: leftToFinishAllowance)
+        let held = exchange.unconsumed
+        exchange.unconsumed = 0
+        // What a suspended stream held back goes back to both windows: the rest may come.
+        if held > 0 { perform { session in _ = nghttp2_session_consume(session, exchange.streamID, held) } }
+        return machine.streamLeftToFinish()
     }
 
     /// Lets go of a stream Sheaf no longer wants (cancelled, timed out): RST_STREAM(CANCEL), its
@@ -400,8 +412,16 @@ final class HTTP2Connection {
         var after = HTTP2ConnectionStateMachine.Action.none
         var resetAny = false
         var outOfBudget = false
-        for (stream, deadline) in discarding where deadline <= now {
-            // Left to finish, and its answer still has not ended: reset now if the budget allows.
+        for exchange in expired {
+            // Reset within the budget (or when its request is not all sent), else left to finish.
+            let action = letGo(exchange)
+            if action != .none { after = action }
+            if exchange.connection == nil && discarding[exchange.streamID] != nil { outOfBudget = true }
+            resetAny = true
+        }
+        for (stream, entry) in discarding where entry.deadline <= now {
+            // Left to finish, and its answer still has not ended: reset now if the budget allows
+            // (after the items just expired, whose streams someone was waiting for).
             guard machine.shouldReset(requestSent: true, now: now) else {
                 outOfBudget = true
                 continue
@@ -413,13 +433,6 @@ final class HTTP2Connection {
             }
             let action = machine.streamClosed(leftToFinish: true)
             if action != .none { after = action }
-            resetAny = true
-        }
-        for exchange in expired {
-            // Reset within the budget (or when its request is not all sent), else left to finish.
-            let action = letGo(exchange)
-            if action != .none { after = action }
-            if exchange.connection == nil && discarding[exchange.streamID] != nil { outOfBudget = true }
             resetAny = true
         }
         for exchange in expired {
@@ -631,9 +644,14 @@ final class HTTP2Connection {
     fileprivate func data(stream: Int32, bytes: UnsafeBufferPointer<UInt8>) {
         guard let exchange = streams[Int(stream)] else {
             // A stream Sheaf let go of: its bytes still count against the connection's window.
-            // One left to finish gets no stream window back: an answer within the window it
-            // had ends, a longer one stops there (costing one window, not all until its deadline).
-            if let session { nghttp2_session_consume_connection(session, bytes.count) }
+            // One left to finish gets its stream window back within its allowance (`LeftToFinish`).
+            guard let session else { return }
+            if !discarding.isEmpty, discarding[stream].map({ $0.allowance > 0 }) == true {
+                discarding[stream]!.allowance -= bytes.count
+                nghttp2_session_consume(session, stream, bytes.count)
+            } else {
+                nghttp2_session_consume_connection(session, bytes.count)
+            }
             return
         }
         if exchange.readingSuspended {
@@ -718,6 +736,8 @@ final class HTTP2Connection {
     }
 
     fileprivate func invalidFrame(stream: Int32, type: UInt8, libraryError: Int32) {
+        // A stream left to finish breaking the rules is its own affair, not the connection's.
+        if stream > 0, !discarding.isEmpty, discarding[stream] != nil { return }
         if stream > 0, streams[Int(stream)] != nil {
             // An answer that breaks HTTP/2's message rules (no or two :status, a bad header, a
             // body unlike its content-length): nghttp2 resets the stream; the item says why.

@@ -188,9 +188,12 @@ struct HTTP2ConnectionStateMachine {
         openStreams += 1
     }
 
-    /// A stream Sheaf no longer waits for is left to finish (see `shouldReset`).
-    mutating func streamLeftToFinish() {
+    /// A stream Sheaf no longer waits for is left to finish (see `shouldReset`). A draining
+    /// connection whose last live stream this was closes now.
+    mutating func streamLeftToFinish() -> Action {
         leftToFinish += 1
+        guard state == .draining, liveStreams == 0 else { return .none }
+        return closeDrained("upstream \(upstream) connection drained")
     }
 
     mutating func streamClosed(leftToFinish wasLeft: Bool = false) -> Action {
