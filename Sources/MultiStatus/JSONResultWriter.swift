@@ -157,26 +157,19 @@ struct JSONResultWriter {
         var runStart = 0, i = 0
         while i < raw.count {
             let byte = raw[i]
-            var width = 0
             if byte == 0x0A || byte == 0x0D {
-                width = 1
-            } else if byte == 0xC2, i + 1 < raw.count, raw[i + 1] == 0x85 {
-                width = 2
-            } else if byte == 0xE2, i + 2 < raw.count, raw[i + 1] == 0x80, raw[i + 2] & 0xFE == 0xA8 {
-                width = 3
-            }
-            guard width > 0 else {
+                out.writeBytes(UnsafeRawBufferPointer(rebasing: raw[runStart..<i]))
+                out.writeInteger(UInt8(ascii: " "))
                 i += 1
-                continue
+                runStart = i
+            } else if byte >= 0xC2, let lineBreak = JSONWriter.unicodeLineBreak(in: raw, at: i) {
+                out.writeBytes(UnsafeRawBufferPointer(rebasing: raw[runStart..<i]))
+                out.writeStaticString(lineBreak.escape)
+                i += lineBreak.width
+                runStart = i
+            } else {
+                i += 1
             }
-            out.writeBytes(UnsafeRawBufferPointer(rebasing: raw[runStart..<i]))
-            switch width {
-            case 1: out.writeInteger(UInt8(ascii: " "))
-            case 2: out.writeStaticString("\\u0085")
-            default: out.writeStaticString(raw[i + 2] == 0xA8 ? "\\u2028" : "\\u2029")
-            }
-            i += width
-            runStart = i
         }
         out.writeBytes(UnsafeRawBufferPointer(rebasing: raw[runStart..<raw.count]))
     }

@@ -560,9 +560,7 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
     /// past it their answers are let finish and dropped. An upstream that guards against rapid
     /// resets (NIO: 200 per 30 s) then keeps the connection, and other batches' items on it live.
     @Test func abandonedItemsPastTheResetBudgetFinishInsteadOfTrippingARapidResetGuard() async throws {
-        var script = ScriptedHTTP2Server.Script()
-        script.settings = [(0x3, 1000)]
-        script.calmAfterResets = 200
+        let script = ScriptedHTTP2Server.Script.guarded(calmAfterResets: 200)
         try await withH2(script, timeout: .seconds(5)) { transport, server in
             let innocent = NIOLockedValueBox([[UpstreamResult]](repeating: [], count: 20))
             for i in 0..<20 {
@@ -599,9 +597,7 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
     /// (that burst tripped the guard the budget avoids): past the budget the connection takes no
     /// new streams, and closes once the items still waited for on it have their answers.
     @Test func streamsLeftToFinishPastTheirDeadlineRetireTheConnectionInsteadOfResetting() async throws {
-        var script = ScriptedHTTP2Server.Script()
-        script.settings = [(0x3, 1000)]
-        script.calmAfterResets = 150
+        let script = ScriptedHTTP2Server.Script.guarded(calmAfterResets: 150)
         try await withH2(script, timeout: .seconds(2)) { transport, server in
             let abandoned = NIOLockedValueBox([[UpstreamResult]](repeating: [], count: 300))
             try await startThenAbandon(transport, (0..<300).map { get("/silent?\($0)") }, into: abandoned)
@@ -621,9 +617,7 @@ func post(_ path: String, bytes: Int = 10) -> UpstreamRequest {
     /// past it their streams are left to finish, so a burst of them cannot trip the upstream's
     /// rapid-reset guard and fail the other items on the connection.
     @Test func refusedAnswersPastTheResetBudgetAreLeftToFinish() async throws {
-        var script = ScriptedHTTP2Server.Script()
-        script.settings = [(0x3, 1000)]
-        script.calmAfterResets = 150
+        let script = ScriptedHTTP2Server.Script.guarded(calmAfterResets: 150)
         try await withH2(script, timeout: .seconds(5), tweak: { $0.maxResponseHeaderBytes = 64 << 10 }) { transport, server in
             let requests = Array(repeating: get("/slow/1000"), count: 20) + Array(repeating: get("/bighead/100"), count: 250)
             let outcomes = await runCalls(transport, requests, within: 5)

@@ -62,6 +62,15 @@ final class ScriptedHTTP2Server: @unchecked Sendable {
         /// A rapid-reset guard as NIO's (200 per 30 s): past this many RST_STREAMs from the
         /// client on one connection, GOAWAY ENHANCE_YOUR_CALM covering every stream, then close.
         var calmAfterResets: Int?
+
+        /// A thousand streams at once and a rapid-reset guard that ends the connection past
+        /// `calmAfterResets` RST_STREAMs: the upstream the reset budget is there for.
+        static func guarded(calmAfterResets: Int) -> Script {
+            var script = Script()
+            script.settings = [(0x3, 1000)]
+            script.calmAfterResets = calmAfterResets
+            return script
+        }
     }
 
     /// One request as the server decoded it.

@@ -99,16 +99,15 @@ public enum JSONWriter {
         while i < bytes.count {
             let byte = bytes[i]
             var width = 1
+            var lineBreak: (width: Int, escape: StaticString)?
             if byte >= 0x80 {
                 // A lead byte of a character that may be a line break; most are not (`—`, `©`).
-                if byte == 0xC2, i + 1 < bytes.count, bytes[i + 1] == 0x85 {
-                    width = 2
-                } else if byte == 0xE2, i + 2 < bytes.count, bytes[i + 1] == 0x80, bytes[i + 2] & 0xFE == 0xA8 {
-                    width = 3
-                } else {
+                lineBreak = unicodeLineBreak(in: UnsafeRawBufferPointer(bytes), at: i)
+                guard let lineBreak else {
                     i = PlainRun.end(in: bytes, from: i + 1, stops: PlainRun.jsonOutput, stopAtNonASCII: false)
                     continue
                 }
+                width = lineBreak.width
             }
             if runStart < i { out.appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<i])) }
             runStart = i + width
@@ -118,8 +117,7 @@ public enum JSONWriter {
             case 0x0A: out.appendStatic("\\n")
             case 0x0D: out.appendStatic("\\r")
             case 0x09: out.appendStatic("\\t")
-            case 0xC2: out.appendStatic("\\u0085")
-            case 0xE2: out.appendStatic(bytes[i + 2] == 0xA8 ? "\\u2028" : "\\u2029")
+            case 0xC2, 0xE2: out.appendStatic(lineBreak!.escape)
             default:
                 out.appendStatic("\\u00")
                 out.appendByte(hex[Int(byte >> 4)])
@@ -131,6 +129,18 @@ public enum JSONWriter {
             out.appendBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<bytes.count]))
         }
         out.appendByte(UInt8(ascii: "\""))
+    }
+
+    /// U+0085, U+2028 or U+2029 at `i`: its UTF-8 length and its JSON escape; nil for any other
+    /// character. JSON allows them raw, but readers that split lines at every Unicode line break
+    /// would cut a record there, so Sheaf's writers escape them.
+    @inlinable
+    public static func unicodeLineBreak(in bytes: UnsafeRawBufferPointer, at i: Int) -> (width: Int, escape: StaticString)? {
+        if bytes[i] == 0xC2, i + 1 < bytes.count, bytes[i + 1] == 0x85 { return (2, "\\u0085") }
+        if bytes[i] == 0xE2, i + 2 < bytes.count, bytes[i + 1] == 0x80, bytes[i + 2] & 0xFE == 0xA8 {
+            return (3, bytes[i + 2] == 0xA8 ? "\\u2028" : "\\u2029")
+        }
+        return nil
     }
 
     /// An integer's decimal digits, without making a String of it.

@@ -395,13 +395,20 @@ final class HTTP2Connection {
     /// Lets go of a stream Sheaf no longer wants (cancelled, timed out): RST_STREAM(CANCEL), its
     /// held-back window returned, its slot freed. Returns what the state machine decides.
     private func reset(_ exchange: HTTP2Exchange) -> HTTP2ConnectionStateMachine.Action {
-        if streams.removeValue(for: Int(exchange.streamID)) != nil { gauges.add(gauges.streams, -1) }
+        guard streams.removeValue(for: Int(exchange.streamID)) != nil else { return .none }
         exchange.connection = nil
         returnUnconsumed(of: exchange)
+        return resetStream(exchange.streamID, leftToFinish: false)
+    }
+
+    /// RST_STREAM(CANCEL) for a stream already out of `streams` or `discarding`: the gauge and
+    /// the state machine count it closed now (nghttp2's close callback then finds it in neither).
+    private func resetStream(_ stream: Int32, leftToFinish: Bool) -> HTTP2ConnectionStateMachine.Action {
+        gauges.add(gauges.streams, -1)
         perform { session in
-            _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), exchange.streamID, NGHTTP2_CANCEL.rawValue)
+            _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, NGHTTP2_CANCEL.rawValue)
         }
-        return machine.streamClosed()
+        return machine.streamClosed(leftToFinish: leftToFinish)
     }
 
     /// The slot's periodic check: streams past their deadline are reset and time out; the state
@@ -427,11 +434,7 @@ final class HTTP2Connection {
                 continue
             }
             discarding.removeValue(forKey: stream)
-            gauges.add(gauges.streams, -1)
-            perform { session in
-                _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, NGHTTP2_CANCEL.rawValue)
-            }
-            let action = machine.streamClosed(leftToFinish: true)
+            let action = resetStream(stream, leftToFinish: true)
             if action != .none { after = action }
             resetAny = true
         }
@@ -625,10 +628,16 @@ final class HTTP2Connection {
     /// fails now with why, and the stream is let go as a cancelled one is, within the reset
     /// budget (a burst of such answers must not trip the upstream's rapid-reset guard).
     private func refuse(_ exchange: HTTP2Exchange, _ why: String) {
+        settleAndLetGo(exchange, UpstreamError(.protocolError,
+            "upstream \(slot.configuration.name) sent an invalid HTTP/2 response (\(why)); Sheaf refused it"))
+    }
+
+    /// Inside nghttp2: the item settles with `error` (nil: with what it received) and its stream
+    /// is let go (`letGo`), without waiting for the rest of the answer.
+    private func settleAndLetGo(_ exchange: HTTP2Exchange, _ error: UpstreamError?) {
         let action = letGo(exchange)
         if action != .none { parkedActions.append(action) }
-        parkedOutcomes.append(ParkedOutcome(exchange: exchange, error: UpstreamError(.protocolError,
-            "upstream \(slot.configuration.name) sent an invalid HTTP/2 response (\(why)); Sheaf refused it")))
+        parkedOutcomes.append(ParkedOutcome(exchange: exchange, error: error))
     }
 
     private static func parseStatus(_ value: UnsafeBufferPointer<UInt8>) -> Int {
@@ -667,9 +676,7 @@ final class HTTP2Connection {
             // At `max_response_bytes` the item is answered with what came, flagged truncated; the
             // rest is not waited for (an endless body ended only at the item's timeout, as a 504).
             exchange.truncated = true
-            let action = letGo(exchange)
-            if action != .none { parkedActions.append(action) }
-            parkedOutcomes.append(ParkedOutcome(exchange: exchange, error: nil))
+            settleAndLetGo(exchange, nil)
         }
     }
 
