@@ -8,18 +8,20 @@ public struct BatchItem: Sendable {
     public var id: String
     /// The path the client addressed, normalized and percent-encoded; the 207's `href`.
     public var href: String
-    public var request: UpstreamRequest?
+    // Spelled `Optional<...>`, without the implicit `= nil` of `T?`: each init sets every field
+    // once, where a default was set and then overwritten (a copy and a free of the request per item).
+    public var request: Optional<UpstreamRequest>
     /// Why the item is not sent, when it is not.
-    public var rejection: String?
+    public var rejection: Optional<String>
     /// Items (by index, all before this one) that must finish with an accepted status before
     /// this one starts; if one does not, this one is not sent and gets 424.
-    public var dependsOn: [Int] = []
+    public var dependsOn: [Int]
     /// Builds the request from the outcomes of `dependsOn` (in that order) when the item has
     /// value references; a failure is the reason for a 424. Nil: `request` is sent as is.
-    public var resolve: RequestResolver?
+    public var resolve: Optional<RequestResolver>
     /// An earlier identical idempotent item: this one makes no call of its own and reports
     /// that item's outcome (coalescing).
-    public var sameAs: Int?
+    public var sameAs: Optional<Int>
 
     /// Inlinable: across the module boundary the request was copied into the item and the
     /// argument then freed, once per item (issue 13).
@@ -29,6 +31,9 @@ public struct BatchItem: Sendable {
         self.href = href
         self.request = request
         self.rejection = nil
+        self.dependsOn = []
+        self.resolve = nil
+        self.sameAs = nil
     }
 
     /// An item whose request is built, once its dependencies have answered, by `resolve`.
@@ -36,8 +41,10 @@ public struct BatchItem: Sendable {
         self.id = id
         self.href = href
         self.request = nil
+        self.rejection = nil
         self.dependsOn = dependsOn
         self.resolve = resolve
+        self.sameAs = nil
     }
 
     public init(id: String, href: String, rejection: String) {
@@ -45,6 +52,9 @@ public struct BatchItem: Sendable {
         self.href = href
         self.request = nil
         self.rejection = rejection
+        self.dependsOn = []
+        self.resolve = nil
+        self.sameAs = nil
     }
 }
 
@@ -106,17 +116,18 @@ public struct FanOutPolicy: Sendable, Equatable {
 public struct ItemOutcome: Sendable {
     public var status: Int
     public var headers: HeaderFields
-    public var body: ByteBuffer?
+    // `Optional<...>`, without the implicit `= nil` (see `BatchItem.request`).
+    public var body: Optional<ByteBuffer>
     public var bodyTruncated: Bool
     /// Set when Sheaf assigned the status (400, 502, 504, ...): what happened, for a human.
-    public var reason: String?
+    public var reason: Optional<String>
     /// Times the item's request went on the wire; reported when above 1 (a re-send).
     public var attempts: Int
     /// Sends among `attempts` that repeated a request the upstream left unprocessed (not the
     /// retry policy's): `sheaf_upstream_resends_total`.
     public var resends: Int
     /// A route's `then` call made with this answer's values, reported under the item.
-    public var then: ChainedResult?
+    public var then: Optional<ChainedResult>
 
     public init(status: Int, headers: HeaderFields = [], body: ByteBuffer? = nil,
                 bodyTruncated: Bool = false, reason: String? = nil, attempts: Int = 1) {
@@ -127,6 +138,7 @@ public struct ItemOutcome: Sendable {
         self.reason = reason
         self.attempts = attempts
         self.resends = max(0, attempts - 1)
+        self.then = nil
     }
 
     /// An outcome Sheaf assigns to an item that made no call (refused, not resolvable, stopped,
@@ -136,10 +148,12 @@ public struct ItemOutcome: Sendable {
         ItemOutcome(status: status, reason: reason, attempts: 0)
     }
 
-    /// Consuming: the answer's headers and body move into the outcome instead of being copied.
-    public init(_ result: consuming UpstreamResult) {
+    /// Borrowed (`__shared`), its headers and body retained field by field: an owned parameter
+    /// made callers holding the result borrowed (the fan-out's completion) copy all of it first,
+    /// through the generic `Result` witnesses (issue 13).
+    public init(_ result: __shared UpstreamResult) {
         // Fields set one by one: a delegating init copied the whole outcome once more.
-        switch consume result {
+        switch result {
         case .success(let response):
             status = response.status
             headers = response.headers
@@ -148,6 +162,7 @@ public struct ItemOutcome: Sendable {
             reason = nil
             attempts = response.attempts
             resends = response.resends
+            then = nil
         case .failure(let error):
             status = error.status
             headers = HeaderFields()
@@ -156,6 +171,7 @@ public struct ItemOutcome: Sendable {
             reason = error.message
             attempts = error.attempts
             resends = error.resends
+            then = nil
         }
     }
 

@@ -42,7 +42,9 @@ struct ItemWindow {
     /// copying it: a copy retained every string and array an item holds (issue 13).
     mutating func append(contentsOf items: consuming [BatchItem]) {
         let first = end
-        storage.append(contentsOf: repeatElement(ItemSlot(), count: items.count))
+        // One by one: through `repeatElement` each empty slot was copied with the outlined copy
+        // of its optional call (issue 13).
+        for _ in 0..<items.count { storage.append(ItemSlot()) }
         var index = first + items.count
         while let item = items.popLast() {
             index -= 1

@@ -11,15 +11,17 @@ public struct UpstreamRequest: Sendable {
     /// inherited ones), sent before `headers`. One array shared by the batch's requests: copying
     /// or freeing a request retains or releases it once, not each of its strings (issue 13).
     public var batchHeaders: [(name: String, value: String)]
-    public var body: ByteBuffer?
+    // `Optional<...>` and no defaults here: the init sets every field once. An implicit `= nil`
+    // set first and then overwritten cost a copy and a free of the whole request per item.
+    public var body: Optional<ByteBuffer>
     /// The `X-Request-ID` the item is sent with, after `headers`.
-    public var requestID: ItemRequestID?
+    public var requestID: Optional<ItemRequestID>
     /// The route's `deadline` and the batch's start, one optional: a second optional took the
     /// request past 128 bytes, where Swift moves it with `memcpy` (+430 instructions an item).
-    private var batchTimes: (deadline: NIODeadline, started: NIODeadline)?
+    private var batchTimes: Optional<(deadline: NIODeadline, started: NIODeadline)>
     /// Sends the item's earlier tries made (set by the retry policy), so that an engine's own
     /// re-sends and the policy's retries share one bound. One byte, to stay within 128.
-    public var priorSends: UInt8 = 0
+    public var priorSends: UInt8
 
     /// When the item's batch ends by its route's `deadline`: a retry does not wait past it (the
     /// answer in hand stands instead of becoming the deadline's 504).
@@ -45,6 +47,8 @@ public struct UpstreamRequest: Sendable {
         self.batchHeaders = batchHeaders
         self.body = body
         self.requestID = requestID
+        self.batchTimes = nil
+        self.priorSends = 0
     }
 
     /// Every header field as sent: `batchHeaders`, then `headers`, then the request id.
@@ -149,7 +153,7 @@ public struct UpstreamResponse: Sendable {
     }
     /// Set by the retry policy, which knows which sends were its own; else every send after the
     /// first was an engine's.
-    private var countedResends: Int?
+    private var countedResends: Optional<Int>
 
     public init(status: Int, headers: HeaderFields, body: ByteBuffer, bodyTruncated: Bool = false,
                 attempts: Int = 1) {
@@ -158,6 +162,7 @@ public struct UpstreamResponse: Sendable {
         self.body = body
         self.bodyTruncated = bodyTruncated
         self.attempts = attempts
+        self.countedResends = nil
     }
 
     /// First value of a header, by lower-case name.
@@ -210,13 +215,14 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
         get { countedResends ?? max(0, attempts - 1) }
         set { countedResends = newValue }
     }
-    private var countedResends: Int?
+    private var countedResends: Optional<Int>
 
     public init(_ kind: Kind, _ message: String, attempts: Int = 1, cause: Cause = .other) {
         self.kind = kind
         self.message = message
         self.attempts = attempts
         self.cause = cause
+        self.countedResends = nil
     }
 
     public var description: String { message }
