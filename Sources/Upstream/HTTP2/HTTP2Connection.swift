@@ -64,9 +64,9 @@ final class HTTP2Connection {
     private var peerResets: Set<Int32> = []
     private var flushScheduled = false
     /// The header fields of the request being submitted that are its own.
-    private var itemFields = HeaderFieldBytes()
+    private let itemFields = HeaderFieldBytes()
     /// The fields every request of the current batch shares, and the array they came from.
-    private var sharedFields = HeaderFieldBytes()
+    private let sharedFields = HeaderFieldBytes()
     private var sharedSource: [(name: String, value: String)]?
     private var nva: [nghttp2_nv] = []
     /// `sharedFields` as nghttp2 takes them, made once per batch with them (valid until they change).
@@ -273,20 +273,19 @@ final class HTTP2Connection {
     /// Opens a stream for the exchange. The frames leave with the next flush.
     func submit(_ exchange: HTTP2Exchange) {
         openedSinceTick = true
-        let request = exchange.request
         // nghttp2 copies every name and value during submit_request, so the bytes live in
         // buffers of the connection, reused for every request. The fields a batch's items share
         // (`:scheme`, `:authority`, `batchHeaders`) are laid out once per batch, not per item.
         itemFields.removeAll()
-        itemFields.add(":method", request.method)
-        itemFields.add(":path", request.path, unique: true)
-        if !sharedFieldsMatch(request.batchHeaders) {
+        itemFields.add(":method", exchange.request.method)
+        itemFields.add(":path", exchange.request.path, unique: true)
+        if !sharedFieldsMatch(exchange.request.batchHeaders) {
             sharedFields.removeAll()
             for (name, value) in fixedPseudoHeaders { sharedFields.add(name, value) }
-            for header in request.batchHeaders {
+            for header in exchange.request.batchHeaders {
                 sharedFields.add(header.name, header.value, lowercase: true, unique: Self.uniquePerItem(header.name))
             }
-            sharedSource = request.batchHeaders
+            sharedSource = exchange.request.batchHeaders
             sharedEntries.removeAll(keepingCapacity: true)
             sharedFields.entries(into: &sharedEntries)
         }
@@ -295,18 +294,19 @@ final class HTTP2Connection {
         // indexed, the name went as a Huffman-coded literal in every request (issue 13).
         let indexOne = submitted & 1023 == 0
         submitted &+= 1
-        for header in request.headers {
+        for header in exchange.request.headers {
             itemFields.add(header.name, header.value, lowercase: true, unique: !indexOne && Self.uniquePerItem(header.name))
         }
-        if let id = request.requestID { itemFields.add(ItemRequestID.name, id.prefix, id.suffix, unique: !indexOne) }
-        if let body = request.body { itemFields.add("content-length", String(body.readableBytes)) }
+        if let id = exchange.request.requestID { itemFields.add(ItemRequestID.name, id.prefix, id.suffix, unique: !indexOne) }
+        if let body = exchange.request.body { itemFields.add("content-length", String(body.readableBytes)) }
+        let hasBody = exchange.request.body != nil
         let streamID: Int32? = perform { session in
             nva.removeAll(keepingCapacity: true)
             // Pseudo-headers first (RFC 9113 §8.3): the item's :method and :path, then the shared ones.
             itemFields.entries(into: &nva, range: 0..<2)
             nva.append(contentsOf: sharedEntries)
             itemFields.entries(into: &nva, range: 2..<itemFields.count)
-            if request.body != nil {
+            if hasBody {
                 var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: readRequestBody)
                 return nghttp2_submit_request(session, nil, nva, nva.count, &provider, nil)
             }
