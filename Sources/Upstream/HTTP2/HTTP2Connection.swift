@@ -533,7 +533,9 @@ final class HTTP2Connection {
     /// and decision that callbacks parked meanwhile.
     @discardableResult
     private func perform<T>(_ body: (OpaquePointer) -> T) -> T? {
-        slot.eventLoop.preconditionInEventLoop()
+        // An assertion (debug builds, the tests): checked in release, it read the unowned `slot`
+        // and its event loop on every call, several per item (issue 13).
+        assert(slot.eventLoop.inEventLoop, "HTTP2Connection used off its slot's event loop")
         guard let session else { return nil }
         if inSession { return body(session) }
         inSession = true
@@ -702,7 +704,9 @@ final class HTTP2Connection {
         returnUnconsumed(of: exchange)
         let action = machine.streamClosed()
         if action != .none && parkedActions.last != action { parkedActions.append(action) }
-        let name = slot.configuration.name
+        // Only the failures name the upstream: read through the unowned `slot` for every item,
+        // it cost an atomic strong-retain check and a retain of the name (issue 13).
+        var name: String { slot.configuration.name }
         if let unsent {
             // The request never left: not an attempt. HEADERS that a GOAWAY overtook go to a
             // fresh connection; a head nghttp2 cannot send fails now (sending it again would too).

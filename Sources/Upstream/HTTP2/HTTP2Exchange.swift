@@ -6,7 +6,10 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     let request: UpstreamRequest
     let deadline: NIODeadline
     private var completion: (@Sendable (UpstreamResult) -> Void)?
-    unowned let slot: HTTP2Slot
+    /// Strong: the slot holds an exchange only while it is queued or on a stream there, and
+    /// drops it when it settles, so the cycle ends with the item. Unowned cost an atomic check
+    /// on every read and a side count besides (issue 13).
+    let slot: HTTP2Slot
 
     // Response state, filled by nghttp2 callbacks.
     var status = 0
