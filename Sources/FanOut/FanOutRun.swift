@@ -441,16 +441,8 @@ public final class FanOutRun: @unchecked Sendable {
             request.batchDeadline = batchDeadline
             request.batchStarted = created
         }
-        let call = transport.execute(consume request) { [self] result in
-            if case .failure(let error) = result, error.kind == .cancelled {
-                // The cancel's status and reason, with the sends this item made before it.
-                var outcome = lock.withLock { cancelOutcome }
-                outcome.attempts = error.attempts
-                settle(index, outcome)
-            } else {
-                settle(index, ItemOutcome(result))
-            }
-        }
+        // This run takes the result itself, the item's index as the tag (no closure per item).
+        let call = transport.execute(consume request, for: self, tag: index)
         let missedCancel = lock.withLock { () -> Bool in
             // The call may already have settled; keep a handle only to cancel live ones.
             guard !items.isSettled(index) else { return false }
@@ -747,6 +739,20 @@ public final class FanOutRun: @unchecked Sendable {
             for (offset, entry) in run.enumerated() { onResult(first + offset, entry.0, entry.1, entry.2) }
             let next = lock.withLock { admit(scheduler.wrote(upTo: first + run.count)) }
             if !next.isEmpty { launch(next) }
+        }
+    }
+}
+
+extension FanOutRun: UpstreamResultSink {
+    /// An item's result from the transport (`tag` is its index).
+    public func deliver(_ result: UpstreamResult, tag index: Int) {
+        if case .failure(let error) = result, error.kind == .cancelled {
+            // The cancel's status and reason, with the sends this item made before it.
+            var outcome = lock.withLock { cancelOutcome }
+            outcome.attempts = error.attempts
+            settle(index, outcome)
+        } else {
+            settle(index, ItemOutcome(result))
         }
     }
 }

@@ -34,7 +34,8 @@ public final class AutoTransport: UpstreamTransport, @unchecked Sendable {
         lock.withLock { usesHTTP1 ? .http1 : configuration.endpoint.scheme == "https" ? .h2 : .h2c }
     }
 
-    public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+    public func execute(_ request: consuming UpstreamRequest, for sink: UpstreamResultSink, tag: Int) -> UpstreamCall {
+        let completion: @Sendable (UpstreamResult) -> Void = { sink.deliver($0, tag: tag) }
         let call = AutoCall()
         send(request, call: call, completion: completion)
         return call

@@ -296,6 +296,12 @@ public protocol UpstreamCall: AnyObject, Sendable {
 }
 
 extension UpstreamTransport {
+    /// `execute` with a closure: `completion` is called exactly once, on a thread of the
+    /// transport's choosing; it must not block.
+    public func execute(_ request: consuming UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+        execute(request, for: ClosureSink(completion), tag: 0)
+    }
+
     /// Engines with nothing to report (test doubles) report nothing.
     public var gauges: [UpstreamGauges] { [] }
 
@@ -311,15 +317,30 @@ extension UpstreamCall {
     public func resumeReading() {}
 }
 
+/// Where an engine delivers an item's result. The fan-out run is one itself, with the item's
+/// index as the tag: a completion closure per item was an allocation and a free (issue 13).
+public protocol UpstreamResultSink: AnyObject, Sendable {
+    /// Called exactly once per call, on a thread of the transport's choosing; must not block.
+    func deliver(_ result: UpstreamResult, tag: Int)
+}
+
+/// A closure as a sink, for the callers that are not per item (wrapping transports, tests).
+public final class ClosureSink: UpstreamResultSink {
+    private let body: @Sendable (UpstreamResult) -> Void
+
+    public init(_ body: @escaping @Sendable (UpstreamResult) -> Void) { self.body = body }
+
+    public func deliver(_ result: UpstreamResult, tag: Int) { body(result) }
+}
+
 /// The one interface the fan-out engine sees. Two engines stand behind it: HTTP/2 on
 /// libnghttp2 (`HTTP2Transport`) and HTTP/1.1 on libcurl (`CurlTransport`).
-///
-/// `completion` is called exactly once, on a thread of the transport's choosing; it must not block.
 public protocol UpstreamTransport: AnyObject, Sendable {
     var configuration: UpstreamConfiguration { get }
-    /// `request` is consumed: an engine keeps it, and a borrowed one was copied into the engine's
-    /// exchange (a retain and release of each of its strings and arrays per item, issue 13).
-    func execute(_ request: consuming UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall
+    /// Sends `request`; its result goes to `sink` with `tag`, exactly once. `request` is consumed:
+    /// an engine keeps it, and a borrowed one was copied into the engine's exchange (a retain and
+    /// release of each of its strings and arrays per item, issue 13).
+    func execute(_ request: consuming UpstreamRequest, for sink: UpstreamResultSink, tag: Int) -> UpstreamCall
     /// Fails queued calls and every call still running (503), closes connections, stops
     /// threads; returns when every call has settled.
     func shutdown() async

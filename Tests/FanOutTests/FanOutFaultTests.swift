@@ -30,7 +30,8 @@ final class CancellingTransport: UpstreamTransport, @unchecked Sendable {
 
     init(cancelAt: Int) { self.cancelAt = cancelAt }
 
-    func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+    func execute(_ request: UpstreamRequest, for sink: UpstreamResultSink, tag: Int) -> UpstreamCall {
+        let completion: @Sendable (UpstreamResult) -> Void = { sink.deliver($0, tag: tag) }
         let n = calls.withLockedValue { $0 += 1; return $0 }
         let call = inner.execute(request, completion: completion)
         if n == cancelAt { run?.cancel(status: 499, reason: "client gone") }
@@ -72,7 +73,8 @@ final class LosingTransport: UpstreamTransport, @unchecked Sendable {
         configuration.timeout = timeout
         self.configuration = configuration
     }
-    func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+    func execute(_ request: UpstreamRequest, for sink: UpstreamResultSink, tag: Int) -> UpstreamCall {
+        let completion: @Sendable (UpstreamResult) -> Void = { sink.deliver($0, tag: tag) }
         let call = Call()
         if !request.path.hasSuffix("/lost") {
             DispatchQueue.global().async { completion(.success(UpstreamResponse(status: 200, headers: [], body: ByteBuffer()))) }

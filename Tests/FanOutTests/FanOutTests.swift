@@ -54,7 +54,8 @@ final class FakeTransport: UpstreamTransport, @unchecked Sendable {
         self.hold = hold
     }
 
-    func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+    func execute(_ request: UpstreamRequest, for sink: UpstreamResultSink, tag: Int) -> UpstreamCall {
+        let completion: @Sendable (UpstreamResult) -> Void = { sink.deliver($0, tag: tag) }
         sent.withLockedValue { $0.append(request) }
         state.withLockedValue { s in
             s.inFlight += 1
@@ -255,7 +256,8 @@ func run(_ items: [BatchItem], _ transport: UpstreamTransport, concurrency: Int,
 final class StutteringTransport: UpstreamTransport, @unchecked Sendable {
     final class Call: UpstreamCall, @unchecked Sendable { func cancel() {} }
     let configuration = UpstreamConfiguration(name: "twice", endpoint: UpstreamEndpoint(scheme: "http", host: "x", port: 1, basePath: ""))
-    func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+    func execute(_ request: UpstreamRequest, for sink: UpstreamResultSink, tag: Int) -> UpstreamCall {
+        let completion: @Sendable (UpstreamResult) -> Void = { sink.deliver($0, tag: tag) }
         DispatchQueue.global().async {
             completion(.success(UpstreamResponse(status: 200, headers: [], body: ByteBuffer())))
             completion(.success(UpstreamResponse(status: 201, headers: [], body: ByteBuffer())))

@@ -6,7 +6,9 @@ import NIOCore
 final class CurlExchange: UpstreamCall, @unchecked Sendable {
     let request: UpstreamRequest
     let deadline: NIODeadline
-    private var completion: (@Sendable (UpstreamResult) -> Void)?
+    /// Where the result goes (nil once it went), with the caller's tag for it.
+    private var sink: UpstreamResultSink?
+    private let tag: Int
     /// Unowned: whoever holds a call holds its transport too (the fan-out run, the resilience
     /// layer, `auto`), so `cancel()` and the reading calls always find it.
     unowned let transport: CurlTransport
@@ -59,30 +61,32 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     private var headBytes = 0
 
     init(request: UpstreamRequest, deadline: NIODeadline, transport: CurlTransport, maxBodyBytes: Int,
-         maxHeadBytes: Int = 64 << 10, completion: @escaping @Sendable (UpstreamResult) -> Void) {
+         maxHeadBytes: Int = 64 << 10, sink: UpstreamResultSink, tag: Int) {
         self.request = request
         self.deadline = deadline
         self.transport = transport
         self.maxBodyBytes = maxBodyBytes
         self.maxHeadBytes = maxHeadBytes
-        self.completion = completion
+        self.sink = sink
+        self.tag = tag
         self.endsAtHead = request.method == "HEAD" && request.body != nil
     }
 
-    var isSettled: Bool { completion == nil }
+    var isSettled: Bool { sink == nil }
 
     /// Stamped with the sends counted (libcurl's own re-sends included); a failure that says it
     /// was never sent (attempts 0) keeps that unless a send did happen.
     func settle(_ result: consuming UpstreamResult) {
-        guard let completion else { return }
-        self.completion = nil
+        guard let sink else { return }
+        self.sink = nil
+        transport.exchangeSettled()
         switch consume result {
         case .success(var response):
             response.attempts = max(1, sends)
-            completion(.success(response))
+            sink.deliver(.success(response), tag: tag)
         case .failure(var error):
             error.attempts = sends > 0 ? sends : min(error.attempts, 1)
-            completion(.failure(error))
+            sink.deliver(.failure(error), tag: tag)
         }
     }
 

@@ -107,6 +107,12 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         return [engineGauges]
     }
 
+    /// An exchange settles (once, just before its result goes out): it no longer counts
+    /// against `connections` and `max_queued`.
+    func exchangeSettled() {
+        lock.withLock { admitted -= 1 }
+    }
+
     /// Under `lock`: transfers beyond `connections` wait inside curl for one.
     private func publishLoad() {
         let connections = max(1, configuration.connections)
@@ -114,15 +120,10 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
         engineGauges.queued.store(max(0, admitted - connections), ordering: .relaxed)
     }
 
-    public func execute(_ request: consuming UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+    public func execute(_ request: consuming UpstreamRequest, for sink: UpstreamResultSink, tag: Int) -> UpstreamCall {
         let exchange = CurlExchange(request: request, deadline: .now() + configuration.timeout, transport: self,
                                     maxBodyBytes: configuration.maxResponseBodyBytes,
-                                    maxHeadBytes: configuration.maxResponseHeaderBytes) { [unowned self] result in
-            // Unowned, as the exchange's own `transport`: a weak capture would give the transport
-            // a side table, and every retain and release of it the runtime's slow path.
-            self.lock.withLock { self.admitted -= 1 }
-            completion(result)
-        }
+                                    maxHeadBytes: configuration.maxResponseHeaderBytes, sink: sink, tag: tag)
         enum Verdict { case accepted, stopping, full }
         let verdict = lock.withLock { () -> Verdict in
             guard !stopping else { return .stopping }

@@ -5,7 +5,9 @@ import NIOCore
 final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     let request: UpstreamRequest
     let deadline: NIODeadline
-    private var completion: (@Sendable (UpstreamResult) -> Void)?
+    /// Where the result goes (nil once it went), with the caller's tag for it.
+    private var sink: UpstreamResultSink?
+    private let tag: Int
     /// Strong: the slot holds an exchange only while it is queued or on a stream there, and
     /// drops it when it settles, so the cycle ends with the item. Unowned cost an atomic check
     /// on every read and a side count besides (issue 13).
@@ -48,16 +50,16 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     /// the runtime's slow path (about a tenth of Sheaf's CPU in the profile, issue 13).
     var connection: HTTP2Connection?
 
-    init(request: UpstreamRequest, deadline: NIODeadline, slot: HTTP2Slot,
-         completion: @escaping @Sendable (UpstreamResult) -> Void) {
+    init(request: UpstreamRequest, deadline: NIODeadline, slot: HTTP2Slot, sink: UpstreamResultSink, tag: Int) {
         self.request = request
         self.deadline = deadline
         self.slot = slot
-        self.completion = completion
+        self.sink = sink
+        self.tag = tag
         self.body = ByteBuffer()
     }
 
-    var isSettled: Bool { completion == nil }
+    var isSettled: Bool { sink == nil }
 
     /// Forget what an attempt received, before sending it again elsewhere.
     func resetForResend() {
@@ -78,15 +80,15 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     /// Every outcome leaves through here, stamped with the number of sends. Consuming: the
     /// answer is moved on to the fan-out, not copied (a retain and release of each of its parts).
     func settle(_ result: consuming UpstreamResult) {
-        guard let completion else { return }
-        self.completion = nil
+        guard let sink else { return }
+        self.sink = nil
         switch consume result {
         case .success(var response):
             response.attempts = sends
-            completion(.success(response))
+            sink.deliver(.success(response), tag: tag)
         case .failure(var error):
             error.attempts = sends
-            completion(.failure(error))
+            sink.deliver(.failure(error), tag: tag)
         }
     }
 

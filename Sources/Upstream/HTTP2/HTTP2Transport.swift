@@ -38,10 +38,10 @@ public final class HTTP2Transport: UpstreamTransport, @unchecked Sendable {
 
     public var gauges: [UpstreamGauges] { [engineGauges] }
 
-    public func execute(_ request: consuming UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+    public func execute(_ request: consuming UpstreamRequest, for sink: UpstreamResultSink, tag: Int) -> UpstreamCall {
         let slot = pickSlot()
         let exchange = HTTP2Exchange(request: request, deadline: .now() + configuration.timeout,
-                                     slot: slot, completion: completion)
+                                     slot: slot, sink: sink, tag: tag)
         if slot.eventLoop.inEventLoop {
             slot.enqueue(exchange)
         } else {

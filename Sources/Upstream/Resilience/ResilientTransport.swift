@@ -36,7 +36,8 @@ public final class ResilientTransport: UpstreamTransport, @unchecked Sendable {
         return lock.withLock { breaker?.state(at: now) ?? .closed }
     }
 
-    public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
+    public func execute(_ request: consuming UpstreamRequest, for sink: UpstreamResultSink, tag: Int) -> UpstreamCall {
+        let completion: @Sendable (UpstreamResult) -> Void = { sink.deliver($0, tag: tag) }
         let now = NIODeadline.now()
         let (admission, transition) = lock.withLock { () -> (CircuitBreaker.Admission, CircuitBreaker.Transition?) in
             let verdict = breaker?.admit(now: now) ?? (.allowed, nil)

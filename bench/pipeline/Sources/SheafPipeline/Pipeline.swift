@@ -101,8 +101,8 @@ private final class Sink: @unchecked Sendable {
 public final class MemoryTransport: UpstreamTransport, @unchecked Sendable {
     public let configuration = UpstreamConfiguration(name: "memory",
                                                      endpoint: UpstreamEndpoint(scheme: "http", host: "127.0.0.1", port: 80, basePath: ""))
-    private var pending: [@Sendable (UpstreamResult) -> Void] = []
-    private var spare: [@Sendable (UpstreamResult) -> Void] = []
+    private var pending: [(sink: UpstreamResultSink, tag: Int)] = []
+    private var spare: [(sink: UpstreamResultSink, tag: Int)] = []
     private let response: UpstreamResponse
     private let call = NoCall()
 
@@ -115,8 +115,8 @@ public final class MemoryTransport: UpstreamTransport, @unchecked Sendable {
                                     body: body)
     }
 
-    public func execute(_ request: UpstreamRequest, completion: @escaping @Sendable (UpstreamResult) -> Void) -> UpstreamCall {
-        pending.append(completion)
+    public func execute(_ request: consuming UpstreamRequest, for sink: UpstreamResultSink, tag: Int) -> UpstreamCall {
+        pending.append((sink, tag))
         return call
     }
 
@@ -124,7 +124,7 @@ public final class MemoryTransport: UpstreamTransport, @unchecked Sendable {
     func answerAll() {
         while !pending.isEmpty {
             swap(&pending, &spare)
-            for completion in spare { completion(.success(response)) }
+            for waiting in spare { waiting.sink.deliver(.success(response), tag: waiting.tag) }
             spare.removeAll(keepingCapacity: true)
         }
     }
