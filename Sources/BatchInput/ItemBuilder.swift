@@ -22,6 +22,12 @@ public struct ItemBuilder {
     static let exactHrefs = 1 << 16
     /// Coalescing: the first item on each path, and the first item of each full call key.
     private var firstOnPath: [String: CallShape] = [:]
+    /// The distinct batch-field arrays (`UpstreamRequest.batchHeaders`) of the shapes in
+    /// `firstOnPath`, with each one's storage address: a shape holds a number here, not the
+    /// array. The batch's items share one array, and retaining it for each item's shape was an
+    /// atomic on a line the upstream threads' releases of it also write (1.9 % of Sheaf's CPU in
+    /// the profile, issue 13). Emptied with `firstOnPath`.
+    private var fieldSets: [(fields: [(name: String, value: String)], address: UnsafeRawPointer?)] = []
     private var byKey: [String: Int] = [:]
     /// `templateFields`' last answer, with the template headers it was built from.
     private var templatedFields: (template: [(name: String, value: String)], fields: [(name: String, value: String)])?
@@ -249,6 +255,7 @@ public struct ItemBuilder {
             if firstOnPath.count > 4096 {
                 firstOnPath.removeAll(keepingCapacity: true)
                 byKey.removeAll(keepingCapacity: true)
+                fieldSets.removeAll()
             }
         }
         let out = items
@@ -327,17 +334,40 @@ public struct ItemBuilder {
             // The shape goes into the table as a temporary: kept in a local for the key below, it
             // was copied in, retained and released, for every item (+180 instructions an item),
             // where building it again costs only on a path that comes again.
-            guard let first = firstOnPath.updateValue(CallShape(index: index, items[position].request!), forKey: path) else { continue }
+            // The address read first, by a static function: passed to a mutating method of the
+            // builder, the array (a part of `self`) was copied, which is the retain this avoids.
+            let address = Self.address(of: items[position].request!.batchHeaders)
+            let fieldSet = fieldSets.last?.address == address ? fieldSets.count - 1
+                : addFieldSet(items[position].request!.batchHeaders, address: address)
+            guard let first = firstOnPath.updateValue(CallShape(index: index, items[position].request!, fieldSet: fieldSet),
+                                                      forKey: path) else { continue }
             firstOnPath[path] = first
-            let firstKey = first.key(path: path)
+            let firstKey = first.key(path: path, batchHeaders: fieldSets[first.fieldSet].fields)
             if byKey[firstKey] == nil { byKey[firstKey] = first.index }
-            let key = CallShape(index: index, items[position].request!).key(path: path)
+            let key = CallShape(index: index, items[position].request!, fieldSet: fieldSet)
+                .key(path: path, batchHeaders: fieldSets[fieldSet].fields)
             if let leader = byKey[key] {
                 items[position].sameAs = leader
             } else {
                 byKey[key] = index
             }
         }
+    }
+
+    /// Where an array's elements are: while `fieldSets` holds an array, no other array has its
+    /// address, so the same address is the same fields.
+    private static func address(of fields: borrowing [(name: String, value: String)]) -> UnsafeRawPointer? {
+        fields.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
+    }
+
+    /// The number in `fieldSets` of `fields`, whose address is not the last one's: an equal
+    /// array's (compared by content), or a new one.
+    private mutating func addFieldSet(_ fields: [(name: String, value: String)], address: UnsafeRawPointer?) -> Int {
+        if let same = fieldSets.firstIndex(where: { $0.fields.elementsEqual(fields, by: { $0.name == $1.name && $0.value == $1.value }) }) {
+            return same
+        }
+        fieldSets.append((fields, address))
+        return fieldSets.count - 1
     }
 
     /// The path of an item that may share its call with others: a GET or HEAD without a body
@@ -443,18 +473,20 @@ public struct BatchHeaders: Sendable {
 private struct CallShape {
     let index: Int
     let method: String
-    let batchHeaders: [(name: String, value: String)]
+    /// The request's batch fields, as their number in `ItemBuilder.fieldSets`.
+    let fieldSet: Int
     let headers: [(name: String, value: String)]
 
-    init(index: Int, _ request: borrowing UpstreamRequest) {
+    init(index: Int, _ request: borrowing UpstreamRequest, fieldSet: Int) {
         self.index = index
         method = request.method
-        batchHeaders = request.batchHeaders
+        self.fieldSet = fieldSet
         headers = request.headers
     }
 
-    /// Method, path and headers: equal keys make the same call.
-    func key(path: String) -> String {
+    /// Method, path and headers (`batchHeaders`: the fields `fieldSet` stands for): equal keys
+    /// make the same call.
+    func key(path: String, batchHeaders: [(name: String, value: String)]) -> String {
         var key = method + "\u{0}" + path
         func add(_ list: [(name: String, value: String)]) {
             for header in list {

@@ -588,3 +588,18 @@ func templatesWithEncodedDotSegmentsAreRefused(path: String) {
                                            template: try template("/orgs/{org}/users/{id}", items: "/users"), basePath: "", maxItems: 10)
     #expect(fine.count == 2)
 }
+
+/// Coalescing tells batch-field sets apart by content: templated items on one path with other
+/// template headers make their own call, and a set built again with the same fields (a new
+/// array) still matches the first.
+@Test func coalescingComparesEachItemsBatchFields() throws {
+    var builder = ItemBuilder(basePath: "", coalesce: true)
+    let plain: [(name: String, value: String)] = [("accept", "application/json")]
+    let other: [(name: String, value: String)] = [("accept", "text/plain")]
+    builder.addTemplated(path: "/x", method: "GET", headers: plain)
+    builder.addTemplated(path: "/x", method: "GET", headers: other)
+    builder.addTemplated(path: "/x", method: "GET", headers: plain)
+    builder.addTemplated(path: "/x", method: "GET", headers: other)
+    let items = try builder.finish()
+    #expect(items.map(\.sameAs) == [nil, nil, 0, 1])
+}
