@@ -165,35 +165,49 @@ final class BatchSession: @unchecked Sendable {
 
     private func settled(_ index: Int, _ item: BatchItem, _ outcome: ItemOutcome, _ nanoseconds: UInt64) {
         trace?.itemSettled(index, item, outcome)
-        writer.append { out in
+        if chained {
+            settledHalf(index, item, outcome)
+        } else {
+            // Without a closure: one capturing the item and the outcome copied both, twice, for
+            // every item (issue 13). The writer's lock is held in between.
+            var out = writer.beginAppend()
+            let before = out.writerIndex
             resends += outcome.resends
-            if chained {
-                let pair = index / 2
-                guard let (otherItem, other) = halves.removeValue(forKey: pair) else {
-                    halves[pair] = (item, outcome)
-                    return
-                }
-                let isFirst = index % 2 == 0
-                var first = isFirst ? outcome : other
-                let second = isFirst ? other : outcome
-                let sent = sentPaths.withLockedValue { $0.removeValue(forKey: pair * 2 + 1) }
-                first.then = ChainedResult(href: sent ?? (isFirst ? otherItem : item).href, outcome: second)
-                let element = isFirst ? item : otherItem
-                // An element is counted once, by its first call's status (the summary and the
-                // access log then agree with sheaf_items_total).
-                statusCounts.add(first.status)
-                summary.count(first)
-                counted(&out) { encoder.item(element, first, into: &$0) }
-                return
-            }
             statusCounts.add(outcome.status)
             summary.count(outcome)
-            counted(&out) { encoder.item(item, outcome, into: &$0) }
+            encoder.item(item, outcome, into: &out)
+            let added = out.writerIndex - before
+            access.bytesOut += added
+            writer.endAppend(out, added: added)
         }
         let seconds = SheafMetrics.seconds(nanoseconds: nanoseconds)
         histogram.record(seconds)
         if outcome.attempts > 0 { upstreamHistogram.record(seconds) }
         metrics.itemSettled()
+    }
+
+    /// One call of a `then` route's pair: the first to settle waits for the other, and the pair
+    /// is written as one element once both have.
+    private func settledHalf(_ index: Int, _ item: BatchItem, _ outcome: ItemOutcome) {
+        writer.append { out in
+            resends += outcome.resends
+            let pair = index / 2
+            guard let (otherItem, other) = halves.removeValue(forKey: pair) else {
+                halves[pair] = (item, outcome)
+                return
+            }
+            let isFirst = index % 2 == 0
+            var first = isFirst ? outcome : other
+            let second = isFirst ? other : outcome
+            let sent = sentPaths.withLockedValue { $0.removeValue(forKey: pair * 2 + 1) }
+            first.then = ChainedResult(href: sent ?? (isFirst ? otherItem : item).href, outcome: second)
+            let element = isFirst ? item : otherItem
+            // An element is counted once, by its first call's status (the summary and the
+            // access log then agree with sheaf_items_total).
+            statusCounts.add(first.status)
+            summary.count(first)
+            counted(&out) { encoder.item(element, first, into: &$0) }
+        }
     }
 
     /// Runs `encode` and adds what it wrote to the access log's byte count. Under the writer's lock.

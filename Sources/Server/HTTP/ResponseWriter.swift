@@ -187,15 +187,26 @@ public final class ResponseWriter: @unchecked Sendable {
     /// Appends to the queued bytes in place, under the writer's lock: callers that encode into
     /// the response (the 207 encoders) are serialized by it and need no lock of their own.
     public func append(_ body: (inout ByteBuffer) -> Void) {
-        let (schedule, added) = lock.withLock { () -> (Bool, Int) in
-            if pending == nil { pending = allocator.buffer(capacity: 4096) }
-            let before = pending!.readableBytes
-            body(&pending!)
-            let added = pending!.readableBytes - before
-            if flushScheduled { return (false, added) }
-            flushScheduled = true
-            return (true, added)
-        }
+        var out = beginAppend()
+        let before = out.readableBytes
+        body(&out)
+        endAppend(out, added: out.readableBytes - before)
+    }
+
+    /// `append` in two halves, for a caller whose encoding reads values a closure would have to
+    /// copy (an item and its outcome, for every item: issue 13). Takes the writer's lock and the
+    /// queued bytes; `endAppend` gives them back and must follow on the same thread.
+    public func beginAppend() -> ByteBuffer {
+        lock.lock()
+        return pending.take() ?? allocator.buffer(capacity: 4096)
+    }
+
+    /// Puts back what `beginAppend` gave, with `added` bytes written to it, and lets go of the lock.
+    public func endAppend(_ out: ByteBuffer, added: Int) {
+        pending = out
+        let schedule = !flushScheduled
+        flushScheduled = true
+        lock.unlock()
         budget?.add(added)
         if schedule {
             eventLoop.execute { [self] in self.flushPending() }
