@@ -44,7 +44,8 @@ public func fuzzHTTP2(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         UpstreamRequest(method: "GET", path: "/c"),
     ]
     for (index, request) in requests.enumerated() {
-        slot.enqueue(HTTP2Exchange(request: request, deadline: .now() + .seconds(60), slot: slot) { _ in outcomes.settled(index) })
+        slot.enqueue(HTTP2Exchange(request: request, deadline: .now() + .seconds(60), slot: slot,
+                                   sink: ClosureSink { _ in outcomes.settled(index) }, tag: index))
     }
     var offset = 0
     while offset < input.count, let live = channel, live.isActive {

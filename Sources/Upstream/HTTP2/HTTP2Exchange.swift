@@ -1,17 +1,16 @@
 import NIOCore
 
 /// One item on an HTTP/2 upstream: the request, its deadline, the response as it arrives, and the
-/// completion that is called exactly once. Confined to its slot's event loop, except `cancel()`.
+/// sink its result goes to exactly once. Confined to its slot's event loop, except `cancel()`.
 final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     let request: UpstreamRequest
     let deadline: NIODeadline
     /// Where the result goes (nil once it went), with the caller's tag for it.
     private var sink: UpstreamResultSink?
     private let tag: Int
-    /// Strong: the slot holds an exchange only while it is queued or on a stream there, and
-    /// drops it when it settles, so the cycle ends with the item. Unowned cost an atomic check
-    /// on every read and a side count besides (issue 13).
-    let slot: HTTP2Slot
+    /// Unowned: the slot's queue holds exchanges, settled ones too until it next pops them, and
+    /// a strong reference back would make a cycle that a slot whose event loop is gone never ends.
+    unowned let slot: HTTP2Slot
 
     // Response state, filled by nghttp2 callbacks.
     var status = 0
