@@ -173,12 +173,8 @@ final class BatchSession: @unchecked Sendable {
             var out = writer.beginAppend()
             let before = out.writerIndex
             resends += outcome.resends
-            statusCounts.add(outcome.status)
-            summary.count(outcome)
-            encoder.item(item, outcome, into: &out)
-            let added = out.writerIndex - before
-            access.bytesOut += added
-            writer.endAppend(out, added: added)
+            write(item, outcome, into: &out)
+            writer.endAppend(out, added: out.writerIndex - before)
         }
         let seconds = SheafMetrics.seconds(nanoseconds: nanoseconds)
         histogram.record(seconds)
@@ -201,13 +197,17 @@ final class BatchSession: @unchecked Sendable {
             let second = isFirst ? other : outcome
             let sent = sentPaths.withLockedValue { $0.removeValue(forKey: pair * 2 + 1) }
             first.then = ChainedResult(href: sent ?? (isFirst ? otherItem : item).href, outcome: second)
-            let element = isFirst ? item : otherItem
             // An element is counted once, by its first call's status (the summary and the
             // access log then agree with sheaf_items_total).
-            statusCounts.add(first.status)
-            summary.count(first)
-            counted(&out) { encoder.item(element, first, into: &$0) }
+            write(isFirst ? item : otherItem, first, into: &out)
         }
+    }
+
+    /// Counts `outcome` and writes its element into the 207. Under the writer's lock.
+    private func write(_ item: BatchItem, _ outcome: ItemOutcome, into out: inout ByteBuffer) {
+        statusCounts.add(outcome.status)
+        summary.count(outcome)
+        counted(&out) { encoder.item(item, outcome, into: &$0) }
     }
 
     /// Runs `encode` and adds what it wrote to the access log's byte count. Under the writer's lock.
