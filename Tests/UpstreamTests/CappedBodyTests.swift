@@ -3,14 +3,14 @@ import Testing
 @testable import Upstream
 
 private func capped(_ chunks: [String], limit: Int, declared: Int? = nil) -> (body: String, whole: Bool) {
-    var body = ByteBuffer()
+    var body = ResponseBody()
     var whole = true
     for chunk in chunks {
         if body.mustGrow(for: chunk.utf8.count) { body.makeRoom(declared: declared, limit: limit) }
         let fitted = Array(chunk.utf8).withUnsafeBufferPointer { body.writeCapped($0, limit: limit) }
         whole = whole && fitted
     }
-    return (String(buffer: body), whole)
+    return (String(buffer: body.take()), whole)
 }
 
 /// A body is kept up to `max_response_bytes` whatever its chunks: the first chunk (which now
@@ -30,7 +30,7 @@ private func capped(_ chunks: [String], limit: Int, declared: Int? = nil) -> (bo
 /// limit) at once: grown by doubling, a 1 MB body was copied six times on its way, and the old
 /// storage and the new were both held at each step.
 @Test func aDeclaredLengthSizesTheBodyOnce() {
-    var body = ByteBuffer()
+    var body = ResponseBody()
     let chunk = [UInt8](repeating: 0x61, count: 10_000)
     // Capacities, not addresses: the allocator may grow a block in place (seen under load).
     var capacities = Set<Int>()
@@ -42,6 +42,9 @@ private func capped(_ chunks: [String], limit: Int, declared: Int? = nil) -> (bo
     #expect(body.readableBytes == 1_000_000)
     // The first chunk's own storage, then the whole body's.
     #expect(capacities.count == 2, "capacities \(capacities.sorted())")
+    // Nothing is held before the first bytes, and an empty body is taken as an empty buffer.
+    var empty = ResponseBody()
+    #expect(empty.capacity == 0 && empty.readableBytes == 0 && empty.take().readableBytes == 0)
     // A declared length past the limit reserves the limit only, and a wrong one is only a hint.
     #expect(capped(["ab", "cd", "ef"], limit: 5, declared: 1_000_000) == ("abcde", false))
     #expect(capped(["ab", "cd", "ef"], limit: 100, declared: 3) == ("abcdef", true))

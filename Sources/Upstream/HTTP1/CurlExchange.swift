@@ -19,7 +19,7 @@ final class CurlExchange: UpstreamCall, @unchecked Sendable {
     var transfer: UnsafeMutablePointer<sheaf_transfer>?
     var headerList: UnsafeMutablePointer<curl_slist>?
     var headers = HeaderFields()
-    var body = ByteBuffer()
+    var body = ResponseBody()
     var truncated = false
     /// A HEAD with a body: it cannot go out under CURLOPT_NOBODY (curl then sends no body), and
     /// without it curl waits for the body the answer's Content-Length announces. So the header

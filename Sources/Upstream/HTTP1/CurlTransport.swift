@@ -494,7 +494,7 @@ public final class CurlTransport: UpstreamTransport, @unchecked Sendable {
                 var status = 0
                 sheaf_easy_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
                 finish(exchange, .success(UpstreamResponse(status: status, headers: exchange.headers,
-                                                           body: exchange.body, bodyTruncated: exchange.truncated)))
+                                                           body: exchange.body.take(), bodyTruncated: exchange.truncated)))
             } else {
                 finish(exchange, .failure(error(for: code, easy: easy, transfer: exchange.transfer)))
             }

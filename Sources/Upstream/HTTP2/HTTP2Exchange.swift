@@ -15,7 +15,7 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     // Response state, filled by nghttp2 callbacks.
     var status = 0
     var headers = HeaderFields()
-    var body: ByteBuffer
+    var body = ResponseBody()
     var truncated = false
     var sawResponseBytes = false
     /// The peer ended its side (END_STREAM) with a final status: the answer is whole even if our
@@ -55,7 +55,6 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
         self.slot = slot
         self.sink = sink
         self.tag = tag
-        self.body = ByteBuffer()
     }
 
     var isSettled: Bool { sink == nil }
@@ -64,7 +63,7 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     func resetForResend() {
         status = 0
         headers.removeAll()
-        body.clear()
+        body = ResponseBody()
         truncated = false
         sawResponseBytes = false
         responseComplete = false
@@ -98,10 +97,9 @@ final class HTTP2Exchange: UpstreamCall, @unchecked Sendable {
     /// Settles with the answer received, moving its headers and body out of the exchange: the
     /// exchange is done with them, and a copy cost a retain and a release of each (issue 13).
     func settleAnswered() {
-        var fields = HeaderFields(), bytes = ByteBuffer()
+        var fields = HeaderFields()
         swap(&fields, &headers)
-        swap(&bytes, &body)
-        settle(.success(UpstreamResponse(status: status, headers: fields, body: bytes, bodyTruncated: truncated)))
+        settle(.success(UpstreamResponse(status: status, headers: fields, body: body.take(), bodyTruncated: truncated)))
     }
 
     func cancel() {
