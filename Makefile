@@ -38,7 +38,7 @@ test-deps: deps
 # The benchmark's peers: h2load and nghttpx (nginx and its echo module come with test-deps), and
 # valgrind, whose callgrind counts the pipeline benchmark's instructions.
 bench-deps: test-deps
-	@$(call install_missing,nghttp2-client nghttp2-proxy valgrind)
+	@$(call install_missing,nghttp2-client nghttp2-proxy valgrind util-linux procps)
 
 build: deps
 	swift build

@@ -22,7 +22,11 @@ Measured in one run, against the same nginx (one worker):
      cleartext and TLS, against a second nginx proxying with proxy_pass over keep-alive
      HTTP/1.1 to the same upstream; and the CPU one new connection costs Sheaf, with and
      without TLS.
-  9. Tracing (`python3 bench/run.py tracing`): Sheaf's CPU per item under the same sustained
+  9. Placed threads (`python3 bench/run.py placement` runs this section alone): sections 1–3's
+     and 8's h2c and TLS CPU per item again, with the program measured alone on CPU 1 and its
+     peers on CPU 0 ("apart"), and with everything on CPU 0 ("one core"): whether two programs
+     that talk share a core moves h2load's own cost per request by up to 3x.
+  10. Tracing (`python3 bench/run.py tracing`): Sheaf's CPU per item under the same sustained
      load with tracing off, with tracing on (exporting every span over OTLP/HTTP to a local
      sink), and, when SHEAF_BASE_BIN names a build from before tracing existed, that build:
      runs interleaved, so drift hits all three alike.
@@ -418,9 +422,10 @@ def post_batch(port, path, n, accept="application/json", offset=1):
     return elapsed, data
 
 
-def h2load(args, timeout=600):
+def h2load(args, timeout=600, cpus=None):
+    """(requests/s, requests that succeeded, h2load's CPU seconds); `cpus` pins it (taskset)."""
     before = children_cpu()
-    out = subprocess.run(["h2load"] + args, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run((["taskset", "-c", cpus] if cpus else []) + ["h2load"] + args, capture_output=True, text=True, timeout=timeout)
     cpu = children_cpu() - before
     m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out.stdout)
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out.stdout)
@@ -718,6 +723,65 @@ def cancel_row(env, n=80_000, clients=4):
             f"{after['499'] - before['499']:.0f} | {after['504'] - before['504']:.0f} |")
 
 
+def pin(pid, cpus):
+    """Pins a process, every thread of it and its children's (nginx's and nghttpx's workers), to `cpus`."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for each in [str(pid)] + children:
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, each], capture_output=True, check=True)
+
+
+def placement_section(env):
+    """CPU per item or request with the threads placed, not left to the scheduler: whether two
+    programs that talk share a core decides how much each spends per request, by up to 3x for
+    h2load (each side woken from idle for a few frames, or running on with what the other wrote).
+    Two placements: "apart" (the program measured alone on CPU 1, nginx and the load generator
+    on CPU 0) and "one core" (everything on CPU 0). Rounds interleaved; every process unpinned after."""
+    if (os.cpu_count() or 1) < 2:
+        return ["(needs two CPUs)"], {}
+    body = batch_body(env)
+    post_batch(env.sheaf_port, "/h2tls", 1000)
+    placements = (("apart", "1", "0"), ("one core", "0", "0"))
+    keys = [(p, what) for p, _, _ in placements for what in ("sheaf", "h2load", "nghttpx", "sheaf tls", "h2load tls")]
+    cpu = {key: [] for key in keys}
+    everything = [env.nginx.pid, env.sheaf.pid, env.nghttpx.pid]
+    try:
+        for _ in range(REPEAT):
+            for name, measured, others in placements:
+                pin(env.nginx.pid, others)
+                pin(env.nghttpx.pid, others)
+                pin(env.sheaf.pid, measured)
+                for route, key in (("/users", "sheaf"), ("/h2tls", "sheaf tls")):
+                    post_batch(env.sheaf_port, route, 1000)
+                    c0 = cpu_seconds(env.sheaf.pid)
+                    _, ok, _ = h2load(["-c4", "-m1", "-D", str(SUSTAIN_SECONDS), "-d", body, "-H", "content-type: application/json",
+                                       f"http://127.0.0.1:{env.sheaf_port}{route}"], cpus=others)
+                    cpu[(name, key)].append((cpu_seconds(env.sheaf.pid) - c0) / (ok * 1000) * 1e6)
+                pin(env.sheaf.pid, others)
+                for url, key in ((f"http://127.0.0.1:{env.h2c}/users/1", "h2load"), (f"https://127.0.0.1:{env.tls}/users/1", "h2load tls")):
+                    _, ok, used = h2load(["-c1", "-m100", "-n", "100000", url], cpus=measured)
+                    cpu[(name, key)].append(used / ok * 1e6)
+                pin(env.nghttpx.pid, measured)
+                c0 = tree_cpu(env.nghttpx.pid)
+                _, ok, _ = h2load(["-c1", "-m100", "-n", "50000", f"http://127.0.0.1:{env.nghttpx_port}/users/1"], cpus=others)
+                cpu[(name, "nghttpx")].append((tree_cpu(env.nghttpx.pid) - c0) / ok * 1e6)
+    finally:
+        all_cpus = f"0-{(os.cpu_count() or 2) - 1}"
+        for pid in everything:
+            pin(pid, all_cpus)
+    rows = ["### Placed threads: CPU per item or request when the scheduler does not decide who shares a core\n",
+            "\"apart\": the program measured alone on CPU 1, nginx and the load generator on CPU 0; \"one core\": everything on CPU 0.\n",
+            "| placement | Sheaf h2c, per item | h2load h2c, per request | nghttpx, per proxied request | Sheaf h2 over TLS, per item | h2load over TLS, per request |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    ratios = {}
+    for name, _, _ in placements:
+        rows.append(f"| {name} | " + " | ".join(fmt(cpu[(name, what)], " µs", 2) for what in ("sheaf", "h2load", "nghttpx", "sheaf tls", "h2load tls")) + " |")
+        median = {what: statistics.median(cpu[(name, what)]) for what in ("sheaf", "h2load", "nghttpx", "sheaf tls", "h2load tls")}
+        ratios[f"{name}: Sheaf / h2load (h2c)"] = median["sheaf"] / median["h2load"]
+        ratios[f"{name}: Sheaf / nghttpx"] = median["sheaf"] / median["nghttpx"]
+        ratios[f"{name}: Sheaf / h2load (h2 over TLS)"] = median["sheaf tls"] / median["h2load tls"]
+    return rows, ratios
+
+
 CANCEL_HEAD = ("| items | worst /healthz | p99 /healthz | median /healthz | checks | every item settled after the hang-up | 499 | 504 |\n"
                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 
@@ -729,6 +793,15 @@ def main():
             rows, ratios = tls_section(env)
             print("\n".join(f"| {k} | {v:.2f} |" for k, v in ratios.items()))
             print("\n".join(rows))
+        finally:
+            env.close()
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "placement":
+        env = Env()
+        try:
+            rows, ratios = placement_section(env)
+            print("\n".join(rows))
+            print("\n".join(f"| {k} | {v:.2f} |" for k, v in ratios.items()))
         finally:
             env.close()
         return
@@ -874,6 +947,13 @@ def main():
         tls_rows, tls_ratios = tls_section(env)
         rows.extend(tls_rows)
         ratios.update(tls_ratios)
+
+        # The h2c and TLS ratios again with the threads placed (the ones above are wherever the
+        # scheduler put them, which moves h2load's own cost by up to 3x between runs).
+        rows.append("")
+        placed_rows, placed_ratios = placement_section(env)
+        rows.extend(placed_rows)
+        ratios.update(placed_ratios)
     finally:
         env.close()
 
@@ -902,6 +982,12 @@ def main():
         "HTTP/1.1 cleartext: Sheaf CPU per item / nginx proxy_pass CPU per request": "≤ 1.0 (≤ 1.3)",
         "HTTP/1.1 over TLS: Sheaf CPU per item / nginx proxy_pass CPU per request": "≤ 1.0 (≤ 1.3)",
         "TLS handshake, Sheaf CPU per new connection (µs)": "(sizing)",
+        "apart: Sheaf / h2load (h2c)": "≤ 0.6",
+        "apart: Sheaf / nghttpx": "≤ 0.6",
+        "apart: Sheaf / h2load (h2 over TLS)": "≤ 0.6",
+        "one core: Sheaf / h2load (h2c)": "≤ 0.6",
+        "one core: Sheaf / nghttpx": "≤ 0.6",
+        "one core: Sheaf / h2load (h2 over TLS)": "≤ 0.6",
     }
     for k, v in ratios.items():
         head.append(f"| {k} | {v:.2f} | {targets[k]} |")
