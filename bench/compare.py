@@ -4,6 +4,7 @@ configuration, and rounds of 4 clients posting 1000-item batches for BENCH_SECON
 alternate between them, so drift hits all alike. Prints each build's items/s and Sheaf CPU per
 item (median of the rounds, min–max) and its ratio to the first build.
 Usage: python3 bench/compare.py ROUTE ROUNDS LABEL=BINARY [LABEL=BINARY ...]
+(BENCH_PIN=0 puts nginx, every Sheaf and the load generator on CPU 0: steadier, see run.py's placement section)
 (routes: /users h2c, /h2tls h2 over TLS, /h1 and /h1tls HTTP/1.1 through libcurl)"""
 import os
 import re
@@ -28,12 +29,18 @@ try:
         proc = env.spawn([binary, "serve", "--config", path, "--log-level", "warning"], port)
         run.post_batch(port, route, 1000)  # connections up before the first round
         variants.append((label, port, proc))
+    # BENCH_PIN=CPUS pins nginx, every Sheaf and the load generator to CPUS (say 0): no
+    # cross-core wake-ups, whose share moves with where the scheduler puts each thread.
+    pinned = os.environ.get("BENCH_PIN")
+    if pinned:
+        for pid in [env.nginx.pid] + [proc.pid for _, _, proc in variants]:
+            run.pin(pid, pinned)
     results = {label: ([], []) for label, _, _ in variants}
     for number in range(rounds):
         for label, port, proc in (variants if number % 2 == 0 else variants[::-1]):
             c0 = run.cpu_seconds(proc.pid)
             rps, ok, _ = run.h2load(["-c4", "-m1", "-D", os.environ.get("BENCH_SECONDS", "5"), "-d", body,
-                                     "-H", "content-type: application/json", f"http://127.0.0.1:{port}{route}"])
+                                     "-H", "content-type: application/json", f"http://127.0.0.1:{port}{route}"], cpus=pinned)
             if not ok:
                 raise SystemExit(f"{label}: no batch succeeded in round {number + 1}")
             results[label][0].append(rps * 1000)
