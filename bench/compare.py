@@ -33,6 +33,8 @@ try:
     # cross-core wake-ups, whose share moves with where the scheduler puts each thread.
     pinned = os.environ.get("BENCH_PIN")
     if pinned:
+        if not run.can_pin():
+            raise SystemExit("BENCH_PIN needs CPUs 0 and 1, taskset and pgrep (make bench-deps)")
         for pid in [env.nginx.pid] + [proc.pid for _, _, proc in variants]:
             run.pin(pid, pinned)
     results = {label: ([], []) for label, _, _ in variants}

@@ -723,6 +723,13 @@ def cancel_row(env, n=80_000, clients=4):
             f"{after['499'] - before['499']:.0f} | {after['504'] - before['504']:.0f} |")
 
 
+def can_pin():
+    """Whether this machine lets the benchmark place threads: CPUs 0 and 1 usable by this process
+    (a container may allow others), and taskset and pgrep installed (`make bench-deps`)."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    return {0, 1} <= usable and bool(shutil.which("taskset")) and bool(shutil.which("pgrep"))
+
+
 def pin(pid, cpus):
     """Pins a process, every thread of it and its children's (nginx's and nghttpx's workers), to `cpus`."""
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
@@ -737,14 +744,21 @@ def placement_section(env):
     h2load (each side woken from idle for a few frames, or running on with what the other wrote).
     Two placements: "apart" (the program measured alone on CPU 1, nginx and the load generator
     on CPU 0) and "one core" (everything on CPU 0). Rounds interleaved; every process unpinned after."""
-    if (os.cpu_count() or 1) < 2:
-        return ["(needs two CPUs)"], {}
+    if not can_pin():
+        return ["(needs CPUs 0 and 1, taskset and pgrep: `make bench-deps`)"], {}
     body = batch_body(env)
     post_batch(env.sheaf_port, "/h2tls", 1000)
     placements = (("apart", "1", "0"), ("one core", "0", "0"))
     keys = [(p, what) for p, _, _ in placements for what in ("sheaf", "h2load", "nghttpx", "sheaf tls", "h2load tls")]
     cpu = {key: [] for key in keys}
     everything = [env.nginx.pid, env.sheaf.pid, env.nghttpx.pid]
+
+    def placed(args, cpus, what):
+        """h2load pinned to `cpus`: (requests that succeeded, its CPU seconds); none succeeding is an error, not a division by zero."""
+        _, ok, used = h2load(args, cpus=cpus)
+        if not ok:
+            raise RuntimeError(f"placement: no request succeeded ({what})")
+        return ok, used
     try:
         for _ in range(REPEAT):
             for name, measured, others in placements:
@@ -754,19 +768,19 @@ def placement_section(env):
                 for route, key in (("/users", "sheaf"), ("/h2tls", "sheaf tls")):
                     post_batch(env.sheaf_port, route, 1000)
                     c0 = cpu_seconds(env.sheaf.pid)
-                    _, ok, _ = h2load(["-c4", "-m1", "-D", str(SUSTAIN_SECONDS), "-d", body, "-H", "content-type: application/json",
-                                       f"http://127.0.0.1:{env.sheaf_port}{route}"], cpus=others)
+                    ok, _ = placed(["-c4", "-m1", "-D", str(SUSTAIN_SECONDS), "-d", body, "-H", "content-type: application/json",
+                                    f"http://127.0.0.1:{env.sheaf_port}{route}"], others, key)
                     cpu[(name, key)].append((cpu_seconds(env.sheaf.pid) - c0) / (ok * 1000) * 1e6)
                 pin(env.sheaf.pid, others)
                 for url, key in ((f"http://127.0.0.1:{env.h2c}/users/1", "h2load"), (f"https://127.0.0.1:{env.tls}/users/1", "h2load tls")):
-                    _, ok, used = h2load(["-c1", "-m100", "-n", "100000", url], cpus=measured)
+                    ok, used = placed(["-c1", "-m100", "-n", "100000", url], measured, key)
                     cpu[(name, key)].append(used / ok * 1e6)
                 pin(env.nghttpx.pid, measured)
                 c0 = tree_cpu(env.nghttpx.pid)
-                _, ok, _ = h2load(["-c1", "-m100", "-n", "50000", f"http://127.0.0.1:{env.nghttpx_port}/users/1"], cpus=others)
+                ok, _ = placed(["-c1", "-m100", "-n", "50000", f"http://127.0.0.1:{env.nghttpx_port}/users/1"], others, "nghttpx")
                 cpu[(name, "nghttpx")].append((tree_cpu(env.nghttpx.pid) - c0) / ok * 1e6)
     finally:
-        all_cpus = f"0-{(os.cpu_count() or 2) - 1}"
+        all_cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
         for pid in everything:
             pin(pid, all_cpus)
     rows = ["### Placed threads: CPU per item or request when the scheduler does not decide who shares a core\n",

@@ -3,8 +3,9 @@ import NIOCore
 /// A response body as it arrives, kept up to `max_response_bytes`. Both engines capture bodies
 /// through it. It holds no storage until the first bytes: an empty `ByteBuffer()` shares one
 /// process-wide storage object, so every item retained and released that one object from both
-/// event loops (and the curl thread), twice on the HTTP/2 path, an atomic on a contended cache
-/// line each time (issue 13).
+/// event loops (and the curl thread) while its answer arrived, twice on the HTTP/2 path, an
+/// atomic on a contended cache line each time (issue 13). An answer with no body still takes one
+/// empty buffer when it settles (`take()`), since `UpstreamResponse.body` is a plain `ByteBuffer`.
 struct ResponseBody {
     private var buffer: Optional<ByteBuffer>
 

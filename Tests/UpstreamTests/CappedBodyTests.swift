@@ -17,6 +17,11 @@ private func capped(_ chunks: [String], limit: Int, declared: Int? = nil) -> (bo
 /// gets storage of its own size), later ones that grow it, and a cut inside the first or a later one.
 @Test func aBodyIsKeptUpToItsLimitWhateverItsChunks() {
     #expect(capped(["hello"], limit: 100) == ("hello", true))
+    // Exactly at the limit is whole; one byte past it is cut.
+    #expect(capped(["hello"], limit: 5) == ("hello", true))
+    #expect(capped(["hel", "lo"], limit: 5) == ("hello", true))
+    #expect(capped(["hel", "lo", ""], limit: 5) == ("hello", true))
+    #expect(capped(["hello!"], limit: 5) == ("hello", false))
     #expect(capped(["hel", "lo, ", "world"], limit: 100) == ("hello, world", true))
     #expect(capped(["hello, world"], limit: 5) == ("hello", false))
     #expect(capped(["hel", "lo, world"], limit: 5) == ("hello", false))
@@ -45,6 +50,11 @@ private func capped(_ chunks: [String], limit: Int, declared: Int? = nil) -> (bo
     // Nothing is held before the first bytes, and an empty body is taken as an empty buffer.
     var empty = ResponseBody()
     #expect(empty.capacity == 0 && empty.readableBytes == 0 && empty.take().readableBytes == 0)
+    // Taking moves the body out: the exchange keeps nothing, and a second take is empty.
+    var taken = ResponseBody()
+    _ = Array("abc".utf8).withUnsafeBufferPointer { taken.writeCapped($0, limit: 10) }
+    #expect(String(buffer: taken.take()) == "abc")
+    #expect(taken.readableBytes == 0 && taken.capacity == 0 && taken.take().readableBytes == 0)
     // A declared length past the limit reserves the limit only, and a wrong one is only a hint.
     #expect(capped(["ab", "cd", "ef"], limit: 5, declared: 1_000_000) == ("abcde", false))
     #expect(capped(["ab", "cd", "ef"], limit: 100, declared: 3) == ("abcdef", true))
