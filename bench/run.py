@@ -726,8 +726,7 @@ def cancel_row(env, n=80_000, clients=4):
 def can_pin():
     """Whether this machine lets the benchmark place threads: CPUs 0 and 1 usable by this process
     (a container may allow others), and taskset and pgrep installed (`make bench-deps`)."""
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-    return {0, 1} <= usable and bool(shutil.which("taskset")) and bool(shutil.which("pgrep"))
+    return {0, 1} <= os.sched_getaffinity(0) and bool(shutil.which("taskset")) and bool(shutil.which("pgrep"))
 
 
 def pin(pid, cpus):
